@@ -1,0 +1,172 @@
+"""What a checkpoint folder holds: its files and what its trainer_state.json says, read without side effects."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointFileError, NotACheckpointError
+from .paths import display_path
+
+CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHT_FILES = (
+    "adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
+    "model.safetensors.index.json", "pytorch_model.bin.index.json",
+)
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    relpath: str  # POSIX path relative to the checkpoint folder
+    size: int
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """The parts of trainer_state.json that hubsync uses."""
+
+    global_step: int | None = None
+    epoch: float | None = None
+    best_metric: float | None = None
+    best_model_checkpoint: str | None = None
+    latest_eval: Mapping[str, float] = field(default_factory=dict)  # the newest log entry with eval_* metrics
+    latest_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path  # absolute; never shown to people (see display)
+    display: str
+    name: str
+    step: int | None
+    files: tuple[CheckpointFile, ...]
+    trainer_state: TrainerState | None
+    skipped: tuple[str, ...] = ()  # entries not uploaded, with the reason
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def parse_trainer_state(data: Any) -> TrainerState:
+    """Pick hubsync's fields out of a parsed trainer_state.json; ValueError when it is not one."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    step = data.get("global_step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ValueError(f"global_step is {step!r}, not a step number")
+    history = data.get("log_history", [])
+    if not isinstance(history, list):
+        raise ValueError("log_history is not a list")
+    latest_eval: dict[str, float] = {}
+    latest_loss = None
+    for entry in history:
+        if not isinstance(entry, dict):
+            continue
+        metrics = {k: v for k, v in entry.items() if k.startswith("eval_") and _number(v) is not None}
+        if metrics:
+            latest_eval = {k: float(v) for k, v in metrics.items()}
+        if _number(entry.get("loss")) is not None:
+            latest_loss = float(entry["loss"])
+    best = data.get("best_model_checkpoint")
+    return TrainerState(
+        global_step=step,
+        epoch=_number(data.get("epoch")),
+        best_metric=_number(data.get("best_metric")),
+        best_model_checkpoint=best if isinstance(best, str) else None,
+        latest_eval=latest_eval,
+        latest_loss=latest_loss,
+    )
+
+
+def read_json_file(path: Path, shown: str) -> Any:
+    """Parse a small JSON file the user brought; CheckpointFileError naming it when it is not one."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointFileError(shown, f"larger than {MAX_JSON_BYTES // 2**20} MiB")
+        return json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointFileError(shown, str(exc) or type(exc).__name__) from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointFileError(shown, f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str]]:
+    files: list[CheckpointFile] = []
+    skipped: list[str] = []
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            if (here / name).is_symlink():
+                dirnames.remove(name)
+                skipped.append(f"{(here / name).relative_to(root).as_posix()}/ (a link to a folder)")
+        for name in filenames:
+            full = here / name
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                target = full.resolve()
+                if not target.is_relative_to(real_root) or not target.is_file():
+                    skipped.append(f"{rel} (a link that leads outside the checkpoint)")
+                    continue
+            elif not full.is_file():
+                skipped.append(f"{rel} (not a regular file)")
+                continue
+            files.append(CheckpointFile(rel, full.stat().st_size))
+        dirnames.sort()
+    files.sort(key=lambda f: f.relpath)
+    return files, skipped
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The `checkpoint-N` folders of a run folder, by step."""
+    found = []
+    for child in run_dir.iterdir():
+        m = CHECKPOINT_DIR_RE.match(child.name)
+        if m and child.is_dir():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Inventory a checkpoint folder written by transformers' Trainer (or by save_pretrained)."""
+    shown = display_path(path)
+    root = Path(os.path.abspath(path))
+    if not root.exists():
+        raise NotACheckpointError(shown, "no such folder")
+    if not root.is_dir():
+        raise NotACheckpointError(shown, "it is a file, not a folder")
+    files, skipped = _scan_files(root)
+    names = {f.relpath for f in files}
+    if not names & {TRAINER_STATE, ADAPTER_CONFIG, *WEIGHT_FILES}:
+        runs = list_checkpoints(root)
+        if runs:
+            raise NotACheckpointError(
+                shown, f"it is a run folder; pass one of its checkpoints, such as {shown}/{runs[-1][1].name}"
+            )
+        raise NotACheckpointError(shown, f"it has no {TRAINER_STATE}, {ADAPTER_CONFIG} or model weights")
+    state = None
+    if TRAINER_STATE in names:
+        state_shown = f"{shown}/{TRAINER_STATE}"
+        try:
+            state = parse_trainer_state(read_json_file(root / TRAINER_STATE, state_shown))
+        except ValueError as exc:
+            raise CheckpointFileError(state_shown, str(exc)) from exc
+    m = CHECKPOINT_DIR_RE.match(root.name)
+    step = state.global_step if state and state.global_step is not None else (int(m.group(1)) if m else None)
+    return Checkpoint(root, shown, root.name, step, tuple(files), state, tuple(skipped))

@@ -1,0 +1,75 @@
+"""The exceptions hubsync raises. The library raises them; only the CLI turns them into messages."""
+
+from __future__ import annotations
+
+
+class HubsyncError(Exception):
+    """Base class of every error hubsync explains to its user."""
+
+
+class NotACheckpointError(HubsyncError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} is not a checkpoint folder: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class InvalidRepoIdError(HubsyncError):
+    def __init__(self, repo_id: str) -> None:
+        super().__init__(f"invalid repository id {repo_id!r}")
+        self.repo_id = repo_id
+
+
+class InvalidRevisionError(HubsyncError):
+    def __init__(self, revision: str, reason: str) -> None:
+        super().__init__(f"invalid revision name {revision!r}: {reason}")
+        self.revision = revision
+        self.reason = reason
+
+
+class HubError(HubsyncError):
+    """Something went wrong while talking to a Hub."""
+
+    def __init__(self, endpoint: str, detail: str = "", repo_id: str | None = None, revision: str | None = None):
+        super().__init__(detail or f"request to {endpoint} failed")
+        self.endpoint = endpoint
+        self.detail = detail
+        self.repo_id = repo_id
+        self.revision = revision
+
+
+class HubUnreachableError(HubError):
+    """No answer from the endpoint at all (refused, DNS, timeout)."""
+
+
+class TokenMissingError(HubError):
+    """A write needs a token and none was found."""
+
+
+class TokenRejectedError(HubError):
+    """The Hub answered 401 to the token."""
+
+
+class PermissionDeniedError(HubError):
+    """The token is valid but may not write to this repository."""
+
+
+class RepoNotFoundError(HubError):
+    """The repository does not exist, or is private and the token cannot see it."""
+
+
+class RevisionNotFoundError(HubError):
+    """The branch, tag or commit does not exist in the repository."""
+
+
+class NotAHubError(HubError):
+    """The endpoint answers, but not as a Hugging Face Hub."""
+
+
+class CheckpointFileError(HubsyncError):
+    """A file inside the checkpoint cannot be read or parsed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -1,0 +1,116 @@
+"""The push plan: a pure function from a checkpoint's inventory and the user's options to what will happen."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .checkpoint import Checkpoint
+from .errors import InvalidRepoIdError, InvalidRevisionError
+from .render import render
+
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class Upload:
+    source: str  # path relative to the checkpoint folder
+    path_in_repo: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    repo_id: str
+    revision: str  # the branch that receives the commit
+    private: bool  # visibility if the repository has to be created
+    checkpoint: str  # the checkpoint as shown to people
+    step: int | None
+    uploads: tuple[Upload, ...]
+    skipped: tuple[str, ...]
+    commit_message: str
+    commit_description: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(u.size for u in self.uploads)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo_id,
+            "revision": self.revision,
+            "private": self.private,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "files": [{"path": u.path_in_repo, "size": u.size} for u in self.uploads],
+            "skipped": list(self.skipped),
+            "bytes": self.total_bytes,
+            "commit_message": self.commit_message,
+            "commit_description": self.commit_description,
+        }
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not _REPO_ID_RE.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
+        raise InvalidRepoIdError(repo_id)
+    return repo_id
+
+
+def check_branch_name(name: str) -> str:
+    problems = [
+        (not _BRANCH_RE.match(name), "use letters, digits, '.', '_', '-' and '/'"),
+        (".." in name or "//" in name or name.endswith(("/", ".lock", ".")), "no '..', '//' or trailing '/', '.'"),
+        (name.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", name) is not None, "it looks like a ref or commit"),
+    ]
+    for bad, reason in problems:
+        if bad:
+            raise InvalidRevisionError(name, reason)
+    return name
+
+
+def commit_message(checkpoint: Checkpoint) -> str:
+    """`hubsync: checkpoint-1000 (step 1000, epoch 2.10, eval_loss 0.8312)`, with what is known."""
+    facts = []
+    if checkpoint.step is not None:
+        facts.append(f"step {checkpoint.step}")
+    state = checkpoint.trainer_state
+    if state is not None and state.epoch is not None:
+        facts.append(f"epoch {state.epoch:.2f}")
+    if state is not None and "eval_loss" in state.latest_eval:
+        facts.append(f"eval_loss {state.latest_eval['eval_loss']:.4f}")
+    return f"hubsync: {checkpoint.name}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def commit_description(checkpoint: Checkpoint, uploads: tuple[Upload, ...]) -> str:
+    from hubsync import __version__
+
+    state = checkpoint.trainer_state
+    return render(
+        "commit_description.md.j2",
+        version=__version__,
+        checkpoint=checkpoint.name,
+        step=checkpoint.step,
+        epoch=state.epoch if state else None,
+        eval_metrics=dict(state.latest_eval) if state else {},
+        files=len(uploads),
+        bytes=sum(u.size for u in uploads),
+    ).strip()
+
+
+def plan_push(checkpoint: Checkpoint, *, repo_id: str, revision: str | None = None, private: bool = True) -> PushPlan:
+    """Decide what a push of `checkpoint` to `repo_id` does. Touches nothing."""
+    branch = check_branch_name(revision or checkpoint.name)
+    uploads = tuple(Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files)
+    return PushPlan(
+        repo_id=check_repo_id(repo_id),
+        revision=branch,
+        private=private,
+        checkpoint=checkpoint.display,
+        step=checkpoint.step,
+        uploads=uploads,
+        skipped=checkpoint.skipped,
+        commit_message=commit_message(checkpoint),
+        commit_description=commit_description(checkpoint, uploads),
+    )

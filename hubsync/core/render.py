@@ -1,0 +1,33 @@
+"""Jinja2 templates: packaged inside the wheel as hubsync/templates, or found in a source checkout."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def templates_dir() -> Path:
+    """hubsync/templates in an installed wheel; the checkout's templates/ in a source or editable install."""
+    for candidate in (_PACKAGE / "templates", _PACKAGE.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("hubsync's templates are missing from this installation")
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML
+    )
+
+
+def render(name: str, **context: Any) -> str:
+    return _environment().get_template(name).render(**context)

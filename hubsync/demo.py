@@ -1,0 +1,103 @@
+"""`make demo`: the main job end to end, on a tiny real training run and a local Hub, with nothing downloaded.
+
+Everything it writes goes under ./demo-out (recreated on each run): the training run and the Hub's storage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+OUT = Path("demo-out")
+REPO = "me/tiny-llama-lora"
+
+
+def _step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def _hubsync(*args: str, env: dict[str, str]) -> str:
+    """Run the real `hubsync` command as a user would, echoing it and its output."""
+    print("$ hubsync " + " ".join(args), flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "hubsync", *args], env=env, text=True, capture_output=True, check=False
+    )
+    print(done.stdout.rstrip())
+    if done.returncode != 0:
+        print(done.stderr.rstrip(), file=sys.stderr)
+        raise SystemExit(f"demo failed: `hubsync {args[0]}` exited with {done.returncode}")
+    return done.stdout
+
+
+@contextmanager
+def _local_hub(root: Path) -> Iterator[dict[str, str]]:
+    """Start `hubsync localhub` in the background; yield its HF_ENDPOINT and HF_TOKEN."""
+    print(f"$ hubsync localhub --root {root} &", flush=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubsync", "localhub", "--root", str(root)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        settings = {}
+        for _ in range(2):
+            key, _, value = proc.stdout.readline().strip().partition("=")
+            settings[key] = value
+        if set(settings) != {"HF_ENDPOINT", "HF_TOKEN"}:
+            raise SystemExit("demo failed: the local Hub did not start")
+        print(f"    local Hub at {settings['HF_ENDPOINT']}")
+        yield settings
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    started = time.monotonic()
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    run_dir = OUT / "run"
+
+    _step("Training a tiny LoRA adapter on a randomly initialised Llama (CPU, transformers Trainer + PEFT)")
+    from hubsync.tinyrun import train_tiny_lora
+
+    train_tiny_lora(run_dir, max_steps=30, save_steps=10)
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for ckpt in checkpoints:
+        print(f"    {ckpt}: {', '.join(sorted(p.name for p in ckpt.iterdir()))}")
+    latest = checkpoints[-1]
+
+    _step("Starting a local Hub (hubsync localhub)")
+    with _local_hub(OUT / "hub") as settings:
+        env = {**os.environ, **settings, "HF_HOME": str(OUT / "hf-home")}
+
+        _step(f"Pushing {latest.name} to {REPO} (private, branch {latest.name})")
+        _hubsync("push", str(latest), "--repo", REPO, env=env)
+
+        _step("Pushing it again: nothing changed, so no new commit")
+        _hubsync("push", str(latest), "--repo", REPO, env=env)
+
+        _step(f"The repository's refs, as huggingface_hub lists them")
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=settings["HF_ENDPOINT"], token=settings["HF_TOKEN"])
+        refs = api.list_repo_refs(REPO)
+        for branch in refs.branches:
+            files = [f.path for f in api.list_repo_tree(REPO, revision=branch.name, recursive=True)]
+            print(f"    branch {branch.name:<16} {branch.target_commit[:12]}  {len(files)} files")
+        for commit in api.list_repo_commits(REPO, revision=latest.name):
+            print(f"    commit {commit.commit_id[:12]}  {commit.title}")
+
+    _step(f"Done in {time.monotonic() - started:.0f} s. Look at:")
+    print(f"    {run_dir}/        the training run and its checkpoints")
+    print(f"    {OUT / 'hub'}/        the local Hub's storage (serve it again: hubsync localhub --root {OUT / 'hub'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The one place that talks to a Hub: builds huggingface_hub calls and turns their failures into HubsyncErrors."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import (
+    BadRequestError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, get_session
+from huggingface_hub.utils._runtime import is_xet_available
+from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
+
+from hubsync.core import errors
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_XET_SWITCH = threading.Lock()
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    oid: str
+    url: str
+    created: bool  # False when the Hub already held exactly these files and no commit was made
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    """--endpoint, else HF_ENDPOINT as it is now (huggingface_hub only reads it at import), else the Hub."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+class HubClient:
+    """A Hub at one endpoint, with one token (None: huggingface_hub's own lookup, HF_TOKEN first)."""
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+        self.endpoint = resolve_endpoint(endpoint)
+        self._token = token
+        self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync")
+
+    @property
+    def token(self) -> str | None:
+        return self._token or get_token()
+
+    @contextmanager
+    def _errors(self, repo_id: str | None = None, revision: str | None = None) -> Iterator[None]:
+        """Translate what huggingface_hub and the network raise into hubsync's errors."""
+        where = {"repo_id": repo_id, "revision": revision}
+        try:
+            yield
+        except RevisionNotFoundError as exc:
+            raise errors.RevisionNotFoundError(self.endpoint, _server_message(exc), **where) from exc
+        except RepositoryNotFoundError as exc:
+            raise errors.RepoNotFoundError(self.endpoint, _server_message(exc), **where) from exc
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 401:
+                raise errors.TokenRejectedError(self.endpoint, _server_message(exc), **where) from exc
+            if status == 403:
+                raise errors.PermissionDeniedError(self.endpoint, _server_message(exc), **where) from exc
+            if status == 404:  # a 404 that names no repository or revision: no Hub route answered
+                raise errors.NotAHubError(self.endpoint, _server_message(exc), **where) from exc
+            raise errors.HubError(self.endpoint, _server_message(exc), **where) from exc
+        except (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError) as exc:
+            raise errors.HubUnreachableError(self.endpoint, type(exc).__name__, **where) from exc
+        except (BadRequestError, ValueError) as exc:
+            raise errors.HubError(self.endpoint, str(exc), **where) from exc
+
+    def require_token(self) -> None:
+        if not self.token:
+            raise errors.TokenMissingError(self.endpoint)
+
+    def ensure_repo(self, repo_id: str, private: bool) -> None:
+        """Create the repository when it is missing; an existing one is left as it is."""
+        with self._errors(repo_id):
+            self.api.create_repo(repo_id, private=private, exist_ok=True)
+
+    def branch_head(self, repo_id: str, branch: str) -> str | None:
+        with self._errors(repo_id, branch):
+            refs = self.api.list_repo_refs(repo_id)
+        return next((b.target_commit for b in refs.branches if b.name == branch), None)
+
+    def ensure_branch(self, repo_id: str, branch: str) -> None:
+        """Create `branch` from main when it is missing."""
+        with self._errors(repo_id, branch):
+            self.api.create_branch(repo_id, branch=branch, exist_ok=True)
+
+    def offers_xet(self, repo_id: str, revision: str) -> bool:
+        """Whether this endpoint hands out Xet write tokens; a Hub without Xet takes plain LFS uploads."""
+        if not is_xet_available():
+            return False
+        url = f"{self.endpoint}/api/models/{repo_id}/xet-write-token/{quote(revision, safe='')}"
+        with self._errors(repo_id, revision):
+            response = get_session().get(url, headers=build_hf_headers(token=self.token, library_name="hubsync"))
+        return response.is_success and parse_xet_connection_info_from_headers(response.headers) is not None
+
+    def commit_files(
+        self,
+        repo_id: str,
+        branch: str,
+        files: Sequence[tuple[Path, str]],
+        message: str,
+        description: str = "",
+        parent_commit: str | None = None,
+    ) -> CommitResult:
+        """Upload `(local file, path in repo)` pairs to `branch`, whose head is `parent_commit`, as one commit."""
+        with self._errors(repo_id, branch):
+            operations = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
+            with _xet(self.offers_xet(repo_id, branch)):
+                info = self.api.create_commit(
+                    repo_id, operations, commit_message=message, commit_description=description,
+                    revision=branch, parent_commit=parent_commit,
+                )
+        return CommitResult(oid=info.oid, url=info.commit_url, created=info.oid != parent_commit)
+
+    def web_url(self, repo_id: str, revision: str | None = None) -> str:
+        url = f"{self.endpoint}/{repo_id}"
+        return f"{url}/tree/{quote(revision, safe='')}" if revision else url
+
+
+@contextmanager
+def _xet(enabled: bool) -> Iterator[None]:
+    """Let huggingface_hub use Xet for uploads only when the endpoint offers it (it reads this at call time)."""
+    with _XET_SWITCH:
+        before = constants.HF_HUB_DISABLE_XET
+        constants.HF_HUB_DISABLE_XET = before or not enabled
+        try:
+            yield
+        finally:
+            constants.HF_HUB_DISABLE_XET = before
+
+
+def _server_message(exc: HfHubHTTPError) -> str:
+    """The Hub's own explanation of a failed request, without the request id noise."""
+    response = exc.response
+    if response is not None:
+        message = response.headers.get("X-Error-Message")
+        if not message:
+            try:
+                body = response.json()
+                message = body.get("error") if isinstance(body, dict) else None
+            except (ValueError, httpx2.ResponseNotRead):
+                message = None
+        if message:
+            return f"{response.status_code}: {message}"
+        return f"{response.status_code}: {response.reason_phrase}"
+    return str(exc).splitlines()[0]

@@ -1,0 +1,58 @@
+"""Carry out a PushPlan against a Hub client that is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hubsync.core.checkpoint import Checkpoint
+from hubsync.core.plan import PushPlan
+
+from .client import CommitResult
+
+
+class PushTarget(Protocol):
+    """What executing a push needs from a Hub (HubClient provides it)."""
+
+    def require_token(self) -> None: ...
+    def ensure_repo(self, repo_id: str, private: bool) -> None: ...
+    def ensure_branch(self, repo_id: str, branch: str) -> None: ...
+    def branch_head(self, repo_id: str, branch: str) -> str | None: ...
+    def commit_files(self, repo_id: str, branch: str, files: Any, message: str, description: str = "",
+                     parent_commit: str | None = None) -> CommitResult: ...
+    def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    revision: str
+    commit: str
+    commit_url: str
+    url: str
+    created: bool
+    files: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo_id, "revision": self.revision, "commit": self.commit, "commit_url": self.commit_url,
+            "url": self.url, "created": self.created, "files": self.files, "bytes": self.bytes,
+        }
+
+
+def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
+    """Create the repository and branch when missing, then commit the planned files in one commit."""
+    hub.require_token()
+    hub.ensure_repo(plan.repo_id, private=plan.private)
+    hub.ensure_branch(plan.repo_id, plan.revision)
+    head = hub.branch_head(plan.repo_id, plan.revision)
+    files = [(checkpoint.path / u.source, u.path_in_repo) for u in plan.uploads]
+    result = hub.commit_files(
+        plan.repo_id, plan.revision, files, plan.commit_message, plan.commit_description, parent_commit=head
+    )
+    return PushResult(
+        repo_id=plan.repo_id, revision=plan.revision, commit=result.oid, commit_url=result.url,
+        url=hub.web_url(plan.repo_id, plan.revision), created=result.created,
+        files=len(plan.uploads), bytes=plan.total_bytes,
+    )

@@ -1,0 +1,523 @@
+"""The local Hub's persistent state: repositories, commits, refs and content-addressed blobs.
+
+Layout under the root folder (everything is JSON or raw bytes, written whole):
+
+    tokens.json                         {token: user}
+    blobs/<sha256[:2]>/<sha256>         file contents, content-addressed
+    repos/<type>s/<ns>/<name>/repo.json {"owner", "private", "createdAt"}
+    repos/<type>s/<ns>/<name>/refs.json {"branches": {name: sha}, "tags": {name: sha}}
+    repos/<type>s/<ns>/<name>/commits/<sha>.json
+
+A commit is made visible by one `os.replace` of refs.json, after its blobs and its
+commit record are on disk: a crash at any point leaves the repository as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+REPO_TYPES = ("model", "dataset", "space")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
+
+INITIAL_GITATTRIBUTES = "".join(
+    f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
+).encode()
+
+
+class StoreError(Exception):
+    """A request the store refuses; `status` and `code` say how the Hub would answer."""
+
+    def __init__(self, status: int, code: str | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def not_found_repo(repo_id: str) -> StoreError:
+    return StoreError(404, "RepoNotFound", f"Repository not found: {repo_id}")
+
+
+def not_found_revision(revision: str) -> StoreError:
+    return StoreError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+
+
+def bad_request(message: str) -> StoreError:
+    return StoreError(400, "BadRequest", message)
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def is_lfs(path: str, size: int, sample: bytes) -> bool:
+    """The local Hub's rule for which files are stored through LFS."""
+    return path.endswith(LFS_SUFFIXES) or size >= LFS_SIZE_THRESHOLD or b"\0" in sample
+
+
+def check_path_in_repo(path: str) -> str:
+    """Refuse file paths that are empty, absolute, or climb out of the repository."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        raise bad_request(f"Invalid path in repository: {path!r}")
+    if parts[0] == ".git":
+        raise bad_request(f"Invalid path in repository: {path!r}")
+    return path
+
+
+def check_ref_name(name: str) -> str:
+    if not _REF_RE.match(name) or name.startswith("refs/") or _SHA_RE.match(name):
+        raise bad_request(f"Invalid reference name: {name!r}")
+    return name
+
+
+def check_repo_name(repo_id: str) -> tuple[str, str]:
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(_NAME_RE.match(p) for p in parts) or ".." in repo_id:
+        raise bad_request(f"Invalid repository id: {repo_id!r} (expected 'namespace/name')")
+    return parts[0], parts[1]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+    lfs: bool
+    oid: str  # git blob id: of the content, or of the LFS pointer for LFS files
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "sha256": self.sha256, "lfs": self.lfs, "oid": self.oid}
+
+    @classmethod
+    def from_json(cls, path: str, data: dict[str, Any]) -> FileEntry:
+        return cls(path=path, size=data["size"], sha256=data["sha256"], lfs=data["lfs"], oid=data["oid"])
+
+    @property
+    def pointer_size(self) -> int:
+        return len(lfs_pointer(self.sha256, self.size))
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    parents: tuple[str, ...]
+    title: str
+    message: str
+    date: str
+    author: str
+    files: dict[str, FileEntry]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parents": list(self.parents),
+            "title": self.title,
+            "message": self.message,
+            "date": self.date,
+            "author": self.author,
+            "files": {p: e.to_json() for p, e in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Commit:
+        return cls(
+            id=data["id"],
+            parents=tuple(data["parents"]),
+            title=data["title"],
+            message=data["message"],
+            date=data["date"],
+            author=data["author"],
+            files={p: FileEntry.from_json(p, e) for p, e in data["files"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class RepoMeta:
+    repo_type: str
+    repo_id: str
+    owner: str
+    private: bool
+    created_at: str
+
+
+# Operations of a commit, as the NDJSON commit route receives them.
+@dataclass(frozen=True)
+class AddRegular:
+    path: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class AddLfs:
+    path: str
+    sha256: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Delete:
+    path: str
+    folder: bool
+
+
+CommitOp = AddRegular | AddLfs | Delete
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, flush it to disk, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+class Store:
+    """All the local Hub's state under one root folder. Thread-safe."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "blobs").mkdir(exist_ok=True)
+        (self.root / "repos").mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._tokens_path = self.root / "tokens.json"
+
+    # -- users and tokens ------------------------------------------------------------
+    def tokens(self) -> dict[str, str]:
+        try:
+            data: dict[str, str] = json.loads(self._tokens_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return data
+
+    def user_for_token(self, token: str) -> str | None:
+        return self.tokens().get(token)
+
+    def ensure_user(self, user: str, token: str | None = None) -> str:
+        """Return a token for `user`: `token` when given (registered if new), else the stored or a new one."""
+        if not _NAME_RE.match(user):
+            raise bad_request(f"Invalid user name: {user!r}")
+        with self._lock:
+            tokens = self.tokens()
+            if token is None:
+                token = next((t for t, u in tokens.items() if u == user), None) or f"hf_{secrets.token_hex(16)}"
+            elif tokens.get(token, user) != user:
+                raise bad_request("That token already belongs to another user")
+            if tokens.get(token) != user:
+                tokens[token] = user
+                write_atomic(self._tokens_path, _dump(tokens))
+            return token
+
+    # -- blobs -------------------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        if not _SHA256_RE.match(sha256):
+            raise bad_request(f"Invalid sha256: {sha256!r}")
+        return self.root / "blobs" / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        try:
+            st = self.blob_path(sha256).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def put_blob(self, data: bytes) -> str:
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(sha256, len(data)):
+            write_atomic(self.blob_path(sha256), data)
+        return sha256
+
+    def put_blob_stream(self, sha256: str, size: int, chunks: Iterable[bytes]) -> None:
+        """Store an uploaded object, checking its size and sha256 before it is kept."""
+        target = self.blob_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        written = 0
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        raise bad_request(f"Upload is larger than the announced {size} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if written != size:
+                raise bad_request(f"Upload has {written} bytes, {size} were announced")
+            if digest.hexdigest() != sha256:
+                raise bad_request("Uploaded content does not match its sha256")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def open_blob(self, sha256: str) -> IO[bytes]:
+        return self.blob_path(sha256).open("rb")
+
+    # -- repositories ------------------------------------------------------------------
+    def _repo_dir(self, repo_type: str, repo_id: str) -> Path:
+        if repo_type not in REPO_TYPES:
+            raise bad_request(f"Invalid repo type: {repo_type!r}")
+        ns, name = check_repo_name(repo_id)
+        return self.root / "repos" / f"{repo_type}s" / ns / name
+
+    def repo(self, repo_type: str, repo_id: str) -> RepoMeta | None:
+        try:
+            data = json.loads((self._repo_dir(repo_type, repo_id) / "repo.json").read_text())
+        except FileNotFoundError:
+            return None
+        return RepoMeta(repo_type, repo_id, data["owner"], data["private"], data["createdAt"])
+
+    def list_repos(self) -> Iterator[RepoMeta]:
+        for type_dir in sorted((self.root / "repos").iterdir()):
+            for meta_file in sorted(type_dir.glob("*/*/repo.json")):
+                repo_id = f"{meta_file.parent.parent.name}/{meta_file.parent.name}"
+                meta = self.repo(type_dir.name[:-1], repo_id)
+                if meta is not None:
+                    yield meta
+
+    def create_repo(self, repo_type: str, repo_id: str, owner: str, private: bool) -> RepoMeta:
+        with self._lock:
+            repo_dir = self._repo_dir(repo_type, repo_id)
+            if self.repo(repo_type, repo_id) is not None:
+                raise StoreError(409, None, f"You already created this {repo_type} repo: {repo_id}")
+            staging = Path(tempfile.mkdtemp(dir=self.root / "repos", prefix=".new-"))
+            try:
+                now = _now()
+                gitattributes = self.put_blob(INITIAL_GITATTRIBUTES)
+                entry = FileEntry(
+                    ".gitattributes", len(INITIAL_GITATTRIBUTES), gitattributes, False,
+                    git_blob_sha1(INITIAL_GITATTRIBUTES),
+                )
+                commit = self._make_commit((), "initial commit", "", owner, {entry.path: entry}, now)
+                write_atomic(staging / "commits" / f"{commit.id}.json", _dump(commit.to_json()))
+                write_atomic(staging / "refs.json", _dump({"branches": {"main": commit.id}, "tags": {}}))
+                meta = {"owner": owner, "private": private, "createdAt": now}
+                write_atomic(staging / "repo.json", _dump(meta))
+                if repo_dir.exists():  # leftovers of a repository deleted or created halfway
+                    shutil.rmtree(repo_dir)
+                repo_dir.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging, repo_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            return RepoMeta(repo_type, repo_id, owner, private, now)
+
+    def delete_repo(self, repo_type: str, repo_id: str) -> None:
+        with self._lock:
+            repo_dir = self._repo_dir(repo_type, repo_id)
+            if self.repo(repo_type, repo_id) is None:
+                raise not_found_repo(repo_id)
+            # Renaming first makes the deletion atomic for readers.
+            graveyard = Path(tempfile.mkdtemp(dir=self.root / "repos", prefix=".deleted-"))
+            os.replace(repo_dir, graveyard / "repo")
+            shutil.rmtree(graveyard, ignore_errors=True)
+
+    def set_private(self, repo_type: str, repo_id: str, private: bool) -> None:
+        with self._lock:
+            meta = self._require(repo_type, repo_id)
+            data = {"owner": meta.owner, "private": private, "createdAt": meta.created_at}
+            write_atomic(self._repo_dir(repo_type, repo_id) / "repo.json", _dump(data))
+
+    def _require(self, repo_type: str, repo_id: str) -> RepoMeta:
+        meta = self.repo(repo_type, repo_id)
+        if meta is None:
+            raise not_found_repo(repo_id)
+        return meta
+
+    # -- refs and commits --------------------------------------------------------------
+    def refs(self, repo_type: str, repo_id: str) -> dict[str, dict[str, str]]:
+        self._require(repo_type, repo_id)
+        data: dict[str, dict[str, str]] = json.loads(
+            (self._repo_dir(repo_type, repo_id) / "refs.json").read_text()
+        )
+        return data
+
+    def _write_refs(self, repo_type: str, repo_id: str, refs: dict[str, dict[str, str]]) -> None:
+        write_atomic(self._repo_dir(repo_type, repo_id) / "refs.json", _dump(refs))
+
+    def commit(self, repo_type: str, repo_id: str, sha: str) -> Commit:
+        path = self._repo_dir(repo_type, repo_id) / "commits" / f"{sha}.json"
+        try:
+            return Commit.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise not_found_revision(sha) from None
+
+    def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
+        """The commit sha a branch, tag, `refs/heads/..`, `refs/tags/..` or full sha names."""
+        refs = self.refs(repo_type, repo_id)
+        if revision.startswith("refs/heads/"):
+            sha = refs["branches"].get(revision[len("refs/heads/"):])
+        elif revision.startswith("refs/tags/"):
+            sha = refs["tags"].get(revision[len("refs/tags/"):])
+        else:
+            sha = refs["branches"].get(revision) or refs["tags"].get(revision)
+            if sha is None and _SHA_RE.match(revision):
+                if (self._repo_dir(repo_type, repo_id) / "commits" / f"{revision}.json").exists():
+                    sha = revision
+        if sha is None:
+            raise not_found_revision(revision)
+        return sha
+
+    def history(self, repo_type: str, repo_id: str, sha: str) -> list[Commit]:
+        """The commits reachable from `sha`, newest first (first parents only)."""
+        out: list[Commit] = []
+        current: str | None = sha
+        while current is not None:
+            commit = self.commit(repo_type, repo_id, current)
+            out.append(commit)
+            current = commit.parents[0] if commit.parents else None
+        return out
+
+    def create_branch(self, repo_type: str, repo_id: str, branch: str, starting_point: str | None) -> None:
+        with self._lock:
+            check_ref_name(branch)
+            refs = self.refs(repo_type, repo_id)
+            if branch in refs["branches"]:
+                raise StoreError(409, None, f"Reference already exists: refs/heads/{branch}")
+            sha = self.resolve(repo_type, repo_id, starting_point or "main")
+            refs["branches"][branch] = sha
+            self._write_refs(repo_type, repo_id, refs)
+
+    def delete_branch(self, repo_type: str, repo_id: str, branch: str) -> None:
+        with self._lock:
+            refs = self.refs(repo_type, repo_id)
+            if branch == "main":
+                raise bad_request("Cannot delete the main branch")
+            if branch not in refs["branches"]:
+                raise not_found_revision(branch)
+            del refs["branches"][branch]
+            self._write_refs(repo_type, repo_id, refs)
+
+    def create_tag(self, repo_type: str, repo_id: str, tag: str, revision: str) -> None:
+        with self._lock:
+            check_ref_name(tag)
+            sha = self.resolve(repo_type, repo_id, revision)
+            refs = self.refs(repo_type, repo_id)
+            if tag in refs["tags"]:
+                raise StoreError(409, None, f"Tag already exists: {tag}")
+            refs["tags"][tag] = sha
+            self._write_refs(repo_type, repo_id, refs)
+
+    def delete_tag(self, repo_type: str, repo_id: str, tag: str) -> None:
+        with self._lock:
+            refs = self.refs(repo_type, repo_id)
+            if tag not in refs["tags"]:
+                raise not_found_revision(tag)
+            del refs["tags"][tag]
+            self._write_refs(repo_type, repo_id, refs)
+
+    def _make_commit(
+        self,
+        parents: tuple[str, ...],
+        title: str,
+        message: str,
+        author: str,
+        files: dict[str, FileEntry],
+        date: str,
+    ) -> Commit:
+        body = {
+            "parents": list(parents),
+            "title": title,
+            "message": message,
+            "author": author,
+            "date": date,
+            "files": {p: e.to_json() for p, e in sorted(files.items())},
+            "nonce": secrets.token_hex(8),
+        }
+        sha = hashlib.sha1(_dump(body)).hexdigest()
+        return Commit(sha, parents, title, message, date, author, files)
+
+    def apply_commit(
+        self,
+        repo_type: str,
+        repo_id: str,
+        branch: str,
+        ops: list[CommitOp],
+        title: str,
+        message: str,
+        author: str,
+        parent_commit: str | None,
+    ) -> Commit:
+        """Apply `ops` to the head of `branch` as one new commit: all of it lands, or none."""
+        with self._lock:
+            refs = self.refs(repo_type, repo_id)
+            head = refs["branches"].get(branch)
+            if head is None:
+                raise not_found_revision(branch)
+            if parent_commit is not None and parent_commit != head:
+                raise StoreError(
+                    412, None,
+                    f"A commit has happened since. Please refresh and try again. (parent {parent_commit} "
+                    f"is not the head of {branch}, {head})",
+                )
+            files = dict(self.commit(repo_type, repo_id, head).files)
+            for op in ops:
+                if isinstance(op, Delete):
+                    prefix = op.path.rstrip("/") + "/"
+                    doomed = [p for p in files if p.startswith(prefix)] if op.folder else [op.path]
+                    if not op.folder and op.path not in files:
+                        raise StoreError(404, "EntryNotFound", f"A file with this name doesn't exist: {op.path}")
+                    for p in doomed:
+                        files.pop(p, None)
+                    continue
+                check_path_in_repo(op.path)
+                if any(p.startswith(op.path + "/") for p in files):
+                    raise bad_request(f"A folder with this name already exists: {op.path}")
+                if isinstance(op, AddRegular):
+                    sha256 = self.put_blob(op.content)
+                    files[op.path] = FileEntry(op.path, len(op.content), sha256, False, git_blob_sha1(op.content))
+                else:
+                    if not self.has_blob(op.sha256):
+                        raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded")
+                    size = self.blob_path(op.sha256).stat().st_size
+                    if op.size is not None and op.size != size:
+                        raise bad_request(f"LFS object {op.sha256} has {size} bytes, not {op.size}")
+                    pointer = lfs_pointer(op.sha256, size)
+                    files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_sha1(pointer))
+            commit = self._make_commit((head,), title, message, author, files, _now())
+            repo_dir = self._repo_dir(repo_type, repo_id)
+            write_atomic(repo_dir / "commits" / f"{commit.id}.json", _dump(commit.to_json()))
+            refs["branches"][branch] = commit.id
+            self._write_refs(repo_type, repo_id, refs)
+            return commit

@@ -1,0 +1,260 @@
+"""A tiny real LoRA training run, for the demo and the tests.
+
+``train_tiny_lora`` trains a tiny, randomly initialised Llama (built from a
+``LlamaConfig`` in code, nothing is downloaded) wrapped with a PEFT LoRA
+adapter, using the real ``transformers.Trainer`` on CPU, so that the
+``checkpoint-N`` folders it writes are exactly what real users get:
+adapter_model.safetensors (or adapter_model.bin), adapter_config.json,
+README.md, trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt
+and rng_state.pth.
+
+torch / transformers / peft are imported inside the function only, so this
+module can be imported without pulling in torch.
+
+Command line::
+
+    python -m hubsync.tinyrun OUT_DIR [--max-steps N] [--save-steps N]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import warnings
+
+__all__ = ["BASE_MODEL_ID", "train_tiny_lora"]
+
+#: What ends up as ``base_model_name_or_path`` in every ``adapter_config.json``.
+#: A Hub-style id rather than a local path (a model built from a config has an
+#: empty ``name_or_path``, which PEFT would write as ``null``).
+BASE_MODEL_ID = "hubsync/tiny-random-llama"
+
+_VOCAB_SIZE = 128
+_SEQ_LEN = 32
+_N_TRAIN = 64
+_N_EVAL = 16
+
+# Warnings the libraries emit during this run that we know about and that say
+# nothing useful here.  Anything else is left visible.
+_KNOWN_NOISE = (
+    # peft 0.21 reads model.is_gradient_checkpointing, deprecated in transformers 5.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # PEFT's save_embedding_layers="auto" check cannot look up
+    # BASE_MODEL_ID's config.json (we run with HF_HUB_OFFLINE=1, see below).
+    (UserWarning, r"Could not find a config file in "),
+    (UserWarning, r"Unable to fetch remote file"),
+)
+
+
+def _make_examples(n: int, seed: int):
+    """``n`` deterministic causal-LM examples of random token ids."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, _VOCAB_SIZE, (n, _SEQ_LEN), generator=gen)
+    return [
+        {
+            "input_ids": row.clone(),
+            "attention_mask": torch.ones_like(row),
+            "labels": row.clone(),
+        }
+        for row in ids
+    ]
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Set HF_HUB_OFFLINE=1 for the duration, restoring the previous value.
+
+    On every save PEFT (save_embedding_layers="auto") checks whether the base
+    model's config.json exists on the Hub, i.e. it makes a network request for
+    ``BASE_MODEL_ID``.  PEFT skips that request when HF_HUB_OFFLINE is set
+    (it reads the variable at call time).  Not thread-safe (os.environ).
+    """
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _bin_adapter_callback():
+    from transformers import TrainerCallback
+
+    class BinAdapterCallback(TrainerCallback):
+        """Rewrite each checkpoint's adapter as adapter_model.bin (see below)."""
+
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if not args.should_save or model is None:
+                return control
+            ckpt = pathlib.Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                model.save_pretrained(str(ckpt), safe_serialization=False)
+                (ckpt / "adapter_model.safetensors").unlink(missing_ok=True)
+            return control
+
+    return BinAdapterCallback()
+
+
+def train_tiny_lora(
+    output_dir: str | os.PathLike,
+    *,
+    max_steps: int = 30,
+    save_steps: int = 10,
+    eval_steps: int | None = 10,
+    seed: int = 0,
+    safe_serialization: bool = True,
+    resume_from_checkpoint: str | None = None,
+    save_only_model: bool = False,
+) -> pathlib.Path:
+    """Run a tiny LoRA fine-tune on CPU and return ``output_dir`` as a Path.
+
+    The real Trainer writes ``output_dir/checkpoint-N`` every ``save_steps``
+    steps and at the last step.  With ``safe_serialization=False`` the adapter
+    is stored as ``adapter_model.bin`` instead of ``adapter_model.safetensors``,
+    like an older PEFT checkpoint.  ``resume_from_checkpoint`` is passed to
+    ``trainer.train`` unchanged (a path, or True for the latest checkpoint).
+    With ``save_only_model=True`` the checkpoints hold no optimizer.pt,
+    scheduler.pt or rng_state.pth (and cannot be resumed from).
+    """
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
+
+    output_dir = pathlib.Path(output_dir)
+
+    prev_verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings(), _hub_offline():
+            for category, message in _KNOWN_NOISE:
+                warnings.filterwarnings("ignore", message=message, category=category)
+
+            transformers.set_seed(seed)
+
+            config = LlamaConfig(
+                vocab_size=_VOCAB_SIZE,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=False,
+                # No tokenizer: keep the special token ids inside the vocab.
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=0,
+            )
+            # get_peft_model() copies the model's name_or_path into the LoRA
+            # config's base_model_name_or_path (written to adapter_config.json);
+            # the model takes it from config.name_or_path when constructed.
+            # A from-config model would otherwise have "" and PEFT writes null.
+            config.name_or_path = BASE_MODEL_ID
+            model = LlamaForCausalLM(config)
+            model.name_or_path = BASE_MODEL_ID
+
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=4,
+                    lora_alpha=8,
+                    lora_dropout=0.0,
+                    target_modules=["q_proj", "v_proj"],
+                    task_type="CAUSAL_LM",
+                ),
+            )
+
+            args = TrainingArguments(
+                output_dir=str(output_dir),
+                max_steps=max_steps,
+                save_strategy="steps",
+                save_steps=save_steps,
+                eval_strategy="steps" if eval_steps else "no",
+                eval_steps=eval_steps or None,
+                logging_steps=5,
+                per_device_train_batch_size=4,
+                per_device_eval_batch_size=8,
+                learning_rate=1e-3,
+                seed=seed,
+                data_seed=seed,
+                report_to=[],
+                use_cpu=True,
+                disable_tqdm=True,
+                save_only_model=save_only_model,
+                dataloader_num_workers=0,
+            )
+
+            callbacks = []
+            if not safe_serialization:
+                # transformers 5.x has no TrainingArguments.save_safetensors any
+                # more, and Trainer._save() calls PeftModel.save_pretrained()
+                # with its default safe_serialization=True: the Trainer cannot
+                # be told to write a .bin adapter.  So right after each
+                # checkpoint is saved, this on_save callback re-saves the
+                # adapter with model.save_pretrained(ckpt,
+                # safe_serialization=False) (PEFT then torch.save()s
+                # adapter_model.bin) and deletes adapter_model.safetensors, so
+                # the folder looks like an older PEFT checkpoint.  Resuming
+                # from such a folder works: Trainer/PEFT fall back to
+                # adapter_model.bin when there is no safetensors file.
+                callbacks.append(_bin_adapter_callback())
+
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=_make_examples(_N_TRAIN, seed),
+                eval_dataset=_make_examples(_N_EVAL, seed + 1) if eval_steps else None,
+                callbacks=callbacks,
+            )
+            # With disable_tqdm=True the Trainer prints every log dict instead
+            # of drawing progress bars; drop that printer to stay quiet.  The
+            # logs still go to trainer_state.json's log_history.
+            trainer.remove_callback(PrinterCallback)
+            trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    finally:
+        transformers.logging.set_verbosity(prev_verbosity)
+
+    return output_dir
+
+
+def _checkpoint_dirs(output_dir: pathlib.Path) -> list[pathlib.Path]:
+    found = []
+    for p in output_dir.glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    return [p for _, p in sorted(found)]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hubsync.tinyrun",
+        description="Run a tiny real LoRA training on CPU and write Trainer checkpoints.",
+    )
+    parser.add_argument("output_dir", help="where the checkpoint-N folders are written")
+    parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--save-steps", type=int, default=10)
+    ns = parser.parse_args(argv)
+
+    out = train_tiny_lora(ns.output_dir, max_steps=ns.max_steps, save_steps=ns.save_steps)
+    for p in _checkpoint_dirs(out):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
