@@ -41,7 +41,8 @@ def _local_hub(root: Path) -> Iterator[dict[str, str]]:
     print(f"$ hubsync localhub --root {root} &", flush=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubsync", "localhub", "--root", str(root)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -83,7 +84,7 @@ def main() -> None:
         _step("Pushing it again: nothing changed, so no new commit")
         _hubsync("push", str(latest), "--repo", REPO, env=env)
 
-        _step(f"The repository's refs, as huggingface_hub lists them")
+        _step("The repository's refs, as huggingface_hub lists them")
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=settings["HF_ENDPOINT"], token=settings["HF_TOKEN"])

@@ -22,6 +22,8 @@ import contextlib
 import os
 import pathlib
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["BASE_MODEL_ID", "train_tiny_lora"]
 
@@ -47,12 +49,14 @@ _KNOWN_NOISE = (
 )
 
 
-def _make_examples(n: int, seed: int):
-    """``n`` deterministic causal-LM examples of random token ids."""
+def _make_examples(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` deterministic causal-LM examples: arithmetic sequences of token ids, which a tiny model can learn."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, _VOCAB_SIZE, (n, _SEQ_LEN), generator=gen)
+    starts = torch.randint(0, _VOCAB_SIZE, (n, 1), generator=gen)
+    strides = torch.randint(1, 4, (n, 1), generator=gen)
+    ids = (starts + strides * torch.arange(_SEQ_LEN)) % _VOCAB_SIZE
     return [
         {
             "input_ids": row.clone(),
@@ -64,7 +68,7 @@ def _make_examples(n: int, seed: int):
 
 
 @contextlib.contextmanager
-def _hub_offline():
+def _hub_offline() -> Iterator[None]:
     """Set HF_HUB_OFFLINE=1 for the duration, restoring the previous value.
 
     On every save PEFT (save_embedding_layers="auto") checks whether the base
@@ -83,13 +87,13 @@ def _hub_offline():
             os.environ["HF_HUB_OFFLINE"] = old
 
 
-def _bin_adapter_callback():
+def _bin_adapter_callback() -> Any:
     from transformers import TrainerCallback
 
     class BinAdapterCallback(TrainerCallback):
         """Rewrite each checkpoint's adapter as adapter_model.bin (see below)."""
 
-        def on_save(self, args, state, control, model=None, **kwargs):
+        def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
             if not args.should_save or model is None:
                 return control
             ckpt = pathlib.Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -102,7 +106,7 @@ def _bin_adapter_callback():
 
 
 def train_tiny_lora(
-    output_dir: str | os.PathLike,
+    output_dir: str | os.PathLike[str],
     *,
     max_steps: int = 30,
     save_steps: int = 10,
@@ -135,7 +139,7 @@ def train_tiny_lora(
     output_dir = pathlib.Path(output_dir)
 
     prev_verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         with warnings.catch_warnings(), _hub_offline():
             for category, message in _KNOWN_NOISE:
@@ -162,11 +166,11 @@ def train_tiny_lora(
             # the model takes it from config.name_or_path when constructed.
             # A from-config model would otherwise have "" and PEFT writes null.
             config.name_or_path = BASE_MODEL_ID
-            model = LlamaForCausalLM(config)
-            model.name_or_path = BASE_MODEL_ID
+            base_model = LlamaForCausalLM(config)
+            base_model.name_or_path = BASE_MODEL_ID
 
             model = get_peft_model(
-                model,
+                base_model,
                 LoraConfig(
                     r=4,
                     lora_alpha=8,

@@ -75,8 +75,14 @@ token_option = click.option("--token", metavar="TOKEN", help="Hub token [default
 @endpoint_option
 @token_option
 def push(
-    checkpoint: str, repo_id: str, revision: str | None, public: bool, dry_run: bool, as_json: bool,
-    endpoint: str | None, token: str | None,
+    checkpoint: str,
+    repo_id: str,
+    revision: str | None,
+    public: bool,
+    dry_run: bool,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
 ) -> None:
     """Push a checkpoint folder to a branch of a Hub repository, in one commit.
 
@@ -132,8 +138,12 @@ def _size(n: int) -> str:
 
 
 @cli.command()
-@click.option("--root", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Folder that holds the Hub's repositories (created when missing).")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder that holds the Hub's repositories (created when missing).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=0, show_default=True, help="Port to listen on; 0 picks a free one.")
 @click.option("--user", default="me", show_default=True, help="The user the token belongs to.")

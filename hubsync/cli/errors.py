@@ -16,38 +16,78 @@ def _hub(err: e.HubError) -> str:
 
 
 ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
-    (e.NotACheckpointError, lambda err: (
-        f"{err.path} is not a checkpoint folder: {err.reason}. "
-        "Pass a folder written by the Trainer, such as out/my-run/checkpoint-1000.")),
-    (e.CheckpointFileError, lambda err: (
-        f"cannot read {err.path}: {err.reason}. Check that the checkpoint was written completely.")),
-    (e.InvalidRepoIdError, lambda err: (
-        f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.")),
-    (e.InvalidRevisionError, lambda err: (
-        f"{err.revision!r} cannot be a branch name ({err.reason}). Choose another with --revision.")),
-    (e.TokenMissingError, lambda err: (
-        f"no Hugging Face token for {err.endpoint}. Set HF_TOKEN, pass --token, or run `hf auth login`.")),
-    (e.TokenRejectedError, lambda err: (
-        f"the Hub at {err.endpoint} rejected the token ({err.detail}). "
-        "Check HF_TOKEN or --token; create a token with write access if needed.")),
-    (e.PermissionDeniedError, lambda err: (
-        f"the token may not write to{_hub(err)} on {err.endpoint} ({err.detail}). "
-        "Use a token with write access to that namespace, or push to a repository of your own.")),
-    (e.RevisionNotFoundError, lambda err: (
-        f"no revision {err.revision!r} in {err.repo_id} on {err.endpoint}. "
-        "List the repository's branches and tags with `hf` or on the Hub, and pass one of them.")),
-    (e.RepoNotFoundError, lambda err: (
-        f"repository {err.repo_id} not found on {err.endpoint}, or the token cannot see it. "
-        "Check the name, and use a token of its owner for a private repository.")),
-    (e.HubUnreachableError, lambda err: (
-        f"cannot reach the Hub at {err.endpoint} ({err.detail}). "
-        "Check the address (--endpoint or HF_ENDPOINT) and the network, or start one with `hubsync localhub`.")),
-    (e.NotAHubError, lambda err: (
-        f"{err.endpoint} does not answer as a Hugging Face Hub ({err.detail}). "
-        "Check the address passed with --endpoint or HF_ENDPOINT.")),
-    (e.HubError, lambda err: (
-        f"the Hub at {err.endpoint} refused the request for{_hub(err)} ({err.detail}). "
-        "Run the command again; if it fails the same way, run it with HUBSYNC_DEBUG=1 and report the output.")),
+    (
+        e.NotACheckpointError,
+        lambda err: (
+            f"{err.path} is not a checkpoint folder: {err.reason}. "
+            "Pass a folder written by the Trainer, such as out/my-run/checkpoint-1000."
+        ),
+    ),
+    (
+        e.CheckpointFileError,
+        lambda err: f"cannot read {err.path}: {err.reason}. Check that the checkpoint was written completely.",
+    ),
+    (
+        e.InvalidRepoIdError,
+        lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
+    ),
+    (
+        e.InvalidRevisionError,
+        lambda err: f"{err.revision!r} cannot be a branch name ({err.reason}). Choose another with --revision.",
+    ),
+    (
+        e.TokenMissingError,
+        lambda err: f"no Hugging Face token for {err.endpoint}. Set HF_TOKEN, pass --token, or run `hf auth login`.",
+    ),
+    (
+        e.TokenRejectedError,
+        lambda err: (
+            f"the Hub at {err.endpoint} rejected the token ({err.detail}). "
+            "Check HF_TOKEN or --token; create a token with write access if needed."
+        ),
+    ),
+    (
+        e.PermissionDeniedError,
+        lambda err: (
+            f"the token may not write to{_hub(err)} on {err.endpoint} ({err.detail}). "
+            "Use a token with write access to that namespace, or push to a repository of your own."
+        ),
+    ),
+    (
+        e.RevisionNotFoundError,
+        lambda err: (
+            f"no revision {err.revision!r} in {err.repo_id} on {err.endpoint}. "
+            "List the repository's branches and tags with `hf` or on the Hub, and pass one of them."
+        ),
+    ),
+    (
+        e.RepoNotFoundError,
+        lambda err: (
+            f"repository {err.repo_id} not found on {err.endpoint}, or the token cannot see it. "
+            "Check the name, and use a token of its owner for a private repository."
+        ),
+    ),
+    (
+        e.HubUnreachableError,
+        lambda err: (
+            f"cannot reach the Hub at {err.endpoint} ({err.detail}). "
+            "Check the address (--endpoint or HF_ENDPOINT) and the network, or start one with `hubsync localhub`."
+        ),
+    ),
+    (
+        e.NotAHubError,
+        lambda err: (
+            f"{err.endpoint} does not answer as a Hugging Face Hub ({err.detail}). "
+            "Check the address passed with --endpoint or HF_ENDPOINT."
+        ),
+    ),
+    (
+        e.HubError,
+        lambda err: (
+            f"the Hub at {err.endpoint} refused the request for{_hub(err)} ({err.detail}). "
+            "Run the command again; if it fails the same way, run it with HUBSYNC_DEBUG=1 and report the output."
+        ),
+    ),
     (e.HubsyncError, lambda err: f"{err}."),
 ]
 

@@ -18,8 +18,12 @@ CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHT_FILES = (
-    "adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
-    "model.safetensors.index.json", "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
 )
 MAX_JSON_BYTES = 64 * 1024 * 1024
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session, get_token
 from huggingface_hub.errors import (
     BadRequestError,
     HfHubHTTPError,
@@ -19,7 +19,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers, get_session
+from huggingface_hub.utils._headers import build_hf_headers
 from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
@@ -119,8 +119,12 @@ class HubClient:
             operations = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
             with _xet(self.offers_xet(repo_id, branch)):
                 info = self.api.create_commit(
-                    repo_id, operations, commit_message=message, commit_description=description,
-                    revision=branch, parent_commit=parent_commit,
+                    repo_id,
+                    operations,
+                    commit_message=message,
+                    commit_description=description,
+                    revision=branch,
+                    parent_commit=parent_commit,
                 )
         return CommitResult(oid=info.oid, url=info.commit_url, created=info.oid != parent_commit)
 

@@ -18,8 +18,15 @@ class PushTarget(Protocol):
     def ensure_repo(self, repo_id: str, private: bool) -> None: ...
     def ensure_branch(self, repo_id: str, branch: str) -> None: ...
     def branch_head(self, repo_id: str, branch: str) -> str | None: ...
-    def commit_files(self, repo_id: str, branch: str, files: Any, message: str, description: str = "",
-                     parent_commit: str | None = None) -> CommitResult: ...
+    def commit_files(
+        self,
+        repo_id: str,
+        branch: str,
+        files: Any,
+        message: str,
+        description: str = "",
+        parent_commit: str | None = None,
+    ) -> CommitResult: ...
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
 
 
@@ -36,8 +43,14 @@ class PushResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "repo": self.repo_id, "revision": self.revision, "commit": self.commit, "commit_url": self.commit_url,
-            "url": self.url, "created": self.created, "files": self.files, "bytes": self.bytes,
+            "repo": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "commit_url": self.commit_url,
+            "url": self.url,
+            "created": self.created,
+            "files": self.files,
+            "bytes": self.bytes,
         }
 
 
@@ -52,7 +65,12 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
         plan.repo_id, plan.revision, files, plan.commit_message, plan.commit_description, parent_commit=head
     )
     return PushResult(
-        repo_id=plan.repo_id, revision=plan.revision, commit=result.oid, commit_url=result.url,
-        url=hub.web_url(plan.repo_id, plan.revision), created=result.created,
-        files=len(plan.uploads), bytes=plan.total_bytes,
+        repo_id=plan.repo_id,
+        revision=plan.revision,
+        commit=result.oid,
+        commit_url=result.url,
+        url=hub.web_url(plan.repo_id, plan.revision),
+        created=result.created,
+        files=len(plan.uploads),
+        bytes=plan.total_bytes,
     )

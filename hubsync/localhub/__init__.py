@@ -23,7 +23,11 @@ class RunningHub:
 
 @contextmanager
 def running_hub(
-    root: str | os.PathLike[str], *, user: str = DEFAULT_USER, token: str | None = None, host: str = "127.0.0.1",
+    root: str | os.PathLike[str],
+    *,
+    user: str = DEFAULT_USER,
+    token: str | None = None,
+    host: str = "127.0.0.1",
     port: int = 0,
 ) -> Iterator[RunningHub]:
     """Serve a local Hub in a background thread for the duration of the block."""

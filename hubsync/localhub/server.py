@@ -64,8 +64,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", _API_REPO + r"/commits/(?P<rev>[^/]+)$", "commits"),
         ("GET", _API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$", "tree"),
         ("POST", _API_REPO + r"/paths-info/(?P<rev>[^/]+)$", "paths_info"),
-        ("POST", r"^/(?:(?P<t>datasets|spaces)/)?" + r"(?P<ns>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$",
-         "lfs_batch"),
+        (
+            "POST",
+            r"^/(?:(?P<t>datasets|spaces)/)?" + r"(?P<ns>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$",
+            "lfs_batch",
+        ),
         ("PUT", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_upload"),
         ("POST", r"^/_lfs/(?P<oid>[0-9a-f]{64})/verify$", "lfs_verify"),
         ("GET", r"^/(?:(?P<t>datasets|spaces)/)?" + _REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
@@ -177,8 +180,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _send(self, method: str, response: Response) -> None:
         body = response.body
+        payload: bytes | None
         if isinstance(body, (bytes, bytearray)):
-            payload: bytes | None = bytes(body)
+            payload = bytes(body)
             length = len(payload)
         elif body is None:
             payload, length = b"", 0
@@ -320,11 +324,18 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         user = self._user()
         if user is None:
             raise StoreError(401, None, "Invalid username or password.")
-        return Response(body={
-            "type": "user", "id": hashlib.sha1(user.encode()).hexdigest()[:24], "name": user,
-            "fullname": user, "orgs": [], "isPro": False, "canPay": False,
-            "auth": {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write"}},
-        })
+        return Response(
+            body={
+                "type": "user",
+                "id": hashlib.sha1(user.encode()).hexdigest()[:24],
+                "name": user,
+                "fullname": user,
+                "orgs": [],
+                "isPro": False,
+                "canPay": False,
+                "auth": {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write"}},
+            }
+        )
 
     def h_create_repo(self, match: re.Match[str]) -> Response:
         user = self._user()
@@ -333,8 +344,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         data = self._json_object()
         name, org = data.get("name"), data.get("organization")
         repo_type = data.get("type") or "model"
-        if not isinstance(name, str) or not isinstance(org, (str, type(None))) or repo_type not in (
-            "model", "dataset", "space"
+        if (
+            not isinstance(name, str)
+            or not isinstance(org, (str, type(None)))
+            or repo_type not in ("model", "dataset", "space")
         ):
             raise bad_request("Expected 'name' and optional 'organization' and 'type'")
         namespace = org or user
@@ -410,12 +423,23 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 if entry.lfs:
                     sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
             siblings.append(sibling)
-        return Response(body={
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "author": repo_id.split("/")[0],
-            "sha": commit.id, "private": meta.private, "disabled": False, "gated": False,
-            "lastModified": commit.date, "createdAt": meta.created_at, "downloads": 0, "likes": 0,
-            "tags": [], "siblings": siblings,
-        })
+        return Response(
+            body={
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": commit.id,
+                "private": meta.private,
+                "disabled": False,
+                "gated": False,
+                "lastModified": commit.date,
+                "createdAt": meta.created_at,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+            }
+        )
 
     # -- refs and history --------------------------------------------------------------
     def h_create_branch(self, match: re.Match[str]) -> Response:
@@ -455,18 +479,24 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 for name, sha in sorted(refs[kind].items())
             ]
 
-        return Response(body={
-            "branches": listing("branches", "heads"), "converts": [], "tags": listing("tags", "tags"),
-            "pullRequests": [],
-        })
+        return Response(
+            body={
+                "branches": listing("branches", "heads"),
+                "converts": [],
+                "tags": listing("tags", "tags"),
+                "pullRequests": [],
+            }
+        )
 
     def h_commits(self, match: re.Match[str]) -> Response:
         repo_type, repo_id = self._repo_read(match)
         sha = self.store.resolve(repo_type, repo_id, unquote(match["rev"]))
-        return Response(body=[
-            {"id": c.id, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": c.author}]}
-            for c in self.store.history(repo_type, repo_id, sha)
-        ])
+        return Response(
+            body=[
+                {"id": c.id, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": c.author}]}
+                for c in self.store.history(repo_type, repo_id, sha)
+            ]
+        )
 
     # -- trees -------------------------------------------------------------------------
     def _commit_at(self, match: re.Match[str]) -> tuple[str, str, Commit]:
@@ -479,10 +509,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         history = self.store.history(repo_type, repo_id, commit.id)
         last: dict[str, Commit] = {}
         for path, entry in commit.files.items():
-            for older, newer in zip(history[1:] + [None], history):
-                if older is None or older.files.get(path) != entry:
-                    last[path] = newer
+            newest = history[0]
+            for older in history[1:]:
+                if older.files.get(path) != entry:
                     break
+                newest = older
+            last[path] = newest
         return last
 
     def _file_json(self, entry: FileEntry, last: Commit | None = None) -> dict[str, Any]:
@@ -519,7 +551,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             for path in commit.files:
                 if not path.startswith(prefix):
                     continue
-                parts = path[len(prefix):].split("/")
+                parts = path[len(prefix) :].split("/")
                 depth = len(parts) if recursive else 1
                 for i in range(1, depth + 1):
                     found.add(prefix + "/".join(parts[:i]))
@@ -574,8 +606,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             oid = None
             if existing is not None:
                 oid = existing.sha256 if lfs else existing.oid
-            out.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                        "oid": oid})
+            out.append(
+                {"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         return Response(body={"files": out, "commitOid": commit.id})
 
     def _ticket(self, oid: str, size: int) -> str:
@@ -615,8 +648,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 else:
                     item["actions"] = {"download": {"href": f"{self.base_url}/_lfs/{oid}"}}
             out.append(item)
-        return Response(body={"transfer": "basic", "objects": out, "hash_algo": "sha256"},
-                        content_type="application/vnd.git-lfs+json")
+        return Response(
+            body={"transfer": "basic", "objects": out, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def h_lfs_upload(self, match: re.Match[str]) -> Response:
         oid = match["oid"]
@@ -653,8 +688,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         assert user is not None
         header, ops = self._parse_commit(self._body(MAX_COMMIT_BODY))
         commit = self.store.apply_commit(
-            repo_type, repo_id, branch, ops,
-            title=header["summary"], message=header.get("description") or "", author=user,
+            repo_type,
+            repo_id,
+            branch,
+            ops,
+            title=header["summary"],
+            message=header.get("description") or "",
+            author=user,
             parent_commit=header.get("parentCommit"),
         )
         url = f"{self.base_url}/{_url_prefix(repo_type)}{repo_id}/commit/{commit.id}"
@@ -707,8 +747,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         entry = self.store.commit(repo_type, repo_id, sha).files.get(path)
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if entry is None:
-            return Response(404, {"error": "Entry not found"}, {
-                **headers, "X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"})
+            return Response(
+                404,
+                {"error": "Entry not found"},
+                {**headers, "X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"},
+            )
         headers["ETag"] = f'"{entry.sha256 if entry.lfs else entry.oid}"'
         if entry.lfs:
             headers["X-Linked-Etag"] = headers["ETag"]
@@ -726,13 +769,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             else:  # suffix range: the last N bytes
                 start = max(entry.size - int(m[2]), 0)
             if start >= entry.size or start > end:
-                return Response(416, {"error": "Range not satisfiable"},
-                                {**headers, "Content-Range": f"bytes */{entry.size}"})
+                return Response(
+                    416, {"error": "Range not satisfiable"}, {**headers, "Content-Range": f"bytes */{entry.size}"}
+                )
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
         length = max(end - start + 1, 0)
-        return Response(status, self._stream(entry.sha256, start, length), headers,
-                        content_type="application/octet-stream", length=length)
+        return Response(
+            status,
+            self._stream(entry.sha256, start, length),
+            headers,
+            content_type="application/octet-stream",
+            length=length,
+        )
 
     def _stream(self, sha256: str, start: int, length: int) -> Iterator[bytes]:
         with self.store.open_blob(sha256) as f:

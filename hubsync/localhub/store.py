@@ -37,9 +37,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 
-INITIAL_GITATTRIBUTES = "".join(
-    f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
-).encode()
+INITIAL_GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
 
 
 class StoreError(Exception):
@@ -326,7 +324,10 @@ class Store:
                 now = _now()
                 gitattributes = self.put_blob(INITIAL_GITATTRIBUTES)
                 entry = FileEntry(
-                    ".gitattributes", len(INITIAL_GITATTRIBUTES), gitattributes, False,
+                    ".gitattributes",
+                    len(INITIAL_GITATTRIBUTES),
+                    gitattributes,
+                    False,
                     git_blob_sha1(INITIAL_GITATTRIBUTES),
                 )
                 commit = self._make_commit((), "initial commit", "", owner, {entry.path: entry}, now)
@@ -368,9 +369,7 @@ class Store:
     # -- refs and commits --------------------------------------------------------------
     def refs(self, repo_type: str, repo_id: str) -> dict[str, dict[str, str]]:
         self._require(repo_type, repo_id)
-        data: dict[str, dict[str, str]] = json.loads(
-            (self._repo_dir(repo_type, repo_id) / "refs.json").read_text()
-        )
+        data: dict[str, dict[str, str]] = json.loads((self._repo_dir(repo_type, repo_id) / "refs.json").read_text())
         return data
 
     def _write_refs(self, repo_type: str, repo_id: str, refs: dict[str, dict[str, str]]) -> None:
@@ -387,14 +386,14 @@ class Store:
         """The commit sha a branch, tag, `refs/heads/..`, `refs/tags/..` or full sha names."""
         refs = self.refs(repo_type, repo_id)
         if revision.startswith("refs/heads/"):
-            sha = refs["branches"].get(revision[len("refs/heads/"):])
+            sha = refs["branches"].get(revision[len("refs/heads/") :])
         elif revision.startswith("refs/tags/"):
-            sha = refs["tags"].get(revision[len("refs/tags/"):])
+            sha = refs["tags"].get(revision[len("refs/tags/") :])
         else:
             sha = refs["branches"].get(revision) or refs["tags"].get(revision)
-            if sha is None and _SHA_RE.match(revision):
-                if (self._repo_dir(repo_type, repo_id) / "commits" / f"{revision}.json").exists():
-                    sha = revision
+            commit_file = self._repo_dir(repo_type, repo_id) / "commits" / f"{revision}.json"
+            if sha is None and _SHA_RE.match(revision) and commit_file.exists():
+                sha = revision
         if sha is None:
             raise not_found_revision(revision)
         return sha
@@ -487,7 +486,8 @@ class Store:
                 raise not_found_revision(branch)
             if parent_commit is not None and parent_commit != head:
                 raise StoreError(
-                    412, None,
+                    412,
+                    None,
                     f"A commit has happened since. Please refresh and try again. (parent {parent_commit} "
                     f"is not the head of {branch}, {head})",
                 )

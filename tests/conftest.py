@@ -1,0 +1,48 @@
+"""Shared fixtures: an isolated environment for every test, a real tiny training run, and a local Hub."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hubsync.localhub import RunningHub, running_hub
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the user's Hugging Face setup, token or endpoint."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    for name in ("HF_TOKEN", "HF_ENDPOINT", "HUGGING_FACE_HUB_TOKEN", "HUBSYNC_DEBUG", "HF_HUB_DISABLE_XET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Trainer + PEFT run on a tiny random Llama: 30 steps, checkpoints at 10, 20 and 30. Read only."""
+    from hubsync.tinyrun import train_tiny_lora
+
+    return train_tiny_lora(tmp_path_factory.mktemp("tiny-run"), max_steps=30, save_steps=10)
+
+
+@pytest.fixture
+def checkpoint(tiny_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the run's last checkpoint, free to modify."""
+    return Path(shutil.copytree(tiny_run / "checkpoint-30", tmp_path / "run" / "checkpoint-30"))
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
+    """A local Hub on a free loopback port, user `me`, storing under tmp_path."""
+    with running_hub(tmp_path / "hub-root") as running:
+        yield running
+
+
+@pytest.fixture
+def api(hub: RunningHub):  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=hub.endpoint, token=hub.token)

@@ -1,0 +1,257 @@
+"""`hubsync push` end to end: a real Trainer checkpoint, the real CLI, the real client, the local Hub over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from hubsync.cli import cli
+from hubsync.localhub import RunningHub
+
+
+def push(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, ["push", *args], env=env, catch_exceptions=False)
+
+
+def hub_env(hub: RunningHub) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git_sha1_of(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_push_creates_a_private_repo_and_a_branch_holding_the_checkpoint(
+    checkpoint: Path, hub: RunningHub, api: HfApi
+) -> None:
+    result = push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    assert "me/tiny @ checkpoint-30" in result.stdout
+    head = api.list_repo_refs("me/tiny").branches
+    branch = {b.name: b.target_commit for b in head}
+    assert set(branch) == {"main", "checkpoint-30"}
+    assert branch["checkpoint-30"] in result.stdout
+    tree = {f.path: f for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
+    local = {p.name: p for p in checkpoint.iterdir()}
+    assert set(tree) == set(local) | {".gitattributes"}
+    for name, path in local.items():
+        entry = tree[name]
+        assert entry.size == path.stat().st_size
+        if entry.lfs is not None:
+            assert entry.lfs.sha256 == sha256_of(path)
+        else:
+            assert entry.blob_id == git_sha1_of(path)
+    assert tree["adapter_model.safetensors"].lfs is not None
+    assert api.model_info("me/tiny").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.endpoint, token=False).model_info("me/tiny")
+
+
+def test_commit_message_names_the_checkpoint_step_epoch_and_eval_loss(
+    checkpoint: Path, hub: RunningHub, api: HfApi
+) -> None:
+    assert push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub)).exit_code == 0
+
+    commit = api.list_repo_commits("me/tiny", revision="checkpoint-30")[0]
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    eval_loss = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e][-1]
+    assert commit.title == f"hubsync: checkpoint-30 (step 30, epoch {state['epoch']:.2f}, eval_loss {eval_loss:.4f})"
+    assert "- step: 30" in commit.message
+    assert str(checkpoint) not in commit.message  # no absolute local path is published
+
+
+def test_pushing_an_unchanged_checkpoint_again_makes_no_commit(checkpoint: Path, hub: RunningHub, api: HfApi) -> None:
+    first = push(str(checkpoint), "--repo", "me/tiny", "--json", env=hub_env(hub))
+    second = push(str(checkpoint), "--repo", "me/tiny", "--json", env=hub_env(hub))
+
+    one, two = json.loads(first.stdout)["result"], json.loads(second.stdout)["result"]
+    assert one["created"] is True and two["created"] is False
+    assert one["commit"] == two["commit"]
+    assert len(api.list_repo_commits("me/tiny", revision="checkpoint-30")) == 2  # initial commit + one push
+
+
+def test_pushing_a_changed_checkpoint_makes_exactly_one_new_commit(
+    checkpoint: Path, hub: RunningHub, api: HfApi
+) -> None:
+    assert push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub)).exit_code == 0
+    (checkpoint / "extra.txt").write_text("a new file\n")
+
+    assert push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub)).exit_code == 0
+
+    commits = api.list_repo_commits("me/tiny", revision="checkpoint-30")
+    assert len(commits) == 3
+    files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
+    assert "extra.txt" in files
+
+
+def test_revision_option_names_the_branch(checkpoint: Path, hub: RunningHub, api: HfApi) -> None:
+    result = push(str(checkpoint), "--repo", "me/tiny", "--revision", "runs/a/step-30", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    assert "runs/a/step-30" in {b.name for b in api.list_repo_refs("me/tiny").branches}
+
+
+def test_endpoint_and_token_options_override_the_environment(checkpoint: Path, hub: RunningHub, api: HfApi) -> None:
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_wrong_token_123"}
+    result = push(str(checkpoint), "--repo", "me/tiny", "--endpoint", hub.endpoint, "--token", hub.token, env=env)
+
+    assert result.exit_code == 0, result.stderr
+    assert api.repo_exists("me/tiny")
+
+
+def test_push_works_with_hf_xet_installed_and_nothing_set(checkpoint: Path, hub: RunningHub) -> None:
+    """huggingface_hub alone would upload through Xet, which the local Hub does not offer."""
+    from huggingface_hub.utils._runtime import is_xet_available
+
+    assert is_xet_available(), "hf_xet is a dependency of huggingface_hub here; this test needs it"
+    assert constants.HF_HUB_DISABLE_XET is False
+
+    result = push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    assert constants.HF_HUB_DISABLE_XET is False  # put back after the push
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(checkpoint: Path, hub: RunningHub, api: HfApi) -> None:
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in checkpoint.iterdir())
+
+    result = push(str(checkpoint), "--repo", "me/tiny", "--dry-run", "--json", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["repo"] == "me/tiny" and plan["revision"] == "checkpoint-30"
+    assert {f["path"] for f in plan["files"]} == {p.name for p in checkpoint.iterdir()}
+    assert plan["bytes"] == sum(p.stat().st_size for p in checkpoint.iterdir())
+    assert not api.repo_exists("me/tiny")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in checkpoint.iterdir()) == before
+
+
+def test_the_checkpoint_folder_is_not_modified(checkpoint: Path, hub: RunningHub) -> None:
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in checkpoint.iterdir()}
+
+    assert push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub)).exit_code == 0
+
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in checkpoint.iterdir()} == before
+
+
+def test_a_link_leading_out_of_the_checkpoint_is_not_uploaded(
+    checkpoint: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub\n")
+    (checkpoint / "notes.txt").symlink_to(secret)
+
+    result = push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    assert "notes.txt" not in {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
+
+
+# -- bad input: one line on stderr naming the problem and the next step, exit 1 (2 for usage), no traceback ----------
+
+
+def assert_one_clear_line(result, *fragments: str, exit_code: int = 1) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == exit_code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_folder_that_is_not_a_checkpoint(tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+
+    result = push("photos", "--repo", "me/tiny", env=hub_env(hub))
+
+    assert_one_clear_line(result, "photos is not a checkpoint folder", "Pass a folder written by the Trainer")
+
+
+def test_a_missing_folder(tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_one_clear_line(push("nowhere", "--repo", "me/tiny", env=hub_env(hub)), "nowhere", "no such folder")
+
+
+def test_a_run_folder_names_its_latest_checkpoint(
+    checkpoint: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(checkpoint.parent.parent)
+
+    result = push("run", "--repo", "me/tiny", env=hub_env(hub))
+
+    assert_one_clear_line(result, "run is not a checkpoint folder", "run/checkpoint-30")
+
+
+def test_an_absolute_path_outside_the_working_directory_is_not_printed(
+    checkpoint: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (checkpoint / "trainer_state.json").write_text("{not json")
+
+    result = push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub))
+
+    assert_one_clear_line(result, "trainer_state.json", "not valid JSON")
+    assert str(tmp_path) not in result.stderr
+
+
+def test_missing_repo_option_is_a_usage_error(checkpoint: Path) -> None:
+    result = push(str(checkpoint))
+    assert result.exit_code == 2
+    assert "--repo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_invalid_repo_id(checkpoint: Path, hub: RunningHub) -> None:
+    assert_one_clear_line(push(str(checkpoint), "--repo", "tiny", env=hub_env(hub)), "'tiny'", "NAMESPACE/NAME")
+
+
+def test_an_unreachable_endpoint(checkpoint: Path) -> None:
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_some_token_1234"}
+
+    result = push(str(checkpoint), "--repo", "me/tiny", env=env)
+
+    assert_one_clear_line(result, f"cannot reach the Hub at http://127.0.0.1:{port}", "--endpoint or HF_ENDPOINT")
+
+
+def test_a_wrong_token_is_named_but_never_printed(checkpoint: Path, hub: RunningHub) -> None:
+    token = "hf_Recognisable0Wrong0Token"
+    result = push(str(checkpoint), "--repo", "me/tiny", env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": token})
+
+    assert_one_clear_line(result, "rejected the token", "HF_TOKEN")
+    assert token not in result.stdout + result.stderr
+
+
+def test_no_token_at_all(checkpoint: Path, hub: RunningHub) -> None:
+    result = push(str(checkpoint), "--repo", "me/tiny", env={"HF_ENDPOINT": hub.endpoint})
+    assert_one_clear_line(result, "no Hugging Face token", "HF_TOKEN")
+
+
+def test_another_users_namespace(checkpoint: Path, hub: RunningHub) -> None:
+    other = hub.server.store.ensure_user("other")
+    result = push(str(checkpoint), "--repo", "me/tiny", env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": other})
+    assert_one_clear_line(result, "me/tiny")
+
+
+def test_hubsync_debug_shows_the_traceback(tmp_path: Path, hub: RunningHub) -> None:
+    from hubsync.core.errors import NotACheckpointError
+
+    with pytest.raises(NotACheckpointError):
+        push(str(tmp_path / "nowhere"), "--repo", "me/tiny", env={**hub_env(hub), "HUBSYNC_DEBUG": "1"})
