@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -113,6 +115,65 @@ def push(
     click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
     click.echo(f"  commit: {result.commit}")
     click.echo(f"  url:    {result.url}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder for the converted files [default: safetensors-<checkpoint name>, beside the checkpoint].",
+)
+@click.option("--force", is_flag=True, help="Replace files in an output folder that is not empty.")
+def convert(checkpoint: str, output: str | None, force: bool) -> None:
+    """Convert a checkpoint's pickled weights to safetensors, verified bit for bit.
+
+    adapter_model.bin becomes adapter_model.safetensors, pytorch_model.bin model.safetensors, and
+    pytorch_model-0000x-of-0000N.bin shards model-0000x-of-0000N.safetensors with a rewritten index.
+    Configs and tokenizer files are copied beside them; training state is not. The pickles are read
+    without running any code from them, and the checkpoint folder is never modified.
+
+    \b
+    Example:
+      hubsync convert out/my-run/checkpoint-1000
+    """
+    from pathlib import Path
+
+    from hubsync.convert import convert_checkpoint, default_output_dir
+    from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.conversion import plan_conversion
+    from hubsync.core.paths import display_path
+
+    ckpt = read_checkpoint(checkpoint)
+    plan = plan_conversion(ckpt)
+    if not plan.conversions:
+        click.echo(
+            f"Nothing to convert: {ckpt.display} holds no pickled weights (adapter_model.bin, pytorch_model*.bin)."
+        )
+        return
+    out_dir = Path(output) if output else default_output_dir(ckpt)
+    total = sum(f.size for f in ckpt.files if f.relpath in {c.source for c in plan.conversions})
+    with _progress(total, "Converting") as advance:
+        done = convert_checkpoint(ckpt, plan, out_dir, force=force, progress=advance)
+    for converted in done:
+        aliases = f", {len(converted.aliases)} tied names recorded as aliases" if converted.aliases else ""
+        click.echo(
+            f"{converted.source} -> {converted.target}: {converted.tensors} tensors, "
+            f"{_size(converted.bytes)}, verified{aliases}"
+        )
+    click.echo(f"Wrote {display_path(out_dir)}")
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal's stderr; nothing when stderr is not a terminal."""
+    if not sys.stderr.isatty() or total <= 0:
+        yield lambda n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
 
 
 def _print_plan(plan: Any, as_json: bool) -> None:

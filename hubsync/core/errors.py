@@ -73,3 +73,36 @@ class CheckpointFileError(HubsyncError):
         super().__init__(f"cannot read {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class UnsafePickleError(HubsyncError):
+    """A pickle needs more than tensors and plain containers to load: loading it could run code."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path} needs {what} to load, which could run code")
+        self.path = path
+        self.what = what
+
+
+class UnreadableWeightsError(HubsyncError):
+    """The file is not a torch.save() archive of a state dict that hubsync can read."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read the weights in {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class VerificationError(HubsyncError):
+    """A converted file, read back, is not bit for bit what its source holds."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"the converted {path} does not match its source: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class OutputExistsError(HubsyncError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} already exists and is not empty")
+        self.path = path

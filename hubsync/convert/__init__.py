@@ -1,0 +1,149 @@
+"""Convert a checkpoint's pickled weights to safetensors: safely (no code from the file runs), verified, memory-flat."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubsync.core.checkpoint import Checkpoint, read_json_file
+from hubsync.core.conversion import PICKLE_SUFFIXES, ConversionPlan, is_training_state, safetensors_name
+from hubsync.core.errors import CheckpointFileError, OutputExistsError
+from hubsync.core.paths import display_path
+
+from .torchzip import read_torch_archive
+from .writer import TEMP_PREFIX, Progress, find_aliases, temp_dir, temp_file, write_verified
+
+ALIASES_KEY = "hubsync_aliases"
+
+
+@dataclass(frozen=True)
+class ConvertedFile:
+    source: str
+    target: str
+    tensors: int
+    bytes: int
+    aliases: dict[str, str]  # dropped name -> the name that holds the same tensor
+
+
+def convert_weights(
+    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress = lambda n: None
+) -> list[ConvertedFile]:
+    """Write the plan's safetensors files (and rewritten index) into `out_dir`, each whole and verified."""
+    done = []
+    for conversion in plan.conversions:
+        shown = f"{checkpoint.display}/{conversion.source}"
+        archive = read_torch_archive(checkpoint.path / conversion.source, shown)
+        kept, aliases = find_aliases(archive.tensors)
+        metadata = {"format": "pt"}
+        if aliases:
+            metadata[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
+        written = write_verified(archive, kept, metadata, out_dir / conversion.target, shown, progress)
+        done.append(ConvertedFile(conversion.source, conversion.target, len(kept), written, aliases))
+    if plan.index is not None:
+        _rewrite_index(checkpoint, plan.index, out_dir, done)
+    return done
+
+
+def _rewrite_index(checkpoint: Checkpoint, index: tuple[str, str], out_dir: Path, done: list[ConvertedFile]) -> None:
+    source, target = index
+    shown = f"{checkpoint.display}/{source}"
+    data = read_json_file(checkpoint.path / source, shown)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointFileError(shown, "it has no weight_map")
+    dropped = {name for f in done for name in f.aliases}
+    new_map = {}
+    for name, shard in weight_map.items():
+        new_shard = safetensors_name(shard) if isinstance(shard, str) else None
+        if new_shard is None:
+            raise CheckpointFileError(shown, f"{name!r} maps to {shard!r}, not a pytorch_model shard")
+        if name not in dropped:
+            new_map[name] = new_shard
+    metadata = dict(data.get("metadata") or {})
+    metadata["total_size"] = sum(f.bytes for f in done)
+    write_file_atomic(out_dir / target, json.dumps({"metadata": metadata, "weight_map": new_map}, indent=2).encode())
+
+
+def write_file_atomic(target: Path, data: bytes) -> None:
+    fd, tmp = temp_file(target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    fd, tmp = temp_file(target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def companion_files(checkpoint: Checkpoint, plan: ConversionPlan) -> list[str]:
+    """Files that go with converted weights: configs, tokenizer, card; no pickles and no training state."""
+    return [
+        f.relpath
+        for f in checkpoint.files
+        if f.relpath not in plan.sources
+        and not is_training_state(f.relpath)
+        and not f.relpath.endswith(PICKLE_SUFFIXES)
+        and not Path(f.relpath).name.startswith(TEMP_PREFIX)
+    ]
+
+
+def default_output_dir(checkpoint: Checkpoint) -> Path:
+    """Beside the checkpoint, under a name that the Trainer's `checkpoint-*` rotation never matches."""
+    return checkpoint.path.parent / f"safetensors-{checkpoint.name}"
+
+
+def convert_checkpoint(
+    checkpoint: Checkpoint,
+    plan: ConversionPlan,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    progress: Progress = lambda n: None,
+) -> list[ConvertedFile]:
+    """Convert into `out_dir`, which must be new or empty (or `force`). An interrupted run leaves nothing there."""
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir == checkpoint.path or out_dir.is_relative_to(checkpoint.path):
+        raise OutputExistsError(display_path(out_dir) + " (inside the checkpoint, which is never modified)")
+    if out_dir.exists() and any(p for p in out_dir.iterdir() if not p.name.startswith(TEMP_PREFIX)) and not force:
+        raise OutputExistsError(display_path(out_dir))
+    if out_dir.exists():
+        for stale in out_dir.glob(TEMP_PREFIX + "*"):  # left by a run that was killed
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        return _convert_into(checkpoint, plan, out_dir, progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f"{TEMP_PREFIX}{out_dir.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = temp_dir(out_dir.parent, out_dir.name)
+    try:
+        done = _convert_into(checkpoint, plan, staging, progress)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return done
+
+
+def _convert_into(
+    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress
+) -> list[ConvertedFile]:
+    done = convert_weights(checkpoint, plan, out_dir, progress)
+    for relpath in companion_files(checkpoint, plan):
+        (out_dir / relpath).parent.mkdir(parents=True, exist_ok=True)
+        copy_file_atomic(checkpoint.path / relpath, out_dir / relpath)
+    return done

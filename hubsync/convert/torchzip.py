@@ -1,0 +1,298 @@
+"""Read what a torch.save() zip archive holds without running it: tensor names, dtypes, shapes and byte ranges.
+
+The archive's pickle is read by an unpickler that imports nothing. The few globals a state dict needs
+(the tensor-rebuild functions, storage types, dtypes, OrderedDict) are answered with inert stand-ins that
+only record metadata; any other global refuses the file. Tensor bytes are never read here: torch stores
+each storage uncompressed as its own zip member, so a tensor is a byte range of the file.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnsafePickleError
+
+MAX_PICKLE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str  # safetensors' name
+    itemsize: int
+
+
+# Legacy typed storages name their dtype; UntypedStorage tensors carry it as a torch dtype (_rebuild_tensor_v3).
+_STORAGE_DTYPES = {
+    "DoubleStorage": DType("F64", 8),
+    "FloatStorage": DType("F32", 4),
+    "HalfStorage": DType("F16", 2),
+    "BFloat16Storage": DType("BF16", 2),
+    "LongStorage": DType("I64", 8),
+    "IntStorage": DType("I32", 4),
+    "ShortStorage": DType("I16", 2),
+    "CharStorage": DType("I8", 1),
+    "ByteStorage": DType("U8", 1),
+    "BoolStorage": DType("BOOL", 1),
+}
+_TORCH_DTYPES = {
+    "float64": DType("F64", 8),
+    "float32": DType("F32", 4),
+    "float16": DType("F16", 2),
+    "bfloat16": DType("BF16", 2),
+    "int64": DType("I64", 8),
+    "int32": DType("I32", 4),
+    "int16": DType("I16", 2),
+    "int8": DType("I8", 1),
+    "uint8": DType("U8", 1),
+    "bool": DType("BOOL", 1),
+    "uint16": DType("U16", 2),
+    "uint32": DType("U32", 4),
+    "uint64": DType("U64", 8),
+    "float8_e4m3fn": DType("F8_E4M3", 1),
+    "float8_e5m2": DType("F8_E5M2", 1),
+}
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    key: str  # the zip member data/<key>
+    dtype: DType | None  # None for UntypedStorage: the tensor names the dtype
+    numel: int  # elements of a typed storage; bytes of an untyped one
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    storage: StorageRef
+    dtype: DType
+    offset: int  # in elements
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def view_key(self) -> tuple[Any, ...]:
+        """Two names with the same view key are the same tensor (a tied weight)."""
+        return (self.storage.key, self.dtype.name, self.offset, self.shape, self.stride)
+
+
+@dataclass(frozen=True)
+class StorageRecord:
+    file_offset: int  # where the storage's bytes start in the archive file
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class TorchArchive:
+    path: Path
+    tensors: dict[str, TensorRef]  # in the file's order
+    storages: dict[str, StorageRecord]
+
+
+class _Stub:
+    """An inert stand-in for an allowed global."""
+
+    def __init__(self, name: str, build: Callable[..., Any]) -> None:
+        self.name = name
+        self.build = build
+
+    def __call__(self, *args: Any) -> Any:
+        return self.build(*args)
+
+
+class _DTypeStub:
+    def __init__(self, dtype: DType) -> None:
+        self.dtype = dtype
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise pickle.UnpicklingError(f"{what} is not a tuple of integers")
+    return value
+
+
+def _rebuild_v2(storage: Any, offset: Any, shape: Any, stride: Any, *rest: Any) -> TensorRef:
+    if not isinstance(storage, StorageRef) or storage.dtype is None or not isinstance(offset, int):
+        raise pickle.UnpicklingError("unexpected arguments to _rebuild_tensor_v2")
+    return TensorRef(storage, storage.dtype, offset, _ints(shape, "size"), _ints(stride, "stride"))
+
+
+def _rebuild_v3(
+    storage: Any, offset: Any, shape: Any, stride: Any, _grad: Any, _hooks: Any, dtype: Any, *rest: Any
+) -> TensorRef:
+    if not isinstance(storage, StorageRef) or not isinstance(dtype, _DTypeStub) or not isinstance(offset, int):
+        raise pickle.UnpicklingError("unexpected arguments to _rebuild_tensor_v3")
+    return TensorRef(storage, dtype.dtype, offset, _ints(shape, "size"), _ints(stride, "stride"))
+
+
+def _rebuild_parameter(data: Any, *rest: Any) -> TensorRef:
+    if not isinstance(data, TensorRef):
+        raise pickle.UnpicklingError("a parameter without a tensor")
+    return data
+
+
+def _ordered_dict(*args: Any) -> OrderedDict[Any, Any]:
+    if args:
+        raise pickle.UnpicklingError("OrderedDict with arguments")
+    return OrderedDict()
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): _ordered_dict,
+        ("torch._utils", "_rebuild_tensor_v2"): _Stub("_rebuild_tensor_v2", _rebuild_v2),
+        ("torch._utils", "_rebuild_tensor_v3"): _Stub("_rebuild_tensor_v3", _rebuild_v3),
+        ("torch._utils", "_rebuild_parameter"): _Stub("_rebuild_parameter", _rebuild_parameter),
+        ("torch.storage", "UntypedStorage"): "UntypedStorage",
+    }
+    for name in _STORAGE_DTYPES:
+        allowed[("torch", name)] = name
+    for name, dtype in _TORCH_DTYPES.items():
+        allowed[("torch", name)] = _DTypeStub(dtype)
+    return allowed
+
+
+_ALLOWED = _allowed_globals()
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, shown: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.shown = shown
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(self.shown, f"{module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        _, storage_type, key, _location, numel = pid
+        if storage_type == "UntypedStorage":
+            dtype = None
+        elif isinstance(storage_type, str) and storage_type in _STORAGE_DTYPES:
+            dtype = _STORAGE_DTYPES[storage_type]
+        else:
+            raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r:.80}")
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError("malformed storage reference")
+        return StorageRef(key, dtype, numel)
+
+
+def _member_data_offset(fp: Any, info: zipfile.ZipInfo) -> int:
+    """Where a stored (uncompressed) member's bytes start: after its local file header."""
+    fp.seek(info.header_offset)
+    header = fp.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
+
+
+def read_torch_archive(path: Path, shown: str) -> TorchArchive:
+    """Inventory a torch.save() zip archive holding a flat {name: tensor} dict. Runs nothing from the file."""
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableWeightsError(shown, "the file is empty")
+        if not zipfile.is_zipfile(path):
+            raise UnreadableWeightsError(
+                shown, "not a torch.save() zip archive (truncated, or the legacy format of torch < 1.6)"
+            )
+        with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
+            names = archive.namelist()
+            pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pkl) != 1:
+                raise UnreadableWeightsError(shown, "no data.pkl in the archive: not written by torch.save()")
+            prefix = pkl[0][: -len("data.pkl")]
+            byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
+            if byteorder != "little":
+                raise UnreadableWeightsError(shown, f"{byteorder}-endian tensors are not supported")
+            if archive.getinfo(pkl[0]).file_size > MAX_PICKLE_BYTES:
+                raise UnreadableWeightsError(shown, "its data.pkl is too large for a state dict")
+            try:
+                obj = _SafeUnpickler(archive.read(pkl[0]), shown).load()
+            except UnsafePickleError:
+                raise
+            except (
+                pickle.UnpicklingError,
+                EOFError,
+                ValueError,
+                TypeError,
+                AttributeError,
+                IndexError,
+                KeyError,
+                RecursionError,
+                struct.error,
+            ) as exc:
+                raise UnreadableWeightsError(shown, f"malformed pickle ({exc})") from exc
+            tensors = _state_dict_of(obj, shown)
+            storages: dict[str, StorageRecord] = {}
+            for tensor in tensors.values():
+                key = tensor.storage.key
+                if key in storages:
+                    continue
+                member = f"{prefix}data/{key}"
+                try:
+                    info = archive.getinfo(member)
+                except KeyError:
+                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member}") from None
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise UnreadableWeightsError(shown, f"the storage {member} is compressed")
+                storages[key] = StorageRecord(_member_data_offset(raw, info), info.file_size)
+    except HubsyncError:
+        raise
+    except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
+        raise UnreadableWeightsError(shown, str(exc) or type(exc).__name__) from exc
+    _check_bounds(tensors, storages, shown)
+    return TorchArchive(path, tensors, storages)
+
+
+def _state_dict_of(obj: Any, shown: str) -> dict[str, TensorRef]:
+    if not isinstance(obj, dict):
+        raise UnreadableWeightsError(shown, f"it holds a {type(obj).__name__}, not a state dict of tensors")
+    out: dict[str, TensorRef] = {}
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, TensorRef):
+            raise UnreadableWeightsError(
+                shown, f"entry {name!r:.60} is a {type(value).__name__}, not a tensor: not a state dict"
+            )
+        out[name] = value
+    return out
+
+
+def _check_bounds(tensors: dict[str, TensorRef], storages: dict[str, StorageRecord], shown: str) -> None:
+    for name, t in tensors.items():
+        if any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride) or t.offset < 0:
+            raise UnreadableWeightsError(shown, f"tensor {name} has a negative size, stride or offset")
+        if t.numel == 0:
+            continue
+        last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride, strict=True))
+        if (last + 1) * t.dtype.itemsize > storages[t.storage.key].size:
+            raise UnreadableWeightsError(shown, f"tensor {name} reaches past the end of its storage (truncated?)")

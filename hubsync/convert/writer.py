@@ -1,0 +1,220 @@
+"""Write one safetensors file from a torch archive's byte ranges, verify it bit for bit, then put it in place.
+
+Contiguous tensors are copied file to file by the kernel (`os.copy_file_range`) where it exists, and in
+bounded chunks elsewhere; nothing holds a whole tensor in memory. The result is read back and compared
+with the source byte for byte, and its header is parsed by the safetensors library itself, before the
+temp file is renamed to its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from io import RawIOBase
+from pathlib import Path
+from typing import BinaryIO
+
+from hubsync.core.errors import VerificationError
+
+from .torchzip import TensorRef, TorchArchive
+
+CHUNK = 8 * 1024 * 1024
+TEMP_PREFIX = ".hubsync-tmp-"
+
+Progress = Callable[[int], None]  # called with bytes done since the last call
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(directory: Path, suffix: str = "") -> tuple[int, Path]:
+    """A temp file in `directory` with the permissions a plain new file would get (mkstemp makes it 0600)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=suffix)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(name)
+
+
+def temp_dir(directory: Path, name: str) -> Path:
+    """A staging folder in `directory`, with the permissions a plain new folder would get."""
+    path = Path(tempfile.mkdtemp(dir=directory, prefix=f"{TEMP_PREFIX}{name}-"))
+    path.chmod(0o777 & ~_umask())
+    return path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each kept tensor goes in the output file."""
+
+    header: bytes  # length prefix, JSON header and padding
+    tensors: tuple[tuple[str, TensorRef, int], ...]  # name, source tensor, byte offset in the output file
+
+
+def find_aliases(tensors: dict[str, TensorRef]) -> tuple[dict[str, TensorRef], dict[str, str]]:
+    """Keep one name per tensor view (the first in the file's order); map each dropped alias to the kept name."""
+    kept: dict[str, TensorRef] = {}
+    first_name: dict[tuple[object, ...], str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in tensors.items():
+        key = tensor.view_key()
+        if key in first_name and tensor.numel > 0:
+            aliases[name] = first_name[key]
+        else:
+            first_name.setdefault(key, name)
+            kept[name] = tensor
+    return kept, aliases
+
+
+def plan_layout(tensors: dict[str, TensorRef], metadata: dict[str, str]) -> Layout:
+    """Larger dtypes first so every tensor starts aligned to its item size, as safetensors itself lays them out."""
+    order = sorted(tensors.items(), key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in order:
+        header[name] = {"dtype": t.dtype.name, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    prefix = struct.pack("<Q", len(encoded)) + encoded
+    placed = []
+    position = len(prefix)
+    for name, t in order:
+        placed.append((name, t, position))
+        position += t.nbytes
+    return Layout(prefix, tuple(placed))
+
+
+def _copy_range(
+    src: RawIOBase, dst: RawIOBase, src_offset: int, dst_offset: int, count: int, progress: Progress
+) -> None:
+    copy_file_range = getattr(os, "copy_file_range", None)
+    while count > 0 and copy_file_range is not None:
+        try:
+            done = copy_file_range(src.fileno(), dst.fileno(), min(count, 1 << 30), src_offset, dst_offset)
+        except OSError:  # another file system, or a kernel that says no: copy through memory below
+            break
+        if done == 0:
+            raise OSError("unexpected end of the source file")
+        src_offset, dst_offset, count = src_offset + done, dst_offset + done, count - done
+        progress(done)
+    buf = bytearray(min(CHUNK, max(count, 0)))
+    while count > 0:
+        view = memoryview(buf)[: min(count, CHUNK)]
+        src.seek(src_offset)
+        n = src.readinto(view)
+        if not n:
+            raise OSError("unexpected end of the source file")
+        dst.seek(dst_offset)
+        dst.write(view[:n])
+        src_offset, dst_offset, count = src_offset + n, dst_offset + n, count - n
+        progress(n)
+
+
+def _strided_chunks(archive: TorchArchive, tensor: TensorRef) -> Iterator[bytes]:
+    """A non-contiguous tensor's bytes in row-major order, a block of rows at a time."""
+    import numpy as np
+
+    record = archive.storages[tensor.storage.key]
+    itemsize = tensor.dtype.itemsize
+    storage = np.memmap(
+        archive.path, dtype=f"u{itemsize}", mode="r", offset=record.file_offset, shape=(record.size // itemsize,)
+    )
+    view = np.lib.stride_tricks.as_strided(
+        storage[tensor.offset :],
+        shape=tensor.shape,
+        strides=tuple(s * itemsize for s in tensor.stride),
+        writeable=False,
+    )
+    row_bytes = max(tensor.nbytes // max(tensor.shape[0], 1), 1)
+    rows = max(1, CHUNK // row_bytes)
+    for start in range(0, tensor.shape[0], rows):
+        yield np.ascontiguousarray(view[start : start + rows]).tobytes()
+    del view, storage
+
+
+def _source_chunks(archive: TorchArchive, src: BinaryIO, tensor: TensorRef) -> Iterator[bytes]:
+    if tensor.is_contiguous:
+        start = archive.storages[tensor.storage.key].file_offset + tensor.offset * tensor.dtype.itemsize
+        left = tensor.nbytes
+        src.seek(start)
+        while left > 0:
+            data = src.read(min(left, CHUNK))
+            if not data:
+                raise OSError("unexpected end of the source file")
+            left -= len(data)
+            yield data
+    elif tensor.nbytes:
+        yield from _strided_chunks(archive, tensor)
+
+
+def _write(archive: TorchArchive, layout: Layout, out: RawIOBase, progress: Progress) -> None:
+    out.write(layout.header)
+    out.flush()
+    with archive.path.open("rb", buffering=0) as src:
+        for _name, tensor, position in layout.tensors:
+            if tensor.is_contiguous:
+                start = archive.storages[tensor.storage.key].file_offset + tensor.offset * tensor.dtype.itemsize
+                _copy_range(src, out, start, position, tensor.nbytes, progress)
+            else:
+                out.seek(position)
+                for chunk in _strided_chunks(archive, tensor):
+                    out.write(chunk)
+                    progress(len(chunk))
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def verify(archive: TorchArchive, layout: Layout, written: Path, shown: str, metadata: dict[str, str]) -> None:
+    """Read the new file back: the header as safetensors parses it, then every tensor's bytes against the source."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(written), framework="numpy") as f:
+            header_names = set(f.keys())
+            if f.metadata() != metadata:
+                raise VerificationError(shown, "the header metadata differs")
+            for name, tensor, _ in layout.tensors:
+                piece = f.get_slice(name)
+                if piece.get_dtype() != tensor.dtype.name or tuple(piece.get_shape()) != tensor.shape:
+                    raise VerificationError(shown, f"tensor {name} has another dtype or shape")
+    except VerificationError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for a malformed file
+        raise VerificationError(shown, f"safetensors cannot read it ({exc})") from exc
+    if header_names != {name for name, _, _ in layout.tensors}:
+        raise VerificationError(shown, "the tensor names differ")
+    with archive.path.open("rb") as src, written.open("rb") as out:
+        for name, tensor, position in layout.tensors:
+            out.seek(position)
+            for chunk in _source_chunks(archive, src, tensor):
+                if out.read(len(chunk)) != chunk:
+                    raise VerificationError(shown, f"the bytes of tensor {name} differ")
+
+
+def write_verified(
+    archive: TorchArchive,
+    tensors: dict[str, TensorRef],
+    metadata: dict[str, str],
+    target: Path,
+    shown: str,
+    progress: Progress = lambda n: None,
+) -> int:
+    """Write `tensors` to `target` as safetensors through a verified temp file; return the tensor bytes written."""
+    layout = plan_layout(tensors, metadata)
+    fd, tmp = temp_file(target.parent, ".safetensors")
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            _write(archive, layout, out, progress)
+        verify(archive, layout, tmp, shown, metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return sum(t.nbytes for t in tensors.values())

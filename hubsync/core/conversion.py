@@ -1,0 +1,64 @@
+"""Which files of a checkpoint are pickled weights, and the safetensors names they become. Pure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .checkpoint import Checkpoint
+
+_SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
+TRAINING_STATE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin)$")
+
+
+@dataclass(frozen=True)
+class WeightConversion:
+    source: str  # a pickled weights file in the checkpoint
+    target: str  # the safetensors file it becomes
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    conversions: tuple[WeightConversion, ...]
+    index: tuple[str, str] | None  # (pytorch_model.bin.index.json, model.safetensors.index.json) to rewrite
+    superseded: tuple[str, ...]  # pickled weights that a safetensors file in the checkpoint already holds
+
+    @property
+    def sources(self) -> frozenset[str]:
+        return frozenset(c.source for c in self.conversions) | frozenset(self.superseded)
+
+
+def is_training_state(relpath: str) -> bool:
+    return "/" not in relpath and TRAINING_STATE_RE.match(relpath) is not None
+
+
+def safetensors_name(source: str) -> str | None:
+    """The safetensors name transformers and PEFT load for a pickled weights file, or None if it is not one."""
+    if source == "adapter_model.bin":
+        return "adapter_model.safetensors"
+    if source == "pytorch_model.bin":
+        return "model.safetensors"
+    m = _SHARD_RE.match(source)
+    if m:
+        return f"model-{m.group(1)}-of-{m.group(2)}.safetensors"
+    return None
+
+
+def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
+    names = {f.relpath for f in checkpoint.files}
+    conversions = []
+    superseded = []
+    for name in sorted(names):
+        target = safetensors_name(name)
+        if target is None:
+            continue
+        if target in names:
+            superseded.append(name)
+        else:
+            conversions.append(WeightConversion(name, target))
+    index = None
+    if "pytorch_model.bin.index.json" in names and "model.safetensors.index.json" not in names:
+        index = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
+    return ConversionPlan(tuple(conversions), index, tuple(superseded))
