@@ -28,6 +28,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_lora(tmp_path_factory.mktemp("tiny-run"), max_steps=30, save_steps=10)
 
 
+@pytest.fixture(scope="session")
+def bin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Trainer + PEFT run that saved its adapter as adapter_model.bin, as PEFT used to. Read only."""
+    from hubsync.tinyrun import train_tiny_lora
+
+    return train_tiny_lora(tmp_path_factory.mktemp("bin-run"), max_steps=10, save_steps=10, safe_serialization=False)
+
+
 @pytest.fixture
 def checkpoint(tiny_run: Path, tmp_path: Path) -> Path:
     """A private copy of the run's last checkpoint, free to modify."""

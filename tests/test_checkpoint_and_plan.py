@@ -176,3 +176,21 @@ def test_display_path_never_shows_an_absolute_path(in_tmp: Path) -> None:
     assert display_path(in_tmp / "a" / "b") == "a/b"
     assert display_path(".") == "."
     assert display_path("/somewhere/else/run/checkpoint-1") == "…/run/checkpoint-1"
+
+
+def test_every_error_has_its_own_message_with_a_next_step() -> None:
+    import inspect
+
+    from hubsync.cli.errors import ERROR_MESSAGES, message_for
+    from hubsync.core import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.HubsyncError)]
+    listed = [exc_type for exc_type, _ in ERROR_MESSAGES]
+    for cls in classes:
+        assert cls in listed, f"{cls.__name__} has no entry in the CLI's error table"
+        params = list(inspect.signature(cls.__init__).parameters)[1:]
+        instance = cls(*["x/y" for _ in params]) if cls is not errors.HubsyncError else cls("boom")
+        text = message_for(instance)
+        assert text.startswith("Error: ") and text.endswith(".") and "\n" not in text
+    for earlier, later in [(a, b) for i, a in enumerate(listed) for b in listed[i + 1 :]]:
+        assert not issubclass(later, earlier), f"{later.__name__} is shadowed by {earlier.__name__}"

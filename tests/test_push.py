@@ -255,3 +255,26 @@ def test_hubsync_debug_shows_the_traceback(tmp_path: Path, hub: RunningHub) -> N
 
     with pytest.raises(NotACheckpointError):
         push(str(tmp_path / "nowhere"), "--repo", "me/tiny", env={**hub_env(hub), "HUBSYNC_DEBUG": "1"})
+
+
+def test_pickled_adapter_weights_are_pushed_as_verified_safetensors(
+    bin_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    source = bin_run / "checkpoint-10"
+    result = push(str(source), "--repo", "me/tiny", "--json", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    files = {f["path"]: f for f in json.loads(result.stdout)["plan"]["files"]}
+    assert files["adapter_model.safetensors"]["converted_from"] == "adapter_model.bin"
+    tree = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-10")}
+    assert "adapter_model.safetensors" in tree and "adapter_model.bin" not in tree
+    pushed = api.hf_hub_download(
+        "me/tiny", "adapter_model.safetensors", revision="checkpoint-10", cache_dir=tmp_path / "cache"
+    )
+    original = torch.load(source / "adapter_model.bin", weights_only=True)
+    converted = load_file(pushed)
+    assert set(converted) == set(original)
+    assert all(torch.equal(converted[k], v) for k, v in original.items())

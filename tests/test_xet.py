@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from huggingface_hub import constants
@@ -16,7 +17,7 @@ from hubsync.localhub import RunningHub
 class XetTokenHandler(BaseHTTPRequestHandler):
     """Answers only the write-token route, the way huggingface.co does; the local Hub cannot serve this."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.seen.append(self.path)

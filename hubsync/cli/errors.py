@@ -28,6 +28,31 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: f"cannot read {err.path}: {err.reason}. Check that the checkpoint was written completely.",
     ),
     (
+        e.UnsafePickleError,
+        lambda err: (
+            f"refused {err.path}: it needs {err.what} to load, which could run code, so it was not loaded. "
+            "Re-save the weights in a trusted environment with save_pretrained(), or torch.save() a plain state dict."
+        ),
+    ),
+    (
+        e.UnreadableWeightsError,
+        lambda err: (
+            f"cannot convert {err.path}: {err.reason}. Check that the file is complete; "
+            "hubsync reads state dicts written by torch.save() (torch >= 1.6)."
+        ),
+    ),
+    (
+        e.VerificationError,
+        lambda err: f"{err.path} was not converted: read back, {err.reason}. Nothing was kept; run it again.",
+    ),
+    (
+        e.OutputExistsError,
+        lambda err: (
+            f"{err.path} already exists and is not empty. Choose another folder with -o, "
+            "or pass --force to replace its files."
+        ),
+    ),
+    (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
     ),

@@ -27,7 +27,9 @@ class ConversionPlan:
 
     @property
     def sources(self) -> frozenset[str]:
-        return frozenset(c.source for c in self.conversions) | frozenset(self.superseded)
+        """Files whose content the converted files replace."""
+        index = {self.index[0]} if self.index else set()
+        return frozenset(c.source for c in self.conversions) | frozenset(self.superseded) | index
 
 
 def is_training_state(relpath: str) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import Checkpoint
+from .conversion import ConversionPlan, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError
 from .render import render
 
@@ -16,9 +17,10 @@ _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
 
 @dataclass(frozen=True)
 class Upload:
-    source: str  # path relative to the checkpoint folder
+    source: str  # path relative to the checkpoint folder, or to the conversion's output folder
     path_in_repo: str
-    size: int
+    size: int  # for a converted file: its source's size, which it matches to within the pickle's overhead
+    converted_from: str | None = None  # the pickled file this one is converted from
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class PushPlan:
     skipped: tuple[str, ...]
     commit_message: str
     commit_description: str
+    conversion: ConversionPlan
 
     @property
     def total_bytes(self) -> int:
@@ -44,7 +47,14 @@ class PushPlan:
             "private": self.private,
             "checkpoint": self.checkpoint,
             "step": self.step,
-            "files": [{"path": u.path_in_repo, "size": u.size} for u in self.uploads],
+            "files": [
+                {
+                    "path": u.path_in_repo,
+                    "size": u.size,
+                    **({"converted_from": u.converted_from} if u.converted_from else {}),
+                }
+                for u in self.uploads
+            ],
             "skipped": list(self.skipped),
             "bytes": self.total_bytes,
             "commit_message": self.commit_message,
@@ -102,7 +112,14 @@ def commit_description(checkpoint: Checkpoint, uploads: tuple[Upload, ...]) -> s
 def plan_push(checkpoint: Checkpoint, *, repo_id: str, revision: str | None = None, private: bool = True) -> PushPlan:
     """Decide what a push of `checkpoint` to `repo_id` does. Touches nothing."""
     branch = check_branch_name(revision or checkpoint.name)
-    uploads = tuple(Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files)
+    conversion = plan_conversion(checkpoint)
+    sizes = {f.relpath: f.size for f in checkpoint.files}
+    converted = [Upload(c.target, c.target, sizes[c.source], c.source) for c in conversion.conversions]
+    if conversion.index is not None:
+        source, target = conversion.index
+        converted.append(Upload(target, target, sizes[source], source))
+    kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in conversion.sources]
+    uploads = tuple(sorted(kept + converted, key=lambda u: u.path_in_repo))
     return PushPlan(
         repo_id=check_repo_id(repo_id),
         revision=branch,
@@ -113,4 +130,5 @@ def plan_push(checkpoint: Checkpoint, *, repo_id: str, revision: str | None = No
         skipped=checkpoint.skipped,
         commit_message=commit_message(checkpoint),
         commit_description=commit_description(checkpoint, uploads),
+        conversion=conversion,
     )

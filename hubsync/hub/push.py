@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from hubsync.convert import convert_weights
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.plan import PushPlan
 
@@ -55,12 +58,22 @@ class PushResult:
 
 
 def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
-    """Create the repository and branch when missing, then commit the planned files in one commit."""
+    """Convert pickled weights (verified) into a temp folder, create the repository and branch when missing,
+    then commit the planned files in one commit."""
     hub.require_token()
+    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging:
+        if plan.conversion.conversions:
+            convert_weights(checkpoint, plan.conversion, Path(staging))
+        files = [
+            ((Path(staging) if u.converted_from else checkpoint.path) / u.source, u.path_in_repo) for u in plan.uploads
+        ]
+        return _commit(plan, files, hub)
+
+
+def _commit(plan: PushPlan, files: list[tuple[Path, str]], hub: PushTarget) -> PushResult:
     hub.ensure_repo(plan.repo_id, private=plan.private)
     hub.ensure_branch(plan.repo_id, plan.revision)
     head = hub.branch_head(plan.repo_id, plan.revision)
-    files = [(checkpoint.path / u.source, u.path_in_repo) for u in plan.uploads]
     result = hub.commit_files(
         plan.repo_id, plan.revision, files, plan.commit_message, plan.commit_description, parent_commit=head
     )
