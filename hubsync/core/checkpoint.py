@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointFileError, NotACheckpointError
+from .ghostpickle import read_torch_pickle
 from .paths import display_path
 
 CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+TRAINING_ARGS = "training_args.bin"
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHT_FILES = (
     "adapter_model.safetensors",
@@ -44,6 +48,8 @@ class TrainerState:
     best_model_checkpoint: str | None = None
     latest_eval: Mapping[str, float] = field(default_factory=dict)  # the newest log entry with eval_* metrics
     latest_loss: float | None = None
+    log_history: tuple[Mapping[str, Any], ...] = ()  # entries that are JSON objects, in order
+    settings: Mapping[str, Any] = field(default_factory=dict)  # train_batch_size, max_steps, *_steps, total_flos...
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ class Checkpoint:
     files: tuple[CheckpointFile, ...]
     trainer_state: TrainerState | None
     skipped: tuple[str, ...] = ()  # entries not uploaded, with the reason
+    adapter_config: Mapping[str, Any] | None = None
+    model_config: Mapping[str, Any] | None = None  # config.json
+    training_args: Mapping[str, Any] | None = None  # training_args.bin as plain data, read without running it
+    git_commit: str | None = None  # of the training repository, when the checkpoint lies in a git work tree
+    run_name: str | None = None  # the folder holding the checkpoint-N folders
 
     @property
     def total_bytes(self) -> int:
@@ -88,7 +99,22 @@ def parse_trainer_state(data: Any) -> TrainerState:
         if _number(entry.get("loss")) is not None:
             latest_loss = float(entry["loss"])
     best = data.get("best_model_checkpoint")
+    settings = {
+        k: data[k]
+        for k in (
+            "train_batch_size",
+            "max_steps",
+            "num_train_epochs",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+            "total_flos",
+        )
+        if _number(data.get(k)) is not None
+    }
     return TrainerState(
+        log_history=tuple(e for e in history if isinstance(e, dict)),
+        settings=settings,
         global_step=step,
         epoch=_number(data.get("epoch")),
         best_metric=_number(data.get("best_metric")),
@@ -173,4 +199,53 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise CheckpointFileError(state_shown, str(exc)) from exc
     m = CHECKPOINT_DIR_RE.match(root.name)
     step = state.global_step if state and state.global_step is not None else (int(m.group(1)) if m else None)
-    return Checkpoint(root, shown, root.name, step, tuple(files), state, tuple(skipped))
+    return Checkpoint(
+        root,
+        shown,
+        root.name,
+        step,
+        tuple(files),
+        state,
+        tuple(skipped),
+        adapter_config=_json_object(root, ADAPTER_CONFIG, names, shown),
+        model_config=_json_object(root, "config.json", names, shown),
+        training_args=_training_args(root, names),
+        git_commit=git_commit_of(root),
+        run_name=root.parent.name if m else None,
+    )
+
+
+def _json_object(root: Path, name: str, names: set[str], shown: str) -> Mapping[str, Any] | None:
+    if name not in names:
+        return None
+    data = read_json_file(root / name, f"{shown}/{name}")
+    if not isinstance(data, dict):
+        raise CheckpointFileError(f"{shown}/{name}", "expected a JSON object")
+    return data
+
+
+def _training_args(root: Path, names: set[str]) -> Mapping[str, Any] | None:
+    """training_args.bin as plain data, read without importing or running anything; None when unreadable."""
+    if TRAINING_ARGS not in names:
+        return None
+    try:
+        data = read_torch_pickle((root / TRAINING_ARGS).read_bytes())
+    except (OSError, pickle.UnpicklingError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def git_commit_of(folder: Path) -> str | None:
+    """The HEAD commit of the git work tree holding `folder`, if any (and git is installed)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--verify", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None

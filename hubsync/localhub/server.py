@@ -70,6 +70,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
             "lfs_batch",
         ),
         ("PUT", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_upload"),
+        ("GET", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_download"),
         ("POST", r"^/_lfs/(?P<oid>[0-9a-f]{64})/verify$", "lfs_verify"),
         ("GET", r"^/(?:(?P<t>datasets|spaces)/)?" + _REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
         ("HEAD", r"^/(?:(?P<t>datasets|spaces)/)?" + _REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
@@ -106,7 +107,10 @@ def _private_of(data: dict[str, Any], default: bool) -> bool:
         return bool(visibility == "private")
     if visibility is not None:
         raise bad_request(f"Invalid visibility: {visibility!r}")
-    return bool(data.get("private", default))
+    private = data.get("private", default)
+    if not isinstance(private, bool):
+        raise bad_request("'private' must be true or false")
+    return private
 
 
 def _url_prefix(repo_type: str) -> str:
@@ -115,6 +119,7 @@ def _url_prefix(repo_type: str) -> str:
 
 class HubRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes; don't wait for ACKs between
     server: LocalHubServer
     server_version = "hubsync-localhub"
 
@@ -173,7 +178,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         raise StoreError(404, None, f"Not found: {path}")
 
     def _error(self, status: int, code: str | None, message: str) -> Response:
-        headers = {"X-Error-Message": message.encode("ascii", "replace").decode()[:500]}
+        # Messages may quote what the client sent: no control character may reach a header line.
+        safe = re.sub(r"[\x00-\x1f\x7f]", " ", message).encode("ascii", "replace").decode()[:500]
+        headers = {"X-Error-Message": safe}
         if code:
             headers["X-Error-Code"] = code
         return Response(status, {"error": message}, headers)
@@ -567,8 +574,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if "json" in ctype:
             try:
                 form = json.loads(body or b"{}")
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 raise bad_request("Malformed JSON body") from None
+            if not isinstance(form, dict):
+                raise bad_request("Expected a JSON object")
             paths, expand = form.get("paths", []), bool(form.get("expand", False))
         else:
             parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
@@ -611,8 +620,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             )
         return Response(body={"files": out, "commitOid": commit.id})
 
-    def _ticket(self, oid: str, size: int) -> str:
-        return hmac.new(self.server.secret, f"{oid}:{size}".encode(), hashlib.sha256).hexdigest()
+    def _ticket(self, oid: str, size: int, operation: str = "upload") -> str:
+        """Upload and download links carry no token (the client drops it), so they are signed instead."""
+        return hmac.new(self.server.secret, f"{operation}:{oid}:{size}".encode(), hashlib.sha256).hexdigest()
+
+    def _ticket_size(self, oid: str, operation: str) -> int:
+        try:
+            size = int(self.query.get("size", [""])[0])
+        except ValueError:
+            raise bad_request("Missing size") from None
+        ticket = self.query.get("ticket", [""])[0]
+        if not hmac.compare_digest(ticket, self._ticket(oid, size, operation)):
+            raise StoreError(403, None, "Invalid or missing ticket")
+        return size
 
     def h_lfs_batch(self, match: re.Match[str]) -> Response:
         repo_type = (match["t"] or "models")[:-1]
@@ -632,7 +652,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         out = []
         for obj in objects:
             oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
-            if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int):
+            if (
+                not isinstance(oid, str)
+                or not re.fullmatch(r"[0-9a-f]{64}", oid)
+                or not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+            ):
                 out.append({"oid": str(oid), "size": size, "error": {"code": 422, "message": "Invalid object"}})
                 continue
             item: dict[str, Any] = {"oid": oid, "size": size}
@@ -646,22 +672,24 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 if not self.store.has_blob(oid, size):
                     item["error"] = {"code": 404, "message": "Object does not exist"}
                 else:
-                    item["actions"] = {"download": {"href": f"{self.base_url}/_lfs/{oid}"}}
+                    ticket = self._ticket(oid, size, "download")
+                    item["actions"] = {"download": {"href": f"{self.base_url}/_lfs/{oid}?size={size}&ticket={ticket}"}}
             out.append(item)
         return Response(
             body={"transfer": "basic", "objects": out, "hash_algo": "sha256"},
             content_type="application/vnd.git-lfs+json",
         )
 
+    def h_lfs_download(self, match: re.Match[str]) -> Response:
+        oid = match["oid"]
+        size = self._ticket_size(oid, "download")
+        if not self.store.has_blob(oid, size):
+            raise StoreError(404, None, f"Object {oid} does not exist")
+        return Response(200, self._stream(oid, 0, size), content_type="application/octet-stream", length=size)
+
     def h_lfs_upload(self, match: re.Match[str]) -> Response:
         oid = match["oid"]
-        try:
-            size = int(self.query.get("size", [""])[0])
-        except ValueError:
-            raise bad_request("Missing size") from None
-        ticket = self.query.get("ticket", [""])[0]
-        if not hmac.compare_digest(ticket, self._ticket(oid, size)):
-            raise StoreError(403, None, "Invalid or missing upload ticket")
+        size = self._ticket_size(oid, "upload")
         if self._body_left is not None and self._body_left != size:
             raise bad_request(f"Content-Length {self._body_left} does not match the object size {size}")
         if self.store.has_blob(oid, size):
@@ -672,6 +700,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         return Response(body={})
 
     def h_lfs_verify(self, match: re.Match[str]) -> Response:
+        if self._user() is None:
+            raise StoreError(401, None, "You must be authenticated to verify an upload")
         data = self._json_object()
         if data.get("oid") != match["oid"] or not isinstance(data.get("size"), int):
             raise bad_request("Expected the object's 'oid' and 'size'")
@@ -687,6 +717,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         user = self._user()
         assert user is not None
         header, ops = self._parse_commit(self._body(MAX_COMMIT_BODY))
+        if not isinstance(header.get("description") or "", str) or not isinstance(
+            header.get("parentCommit") or "", str
+        ):
+            raise bad_request("The commit header's description and parentCommit must be strings")
         commit = self.store.apply_commit(
             repo_type,
             repo_id,
@@ -816,7 +850,9 @@ class LocalHubServer(ThreadingHTTPServer):
         return f"http://{self.url_host}"
 
     def start_background(self) -> LocalHubServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="localhub", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="localhub", daemon=True
+        )
         self._thread.start()
         return self
 

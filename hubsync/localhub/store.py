@@ -78,7 +78,13 @@ def is_lfs(path: str, size: int, sample: bytes) -> bool:
 def check_path_in_repo(path: str) -> str:
     """Refuse file paths that are empty, absolute, or climb out of the repository."""
     parts = path.split("/")
-    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or re.search(r"[\x00-\x1f\x7f]", path)
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise bad_request(f"Invalid path in repository: {path!r}")
     if parts[0] == ".git":
         raise bad_request(f"Invalid path in repository: {path!r}")
@@ -504,6 +510,10 @@ class Store:
                 check_path_in_repo(op.path)
                 if any(p.startswith(op.path + "/") for p in files):
                     raise bad_request(f"A folder with this name already exists: {op.path}")
+                parents = op.path.split("/")[:-1]
+                for i in range(1, len(parents) + 1):
+                    if "/".join(parents[:i]) in files:
+                        raise bad_request(f"A file with this name already exists: {'/'.join(parents[:i])}")
                 if isinstance(op, AddRegular):
                     sha256 = self.put_blob(op.content)
                     files[op.path] = FileEntry(op.path, len(op.content), sha256, False, git_blob_sha1(op.content))

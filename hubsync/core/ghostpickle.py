@@ -1,0 +1,114 @@
+"""Read a pickle as plain data without importing or running anything it names.
+
+Every global the pickle names becomes a "ghost" class made on the spot: building one only records its
+arguments and state. Nothing from the file is imported, called or executed, whatever it names. The
+result is turned into plain data: dicts, lists, strings and numbers; an enum-like object becomes its
+value, any other object the dict of its state.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from typing import Any
+
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+
+
+class Ghost:
+    """An instance of a class the pickle named; holds what the pickle gave it and nothing else."""
+
+    _ghost_name = "?"
+    _ghost_args: tuple[Any, ...]
+    _ghost_state: Any
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Ghost:
+        obj = object.__new__(cls)
+        obj._ghost_args = args
+        obj._ghost_state = None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._ghost_args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self._ghost_state = state
+
+
+def _ghost_class(module: str, name: str) -> type[Ghost]:
+    return type(name, (Ghost,), {"_ghost_name": f"{module}.{name}", "__module__": "hubsync.ghost"})
+
+
+class _GhostUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self._classes: dict[tuple[str, str], Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key == ("copyreg", "_reconstructor"):
+            return _reconstructor
+        if key not in self._classes:
+            self._classes[key] = _ghost_class(module, name)
+        return self._classes[key]
+
+    def persistent_load(self, pid: Any) -> Any:
+        return {"persistent_id": plain(pid)}
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    if isinstance(cls, type) and issubclass(cls, Ghost):
+        return cls(state)
+    raise pickle.UnpicklingError("unexpected _reconstructor arguments")
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """Ghosts and containers as JSON-like data."""
+    if depth > 100:
+        raise pickle.UnpicklingError("nested too deeply")
+    if isinstance(value, Ghost):
+        state = value._ghost_state
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) as __reduce_ex__ gives them
+        if isinstance(state, dict):
+            return {str(k): plain(v, depth + 1) for k, v in state.items()}
+        args = value._ghost_args
+        if len(args) == 1:  # an enum member, or a device such as torch.device("cpu")
+            return plain(args[0], depth + 1)
+        return {"type": value._ghost_name, "args": [plain(a, depth + 1) for a in args]}
+    if isinstance(value, dict):
+        return {str(plain(k, depth + 1)): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v, depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def load_plain(data: bytes) -> Any:
+    """Unpickle `data` into plain data; pickle.UnpicklingError (or ValueError) when it is not a pickle."""
+    try:
+        return plain(_GhostUnpickler(data).load())
+    except RecursionError as exc:
+        raise pickle.UnpicklingError("nested too deeply") from exc
+    except (EOFError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise pickle.UnpicklingError(str(exc) or type(exc).__name__) from exc
+
+
+def read_torch_pickle(raw: bytes) -> Any:
+    """The plain data of a torch.save() file (a zip with data.pkl), or of a bare pickle."""
+    if raw[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+                if len(names) != 1:
+                    raise pickle.UnpicklingError("no data.pkl in the archive")
+                if archive.getinfo(names[0]).file_size > MAX_PICKLE_BYTES:
+                    raise pickle.UnpicklingError("data.pkl is too large")
+                raw = archive.read(names[0])
+        except zipfile.BadZipFile as exc:
+            raise pickle.UnpicklingError(f"a damaged zip archive ({exc})") from exc
+    return load_plain(raw)
