@@ -12,7 +12,7 @@ import pytest
 from hubsync.core.checkpoint import Checkpoint, CheckpointFile, TrainerState, parse_trainer_state, read_checkpoint
 from hubsync.core.errors import CheckpointFileError, InvalidRepoIdError, InvalidRevisionError, NotACheckpointError
 from hubsync.core.paths import display_path
-from hubsync.core.plan import commit_message, plan_push
+from hubsync.core.plan import PushOptions, commit_message, plan_push
 
 
 def make_checkpoint(**overrides: object) -> Checkpoint:
@@ -32,7 +32,7 @@ def make_checkpoint(**overrides: object) -> Checkpoint:
 
 
 def test_plan_uploads_every_file_to_a_branch_named_after_the_folder() -> None:
-    plan = plan_push(make_checkpoint(), repo_id="me/model")
+    plan = plan_push(make_checkpoint(), PushOptions("me/model", card=None))
     assert plan.revision == "checkpoint-40"
     assert [(u.path_in_repo, u.size) for u in plan.uploads] == [
         ("adapter_model.safetensors", 1000),
@@ -48,7 +48,7 @@ def test_commit_message_has_step_epoch_and_eval_loss() -> None:
 
 
 def test_commit_description_lists_the_facts_without_local_paths() -> None:
-    plan = plan_push(make_checkpoint(), repo_id="me/model")
+    plan = plan_push(make_checkpoint(), PushOptions("me/model", card=None))
     assert "- eval_loss: 0.8313" in plan.commit_description
     assert "/nowhere" not in plan.commit_description
 
@@ -56,13 +56,13 @@ def test_commit_description_lists_the_facts_without_local_paths() -> None:
 @pytest.mark.parametrize("repo_id", ["model", "me/", "/model", "me/mo del", "a/b/c", "me/../x", "me/x.git"])
 def test_plan_refuses_bad_repo_ids(repo_id: str) -> None:
     with pytest.raises(InvalidRepoIdError):
-        plan_push(make_checkpoint(), repo_id=repo_id)
+        plan_push(make_checkpoint(), PushOptions(repo_id, card=None))
 
 
 @pytest.mark.parametrize("revision", ["a..b", "refs/heads/x", "x/", "a b", "0" * 40, "x.lock", "/x"])
 def test_plan_refuses_bad_branch_names(revision: str) -> None:
     with pytest.raises(InvalidRevisionError):
-        plan_push(make_checkpoint(), repo_id="me/model", revision=revision)
+        plan_push(make_checkpoint(), PushOptions("me/model", revision, card=None))
 
 
 # -- trainer_state.json -----------------------------------------------------------------------------------------------

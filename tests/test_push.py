@@ -45,8 +45,9 @@ def test_push_creates_a_private_repo_and_a_branch_holding_the_checkpoint(
     assert set(branch) == {"main", "checkpoint-30"}
     assert branch["checkpoint-30"] in result.stdout
     tree = {f.path: f for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
-    local = {p.name: p for p in checkpoint.iterdir()}
-    assert set(tree) == set(local) | {".gitattributes"}
+    training_state = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    local = {p.name: p for p in checkpoint.iterdir() if p.name not in training_state | {"README.md"}}
+    assert set(tree) == set(local) | {".gitattributes", "README.md", "training_loss.svg"}
     for name, path in local.items():
         entry = tree[name]
         assert entry.size == path.stat().st_size
@@ -81,6 +82,30 @@ def test_pushing_an_unchanged_checkpoint_again_makes_no_commit(checkpoint: Path,
     assert one["created"] is True and two["created"] is False
     assert one["commit"] == two["commit"]
     assert len(api.list_repo_commits("me/tiny", revision="checkpoint-30")) == 2  # initial commit + one push
+
+
+def test_training_state_keep_uploads_what_resuming_needs(checkpoint: Path, hub: RunningHub, api: HfApi) -> None:
+    result = push(str(checkpoint), "--repo", "me/tiny", "--training-state", "keep", env=hub_env(hub))
+
+    assert result.exit_code == 0, result.stderr
+    files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"} <= files
+
+
+def test_the_card_replaces_the_placeholder_readme(
+    checkpoint: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    from huggingface_hub import ModelCard
+
+    assert push(str(checkpoint), "--repo", "me/tiny", "--license", "apache-2.0", env=hub_env(hub)).exit_code == 0
+
+    path = api.hf_hub_download("me/tiny", "README.md", revision="checkpoint-30", cache_dir=tmp_path / "cache")
+    card = ModelCard.load(path)
+    assert card.data.base_model == "hubsync/tiny-random-llama"
+    assert card.data.license == "apache-2.0"
+    assert "More Information Needed" not in card.text
+    assert 'revision="checkpoint-30"' in card.text
+    assert "![Training and validation loss against step](training_loss.svg)" in card.text
 
 
 def test_pushing_a_changed_checkpoint_makes_exactly_one_new_commit(
@@ -133,8 +158,12 @@ def test_dry_run_prints_the_plan_and_touches_nothing(checkpoint: Path, hub: Runn
     assert result.exit_code == 0, result.stderr
     plan = json.loads(result.stdout)["plan"]
     assert plan["repo"] == "me/tiny" and plan["revision"] == "checkpoint-30"
-    assert {f["path"] for f in plan["files"]} == {p.name for p in checkpoint.iterdir()}
-    assert plan["bytes"] == sum(p.stat().st_size for p in checkpoint.iterdir())
+    dropped = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    assert set(plan["dropped"]) == dropped
+    kept = {p.name for p in checkpoint.iterdir()} - dropped
+    assert {f["path"] for f in plan["files"]} == kept | {"training_loss.svg"}
+    assert [f["path"] for f in plan["files"] if f.get("generated")] == ["README.md", "training_loss.svg"]
+    assert plan["bytes"] == sum(f["size"] for f in plan["files"])
     assert not api.repo_exists("me/tiny")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in checkpoint.iterdir()) == before
 

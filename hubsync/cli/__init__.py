@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import click
 
 from hubsync import __version__
 from hubsync.core.errors import HubsyncError
+from hubsync.core.paths import display_path
 
 from .errors import message_for
 
@@ -29,9 +31,14 @@ def _secrets() -> list[str]:
 
 
 def _scrub(text: str) -> str:
+    """No token, and no absolute local path (they name users and machines), whatever a library put in a message."""
     for secret in _secrets():
         text = text.replace(secret, "***")
-    return text
+    return _ABSOLUTE_PATH.sub(lambda m: display_path(m.group(0)), text)
+
+
+# An absolute POSIX path, or a Windows one, as libraries quote them in messages.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
 
 
 class HubsyncGroup(click.Group):
@@ -67,11 +74,81 @@ endpoint_option = click.option(
 token_option = click.option("--token", metavar="TOKEN", help="Hub token [default: HF_TOKEN, else the saved login].")
 
 
+def card_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that shape a model card, shared by `push` and `card`."""
+    for option in reversed(
+        [
+            click.option(
+                "--base-model", metavar="HUB_ID", help="Base model's Hub id [default: from adapter_config.json]."
+            ),
+            click.option("--license", "license_", metavar="ID", help="License for the card, such as apache-2.0."),
+            click.option(
+                "--dataset", "datasets", multiple=True, metavar="HUB_ID", help="Training dataset (repeatable)."
+            ),
+            click.option(
+                "--language", "languages", multiple=True, metavar="CODE", help="Language, such as en (repeatable)."
+            ),
+            click.option(
+                "--template",
+                type=click.Path(dir_okay=False, path_type=str),
+                help="A Jinja2 template that replaces the packaged card template.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _card_settings(
+    base_model: str | None,
+    license_: str | None,
+    datasets: tuple[str, ...],
+    languages: tuple[str, ...],
+    template: str | None,
+) -> Any:
+    from importlib import metadata
+    from pathlib import Path
+
+    from hubsync.core.card import CardSettings
+    from hubsync.core.errors import TemplateError
+    from hubsync.core.paths import display_path
+
+    text = None
+    if template is not None:
+        try:
+            text = Path(template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(display_path(template), str(exc.strerror if isinstance(exc, OSError) else exc)) from exc
+    versions = {}
+    for name in ("transformers", "peft", "torch", "huggingface_hub", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return CardSettings(
+        base_model=base_model,
+        license=license_,
+        datasets=datasets,
+        languages=languages,
+        versions=versions,
+        template=text,
+        template_name=display_path(template) if template else None,
+    )
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=str))
 @click.option("--repo", "repo_id", required=True, metavar="NAMESPACE/NAME", help="Repository to push to.")
 @click.option("--revision", metavar="BRANCH", help="Branch that receives the commit [default: the folder's name].")
 @click.option("--public", is_flag=True, help="Create the repository public when it is missing [default: private].")
+@click.option(
+    "--training-state",
+    type=click.Choice(["drop", "keep"]),
+    default="drop",
+    show_default=True,
+    help="Leave out optimizer, scheduler, RNG state and training_args.bin, or keep them so training can resume.",
+)
+@card_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing locally or on the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @endpoint_option
@@ -81,6 +158,12 @@ def push(
     repo_id: str,
     revision: str | None,
     public: bool,
+    training_state: str,
+    base_model: str | None,
+    license_: str | None,
+    datasets: tuple[str, ...],
+    languages: tuple[str, ...],
+    template: str | None,
     dry_run: bool,
     as_json: bool,
     endpoint: str | None,
@@ -88,17 +171,21 @@ def push(
 ) -> None:
     """Push a checkpoint folder to a branch of a Hub repository, in one commit.
 
-    The repository is created (private) when missing, and the branch from main.
+    The repository is created (private) when missing, and the branch from main. Pickled weights are
+    converted to safetensors, the placeholder README.md is replaced by a model card rendered from the
+    training record (with a loss plot), and training-only state is left out unless --training-state keep.
 
     \b
     Example:
       hubsync push out/my-run/checkpoint-1000 --repo me/my-model
     """
     from hubsync.core.checkpoint import read_checkpoint
-    from hubsync.core.plan import plan_push
+    from hubsync.core.plan import PushOptions, plan_push
 
     ckpt = read_checkpoint(checkpoint)
-    plan = plan_push(ckpt, repo_id=repo_id, revision=revision, private=not public)
+    settings = _card_settings(base_model, license_, datasets, languages, template)
+    options = PushOptions(repo_id, revision, private=not public, training_state=training_state, card=settings)
+    plan = plan_push(ckpt, options)
     if dry_run:
         _print_plan(plan, as_json)
         return
@@ -115,6 +202,60 @@ def push(
     click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
     click.echo(f"  commit: {result.commit}")
     click.echo(f"  url:    {result.url}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Write the card to this file, and its plot beside it [default: print the card].",
+)
+@click.option(
+    "--repo", "repo_id", metavar="NAMESPACE/NAME", help="Repository named in the card [default: a placeholder]."
+)
+@click.option("--revision", metavar="BRANCH", help="Revision named in the card [default: the folder's name].")
+@card_options
+def card(
+    checkpoint: str,
+    output: str | None,
+    repo_id: str | None,
+    revision: str | None,
+    base_model: str | None,
+    license_: str | None,
+    datasets: tuple[str, ...],
+    languages: tuple[str, ...],
+    template: str | None,
+) -> None:
+    """Render a checkpoint's model card without pushing it.
+
+    \b
+    Example:
+      hubsync card out/my-run/checkpoint-1000 -o card/README.md
+    """
+    from pathlib import Path
+
+    from hubsync.convert import write_file_atomic
+    from hubsync.core.card import card_files
+    from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.paths import display_path
+    from hubsync.core.plan import check_branch_name, check_repo_id
+
+    ckpt = read_checkpoint(checkpoint)
+    settings = _card_settings(base_model, license_, datasets, languages, template)
+    repo = check_repo_id(repo_id or f"your-namespace/{ckpt.run_name or ckpt.name}")
+    files = card_files(ckpt, settings, repo, check_branch_name(revision or ckpt.name))
+    if output is None:
+        click.echo(files["README.md"].decode(), nl=False)
+        return
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(target, files.pop("README.md"))
+    click.echo(f"Wrote {display_path(target)}")
+    for name, data in files.items():
+        write_file_atomic(target.parent / name, data)
+        click.echo(f"Wrote {display_path(target.parent / name)}")
 
 
 @cli.command()

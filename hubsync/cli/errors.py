@@ -53,6 +53,20 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.BaseModelError,
+        lambda err: (
+            "the model card needs the base model's Hub id, and the checkpoint names "
+            + ("none" if err.found is None else "a local path, which is never published")
+            + ". Pass it with --base-model, such as --base-model meta-llama/Llama-3.1-8B."
+        ),
+    ),
+    (
+        e.TemplateError,
+        lambda err: (
+            f"cannot render the card template {err.path}: {err.reason}. Fix the template, or leave out --template."
+        ),
+    ),
+    (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
     ),

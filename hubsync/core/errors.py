@@ -106,3 +106,20 @@ class OutputExistsError(HubsyncError):
     def __init__(self, path: str) -> None:
         super().__init__(f"{path} already exists and is not empty")
         self.path = path
+
+
+class BaseModelError(HubsyncError):
+    """A card must name its base model by a Hub id; the checkpoint names none, or a local path."""
+
+    def __init__(self, found: str | None) -> None:
+        super().__init__("no base model" if found is None else f"the base model {found} is a local path")
+        self.found = found
+
+
+class TemplateError(HubsyncError):
+    """A card template that cannot be read or rendered."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot render the template {path}: {reason}")
+        self.path = path
+        self.reason = reason

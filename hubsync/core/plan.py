@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from .card import CardSettings, card_files
 from .checkpoint import Checkpoint
-from .conversion import ConversionPlan, plan_conversion
+from .conversion import ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError
 from .render import render
 
@@ -17,10 +19,11 @@ _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
 
 @dataclass(frozen=True)
 class Upload:
-    source: str  # path relative to the checkpoint folder, or to the conversion's output folder
+    source: str  # path relative to the checkpoint folder, or to the staging folder (converted, generated)
     path_in_repo: str
     size: int  # for a converted file: its source's size, which it matches to within the pickle's overhead
     converted_from: str | None = None  # the pickled file this one is converted from
+    generated: bool = False  # made by hubsync (the card and its plot): its bytes are in PushPlan.generated
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class PushPlan:
     commit_message: str
     commit_description: str
     conversion: ConversionPlan
+    generated: Mapping[str, bytes] = field(default_factory=dict)  # path in repo -> content (card, plot)
+    dropped: tuple[str, ...] = ()  # training state left out
 
     @property
     def total_bytes(self) -> int:
@@ -52,9 +57,11 @@ class PushPlan:
                     "path": u.path_in_repo,
                     "size": u.size,
                     **({"converted_from": u.converted_from} if u.converted_from else {}),
+                    **({"generated": True} if u.generated else {}),
                 }
                 for u in self.uploads
             ],
+            "dropped": list(self.dropped),
             "skipped": list(self.skipped),
             "bytes": self.total_bytes,
             "commit_message": self.commit_message,
@@ -109,21 +116,37 @@ def commit_description(checkpoint: Checkpoint, uploads: tuple[Upload, ...]) -> s
     ).strip()
 
 
-def plan_push(checkpoint: Checkpoint, *, repo_id: str, revision: str | None = None, private: bool = True) -> PushPlan:
-    """Decide what a push of `checkpoint` to `repo_id` does. Touches nothing."""
-    branch = check_branch_name(revision or checkpoint.name)
+@dataclass(frozen=True)
+class PushOptions:
+    repo_id: str
+    revision: str | None = None  # the branch; default: the checkpoint folder's name
+    private: bool = True
+    training_state: str = "drop"  # or "keep"
+    card: CardSettings | None = field(default_factory=CardSettings)  # None: keep the checkpoint's own README.md
+
+
+def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
+    """Decide what a push of `checkpoint` does: which files are converted, dropped, generated and uploaded."""
+    repo_id = check_repo_id(options.repo_id)
+    branch = check_branch_name(options.revision or checkpoint.name)
     conversion = plan_conversion(checkpoint)
     sizes = {f.relpath: f.size for f in checkpoint.files}
     converted = [Upload(c.target, c.target, sizes[c.source], c.source) for c in conversion.conversions]
     if conversion.index is not None:
         source, target = conversion.index
         converted.append(Upload(target, target, sizes[source], source))
-    kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in conversion.sources]
-    uploads = tuple(sorted(kept + converted, key=lambda u: u.path_in_repo))
+    generated = card_files(checkpoint, options.card, repo_id, branch) if options.card is not None else {}
+    dropped = tuple(
+        f.relpath for f in checkpoint.files if options.training_state == "drop" and is_training_state(f.relpath)
+    )
+    replaced = conversion.sources | set(generated) | set(dropped)
+    kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
+    made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
+    uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
     return PushPlan(
-        repo_id=check_repo_id(repo_id),
+        repo_id=repo_id,
         revision=branch,
-        private=private,
+        private=options.private,
         checkpoint=checkpoint.display,
         step=checkpoint.step,
         uploads=uploads,
@@ -131,4 +154,6 @@ def plan_push(checkpoint: Checkpoint, *, repo_id: str, revision: str | None = No
         commit_message=commit_message(checkpoint),
         commit_description=commit_description(checkpoint, uploads),
         conversion=conversion,
+        generated=generated,
+        dropped=dropped,
     )

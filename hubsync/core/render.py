@@ -31,3 +31,8 @@ def _environment() -> jinja2.Environment:
 
 def render(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)
+
+
+def render_file(text: str, **context: Any) -> str:
+    """Render a user's template text with the same settings as the packaged ones."""
+    return _environment().from_string(text).render(**context)

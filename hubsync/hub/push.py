@@ -61,11 +61,16 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
     """Convert pickled weights (verified) into a temp folder, create the repository and branch when missing,
     then commit the planned files in one commit."""
     hub.require_token()
-    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging:
+    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
+        staging = Path(staging_dir)
         if plan.conversion.conversions:
-            convert_weights(checkpoint, plan.conversion, Path(staging))
+            convert_weights(checkpoint, plan.conversion, staging)
+        for path, data in plan.generated.items():
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
+            (staging / path).write_bytes(data)
         files = [
-            ((Path(staging) if u.converted_from else checkpoint.path) / u.source, u.path_in_repo) for u in plan.uploads
+            ((staging if u.converted_from or u.generated else checkpoint.path) / u.source, u.path_in_repo)
+            for u in plan.uploads
         ]
         return _commit(plan, files, hub)
 

@@ -1,0 +1,418 @@
+"""The model card of a checkpoint revision: its context from the training record, its front matter, its loss plot.
+
+Everything here is pure: a Checkpoint and the user's options in, text out. The context is what a
+template sees (documented in the README); the packaged template is templates/model_card.md.j2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import jinja2
+import yaml
+
+from .checkpoint import Checkpoint
+from .errors import BaseModelError, TemplateError
+from .render import render, render_file
+
+PLOT_FILE = "training_loss.svg"
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+PIPELINE_TAGS = {
+    "CAUSAL_LM": "text-generation",
+    "SEQ_2_SEQ_LM": "text2text-generation",
+    "SEQ_CLS": "text-classification",
+    "TOKEN_CLS": "token-classification",
+    "QUESTION_ANS": "question-answering",
+    "FEATURE_EXTRACTION": "feature-extraction",
+}
+AUTO_CLASSES = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+# The hyperparameters a card shows, in this order, by their TrainingArguments names.
+HYPERPARAMETERS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "num_train_epochs",
+    "max_steps",
+    "seed",
+    "bf16",
+    "fp16",
+    "gradient_checkpointing",
+)
+LORA_FIELDS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "bias",
+    "task_type",
+    "use_rslora",
+    "use_dora",
+    "modules_to_save",
+    "peft_version",
+)
+
+
+@dataclass(frozen=True)
+class CardSettings:
+    """What the user chooses for cards (flags or configuration)."""
+
+    base_model: str | None = None  # overrides adapter_config's base_model_name_or_path
+    license: str | None = None
+    datasets: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    versions: Mapping[str, str] = field(default_factory=dict)  # framework versions where hubsync runs
+    template: str | None = None  # the text of a user's template, replacing the packaged one
+    template_name: str | None = None  # how to name that template in errors
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID_RE.match(name)) and ".." not in name and not name.startswith((".", "~"))
+
+
+def resolve_base_model(checkpoint: Checkpoint, override: str | None) -> str:
+    """The base model's Hub id: --base-model, else adapter_config's; never a local path."""
+    found = (
+        override
+        or (checkpoint.adapter_config or {}).get("base_model_name_or_path")
+        or (checkpoint.model_config or {}).get("_name_or_path")
+    )
+    if not isinstance(found, str) or not found:
+        raise BaseModelError(None)
+    if not is_hub_id(found):
+        raise BaseModelError("<local path>" if override is None else found)
+    return found
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    step: int | None
+    epoch: float | None
+    training_loss: float | None
+    validation_loss: float | None
+    metrics: Mapping[str, float]  # other eval_* metrics, without the prefix
+
+
+_EVAL_NOISE = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_loss"}
+
+
+def evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[Evaluation]:
+    """One row per evaluation, with the newest training loss logged at or before it."""
+    rows = []
+    last_loss: float | None = None
+    for entry in log_history:
+        loss = _number(entry.get("loss"))
+        if loss is not None:
+            last_loss = loss
+        if "eval_loss" not in entry and not any(k.startswith("eval_") and k not in _EVAL_NOISE for k in entry):
+            continue
+        metrics = {
+            k[len("eval_") :]: v
+            for k, v in entry.items()
+            if k.startswith("eval_") and k not in _EVAL_NOISE and _number(v) is not None
+        }
+        step = entry.get("step")
+        rows.append(
+            Evaluation(
+                step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+                epoch=_number(entry.get("epoch")),
+                training_loss=last_loss,
+                validation_loss=_number(entry.get("eval_loss")),
+                metrics=metrics,
+            )
+        )
+    return rows
+
+
+def loss_series(log_history: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
+    points = []
+    for entry in log_history:
+        step, value = _number(entry.get("step")), _number(entry.get(key))
+        if step is not None and value is not None:
+            points.append((step, value))
+    return points
+
+
+def _plain(value: Any) -> Any:
+    """Values as a card shows them: no paths, no objects."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, revision: str) -> dict[str, Any]:
+    """Everything a card template sees. Documented in the README; keep the names stable."""
+    from hubsync import __version__
+
+    base_model = resolve_base_model(checkpoint, options.base_model)
+    state = checkpoint.trainer_state
+    history = list(state.log_history) if state else []
+    adapter = dict(checkpoint.adapter_config or {})
+    task_type = adapter.get("task_type") if isinstance(adapter.get("task_type"), str) else None
+    pipeline_tag = PIPELINE_TAGS.get(task_type or "")
+    peft_type = adapter.get("peft_type") if isinstance(adapter.get("peft_type"), str) else None
+    args = checkpoint.training_args or {}
+    hyperparameters = {k: _plain(args[k]) for k in HYPERPARAMETERS if k in args and _is_scalar(args[k])}
+    total = _total_batch_size(args)
+    if total is not None:
+        hyperparameters["total_train_batch_size"] = total
+    rows = evaluations(history)
+    metric_names = sorted({name for row in rows for name in row.metrics})
+    best = None
+    if state and state.best_metric is not None:
+        best_ckpt = PurePosixPath(state.best_model_checkpoint).name if state.best_model_checkpoint else None
+        best = {"metric": state.best_metric, "checkpoint": best_ckpt}
+    train_loss = loss_series(history, "loss")
+    eval_loss = loss_series(history, "eval_loss")
+    return {
+        "repo_id": repo_id,
+        "repo_name": repo_id.split("/")[-1],
+        "revision": revision,
+        "checkpoint": checkpoint.name,
+        "run": checkpoint.run_name,
+        "step": checkpoint.step,
+        "epoch": state.epoch if state else None,
+        "base_model": base_model,
+        "pipeline_tag": pipeline_tag,
+        "auto_class": AUTO_CLASSES.get(task_type or "", "AutoModel"),
+        "peft_type": peft_type,
+        "peft": {k: _plain(adapter[k]) for k in LORA_FIELDS if k in adapter},
+        "hyperparameters": hyperparameters,
+        "trainer": dict(state.settings) if state else {},
+        "evaluations": rows,
+        "metric_names": metric_names,
+        "latest_eval": dict(state.latest_eval) if state else {},
+        "best": best,
+        "plot": PLOT_FILE if train_loss or eval_loss else None,
+        "versions": dict(options.versions),
+        "peft_version": adapter.get("peft_version"),
+        "transformers_version": (checkpoint.model_config or {}).get("transformers_version"),
+        "hubsync_version": __version__,
+        "git_commit": checkpoint.git_commit,
+        "license": options.license,
+        "datasets": list(options.datasets),
+        "languages": list(options.languages),
+        "front_matter": front_matter(checkpoint, options, repo_id, base_model, pipeline_tag, peft_type),
+    }
+
+
+def _total_batch_size(args: Mapping[str, Any]) -> int | None:
+    """Per-device batch size, times gradient accumulation, times processes, as the Trainer counts it."""
+    state = args.get("distributed_state")
+    factors: list[Any] = [
+        args.get("per_device_train_batch_size"),
+        args.get("gradient_accumulation_steps"),
+        state.get("num_processes", 1) if isinstance(state, dict) else 1,
+    ]
+    if not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in factors):
+        return None
+    return math.prod(int(f) for f in factors)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def front_matter(
+    checkpoint: Checkpoint,
+    options: CardSettings,
+    repo_id: str,
+    base_model: str,
+    pipeline_tag: str | None,
+    peft_type: str | None,
+) -> str:
+    """The YAML metadata the Hub reads, without the --- fences."""
+    if peft_type:
+        tags = ["peft", peft_type.lower(), f"base_model:adapter:{base_model}", "hubsync", *options.tags]
+        meta: dict[str, Any] = {"base_model": base_model, "base_model_relation": "adapter", "library_name": "peft"}
+    else:
+        tags = ["transformers", f"base_model:finetune:{base_model}", "hubsync", *options.tags]
+        meta = {"base_model": base_model, "base_model_relation": "finetune", "library_name": "transformers"}
+    if pipeline_tag:
+        meta["pipeline_tag"] = pipeline_tag
+    if options.license:
+        meta["license"] = options.license
+    if options.datasets:
+        meta["datasets"] = list(options.datasets)
+    if options.languages:
+        meta["language"] = list(options.languages)
+    meta["tags"] = list(dict.fromkeys(tags))
+    state = checkpoint.trainer_state
+    metrics = [
+        {
+            "type": "loss" if k == "eval_loss" else k[len("eval_") :],
+            "value": float(f"{v:.6g}"),
+            "name": "Validation loss" if k == "eval_loss" else k[len("eval_") :].replace("_", " ").capitalize(),
+        }
+        for k, v in sorted((state.latest_eval if state else {}).items())
+        if k not in _EVAL_NOISE or k == "eval_loss"
+    ]
+    if metrics:
+        dataset = options.datasets[0] if options.datasets else None
+        meta["model-index"] = [
+            {
+                "name": repo_id.split("/")[-1],
+                "results": [
+                    {
+                        "task": {"type": pipeline_tag or "other"},
+                        "dataset": {"name": dataset or "evaluation set", "type": dataset or "custom"},
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ]
+    return str(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)).strip()
+
+
+def render_card(context: Mapping[str, Any], settings: CardSettings) -> str:
+    if settings.template is None:
+        return render("model_card.md.j2", **context)
+    try:
+        return render_file(settings.template, **context)
+    except jinja2.TemplateError as exc:
+        where = f" (line {exc.lineno})" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        raise TemplateError(settings.template_name or "template", f"{exc.message}{where}") from exc
+
+
+def card_files(checkpoint: Checkpoint, settings: CardSettings, repo_id: str, revision: str) -> dict[str, bytes]:
+    """The card (README.md) and its plot, as they are committed beside the checkpoint's files."""
+    context = card_context(checkpoint, settings, repo_id, revision)
+    files = {"README.md": render_card(context, settings).encode()}
+    if context["plot"]:
+        state = checkpoint.trainer_state
+        svg = loss_plot_svg(state.log_history if state else (), f"{repo_id} @ {revision}: loss against step")
+        if svg is not None:
+            files[PLOT_FILE] = svg.encode()
+    return files
+
+
+# -- the plot -------------------------------------------------------------------------------------------------------
+
+_W, _H = 720, 400
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 24, 48
+MAX_POINTS = 1500
+
+
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most about MAX_POINTS points: per bucket of steps keep the first, lowest, highest and last."""
+    if len(points) <= MAX_POINTS:
+        return points
+    bucket = math.ceil(len(points) / (MAX_POINTS / 4))
+    out: list[tuple[float, float]] = []
+    for i in range(0, len(points), bucket):
+        chunk = points[i : i + bucket]
+        keep = {
+            0,
+            len(chunk) - 1,
+            min(range(len(chunk)), key=lambda j: chunk[j][1]),
+            max(range(len(chunk)), key=lambda j: chunk[j][1]),
+        }
+        out.extend(chunk[j] for j in sorted(keep))
+    return out
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if high <= low:
+        return [low]
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def loss_plot_svg(log_history: Sequence[Mapping[str, Any]], title: str) -> str | None:
+    """Training and validation loss against step, as a standalone SVG; None when nothing was logged."""
+    series = [
+        ("training loss", "#1f77b4", _thin(loss_series(log_history, "loss"))),
+        ("validation loss", "#d62728", _thin(loss_series(log_history, "eval_loss"))),
+    ]
+    series = [s for s in series if s[2]]
+    if not series:
+        return None
+    xs = [x for _, _, pts in series for x, _ in pts]
+    ys = [y for _, _, pts in series for _, y in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = (y1 - y0) * 0.05 or abs(y0) * 0.05 or 1.0
+    y0, y1 = y0 - pad, y1 + pad
+    pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+
+    def px(x: float) -> float:
+        return _LEFT + (x - x0) / (x1 - x0) * pw
+
+    def py(y: float) -> float:
+        return _TOP + (1 - (y - y0) / (y1 - y0)) * ph
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
+        'font-family="sans-serif" font-size="12">',
+        f"<title>{_escape(title)}</title>",
+        f'<rect x="0" y="0" width="{_W}" height="{_H}" fill="white"/>',
+        f'<rect x="{_LEFT}" y="{_TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>',
+    ]
+    for t in _ticks(x0, x1):
+        parts.append(f'<line x1="{px(t):.1f}" y1="{_TOP + ph}" x2="{px(t):.1f}" y2="{_TOP + ph + 4}" stroke="#888"/>')
+        parts.append(f'<text x="{px(t):.1f}" y="{_TOP + ph + 17}" text-anchor="middle">{_fmt(t)}</text>')
+    for t in _ticks(y0, y1):
+        parts.append(f'<line x1="{_LEFT - 4}" y1="{py(t):.1f}" x2="{_LEFT + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{_LEFT - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    parts.append(f'<text x="{_LEFT + pw / 2}" y="{_H - 10}" text-anchor="middle">step</text>')
+    parts.append(
+        f'<text x="14" y="{_TOP + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {_TOP + ph / 2})">loss</text>'
+    )
+    for i, (label, colour, pts) in enumerate(series):
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        if len(pts) <= 60:
+            parts.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in pts)
+        ly = _TOP + 14 + i * 16
+        parts.append(
+            f'<line x1="{_LEFT + pw - 130}" y1="{ly - 4}" x2="{_LEFT + pw - 110}" y2="{ly - 4}" '
+            f'stroke="{colour}" stroke-width="2"/>'
+        )
+        parts.append(f'<text x="{_LEFT + pw - 104}" y="{ly}">{label}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
