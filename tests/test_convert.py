@@ -303,15 +303,14 @@ def test_a_truncated_file(tmp_path: Path) -> None:
 
 
 def test_a_mismatch_found_by_verification_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = save_checkpoint(tmp_path / "ckpt", {"w": torch.ones(32, 32)})  # bytes 00 00 80 3f, never ff
-    real_write = writer._write
+    folder = save_checkpoint(tmp_path / "ckpt", {"a": torch.arange(64.0), "w": torch.arange(256.0)})
+    real_copy = writer._copy_range
 
-    def write_then_flip_a_byte(archive, layout, out, progress):  # type: ignore[no-untyped-def]
-        real_write(archive, layout, out, progress)
-        out.seek(layout.tensors[0][2] + 5)
-        out.write(b"\xff")
+    def copy_one_byte_off(src, dst, src_offset, dst_offset, count, progress):  # type: ignore[no-untyped-def]
+        shift = 1 if count == 256 * 4 else 0  # a bug that reads tensor w from the wrong offset
+        real_copy(src, dst, src_offset + shift, dst_offset, count, progress)
 
-    monkeypatch.setattr(writer, "_write", write_then_flip_a_byte)
+    monkeypatch.setattr(writer, "_copy_range", copy_one_byte_off)
 
     with pytest.raises(VerificationError, match="the bytes of tensor w differ"):
         convert(folder, tmp_path / "out")
@@ -329,7 +328,7 @@ def test_an_interrupted_run_leaves_nothing_and_a_rerun_succeeds(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(writer, "verify", interrupt)
+        patch.setattr(writer, "verify_header", interrupt)
         with pytest.raises(KeyboardInterrupt):
             convert(folder, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import RawIOBase
 from pathlib import Path
-from typing import BinaryIO
 
 from hubsync.core.errors import VerificationError
 
 from .torchzip import TensorRef, TorchArchive
 
 CHUNK = 8 * 1024 * 1024
+VERIFY_CHUNK = 1024 * 1024
 TEMP_PREFIX = ".hubsync-tmp-"
 
 Progress = Callable[[int], None]  # called with bytes done since the last call
@@ -139,26 +141,30 @@ def _strided_chunks(archive: TorchArchive, tensor: TensorRef) -> Iterator[bytes]
     del view, storage
 
 
-def _source_chunks(archive: TorchArchive, src: BinaryIO, tensor: TensorRef) -> Iterator[bytes]:
-    if tensor.is_contiguous:
-        start = archive.storages[tensor.storage.key].file_offset + tensor.offset * tensor.dtype.itemsize
-        left = tensor.nbytes
-        src.seek(start)
-        while left > 0:
-            data = src.read(min(left, CHUNK))
-            if not data:
-                raise OSError("unexpected end of the source file")
-            left -= len(data)
-            yield data
-    elif tensor.nbytes:
-        yield from _strided_chunks(archive, tensor)
+def _same_bytes(src: RawIOBase, src_offset: int, out: RawIOBase, out_offset: int, count: int) -> bool:
+    """Compare two byte ranges through two reused buffers (bytearray == is a memcmp; slicing would copy)."""
+    size = min(VERIFY_CHUNK, count)
+    a, b = bytearray(size), bytearray(size)
+    while count > 0:
+        if count < size:
+            size = count
+            a, b = bytearray(size), bytearray(size)
+        src.seek(src_offset)
+        out.seek(out_offset)
+        if src.readinto(a) != size or out.readinto(b) != size or a != b:
+            return False
+        src_offset, out_offset, count = src_offset + size, out_offset + size, count - size
+    return True
 
 
-def _write(archive: TorchArchive, layout: Layout, out: RawIOBase, progress: Progress) -> None:
+def _write(
+    archive: TorchArchive, layout: Layout, out: RawIOBase, progress: Progress, written: Callable[[int], None]
+) -> None:
+    """Write the header, then each tensor; `written(i)` is called once tensor i is in the file."""
     out.write(layout.header)
     out.flush()
     with archive.path.open("rb", buffering=0) as src:
-        for _name, tensor, position in layout.tensors:
+        for index, (_name, tensor, position) in enumerate(layout.tensors):
             if tensor.is_contiguous:
                 start = archive.storages[tensor.storage.key].file_offset + tensor.offset * tensor.dtype.itemsize
                 _copy_range(src, out, start, position, tensor.nbytes, progress)
@@ -167,12 +173,58 @@ def _write(archive: TorchArchive, layout: Layout, out: RawIOBase, progress: Prog
                 for chunk in _strided_chunks(archive, tensor):
                     out.write(chunk)
                     progress(len(chunk))
+            written(index)
+    # No fsync, as cp does none: the source stays untouched, and the rename below makes the file appear whole
+    # to every process; only a power cut before writeback could leave it short, and a re-run redoes it.
     out.flush()
-    os.fsync(out.fileno())
 
 
-def verify(archive: TorchArchive, layout: Layout, written: Path, shown: str, metadata: dict[str, str]) -> None:
-    """Read the new file back: the header as safetensors parses it, then every tensor's bytes against the source."""
+class _TensorChecker:
+    """Compares each tensor, once written, with its source, in a thread of its own.
+
+    The kernel copies the next tensor on one core while this reads back the last one on the other.
+    """
+
+    def __init__(self, archive: TorchArchive, layout: Layout, written: Path) -> None:
+        self.archive, self.layout, self.written = archive, layout, written
+        self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.mismatch: str | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="hubsync-verify", daemon=True)
+        self.thread.start()
+
+    def submit(self, index: int) -> None:
+        self.queue.put(index)
+
+    def finish(self) -> str | None:
+        """Wait for every check; the name of the first tensor whose bytes differ, if any."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.mismatch
+
+    def _run(self) -> None:
+        try:
+            with self.archive.path.open("rb", buffering=0) as src, self.written.open("rb", buffering=0) as out:
+                while (index := self.queue.get()) is not None:
+                    if self.mismatch is None and not self._same(src, out, *self.layout.tensors[index]):
+                        self.mismatch = self.layout.tensors[index][0]
+        except BaseException as exc:
+            self.error = exc
+            while self.queue.get() is not None:  # let the writer finish; it reads the error at the end
+                pass
+
+    def _same(self, src: RawIOBase, out: RawIOBase, name: str, tensor: TensorRef, position: int) -> bool:
+        if tensor.is_contiguous:
+            start = self.archive.storages[tensor.storage.key].file_offset + tensor.offset * tensor.dtype.itemsize
+            return _same_bytes(src, start, out, position, tensor.nbytes)
+        out.seek(position)
+        return all(out.read(len(chunk)) == chunk for chunk in _strided_chunks(self.archive, tensor))
+
+
+def verify_header(layout: Layout, written: Path, shown: str, metadata: dict[str, str]) -> None:
+    """The new file's header as the safetensors library itself parses it: names, dtypes, shapes, metadata."""
     from safetensors import safe_open
 
     try:
@@ -190,12 +242,6 @@ def verify(archive: TorchArchive, layout: Layout, written: Path, shown: str, met
         raise VerificationError(shown, f"safetensors cannot read it ({exc})") from exc
     if header_names != {name for name, _, _ in layout.tensors}:
         raise VerificationError(shown, "the tensor names differ")
-    with archive.path.open("rb") as src, written.open("rb") as out:
-        for name, tensor, position in layout.tensors:
-            out.seek(position)
-            for chunk in _source_chunks(archive, src, tensor):
-                if out.read(len(chunk)) != chunk:
-                    raise VerificationError(shown, f"the bytes of tensor {name} differ")
 
 
 def write_verified(
@@ -206,13 +252,20 @@ def write_verified(
     shown: str,
     progress: Progress = lambda n: None,
 ) -> int:
-    """Write `tensors` to `target` as safetensors through a verified temp file; return the tensor bytes written."""
+    """Write `tensors` to `target` as safetensors through a temp file, read back and compared with the source
+    bit for bit; rename it into place only then. Returns the tensor bytes written."""
     layout = plan_layout(tensors, metadata)
     fd, tmp = temp_file(target.parent, ".safetensors")
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            _write(archive, layout, out, progress)
-        verify(archive, layout, tmp, shown, metadata)
+        checker = _TensorChecker(archive, layout, tmp)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                _write(archive, layout, out, progress, checker.submit)
+        finally:
+            mismatch = checker.finish()
+        if mismatch is not None:
+            raise VerificationError(shown, f"the bytes of tensor {mismatch} differ")
+        verify_header(layout, tmp, shown, metadata)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
