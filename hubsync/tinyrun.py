@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["BASE_MODEL_ID", "train_tiny_lora"]
+__all__ = ["BASE_MODEL_ID", "tiny_llama_config", "train_tiny_lora"]
 
 #: What ends up as ``base_model_name_or_path`` in every ``adapter_config.json``.
 #: A Hub-style id rather than a local path (a model built from a config has an
@@ -47,6 +47,26 @@ _KNOWN_NOISE = (
     (UserWarning, r"Could not find a config file in "),
     (UserWarning, r"Unable to fetch remote file"),
 )
+
+
+def tiny_llama_config() -> Any:
+    """The tiny Llama's configuration; the same every time, so a base model can be rebuilt to load an adapter."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=_VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        # No tokenizer: keep the special token ids inside the vocab.
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
 def _make_examples(n: int, seed: int) -> list[dict[str, Any]]:
@@ -129,7 +149,6 @@ def train_tiny_lora(
     import transformers
     from peft import LoraConfig, get_peft_model
     from transformers import (
-        LlamaConfig,
         LlamaForCausalLM,
         PrinterCallback,
         Trainer,
@@ -147,20 +166,7 @@ def train_tiny_lora(
 
             transformers.set_seed(seed)
 
-            config = LlamaConfig(
-                vocab_size=_VOCAB_SIZE,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-                tie_word_embeddings=False,
-                # No tokenizer: keep the special token ids inside the vocab.
-                bos_token_id=1,
-                eos_token_id=2,
-                pad_token_id=0,
-            )
+            config = tiny_llama_config()
             # get_peft_model() copies the model's name_or_path into the LoRA
             # config's base_model_name_or_path (written to adapter_config.json);
             # the model takes it from config.name_or_path when constructed.

@@ -61,6 +61,16 @@ HYPERPARAMETERS = (
     "fp16",
     "gradient_checkpointing",
 )
+PEFT_NAMES = {
+    "LORA": "LoRA",
+    "ADALORA": "AdaLoRA",
+    "IA3": "IA³",
+    "LOHA": "LoHa",
+    "LOKR": "LoKr",
+    "PREFIX_TUNING": "prefix-tuning",
+    "PROMPT_TUNING": "prompt-tuning",
+    "P_TUNING": "P-tuning",
+}
 LORA_FIELDS = (
     "peft_type",
     "r",
@@ -193,7 +203,8 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
     best = None
     if state and state.best_metric is not None:
         best_ckpt = PurePosixPath(state.best_model_checkpoint).name if state.best_model_checkpoint else None
-        best = {"metric": state.best_metric, "checkpoint": best_ckpt}
+        metric = args.get("metric_for_best_model") if isinstance(args.get("metric_for_best_model"), str) else None
+        best = {"metric": state.best_metric, "checkpoint": best_ckpt, "name": metric or "metric"}
     train_loss = loss_series(history, "loss")
     eval_loss = loss_series(history, "eval_loss")
     return {
@@ -208,6 +219,7 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
         "pipeline_tag": pipeline_tag,
         "auto_class": AUTO_CLASSES.get(task_type or "", "AutoModel"),
         "peft_type": peft_type,
+        "peft_name": PEFT_NAMES.get(peft_type or "", peft_type),
         "peft": {k: _plain(adapter[k]) for k in LORA_FIELDS if k in adapter},
         "hyperparameters": hyperparameters,
         "trainer": dict(state.settings) if state else {},
