@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -22,6 +23,10 @@ def push(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-unty
 
 def hub_env(hub: RunningHub) -> dict[str, str]:
     return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+
+
+def read_text(api: HfApi, path: str, revision: str = "main") -> str:
+    return Path(api.hf_hub_download("me/tiny", path, revision=revision)).read_text()
 
 
 def sha256_of(path: Path) -> str:
@@ -307,3 +312,106 @@ def test_pickled_adapter_weights_are_pushed_as_verified_safetensors(
     converted = load_file(pushed)
     assert set(converted) == set(original)
     assert all(torch.equal(converted[k], v) for k, v in original.items())
+
+
+def test_main_becomes_an_index_of_the_pushed_revisions(
+    tiny_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    from huggingface_hub import ModelCard
+
+    for step, state in ((10, "drop"), (20, "keep")):
+        result = push(
+            str(tiny_run / f"checkpoint-{step}"), "--repo", "me/tiny", "--training-state", state, env=hub_env(hub)
+        )
+        assert result.exit_code == 0, result.stderr
+
+    index = json.loads(read_text(api, ".hubsync/index.json"))
+    entries = {e["revision"]: e for e in index["revisions"]}
+    assert list(entries) == ["checkpoint-10", "checkpoint-20"]
+    assert entries["checkpoint-10"]["resumable"] is False and entries["checkpoint-20"]["resumable"] is True
+    heads = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}
+    assert entries["checkpoint-20"]["commit"] == heads["checkpoint-20"]
+    assert "loss" in entries["checkpoint-20"]["metrics"]
+    card = ModelCard(read_text(api, "README.md"))
+    assert card.data.base_model == "hubsync/tiny-random-llama"
+    assert f"[checkpoint-20]({hub.endpoint}/me/tiny/tree/checkpoint-20) | 20 |" in card.text
+    # A checkpoint revision holds its own files only, not main's index.
+    files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-20", recursive=True)}
+    assert ".hubsync/index.json" not in files
+
+    again = push(str(tiny_run / "checkpoint-20"), "--repo", "me/tiny", "--training-state", "keep", env=hub_env(hub))
+    assert again.exit_code == 0
+    assert {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches} == heads  # nothing new
+
+
+def test_concurrent_pushes_to_one_branch_both_land(tiny_run: Path, hub: RunningHub, api: HfApi) -> None:
+    """Two processes push different checkpoints to the same branch at once: each lands as its own commit."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **hub_env(hub)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hubsync",
+                "push",
+                str(tiny_run / f"checkpoint-{step}"),
+                "--repo",
+                "me/tiny",
+                "--revision",
+                "shared",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for step in (10, 20)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    titles = [c.title for c in api.list_repo_commits("me/tiny", revision="shared")]
+    assert sorted(t.split(" (")[0] for t in titles[:2]) == ["hubsync: checkpoint-10", "hubsync: checkpoint-20"]
+    index = json.loads(read_text(api, ".hubsync/index.json"))
+    assert [e["revision"] for e in index["revisions"]] == ["shared"]
+
+
+def test_a_commit_that_lands_between_reading_the_head_and_committing_is_kept(
+    checkpoint: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 412 path, made certain: another writer commits right after hubsync read the branch head."""
+    from huggingface_hub import CommitOperationAdd
+
+    from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.plan import PushOptions, plan_push
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.push import execute_push
+
+    class RacingClient(HubClient):
+        raced = False
+
+        def commit_files(self, repo_id, branch, files, message, description="", parent_commit=None):  # type: ignore[no-untyped-def]
+            if branch == "checkpoint-30" and not self.raced:
+                self.raced = True
+                with monkeypatch.context() as patch:  # the other writer is a plain huggingface_hub user
+                    patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+                    api.create_commit(
+                        repo_id,
+                        [CommitOperationAdd("other.txt", b"from another writer")],
+                        commit_message="another writer",
+                        revision=branch,
+                    )
+            return super().commit_files(repo_id, branch, files, message, description, parent_commit)
+
+    ckpt = read_checkpoint(checkpoint)
+    client = RacingClient(hub.endpoint, hub.token)
+    result = execute_push(plan_push(ckpt, PushOptions("me/tiny")), ckpt, client)
+
+    assert client.raced
+    commits = api.list_repo_commits("me/tiny", revision="checkpoint-30")
+    assert [c.title.split(" (")[0] for c in commits[:2]] == ["hubsync: checkpoint-30", "another writer"]
+    assert result.commit == commits[0].commit_id and result.created
+    files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
+    assert {"other.txt", "adapter_model.safetensors"} <= files

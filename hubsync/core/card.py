@@ -318,9 +318,16 @@ def render_card(context: Mapping[str, Any], settings: CardSettings) -> str:
         raise TemplateError(settings.template_name or "template", f"{exc.message}{where}") from exc
 
 
-def card_files(checkpoint: Checkpoint, settings: CardSettings, repo_id: str, revision: str) -> dict[str, bytes]:
+def card_files(
+    checkpoint: Checkpoint,
+    settings: CardSettings,
+    repo_id: str,
+    revision: str,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, bytes]:
     """The card (README.md) and its plot, as they are committed beside the checkpoint's files."""
-    context = card_context(checkpoint, settings, repo_id, revision)
+    if context is None:
+        context = card_context(checkpoint, settings, repo_id, revision)
     files = {"README.md": render_card(context, settings).encode()}
     if context["plot"]:
         state = checkpoint.trainer_state

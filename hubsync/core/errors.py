@@ -123,3 +123,7 @@ class TemplateError(HubsyncError):
         super().__init__(f"cannot render the template {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class CommitConflictError(HubError):
+    """The branch moved between reading its head and committing (412): plan again and retry."""

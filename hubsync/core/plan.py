@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .card import CardSettings, card_files
+from .card import CardSettings, card_context, card_files
 from .checkpoint import Checkpoint
 from .conversion import ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError
+from .index import index_entry
 from .render import render
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -40,6 +41,8 @@ class PushPlan:
     conversion: ConversionPlan
     generated: Mapping[str, bytes] = field(default_factory=dict)  # path in repo -> content (card, plot)
     dropped: tuple[str, ...] = ()  # training state left out
+    index_entry: Mapping[str, Any] | None = None  # main's index entry for this revision, but for its commit
+    front_matter: str | None = None  # the card's metadata, for main's index README
 
     @property
     def total_bytes(self) -> int:
@@ -135,7 +138,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     if conversion.index is not None:
         source, target = conversion.index
         converted.append(Upload(target, target, sizes[source], source))
-    generated = card_files(checkpoint, options.card, repo_id, branch) if options.card is not None else {}
+    context = card_context(checkpoint, options.card, repo_id, branch) if options.card is not None else None
+    generated = card_files(checkpoint, options.card, repo_id, branch, context) if options.card is not None else {}
     dropped = tuple(
         f.relpath for f in checkpoint.files if options.training_state == "drop" and is_training_state(f.relpath)
     )
@@ -143,6 +147,15 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
+    state = checkpoint.trainer_state
+    metrics = {
+        k.removeprefix("eval_"): v
+        for k, v in (state.latest_eval if state else {}).items()
+        if k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    }
+    entry = index_entry(
+        branch, checkpoint.step, state.epoch if state else None, metrics, [u.path_in_repo for u in uploads], commit=""
+    )
     return PushPlan(
         repo_id=repo_id,
         revision=branch,
@@ -156,4 +169,6 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         conversion=conversion,
         generated=generated,
         dropped=dropped,
+        index_entry=entry if context is not None else None,
+        front_matter=context["front_matter"] if context is not None else None,
     )

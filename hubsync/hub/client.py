@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session, get_token
 from huggingface_hub.errors import (
     BadRequestError,
+    EntryNotFoundError,
     HfHubHTTPError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
@@ -69,6 +71,8 @@ class HubClient:
                 raise errors.TokenRejectedError(self.endpoint, _server_message(exc), **where) from exc
             if status == 403:
                 raise errors.PermissionDeniedError(self.endpoint, _server_message(exc), **where) from exc
+            if status == 412:
+                raise errors.CommitConflictError(self.endpoint, _server_message(exc), **where) from exc
             if status == 404:  # a 404 that names no repository or revision: no Hub route answered
                 raise errors.NotAHubError(self.endpoint, _server_message(exc), **where) from exc
             raise errors.HubError(self.endpoint, _server_message(exc), **where) from exc
@@ -92,9 +96,14 @@ class HubClient:
         return next((b.target_commit for b in refs.branches if b.name == branch), None)
 
     def ensure_branch(self, repo_id: str, branch: str) -> None:
-        """Create `branch` from main when it is missing."""
+        """Create `branch` when missing, from main's first commit: a checkpoint revision then holds only its
+        own files, not main's index or whatever else main has gathered since."""
         with self._errors(repo_id, branch):
-            self.api.create_branch(repo_id, branch=branch, exist_ok=True)
+            refs = self.api.list_repo_refs(repo_id)
+            if any(b.name == branch for b in refs.branches):
+                return
+            root = self.api.list_repo_commits(repo_id, revision="main")[-1].commit_id
+            self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True)
 
     def offers_xet(self, repo_id: str, revision: str) -> bool:
         """Whether this endpoint hands out Xet write tokens; a Hub without Xet takes plain LFS uploads."""
@@ -109,12 +118,13 @@ class HubClient:
         self,
         repo_id: str,
         branch: str,
-        files: Sequence[tuple[Path, str]],
+        files: Sequence[tuple[Path | bytes, str]],
         message: str,
         description: str = "",
         parent_commit: str | None = None,
     ) -> CommitResult:
-        """Upload `(local file, path in repo)` pairs to `branch`, whose head is `parent_commit`, as one commit."""
+        """Upload `(local file or bytes, path in repo)` pairs to `branch`, whose head is `parent_commit`, as one
+        commit. CommitConflictError when the branch has moved since."""
         with self._errors(repo_id, branch):
             operations = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
             with _xet(self.offers_xet(repo_id, branch)):
@@ -127,6 +137,15 @@ class HubClient:
                     parent_commit=parent_commit,
                 )
         return CommitResult(oid=info.oid, url=info.commit_url, created=info.oid != parent_commit)
+
+    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None:
+        """A file of a revision, or None when the revision has no such file."""
+        with self._errors(repo_id, revision), tempfile.TemporaryDirectory(prefix="hubsync-read-") as tmp:
+            try:
+                local = self.api.hf_hub_download(repo_id, path, revision=revision, local_dir=tmp)
+            except EntryNotFoundError:
+                return None
+            return Path(local).read_bytes()
 
     def web_url(self, repo_id: str, revision: str | None = None) -> str:
         url = f"{self.endpoint}/{repo_id}"

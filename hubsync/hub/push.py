@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from hubsync.convert import convert_weights
 from hubsync.core.checkpoint import Checkpoint
+from hubsync.core.errors import CommitConflictError
+from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
 from hubsync.core.plan import PushPlan
 
 from .client import CommitResult
+
+CONFLICT_RETRIES = 8
 
 
 class PushTarget(Protocol):
@@ -30,7 +37,49 @@ class PushTarget(Protocol):
         description: str = "",
         parent_commit: str | None = None,
     ) -> CommitResult: ...
+    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
+
+
+def _commit_to_head(
+    hub: PushTarget,
+    repo_id: str,
+    branch: str,
+    files: Sequence[tuple[Path | bytes, str]],
+    message: str,
+    description: str,
+) -> CommitResult:
+    """Commit on top of the branch's current head; when another push moved it meanwhile (412), read the new
+    head and commit again, so that concurrent pushes all land and none is lost."""
+    for attempt in range(CONFLICT_RETRIES):
+        head = hub.branch_head(repo_id, branch)
+        try:
+            return hub.commit_files(repo_id, branch, files, message, description, parent_commit=head)
+        except CommitConflictError:
+            if attempt == CONFLICT_RETRIES - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any]) -> None:
+    """Record the revision in main's index (.hubsync/index.json and README.md), unless it is there already."""
+    assert plan.front_matter is not None
+    for attempt in range(CONFLICT_RETRIES):
+        head = hub.branch_head(plan.repo_id, "main")
+        entries = parse_index(hub.read_file(plan.repo_id, head or "main", INDEX_FILE))
+        merged = merge_index(entries, entry)
+        if merged == entries:
+            return
+        readme = render_index_readme(merged, plan.repo_id, plan.front_matter, hub.web_url(plan.repo_id))
+        files: list[tuple[Path | bytes, str]] = [(dump_index(merged), INDEX_FILE), (readme, "README.md")]
+        try:
+            hub.commit_files(plan.repo_id, "main", files, f"hubsync: index {plan.revision}", parent_commit=head)
+            return
+        except CommitConflictError:
+            if attempt == CONFLICT_RETRIES - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
 
 
 @dataclass(frozen=True)
@@ -78,10 +127,9 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
 def _commit(plan: PushPlan, files: list[tuple[Path, str]], hub: PushTarget) -> PushResult:
     hub.ensure_repo(plan.repo_id, private=plan.private)
     hub.ensure_branch(plan.repo_id, plan.revision)
-    head = hub.branch_head(plan.repo_id, plan.revision)
-    result = hub.commit_files(
-        plan.repo_id, plan.revision, files, plan.commit_message, plan.commit_description, parent_commit=head
-    )
+    result = _commit_to_head(hub, plan.repo_id, plan.revision, files, plan.commit_message, plan.commit_description)
+    if plan.index_entry is not None and plan.front_matter is not None:
+        _update_index(hub, plan, {**plan.index_entry, "commit": result.oid})
     return PushResult(
         repo_id=plan.repo_id,
         revision=plan.revision,

@@ -1,0 +1,68 @@
+"""The main branch's index of checkpoint revisions: kept as .hubsync/index.json, shown as main's README.md. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from .render import render
+
+INDEX_FILE = ".hubsync/index.json"
+RESUME_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def index_entry(
+    revision: str, step: int | None, epoch: float | None, metrics: Mapping[str, float], files: list[str], commit: str
+) -> dict[str, Any]:
+    """What the index says of one pushed revision."""
+    names = set(files)
+    resumable = all(f in names for f in RESUME_FILES) and any(f.startswith("rng_state") for f in names)
+    return {
+        "revision": revision,
+        "step": step,
+        "epoch": epoch,
+        "metrics": {k: float(f"{v:.6g}") for k, v in sorted(metrics.items())},
+        "resumable": resumable,
+        "commit": commit,
+    }
+
+
+def parse_index(raw: bytes | None) -> list[dict[str, Any]]:
+    """The entries of an index file; an absent or unreadable one is an empty index (it is rebuilt by pushes)."""
+    if raw is None:
+        return []
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    entries = data.get("revisions") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("revision"), str)]
+
+
+def merge_index(entries: list[dict[str, Any]], entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`entries` with `entry` replacing the one of the same revision, ordered by step then revision."""
+    merged = [e for e in entries if e["revision"] != entry["revision"]] + [dict(entry)]
+    return sorted(merged, key=lambda e: (e.get("step") if isinstance(e.get("step"), int) else -1, e["revision"]))
+
+
+def dump_index(entries: list[dict[str, Any]]) -> bytes:
+    return (json.dumps({"version": 1, "revisions": entries}, indent=2, sort_keys=True) + "\n").encode()
+
+
+def render_index_readme(entries: list[dict[str, Any]], repo_id: str, front_matter: str, web_url: str) -> bytes:
+    """Main's README.md: the repository's checkpoints, each linked to its revision."""
+    metric_names = sorted({m for e in entries for m in (e.get("metrics") or {})})
+    rows = [{**e, "url": f"{web_url}/tree/{quote(e['revision'], safe='')}"} for e in entries]
+    text = render(
+        "index_card.md.j2",
+        repo_id=repo_id,
+        repo_name=repo_id.split("/")[-1],
+        entries=rows,
+        metric_names=metric_names,
+        front_matter=front_matter,
+    )
+    return text.encode()
