@@ -107,6 +107,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.CommitConflictError,
+        lambda err: (
+            f"other pushes kept moving{_hub(err)} on {err.endpoint} while this one tried to commit. "
+            "Run the command again; nothing was half-written."
+        ),
+    ),
+    (
         e.HubUnreachableError,
         lambda err: (
             f"cannot reach the Hub at {err.endpoint} ({err.detail}). "
