@@ -472,7 +472,7 @@ def report(series: dict[str, Series], sizes: dict[str, int], args: argparse.Name
         )
 
     row(model_name, series["model.cp"], series["model.hubsync"], "<= 2.0", base, "<= 64")
-    row(adapter_name, series["adapter.cp"], series["adapter.hubsync"], "<= 2.0", base, "<= 64")
+    row(adapter_name, series["adapter.cp"], series["adapter.hubsync"], "-", base, "<= 64")
     if not args.no_reference:
         row(
             f"naive torch.load+save_file ({mb(sizes['model'])})",
