@@ -189,7 +189,10 @@ def test_every_error_has_its_own_message_with_a_next_step() -> None:
     for cls in classes:
         assert cls in listed, f"{cls.__name__} has no entry in the CLI's error table"
         params = list(inspect.signature(cls.__init__).parameters)[1:]
-        instance = cls(*["x/y" for _ in params]) if cls is not errors.HubsyncError else cls("boom")
+        if cls is errors.CheckpointPushError:
+            instance = cls("run/checkpoint-2", 1, errors.HubUnreachableError("http://hub", "ConnectError"))
+        else:
+            instance = cls(*["x/y" for _ in params]) if cls is not errors.HubsyncError else cls("boom")
         text = message_for(instance)
         assert text.startswith("Error: ") and text.endswith(".") and "\n" not in text
     for earlier, later in [(a, b) for i, a in enumerate(listed) for b in listed[i + 1 :]]:

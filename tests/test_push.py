@@ -83,7 +83,7 @@ def test_pushing_an_unchanged_checkpoint_again_makes_no_commit(checkpoint: Path,
     first = push(str(checkpoint), "--repo", "me/tiny", "--json", env=hub_env(hub))
     second = push(str(checkpoint), "--repo", "me/tiny", "--json", env=hub_env(hub))
 
-    one, two = json.loads(first.stdout)["result"], json.loads(second.stdout)["result"]
+    one, two = json.loads(first.stdout)["results"][0], json.loads(second.stdout)["results"][0]
     assert one["created"] is True and two["created"] is False
     assert one["commit"] == two["commit"]
     assert len(api.list_repo_commits("me/tiny", revision="checkpoint-30")) == 2  # initial commit + one push
@@ -161,7 +161,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(checkpoint: Path, hub: Runn
     result = push(str(checkpoint), "--repo", "me/tiny", "--dry-run", "--json", env=hub_env(hub))
 
     assert result.exit_code == 0, result.stderr
-    plan = json.loads(result.stdout)["plan"]
+    plan = json.loads(result.stdout)["plans"][0]
     assert plan["repo"] == "me/tiny" and plan["revision"] == "checkpoint-30"
     dropped = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
     assert set(plan["dropped"]) == dropped
@@ -219,16 +219,6 @@ def test_a_folder_that_is_not_a_checkpoint(tmp_path: Path, hub: RunningHub, monk
 def test_a_missing_folder(tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert_one_clear_line(push("nowhere", "--repo", "me/tiny", env=hub_env(hub)), "nowhere", "no such folder")
-
-
-def test_a_run_folder_names_its_latest_checkpoint(
-    checkpoint: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(checkpoint.parent.parent)
-
-    result = push("run", "--repo", "me/tiny", env=hub_env(hub))
-
-    assert_one_clear_line(result, "run is not a checkpoint folder", "run/checkpoint-30")
 
 
 def test_an_absolute_path_outside_the_working_directory_is_not_printed(
@@ -301,7 +291,7 @@ def test_pickled_adapter_weights_are_pushed_as_verified_safetensors(
     result = push(str(source), "--repo", "me/tiny", "--json", env=hub_env(hub))
 
     assert result.exit_code == 0, result.stderr
-    files = {f["path"]: f for f in json.loads(result.stdout)["plan"]["files"]}
+    files = {f["path"]: f for f in json.loads(result.stdout)["plans"][0]["files"]}
     assert files["adapter_model.safetensors"]["converted_from"] == "adapter_model.bin"
     tree = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-10")}
     assert "adapter_model.safetensors" in tree and "adapter_model.bin" not in tree

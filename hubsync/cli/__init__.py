@@ -38,7 +38,7 @@ def _scrub(text: str) -> str:
 
 
 # An absolute POSIX path, or a Windows one, as libraries quote them in messages.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.…])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
 
 
 class HubsyncGroup(click.Group):
@@ -137,71 +137,192 @@ def _card_settings(
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option("--repo", "repo_id", required=True, metavar="NAMESPACE/NAME", help="Repository to push to.")
-@click.option("--revision", metavar="BRANCH", help="Branch that receives the commit [default: the folder's name].")
-@click.option("--public", is_flag=True, help="Create the repository public when it is missing [default: private].")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--repo", "repo_id", metavar="NAMESPACE/NAME", help="Repository to push to.")
+@click.option(
+    "--select", metavar="WHICH", help="For a run folder: latest, best, all, last:N or STEP[,STEP...] [default: latest]."
+)
+@click.option(
+    "--revision", metavar="PATTERN", help="Branch name, with {step}, {epoch}, {run} [default: checkpoint-{step}]."
+)
+@click.option(
+    "--public/--private",
+    "public",
+    default=None,
+    help="Visibility of a repository that has to be created [default: private].",
+)
 @click.option(
     "--training-state",
     type=click.Choice(["drop", "keep"]),
-    default="drop",
-    show_default=True,
-    help="Leave out optimizer, scheduler, RNG state and training_args.bin, or keep them so training can resume.",
+    help="Leave out optimizer, scheduler, RNG state and training_args.bin, or keep them so that "
+    "training can resume from the revision [default: drop].",
 )
+@click.option("--allow-public-state", is_flag=True, help="Allow --training-state keep into a public repository.")
+@click.option("--tag", "tags", multiple=True, metavar="NAME", help="Tag the new commit (repeatable).")
+@click.option("--release", is_flag=True, help="Also publish the checkpoint's inference files on main.")
 @card_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing locally or on the Hub.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plans, then the results.")
 @endpoint_option
 @token_option
+@click.pass_context
 def push(
-    checkpoint: str,
-    repo_id: str,
-    revision: str | None,
-    public: bool,
-    training_state: str,
-    base_model: str | None,
-    license_: str | None,
-    datasets: tuple[str, ...],
-    languages: tuple[str, ...],
-    template: str | None,
+    ctx: click.Context,
+    /,
+    path: str,
     dry_run: bool,
     as_json: bool,
     endpoint: str | None,
     token: str | None,
+    **flags: Any,
 ) -> None:
-    """Push a checkpoint folder to a branch of a Hub repository, in one commit.
+    """Push checkpoints to a Hub repository, each as one commit on its own branch.
 
-    The repository is created (private) when missing, and the branch from main. Pickled weights are
-    converted to safetensors, the placeholder README.md is replaced by a model card rendered from the
-    training record (with a loss plot), and training-only state is left out unless --training-state keep.
+    PATH is a checkpoint folder, or a run folder holding checkpoint-N folders (then --select picks which).
+    The repository is created (private) when missing. Pickled weights are converted to safetensors, the
+    placeholder README.md is replaced by a model card rendered from the training record (with a loss
+    plot), training-only state is left out unless --training-state keep, and main's README indexes the
+    revisions pushed so far.
+
+    Defaults come from hubsync.toml in or beside the run folder, or [tool.hubsync] in the training
+    project's pyproject.toml; HUBSYNC_* variables override them, and flags override both.
 
     \b
     Example:
       hubsync push out/my-run/checkpoint-1000 --repo me/my-model
+      hubsync push out/my-run --select all --repo me/my-model --training-state keep --tag v1
     """
+    from pathlib import Path
+
     from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.errors import CheckpointPushError, HubsyncError
     from hubsync.core.plan import PushOptions, plan_push
 
-    ckpt = read_checkpoint(checkpoint)
-    settings = _card_settings(base_model, license_, datasets, languages, template)
-    options = PushOptions(repo_id, revision, private=not public, training_state=training_state, card=settings)
-    plan = plan_push(ckpt, options)
+    settings = _settings(ctx, Path(path), flags)
+    if not settings.get("repo"):
+        raise click.UsageError("Missing option '--repo' (or `repo` in hubsync.toml / [tool.hubsync], or HUBSYNC_REPO).")
+    card = _card_settings(
+        settings.get("base-model"),
+        settings.get("license"),
+        tuple(settings.get("datasets", ())),
+        tuple(settings.get("languages", ())),
+        settings.get("template"),
+    )
+    options = PushOptions(
+        settings["repo"],
+        settings.get("revision"),
+        private=settings.get("private", True),
+        training_state=settings.get("training-state", "drop"),
+        card=card,
+        allow_public_state=flags["allow_public_state"],
+        tags=tuple(settings.get("tags", ())),
+        release=flags["release"],
+        revision_pattern=True,
+    )
+    checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings.get("select"))]
+    plans = [plan_push(c, options) for c in checkpoints]  # every plan first: bad input fails before any upload
     if dry_run:
-        _print_plan(plan, as_json)
+        if as_json:
+            click.echo(json.dumps({"plans": [p.to_json() for p in plans]}, indent=2))
+        for plan in [] if as_json else plans:
+            _print_plan(plan)
         return
 
     from hubsync.hub.client import HubClient
     from hubsync.hub.push import execute_push
 
-    result = execute_push(plan, ckpt, HubClient(endpoint, token))
+    _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
+    hub = HubClient(endpoint, token)
+    results = []
+    for done, (plan, ckpt) in enumerate(zip(plans, checkpoints, strict=True)):
+        try:
+            result = execute_push(plan, ckpt, hub)
+        except HubsyncError as exc:
+            if len(plans) == 1:
+                raise
+            raise CheckpointPushError(plan.checkpoint, done, exc) from exc
+        results.append(result)
+        if not as_json:
+            verb = "Pushed" if result.created else "Already up to date:"
+            click.echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
+            click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
+            click.echo(f"  commit: {result.commit}")
+            if result.tags:
+                click.echo(f"  tags:   {', '.join(result.tags)}")
+            if result.released:
+                click.echo("  main:   its inference files are published on main")
+            click.echo(f"  url:    {result.url}")
     if as_json:
-        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
-        return
-    verb = "Pushed" if result.created else "Already up to date:"
-    click.echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
-    click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
-    click.echo(f"  commit: {result.commit}")
-    click.echo(f"  url:    {result.url}")
+        click.echo(
+            json.dumps({"plans": [p.to_json() for p in plans], "results": [r.to_json() for r in results]}, indent=2)
+        )
+
+
+def _settings(ctx: click.Context, path: Any, flags: dict[str, Any]) -> dict[str, Any]:
+    """Each setting from its flag, else its HUBSYNC_* variable, else the configuration file, else unset."""
+    from hubsync.core.config import env_value, find_config
+
+    names = {
+        "repo_id": "repo",
+        "select": "select",
+        "revision": "revision",
+        "public": "private",
+        "training_state": "training-state",
+        "tags": "tags",
+        "base_model": "base-model",
+        "license_": "license",
+        "datasets": "datasets",
+        "languages": "languages",
+        "template": "template",
+    }
+    config = find_config(path.absolute())
+    out: dict[str, Any] = {}
+    for flag, name in names.items():
+        value = flags[flag]
+        given = ctx.get_parameter_source(flag) is not click.core.ParameterSource.DEFAULT
+        if given and flag == "public":
+            value = not value
+        if not given:
+            value = env_value(name)
+        if value is None and name in config.values:
+            value = config.values[name]
+            if name == "template" and config.folder is not None:
+                value = str(config.folder / value)
+        if value is not None and value != ():
+            out[name] = value
+    return out
+
+
+def _targets(path: Any, select: str | None) -> list[Any]:
+    """The checkpoint folders PATH names: itself, or the ones --select picks from a run folder."""
+    from hubsync.core.checkpoint import TRAINER_STATE, list_checkpoints, read_json_file
+    from hubsync.core.errors import SelectionError
+    from hubsync.core.paths import display_path
+    from hubsync.core.selection import best_step_of, select_steps
+
+    runs = list_checkpoints(path) if path.is_dir() else []
+    if not runs or (path / TRAINER_STATE).exists():
+        if select is not None and select != "latest":
+            raise SelectionError(select, f"{display_path(path)} is a checkpoint, not a run folder")
+        return [path]
+    latest = runs[-1][1] / TRAINER_STATE
+    best = None
+    if latest.exists():
+        state = read_json_file(latest, display_path(latest))
+        best = best_step_of(state.get("best_model_checkpoint") if isinstance(state, dict) else None)
+    by_step = dict(runs)
+    return [by_step[s] for s in select_steps(list(by_step), select or "latest", best)]
+
+
+def _quiet_huggingface_hub(show_progress: bool) -> None:
+    """huggingface_hub logs notices and draws progress bars on stderr: bars only on a terminal, notices never."""
+    import logging
+
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if not show_progress:
+        disable_progress_bars()
 
 
 @cli.command()
@@ -317,10 +438,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def _print_plan(plan: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"plan": plan.to_json()}, indent=2))
-        return
+def _print_plan(plan: Any) -> None:
     click.echo(f"Plan (dry run): {plan.checkpoint} -> {plan.repo_id} @ {plan.revision}")
     for upload in plan.uploads:
         click.echo(f"  upload  {upload.path_in_repo}  ({_size(upload.size)})")

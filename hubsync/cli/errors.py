@@ -16,6 +16,7 @@ def _hub(err: e.HubError) -> str:
 
 
 ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
+    (e.CheckpointPushError, lambda err: _push_failed(err)),
     (
         e.NotACheckpointError,
         lambda err: (
@@ -67,6 +68,23 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.SelectionError,
+        lambda err: (
+            f"cannot select {err.select!r}: {err.reason}. Pass --select latest, best, all, last:N or STEP[,STEP]."
+        ),
+    ),
+    (
+        e.PublicTrainingStateError,
+        lambda err: (
+            f"{err.repo_id} is public, and --training-state keep would publish the optimizer, scheduler and RNG "
+            "state with it. Push to a private repository, drop the state, or pass --allow-public-state."
+        ),
+    ),
+    (
+        e.ConfigError,
+        lambda err: f"bad configuration in {err.source}: {err.reason}. Fix it, or override it with a flag.",
+    ),
+    (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
     ),
@@ -107,6 +125,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.TagExistsError,
+        lambda err: (
+            f"the tag {err.revision} already exists in {err.repo_id} ({err.detail}), and tags never move. "
+            "Choose another --tag name, or delete that tag first."
+        ),
+    ),
+    (
         e.CommitConflictError,
         lambda err: (
             f"other pushes kept moving{_hub(err)} on {err.endpoint} while this one tried to commit. "
@@ -136,6 +161,12 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     ),
     (e.HubsyncError, lambda err: f"{err}."),
 ]
+
+
+def _push_failed(err: e.CheckpointPushError) -> str:
+    before = f"{err.pushed} checkpoint{'s' if err.pushed != 1 else ''} before it pushed; a re-run pushes the rest"
+    cause = message_for(err.cause).removeprefix("Error: ")
+    return f"pushing {err.checkpoint} failed ({before}): {cause}"
 
 
 def message_for(exc: BaseException) -> str:

@@ -127,3 +127,43 @@ class TemplateError(HubsyncError):
 
 class CommitConflictError(HubError):
     """The branch moved between reading its head and committing (412): plan again and retry."""
+
+
+class SelectionError(HubsyncError):
+    """--select names no checkpoint of the run."""
+
+    def __init__(self, select: str, reason: str) -> None:
+        super().__init__(f"cannot select {select!r}: {reason}")
+        self.select = select
+        self.reason = reason
+
+
+class PublicTrainingStateError(HubsyncError):
+    """--training-state keep into a public repository, without --allow-public-state."""
+
+    def __init__(self, repo_id: str) -> None:
+        super().__init__(f"{repo_id} is public and training state was to be kept")
+        self.repo_id = repo_id
+
+
+class CheckpointPushError(HubsyncError):
+    """Pushing one of several checkpoints failed; the ones before it are on the Hub."""
+
+    def __init__(self, checkpoint: str, pushed: int, cause: HubsyncError) -> None:
+        super().__init__(f"pushing {checkpoint} failed: {cause}")
+        self.checkpoint = checkpoint
+        self.pushed = pushed
+        self.cause = cause
+
+
+class ConfigError(HubsyncError):
+    """A configuration file or HUBSYNC_* variable hubsync cannot use."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class TagExistsError(HubError):
+    """A tag of that name already points to another commit; tags never move."""

@@ -13,6 +13,7 @@ from .conversion import ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError
 from .index import index_entry
 from .render import render
+from .selection import DEFAULT_REVISION, revision_name
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
@@ -43,6 +44,10 @@ class PushPlan:
     dropped: tuple[str, ...] = ()  # training state left out
     index_entry: Mapping[str, Any] | None = None  # main's index entry for this revision, but for its commit
     front_matter: str | None = None  # the card's metadata, for main's index README
+    training_state: str = "drop"
+    allow_public_state: bool = False
+    tags: tuple[str, ...] = ()
+    release: tuple[str, ...] = ()  # with --release: the paths that main gets too (the inference files)
 
     @property
     def total_bytes(self) -> int:
@@ -68,6 +73,9 @@ class PushPlan:
             "skipped": list(self.skipped),
             "bytes": self.total_bytes,
             "commit_message": self.commit_message,
+            "training_state": self.training_state,
+            "tags": list(self.tags),
+            "release": list(self.release),
             "commit_description": self.commit_description,
         }
 
@@ -126,12 +134,28 @@ class PushOptions:
     private: bool = True
     training_state: str = "drop"  # or "keep"
     card: CardSettings | None = field(default_factory=CardSettings)  # None: keep the checkpoint's own README.md
+    allow_public_state: bool = False
+    tags: tuple[str, ...] = ()
+    release: bool = False
+    revision_pattern: bool = False  # `revision` is a pattern with {step}, {epoch}, {run}
 
 
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     """Decide what a push of `checkpoint` does: which files are converted, dropped, generated and uploaded."""
     repo_id = check_repo_id(options.repo_id)
-    branch = check_branch_name(options.revision or checkpoint.name)
+    state = checkpoint.trainer_state
+    if options.revision_pattern:
+        name = revision_name(
+            options.revision or DEFAULT_REVISION,
+            step=checkpoint.step,
+            epoch=state.epoch if state else None,
+            run=checkpoint.run_name,
+            folder=checkpoint.display,
+        )
+    else:
+        name = options.revision or checkpoint.name
+    branch = check_branch_name(name)
+    tags = tuple(check_branch_name(t) for t in options.tags)
     conversion = plan_conversion(checkpoint)
     sizes = {f.relpath: f.size for f in checkpoint.files}
     converted = [Upload(c.target, c.target, sizes[c.source], c.source) for c in conversion.conversions]
@@ -171,4 +195,15 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         dropped=dropped,
         index_entry=entry if context is not None else None,
         front_matter=context["front_matter"] if context is not None else None,
+        training_state=options.training_state,
+        allow_public_state=options.allow_public_state,
+        tags=tags,
+        release=tuple(u.path_in_repo for u in uploads if options.release and is_inference_file(u.path_in_repo)),
+    )
+
+
+def is_inference_file(path: str) -> bool:
+    """What loading the model needs: weights, configs, tokenizer; not the card, plot, or training record."""
+    return not (
+        is_training_state(path) or path in ("README.md", "trainer_state.json") or path.endswith((".svg", ".md"))
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx2
@@ -29,6 +32,40 @@ from hubsync.core import errors
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then give up: five attempts in all
+MAX_RETRY_AFTER = 60.0
+T = TypeVar("T")
+
+
+def with_retries(call: Callable[[], T], delays: Sequence[float] = RETRY_DELAYS) -> T:
+    """Run `call`, again after a pause when the Hub is busy or unreachable (429, 5xx, connection errors).
+
+    huggingface_hub retries uploads and paged reads itself, but not commits, refs, branches, tags or repository
+    creation. A server's Retry-After is honoured (up to a minute)."""
+    for attempt in range(len(delays) + 1):
+        try:
+            return call()
+        except HfHubHTTPError as exc:
+            response = exc.response
+            if response is None or response.status_code not in RETRY_STATUSES or attempt == len(delays):
+                raise
+            wait = _retry_after(response.headers.get("Retry-After"))
+        except httpx2.TransportError:
+            if attempt == len(delays):
+                raise
+            wait = None
+        time.sleep(wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2))
+    raise AssertionError("unreachable")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return None  # an HTTP date: rare enough to treat as unknown
 
 
 @dataclass(frozen=True)
@@ -46,10 +83,18 @@ def resolve_endpoint(endpoint: str | None) -> str:
 class HubClient:
     """A Hub at one endpoint, with one token (None: huggingface_hub's own lookup, HF_TOKEN first)."""
 
-    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, endpoint: str | None = None, token: str | None = None, retry_delays: Sequence[float] = RETRY_DELAYS
+    ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self._token = token
+        self.retry_delays = retry_delays
         self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync")
+
+    def _call(self, call: Callable[[], T], repo_id: str | None = None, revision: str | None = None) -> T:
+        """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError."""
+        with self._errors(repo_id, revision):
+            return with_retries(call, self.retry_delays)
 
     @property
     def token(self) -> str | None:
@@ -85,33 +130,49 @@ class HubClient:
         if not self.token:
             raise errors.TokenMissingError(self.endpoint)
 
-    def ensure_repo(self, repo_id: str, private: bool) -> None:
-        """Create the repository when it is missing; an existing one is left as it is."""
-        with self._errors(repo_id):
-            self.api.create_repo(repo_id, private=private, exist_ok=True)
+    def ensure_repo(self, repo_id: str, private: bool) -> bool:
+        """Create the repository when it is missing (an existing one is left as it is); whether it is private."""
+        self._call(lambda: self.api.create_repo(repo_id, private=private, exist_ok=True), repo_id)
+        info = self._call(lambda: self.api.repo_info(repo_id), repo_id)
+        return bool(info.private)
+
+    def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The repository's branches and tags, each name -> commit."""
+        refs = self._call(lambda: self.api.list_repo_refs(repo_id), repo_id)
+        return ({b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags})
 
     def branch_head(self, repo_id: str, branch: str) -> str | None:
-        with self._errors(repo_id, branch):
-            refs = self.api.list_repo_refs(repo_id)
-        return next((b.target_commit for b in refs.branches if b.name == branch), None)
+        return self.refs(repo_id)[0].get(branch)
 
     def ensure_branch(self, repo_id: str, branch: str) -> None:
         """Create `branch` when missing, from main's first commit: a checkpoint revision then holds only its
         own files, not main's index or whatever else main has gathered since."""
-        with self._errors(repo_id, branch):
-            refs = self.api.list_repo_refs(repo_id)
-            if any(b.name == branch for b in refs.branches):
-                return
-            root = self.api.list_repo_commits(repo_id, revision="main")[-1].commit_id
-            self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True)
+        if branch in self.refs(repo_id)[0]:
+            return
+        commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision="main"), repo_id, "main")
+        root = commits[-1].commit_id
+        self._call(
+            lambda: self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True), repo_id, branch
+        )
+
+    def ensure_tag(self, repo_id: str, tag: str, commit: str) -> None:
+        """Tag `commit`; a tag already there is fine, one on another commit is an error (tags never move)."""
+        existing = self.refs(repo_id)[1].get(tag)
+        if existing == commit:
+            return
+        if existing is not None:
+            raise errors.TagExistsError(
+                self.endpoint, f"{tag} points to {existing[:12]}", repo_id=repo_id, revision=tag
+            )
+        self._call(lambda: self.api.create_tag(repo_id, tag=tag, revision=commit), repo_id, tag)
 
     def offers_xet(self, repo_id: str, revision: str) -> bool:
         """Whether this endpoint hands out Xet write tokens; a Hub without Xet takes plain LFS uploads."""
         if not is_xet_available():
             return False
         url = f"{self.endpoint}/api/models/{repo_id}/xet-write-token/{quote(revision, safe='')}"
-        with self._errors(repo_id, revision):
-            response = get_session().get(url, headers=build_hf_headers(token=self.token, library_name="hubsync"))
+        headers = build_hf_headers(token=self.token, library_name="hubsync")
+        response = self._call(lambda: get_session().get(url, headers=headers), repo_id, revision)
         return response.is_success and parse_xet_connection_info_from_headers(response.headers) is not None
 
     def commit_files(
@@ -125,10 +186,12 @@ class HubClient:
     ) -> CommitResult:
         """Upload `(local file or bytes, path in repo)` pairs to `branch`, whose head is `parent_commit`, as one
         commit. CommitConflictError when the branch has moved since."""
-        with self._errors(repo_id, branch):
+        use_xet = self.offers_xet(repo_id, branch)
+
+        def commit() -> Any:
             operations = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
-            with _xet(self.offers_xet(repo_id, branch)):
-                info = self.api.create_commit(
+            with _xet(use_xet):
+                return self.api.create_commit(
                     repo_id,
                     operations,
                     commit_message=message,
@@ -136,15 +199,21 @@ class HubClient:
                     revision=branch,
                     parent_commit=parent_commit,
                 )
+
+        info = self._call(commit, repo_id, branch)
         return CommitResult(oid=info.oid, url=info.commit_url, created=info.oid != parent_commit)
 
     def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None:
         """A file of a revision, or None when the revision has no such file."""
-        with self._errors(repo_id, revision), tempfile.TemporaryDirectory(prefix="hubsync-read-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="hubsync-read-") as tmp:
             try:
-                local = self.api.hf_hub_download(repo_id, path, revision=revision, local_dir=tmp)
-            except EntryNotFoundError:
-                return None
+                local = self._call(
+                    lambda: self.api.hf_hub_download(repo_id, path, revision=revision, local_dir=tmp), repo_id, revision
+                )
+            except errors.HubError as exc:
+                if isinstance(exc.__cause__, EntryNotFoundError):
+                    return None
+                raise
             return Path(local).read_bytes()
 
     def web_url(self, repo_id: str, revision: str | None = None) -> str:

@@ -12,21 +12,23 @@ from typing import Any, Protocol
 
 from hubsync.convert import convert_weights
 from hubsync.core.checkpoint import Checkpoint
-from hubsync.core.errors import CommitConflictError
+from hubsync.core.errors import CommitConflictError, PublicTrainingStateError
 from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
 from hubsync.core.plan import PushPlan
 
 from .client import CommitResult
 
 CONFLICT_RETRIES = 8
+Files = Sequence[tuple[Path | bytes, str]]
 
 
 class PushTarget(Protocol):
     """What executing a push needs from a Hub (HubClient provides it)."""
 
     def require_token(self) -> None: ...
-    def ensure_repo(self, repo_id: str, private: bool) -> None: ...
+    def ensure_repo(self, repo_id: str, private: bool) -> bool: ...
     def ensure_branch(self, repo_id: str, branch: str) -> None: ...
+    def ensure_tag(self, repo_id: str, tag: str, commit: str) -> None: ...
     def branch_head(self, repo_id: str, branch: str) -> str | None: ...
     def commit_files(
         self,
@@ -41,13 +43,86 @@ class PushTarget(Protocol):
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
 
 
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    revision: str
+    commit: str
+    commit_url: str
+    url: str
+    created: bool
+    files: int
+    bytes: int
+    tags: tuple[str, ...]
+    released: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "commit_url": self.commit_url,
+            "url": self.url,
+            "created": self.created,
+            "files": self.files,
+            "bytes": self.bytes,
+            "tags": list(self.tags),
+            "released": self.released,
+        }
+
+
+def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
+    """Convert pickled weights (verified) into a temp folder, make sure the repository and branch exist, commit
+    the planned files in one commit, tag it, and record it in main's index."""
+    hub.require_token()
+    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
+        staging = Path(staging_dir)
+        if plan.conversion.conversions:
+            convert_weights(checkpoint, plan.conversion, staging)
+        for path, data in plan.generated.items():
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
+            (staging / path).write_bytes(data)
+        files = {
+            u.path_in_repo: (staging if u.converted_from or u.generated else checkpoint.path) / u.source
+            for u in plan.uploads
+        }
+        return _push(plan, files, hub)
+
+
+def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult:
+    private = hub.ensure_repo(plan.repo_id, private=plan.private)
+    if plan.training_state == "keep" and not private and not plan.allow_public_state:
+        raise PublicTrainingStateError(plan.repo_id)
+    hub.ensure_branch(plan.repo_id, plan.revision)
+    result = _commit_to_head(
+        hub,
+        plan.repo_id,
+        plan.revision,
+        [(src, dest) for dest, src in files.items()],
+        plan.commit_message,
+        plan.commit_description,
+    )
+    for tag in plan.tags:
+        hub.ensure_tag(plan.repo_id, tag, result.oid)
+    if plan.index_entry is not None:
+        released = [(files[path], path) for path in plan.release]
+        _update_index(hub, plan, {**plan.index_entry, "commit": result.oid, "tags": list(plan.tags)}, released)
+    return PushResult(
+        repo_id=plan.repo_id,
+        revision=plan.revision,
+        commit=result.oid,
+        commit_url=result.url,
+        url=hub.web_url(plan.repo_id, plan.revision),
+        created=result.created,
+        files=len(plan.uploads),
+        bytes=plan.total_bytes,
+        tags=plan.tags,
+        released=bool(plan.release),
+    )
+
+
 def _commit_to_head(
-    hub: PushTarget,
-    repo_id: str,
-    branch: str,
-    files: Sequence[tuple[Path | bytes, str]],
-    message: str,
-    description: str,
+    hub: PushTarget, repo_id: str, branch: str, files: Files, message: str, description: str = ""
 ) -> CommitResult:
     """Commit on top of the branch's current head; when another push moved it meanwhile (412), read the new
     head and commit again, so that concurrent pushes all land and none is lost."""
@@ -62,81 +137,24 @@ def _commit_to_head(
     raise AssertionError("unreachable")
 
 
-def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any]) -> None:
-    """Record the revision in main's index (.hubsync/index.json and README.md), unless it is there already."""
+def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], released: Files) -> None:
+    """Record the revision in main's index (.hubsync/index.json and README.md), with the released inference
+    files when --release; nothing is committed when main already says all that."""
     assert plan.front_matter is not None
     for attempt in range(CONFLICT_RETRIES):
         head = hub.branch_head(plan.repo_id, "main")
         entries = parse_index(hub.read_file(plan.repo_id, head or "main", INDEX_FILE))
+        if released:
+            entries = [{**e, "released": False} for e in entries]
+            entry = {**entry, "released": True}
         merged = merge_index(entries, entry)
-        if merged == entries:
-            return
         readme = render_index_readme(merged, plan.repo_id, plan.front_matter, hub.web_url(plan.repo_id))
-        files: list[tuple[Path | bytes, str]] = [(dump_index(merged), INDEX_FILE), (readme, "README.md")]
+        files: list[tuple[Path | bytes, str]] = [(dump_index(merged), INDEX_FILE), (readme, "README.md"), *released]
+        message = f"hubsync: {'release' if released else 'index'} {plan.revision}"
         try:
-            hub.commit_files(plan.repo_id, "main", files, f"hubsync: index {plan.revision}", parent_commit=head)
+            hub.commit_files(plan.repo_id, "main", files, message, parent_commit=head)  # no change: no commit
             return
         except CommitConflictError:
             if attempt == CONFLICT_RETRIES - 1:
                 raise
             time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-
-
-@dataclass(frozen=True)
-class PushResult:
-    repo_id: str
-    revision: str
-    commit: str
-    commit_url: str
-    url: str
-    created: bool
-    files: int
-    bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "repo": self.repo_id,
-            "revision": self.revision,
-            "commit": self.commit,
-            "commit_url": self.commit_url,
-            "url": self.url,
-            "created": self.created,
-            "files": self.files,
-            "bytes": self.bytes,
-        }
-
-
-def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
-    """Convert pickled weights (verified) into a temp folder, create the repository and branch when missing,
-    then commit the planned files in one commit."""
-    hub.require_token()
-    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
-        staging = Path(staging_dir)
-        if plan.conversion.conversions:
-            convert_weights(checkpoint, plan.conversion, staging)
-        for path, data in plan.generated.items():
-            (staging / path).parent.mkdir(parents=True, exist_ok=True)
-            (staging / path).write_bytes(data)
-        files = [
-            ((staging if u.converted_from or u.generated else checkpoint.path) / u.source, u.path_in_repo)
-            for u in plan.uploads
-        ]
-        return _commit(plan, files, hub)
-
-
-def _commit(plan: PushPlan, files: list[tuple[Path, str]], hub: PushTarget) -> PushResult:
-    hub.ensure_repo(plan.repo_id, private=plan.private)
-    hub.ensure_branch(plan.repo_id, plan.revision)
-    result = _commit_to_head(hub, plan.repo_id, plan.revision, files, plan.commit_message, plan.commit_description)
-    if plan.index_entry is not None and plan.front_matter is not None:
-        _update_index(hub, plan, {**plan.index_entry, "commit": result.oid})
-    return PushResult(
-        repo_id=plan.repo_id,
-        revision=plan.revision,
-        commit=result.oid,
-        commit_url=result.url,
-        url=hub.web_url(plan.repo_id, plan.revision),
-        created=result.created,
-        files=len(plan.uploads),
-        bytes=plan.total_bytes,
-    )

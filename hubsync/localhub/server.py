@@ -86,6 +86,21 @@ class Response:
     content_type: str = "application/json"
     length: int | None = None
 
+    def __or__(self, headers: dict[str, str]) -> Response:
+        self.headers = {**(self.headers or {}), **headers}
+        return self
+
+
+@dataclass
+class Fault:
+    """An answer the server gives instead of serving: for tests of what clients do when the Hub fails."""
+
+    method: str
+    path: re.Pattern[str]
+    status: int
+    times: int = 1
+    retry_after: float | None = None
+
 
 def _type_of(match: re.Match[str]) -> str:
     t = match.groupdict().get("t")
@@ -153,6 +168,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 self._body_left = -1
         url = urlsplit(self.path)
         self.query = parse_qs(url.query, keep_blank_values=True)
+        fault = self.server.take_fault(method, url.path)
+        if fault is not None:
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            self._send(method, self._error(fault.status, None, f"Injected fault {fault.status}") | headers)
+            return
         try:
             if self._body_left is not None and self._body_left < 0:
                 raise bad_request("Invalid Content-Length")
@@ -838,6 +858,23 @@ class LocalHubServer(ThreadingHTTPServer):
         self.verbose = verbose
         self.secret = secrets.token_bytes(32)
         self._thread: threading.Thread | None = None
+        self._faults: list[Fault] = []
+        self._faults_lock = threading.Lock()
+
+    def inject_fault(
+        self, method: str, path: str, status: int, times: int = 1, retry_after: float | None = None
+    ) -> None:
+        """Answer the next `times` requests of `method` whose path matches the regex `path` with `status`."""
+        with self._faults_lock:
+            self._faults.append(Fault(method, re.compile(path), status, times, retry_after))
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault.times > 0 and fault.method == method and fault.path.search(path):
+                    fault.times -= 1
+                    return fault
+        return None
 
     @property
     def url_host(self) -> str:

@@ -1,0 +1,74 @@
+"""Which checkpoints of a run to push (`--select`), and what their revisions are called (`--revision`). Pure."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import InvalidRevisionError, SelectionError
+
+DEFAULT_REVISION = "checkpoint-{step}"
+_PLACEHOLDERS = {"step", "epoch", "run"}
+
+
+def select_steps(steps: Sequence[int], select: str, best_step: int | None) -> list[int]:
+    """The steps `select` names among a run's checkpoint steps: latest, best, all, last:N or STEP[,STEP...]."""
+    available = sorted(steps)
+    if not available:
+        raise SelectionError(select, "the run has no checkpoint-N folders")
+    if select == "latest":
+        return [available[-1]]
+    if select == "all":
+        return available
+    if select == "best":
+        if best_step is None:
+            raise SelectionError(select, "trainer_state.json names no best checkpoint (set metric_for_best_model)")
+        if best_step not in available:
+            raise SelectionError(select, f"the best checkpoint, checkpoint-{best_step}, is no longer in the run")
+        return [best_step]
+    m = re.fullmatch(r"last:(\d+)", select)
+    if m:
+        count = int(m.group(1))
+        if count < 1:
+            raise SelectionError(select, "last:N needs N of at least 1")
+        return available[-count:]
+    if re.fullmatch(r"\d+(,\d+)*", select):
+        wanted = [int(s) for s in select.split(",")]
+        missing = [s for s in wanted if s not in available]
+        if missing:
+            raise SelectionError(select, f"no checkpoint-{missing[0]} in the run (it has {_some(available)})")
+        return sorted(set(wanted))
+    raise SelectionError(select, "use latest, best, all, last:N or STEP[,STEP...]")
+
+
+def _some(steps: list[int]) -> str:
+    shown = ", ".join(str(s) for s in steps[-5:])
+    return f"steps {'..., ' if len(steps) > 5 else ''}{shown}"
+
+
+def best_step_of(best_model_checkpoint: str | None) -> int | None:
+    """The step of trainer_state.json's best_model_checkpoint (a path ending in checkpoint-N)."""
+    if not best_model_checkpoint:
+        return None
+    m = re.fullmatch(r"checkpoint-(\d+)", Path(best_model_checkpoint.replace("\\", "/")).name)
+    return int(m.group(1)) if m else None
+
+
+def revision_name(pattern: str, *, step: int | None, epoch: float | None, run: str | None, folder: str) -> str:
+    """Fill a revision pattern's {step}, {epoch} and {run}."""
+    fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    unknown = fields - _PLACEHOLDERS
+    if unknown:
+        raise InvalidRevisionError(
+            pattern, f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{step}}, {{epoch}}, {{run}}"
+        )
+    values = {"step": step, "epoch": None if epoch is None else f"{epoch:.2f}", "run": run}
+    for name in fields:
+        if values[name] is None:
+            raise InvalidRevisionError(pattern, f"{folder} has no {name} to fill {{{name}}}")
+    try:
+        return pattern.format(**values)
+    except (ValueError, IndexError) as exc:
+        raise InvalidRevisionError(pattern, str(exc)) from exc
