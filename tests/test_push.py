@@ -405,3 +405,14 @@ def test_a_commit_that_lands_between_reading_the_head_and_committing_is_kept(
     assert result.commit == commits[0].commit_id and result.created
     files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
     assert {"other.txt", "adapter_model.safetensors"} <= files
+
+
+def test_re_pushing_an_unchanged_checkpoint_uploads_nothing(checkpoint: Path, hub: RunningHub) -> None:
+    assert push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub)).exit_code == 0
+    before = hub.server.uploaded_bytes
+    assert before > 0
+
+    again = push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub))
+
+    assert again.exit_code == 0 and again.stdout.startswith("Already up to date")
+    assert hub.server.uploaded_bytes == before

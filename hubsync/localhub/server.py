@@ -712,11 +712,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         size = self._ticket_size(oid, "upload")
         if self._body_left is not None and self._body_left != size:
             raise bad_request(f"Content-Length {self._body_left} does not match the object size {size}")
+        counted = self.server.count_upload(self._body_chunks())
         if self.store.has_blob(oid, size):
-            for _ in self._body_chunks():
+            for _ in counted:
                 pass
         else:
-            self.store.put_blob_stream(oid, size, self._body_chunks())
+            self.store.put_blob_stream(oid, size, counted)
         return Response(body={})
 
     def h_lfs_verify(self, match: re.Match[str]) -> Response:
@@ -736,7 +737,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         branch = unquote(match["rev"])
         user = self._user()
         assert user is not None
-        header, ops = self._parse_commit(self._body(MAX_COMMIT_BODY))
+        body = self._body(MAX_COMMIT_BODY)
+        self.server.add_uploaded(len(body))
+        header, ops = self._parse_commit(body)
         if not isinstance(header.get("description") or "", str) or not isinstance(
             header.get("parentCommit") or "", str
         ):
@@ -860,6 +863,7 @@ class LocalHubServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._faults: list[Fault] = []
         self._faults_lock = threading.Lock()
+        self.uploaded_bytes = 0  # bytes received in LFS uploads and commit bodies, for benchmarks and tests
 
     def inject_fault(
         self, method: str, path: str, status: int, times: int = 1, retry_after: float | None = None
@@ -867,6 +871,16 @@ class LocalHubServer(ThreadingHTTPServer):
         """Answer the next `times` requests of `method` whose path matches the regex `path` with `status`."""
         with self._faults_lock:
             self._faults.append(Fault(method, re.compile(path), status, times, retry_after))
+
+    def add_uploaded(self, size: int) -> None:
+        with self._faults_lock:
+            self.uploaded_bytes += size
+
+    def count_upload(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Pass `chunks` through, adding their size to `uploaded_bytes`."""
+        for chunk in chunks:
+            self.add_uploaded(len(chunk))
+            yield chunk
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self._faults_lock:
