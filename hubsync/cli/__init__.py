@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -158,7 +159,13 @@ def _card_settings(
     "training can resume from the revision [default: drop].",
 )
 @click.option("--allow-public-state", is_flag=True, help="Allow --training-state keep into a public repository.")
-@click.option("--tag", "tags", multiple=True, metavar="NAME", help="Tag the new commit (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="NAME",
+    help="Tag the new commit, of the newest checkpoint when several are pushed (repeatable).",
+)
 @click.option("--release", is_flag=True, help="Also publish the checkpoint's inference files on main.")
 @card_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing locally or on the Hub.")
@@ -220,7 +227,9 @@ def push(
         revision_pattern=True,
     )
     checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings.get("select"))]
-    plans = [plan_push(c, options) for c in checkpoints]  # every plan first: bad input fails before any upload
+    # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
+    untagged = dataclasses.replace(options, tags=())
+    plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
     if dry_run:
         if as_json:
             click.echo(json.dumps({"plans": [p.to_json() for p in plans]}, indent=2))
@@ -323,6 +332,127 @@ def _quiet_huggingface_hub(show_progress: bool) -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     if not show_progress:
         disable_progress_bars()
+
+
+@cli.command()
+@click.argument("repo_id", metavar="REPO")
+@click.option("--revision", metavar="REV", help="Branch, tag or commit [default: the newest checkpoint revision].")
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder that receives checkpoint-<step> [default: out/<repo name>].",
+)
+@click.option("--force", is_flag=True, help="Replace a checkpoint folder that exists and is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@endpoint_option
+@token_option
+def pull(
+    repo_id: str,
+    revision: str | None,
+    to: str | None,
+    force: bool,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Restore a checkpoint revision so that training resumes from it.
+
+    Resolves REV to one commit, downloads its files, checks each against the Hub's sha256 or git blob id,
+    and writes DIR/checkpoint-<step> whole, for Trainer.train(resume_from_checkpoint=...).
+
+    \b
+    Example:
+      hubsync pull me/my-model --revision checkpoint-1000
+    """
+    import json as json_module
+    from pathlib import Path
+
+    from hubsync.core.checkpoint import parse_trainer_state
+    from hubsync.core.errors import NoCheckpointRevisionError
+    from hubsync.core.paths import display_path
+    from hubsync.core.plan import check_repo_id
+    from hubsync.core.pull import plan_pull, step_of
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.pull import check_target, execute_pull
+    from hubsync.hub.revisions import checkpoint_revisions
+
+    check_repo_id(repo_id)
+    _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
+    hub = HubClient(endpoint, token)
+    if revision is None:
+        known = [r for r in checkpoint_revisions(hub, repo_id) if r.step is not None]
+        if not known:
+            raise NoCheckpointRevisionError(repo_id)
+        revision = known[-1].revision
+    commit = hub.resolve_commit(repo_id, revision)
+    entries = hub.tree(repo_id, commit)
+    step = step_of(revision)
+    if any(e.path == "trainer_state.json" for e in entries):
+        try:
+            state = parse_trainer_state(json_module.loads(hub.read_file(repo_id, commit, "trainer_state.json") or b""))
+            step = state.global_step if state.global_step is not None else step
+        except ValueError:
+            pass  # a damaged trainer_state.json is pulled as it is; the folder is named by the revision
+    plan = plan_pull(repo_id, revision, commit, entries, Path(to or Path("out") / repo_id.split("/")[-1]), step)
+    check_target(plan, force)
+    target = execute_pull(plan, hub, force=force)
+    if as_json:
+        click.echo(json_module.dumps({**plan.to_json(), "path": display_path(target)}, indent=2))
+        return
+    click.echo(f"Pulled {repo_id} @ {revision} ({commit[:12]}) -> {display_path(target)}")
+    click.echo(f"  files: {len(plan.files)} ({_size(plan.total_bytes)}), each verified against the Hub's hashes")
+    if plan.resumable:
+        click.echo(f'  resume: Trainer.train(resume_from_checkpoint="{display_path(target)}")')
+    else:
+        click.echo(
+            "  note: this revision has no optimizer, scheduler or RNG state: resuming from it restarts the "
+            "optimizer and learning-rate schedule"
+        )
+
+
+@cli.command(name="ls")
+@click.argument("repo_id", metavar="REPO")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@endpoint_option
+@token_option
+def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | None) -> None:
+    """List a repository's checkpoint revisions: step, epoch, metrics, resumable or not, commit, date.
+
+    \b
+    Example:
+      hubsync ls me/my-model
+    """
+    from hubsync.core.plan import check_repo_id
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.revisions import checkpoint_revisions
+
+    check_repo_id(repo_id)
+    _quiet_huggingface_hub(show_progress=False)
+    revisions = checkpoint_revisions(HubClient(endpoint, token), repo_id)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in revisions], indent=2))
+        return
+    if not revisions:
+        click.echo(f"{repo_id} has no checkpoint revisions yet.")
+        return
+    names = sorted({m for r in revisions for m in r.metrics})
+    header = ["revision", "step", "epoch", *names, "resumable", "commit", "date"]
+    rows = [
+        [
+            r.revision,
+            "" if r.step is None else str(r.step),
+            "" if r.epoch is None else f"{r.epoch:.2f}",
+            *[f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in names],
+            "yes" if r.resumable else "no",
+            r.commit[:12],
+            (r.date or "")[:19].replace("T", " "),
+        ]
+        for r in revisions
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @cli.command()

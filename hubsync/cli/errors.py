@@ -85,6 +85,34 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: f"bad configuration in {err.source}: {err.reason}. Fix it, or override it with a flag.",
     ),
     (
+        e.PullTargetExistsError,
+        lambda err: (
+            f"{err.path} already exists and is not empty, and pulling never overwrites it silently. "
+            "Pull into another folder with --to, or pass --force to replace it."
+        ),
+    ),
+    (
+        e.UnsafeRemotePathError,
+        lambda err: (
+            f"refused to pull: the revision holds the path {err.path!r}, which would land outside the checkpoint "
+            "folder. Nothing was written; pull another revision, or ask the repository's owner to fix it."
+        ),
+    ),
+    (
+        e.PullVerificationError,
+        lambda err: (
+            f"the downloaded {err.path} {err.reason}, so nothing was placed. Run the pull again; if it fails the "
+            "same way, the file on the Hub is damaged."
+        ),
+    ),
+    (
+        e.NoCheckpointRevisionError,
+        lambda err: (
+            f"{err.repo_id} has no checkpoint revision to pull. Pass one with --revision; `hubsync ls "
+            f"{err.repo_id}` lists them."
+        ),
+    ),
+    (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
     ),

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from .checkpoint import Checkpoint
+from .checkpoint import EVAL_TIMINGS, Checkpoint
 from .errors import BaseModelError, TemplateError
 from .render import render, render_file
 
@@ -133,7 +133,7 @@ class Evaluation:
     metrics: Mapping[str, float]  # other eval_* metrics, without the prefix
 
 
-_EVAL_NOISE = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_loss"}
+_EVAL_NOISE = EVAL_TIMINGS | {"eval_loss"}
 
 
 def evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[Evaluation]:

@@ -30,6 +30,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 MAX_JSON_BYTES = 64 * 1024 * 1024
+EVAL_TIMINGS = frozenset({"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class TrainerState:
     latest_loss: float | None = None
     log_history: tuple[Mapping[str, Any], ...] = ()  # entries that are JSON objects, in order
     settings: Mapping[str, Any] = field(default_factory=dict)  # train_batch_size, max_steps, *_steps, total_flos...
+
+    @property
+    def eval_metrics(self) -> dict[str, float]:
+        """The newest evaluation's metrics without the eval_ prefix, and without the timing ones."""
+        return {k.removeprefix("eval_"): v for k, v in self.latest_eval.items() if k not in EVAL_TIMINGS}
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,32 @@ class ConfigError(HubsyncError):
 
 class TagExistsError(HubError):
     """A tag of that name already points to another commit; tags never move."""
+
+
+class UnsafeRemotePathError(HubsyncError):
+    """A file path in a revision that could land outside the checkpoint folder."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the revision holds a file path that leaves the checkpoint folder: {path!r}")
+        self.path = path
+
+
+class PullVerificationError(HubsyncError):
+    """A downloaded file is not what the revision's tree says (corrupted or truncated)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"the downloaded {path} {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class NoCheckpointRevisionError(HubsyncError):
+    def __init__(self, repo_id: str) -> None:
+        super().__init__(f"{repo_id} has no checkpoint revision")
+        self.repo_id = repo_id
+
+
+class PullTargetExistsError(HubsyncError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} already exists and is not empty")
+        self.path = path

@@ -171,12 +171,7 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
-    state = checkpoint.trainer_state
-    metrics = {
-        k.removeprefix("eval_"): v
-        for k, v in (state.latest_eval if state else {}).items()
-        if k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
-    }
+    metrics = state.eval_metrics if state else {}
     entry = index_entry(
         branch, checkpoint.step, state.epoch if state else None, metrics, [u.path_in_repo for u in uploads], commit=""
     )

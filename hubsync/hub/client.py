@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, RepoFile, constants, get_session, get_token
 from huggingface_hub.errors import (
     BadRequestError,
     EntryNotFoundError,
@@ -29,6 +29,7 @@ from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync.core import errors
+from hubsync.core.pull import RemoteFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -215,6 +216,35 @@ class HubClient:
                     return None
                 raise
             return Path(local).read_bytes()
+
+    def resolve_commit(self, repo_id: str, revision: str) -> str:
+        """The commit a branch, tag or commit id names."""
+        info = self._call(lambda: self.api.repo_info(repo_id, revision=revision), repo_id, revision)
+        return str(info.sha)
+
+    def tree(self, repo_id: str, commit: str) -> list[RemoteFile]:
+        """Every file of a commit, with its size and hashes as the Hub lists them."""
+        entries = self._call(lambda: list(self.api.list_repo_tree(repo_id, revision=commit, recursive=True)), repo_id)
+        return [
+            RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None, e.blob_id)
+            for e in entries
+            if isinstance(e, RepoFile)
+        ]
+
+    def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path:
+        """Fetch one file of a commit into `local_dir` (huggingface_hub checks only its size)."""
+        return Path(
+            self._call(
+                lambda: self.api.hf_hub_download(repo_id, path, revision=commit, local_dir=local_dir),
+                repo_id,
+                commit,
+            )
+        )
+
+    def commit_dates(self, repo_id: str, revision: str) -> list[tuple[str, str]]:
+        """(commit id, ISO date) of a revision's history, newest first."""
+        commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision=revision), repo_id, revision)
+        return [(c.commit_id, c.created_at.isoformat()) for c in commits]
 
     def web_url(self, repo_id: str, revision: str | None = None) -> str:
         url = f"{self.endpoint}/{repo_id}"

@@ -1,0 +1,94 @@
+"""The pull plan: which files of a revision to fetch, checked for safety, and where the checkpoint goes. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .conversion import TRAINING_STATE_RE
+from .errors import UnsafeRemotePathError
+
+# Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
+NOT_CHECKPOINT = (".gitattributes",)
+NOT_CHECKPOINT_DIRS = (".hubsync/",)
+RESUME_STATE = ("optimizer.pt", "scheduler.pt")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # LFS files
+    git_oid: str  # the git blob id (of the content for regular files)
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    repo_id: str
+    revision: str  # as asked
+    commit: str  # what it resolved to
+    target: Path  # the checkpoint folder to create
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def resumable(self) -> bool:
+        names = {f.path for f in self.files}
+        return all(n in names for n in RESUME_STATE) and any(n.startswith("rng_state") for n in names)
+
+    @property
+    def training_state(self) -> list[str]:
+        return [f.path for f in self.files if TRAINING_STATE_RE.match(f.path)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "files": [{"path": f.path, "size": f.size} for f in self.files],
+            "bytes": self.total_bytes,
+            "resumable": self.resumable,
+        }
+
+
+def check_remote_path(path: str) -> str:
+    """Refuse a path from the Hub that could land outside the checkpoint folder."""
+    pure = PurePosixPath(path)
+    if (
+        not path
+        or path.startswith(("/", "\\"))
+        or "\\" in path
+        or re.match(r"^[A-Za-z]:", path)
+        or any(part in ("..", ".", "") for part in path.split("/"))
+        or "\x00" in path
+        or pure.is_absolute()
+    ):
+        raise UnsafeRemotePathError(path)
+    return path
+
+
+def step_of(revision: str) -> int | None:
+    m = re.search(r"(\d+)$", revision)
+    return int(m.group(1)) if m else None
+
+
+def plan_pull(
+    repo_id: str, revision: str, commit: str, entries: Sequence[RemoteFile], to: Path, step: int | None
+) -> PullPlan:
+    """What to fetch (every file of the checkpoint, its paths checked) and where: `to`/checkpoint-<step>."""
+    files = tuple(
+        sorted(
+            (e for e in entries if e.path not in NOT_CHECKPOINT and not e.path.startswith(NOT_CHECKPOINT_DIRS)),
+            key=lambda e: e.path,
+        )
+    )
+    for f in files:
+        check_remote_path(f.path)
+    name = f"checkpoint-{step}" if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
+    return PullPlan(repo_id, revision, commit, to / name, files)

@@ -1,0 +1,91 @@
+"""Carry out a PullPlan: fetch a revision's files into a staging folder, verify each, then move it into place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+from hubsync.convert.writer import TEMP_PREFIX, temp_dir
+from hubsync.core.errors import PullTargetExistsError, PullVerificationError
+from hubsync.core.paths import display_path
+from hubsync.core.pull import PullPlan, RemoteFile
+
+STAGING_PREFIX = TEMP_PREFIX + "pull-"
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+class PullSource(Protocol):
+    def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path: ...
+
+
+def check_target(plan: PullPlan, force: bool) -> None:
+    """Refuse, before anything is fetched, a target that exists and holds something (unless `force`)."""
+    if plan.target.exists() and (not plan.target.is_dir() or any(plan.target.iterdir())) and not force:
+        raise PullTargetExistsError(display_path(plan.target))
+
+
+def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8) -> Path:
+    """Download every planned file into a staging folder beside the target, verify each against the tree's
+    sha256 (LFS) or git blob id, then rename the folder into place. Nothing is placed unless all is right."""
+    check_target(plan, force)
+    parent = plan.target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(STAGING_PREFIX + "*"):  # left by a pull that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = temp_dir(parent, "pull")
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(plan.files)))) as pool:
+            for _ in pool.map(lambda f: _fetch_verified(hub, plan, f, staging), plan.files):
+                pass
+        shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+        _place(staging, plan.target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return plan.target
+
+
+def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging: Path) -> None:
+    local = hub.download(plan.repo_id, plan.commit, remote.path, staging)
+    if Path(os.path.abspath(local)) != Path(os.path.abspath(staging / remote.path)):
+        raise PullVerificationError(remote.path, "was written somewhere else than asked")
+    size = local.stat().st_size
+    if size != remote.size:
+        raise PullVerificationError(remote.path, f"has {size} bytes, the Hub lists {remote.size}")
+    if remote.sha256 is not None:
+        if _digest(local, hashlib.sha256()) != remote.sha256:
+            raise PullVerificationError(remote.path, "does not match the sha256 the Hub lists")
+    else:
+        blob = hashlib.sha1(b"blob %d\0" % size)
+        if _digest(local, blob) != remote.git_oid:
+            raise PullVerificationError(remote.path, "does not match the git blob id the Hub lists")
+
+
+def _digest(path: Path, hasher: hashlib._Hash) -> str:
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(_HASH_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            hasher.update(view[:n])
+    return hasher.hexdigest()
+
+
+def _place(staging: Path, target: Path) -> None:
+    """Rename the staged folder to the target; an existing target (only with --force) is swapped out first."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=STAGING_PREFIX + "old-"))
+    os.replace(target, old / "previous")
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old / "previous", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

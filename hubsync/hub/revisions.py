@@ -1,0 +1,80 @@
+"""The checkpoint revisions of a repository, as `hubsync ls` shows them and `hubsync pull` picks the newest."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hubsync.core.checkpoint import parse_trainer_state
+from hubsync.core.index import INDEX_FILE, parse_index
+from hubsync.core.pull import RESUME_STATE, step_of
+
+from .client import HubClient
+
+_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-\d+$")
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    revision: str
+    step: int | None
+    epoch: float | None
+    metrics: dict[str, float]
+    resumable: bool
+    commit: str
+    date: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "step": self.step,
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "resumable": self.resumable,
+            "commit": self.commit,
+            "date": self.date,
+        }
+
+
+def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
+    """Revisions recorded in main's index, and branches named like checkpoint-N; ordered by step."""
+    branches, _tags = hub.refs(repo_id)
+    indexed = {e["revision"]: e for e in parse_index(hub.read_file(repo_id, "main", INDEX_FILE))}
+    names = [b for b in branches if b in indexed or _CHECKPOINT_BRANCH.search(b)]
+    out = []
+    for name in names:
+        commit = branches[name]
+        entry = indexed.get(name)
+        if entry is None or entry.get("commit") != commit:
+            entry = _describe(hub, repo_id, name, commit)
+        dates = hub.commit_dates(repo_id, commit)
+        out.append(
+            RevisionInfo(
+                revision=name,
+                step=entry.get("step") if isinstance(entry.get("step"), int) else step_of(name),
+                epoch=entry.get("epoch") if isinstance(entry.get("epoch"), (int, float)) else None,
+                metrics={k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float))},
+                resumable=bool(entry.get("resumable")),
+                commit=commit,
+                date=dates[0][1] if dates else None,
+            )
+        )
+    return sorted(out, key=lambda r: (r.step if r.step is not None else -1, r.revision))
+
+
+def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[str, Any]:
+    """What the index would say of a revision that it does not know (pushed by hand, or moved since)."""
+    names = {f.path for f in hub.tree(repo_id, commit)}
+    entry: dict[str, Any] = {
+        "resumable": all(n in names for n in RESUME_STATE) and any(n.startswith("rng_state") for n in names),
+    }
+    if "trainer_state.json" in names:
+        raw = hub.read_file(repo_id, commit, "trainer_state.json")
+        try:
+            state = parse_trainer_state(json.loads(raw or b"{}"))
+        except ValueError:
+            return entry
+        entry.update(step=state.global_step, epoch=state.epoch, metrics=state.eval_metrics)
+    return entry

@@ -1,0 +1,217 @@
+"""`hubsync pull` and `hubsync ls`: a revision comes back whole and verified, and training resumes from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from hubsync.cli import cli
+from hubsync.core.errors import UnsafeRemotePathError
+from hubsync.core.pull import RemoteFile, plan_pull
+from hubsync.localhub import RunningHub
+
+
+def run_cli(hub: RunningHub, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(
+        cli, list(args), catch_exceptions=False, env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    )
+
+
+@pytest.fixture
+def pushed(tiny_run: Path, hub: RunningHub) -> Path:
+    """The tiny run's checkpoints on the local Hub: 10 without training state, 20 and 30 with it."""
+    assert run_cli(hub, "push", str(tiny_run / "checkpoint-10"), "--repo", "me/tiny").exit_code == 0
+    for step in (20, 30):
+        result = run_cli(
+            hub, "push", str(tiny_run / f"checkpoint-{step}"), "--repo", "me/tiny", "--training-state", "keep"
+        )
+        assert result.exit_code == 0, result.stderr
+    return tiny_run
+
+
+def test_pull_restores_the_newest_checkpoint_byte_for_byte(
+    pushed: Path, hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    result = run_cli(hub, "pull", "me/tiny")
+
+    assert result.exit_code == 0, result.stderr
+    target = tmp_path / "out" / "tiny" / "checkpoint-30"
+    assert "-> out/tiny/checkpoint-30" in result.stdout and "resume_from_checkpoint" in result.stdout
+    local = pushed / "checkpoint-30"
+    for name in (
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "training_args.bin",
+        "adapter_config.json",
+    ):
+        assert (target / name).read_bytes() == (local / name).read_bytes(), name
+    assert not (target / ".cache").exists() and not (target / ".gitattributes").exists()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".hubsync-tmp")]
+
+
+def test_pull_a_revision_without_training_state_says_so(pushed: Path, hub: RunningHub, tmp_path: Path) -> None:
+    result = run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-10", "--to", str(tmp_path / "x"), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["resumable"] is False and data["path"].endswith("x/checkpoint-10")
+    assert not (tmp_path / "x" / "checkpoint-10" / "optimizer.pt").exists()
+
+    text = run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-10", "--to", str(tmp_path / "y"))
+    assert "no optimizer, scheduler or RNG state" in text.stdout
+
+
+def test_pull_by_tag_and_by_commit(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    commit = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}["checkpoint-20"]
+    api.create_tag("me/tiny", tag="good", revision=commit)
+    for revision in ("good", commit):
+        result = run_cli(hub, "pull", "me/tiny", "--revision", revision, "--to", str(tmp_path / revision), "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["commit"] == commit
+        assert (tmp_path / revision / "checkpoint-20" / "optimizer.pt").exists()
+
+
+def test_an_existing_checkpoint_folder_is_kept_unless_forced(pushed: Path, hub: RunningHub, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "checkpoint-30"
+    target.mkdir(parents=True)
+    (target / "mine.txt").write_text("precious")
+
+    refused = run_cli(hub, "pull", "me/tiny", "--to", str(tmp_path / "out"))
+    assert refused.exit_code == 1 and "--force" in refused.stderr and "--to" in refused.stderr
+    assert (target / "mine.txt").read_text() == "precious"
+
+    forced = run_cli(hub, "pull", "me/tiny", "--to", str(tmp_path / "out"), "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert not (target / "mine.txt").exists() and (target / "optimizer.pt").exists()
+
+
+def test_a_corrupted_download_fails_and_places_nothing(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    info = api.get_paths_info("me/tiny", ["optimizer.pt"], revision="checkpoint-30")[0]
+    blob = hub.server.store.blob_path(info.lfs.sha256)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes: only a hash check sees it
+    blob.write_bytes(bytes(data))
+
+    result = run_cli(hub, "pull", "me/tiny", "--to", str(tmp_path / "out"))
+
+    assert result.exit_code == 1
+    assert "optimizer.pt does not match the sha256 the Hub lists" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_interrupted_pull_leaves_nothing(
+    pushed: Path, hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubsync.hub.client import HubClient
+
+    real = HubClient.download
+    calls = []
+
+    def interrupted(self, repo_id, commit, path, local_dir):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, repo_id, commit, path, local_dir)
+
+    monkeypatch.setattr(HubClient, "download", interrupted)
+    result = CliRunner().invoke(
+        cli,
+        ["pull", "me/tiny", "--to", str(tmp_path / "out")],
+        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token},
+    )
+    assert result.exit_code == 130
+    assert list((tmp_path / "out").iterdir()) == []
+
+    monkeypatch.setattr(HubClient, "download", real)
+    assert run_cli(hub, "pull", "me/tiny", "--to", str(tmp_path / "out")).exit_code == 0
+
+
+@pytest.mark.parametrize("path", ["../evil.py", "/etc/passwd", "a/../../b", "C:/x", "a\\..\\b", "./x"])
+def test_remote_paths_that_leave_the_folder_are_refused(path: str, tmp_path: Path) -> None:
+    files = [RemoteFile("adapter_config.json", 2, None, "0" * 40), RemoteFile(path, 1, None, "0" * 40)]
+    with pytest.raises(UnsafeRemotePathError):
+        plan_pull("me/x", "main", "0" * 40, files, tmp_path, 1)
+
+
+def test_pulled_pickles_are_never_loaded(tiny_run: Path, hub: RunningHub, tmp_path: Path) -> None:
+    """hubsync only hashes what it pulls: a hostile optimizer.pt on the Hub does not run during a pull."""
+    marker = tmp_path / "MARKER"
+
+    class Hostile:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    ckpt = Path(shutil.copytree(tiny_run / "checkpoint-30", tmp_path / "run" / "checkpoint-30"))
+    torch.save({"state": Hostile()}, ckpt / "optimizer.pt")
+    assert run_cli(hub, "push", str(ckpt), "--repo", "me/evil", "--training-state", "keep").exit_code == 0
+
+    result = run_cli(hub, "pull", "me/evil", "--to", str(tmp_path / "pulled"))
+
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "pulled" / "checkpoint-30" / "optimizer.pt").exists()
+    assert not marker.exists()
+
+
+def test_ls_lists_checkpoint_revisions(pushed: Path, hub: RunningHub) -> None:
+    result = run_cli(hub, "ls", "me/tiny", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["revision"], r["step"], r["resumable"]) for r in rows] == [
+        ("checkpoint-10", 10, False),
+        ("checkpoint-20", 20, True),
+        ("checkpoint-30", 30, True),
+    ]
+    assert all(len(r["commit"]) == 40 and r["date"] and "loss" in r["metrics"] for r in rows)
+
+    text = run_cli(hub, "ls", "me/tiny").stdout.splitlines()
+    assert text[0].split() == ["revision", "step", "epoch", "loss", "resumable", "commit", "date"]
+    assert text[1].split()[:2] == ["checkpoint-10", "10"] and "no" in text[1].split()
+
+
+def test_pull_from_a_repository_without_checkpoints(hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]
+    api.create_repo("me/empty")
+    result = run_cli(hub, "pull", "me/empty")
+    assert result.exit_code == 1 and "no checkpoint revision" in result.stderr and "hubsync ls" in result.stderr
+
+
+def test_training_resumes_from_a_pulled_checkpoint_bit_for_bit(hub: RunningHub, tmp_path: Path) -> None:
+    """Train 30 steps saving at 20; push checkpoint-20 with its state; pull it into a fresh folder; resume to
+    step 30. The adapter equals, bit for bit, that of a resume from the local checkpoint-20."""
+    from hubsync.tinyrun import train_tiny_lora
+
+    run = train_tiny_lora(tmp_path / "run", max_steps=30, save_steps=20, eval_steps=None)
+    local = run / "checkpoint-20"
+    pushed = run_cli(hub, "push", str(local), "--repo", "me/resume", "--training-state", "keep")
+    assert pushed.exit_code == 0, pushed.stderr
+    pulled = run_cli(hub, "pull", "me/resume", "--revision", "checkpoint-20", "--to", str(tmp_path / "fresh"))
+    assert pulled.exit_code == 0, pulled.stderr
+
+    from_hub = train_tiny_lora(
+        tmp_path / "resume-hub",
+        max_steps=30,
+        save_steps=20,
+        eval_steps=None,
+        resume_from_checkpoint=str(tmp_path / "fresh" / "checkpoint-20"),
+    )
+    from_disk = train_tiny_lora(
+        tmp_path / "resume-disk", max_steps=30, save_steps=20, eval_steps=None, resume_from_checkpoint=str(local)
+    )
+
+    a = load_file(from_hub / "checkpoint-30" / "adapter_model.safetensors")
+    b = load_file(from_disk / "checkpoint-30" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    first = load_file(local / "adapter_model.safetensors")
+    assert any(not torch.equal(a[n], first[n]) for n in a)  # training did move the adapter on
