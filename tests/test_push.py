@@ -271,7 +271,7 @@ def test_no_token_at_all(checkpoint: Path, hub: RunningHub) -> None:
 def test_another_users_namespace(checkpoint: Path, hub: RunningHub) -> None:
     other = hub.server.store.ensure_user("other")
     result = push(str(checkpoint), "--repo", "me/tiny", env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": other})
-    assert_one_clear_line(result, "me/tiny")
+    assert_one_clear_line(result, "the token may not write to me/tiny", "write access")
 
 
 def test_hubsync_debug_shows_the_traceback(tmp_path: Path, hub: RunningHub) -> None:
@@ -382,7 +382,7 @@ def test_a_commit_that_lands_between_reading_the_head_and_committing_is_kept(
     class RacingClient(HubClient):
         raced = False
 
-        def commit_files(self, repo_id, branch, files, message, description="", parent_commit=None):  # type: ignore[no-untyped-def]
+        def commit_files(self, repo_id, branch, files, message, description="", parent_commit=None, **kwargs):  # type: ignore[no-untyped-def]
             if branch == "checkpoint-30" and not self.raced:
                 self.raced = True
                 with monkeypatch.context() as patch:  # the other writer is a plain huggingface_hub user
@@ -393,7 +393,7 @@ def test_a_commit_that_lands_between_reading_the_head_and_committing_is_kept(
                         commit_message="another writer",
                         revision=branch,
                     )
-            return super().commit_files(repo_id, branch, files, message, description, parent_commit)
+            return super().commit_files(repo_id, branch, files, message, description, parent_commit, **kwargs)
 
     ckpt = read_checkpoint(checkpoint)
     client = RacingClient(hub.endpoint, hub.token)
@@ -404,7 +404,34 @@ def test_a_commit_that_lands_between_reading_the_head_and_committing_is_kept(
     assert [c.title.split(" (")[0] for c in commits[:2]] == ["hubsync: checkpoint-30", "another writer"]
     assert result.commit == commits[0].commit_id and result.created
     files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
-    assert {"other.txt", "adapter_model.safetensors"} <= files
+    assert "adapter_model.safetensors" in files
+    assert "other.txt" not in files  # the branch mirrors the checkpoint; the other commit stays in its history
+
+
+def test_a_reused_branch_holds_only_the_newest_checkpoints_files(tiny_run: Path, hub: RunningHub, api: HfApi) -> None:
+    first = push(
+        str(tiny_run / "checkpoint-10"),
+        "--repo",
+        "me/tiny",
+        "--revision",
+        "latest",
+        "--training-state",
+        "keep",
+        env=hub_env(hub),
+    )
+    assert first.exit_code == 0, first.stderr
+    second = push(str(tiny_run / "checkpoint-30"), "--repo", "me/tiny", "--revision", "latest", env=hub_env(hub))
+    assert second.exit_code == 0, second.stderr
+
+    files = {f.path for f in api.list_repo_tree("me/tiny", revision="latest")}
+    assert not files & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    remote_state = json.loads(Path(api.hf_hub_download("me/tiny", "trainer_state.json", revision="latest")).read_text())
+    assert remote_state["global_step"] == 30
+
+
+def test_main_is_not_a_checkpoint_revision(checkpoint: Path, hub: RunningHub) -> None:
+    result = push(str(checkpoint), "--repo", "me/tiny", "--revision", "main", env=hub_env(hub))
+    assert result.exit_code == 1 and "main holds the index" in result.stderr
 
 
 def test_re_pushing_an_unchanged_checkpoint_uploads_nothing(checkpoint: Path, hub: RunningHub) -> None:

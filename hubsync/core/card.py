@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from .checkpoint import EVAL_TIMINGS, Checkpoint
+from .checkpoint import EVAL_TIMINGS, Checkpoint, finite_number
 from .errors import BaseModelError, TemplateError
 from .render import render, render_file
 
@@ -118,12 +118,6 @@ def resolve_base_model(checkpoint: Checkpoint, override: str | None) -> str:
     return found
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 @dataclass(frozen=True)
 class Evaluation:
     step: int | None
@@ -141,7 +135,7 @@ def evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[Evaluation]:
     rows = []
     last_loss: float | None = None
     for entry in log_history:
-        loss = _number(entry.get("loss"))
+        loss = finite_number(entry.get("loss"))
         if loss is not None:
             last_loss = loss
         if "eval_loss" not in entry and not any(k.startswith("eval_") and k not in _EVAL_NOISE for k in entry):
@@ -149,15 +143,15 @@ def evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[Evaluation]:
         metrics = {
             k[len("eval_") :]: v
             for k, v in entry.items()
-            if k.startswith("eval_") and k not in _EVAL_NOISE and _number(v) is not None
+            if k.startswith("eval_") and k not in _EVAL_NOISE and finite_number(v) is not None
         }
         step = entry.get("step")
         rows.append(
             Evaluation(
                 step=step if isinstance(step, int) and not isinstance(step, bool) else None,
-                epoch=_number(entry.get("epoch")),
+                epoch=finite_number(entry.get("epoch")),
                 training_loss=last_loss,
-                validation_loss=_number(entry.get("eval_loss")),
+                validation_loss=finite_number(entry.get("eval_loss")),
                 metrics=metrics,
             )
         )
@@ -167,7 +161,7 @@ def evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[Evaluation]:
 def loss_series(log_history: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
     points = []
     for entry in log_history:
-        step, value = _number(entry.get("step")), _number(entry.get(key))
+        step, value = finite_number(entry.get("step")), finite_number(entry.get(key))
         if step is not None and value is not None:
             points.append((step, value))
     return points

@@ -78,7 +78,7 @@ class Checkpoint:
         return sum(f.size for f in self.files)
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
@@ -99,10 +99,10 @@ def parse_trainer_state(data: Any) -> TrainerState:
     for entry in history:
         if not isinstance(entry, dict):
             continue
-        metrics = {k: v for k, v in entry.items() if k.startswith("eval_") and _number(v) is not None}
+        metrics = {k: v for k, v in entry.items() if k.startswith("eval_") and finite_number(v) is not None}
         if metrics:
             latest_eval = {k: float(v) for k, v in metrics.items()}
-        if _number(entry.get("loss")) is not None:
+        if finite_number(entry.get("loss")) is not None:
             latest_loss = float(entry["loss"])
     best = data.get("best_model_checkpoint")
     settings = {
@@ -116,14 +116,14 @@ def parse_trainer_state(data: Any) -> TrainerState:
             "save_steps",
             "total_flos",
         )
-        if _number(data.get(k)) is not None
+        if finite_number(data.get(k)) is not None
     }
     return TrainerState(
         log_history=tuple(e for e in history if isinstance(e, dict)),
         settings=settings,
         global_step=step,
-        epoch=_number(data.get("epoch")),
-        best_metric=_number(data.get("best_metric")),
+        epoch=finite_number(data.get("epoch")),
+        best_metric=finite_number(data.get("best_metric")),
         best_model_checkpoint=best if isinstance(best, str) else None,
         latest_eval=latest_eval,
         latest_loss=latest_loss,
@@ -136,10 +136,14 @@ def read_json_file(path: Path, shown: str) -> Any:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointFileError(shown, f"larger than {MAX_JSON_BYTES // 2**20} MiB")
         return json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointFileError(shown, str(exc) or type(exc).__name__) from exc
     except json.JSONDecodeError as exc:
-        raise CheckpointFileError(shown, f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise CheckpointFileError(shown, f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointFileError(shown, "not JSON text (it holds bytes that are not UTF-8)") from exc
+    except OSError as exc:
+        raise CheckpointFileError(shown, exc.strerror or type(exc).__name__) from exc
+    except RecursionError as exc:
+        raise CheckpointFileError(shown, "nested too deeply") from exc
 
 
 def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str]]:
@@ -156,7 +160,11 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str]]:
             full = here / name
             rel = full.relative_to(root).as_posix()
             if full.is_symlink():
-                target = full.resolve()
+                try:
+                    target = full.resolve(strict=True)
+                except (OSError, RuntimeError):  # dangling, or a loop
+                    skipped.append(f"{rel} (a link that leads nowhere)")
+                    continue
                 if not target.is_relative_to(real_root) or not target.is_file():
                     skipped.append(f"{rel} (a link that leads outside the checkpoint)")
                     continue
@@ -236,7 +244,7 @@ def _training_args(root: Path, names: set[str]) -> Mapping[str, Any] | None:
         return None
     try:
         data = read_torch_pickle((root / TRAINING_ARGS).read_bytes())
-    except (OSError, pickle.UnpicklingError):
+    except (OSError, RuntimeError, pickle.UnpicklingError):  # RuntimeError: zipfile's "encrypted"
         return None
     return data if isinstance(data, dict) else None
 

@@ -32,8 +32,18 @@ class ConversionPlan:
         return frozenset(c.source for c in self.conversions) | frozenset(self.superseded) | index
 
 
+# DeepSpeed and FSDP write their optimizer state into folders and files of their own.
+NESTED_STATE_RE = re.compile(
+    r"^(global_step\d+/.*|optimizer_\d+/.*|pytorch_model_fsdp_\d+/.*|latest|zero_to_fp32\.py"
+    r"|.*optim_states\.pt|.*_optim_states\.pt)$"
+)
+
+
 def is_training_state(relpath: str) -> bool:
-    return "/" not in relpath and TRAINING_STATE_RE.match(relpath) is not None
+    """Optimizer, scheduler, RNG, scaler, TrainingArguments, and DeepSpeed/FSDP optimizer shards."""
+    if "/" not in relpath and TRAINING_STATE_RE.match(relpath) is not None:
+        return True
+    return NESTED_STATE_RE.match(relpath) is not None
 
 
 def safetensors_name(source: str) -> str | None:

@@ -81,16 +81,27 @@ class PushPlan:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not _REPO_ID_RE.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
+    """NAMESPACE/NAME as the Hub accepts it (huggingface_hub's own rules: no '--' or '..', no '-' or '.' at an end)."""
+    parts = repo_id.split("/")
+    if (
+        not _REPO_ID_RE.match(repo_id)
+        or any(bad in repo_id for bad in ("..", "--"))
+        or any(p.startswith(("-", ".")) or p.endswith(("-", ".")) for p in parts)
+        or repo_id.endswith(".git")
+    ):
         raise InvalidRepoIdError(repo_id)
     return repo_id
 
 
 def check_branch_name(name: str) -> str:
+    """A name git accepts for a branch or tag, and not one hubsync keeps for itself (main holds the index)."""
+    parts = name.split("/")
     problems = [
         (not _BRANCH_RE.match(name), "use letters, digits, '.', '_', '-' and '/'"),
-        (".." in name or "//" in name or name.endswith(("/", ".lock", ".")), "no '..', '//' or trailing '/', '.'"),
+        (".." in name or "//" in name or name.endswith(("/", ".")), "no '..', '//' or trailing '/', '.'"),
+        (any(p.startswith((".", "-")) or p.endswith(".lock") for p in parts), "no part may start with '.' or '-'"),
         (name.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", name) is not None, "it looks like a ref or commit"),
+        (name in ("main", "HEAD"), "main holds the index of checkpoint revisions; pick a name of its own"),
     ]
     for bad, reason in problems:
         if bad:

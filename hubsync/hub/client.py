@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, RepoFile, constants, get_session, get_token
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    RepoFile,
+    constants,
+    get_session,
+    get_token,
+)
 from huggingface_hub.errors import (
     BadRequestError,
     EntryNotFoundError,
@@ -184,13 +192,15 @@ class HubClient:
         message: str,
         description: str = "",
         parent_commit: str | None = None,
+        delete: Sequence[str] = (),
     ) -> CommitResult:
-        """Upload `(local file or bytes, path in repo)` pairs to `branch`, whose head is `parent_commit`, as one
-        commit. CommitConflictError when the branch has moved since."""
+        """Upload `(local file or bytes, path in repo)` pairs to `branch`, whose head is `parent_commit`, and
+        delete the paths in `delete`, as one commit. CommitConflictError when the branch has moved since."""
         use_xet = self.offers_xet(repo_id, branch)
 
         def commit() -> Any:
-            operations = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
+            operations: list[Any] = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
+            operations += [CommitOperationDelete(path_in_repo=path) for path in delete]
             with _xet(use_xet):
                 return self.api.create_commit(
                     repo_id,

@@ -15,6 +15,7 @@ from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.errors import CommitConflictError, PublicTrainingStateError
 from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
 from hubsync.core.plan import PushPlan
+from hubsync.core.pull import RemoteFile
 
 from .client import CommitResult
 
@@ -38,7 +39,9 @@ class PushTarget(Protocol):
         message: str,
         description: str = "",
         parent_commit: str | None = None,
+        delete: Sequence[str] = (),
     ) -> CommitResult: ...
+    def tree(self, repo_id: str, commit: str) -> list[RemoteFile]: ...
     def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
 
@@ -72,9 +75,12 @@ class PushResult:
 
 
 def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
-    """Convert pickled weights (verified) into a temp folder, make sure the repository and branch exist, commit
-    the planned files in one commit, tag it, and record it in main's index."""
+    """Make sure the repository exists (and may hold what is planned), convert pickled weights (verified) into a
+    temp folder, commit the planned files to the branch in one commit, tag it, and record it in main's index."""
     hub.require_token()
+    private = hub.ensure_repo(plan.repo_id, private=plan.private)
+    if plan.training_state == "keep" and not private and not plan.allow_public_state:
+        raise PublicTrainingStateError(plan.repo_id)
     with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
         staging = Path(staging_dir)
         if plan.conversion.conversions:
@@ -90,9 +96,6 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
 
 
 def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult:
-    private = hub.ensure_repo(plan.repo_id, private=plan.private)
-    if plan.training_state == "keep" and not private and not plan.allow_public_state:
-        raise PublicTrainingStateError(plan.repo_id)
     hub.ensure_branch(plan.repo_id, plan.revision)
     result = _commit_to_head(
         hub,
@@ -124,12 +127,16 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
 def _commit_to_head(
     hub: PushTarget, repo_id: str, branch: str, files: Files, message: str, description: str = ""
 ) -> CommitResult:
-    """Commit on top of the branch's current head; when another push moved it meanwhile (412), read the new
-    head and commit again, so that concurrent pushes all land and none is lost."""
+    """Make the branch hold exactly `files` (and .gitattributes), in one commit on top of its current head. When
+    another push moved the head meanwhile (412), plan the deletions again against the new head and commit again:
+    concurrent pushes all land in the branch's history, and the last one is its tree."""
+    keep = {dest for _, dest in files} | {".gitattributes"}
     for attempt in range(CONFLICT_RETRIES):
         head = hub.branch_head(repo_id, branch)
+        stale = [f.path for f in hub.tree(repo_id, head)] if head else []
+        delete = sorted(path for path in stale if path not in keep)
         try:
-            return hub.commit_files(repo_id, branch, files, message, description, parent_commit=head)
+            return hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
         except CommitConflictError:
             if attempt == CONFLICT_RETRIES - 1:
                 raise
