@@ -258,9 +258,12 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", help="where the checkpoint-N folders are written")
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--save-steps", type=int, default=10)
+    parser.add_argument("--bin", action="store_true", help="save adapters as adapter_model.bin, as older PEFT did")
     ns = parser.parse_args(argv)
 
-    out = train_tiny_lora(ns.output_dir, max_steps=ns.max_steps, save_steps=ns.save_steps)
+    out = train_tiny_lora(
+        ns.output_dir, max_steps=ns.max_steps, save_steps=ns.save_steps, safe_serialization=not ns.bin
+    )
     for p in _checkpoint_dirs(out):
         print(p)
     return 0

@@ -197,3 +197,20 @@ def test_every_error_has_its_own_message_with_a_next_step() -> None:
         assert text.startswith("Error: ") and text.endswith(".") and "\n" not in text
     for earlier, later in [(a, b) for i, a in enumerate(listed) for b in listed[i + 1 :]]:
         assert not issubclass(later, earlier), f"{later.__name__} is shadowed by {earlier.__name__}"
+
+
+def test_a_pickle_whose_shared_references_explode_is_refused_quickly() -> None:
+    import pickle
+    import time
+
+    from hubsync.core.ghostpickle import load_plain
+
+    bomb: list[object] = []
+    for _ in range(60):
+        bomb = [bomb, bomb]
+    data = pickle.dumps(bomb)
+    assert len(data) < 1000
+    started = time.monotonic()
+    with pytest.raises(pickle.UnpicklingError, match="too large"):
+        load_plain(data)
+    assert time.monotonic() - started < 5

@@ -21,6 +21,7 @@ from hubsync.core.checkpoint import read_checkpoint
 from hubsync.core.conversion import plan_conversion
 from hubsync.core.errors import (
     OutputExistsError,
+    OutputInsideCheckpointError,
     UnreadableWeightsError,
     UnsafePickleError,
     VerificationError,
@@ -334,13 +335,18 @@ def test_an_interrupted_run_leaves_nothing_and_a_rerun_succeeds(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
     convert(folder, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
     assert_same_tensors(load_file(tmp_path / "out" / "model.safetensors"), state)
 
 
 def test_output_rules(tmp_path: Path) -> None:
     folder = save_checkpoint(tmp_path / "ckpt", {"w": torch.randn(4)})
-    with pytest.raises(OutputExistsError, match="inside the checkpoint"):
+    with pytest.raises(OutputInsideCheckpointError):
         convert(folder, folder / "converted")
+    (tmp_path / "link").symlink_to(folder)
+    with pytest.raises(OutputInsideCheckpointError):  # a link must not lead the output into the checkpoint
+        convert(folder, tmp_path / "link" / "converted")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("keep me")
     with pytest.raises(OutputExistsError):
@@ -370,3 +376,15 @@ def test_cli_with_nothing_to_convert(tiny_run: Path) -> None:
     assert result.exit_code == 0
     assert "Nothing to convert" in result.stdout
     assert not Path("unused").exists()
+
+
+def test_a_killed_runs_leftovers_are_removed_but_a_running_ones_are_not(tmp_path: Path) -> None:
+    folder = save_checkpoint(tmp_path / "ckpt", {"w": torch.randn(4)})
+    gone = tmp_path / f".hubsync-tmp-out-p{2**22 + 12345}-abc"  # above Linux's largest pid: no such process
+    gone.mkdir()
+    running = tmp_path / f".hubsync-tmp-out-p{os.getppid()}-abc"
+    running.mkdir()
+
+    convert(folder, tmp_path / "out")
+
+    assert not gone.exists() and running.exists()

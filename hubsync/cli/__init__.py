@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,14 +33,25 @@ def _secrets() -> list[str]:
 
 
 def _scrub(text: str) -> str:
-    """No token, and no absolute local path (they name users and machines), whatever a library put in a message."""
+    """No token, no password in a URL, and no absolute local path (they name users and machines), whatever a
+    library put into a message."""
     for secret in _secrets():
         text = text.replace(secret, "***")
-    return _ABSOLUTE_PATH.sub(lambda m: display_path(m.group(0)), text)
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    return _ABSOLUTE_PATH.sub(_local_path, text)
 
 
-# An absolute POSIX path, or a Windows one, as libraries quote them in messages.
+_URL_USERINFO = re.compile(r"(\w+://)[^/\s@]+@")
+# An absolute POSIX or Windows path as libraries quote them in messages; checked against the disk below.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.…])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
+
+
+def _local_path(match: re.Match[str]) -> str:
+    """A local path shown relative, or shortened; anything that is not one (a URL path) is left as it is."""
+    candidate = Path(match.group(0))
+    if len(candidate.parts) >= 3 and candidate.parent.exists():
+        return display_path(candidate)
+    return match.group(0)
 
 
 class HubsyncGroup(click.Group):
@@ -56,6 +68,15 @@ class HubsyncGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was left half-written.", err=True)
             ctx.exit(130)
+        except OSError as exc:  # the machine said no: a full disk, a folder where a file should go, permissions
+            if os.environ.get("HUBSYNC_DEBUG"):
+                raise
+            where = f" ({display_path(exc.filename)})" if exc.filename else ""
+            reason = exc.strerror or type(exc).__name__
+            click.echo(
+                _scrub(f"Error: {reason}{where}. Check the path and the free space, then run it again."), err=True
+            )
+            ctx.exit(1)
 
 
 @click.group(cls=HubsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -487,11 +508,12 @@ def card(
     """
     from pathlib import Path
 
-    from hubsync.convert import write_file_atomic
     from hubsync.core.card import card_files
     from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.errors import OutputInsideCheckpointError
     from hubsync.core.paths import display_path
     from hubsync.core.plan import check_branch_name, check_repo_id
+    from hubsync.files import lies_within, write_file_atomic
 
     ckpt = read_checkpoint(checkpoint)
     settings = _card_settings(base_model, license_, datasets, languages, template)
@@ -501,6 +523,8 @@ def card(
         click.echo(files["README.md"].decode(), nl=False)
         return
     target = Path(output)
+    if lies_within(target, ckpt.path):
+        raise OutputInsideCheckpointError(display_path(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_file_atomic(target, files.pop("README.md"))
     click.echo(f"Wrote {display_path(target)}")
@@ -571,11 +595,24 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
 def _print_plan(plan: Any) -> None:
     click.echo(f"Plan (dry run): {plan.checkpoint} -> {plan.repo_id} @ {plan.revision}")
     for upload in plan.uploads:
-        click.echo(f"  upload  {upload.path_in_repo}  ({_size(upload.size)})")
+        how = (
+            f"converted from {upload.converted_from}, about "
+            if upload.converted_from
+            else "generated, "
+            if upload.generated
+            else ""
+        )
+        click.echo(f"  upload  {upload.path_in_repo}  ({how}{_size(upload.size)})")
+    for dropped in plan.dropped:
+        click.echo(f"  drop    {dropped}  (training state; --training-state keep uploads it)")
     for skipped in plan.skipped:
         click.echo(f"  skip    {skipped}")
-    click.echo(f"  total   {len(plan.uploads)} files, {_size(plan.total_bytes)}")
+    click.echo(f"  total   {len(plan.uploads)} files, about {_size(plan.total_bytes)}")
     click.echo(f"  commit  {plan.commit_message}")
+    if plan.tags:
+        click.echo(f"  tags    {', '.join(plan.tags)}")
+    if plan.release:
+        click.echo(f"  main    also gets {', '.join(plan.release)}")
 
 
 def _size(n: int) -> str:
@@ -595,7 +632,9 @@ def _size(n: int) -> str:
     help="Folder that holds the Hub's repositories (created when missing).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=0, show_default=True, help="Port to listen on; 0 picks a free one.")
+@click.option(
+    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one."
+)
 @click.option("--user", default="me", show_default=True, help="The user the token belongs to.")
 @click.option("--token", help="Token to accept [default: the one stored under --root, else a new one].")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
@@ -611,18 +650,19 @@ def localhub(root: str, host: str, port: int, user: str, token: str | None, verb
     from hubsync.localhub import LocalHubServer, Store
     from hubsync.localhub.store import StoreError
 
-    store = Store(root)
     try:
+        store = Store(root)
         token = store.ensure_user(user, token)
         server = LocalHubServer(store, host, port, verbose=verbose)
     except StoreError as exc:
         raise click.UsageError(exc.message) from exc
     except OSError as exc:
+        if exc.filename:
+            raise click.UsageError(f"cannot use --root {display_path(root)} ({exc.strerror})") from exc
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     click.echo(f"HF_ENDPOINT={server.url}")
     click.echo(f"HF_TOKEN={token}")
     sys.stdout.flush()
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -636,4 +676,5 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C: no temp files left behind
     cli(prog_name="hubsync")

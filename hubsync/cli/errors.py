@@ -47,6 +47,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: f"{err.path} was not converted: read back, {err.reason}. Nothing was kept; run it again.",
     ),
     (
+        e.OutputInsideCheckpointError,
+        lambda err: (
+            f"{err.path} lies inside the checkpoint (links followed), and hubsync never writes into a checkpoint. "
+            "Choose an output outside it."
+        ),
+    ),
+    (
         e.OutputExistsError,
         lambda err: (
             f"{err.path} already exists and is not empty. Choose another folder with -o, "

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from hubsync.core.checkpoint import Checkpoint, read_json_file
 from hubsync.core.conversion import PICKLE_SUFFIXES, ConversionPlan, is_training_state, safetensors_name
-from hubsync.core.errors import CheckpointFileError, OutputExistsError
+from hubsync.core.errors import CheckpointFileError, OutputExistsError, OutputInsideCheckpointError
 from hubsync.core.paths import display_path
+from hubsync.files import copy_file_atomic, is_temp, lies_within, remove_stale_temps, temp_dir, write_file_atomic
 
 from .torchzip import read_torch_archive
-from .writer import TEMP_PREFIX, Progress, find_aliases, temp_dir, temp_file, write_verified
+from .writer import Progress, find_aliases, write_verified
 
 ALIASES_KEY = "hubsync_aliases"
 
@@ -67,30 +68,6 @@ def _rewrite_index(checkpoint: Checkpoint, index: tuple[str, str], out_dir: Path
     write_file_atomic(out_dir / target, json.dumps({"metadata": metadata, "weight_map": new_map}, indent=2).encode())
 
 
-def write_file_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = temp_file(target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def copy_file_atomic(source: Path, target: Path) -> None:
-    fd, tmp = temp_file(target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def companion_files(checkpoint: Checkpoint, plan: ConversionPlan) -> list[str]:
     """Files that go with converted weights: configs, tokenizer, card; no pickles and no training state."""
     return [
@@ -99,7 +76,7 @@ def companion_files(checkpoint: Checkpoint, plan: ConversionPlan) -> list[str]:
         if f.relpath not in plan.sources
         and not is_training_state(f.relpath)
         and not f.relpath.endswith(PICKLE_SUFFIXES)
-        and not Path(f.relpath).name.startswith(TEMP_PREFIX)
+        and not is_temp(Path(f.relpath))
     ]
 
 
@@ -118,17 +95,15 @@ def convert_checkpoint(
 ) -> list[ConvertedFile]:
     """Convert into `out_dir`, which must be new or empty (or `force`). An interrupted run leaves nothing there."""
     out_dir = Path(os.path.abspath(out_dir))
-    if out_dir == checkpoint.path or out_dir.is_relative_to(checkpoint.path):
-        raise OutputExistsError(display_path(out_dir) + " (inside the checkpoint, which is never modified)")
-    if out_dir.exists() and any(p for p in out_dir.iterdir() if not p.name.startswith(TEMP_PREFIX)) and not force:
+    if lies_within(out_dir, checkpoint.path):
+        raise OutputInsideCheckpointError(display_path(out_dir))
+    if out_dir.exists() and any(not is_temp(p) for p in out_dir.iterdir()) and not force:
         raise OutputExistsError(display_path(out_dir))
     if out_dir.exists():
-        for stale in out_dir.glob(TEMP_PREFIX + "*"):  # left by a run that was killed
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        remove_stale_temps(out_dir)
         return _convert_into(checkpoint, plan, out_dir, progress)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f"{TEMP_PREFIX}{out_dir.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(out_dir.parent)
     staging = temp_dir(out_dir.parent, out_dir.name)
     try:
         done = _convert_into(checkpoint, plan, staging, progress)

@@ -61,6 +61,46 @@ _TORCH_DTYPES = {
 }
 
 
+_OTHER_TORCH_DTYPES = frozenset(
+    {
+        "complex32",
+        "complex64",
+        "complex128",
+        "cfloat",
+        "cdouble",
+        "chalf",
+        "qint8",
+        "quint8",
+        "qint32",
+        "quint4x2",
+        "quint2x4",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn_x2",
+        "bits8",
+        "bits16",
+        "bits1x8",
+        "bits2x4",
+        "bits4x2",
+        "uint1",
+        "uint2",
+        "uint3",
+        "uint4",
+        "uint5",
+        "uint6",
+        "uint7",
+        "int1",
+        "int2",
+        "int3",
+        "int4",
+        "int5",
+        "int6",
+        "int7",
+    }
+)
+
+
 @dataclass(frozen=True)
 class StorageRef:
     key: str  # the zip member data/<key>
@@ -189,6 +229,11 @@ class _SafeUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
+            if module == "torch" and (name.endswith("Storage") or name in _OTHER_TORCH_DTYPES):
+                # A real tensor type, just not one safetensors stores (complex, quantized, float8_e8m0fnu, ...).
+                raise UnreadableWeightsError(
+                    self.shown, f"it holds torch.{name} tensors, which safetensors cannot store"
+                ) from None
             raise UnsafePickleError(self.shown, f"{module}.{name}") from None
 
     def persistent_load(self, pid: Any) -> StorageRef:

@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,35 +19,13 @@ from io import RawIOBase
 from pathlib import Path
 
 from hubsync.core.errors import VerificationError
+from hubsync.files import temp_file
 
 from .torchzip import TensorRef, TorchArchive
 
 CHUNK = 8 * 1024 * 1024
 VERIFY_CHUNK = 1024 * 1024
-TEMP_PREFIX = ".hubsync-tmp-"
-
 Progress = Callable[[int], None]  # called with bytes done since the last call
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def temp_file(directory: Path, suffix: str = "") -> tuple[int, Path]:
-    """A temp file in `directory` with the permissions a plain new file would get (mkstemp makes it 0600)."""
-    fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=suffix)
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, 0o666 & ~_umask())
-    return fd, Path(name)
-
-
-def temp_dir(directory: Path, name: str) -> Path:
-    """A staging folder in `directory`, with the permissions a plain new folder would get."""
-    path = Path(tempfile.mkdtemp(dir=directory, prefix=f"{TEMP_PREFIX}{name}-"))
-    path.chmod(0o777 & ~_umask())
-    return path
 
 
 @dataclass(frozen=True)

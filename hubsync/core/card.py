@@ -307,9 +307,10 @@ def render_card(context: Mapping[str, Any], settings: CardSettings) -> str:
         return render("model_card.md.j2", **context)
     try:
         return render_file(settings.template, **context)
-    except jinja2.TemplateError as exc:
-        where = f" (line {exc.lineno})" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
-        raise TemplateError(settings.template_name or "template", f"{exc.message}{where}") from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(settings.template_name or "template", f"{exc.message} (line {exc.lineno})") from exc
+    except Exception as exc:  # a user's template can fail at run time in any way: 1/0, a bad format, ...
+        raise TemplateError(settings.template_name or "template", f"{type(exc).__name__}: {exc}") from exc
 
 
 def card_files(
@@ -383,6 +384,8 @@ def loss_plot_svg(log_history: Sequence[Mapping[str, Any]], title: str) -> str |
     ys = [y for _, _, pts in series for _, y in pts]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
+    if not all(math.isfinite(v) for v in (x1 - x0, y1 - y0, (y1 - y0) * 1.1)):
+        return None  # values so far apart (1e308 and -1e308) that no axis spans them
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
     pad = (y1 - y0) * 0.05 or abs(y0) * 0.05 or 1.0

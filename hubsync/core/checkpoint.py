@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import os
@@ -225,7 +226,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         model_config=_json_object(root, "config.json", names, shown),
         training_args=_training_args(root, names),
         git_commit=git_commit_of(root),
-        run_name=root.parent.name if m else None,
+        run_name=_run_name(root) if m else None,
     )
 
 
@@ -247,6 +248,18 @@ def _training_args(root: Path, names: set[str]) -> Mapping[str, Any] | None:
     except (OSError, RuntimeError, pickle.UnpicklingError):  # RuntimeError: zipfile's "encrypted"
         return None
     return data if isinstance(data, dict) else None
+
+
+def _run_name(checkpoint: Path) -> str | None:
+    """The run folder's name, which cards publish; not when that folder is a home folder or named as the user."""
+    run = checkpoint.parent
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = None
+    if run == Path.home() or run.name in ("", user) or run == run.parent:
+        return None
+    return run.name
 
 
 def git_commit_of(folder: Path) -> str | None:

@@ -196,3 +196,11 @@ class PullTargetExistsError(HubsyncError):
     def __init__(self, path: str) -> None:
         super().__init__(f"{path} already exists and is not empty")
         self.path = path
+
+
+class OutputInsideCheckpointError(HubsyncError):
+    """Output asked for inside the checkpoint folder, which hubsync never modifies."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} lies inside the checkpoint, which is never modified")
+        self.path = path

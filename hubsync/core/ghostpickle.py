@@ -63,29 +63,40 @@ def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     raise pickle.UnpicklingError("unexpected _reconstructor arguments")
 
 
-def plain(value: Any, depth: int = 0) -> Any:
-    """Ghosts and containers as JSON-like data."""
-    if depth > 100:
-        raise pickle.UnpicklingError("nested too deeply")
-    if isinstance(value, Ghost):
-        state = value._ghost_state
-        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
-            state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) as __reduce_ex__ gives them
-        if isinstance(state, dict):
-            return {str(k): plain(v, depth + 1) for k, v in state.items()}
-        args = value._ghost_args
-        if len(args) == 1:  # an enum member, or a device such as torch.device("cpu")
-            return plain(args[0], depth + 1)
-        return {"type": value._ghost_name, "args": [plain(a, depth + 1) for a in args]}
-    if isinstance(value, dict):
-        return {str(plain(k, depth + 1)): plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v, depth + 1) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
+MAX_NODES = 200_000  # a TrainingArguments has a few hundred; a pickle whose shared references explode has more
+
+
+def plain(value: Any) -> Any:
+    """Ghosts and containers as JSON-like data, expanded as a tree; UnpicklingError past MAX_NODES or 100 deep."""
+    budget = [MAX_NODES]
+
+    def walk(value: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise pickle.UnpicklingError("too large to be a plain record")
+        if depth > 100:
+            raise pickle.UnpicklingError("nested too deeply")
+        if isinstance(value, Ghost):
+            state = value._ghost_state
+            if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+                state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) as __reduce_ex__ gives them
+            if isinstance(state, dict):
+                return {str(k): walk(v, depth + 1) for k, v in state.items()}
+            args = value._ghost_args
+            if len(args) == 1:  # an enum member, or a device such as torch.device("cpu")
+                return walk(args[0], depth + 1)
+            return {"type": value._ghost_name, "args": [walk(a, depth + 1) for a in args]}
+        if isinstance(value, dict):
+            return {str(walk(k, depth + 1)): walk(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [walk(v, depth + 1) for v in value]
+        if isinstance(value, (bytes, bytearray)):
+            return f"<{len(value)} bytes>"
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return repr(value)
+
+    return walk(value, 0)
 
 
 def load_plain(data: bytes) -> Any:

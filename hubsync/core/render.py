@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,13 @@ def render(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)
 
 
+@cache
+def _sandbox() -> jinja2.sandbox.SandboxedEnvironment:
+    return jinja2.sandbox.SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+
+
 def render_file(text: str, **context: Any) -> str:
-    """Render a user's template text with the same settings as the packaged ones."""
-    return _environment().from_string(text).render(**context)
+    """Render a user's template text, in Jinja2's sandbox (a template file is code), with the same settings."""
+    return _sandbox().from_string(text).render(**context)

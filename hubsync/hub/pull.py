@@ -5,17 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from hubsync.convert.writer import TEMP_PREFIX, temp_dir
 from hubsync.core.errors import PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile
+from hubsync.files import remove_stale_temps, temp_dir
 
-STAGING_PREFIX = TEMP_PREFIX + "pull-"
 _HASH_CHUNK = 4 * 1024 * 1024
 
 
@@ -35,8 +33,7 @@ def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: 
     check_target(plan, force)
     parent = plan.target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(STAGING_PREFIX + "*"):  # left by a pull that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(parent)
     staging = temp_dir(parent, "pull")
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(plan.files)))) as pool:
@@ -80,7 +77,7 @@ def _place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=STAGING_PREFIX + "old-"))
+    old = temp_dir(target.parent, "replaced")
     os.replace(target, old / "previous")
     try:
         os.replace(staging, target)

@@ -32,6 +32,7 @@ REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_.-]{8,200}")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
@@ -227,9 +228,13 @@ class Store:
     # -- users and tokens ------------------------------------------------------------
     def tokens(self) -> dict[str, str]:
         try:
-            data: dict[str, str] = json.loads(self._tokens_path.read_text())
+            data = json.loads(self._tokens_path.read_text())
         except FileNotFoundError:
             return {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(500, None, f"{self._tokens_path.name} under the root is damaged ({exc})") from exc
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise StoreError(500, None, f"{self._tokens_path.name} under the root is damaged (not token: user)")
         return data
 
     def user_for_token(self, token: str) -> str | None:
@@ -239,6 +244,8 @@ class Store:
         """Return a token for `user`: `token` when given (registered if new), else the stored or a new one."""
         if not _NAME_RE.match(user):
             raise bad_request(f"Invalid user name: {user!r}")
+        if token is not None and not _TOKEN_RE.fullmatch(token):
+            raise bad_request("A token is 8 to 200 letters, digits, '_', '-' or '.'")
         with self._lock:
             tokens = self.tokens()
             if token is None:

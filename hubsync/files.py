@@ -1,0 +1,105 @@
+"""Files that appear only whole: temp files and staging folders beside their target, renamed into place.
+
+Temp names carry the process id, so that a later run removes what a killed run left, and never what a run
+still going (another process) is writing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+TEMP_PREFIX = ".hubsync-tmp-"
+_OWNER = re.compile(re.escape(TEMP_PREFIX) + r"(?:.*-)?p(\d+)-[^-]*$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _prefix(name: str = "") -> str:
+    return f"{TEMP_PREFIX}{name + '-' if name else ''}p{os.getpid()}-"
+
+
+def temp_file(directory: Path, suffix: str = "") -> tuple[int, Path]:
+    """A temp file in `directory` with the permissions a plain new file would get (mkstemp makes it 0600)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=_prefix(), suffix=suffix)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(name)
+
+
+def temp_dir(directory: Path, name: str) -> Path:
+    """A staging folder in `directory`, with the permissions a plain new folder would get."""
+    path = Path(tempfile.mkdtemp(dir=directory, prefix=_prefix(name)))
+    path.chmod(0o777 & ~_umask())
+    return path
+
+
+def is_temp(path: Path) -> bool:
+    return path.name.startswith(TEMP_PREFIX)
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Remove temp files and folders in `directory` whose process is gone (killed, or the machine restarted)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        m = _OWNER.match(entry.name.removesuffix(".safetensors"))
+        if not is_temp(entry) or (m is not None and _alive(int(m.group(1)))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: leave it be
+    return True
+
+
+def write_file_atomic(target: Path, data: bytes) -> None:
+    fd, tmp = temp_file(target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    fd, tmp = temp_file(target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def lies_within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies within it, links followed (a link must not lead writes into it)."""
+    real = folder.resolve()
+    probe = path
+    while not probe.exists() and probe != probe.parent:  # resolve what exists; the rest cannot be a link
+        probe = probe.parent
+    resolved = probe.resolve() / path.relative_to(probe)
+    return resolved == real or resolved.is_relative_to(real)
