@@ -99,6 +99,10 @@ class HubClient:
         self._token = token
         self.retry_delays = retry_delays
         self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync")
+        # What one process learns once per repository: each is a round trip to a remote Hub.
+        self._private: dict[str, bool] = {}
+        self._xet: dict[str, bool] = {}
+        self._root_commit: dict[str, str] = {}
 
     def _call(self, call: Callable[[], T], repo_id: str | None = None, revision: str | None = None) -> T:
         """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError."""
@@ -141,9 +145,11 @@ class HubClient:
 
     def ensure_repo(self, repo_id: str, private: bool) -> bool:
         """Create the repository when it is missing (an existing one is left as it is); whether it is private."""
-        self._call(lambda: self.api.create_repo(repo_id, private=private, exist_ok=True), repo_id)
-        info = self._call(lambda: self.api.repo_info(repo_id), repo_id)
-        return bool(info.private)
+        if repo_id not in self._private:
+            self._call(lambda: self.api.create_repo(repo_id, private=private, exist_ok=True), repo_id)
+            info = self._call(lambda: self.api.repo_info(repo_id), repo_id)
+            self._private[repo_id] = bool(info.private)
+        return self._private[repo_id]
 
     def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """The repository's branches and tags, each name -> commit."""
@@ -158,8 +164,10 @@ class HubClient:
         own files, not main's index or whatever else main has gathered since."""
         if branch in self.refs(repo_id)[0]:
             return
-        commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision="main"), repo_id, "main")
-        root = commits[-1].commit_id
+        if repo_id not in self._root_commit:
+            commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision="main"), repo_id, "main")
+            self._root_commit[repo_id] = commits[-1].commit_id
+        root = self._root_commit[repo_id]
         self._call(
             lambda: self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True), repo_id, branch
         )
@@ -179,10 +187,15 @@ class HubClient:
         """Whether this endpoint hands out Xet write tokens; a Hub without Xet takes plain LFS uploads."""
         if not is_xet_available():
             return False
+        if repo_id in self._xet:
+            return self._xet[repo_id]
         url = f"{self.endpoint}/api/models/{repo_id}/xet-write-token/{quote(revision, safe='')}"
         headers = build_hf_headers(token=self.token, library_name="hubsync")
         response = self._call(lambda: get_session().get(url, headers=headers), repo_id, revision)
-        return response.is_success and parse_xet_connection_info_from_headers(response.headers) is not None
+        self._xet[repo_id] = (
+            response.is_success and parse_xet_connection_info_from_headers(response.headers) is not None
+        )
+        return self._xet[repo_id]
 
     def commit_files(
         self,
