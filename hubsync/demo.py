@@ -1,4 +1,5 @@
-"""`make demo`: the main job end to end, on a tiny real training run and a local Hub, with nothing downloaded.
+"""`make demo`: the main job end to end, on a tiny real training run and a local Hub, with nothing downloaded:
+train, push every checkpoint, list them, pull one back, and resume training from it.
 
 Everything it writes goes under ./demo-out (recreated on each run): the training run and the Hub's storage.
 """
@@ -59,6 +60,13 @@ def _local_hub(root: Path) -> Iterator[dict[str, str]]:
         proc.wait(timeout=10)
 
 
+def _same_adapter(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    return x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x)
+
+
 def main() -> None:
     started = time.monotonic()
     if OUT.exists():
@@ -78,13 +86,16 @@ def main() -> None:
     with _local_hub(OUT / "hub") as settings:
         env = {**os.environ, **settings, "HF_HOME": str(OUT / "hf-home")}
 
-        _step(f"Pushing {latest.name} to {REPO} (private, branch {latest.name})")
-        _hubsync("push", str(latest), "--repo", REPO, env=env)
+        _step(f"Pushing the run's checkpoints to {REPO} (private), training state kept so training can resume")
+        _hubsync("push", str(run_dir), "--repo", REPO, "--select", "all", "--training-state", "keep", env=env)
 
-        _step("Pushing it again: nothing changed, so no new commit")
-        _hubsync("push", str(latest), "--repo", REPO, env=env)
+        _step("Pushing the newest again: nothing changed, so no new commit and nothing uploaded")
+        _hubsync("push", str(latest), "--repo", REPO, "--training-state", "keep", env=env)
 
-        _step("The repository's refs, as huggingface_hub lists them")
+        _step("The checkpoint revisions on the Hub")
+        _hubsync("ls", REPO, env=env)
+
+        _step("The repository's refs and the newest revision's history, as huggingface_hub lists them")
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=settings["HF_ENDPOINT"], token=settings["HF_TOKEN"])
@@ -95,8 +106,22 @@ def main() -> None:
         for commit in api.list_repo_commits(REPO, revision=latest.name):
             print(f"    commit {commit.commit_id[:12]}  {commit.title}")
 
+        resume_from = checkpoints[-2].name
+        _step(f"Pulling {resume_from} back into a fresh folder, every file checked against the Hub's hashes")
+        _hubsync("pull", REPO, "--revision", resume_from, "--to", str(OUT / "pulled"), env=env)
+
+    _step(f"Resuming training from the pulled {resume_from} up to step 30")
+    pulled = OUT / "pulled" / resume_from
+    resumed = train_tiny_lora(OUT / "resumed", max_steps=30, save_steps=10, resume_from_checkpoint=str(pulled))
+    same = _same_adapter(resumed / latest.name, latest)
+    print(f"    resumed run wrote {resumed / latest.name}")
+    print(f"    its adapter equals the uninterrupted run's, bit for bit: {'yes' if same else 'NO'}")
+    if not same:
+        raise SystemExit("demo failed: the resumed adapter differs from the uninterrupted run's")
+
     _step(f"Done in {time.monotonic() - started:.0f} s. Look at:")
     print(f"    {run_dir}/        the training run and its checkpoints")
+    print(f"    {OUT / 'pulled'}/     the checkpoint pulled back; {OUT / 'resumed'}/ the run resumed from it")
     print(f"    {OUT / 'hub'}/        the local Hub's storage (serve it again: hubsync localhub --root {OUT / 'hub'})")
 
 
