@@ -28,9 +28,10 @@ def run_cli(hub: RunningHub, *args: str):  # type: ignore[no-untyped-def]
 def pushed(tiny_run: Path, hub: RunningHub) -> Path:
     """The tiny run's checkpoints on the local Hub: 10 without training state, 20 and 30 with it."""
     assert run_cli(hub, "push", str(tiny_run / "checkpoint-10"), "--repo", "me/tiny").exit_code == 0
-    for step in (20, 30):
+    for step in (20, 30):  # 20 in the pickle-free format, 30 with its pickles as they are
+        formats = ["--training-state-format", "pickle"] if step == 30 else []
         result = run_cli(
-            hub, "push", str(tiny_run / f"checkpoint-{step}"), "--repo", "me/tiny", "--training-state", "keep"
+            hub, "push", str(tiny_run / f"checkpoint-{step}"), "--repo", "me/tiny", "--training-state", "keep", *formats
         )
         assert result.exit_code == 0, result.stderr
     return tiny_run
@@ -154,7 +155,13 @@ def test_pulled_pickles_are_never_loaded(tiny_run: Path, hub: RunningHub, tmp_pa
 
     ckpt = Path(shutil.copytree(tiny_run / "checkpoint-30", tmp_path / "run" / "checkpoint-30"))
     torch.save({"state": Hostile()}, ckpt / "optimizer.pt")
-    assert run_cli(hub, "push", str(ckpt), "--repo", "me/evil", "--training-state", "keep").exit_code == 0
+    refused = run_cli(hub, "push", str(ckpt), "--repo", "me/evil", "--training-state", "keep")
+    assert refused.exit_code == 1 and "optimizer.pt" in refused.stderr and "could run code" in refused.stderr
+    assert not marker.exists()  # the pickle-free format reads it without running it, and refuses it
+    pushed = run_cli(
+        hub, "push", str(ckpt), "--repo", "me/evil", "--training-state", "keep", "--training-state-format", "pickle"
+    )
+    assert pushed.exit_code == 0, pushed.stderr
 
     result = run_cli(hub, "pull", "me/evil", "--to", str(tmp_path / "pulled"))
 
@@ -215,3 +222,47 @@ def test_training_resumes_from_a_pulled_checkpoint_bit_for_bit(hub: RunningHub, 
         assert torch.equal(a[name], b[name]), name
     first = load_file(local / "adapter_model.safetensors")
     assert any(not torch.equal(a[n], first[n]) for n in a)  # training did move the adapter on
+
+
+def test_pickle_free_state_is_rebuilt_on_pull(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    on_hub = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-20")}
+    assert {
+        "optimizer.json",
+        "optimizer.safetensors",
+        "scheduler.json",
+        "rng_state.json",
+        "training_args.json",
+    } <= on_hub
+    assert not on_hub & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}  # no pickle on the Hub
+    args = json.loads(Path(api.hf_hub_download("me/tiny", "training_args.json", revision="checkpoint-20")).read_text())
+    assert args["learning_rate"] == 0.001 and "output_dir" not in args and "hub_token" not in args
+
+    result = run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path), "--json")
+
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["resumable"] is True
+    target = tmp_path / "checkpoint-20"
+    names = {p.name for p in target.iterdir()}
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.json"} <= names
+    assert not names & {"optimizer.json", "optimizer.safetensors", "rng_state.json"}
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        original = torch.load(pushed / "checkpoint-20" / name, weights_only=False)
+        rebuilt = torch.load(target / name, weights_only=False)
+        assert str(rebuilt) == str(original), name  # same structure, keys, order and values
+
+
+def test_pickles_go_only_into_private_repositories(pushed: Path, hub: RunningHub) -> None:
+    result = run_cli(
+        hub,
+        "push",
+        str(pushed / "checkpoint-30"),
+        "--repo",
+        "me/open",
+        "--public",
+        "--training-state",
+        "keep",
+        "--training-state-format",
+        "pickle",
+        "--allow-public-state",
+    )
+    assert result.exit_code == 1 and "only into private repositories" in result.stderr

@@ -94,7 +94,15 @@ def test_training_state_keep_uploads_what_resuming_needs(checkpoint: Path, hub: 
 
     assert result.exit_code == 0, result.stderr
     files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
-    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"} <= files
+    # in the pickle-free form: tensors as safetensors, structure as JSON (pull rebuilds the .pt files)
+    assert {
+        "optimizer.safetensors",
+        "optimizer.json",
+        "scheduler.json",
+        "rng_state.json",
+        "training_args.json",
+    } <= files
+    assert not files & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
 
 
 def test_the_card_replaces_the_placeholder_readme(
@@ -424,7 +432,13 @@ def test_a_reused_branch_holds_only_the_newest_checkpoints_files(tiny_run: Path,
     assert second.exit_code == 0, second.stderr
 
     files = {f.path for f in api.list_repo_tree("me/tiny", revision="latest")}
-    assert not files & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    assert not files & {
+        "optimizer.pt",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng_state.json",
+        "training_args.json",
+    }
     remote_state = json.loads(Path(api.hf_hub_download("me/tiny", "trainer_state.json", revision="latest")).read_text())
     assert remote_state["global_step"] == 30
 

@@ -104,7 +104,13 @@ def test_release_publishes_inference_files_on_main(run: Path, hub: RunningHub, a
 
     main = {f.path for f in api.list_repo_tree("me/tiny", recursive=True)}
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md", ".hubsync/index.json"} <= main
-    assert not main & {"optimizer.pt", "trainer_state.json", "training_args.bin", "training_loss.svg"}
+    assert not main & {
+        "optimizer.safetensors",
+        "optimizer.json",
+        "trainer_state.json",
+        "training_args.json",
+        "training_loss.svg",
+    }
     index = json.loads(Path(api.hf_hub_download("me/tiny", ".hubsync/index.json")).read_text())
     assert [(e["revision"], e["released"]) for e in index["revisions"]] == [("checkpoint-30", True)]
     branch_weights = api.get_paths_info("me/tiny", ["adapter_model.safetensors"], revision="checkpoint-30")[0]
@@ -121,18 +127,18 @@ def test_training_state_in_a_public_repository_needs_explicit_consent(run: Path,
     allowed = push(hub, str(run), "--repo", "me/open", "--training-state", "keep", "--allow-public-state")
     assert allowed.exit_code == 0, allowed.stderr
     files = {f.path for f in api.list_repo_tree("me/open", revision="checkpoint-30")}
-    assert "optimizer.pt" in files
+    assert "optimizer.safetensors" in files
 
 
 def test_configuration_file_then_variables_then_flags(run: Path, hub: RunningHub, api: HfApi) -> None:
     (run.parent / "hubsync.toml").write_text('repo = "me/from-file"\ntraining-state = "keep"\ntags = ["cfg"]\n')
 
     assert push(hub, str(run)).exit_code == 0
-    assert "optimizer.pt" in {f.path for f in api.list_repo_tree("me/from-file", revision="checkpoint-30")}
+    assert "optimizer.safetensors" in {f.path for f in api.list_repo_tree("me/from-file", revision="checkpoint-30")}
     assert {t.name for t in api.list_repo_refs("me/from-file").tags} == {"cfg"}
 
     assert push(hub, str(run), env={"HUBSYNC_REPO": "me/from-env", "HUBSYNC_TRAINING_STATE": "drop"}).exit_code == 0
-    assert "optimizer.pt" not in {f.path for f in api.list_repo_tree("me/from-env", revision="checkpoint-30")}
+    assert "optimizer.safetensors" not in {f.path for f in api.list_repo_tree("me/from-env", revision="checkpoint-30")}
 
     assert push(hub, str(run), "--repo", "me/from-flag", env={"HUBSYNC_REPO": "me/from-env"}).exit_code == 0
     assert api.repo_exists("me/from-flag")

@@ -179,6 +179,14 @@ def _card_settings(
     help="Leave out optimizer, scheduler, RNG state and training_args.bin, or keep them so that "
     "training can resume from the revision [default: drop].",
 )
+@click.option(
+    "--training-state-format",
+    type=click.Choice(["safe", "pickle"]),
+    default="safe",
+    show_default=True,
+    help="Kept state as safetensors + JSON (pull rebuilds the .pt files), or the pickles as they are "
+    "(private repositories only).",
+)
 @click.option("--allow-public-state", is_flag=True, help="Allow --training-state keep into a public repository.")
 @click.option(
     "--tag",
@@ -243,6 +251,7 @@ def push(
         training_state=settings.get("training-state", "drop"),
         card=card,
         allow_public_state=flags["allow_public_state"],
+        state_format=flags["training_state_format"],
         tags=tuple(settings.get("tags", ())),
         release=flags["release"],
         revision_pattern=True,

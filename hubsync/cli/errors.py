@@ -32,7 +32,9 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         e.UnsafePickleError,
         lambda err: (
             f"refused {err.path}: it needs {err.what} to load, which could run code, so it was not loaded. "
-            "Re-save the weights in a trusted environment with save_pretrained(), or torch.save() a plain state dict."
+            "Re-save it in a trusted environment as plain tensors and containers (save_pretrained(), or "
+            "torch.save() of a state dict); for training state, --training-state-format pickle uploads it as it is, "
+            "into a private repository."
         ),
     ),
     (
@@ -117,6 +119,20 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: (
             f"{err.repo_id} has no checkpoint revision to pull. Pass one with --revision; `hubsync ls "
             f"{err.repo_id}` lists them."
+        ),
+    ),
+    (
+        e.UnrepresentableStateError,
+        lambda err: (
+            f"{err.path} holds a {err.what}, which hubsync's pickle-free format cannot represent. Push it with "
+            "--training-state-format pickle (private repositories only), or drop the training state."
+        ),
+    ),
+    (
+        e.PicklesInPublicRepoError,
+        lambda err: (
+            f"{err.repo_id} is public, and pickled training state runs code when loaded, so it goes only into "
+            "private repositories. Use the default --training-state-format safe, or a private repository."
         ),
     ),
     (

@@ -8,17 +8,19 @@ each storage uncompressed as its own zip member, so a tensor is a byte range of 
 
 from __future__ import annotations
 
+import contextvars
 import io
 import pickle
+import re
 import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnsafePickleError
+from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnrepresentableStateError, UnsafePickleError
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 
@@ -152,6 +154,7 @@ class TorchArchive:
     path: Path
     tensors: dict[str, TensorRef]  # in the file's order
     storages: dict[str, StorageRecord]
+    root: Any = None  # with state=True: the whole tree, tensors as TensorRef, numpy arrays as NumpyArray
 
 
 class _Stub:
@@ -251,6 +254,78 @@ class _SafeUnpickler(pickle.Unpickler):
         return StorageRef(key, dtype, numel)
 
 
+@dataclass
+class NumpyArray:
+    """A numpy array as its pickle gives it (dtype string such as '<u4', shape, raw bytes); nothing imported."""
+
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+    data: bytes = b""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _NumpyDtype)):
+            raise pickle.UnpicklingError("unexpected numpy array state")
+        _version, shape, dtype, fortran, data = state
+        if fortran or not isinstance(data, bytes):
+            raise pickle.UnpicklingError("unsupported numpy array layout")
+        self.dtype, self.shape, self.data = dtype.descr, _ints(shape, "shape"), data
+
+
+_reading: contextvars.ContextVar[str] = contextvars.ContextVar("reading", default="training state")
+
+
+class _NumpyDtype:
+    def __init__(self, name: Any = None, *_: Any) -> None:
+        if not isinstance(name, str) or not re.fullmatch(r"[biuf][1248]", name):
+            raise UnrepresentableStateError(_reading.get(), f"numpy array of dtype {name!r:.40}")
+        self.name, self.order = name, "<"
+
+    @property
+    def descr(self) -> str:
+        return f"{self.order}{self.name}"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = "<" if state[1] in ("|", "=") else state[1]
+
+
+def _numpy_reconstruct(cls: Any, shape: Any, code: Any) -> NumpyArray:
+    if cls != "numpy.ndarray":
+        raise pickle.UnpicklingError("unexpected numpy reconstruction")
+    return NumpyArray()
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """How protocol-2 pickles spell bytes: _codecs.encode(str, 'latin1'). Nothing else is allowed."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("unexpected _codecs.encode call")
+    return text.encode("latin1")
+
+
+class _StateUnpickler(_SafeUnpickler):
+    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes."""
+
+    def load(self) -> Any:
+        token = _reading.set(self.shown)
+        try:
+            return super().load()
+        finally:
+            _reading.reset(token)
+
+    _EXTRA: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy", "ndarray"): "numpy.ndarray",
+        ("numpy", "dtype"): _NumpyDtype,
+        ("_codecs", "encode"): _latin1,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._EXTRA:
+            return self._EXTRA[(module, name)]
+        return super().find_class(module, name)
+
+
 def _member_data_offset(fp: Any, info: zipfile.ZipInfo) -> int:
     """Where a stored (uncompressed) member's bytes start: after its local file header."""
     fp.seek(info.header_offset)
@@ -261,8 +336,11 @@ def _member_data_offset(fp: Any, info: zipfile.ZipInfo) -> int:
     return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
-def read_torch_archive(path: Path, shown: str) -> TorchArchive:
-    """Inventory a torch.save() zip archive holding a flat {name: tensor} dict. Runs nothing from the file."""
+def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchArchive:
+    """Inventory a torch.save() zip archive holding a flat {name: tensor} dict. Runs nothing from the file.
+
+    With `state`, the archive may hold any tree of containers, scalars, tensors and numpy arrays (optimizer,
+    scheduler and RNG state): its tensors are named t0, t1, ... and the tree is kept in `root`."""
     try:
         if path.stat().st_size == 0:
             raise UnreadableWeightsError(shown, "the file is empty")
@@ -282,7 +360,8 @@ def read_torch_archive(path: Path, shown: str) -> TorchArchive:
             if archive.getinfo(pkl[0]).file_size > MAX_PICKLE_BYTES:
                 raise UnreadableWeightsError(shown, "its data.pkl is too large for a state dict")
             try:
-                obj = _SafeUnpickler(archive.read(pkl[0]), shown).load()
+                unpickler = _StateUnpickler if state else _SafeUnpickler
+                obj = unpickler(archive.read(pkl[0]), shown).load()
             except UnsafePickleError:
                 raise
             except (
@@ -297,7 +376,7 @@ def read_torch_archive(path: Path, shown: str) -> TorchArchive:
                 struct.error,
             ) as exc:
                 raise UnreadableWeightsError(shown, f"malformed pickle ({exc})") from exc
-            tensors = _state_dict_of(obj, shown)
+            tensors = _tensors_in(obj) if state else _state_dict_of(obj, shown)
             storages: dict[str, StorageRecord] = {}
             for tensor in tensors.values():
                 key = tensor.storage.key
@@ -316,7 +395,22 @@ def read_torch_archive(path: Path, shown: str) -> TorchArchive:
     except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
         raise UnreadableWeightsError(shown, str(exc) or type(exc).__name__) from exc
     _check_bounds(tensors, storages, shown)
-    return TorchArchive(path, tensors, storages)
+    return TorchArchive(path, tensors, storages, obj if state else None)
+
+
+def _tensors_in(obj: Any) -> dict[str, TensorRef]:
+    """Every distinct tensor of a tree, named t0, t1, ... in the order met."""
+    found: dict[TensorRef, str] = {}
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, TensorRef):
+            found.setdefault(item, f"t{len(found)}")
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+    return {name: ref for ref, name in found.items()}
 
 
 def _state_dict_of(obj: Any, shown: str) -> dict[str, TensorRef]:

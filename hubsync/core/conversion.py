@@ -10,7 +10,10 @@ from .checkpoint import Checkpoint
 _SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
-TRAINING_STATE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin)$")
+TRAINING_STATE_RE = re.compile(
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin"
+    r"|(optimizer|scheduler|scaler|rng_state(_\d+)?)\.(json|safetensors)|training_args\.json)$"
+)
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,16 @@ def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
     if "pytorch_model.bin.index.json" in names and "model.safetensors.index.json" not in names:
         index = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
     return ConversionPlan(tuple(conversions), index, tuple(superseded))
+
+
+STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
+
+
+def is_resumable(paths: set[str] | frozenset[str]) -> bool:
+    """Whether a revision holds what resuming needs: optimizer, scheduler and RNG state, as pickles or in
+    hubsync's pickle-free form (<name>.json + <name>.safetensors)."""
+
+    def has(stem: str) -> bool:
+        return f"{stem}.pt" in paths or f"{stem}.json" in paths
+
+    return has("optimizer") and has("scheduler") and any(p.startswith("rng_state") for p in paths)

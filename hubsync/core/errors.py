@@ -204,3 +204,20 @@ class OutputInsideCheckpointError(HubsyncError):
     def __init__(self, path: str) -> None:
         super().__init__(f"{path} lies inside the checkpoint, which is never modified")
         self.path = path
+
+
+class UnrepresentableStateError(HubsyncError):
+    """Training state holding a type the pickle-free format cannot represent."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path} holds a {what}, which hubsync's pickle-free format cannot represent")
+        self.path = path
+        self.what = what
+
+
+class PicklesInPublicRepoError(HubsyncError):
+    """--training-state-format pickle into a public repository: whoever loads those files runs them."""
+
+    def __init__(self, repo_id: str) -> None:
+        super().__init__(f"{repo_id} is public, and pickled training state goes only into private repositories")
+        self.repo_id = repo_id

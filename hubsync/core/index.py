@@ -7,18 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from .conversion import is_resumable
 from .render import render
 
 INDEX_FILE = ".hubsync/index.json"
-RESUME_FILES = ("optimizer.pt", "scheduler.pt")
 
 
 def index_entry(
     revision: str, step: int | None, epoch: float | None, metrics: Mapping[str, float], files: list[str], commit: str
 ) -> dict[str, Any]:
     """What the index says of one pushed revision."""
-    names = set(files)
-    resumable = all(f in names for f in RESUME_FILES) and any(f.startswith("rng_state") for f in names)
+    resumable = is_resumable(set(files))
     return {
         "revision": revision,
         "step": step,

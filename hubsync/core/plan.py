@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 
 from .card import CardSettings, card_context, card_files
 from .checkpoint import Checkpoint
-from .conversion import ConversionPlan, is_training_state, plan_conversion
+from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError
 from .index import index_entry
 from .render import render
@@ -45,6 +46,7 @@ class PushPlan:
     index_entry: Mapping[str, Any] | None = None  # main's index entry for this revision, but for its commit
     front_matter: str | None = None  # the card's metadata, for main's index README
     training_state: str = "drop"
+    state_format: str = "safe"
     allow_public_state: bool = False
     tags: tuple[str, ...] = ()
     release: tuple[str, ...] = ()  # with --release: the paths that main gets too (the inference files)
@@ -74,6 +76,7 @@ class PushPlan:
             "bytes": self.total_bytes,
             "commit_message": self.commit_message,
             "training_state": self.training_state,
+            "training_state_format": self.state_format,
             "tags": list(self.tags),
             "release": list(self.release),
             "commit_description": self.commit_description,
@@ -144,6 +147,7 @@ class PushOptions:
     revision: str | None = None  # the branch; default: the checkpoint folder's name
     private: bool = True
     training_state: str = "drop"  # or "keep"
+    state_format: str = "safe"  # kept training state as safetensors + JSON, or "pickle": the files as they are
     card: CardSettings | None = field(default_factory=CardSettings)  # None: keep the checkpoint's own README.md
     allow_public_state: bool = False
     tags: tuple[str, ...] = ()
@@ -178,7 +182,25 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     dropped = tuple(
         f.relpath for f in checkpoint.files if options.training_state == "drop" and is_training_state(f.relpath)
     )
-    replaced = conversion.sources | set(generated) | set(dropped)
+    if options.training_state == "keep" and options.state_format == "safe":
+        state_files = [f for f in checkpoint.files if STATE_FILE_RE.match(f.relpath)]
+        for f in state_files:
+            json_name, tensors_name = (
+                f.relpath.rsplit(".", 1)[0] + ".json",
+                f.relpath.rsplit(".", 1)[0] + ".safetensors",
+            )
+            converted += [
+                Upload(json_name, json_name, 0, f.relpath),
+                Upload(tensors_name, tensors_name, f.size, f.relpath),
+            ]
+        safe = {f.relpath for f in state_files}
+        if "training_args.bin" in sizes:
+            safe.add("training_args.bin")
+            if checkpoint.training_args is not None:
+                generated["training_args.json"] = training_args_json(checkpoint.training_args)
+    else:
+        safe = set()
+    replaced = conversion.sources | set(generated) | set(dropped) | safe
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
@@ -202,10 +224,23 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         index_entry=entry if context is not None else None,
         front_matter=context["front_matter"] if context is not None else None,
         training_state=options.training_state,
+        state_format=options.state_format,
         allow_public_state=options.allow_public_state,
         tags=tags,
         release=tuple(u.path_in_repo for u in uploads if options.release and is_inference_file(u.path_in_repo)),
     )
+
+
+def training_args_json(args: Mapping[str, Any]) -> bytes:
+    """training_args.bin's fields as JSON, without what must not be published: tokens, and local paths."""
+
+    def publishable(key: str, value: Any) -> bool:
+        if "token" in key.lower():
+            return False
+        return not (isinstance(value, str) and (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)))
+
+    fields = {k: v for k, v in args.items() if publishable(k, v)}
+    return (json.dumps(fields, indent=1, default=str) + "\n").encode()
 
 
 def is_inference_file(path: str) -> bool:

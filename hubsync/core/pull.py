@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .conversion import TRAINING_STATE_RE
+from .conversion import TRAINING_STATE_RE, is_resumable
 from .errors import UnsafeRemotePathError
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
 NOT_CHECKPOINT = (".gitattributes",)
 NOT_CHECKPOINT_DIRS = (".hubsync/",)
-RESUME_STATE = ("optimizer.pt", "scheduler.pt")
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,7 @@ class PullPlan:
 
     @property
     def resumable(self) -> bool:
-        names = {f.path for f in self.files}
-        return all(n in names for n in RESUME_STATE) and any(n.startswith("rng_state") for n in names)
+        return is_resumable({f.path for f in self.files})
 
     @property
     def training_state(self) -> list[str]:

@@ -40,11 +40,28 @@ def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: 
             for _ in pool.map(lambda f: _fetch_verified(hub, plan, f, staging), plan.files):
                 pass
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+        _rebuild_training_state(plan, staging)
         _place(staging, plan.target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return plan.target
+
+
+def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
+    """Turn pickle-free training state (<name>.json + <name>.safetensors) back into the files the Trainer loads."""
+    names = {f.path for f in plan.files}
+    documents = [n for n in names if n.endswith(".json") and n.removesuffix(".json") + ".safetensors" in names]
+    if not documents:
+        return
+    from hubsync.convert.state import is_state_document, rebuild_state
+
+    for name in documents:
+        document = staging / name
+        if is_state_document(document):
+            rebuild_state(document)
+            document.unlink()
+            document.with_suffix(".safetensors").unlink()
 
 
 def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging: Path) -> None:

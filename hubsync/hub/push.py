@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hubsync.convert import convert_weights
+from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
-from hubsync.core.errors import CommitConflictError, PublicTrainingStateError
+from hubsync.core.conversion import STATE_FILE_RE
+from hubsync.core.errors import CommitConflictError, PicklesInPublicRepoError, PublicTrainingStateError
 from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
 from hubsync.core.plan import PushPlan
 from hubsync.core.pull import RemoteFile
@@ -79,12 +81,18 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
     temp folder, commit the planned files to the branch in one commit, tag it, and record it in main's index."""
     hub.require_token()
     private = hub.ensure_repo(plan.repo_id, private=plan.private)
-    if plan.training_state == "keep" and not private and not plan.allow_public_state:
-        raise PublicTrainingStateError(plan.repo_id)
+    if plan.training_state == "keep" and not private:
+        if plan.state_format == "pickle":
+            raise PicklesInPublicRepoError(plan.repo_id)
+        if not plan.allow_public_state:
+            raise PublicTrainingStateError(plan.repo_id)
     with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
         staging = Path(staging_dir)
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
+        for source in dict.fromkeys(u.converted_from for u in plan.uploads):
+            if source is not None and STATE_FILE_RE.match(source):
+                encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", staging)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)

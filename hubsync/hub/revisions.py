@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubsync.core.checkpoint import parse_trainer_state
+from hubsync.core.conversion import is_resumable
 from hubsync.core.index import INDEX_FILE, parse_index
-from hubsync.core.pull import RESUME_STATE, step_of
+from hubsync.core.pull import step_of
 
 from .client import HubClient
 
@@ -68,7 +69,7 @@ def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[
     """What the index would say of a revision that it does not know (pushed by hand, or moved since)."""
     names = {f.path for f in hub.tree(repo_id, commit)}
     entry: dict[str, Any] = {
-        "resumable": all(n in names for n in RESUME_STATE) and any(n.startswith("rng_state") for n in names),
+        "resumable": is_resumable(names),
     }
     if "trainer_state.json" in names:
         raw = hub.read_file(repo_id, commit, "trainer_state.json")

@@ -1,0 +1,114 @@
+"""Training state without pickles: optimizer.pt, scheduler.pt, scaler.pt and rng_state*.pth become
+<name>.safetensors (the tensors) and <name>.json (the structure and scalars); pull rebuilds the files.
+
+Reading never runs code from the file (the restricted reader of torchzip). The JSON tree spells what JSON
+lacks: {"__tensor__": name}, {"__ndarray__": base64, "dtype", "shape"}, {"__tuple__": [...]},
+{"__dict__": [[key, value], ...]} (keys that are not strings), {"__float__": "nan" | "inf" | "-inf"},
+{"__bytes__": base64}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hubsync.core.conversion import STATE_FILE_RE
+from hubsync.core.errors import UnrepresentableStateError
+from hubsync.files import write_file_atomic
+
+from .torchzip import NumpyArray, TensorRef, read_torch_archive
+from .writer import find_aliases, write_verified
+
+FORMAT = "hubsync-training-state"
+_MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__")
+
+
+def safe_names(source: str) -> tuple[str, str]:
+    """optimizer.pt -> (optimizer.json, optimizer.safetensors)."""
+    stem = source.rsplit(".", 1)[0]
+    return f"{stem}.json", f"{stem}.safetensors"
+
+
+def encode_state(source: Path, shown: str, out_dir: Path) -> None:
+    """Write <stem>.json and <stem>.safetensors for one training-state file; UnrepresentableStateError on a
+    type this format cannot hold."""
+    archive = read_torch_archive(source, shown, state=True)
+    kept, aliases = find_aliases(archive.tensors)
+    name_of = {ref: aliases.get(name, name) for name, ref in archive.tensors.items()}
+    tree = _encode(archive.root, name_of, shown)
+    json_name, tensors_name = safe_names(source.name)
+    write_verified(archive, kept, {"format": "pt"}, out_dir / tensors_name, f"{shown} (tensors)")
+    document = {"format": FORMAT, "version": 1, "file": source.name, "tree": tree}
+    write_file_atomic(out_dir / json_name, json.dumps(document, indent=1).encode())
+
+
+def _encode(value: Any, name_of: dict[TensorRef, str], shown: str) -> Any:
+    if isinstance(value, TensorRef):
+        return {"__tensor__": name_of[value]}
+    if isinstance(value, NumpyArray):
+        return {"__ndarray__": base64.b64encode(value.data).decode(), "dtype": value.dtype, "shape": list(value.shape)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, name_of, shown) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, name_of, shown) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and k not in _MARKERS for k in value):
+            return {k: _encode(v, name_of, shown) for k, v in value.items()}
+        return {"__dict__": [[_encode(k, name_of, shown), _encode(v, name_of, shown)] for k, v in value.items()]}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise UnrepresentableStateError(shown, type(value).__name__)
+
+
+def is_state_document(path: Path) -> bool:
+    try:
+        head = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(head, dict) and head.get("format") == FORMAT
+
+
+def rebuild_state(json_path: Path) -> Path:
+    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    document = json.loads(json_path.read_bytes())
+    target = json_path.parent / document["file"]
+    if not STATE_FILE_RE.match(target.name):
+        raise UnrepresentableStateError(json_path.name, f"a file named {target.name!r}")
+    tensors = load_file(json_path.with_suffix(".safetensors"))
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]].clone()
+        if "__ndarray__" in value:
+            raw = base64.b64decode(value["__ndarray__"])
+            return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+        if "__tuple__" in value:
+            return tuple(decode(v) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {decode(k): decode(v) for k, v in value["__dict__"]}
+        if "__float__" in value:
+            return float(value["__float__"])
+        if "__bytes__" in value:
+            return base64.b64decode(value["__bytes__"])
+        return {k: decode(v) for k, v in value.items()}
+
+    obj = decode(document["tree"])
+    tmp = target.with_name(f".{target.name}.rebuilding")
+    torch.save(obj, tmp)
+    tmp.replace(target)
+    return Path(target)
