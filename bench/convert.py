@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import fmt, hubsync_cmd, loadavg, ratio, settle
+
 PY = sys.executable
 SAMPLE_INTERVAL = 0.002  # seconds between /proc/PID/status reads
 MIB = 1024 * 1024
@@ -271,11 +273,6 @@ def warm(path: Path) -> None:
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
 
 
-def settle() -> None:
-    """Write back whatever a previous run left dirty, so that it is not flushed during the next timed run."""
-    os.sync()
-
-
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -312,11 +309,6 @@ class Series:
             return "-"
         walls = sorted(r.wall for r in self.runs)
         return f"{walls[0]:.2f}..{walls[-1]:.2f}"
-
-
-def hubsync_cmd() -> list[str]:
-    script = Path(PY).parent / "hubsync"
-    return [str(script)] if script.exists() else [PY, "-m", "hubsync"]
 
 
 def measure(
@@ -400,7 +392,7 @@ def measure(
         for name, step in order:
             series[name].add(step())
         print(
-            f"  repetition {rep + 1}/{args.repeat}: {time.perf_counter() - t0:.1f} s  (load {_loadavg()})",
+            f"  repetition {rep + 1}/{args.repeat}: {time.perf_counter() - t0:.1f} s  (load {loadavg()})",
             file=sys.stderr,
         )
     return series
@@ -426,21 +418,6 @@ def profile(work: Path, model_dir: Path, src: Path) -> dict[str, float] | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
 def report(series: dict[str, Series], sizes: dict[str, int], args: argparse.Namespace, gen: dict[str, Any]) -> None:
     base = series["baseline"].peak_mib
     tbase = series["baseline.torch"].peak_mib
@@ -461,14 +438,14 @@ def report(series: dict[str, Series], sizes: dict[str, int], args: argparse.Name
     print("-" * len(head))
 
     def row(name: str, cp_s: Series, conv: Series, ratio_target: str, base_mib: float | None, mem_target: str) -> None:
-        r = _ratio(conv.wall, cp_s.wall)
+        r = ratio(conv.wall, cp_s.wall)
         over = None if conv.peak_mib is None or base_mib is None else conv.peak_mib - base_mib
         if conv.failed is not None and not conv.runs:
-            print(f"{name:<40} {_fmt(cp_s.wall, '7.2f')} {'FAILED':>11}")
+            print(f"{name:<40} {fmt(cp_s.wall, '7.2f')} {'FAILED':>11}")
             return
         print(
-            f"{name:<40} {_fmt(cp_s.wall, '7.2f')} {_fmt(conv.wall, '11.2f')} {_fmt(r, '6.2f')} {ratio_target:>7}   "
-            f"{_fmt(conv.peak_mib, '18.1f')} {_fmt(base_mib, '9.1f')} {_fmt(over, '+13.1f')} {mem_target:>7}"
+            f"{name:<40} {fmt(cp_s.wall, '7.2f')} {fmt(conv.wall, '11.2f')} {fmt(r, '6.2f')} {ratio_target:>7}   "
+            f"{fmt(conv.peak_mib, '18.1f')} {fmt(base_mib, '9.1f')} {fmt(over, '+13.1f')} {mem_target:>7}"
         )
 
     row(model_name, series["model.cp"], series["model.hubsync"], "<= 2.0", base, "<= 64")
@@ -488,8 +465,8 @@ def report(series: dict[str, Series], sizes: dict[str, int], args: argparse.Name
         for key, label in (("model", model_name), ("adapter", adapter_name)):
             cf, hs = series[f"{key}.cp_fsync"], series[f"{key}.hubsync"]
             print(
-                f"  {label:<32} cp+fsync {_fmt(cf.wall, '.2f')} s   hubsync / (cp+fsync) = "
-                f"{_fmt(_ratio(hs.wall, cf.wall), '.2f')}"
+                f"  {label:<32} cp+fsync {fmt(cf.wall, '.2f')} s   hubsync / (cp+fsync) = "
+                f"{fmt(ratio(hs.wall, cf.wall), '.2f')}"
             )
     print()
     print("notes:")
@@ -551,7 +528,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     model_dir, adapter_dir = work / "checkpoint-model", work / "checkpoint-adapter"
     model["dir"], adapter["dir"] = str(model_dir), str(adapter_dir)
 
-    print(f"machine: {os.cpu_count()} CPUs, load {_loadavg()}, temp folder {work}", file=sys.stderr)
+    print(f"machine: {os.cpu_count()} CPUs, load {loadavg()}, temp folder {work}", file=sys.stderr)
     print("making the test files with torch ...", file=sys.stderr)
     proc = subprocess.run(
         [PY, "-c", GENERATE, json.dumps({"model": model, "adapter": adapter})], capture_output=True, text=True
@@ -616,7 +593,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
                 share = f"{100 * seconds / total:5.1f}%" if total and name != "imports" else "      "
                 print(f"  {name:<52} {seconds:7.3f} s {share}")
     print()
-    print(f"load average at the end: {_loadavg()}")
+    print(f"load average at the end: {loadavg()}")
     return 0
 
 

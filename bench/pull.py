@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
+
 from hubsync.localhub import RunningHub, running_hub
 
 PY = sys.executable
@@ -117,11 +119,6 @@ class Run:
     out_dir: Path
 
 
-def settle() -> None:
-    """Write back whatever a previous step left dirty, so that it is not flushed during the next timed run."""
-    os.sync()
-
-
 def run_timed(cmd: list[str], env: dict[str, str], scratch: Path, out_dir: Path) -> Run:
     """Wall time of the whole child process. stdout/stderr go to files (a pipe could fill up and stall it)."""
     settle()
@@ -160,16 +157,6 @@ class Series:
             return "-"
         walls = sorted(r.wall for r in self.runs)
         return f"{walls[0]:.2f}..{walls[-1]:.2f}"
-
-
-def hubsync_cmd() -> list[str]:
-    script = Path(PY).parent / "hubsync"
-    return [str(script)] if script.exists() else [PY, "-m", "hubsync"]
-
-
-def hf_cmd() -> list[str]:
-    script = Path(PY).parent / "hf"
-    return [str(script)] if script.exists() else [PY, "-m", "huggingface_hub.cli.hf"]
 
 
 @dataclass
@@ -215,7 +202,17 @@ class Bench:
         self.generate_s, self.sizes = made["seconds"], made["files"]
 
     def push(self) -> None:
-        cmd = [*hubsync_cmd(), "push", str(self.source), "--repo", self.repo, "--training-state", "keep"]
+        cmd = [
+            *hubsync_cmd(),
+            "push",
+            str(self.source),
+            "--repo",
+            self.repo,
+            "--training-state",
+            "keep",
+            "--training-state-format",
+            self.args.state_format,
+        ]
         run = run_timed(cmd, self.env(hf=False, home=self.work / "home-push"), self.scratch, self.scratch)
         if run.returncode != 0:
             raise RuntimeError(f"hubsync push failed (exit code {run.returncode}):\n{run.stderr}")
@@ -273,11 +270,11 @@ def measure(bench: Bench) -> tuple[dict[str, Series], list[str]]:
                 )
             if key == "pull.hf" and run.returncode == 0:
                 got = files_of(run.out_dir)
-                bench.hf_fetched = f"{len(got)} files, {_bytes(sum(got.values()))}: {', '.join(sorted(got))}"
+                bench.hf_fetched = f"{len(got)} files, {human_bytes(sum(got.values()))}: {', '.join(sorted(got))}"
             if not bench.args.keep:
                 shutil.rmtree(run.out_dir, ignore_errors=True)
         print(
-            f"  repetition {rep + 1}/{bench.args.repeat}: {time.perf_counter() - t0:.1f} s (load {_loadavg()})",
+            f"  repetition {rep + 1}/{bench.args.repeat}: {time.perf_counter() - t0:.1f} s (load {loadavg()})",
             file=sys.stderr,
         )
     return series, checks
@@ -286,32 +283,6 @@ def measure(bench: Bench) -> tuple[dict[str, Series], list[str]]:
 # ---------------------------------------------------------------------------------------------------------
 # Report.
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    width = spec.split(".")[0].lstrip("+")
-    return format("-", f">{width}") if x is None else format(x, spec)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    if n < 1000:
-        return f"{n:.0f} B"
-    if n < 1e6:
-        return f"{n / 1e3:.1f} kB"
-    return f"{n / 1e6:,.1f} MB"
 
 
 def report(series: dict[str, Series], checks: list[str], bench: Bench) -> None:
@@ -325,15 +296,15 @@ def report(series: dict[str, Series], checks: list[str], bench: Bench) -> None:
     print("(wall time of whole CLI processes, each into a fresh folder with a fresh HF_HOME)")
     print(head)
     print("-" * len(head))
-    name = f"pull {REVISION} ({len(bench.sizes)} files, {_bytes(total)})"
+    name = f"pull {REVISION} ({len(bench.sizes)} files, {human_bytes(total)}, state {bench.args.state_format})"
     if hs.failed is not None and not hs.runs:
-        print(f"{name:<52} {_fmt(hf.wall, '15.2f')} {'FAILED':>11}")
+        print(f"{name:<52} {fmt(hf.wall, '15.2f')} {'FAILED':>11}")
     else:
-        ratio = _ratio(hs.wall, hf.wall)
-        print(f"{name:<52} {_fmt(hf.wall, '15.2f')} {_fmt(hs.wall, '11.2f')} {_fmt(ratio, '6.2f')} {'<= 1.2':>7}")
+        r = ratio(hs.wall, hf.wall)
+        print(f"{name:<52} {fmt(hf.wall, '15.2f')} {fmt(hs.wall, '11.2f')} {fmt(r, '6.2f')} {'<= 1.2':>7}")
 
     print()
-    print(f"the checkpoint folder ({', '.join(f'{k} {_bytes(v)}' for k, v in sorted(bench.sizes.items()))})")
+    print(f"the checkpoint folder ({', '.join(f'{k} {human_bytes(v)}' for k, v in sorted(bench.sizes.items()))})")
     print(
         "  6 files: the issue's 5 (adapter weights, optimizer, scheduler, RNG state, trainer state) plus "
         "adapter_config.json"
@@ -376,6 +347,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, help="runs of each measurement (default 3; 1 with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (checkpoint, pulls, Hub store)")
     parser.add_argument("--quick", action="store_true", help="small files (~25 MB): a smoke test")
+    parser.add_argument(
+        "--state-format",
+        choices=["pickle", "safe"],
+        default="pickle",
+        help="how the training state is pushed: pickle (the files as they are; default) or safe (safetensors + "
+        "JSON: then pull rebuilds optimizer.pt etc. with torch, and the rebuilt files differ in bytes, not content)",
+    )
     args = parser.parse_args()
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
 
@@ -390,7 +368,7 @@ def main() -> int:
 
 
 def _main(args: argparse.Namespace, work: Path) -> int:
-    print(f"machine: {os.cpu_count()} CPUs, load {_loadavg()}, temp folder {work}", file=sys.stderr)
+    print(f"machine: {os.cpu_count()} CPUs, load {loadavg()}, temp folder {work}", file=sys.stderr)
     (work / "scratch").mkdir()
     with running_hub(work / "hub") as hub:
         bench = Bench(args, work, hub)
@@ -405,7 +383,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
             return 1
         report(series, checks, bench)
     print()
-    print(f"load average at the end: {_loadavg()}")
+    print(f"load average at the end: {loadavg()}")
     return 0
 
 

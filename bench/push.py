@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
+
 from hubsync.localhub import RunningHub, running_hub
 from hubsync.localhub.server import HubRequestHandler
 from hubsync.localhub.store import StoreError
@@ -260,11 +262,6 @@ class Run:
         )
 
 
-def settle() -> None:
-    """Write back whatever a previous step left dirty, so that it is not flushed during the next timed run."""
-    os.sync()
-
-
 def run_timed(cmd: list[str], env: dict[str, str], scratch: Path, hub: RunningHub, log: RequestLog) -> Run:
     """Wall time of the whole child process, and what the Hub received meanwhile.
 
@@ -317,16 +314,6 @@ class Series:
             return "-"
         walls = sorted(r.wall for r in self.runs)
         return f"{walls[0]:.2f}..{walls[-1]:.2f}"
-
-
-def hubsync_cmd() -> list[str]:
-    script = Path(PY).parent / "hubsync"
-    return [str(script)] if script.exists() else [PY, "-m", "hubsync"]
-
-
-def hf_cmd() -> list[str]:
-    script = Path(PY).parent / "hf"
-    return [str(script)] if script.exists() else [PY, "-m", "huggingface_hub.cli.hf"]
 
 
 @dataclass
@@ -433,7 +420,7 @@ def measure(bench: Bench) -> dict[str, Series]:
         shutil.rmtree(hf_run, ignore_errors=True)
         print(
             f"  repetition {rep + 1}/{bench.args.repeat}: {time.perf_counter() - t0:.1f} s "
-            f"(making the runs {bench.generate_s[-1]:.1f} s; load {_loadavg()})",
+            f"(making the runs {bench.generate_s[-1]:.1f} s; load {loadavg()})",
             file=sys.stderr,
         )
     return series
@@ -463,32 +450,6 @@ def profile(bench: Bench) -> tuple[dict[str, list[float]], float, float] | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    width = spec.split(".")[0].lstrip("+")
-    return format("-", f">{width}") if x is None else format(x, spec)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    if n < 1000:
-        return f"{n:.0f} B"
-    if n < 1e6:
-        return f"{n / 1e3:.1f} kB"
-    return f"{n / 1e6:,.1f} MB"
-
-
 def report(series: dict[str, Series], bench: Bench) -> None:
     args = bench.args
     latest = bench.latest
@@ -508,27 +469,27 @@ def report(series: dict[str, Series], bench: Bench) -> None:
 
     def row(name: str, hf: Series, hs: Series, ratio: float | None, ratio_target: str, time_target: str) -> None:
         if hs.failed is not None and not hs.runs:
-            print(f"{name:<46} {_fmt(hf.wall, '13.2f')} {'FAILED':>11}")
+            print(f"{name:<46} {fmt(hf.wall, '13.2f')} {'FAILED':>11}")
             return
         target = ratio_target if ratio_target != "-" else time_target
         upload_target = "0" if time_target != "-" else "-"
         print(
-            f"{name:<46} {_fmt(hf.wall, '13.2f')} {_fmt(hs.wall, '11.2f')} {_fmt(ratio, '6.2f')} {target:>7}   "
-            f"{_bytes(hf.uploaded):>12} {_bytes(hs.uploaded):>9} {upload_target:>6}"
+            f"{name:<46} {fmt(hf.wall, '13.2f')} {fmt(hs.wall, '11.2f')} {fmt(ratio, '6.2f')} {target:>7}   "
+            f"{human_bytes(hf.uploaded):>12} {human_bytes(hs.uploaded):>9} {upload_target:>6}"
         )
 
     row(
-        f"push {CHECKPOINTS} checkpoints, state kept ({CHECKPOINTS} x {_bytes(ckpt_bytes)})",
+        f"push {CHECKPOINTS} checkpoints, state kept ({CHECKPOINTS} x {human_bytes(ckpt_bytes)})",
         push_hf,
         push_hs,
-        _ratio(push_hs.wall, push_hf.wall),
+        ratio(push_hs.wall, push_hf.wall),
         "<= 1.0",
         "-",
     )
     row(f"re-push {latest} unchanged", re_hf, re_hs, None, "-", "< 2 s")
 
     print()
-    print(f"one checkpoint folder ({', '.join(f'{k} {_bytes(v)}' for k, v in sorted(bench.sizes.items()))})")
+    print(f"one checkpoint folder ({', '.join(f'{k} {human_bytes(v)}' for k, v in sorted(bench.sizes.items()))})")
     print(
         "  hubsync pushes all of it but README.md, plus a model card README.md and training_loss.svg, and commits "
         "main's index after each checkpoint; hf pushes the folder as it is"
@@ -567,7 +528,9 @@ def report(series: dict[str, Series], bench: Bench) -> None:
     print("spread (min..max seconds over the repetitions):")
     for key, s in series.items():
         if s.runs or s.failed:
-            print(f"  {key:<16} {s.spread():>13}   uploaded {', '.join(_bytes(r.uploaded) for r in s.runs) or '-'}")
+            print(
+                f"  {key:<16} {s.spread():>13}   uploaded {', '.join(human_bytes(r.uploaded) for r in s.runs) or '-'}"
+            )
     for key, s in series.items():
         if s.failed is not None:
             print(f"\n{key} FAILED (exit code {s.failed.returncode}):\n{s.failed.stderr.strip()}")
@@ -600,7 +563,7 @@ def main() -> int:
 
 
 def _main(args: argparse.Namespace, work: Path) -> int:
-    print(f"machine: {os.cpu_count()} CPUs, load {_loadavg()}, temp folder {work}", file=sys.stderr)
+    print(f"machine: {os.cpu_count()} CPUs, load {loadavg()}, temp folder {work}", file=sys.stderr)
     template = work / "tinyrun"
     print(f"a real tiny run with hubsync.tinyrun ({CHECKPOINTS} checkpoints) ...", file=sys.stderr)
     t0 = time.perf_counter()
@@ -639,7 +602,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
         rest = wall - startup - sum(seconds for name, (seconds, _) in timers.items() if not name.startswith(" "))
         print(f"  {'the rest: interpreter exit, and this script itself':<72} {rest:7.3f} s")
     print()
-    print(f"load average at the end: {_loadavg()}")
+    print(f"load average at the end: {loadavg()}")
     return 0
 
 

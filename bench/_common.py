@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: the CLIs to time, flushing between runs, and number formatting."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PY = sys.executable
+
+
+def settle() -> None:
+    """Write back whatever a previous step left dirty, so that it is not flushed during the next timed run."""
+    os.sync()
+
+
+def hubsync_cmd() -> list[str]:
+    script = Path(PY).parent / "hubsync"
+    return [str(script)] if script.exists() else [PY, "-m", "hubsync"]
+
+
+def hf_cmd() -> list[str]:
+    script = Path(PY).parent / "hf"
+    return [str(script)] if script.exists() else [PY, "-m", "huggingface_hub.cli.hf"]
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def fmt(x: float | None, spec: str) -> str:
+    width = spec.split(".")[0].lstrip("+")
+    return format("-", f">{width}") if x is None else format(x, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    if n < 1000:
+        return f"{n:.0f} B"
+    if n < 1e6:
+        return f"{n / 1e3:.1f} kB"
+    return f"{n / 1e6:,.1f} MB"
