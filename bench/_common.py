@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PY = sys.executable
 
@@ -48,3 +51,27 @@ def human_bytes(n: float | None) -> str:
     if n < 1e6:
         return f"{n / 1e3:.1f} kB"
     return f"{n / 1e6:,.1f} MB"
+
+
+@dataclass
+class Series:
+    """The runs of one measurement: its median wall time and spread; a failed run kept aside."""
+
+    runs: list[Any] = field(default_factory=list)  # each with .wall and .returncode
+    failed: Any = None
+
+    def add(self, run: Any) -> None:
+        if run.returncode == 0:
+            self.runs.append(run)
+        elif self.failed is None:
+            self.failed = run
+
+    @property
+    def wall(self) -> float | None:
+        return statistics.median(r.wall for r in self.runs) if self.runs else None
+
+    def spread(self) -> str:
+        if not self.runs:
+            return "-"
+        walls = sorted(r.wall for r in self.runs)
+        return f"{walls[0]:.2f}..{walls[-1]:.2f}"

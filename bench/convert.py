@@ -41,10 +41,11 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import Series as _Series
 from _common import fmt, hubsync_cmd, loadavg, ratio, settle
 
 PY = sys.executable
@@ -285,30 +286,10 @@ def remove(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Series:
-    runs: list[Run] = field(default_factory=list)
-    failed: Run | None = None
-
-    def add(self, run: Run) -> None:
-        if run.returncode == 0:
-            self.runs.append(run)
-        elif self.failed is None:
-            self.failed = run
-
-    @property
-    def wall(self) -> float | None:
-        return statistics.median(r.wall for r in self.runs) if self.runs else None
-
+class Series(_Series):
     @property
     def peak_mib(self) -> float | None:
         return statistics.median(r.peak_anon_kib for r in self.runs) / 1024 if self.runs else None
-
-    def spread(self) -> str:
-        if not self.runs:
-            return "-"
-        walls = sorted(r.wall for r in self.runs)
-        return f"{walls[0]:.2f}..{walls[-1]:.2f}"
 
 
 def measure(

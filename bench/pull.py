@@ -40,7 +40,6 @@ import filecmp
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
+from _common import Series, fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
 
 from hubsync.localhub import RunningHub, running_hub
 
@@ -135,28 +134,6 @@ def run_timed(cmd: list[str], env: dict[str, str], scratch: Path, out_dir: Path)
 # ---------------------------------------------------------------------------------------------------------
 # The measurements.
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Series:
-    runs: list[Run] = field(default_factory=list)
-    failed: Run | None = None
-
-    def add(self, run: Run) -> None:
-        if run.returncode == 0:
-            self.runs.append(run)
-        elif self.failed is None:
-            self.failed = run
-
-    @property
-    def wall(self) -> float | None:
-        return statistics.median(r.wall for r in self.runs) if self.runs else None
-
-    def spread(self) -> str:
-        if not self.runs:
-            return "-"
-        walls = sorted(r.wall for r in self.runs)
-        return f"{walls[0]:.2f}..{walls[-1]:.2f}"
 
 
 @dataclass

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import Series as _Series
 from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
 
 from hubsync.localhub import RunningHub, running_hub
@@ -290,30 +291,10 @@ def run_timed(cmd: list[str], env: dict[str, str], scratch: Path, hub: RunningHu
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Series:
-    runs: list[Run] = field(default_factory=list)
-    failed: Run | None = None
-
-    def add(self, run: Run) -> None:
-        if run.returncode == 0:
-            self.runs.append(run)
-        elif self.failed is None:
-            self.failed = run
-
-    @property
-    def wall(self) -> float | None:
-        return statistics.median(r.wall for r in self.runs) if self.runs else None
-
+class Series(_Series):
     @property
     def uploaded(self) -> float | None:
         return statistics.median(r.uploaded for r in self.runs) if self.runs else None
-
-    def spread(self) -> str:
-        if not self.runs:
-            return "-"
-        walls = sorted(r.wall for r in self.runs)
-        return f"{walls[0]:.2f}..{walls[-1]:.2f}"
 
 
 @dataclass

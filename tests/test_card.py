@@ -133,7 +133,7 @@ def test_nothing_private_is_published() -> None:
     files = render(crafted())
     for text in files.values():
         assert "/home/someone" not in text and "hf_secret" not in text
-    assert "checkpoint-20" in files["README.md"]  # the best checkpoint, by its name only
+    assert "so far: 1.7500 (checkpoint-20)." in files["README.md"]  # the best checkpoint, by its name only
 
 
 def test_a_real_checkpoint_card_names_no_local_path_user_or_host(tiny_run: Path) -> None:

@@ -74,10 +74,6 @@ class Checkpoint:
     git_commit: str | None = None  # of the training repository, when the checkpoint lies in a git work tree
     run_name: str | None = None  # the folder holding the checkpoint-N folders
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
 
 def finite_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

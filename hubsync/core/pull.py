@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .conversion import TRAINING_STATE_RE, is_resumable
+from .conversion import is_resumable
 from .errors import UnsafeRemotePathError
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
@@ -39,10 +39,6 @@ class PullPlan:
     @property
     def resumable(self) -> bool:
         return is_resumable({f.path for f in self.files})
-
-    @property
-    def training_state(self) -> list[str]:
-        return [f.path for f in self.files if TRAINING_STATE_RE.match(f.path)]
 
     def to_json(self) -> dict[str, Any]:
         return {
