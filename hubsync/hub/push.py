@@ -163,6 +163,8 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
             entries = [{**e, "released": False} for e in entries]
             entry = {**entry, "released": True}
         merged = merge_index(entries, entry)
+        if merged == entries and not released:
+            return  # main already lists this revision at this commit; its README may describe a newer one
         readme = render_index_readme(merged, plan.repo_id, plan.front_matter, hub.web_url(plan.repo_id))
         files: list[tuple[Path | bytes, str]] = [(dump_index(merged), INDEX_FILE), (readme, "README.md"), *released]
         message = f"hubsync: {'release' if released else 'index'} {plan.revision}"
