@@ -126,7 +126,7 @@ def test_templates_ship_inside_the_wheel_and_load_from_it(tmp_path: Path) -> Non
         "import hubsync.core.render as r\n"
         "print(r.templates_dir())\n"
         "print(r.render('commit_description.md.j2', version='v', checkpoint='c', step=1, epoch=None,"
-        " eval_metrics={}, files=1, bytes=2).splitlines()[0])\n"
+        " eval_metrics={}, git_commit=None, files=1, bytes=2).splitlines()[0])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     done = subprocess.run(

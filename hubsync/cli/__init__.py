@@ -196,6 +196,13 @@ def _card_settings(
     help="Tag the new commit, of the newest checkpoint when several are pushed (repeatable).",
 )
 @click.option("--release", is_flag=True, help="Also publish the checkpoint's inference files on main.")
+@click.option(
+    "--git-commit",
+    metavar="SHA",
+    callback=lambda _ctx, _param, value: _git_commit(value),
+    help="The training code's git commit, recorded in the card and the commit message "
+    "[default: HEAD of the git work tree holding the checkpoint].",
+)
 @card_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing locally or on the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plans, then the results.")
@@ -257,6 +264,8 @@ def push(
         revision_pattern=True,
     )
     checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings.get("select"))]
+    if flags["git_commit"]:
+        checkpoints = [dataclasses.replace(c, git_commit=flags["git_commit"]) for c in checkpoints]
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
@@ -295,6 +304,12 @@ def push(
         click.echo(
             json.dumps({"plans": [p.to_json() for p in plans], "results": [r.to_json() for r in results]}, indent=2)
         )
+
+
+def _git_commit(value: str | None) -> str | None:
+    if value is not None and re.fullmatch(r"[0-9a-f]{7,64}", value) is None:
+        raise click.BadParameter(f"{value!r} is not a git commit id: 7 to 64 lowercase hexadecimal digits.")
+    return value
 
 
 def _settings(ctx: click.Context, path: Any, flags: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, TrainerState
 from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError
 from .index import index_entry
@@ -50,6 +50,8 @@ class PushPlan:
     allow_public_state: bool = False
     tags: tuple[str, ...] = ()
     release: tuple[str, ...] = ()  # with --release: the paths that main gets too (the inference files)
+    metrics: Mapping[str, float] = field(default_factory=dict)  # epoch, train loss, newest eval metrics
+    git_commit: str | None = None  # of the training repository, recorded in the card and the commit message
 
     @property
     def total_bytes(self) -> int:
@@ -80,6 +82,8 @@ class PushPlan:
             "tags": list(self.tags),
             "release": list(self.release),
             "commit_description": self.commit_description,
+            "metrics": dict(self.metrics),
+            "git_commit": self.git_commit,
         }
 
 
@@ -136,6 +140,7 @@ def commit_description(checkpoint: Checkpoint, uploads: tuple[Upload, ...]) -> s
         step=checkpoint.step,
         epoch=state.epoch if state else None,
         eval_metrics=dict(state.latest_eval) if state else {},
+        git_commit=checkpoint.git_commit,
         files=len(uploads),
         bytes=sum(u.size for u in uploads),
     ).strip()
@@ -228,7 +233,17 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         allow_public_state=options.allow_public_state,
         tags=tags,
         release=tuple(u.path_in_repo for u in uploads if options.release and is_inference_file(u.path_in_repo)),
+        metrics=checkpoint_metrics(state),
+        git_commit=checkpoint.git_commit,
     )
+
+
+def checkpoint_metrics(state: TrainerState | None) -> dict[str, float]:
+    """What a summary shows of a checkpoint's training record: epoch, the newest training loss, eval metrics."""
+    if state is None:
+        return {}
+    facts = {"epoch": state.epoch, "loss": state.latest_loss}
+    return {k: v for k, v in facts.items() if v is not None} | {f"eval_{k}": v for k, v in state.eval_metrics.items()}
 
 
 def training_args_json(args: Mapping[str, Any]) -> bytes:
