@@ -148,6 +148,14 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: f"no Hugging Face token for {err.endpoint}. Set HF_TOKEN, pass --token, or run `hf auth login`.",
     ),
     (
+        e.TrustedPublishingError,
+        lambda err: (
+            f"Trusted Publishing (HF_OIDC_RESOURCE) got no token from {err.endpoint}: {err.detail}. In GitHub Actions, "
+            "give the job `permissions: id-token: write` and register the workflow as a trusted publisher of the "
+            "repository, or pass a token instead."
+        ),
+    ),
+    (
         e.TokenRejectedError,
         lambda err: (
             f"the Hub at {err.endpoint} rejected the token ({err.detail}). "

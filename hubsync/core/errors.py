@@ -46,6 +46,10 @@ class TokenMissingError(HubError):
     """A write needs a token and none was found."""
 
 
+class TrustedPublishingError(HubError):
+    """HF_OIDC_RESOURCE asks for a token from the CI's OIDC id token, and none could be had."""
+
+
 class TokenRejectedError(HubError):
     """The Hub answered 401 to the token."""
 

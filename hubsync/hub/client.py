@@ -29,6 +29,7 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
     OfflineModeIsEnabled,
+    OIDCError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -111,7 +112,8 @@ class HubClient:
 
     @property
     def token(self) -> str | None:
-        return self._token or get_token()
+        with self._errors():
+            return self._token or get_token()  # with HF_OIDC_RESOURCE set: a Trusted Publishing exchange
 
     @contextmanager
     def _errors(self, repo_id: str | None = None, revision: str | None = None) -> Iterator[None]:
@@ -119,6 +121,8 @@ class HubClient:
         where = {"repo_id": repo_id, "revision": revision}
         try:
             yield
+        except OIDCError as exc:
+            raise errors.TrustedPublishingError(self.endpoint, str(exc).split(". ")[0], **where) from exc
         except RevisionNotFoundError as exc:
             raise errors.RevisionNotFoundError(self.endpoint, _server_message(exc), **where) from exc
         except RepositoryNotFoundError as exc:
