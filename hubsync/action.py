@@ -1,0 +1,182 @@
+"""The GitHub Action's entry step: `hubsync push` from the action's inputs, then a job summary and step outputs.
+
+action.yml passes every input through `env:` as INPUT_<NAME> (never interpolated into a script), and the token
+as HF_TOKEN. This module turns them into a `hubsync push --json` command, runs it, and writes what it pushed to
+$GITHUB_STEP_SUMMARY (Markdown) and $GITHUB_OUTPUT (revision, commit, url of the newest checkpoint). The push's
+own one-line error, if any, reaches the log unchanged, and the step fails with its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubsync.core.render import render
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off", ""}
+
+
+class ActionInputError(ValueError):
+    """An input of the action that hubsync cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class ActionInputs:
+    path: str
+    repo: str
+    select: str = ""
+    revision: str = ""
+    training_state: str = ""
+    tags: tuple[str, ...] = ()
+    release: bool = False
+    private: bool = True
+    endpoint: str = ""
+    git_commit: str = ""  # GITHUB_SHA: the commit the workflow runs for
+
+
+def read_inputs(environ: Mapping[str, str]) -> ActionInputs:
+    """The action's inputs from INPUT_* variables (as action.yml sets them) and GITHUB_SHA."""
+
+    def get(name: str) -> str:
+        return environ.get(f"INPUT_{name.upper().replace('-', '_')}", "").strip()
+
+    def flag(name: str, default: bool) -> bool:
+        value = get(name).lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return default if value == "" else False
+        raise ActionInputError(f"input '{name}' is {get(name)!r}; use true or false")
+
+    for required in ("path", "repo"):
+        if not get(required):
+            raise ActionInputError(f"input '{required}' is required; set it under `with:` in the workflow")
+    training_state = get("training-state")
+    if training_state not in ("", "drop", "keep"):
+        raise ActionInputError(f"input 'training-state' is {training_state!r}; use drop or keep")
+    tags = tuple(t.strip() for t in get("tags").replace(",", "\n").splitlines() if t.strip())
+    return ActionInputs(
+        path=get("path"),
+        repo=get("repo"),
+        select=get("select"),
+        revision=get("revision"),
+        training_state=training_state,
+        tags=tags,
+        release=flag("release", False),
+        private=flag("private", True),
+        endpoint=get("endpoint"),
+        git_commit=environ.get("GITHUB_SHA", "").strip(),
+    )
+
+
+def push_command(inputs: ActionInputs) -> list[str]:
+    """The `hubsync push` arguments for `inputs` (the token is not among them: it travels as HF_TOKEN)."""
+    args = ["push", inputs.path, "--repo", inputs.repo, "--json", "--private" if inputs.private else "--public"]
+    optional = {
+        "--select": inputs.select,
+        "--revision": inputs.revision,
+        "--training-state": inputs.training_state,
+        "--endpoint": inputs.endpoint,
+        "--git-commit": inputs.git_commit,
+    }
+    args += [part for option, value in optional.items() if value for part in (option, value)]
+    args += [part for tag in inputs.tags for part in ("--tag", tag)]
+    if inputs.release:
+        args.append("--release")
+    if inputs.training_state == "keep" and not inputs.private:
+        args.append("--allow-public-state")  # asking for state in a public repository through the action is explicit
+    return args
+
+
+def push_environment(inputs: ActionInputs, environ: Mapping[str, str]) -> dict[str, str]:
+    """The push's environment. Without a token, and with `permissions: id-token: write` (GitHub then offers an id
+    token), authenticate by Trusted Publishing: huggingface_hub exchanges the id token for one scoped to the repo."""
+    env = dict(environ)
+    if not env.get("HF_TOKEN"):
+        env.pop("HF_TOKEN", None)  # an unset secret arrives as an empty string
+        if not env.get("HF_OIDC_RESOURCE") and env.get("ACTIONS_ID_TOKEN_REQUEST_URL"):
+            env["HF_OIDC_RESOURCE"] = inputs.repo
+    if inputs.endpoint:
+        env["HF_ENDPOINT"] = inputs.endpoint  # huggingface_hub's token exchange goes to HF_ENDPOINT
+    return env
+
+
+def summary(report: Mapping[str, Any], server_url: str = "", repository: str = "", run_id: str = "") -> str:
+    """The job summary: one row per pushed checkpoint with its revision, commit, files and metrics."""
+    results = {r["revision"]: r for r in report.get("results", [])}
+    rows = [{"plan": plan, "result": results.get(plan["revision"])} for plan in report.get("plans", [])]
+    metric_names = sorted({name for row in rows for name in row["plan"].get("metrics", {}) if name != "epoch"})
+    run_url = f"{server_url}/{repository}/actions/runs/{run_id}" if server_url and repository and run_id else ""
+    return render("action_summary.md.j2", rows=rows, metric_names=metric_names, run_url=run_url)
+
+
+def outputs(report: Mapping[str, Any]) -> dict[str, str]:
+    """revision, commit and url of the newest checkpoint pushed (the last), and every revision as JSON."""
+    results = report.get("results", [])
+    if not results:
+        return {}
+    newest = results[-1]
+    return {
+        "revision": newest["revision"],
+        "commit": newest["commit"],
+        "url": newest["url"],
+        "revisions": json.dumps([r["revision"] for r in results]),
+    }
+
+
+def output_lines(values: Mapping[str, str], delimiter: str) -> str:
+    """$GITHUB_OUTPUT's multi-line form, which no value can break out of (a value holding the delimiter is refused)."""
+    lines = []
+    for name, value in values.items():
+        if delimiter in value:
+            raise ActionInputError(f"output '{name}' contains the delimiter")
+        lines += [f"{name}<<{delimiter}", value, delimiter]
+    return "".join(line + "\n" for line in lines)
+
+
+def _append(path: str, text: str) -> None:
+    if path:
+        with Path(path).open("a", encoding="utf-8") as out:
+            out.write(text)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    try:
+        inputs = read_inputs(environ)
+    except ActionInputError as exc:
+        print(f"Error: {exc}.", file=sys.stderr)
+        return 1
+    env = push_environment(inputs, environ)
+    done = subprocess.run(
+        [sys.executable, "-m", "hubsync", *push_command(inputs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return done.returncode
+    report = json.loads(done.stdout)
+    text = summary(
+        report,
+        environ.get("GITHUB_SERVER_URL", ""),
+        environ.get("GITHUB_REPOSITORY", ""),
+        environ.get("GITHUB_RUN_ID", ""),
+    )
+    _append(environ.get("GITHUB_STEP_SUMMARY", ""), text)
+    _append(environ.get("GITHUB_OUTPUT", ""), output_lines(outputs(report), f"hubsync_{secrets.token_hex(16)}"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
