@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +370,95 @@ def test_readme_examples_use_the_actions_inputs() -> None:
     for step in steps:
         ref = step.get("uses", "")
         assert ref.startswith("<owner>/") or re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref)
+
+
+# --- Trusted Publishing, end to end ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def github_oidc(hub: RunningHub) -> Iterator[dict[str, str]]:
+    """GitHub's id-token endpoint as a job with `id-token: write` sees it: it mints a token for the audience asked."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qs, urlparse
+
+    request_token = "ghs_requestTOKENcanary"
+    minted: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            audience = parse_qs(urlparse(self.path).query).get("audience", [""])[0]
+            ok = self.headers.get("Authorization") == f"Bearer {request_token}" and audience == hub.endpoint
+            body = json.dumps({"value": f"id-token-for-{audience}"} if ok else {"message": "denied"}).encode()
+            minted.append(audience)
+            self.send_response(200 if ok else 403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield {
+            "ACTIONS_ID_TOKEN_REQUEST_URL": f"http://127.0.0.1:{server.server_address[1]}/token?api-version=2.0",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": request_token,
+            "id_token": f"id-token-for-{hub.endpoint}",
+        }
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert minted, "no id token was requested"
+
+
+def test_trusted_publishing_pushes_without_a_token(
+    github_env: dict[str, str], github_oidc: dict[str, str], hub: RunningHub, tmp_path: Path
+) -> None:
+    repo = f"{hub.user}/tiny-model"
+    hub.server.trust_publisher(github_oidc.pop("id_token"), repo)
+    inputs = publish_run_inputs(github_env, hub) | {"token": ""}
+    code, stdout, stderr = run_entry_step(inputs, github_env | github_oidc, tmp_path)
+    assert code == 0, stderr
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    assert "checkpoint-30" in {b.name for b in api.list_repo_refs(repo).branches}
+    assert read_outputs(Path(github_env["GITHUB_OUTPUT"]))["revision"] == "checkpoint-30"
+    assert "ghs_requestTOKENcanary" not in stdout + stderr and "hf_oidc_" not in stdout + stderr
+
+
+def test_trusted_publishing_refused_is_one_clear_line(
+    github_env: dict[str, str], github_oidc: dict[str, str], hub: RunningHub, tmp_path: Path
+) -> None:
+    hub.server.trust_publisher(github_oidc.pop("id_token"), f"{hub.user}/another-model")  # not this repository
+    inputs = publish_run_inputs(github_env, hub) | {"token": ""}
+    code, _stdout, stderr = run_entry_step(inputs, github_env | github_oidc, tmp_path)
+    assert code == 1
+    assert stderr.startswith("Error:") and stderr.count("\n") == 1
+    assert "Trusted Publishing (HF_OIDC_RESOURCE) got no token" in stderr
+    assert "No trusted publisher of me/tiny-model" in stderr
+    assert not HfApi(endpoint=hub.endpoint, token=hub.token).repo_exists(f"{hub.user}/tiny-model")
+    assert not Path(github_env["GITHUB_OUTPUT"]).exists()
+
+
+def test_an_exchanged_token_writes_to_its_repository_only(hub: RunningHub) -> None:
+    from huggingface_hub._oidc import exchange_oidc_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub.server.trust_publisher("id-token-x", f"{hub.user}/scoped")
+    with pytest.raises(HfHubHTTPError) as refused:
+        exchange_oidc_token(subject_token="id-token-y", resource=f"{hub.user}/scoped", endpoint=hub.endpoint)
+    assert refused.value.response.status_code == 401
+    token = exchange_oidc_token(subject_token="id-token-x", resource=f"{hub.user}/scoped", endpoint=hub.endpoint)
+    api = HfApi(endpoint=hub.endpoint, token=token["access_token"])
+    api.create_repo(f"{hub.user}/scoped")
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=f"{hub.user}/scoped")
+    HfApi(endpoint=hub.endpoint, token=hub.token).create_repo(f"{hub.user}/other")
+    for attempt in (
+        lambda: api.create_repo(f"{hub.user}/elsewhere"),
+        lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=f"{hub.user}/other"),
+    ):
+        with pytest.raises(HfHubHTTPError) as denied:
+            attempt()
+        assert denied.value.response.status_code == 403

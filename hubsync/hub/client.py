@@ -129,6 +129,8 @@ class HubClient:
             raise errors.RepoNotFoundError(self.endpoint, _server_message(exc), **where) from exc
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
+            if exc.response is not None and exc.response.request.url.path.endswith("/oauth/token"):
+                raise errors.TrustedPublishingError(self.endpoint, _server_message(exc), **where) from exc
             if status == 401:
                 raise errors.TokenRejectedError(self.endpoint, _server_message(exc), **where) from exc
             if status == 403:

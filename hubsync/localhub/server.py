@@ -52,6 +52,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("POST", r"^/api/repos/create$", "create_repo"),
         ("DELETE", r"^/api/repos/delete$", "delete_repo"),
         ("POST", r"^/api/validate-yaml$", "validate_yaml"),
+        ("POST", r"^/oauth/token$", "oauth_token"),
         ("GET", _API_REPO + r"(?:/revision/(?P<rev>[^/]+))?$", "repo_info"),
         ("PUT", _API_REPO + r"/settings$", "settings"),
         ("POST", _API_REPO + r"/preupload/(?P<rev>[^/]+)$", "preupload"),
@@ -137,6 +138,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as separate writes; don't wait for ACKs between
     server: LocalHubServer
     server_version = "hubsync-localhub"
+    _scope: str | None = None  # the one repository an exchanged (Trusted Publishing) token may write to
 
     # -- plumbing ----------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
@@ -308,6 +310,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return None
         scheme, _, token = auth.partition(" ")
         user = self.store.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        self._scope = None
+        if user is None and scheme.lower() == "bearer" and (scoped := self.server.scoped_token(token.strip())):
+            user, self._scope = scoped
         if user is None:
             raise StoreError(401, None, "Invalid credentials in Authorization header")
         return user
@@ -328,7 +333,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self._readable(repo_type, repo_id)
             raise StoreError(401, None, "You must be authenticated to write to a repository")
         meta = self._readable(repo_type, repo_id)
-        if meta.owner != user:
+        if meta.owner != user or self._scope not in (None, repo_id):
             raise StoreError(403, None, f"You don't have the rights to write to {repo_id}")
         return meta
 
@@ -364,6 +369,29 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             }
         )
 
+    def h_oauth_token(self, match: re.Match[str]) -> Response:
+        """Trusted Publishing: an OIDC id token that `LocalHubServer.trust_publisher` registered is exchanged
+        (RFC 8693) for a short-lived token that may write to one repository. Others get 401, as on the Hub."""
+        data = self._json_object()
+        if (
+            data.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange"
+            or data.get("subject_token_type") != "urn:ietf:params:oauth:token-type:id_token"
+            or not isinstance(data.get("subject_token"), str)
+            or not isinstance(data.get("resource"), str)
+        ):
+            raise bad_request("Expected an RFC 8693 token exchange of an OIDC id token for a resource")
+        token = self.server.exchange_id_token(data["subject_token"], data["resource"])
+        if token is None:
+            raise StoreError(401, None, f"No trusted publisher of {data['resource']} matches this id token")
+        return Response(
+            body={
+                "access_token": token,
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "token_type": "bearer",
+                "expires_in": 3600,
+            }
+        )
+
     def h_create_repo(self, match: re.Match[str]) -> Response:
         user = self._user()
         if user is None:
@@ -383,6 +411,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if namespace in _RESERVED_NAMESPACES:
             raise bad_request(f"Reserved namespace: {namespace!r}")
         repo_id = f"{namespace}/{name}"
+        if self._scope not in (None, repo_id):
+            raise StoreError(403, None, f"This token may only write to {self._scope}")
         url = f"{self.base_url}/{_url_prefix(repo_type)}{repo_id}"
         try:
             self.store.create_repo(repo_type, repo_id, user, _private_of(data, default=False))
@@ -864,6 +894,22 @@ class LocalHubServer(ThreadingHTTPServer):
         self._faults: list[Fault] = []
         self._faults_lock = threading.Lock()
         self.uploaded_bytes = 0  # bytes received in LFS uploads and commit bodies, for benchmarks and tests
+        self._publishers: dict[str, str] = {}  # OIDC id token -> the repository it may publish to
+        self._scoped: dict[str, tuple[str, str]] = {}  # exchanged token -> (user, repository); in memory only
+
+    def trust_publisher(self, id_token: str, repo_id: str) -> None:
+        """Let a CI job holding `id_token` publish to `repo_id` (the Hub checks a signed JWT's claims instead)."""
+        self._publishers[id_token] = repo_id
+
+    def exchange_id_token(self, id_token: str, resource: str) -> str | None:
+        if self._publishers.get(id_token) != resource or "/" not in resource:
+            return None
+        token = f"hf_oidc_{secrets.token_hex(16)}"
+        self._scoped[token] = (resource.split("/", 1)[0], resource)
+        return token
+
+    def scoped_token(self, token: str) -> tuple[str, str] | None:
+        return self._scoped.get(token)
 
     def inject_fault(
         self, method: str, path: str, status: int, times: int = 1, retry_after: float | None = None
