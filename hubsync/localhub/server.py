@@ -288,8 +288,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _json(self) -> Any:
         try:
             return json.loads(self._body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"Malformed JSON body: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: also numbers of too many digits
+            raise bad_request(f"Malformed JSON body: {str(exc)[:200]}") from None
 
     def _json_object(self) -> dict[str, Any]:
         data = self._json()
@@ -594,7 +594,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if "json" in ctype:
             try:
                 form = json.loads(body or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):
                 raise bad_request("Malformed JSON body") from None
             if not isinstance(form, dict):
                 raise bad_request("Expected a JSON object")
@@ -790,7 +790,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     raise TypeError
             except StoreError:
                 raise
-            except (ValueError, KeyError, TypeError, binascii.Error):
+            except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
                 raise bad_request(f"Malformed commit line {number}") from None
         if header is None:
             raise bad_request("The commit has no header line")
