@@ -17,7 +17,7 @@ import huggingface_hub.constants
 import pytest
 from click.testing import CliRunner, Result
 from huggingface_hub import HfApi
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hubsync.cli import cli
@@ -65,8 +65,10 @@ def check_library(folder: Path) -> None:
     """Either the checkpoint reads and plans (its card rendered), or a HubsyncError says why."""
     try:
         plan = plan_push(read_checkpoint(folder), PushOptions("me/tiny", card=CardSettings()))
-    except HubsyncError:
+    except HubsyncError as exc:
+        event(f"refused: {type(exc).__name__}")  # shown by pytest --hypothesis-show-statistics
         return
+    event("worked")
     assert plan.generated["README.md"].decode()  # a card, as UTF-8
 
 
