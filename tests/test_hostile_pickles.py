@@ -121,7 +121,7 @@ def test_each_payload_really_runs_code_when_unpickled(kind: str, tmp_path: Path)
 # -- the checkpoints -------------------------------------------------------------------------------------------------
 
 WEIGHT_FILES = ["adapter_model.bin", "pytorch_model.bin", "pytorch_model-00001-of-00002.bin"]
-STATE_FILES = ["optimizer.pt", "scheduler.pt", "rng_state.pth"]
+STATE_FILES = ["optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_1.pth"]
 ALL_FILES = [*WEIGHT_FILES, *STATE_FILES, "training_args.bin"]
 CASES = list(itertools.product(ALL_FILES, PAYLOAD_KINDS, CONTAINERS))
 
@@ -215,6 +215,8 @@ def test_a_hostile_pickle_never_runs(
 
     assert not marker.exists()
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # the checkpoint is never modified
+    if name in (*WEIGHT_FILES, *STATE_FILES) and (kind, container) != ("inside_state_dict", "torch_zip"):
+        assert not HfApi(endpoint=hub.endpoint, token=hub.token).repo_exists(repo)  # refused before the Hub
 
 
 @pytest.mark.parametrize("container", CONTAINERS)
