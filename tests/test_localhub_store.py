@@ -109,6 +109,10 @@ def test_lfs_addition_needs_the_uploaded_object(store: Store) -> None:
         commit(store, [AddLfs("w.bin", sha, len(data))])
     assert info.value.status == 400
     assert store.put_blob(data) == sha
+    with pytest.raises(StoreError) as info:  # stored, but not uploaded for this repository
+        commit(store, [AddLfs("w.bin", sha, len(data))])
+    assert info.value.status == 400
+    store.grant_lfs("model", REPO, sha)
     with pytest.raises(StoreError) as info:  # a wrong size is refused too
         commit(store, [AddLfs("w.bin", sha, len(data) + 1)])
     assert info.value.status == 400

@@ -189,19 +189,6 @@ def test_the_checkpoint_folder_is_not_modified(checkpoint: Path, hub: RunningHub
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in checkpoint.iterdir()} == before
 
 
-def test_a_link_leading_out_of_the_checkpoint_is_not_uploaded(
-    checkpoint: Path, hub: RunningHub, api: HfApi, tmp_path: Path
-) -> None:
-    secret = tmp_path / "secret.txt"
-    secret.write_text("not for the Hub\n")
-    (checkpoint / "notes.txt").symlink_to(secret)
-
-    result = push(str(checkpoint), "--repo", "me/tiny", env=hub_env(hub))
-
-    assert result.exit_code == 0, result.stderr
-    assert "notes.txt" not in {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
-
-
 # -- bad input: one line on stderr naming the problem and the next step, exit 1 (2 for usage), no traceback ----------
 
 

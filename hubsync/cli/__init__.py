@@ -294,6 +294,8 @@ def push(
             verb = "Pushed" if result.created else "Already up to date:"
             click.echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
             click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
+            for skipped in plan.skipped:
+                click.echo(f"  skipped: {skipped}")
             click.echo(f"  commit: {result.commit}")
             if result.tags:
                 click.echo(f"  tags:   {', '.join(result.tags)}")
@@ -413,7 +415,7 @@ def pull(
     import json as json_module
     from pathlib import Path
 
-    from hubsync.core.checkpoint import parse_trainer_state
+    from hubsync.core.checkpoint import loads_json, parse_trainer_state
     from hubsync.core.errors import NoCheckpointRevisionError
     from hubsync.core.paths import display_path
     from hubsync.core.plan import check_repo_id
@@ -435,7 +437,7 @@ def pull(
     step = step_of(revision)
     if any(e.path == "trainer_state.json" for e in entries):
         try:
-            state = parse_trainer_state(json_module.loads(hub.read_file(repo_id, commit, "trainer_state.json") or b""))
+            state = parse_trainer_state(loads_json(hub.read_file(repo_id, commit, "trainer_state.json") or b""))
             step = state.global_step if state.global_step is not None else step
         except ValueError:
             pass  # a damaged trainer_state.json is pulled as it is; the folder is named by the revision

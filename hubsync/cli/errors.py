@@ -103,8 +103,9 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.UnsafeRemotePathError,
         lambda err: (
-            f"refused to pull: the revision holds the path {err.path!r}, which would land outside the checkpoint "
-            "folder. Nothing was written; pull another revision, or ask the repository's owner to fix it."
+            f"refused to pull: the revision holds the path {err.path!r}, which could land outside the checkpoint "
+            "folder (or in a .git folder). Nothing was written; pull another revision, or ask the repository's "
+            "owner to fix it."
         ),
     ),
     (
@@ -133,6 +134,21 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: (
             f"{err.repo_id} is public, and pickled training state runs code when loaded, so it goes only into "
             "private repositories. Use the default --training-state-format safe, or a private repository."
+        ),
+    ),
+    (
+        e.DamagedStateError,
+        lambda err: (
+            f"cannot rebuild the training state from {err.path}: {err.reason}. Nothing was placed; the revision's "
+            "training state is damaged: pull another revision, or push that checkpoint again."
+        ),
+    ),
+    (
+        e.LinkOutsideCheckpointError,
+        lambda err: (
+            f"{err.path} is a link that leads outside the checkpoint ({err.target}), and hubsync uploads only what "
+            "lies inside it. Copy the file into the checkpoint in place of the link (or delete the link), then run "
+            "it again."
         ),
     ),
     (

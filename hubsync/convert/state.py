@@ -15,8 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hubsync.core.checkpoint import loads_json
 from hubsync.core.conversion import STATE_FILE_RE
-from hubsync.core.errors import UnrepresentableStateError
+from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
 from hubsync.files import write_file_atomic
 
 from .torchzip import NumpyArray, TensorRef, read_torch_archive
@@ -69,23 +70,32 @@ def _encode(value: Any, name_of: dict[TensorRef, str], shown: str) -> Any:
 
 def is_state_document(path: Path) -> bool:
     try:
-        head = json.loads(path.read_bytes())
+        head = loads_json(path.read_bytes())
     except (OSError, ValueError):
         return False
     return isinstance(head, dict) and head.get("format") == FORMAT
 
 
 def rebuild_state(json_path: Path) -> Path:
-    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch."""
+    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
+
+    The document comes from a Hub: DamagedStateError when it is not what push wrote, and it writes only the one
+    file its own name says (optimizer.json -> optimizer.pt), never a path the document chooses."""
     import numpy as np
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    document = json.loads(json_path.read_bytes())
-    target = json_path.parent / document["file"]
-    if not STATE_FILE_RE.match(target.name):
-        raise UnrepresentableStateError(json_path.name, f"a file named {target.name!r}")
-    tensors = load_file(json_path.with_suffix(".safetensors"))
+    try:
+        document = loads_json(json_path.read_bytes())
+    except ValueError as exc:
+        raise DamagedStateError(json_path.name, str(exc)) from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise DamagedStateError(json_path.name, f"it is not a {FORMAT} document")
+    name = document.get("file")
+    if not isinstance(name, str) or not STATE_FILE_RE.match(name) or name.rsplit(".", 1)[0] != json_path.stem:
+        raise DamagedStateError(json_path.name, f"it names the file {name!r:.80}, not the one beside it")
+    target = json_path.with_name(name)
 
     def decode(value: Any) -> Any:
         if isinstance(value, list):
@@ -95,8 +105,11 @@ def rebuild_state(json_path: Path) -> Path:
         if "__tensor__" in value:
             return tensors[value["__tensor__"]].clone()
         if "__ndarray__" in value:
-            raw = base64.b64decode(value["__ndarray__"])
-            return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+            raw = base64.b64decode(value["__ndarray__"], validate=True)
+            dtype = np.dtype(value["dtype"])
+            if dtype.kind not in "biuf":
+                raise ValueError(f"a numpy array of dtype {dtype}")
+            return np.frombuffer(raw, dtype=dtype).reshape(value["shape"]).copy()
         if "__tuple__" in value:
             return tuple(decode(v) for v in value["__tuple__"])
         if "__dict__" in value:
@@ -104,10 +117,14 @@ def rebuild_state(json_path: Path) -> Path:
         if "__float__" in value:
             return float(value["__float__"])
         if "__bytes__" in value:
-            return base64.b64decode(value["__bytes__"])
+            return base64.b64decode(value["__bytes__"], validate=True)
         return {k: decode(v) for k, v in value.items()}
 
-    obj = decode(document["tree"])
+    try:
+        tensors = load_file(json_path.with_suffix(".safetensors"))
+        obj = decode(document["tree"])
+    except (SafetensorError, KeyError, ValueError, TypeError, IndexError, OverflowError, RecursionError) as exc:
+        raise DamagedStateError(json_path.name, f"{type(exc).__name__}: {exc}"[:200]) from exc
     tmp = target.with_name(f".{target.name}.rebuilding")
     torch.save(obj, tmp)
     tmp.replace(target)

@@ -157,8 +157,20 @@ class TorchArchive:
     root: Any = None  # with state=True: the whole tree, tensors as TensorRef, numpy arrays as NumpyArray
 
 
-class _Stub:
+class _Inert:
+    """A stand-in that a pickle cannot change: its BUILD opcode would otherwise set attributes on an object that
+    every later read in the process shares."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("the pickle tries to change one of the reader's own objects")
+
+
+class _Stub(_Inert):
     """An inert stand-in for an allowed global."""
+
+    __slots__ = ("build", "name")
 
     def __init__(self, name: str, build: Callable[..., Any]) -> None:
         self.name = name
@@ -168,7 +180,9 @@ class _Stub:
         return self.build(*args)
 
 
-class _DTypeStub:
+class _DTypeStub(_Inert):
+    __slots__ = ("dtype",)
+
     def __init__(self, dtype: DType) -> None:
         self.dtype = dtype
 
@@ -207,7 +221,7 @@ def _ordered_dict(*args: Any) -> OrderedDict[Any, Any]:
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): _ordered_dict,
+        ("collections", "OrderedDict"): _Stub("OrderedDict", _ordered_dict),
         ("torch._utils", "_rebuild_tensor_v2"): _Stub("_rebuild_tensor_v2", _rebuild_v2),
         ("torch._utils", "_rebuild_tensor_v3"): _Stub("_rebuild_tensor_v3", _rebuild_v3),
         ("torch._utils", "_rebuild_parameter"): _Stub("_rebuild_parameter", _rebuild_parameter),
@@ -313,11 +327,11 @@ class _StateUnpickler(_SafeUnpickler):
             _reading.reset(token)
 
     _EXTRA: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _Stub("_reconstruct", _numpy_reconstruct),
+        ("numpy.core.multiarray", "_reconstruct"): _Stub("_reconstruct", _numpy_reconstruct),
         ("numpy", "ndarray"): "numpy.ndarray",
-        ("numpy", "dtype"): _NumpyDtype,
-        ("_codecs", "encode"): _latin1,
+        ("numpy", "dtype"): _Stub("dtype", _NumpyDtype),
+        ("_codecs", "encode"): _Stub("encode", _latin1),
     }
 
     def find_class(self, module: str, name: str) -> Any:

@@ -73,12 +73,19 @@ class Checkpoint:
     training_args: Mapping[str, Any] | None = None  # training_args.bin as plain data, read without running it
     git_commit: str | None = None  # of the training repository, when the checkpoint lies in a git work tree
     run_name: str | None = None  # the folder holding the checkpoint-N folders
+    outside_links: tuple[tuple[str, str], ...] = ()  # (path, where it leads): never followed, refused by uploads
+    trainer_state_json: Mapping[str, Any] | None = None  # trainer_state.json as it is, for a publishable copy
 
 
 def finite_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """`value` as a float when it is a finite number (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse_trainer_state(data: Any) -> TrainerState:
@@ -127,43 +134,93 @@ def parse_trainer_state(data: Any) -> TrainerState:
     )
 
 
+def loads_json(raw: bytes) -> Any:
+    """Parse JSON that someone else wrote (a file, a Hub download): ValueError for anything that is not JSON
+    hubsync can hold, never a RecursionError."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError("not JSON text (it holds bytes that are not UTF-8)") from exc
+    except ValueError as exc:  # int(): more digits than Python converts
+        raise ValueError("not valid JSON (a number with too many digits)") from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise ValueError("not valid text (it holds a lone UTF-16 surrogate such as \\ud800)")
+    return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether a string in `data` holds half of a UTF-16 pair, which JSON escapes allow and UTF-8 cannot write."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def read_json_file(path: Path, shown: str) -> Any:
     """Parse a small JSON file the user brought; CheckpointFileError naming it when it is not one."""
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointFileError(shown, f"larger than {MAX_JSON_BYTES // 2**20} MiB")
-        return json.loads(path.read_bytes())
-    except json.JSONDecodeError as exc:
-        raise CheckpointFileError(shown, f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
-    except UnicodeDecodeError as exc:
-        raise CheckpointFileError(shown, "not JSON text (it holds bytes that are not UTF-8)") from exc
+        return loads_json(path.read_bytes())
+    except ValueError as exc:
+        raise CheckpointFileError(shown, str(exc)) from exc
     except OSError as exc:
         raise CheckpointFileError(shown, exc.strerror or type(exc).__name__) from exc
-    except RecursionError as exc:
-        raise CheckpointFileError(shown, "nested too deeply") from exc
 
 
-def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str]]:
+def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str], list[tuple[str, str]]]:
+    """The regular files under `root` (links that stay inside it count as files), what was skipped and why, and
+    the links that lead outside it, as (path, where to) for messages."""
     files: list[CheckpointFile] = []
     skipped: list[str] = []
+    outside: list[tuple[str, str]] = []
     real_root = root.resolve()
+
+    def leads_outside(link: Path, rel: str) -> bool:
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling, or a loop: nothing to upload, nothing to leak
+            return False
+        if target.is_relative_to(real_root):
+            return False
+        text = os.readlink(link)
+        outside.append((rel, text if not os.path.isabs(text) else display_path(text)))
+        return True
+
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in list(dirnames):
             if (here / name).is_symlink():
                 dirnames.remove(name)
-                skipped.append(f"{(here / name).relative_to(root).as_posix()}/ (a link to a folder)")
+                rel = (here / name).relative_to(root).as_posix()
+                why = "a link that leads outside the checkpoint" if leads_outside(here / name, rel) else "a link"
+                skipped.append(f"{rel}/ ({why} to a folder)")
         for name in filenames:
             full = here / name
             rel = full.relative_to(root).as_posix()
             if full.is_symlink():
-                try:
-                    target = full.resolve(strict=True)
-                except (OSError, RuntimeError):  # dangling, or a loop
-                    skipped.append(f"{rel} (a link that leads nowhere)")
-                    continue
-                if not target.is_relative_to(real_root) or not target.is_file():
+                if leads_outside(full, rel):
                     skipped.append(f"{rel} (a link that leads outside the checkpoint)")
+                    continue
+                if not full.is_file():
+                    skipped.append(f"{rel} (a link that leads nowhere)")
                     continue
             elif not full.is_file():
                 skipped.append(f"{rel} (not a regular file)")
@@ -171,7 +228,7 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str]]:
             files.append(CheckpointFile(rel, full.stat().st_size))
         dirnames.sort()
     files.sort(key=lambda f: f.relpath)
-    return files, skipped
+    return files, skipped, sorted(outside)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -192,7 +249,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise NotACheckpointError(shown, "no such folder")
     if not root.is_dir():
         raise NotACheckpointError(shown, "it is a file, not a folder")
-    files, skipped = _scan_files(root)
+    files, skipped, outside = _scan_files(root)
     names = {f.relpath for f in files}
     if not names & {TRAINER_STATE, ADAPTER_CONFIG, *WEIGHT_FILES}:
         runs = list_checkpoints(root)
@@ -202,10 +259,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             )
         raise NotACheckpointError(shown, f"it has no {TRAINER_STATE}, {ADAPTER_CONFIG} or model weights")
     state = None
+    raw_state = None
     if TRAINER_STATE in names:
         state_shown = f"{shown}/{TRAINER_STATE}"
         try:
-            state = parse_trainer_state(read_json_file(root / TRAINER_STATE, state_shown))
+            raw_state = read_json_file(root / TRAINER_STATE, state_shown)
+            state = parse_trainer_state(raw_state)
         except ValueError as exc:
             raise CheckpointFileError(state_shown, str(exc)) from exc
     m = CHECKPOINT_DIR_RE.match(root.name)
@@ -223,6 +282,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         training_args=_training_args(root, names),
         git_commit=git_commit_of(root),
         run_name=_run_name(root) if m else None,
+        outside_links=tuple(outside),
+        trainer_state_json=raw_state,
     )
 
 

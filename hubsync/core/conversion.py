@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .checkpoint import Checkpoint
+from .errors import LinkOutsideCheckpointError
 
 _SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -61,7 +62,17 @@ def safetensors_name(source: str) -> str | None:
     return None
 
 
+def check_no_outside_links(checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint with links that lead outside it: following one could publish any file of the machine,
+    and skipping it could leave out weights the user counts on."""
+    if checkpoint.outside_links:
+        path, target = checkpoint.outside_links[0]
+        raise LinkOutsideCheckpointError(f"{checkpoint.display}/{path}", target)
+
+
 def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
+    """Which pickled weights become which safetensors files; refuses links that lead out of the checkpoint."""
+    check_no_outside_links(checkpoint)
     names = {f.relpath for f in checkpoint.files}
     conversions = []
     superseded = []
@@ -80,6 +91,7 @@ def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
 
 
 STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
+STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.json$")  # their pickle-free form
 
 
 def is_resumable(paths: set[str] | frozenset[str]) -> bool:

@@ -225,3 +225,21 @@ class PicklesInPublicRepoError(HubsyncError):
     def __init__(self, repo_id: str) -> None:
         super().__init__(f"{repo_id} is public, and pickled training state goes only into private repositories")
         self.repo_id = repo_id
+
+
+class DamagedStateError(HubsyncError):
+    """Pulled pickle-free training state that is not what push writes: the files cannot be rebuilt from it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot rebuild the training state from {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class LinkOutsideCheckpointError(HubsyncError):
+    """A link in the checkpoint leads outside it: hubsync uploads only what lies inside the folder."""
+
+    def __init__(self, path: str, target: str) -> None:
+        super().__init__(f"{path} is a link that leads outside the checkpoint ({target})")
+        self.path = path
+        self.target = target

@@ -63,6 +63,7 @@ def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     raise pickle.UnpicklingError("unexpected _reconstructor arguments")
 
 
+MAX_INT_BITS = 4000 * 3  # well under the 4300 digits Python writes out
 MAX_NODES = 200_000  # a TrainingArguments has a few hundred; a pickle whose shared references explode has more
 
 
@@ -92,6 +93,8 @@ def plain(value: Any) -> Any:
             return [walk(v, depth + 1) for v in value]
         if isinstance(value, (bytes, bytearray)):
             return f"<{len(value)} bytes>"
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            return "<a very large integer>"  # which str() and json.dumps() refuse to write out
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         return repr(value)

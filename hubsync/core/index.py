@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from .checkpoint import loads_json
 from .conversion import is_resumable
 from .render import render
 
@@ -33,8 +34,8 @@ def parse_index(raw: bytes | None) -> list[dict[str, Any]]:
     if raw is None:
         return []
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = loads_json(raw)
+    except ValueError:
         return []
     entries = data.get("revisions") if isinstance(data, dict) else None
     if not isinstance(entries, list):

@@ -184,6 +184,10 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         converted.append(Upload(target, target, sizes[source], source))
     context = card_context(checkpoint, options.card, repo_id, branch) if options.card is not None else None
     generated = card_files(checkpoint, options.card, repo_id, branch, context) if options.card is not None else {}
+    names = {f.relpath for f in checkpoint.files}
+    for path, data in publishable_configs(checkpoint, context["base_model"] if context else None).items():
+        if path in names:
+            generated[path] = data
     dropped = tuple(
         f.relpath for f in checkpoint.files if options.training_state == "drop" and is_training_state(f.relpath)
     )
@@ -246,16 +250,43 @@ def checkpoint_metrics(state: TrainerState | None) -> dict[str, float]:
     return {k: v for k, v in facts.items() if v is not None} | {f"eval_{k}": v for k, v in state.eval_metrics.items()}
 
 
+def is_local_path(value: Any) -> bool:
+    """An absolute path of this machine (or one like it), which names users and machines."""
+    return isinstance(value, str) and (
+        value.startswith(("/", "~", "\\\\")) or re.match(r"^[A-Za-z]:[\\/]", value) is not None
+    )
+
+
+def publishable_configs(checkpoint: Checkpoint, base_model: str | None) -> dict[str, bytes]:
+    """Copies of the checkpoint's JSON records without the absolute local paths the libraries write into them:
+    trainer_state.json's best_model_checkpoint becomes the folder's name, and the base model's local path in
+    adapter_config.json / config.json becomes its Hub id (or null). Only files that change are returned."""
+    out = {}
+    fixes: list[tuple[str, Mapping[str, Any] | None, str, Any]] = [
+        ("trainer_state.json", checkpoint.trainer_state_json, "best_model_checkpoint", None),
+        ("adapter_config.json", checkpoint.adapter_config, "base_model_name_or_path", base_model),
+        ("config.json", checkpoint.model_config, "_name_or_path", base_model),
+    ]
+    for name, data, key, replacement in fixes:
+        if not isinstance(data, Mapping) or not is_local_path(data.get(key)):
+            continue
+        if replacement is None and key == "best_model_checkpoint":
+            replacement = str(data[key]).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        out[name] = (json.dumps({**data, key: replacement}, indent=2, sort_keys=True) + "\n").encode()
+    return out
+
+
 def training_args_json(args: Mapping[str, Any]) -> bytes:
     """training_args.bin's fields as JSON, without what must not be published: tokens, and local paths."""
 
-    def publishable(key: str, value: Any) -> bool:
-        if "token" in key.lower():
-            return False
-        return not (isinstance(value, str) and (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)))
+    def clean(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items() if "token" not in str(k).lower() and not is_local_path(v)}
+        if isinstance(value, list):
+            return [clean(v) for v in value if not is_local_path(v)]
+        return value
 
-    fields = {k: v for k, v in args.items() if publishable(k, v)}
-    return (json.dumps(fields, indent=1, default=str) + "\n").encode()
+    return (json.dumps(clean(args), indent=1, default=str) + "\n").encode()
 
 
 def is_inference_file(path: str) -> bool:

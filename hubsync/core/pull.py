@@ -52,7 +52,7 @@ class PullPlan:
 
 
 def check_remote_path(path: str) -> str:
-    """Refuse a path from the Hub that could land outside the checkpoint folder."""
+    """Refuse a path from the Hub that could land outside the checkpoint folder, or in a .git folder there."""
     pure = PurePosixPath(path)
     if (
         not path
@@ -60,6 +60,7 @@ def check_remote_path(path: str) -> str:
         or "\\" in path
         or re.match(r"^[A-Za-z]:", path)
         or any(part in ("..", ".", "") for part in path.split("/"))
+        or path.split("/")[0].lower() == ".git"
         or "\x00" in path
         or pure.is_absolute()
     ):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+from hubsync.core.conversion import STATE_DOCUMENT_RE
 from hubsync.core.errors import PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile
@@ -58,7 +59,8 @@ def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
 
     for name in documents:
         document = staging / name
-        if is_state_document(document):
+        # optimizer.json & co. are always hubsync's: a damaged one is an error, not a file to pass on as it is.
+        if STATE_DOCUMENT_RE.match(name) or is_state_document(document):
             rebuild_state(document)
             document.unlink()
             document.with_suffix(".safetensors").unlink()

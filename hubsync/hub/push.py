@@ -77,15 +77,10 @@ class PushResult:
 
 
 def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
-    """Make sure the repository exists (and may hold what is planned), convert pickled weights (verified) into a
-    temp folder, commit the planned files to the branch in one commit, tag it, and record it in main's index."""
+    """Convert pickled weights and training state (verified) into a temp folder, make sure the repository exists
+    (and may hold what is planned), commit the planned files to the branch in one commit, tag it, and record it
+    in main's index. A file that cannot be converted is refused before anything happens on the Hub."""
     hub.require_token()
-    private = hub.ensure_repo(plan.repo_id, private=plan.private)
-    if plan.training_state == "keep" and not private:
-        if plan.state_format == "pickle":
-            raise PicklesInPublicRepoError(plan.repo_id)
-        if not plan.allow_public_state:
-            raise PublicTrainingStateError(plan.repo_id)
     with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
         staging = Path(staging_dir)
         if plan.conversion.conversions:
@@ -93,6 +88,12 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
         for source in dict.fromkeys(u.converted_from for u in plan.uploads):
             if source is not None and STATE_FILE_RE.match(source):
                 encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", staging)
+        private = hub.ensure_repo(plan.repo_id, private=plan.private)
+        if plan.training_state == "keep" and not private:
+            if plan.state_format == "pickle":
+                raise PicklesInPublicRepoError(plan.repo_id)
+            if not plan.allow_public_state:
+                raise PublicTrainingStateError(plan.repo_id)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from hubsync.core.checkpoint import parse_trainer_state
+from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.conversion import is_resumable
 from hubsync.core.index import INDEX_FILE, parse_index
 from hubsync.core.pull import step_of
@@ -74,7 +73,7 @@ def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[
     if "trainer_state.json" in names:
         raw = hub.read_file(repo_id, commit, "trainer_state.json")
         try:
-            state = parse_trainer_state(json.loads(raw or b"{}"))
+            state = parse_trainer_state(loads_json(raw or b"{}"))
         except ValueError:
             return entry
         entry.update(step=state.global_step, epoch=state.epoch, metrics=state.eval_metrics)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from .store import (
     AddLfs,
@@ -290,8 +290,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _json(self) -> Any:
         try:
             return json.loads(self._body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"Malformed JSON body: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: also numbers of too many digits
+            raise bad_request(f"Malformed JSON body: {str(exc)[:200]}") from None
 
     def _json_object(self) -> dict[str, Any]:
         data = self._json()
@@ -624,7 +624,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if "json" in ctype:
             try:
                 form = json.loads(body or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):
                 raise bad_request("Malformed JSON body") from None
             if not isinstance(form, dict):
                 raise bad_request("Expected a JSON object")
@@ -670,19 +670,30 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             )
         return Response(body={"files": out, "commitOid": commit.id})
 
-    def _ticket(self, oid: str, size: int, operation: str = "upload") -> str:
-        """Upload and download links carry no token (the client drops it), so they are signed instead."""
-        return hmac.new(self.server.secret, f"{operation}:{oid}:{size}".encode(), hashlib.sha256).hexdigest()
+    def _ticket(self, operation: str, oid: str, size: int, repo: str) -> str:
+        """Upload, verify and download links carry no token (the client drops it on upload), so they are signed
+        instead, for one object of one repository: an upload for repository A does not let A use, nor anyone
+        see, what repository B holds."""
+        message = f"{operation}:{repo}:{oid}:{size}".encode()
+        return hmac.new(self.server.secret, message, hashlib.sha256).hexdigest()
 
-    def _ticket_size(self, oid: str, operation: str) -> int:
+    def _link(self, operation: str, oid: str, size: int, repo_type: str, repo_id: str) -> str:
+        repo = f"{repo_type}:{repo_id}"
+        query = f"size={size}&repo={quote(repo, safe='')}&ticket={self._ticket(operation, oid, size, repo)}"
+        return f"{self.base_url}/_lfs/{oid}{'/verify' if operation == 'verify' else ''}?{query}"
+
+    def _ticket_checked(self, oid: str, operation: str) -> tuple[int, str, str]:
+        """The size and repository a signed link names; 403 when its ticket does not match."""
         try:
             size = int(self.query.get("size", [""])[0])
         except ValueError:
             raise bad_request("Missing size") from None
+        repo = self.query.get("repo", [""])[0]
         ticket = self.query.get("ticket", [""])[0]
-        if not hmac.compare_digest(ticket, self._ticket(oid, size, operation)):
+        if not hmac.compare_digest(ticket, self._ticket(operation, oid, size, repo)):
             raise StoreError(403, None, "Invalid or missing ticket")
-        return size
+        repo_type, _, repo_id = repo.partition(":")
+        return size, repo_type, repo_id
 
     def h_lfs_batch(self, match: re.Match[str]) -> Response:
         repo_type = (match["t"] or "models")[:-1]
@@ -699,6 +710,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         objects = data.get("objects")
         if not isinstance(objects, list):
             raise bad_request("Expected 'objects'")
+        known = self.store.lfs_objects(repo_type, repo_id)
         out = []
         for obj in objects:
             oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
@@ -712,18 +724,17 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 out.append({"oid": str(oid), "size": size, "error": {"code": 422, "message": "Invalid object"}})
                 continue
             item: dict[str, Any] = {"oid": oid, "size": size}
-            if operation == "upload" and not self.store.has_blob(oid, size):
-                href = f"{self.base_url}/_lfs/{oid}?size={size}&ticket={self._ticket(oid, size)}"
+            held = oid in known and self.store.has_blob(oid, size)
+            if operation == "upload" and not held:  # even when stored for another repository: send it
                 item["actions"] = {
-                    "upload": {"href": href},
-                    "verify": {"href": f"{self.base_url}/_lfs/{oid}/verify"},
+                    "upload": {"href": self._link("upload", oid, size, repo_type, repo_id)},
+                    "verify": {"href": self._link("verify", oid, size, repo_type, repo_id)},
                 }
             elif operation == "download":
-                if not self.store.has_blob(oid, size):
+                if not held:
                     item["error"] = {"code": 404, "message": "Object does not exist"}
                 else:
-                    ticket = self._ticket(oid, size, "download")
-                    item["actions"] = {"download": {"href": f"{self.base_url}/_lfs/{oid}?size={size}&ticket={ticket}"}}
+                    item["actions"] = {"download": {"href": self._link("download", oid, size, repo_type, repo_id)}}
             out.append(item)
         return Response(
             body={"transfer": "basic", "objects": out, "hash_algo": "sha256"},
@@ -732,32 +743,33 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def h_lfs_download(self, match: re.Match[str]) -> Response:
         oid = match["oid"]
-        size = self._ticket_size(oid, "download")
+        size, _, _ = self._ticket_checked(oid, "download")
         if not self.store.has_blob(oid, size):
             raise StoreError(404, None, f"Object {oid} does not exist")
         return Response(200, self._stream(oid, 0, size), content_type="application/octet-stream", length=size)
 
     def h_lfs_upload(self, match: re.Match[str]) -> Response:
         oid = match["oid"]
-        size = self._ticket_size(oid, "upload")
+        size, repo_type, repo_id = self._ticket_checked(oid, "upload")
         if self._body_left is not None and self._body_left != size:
             raise bad_request(f"Content-Length {self._body_left} does not match the object size {size}")
-        counted = self.server.count_upload(self._body_chunks())
-        if self.store.has_blob(oid, size):
-            for _ in counted:
-                pass
-        else:
-            self.store.put_blob_stream(oid, size, counted)
+        # Stored again even when the store has it: the content is checked against the sha256 before the
+        # repository may use the object, so knowing a hash is not enough to get another repository's file.
+        self.store.put_blob_stream(oid, size, self.server.count_upload(self._body_chunks()))
+        self.store.grant_lfs(repo_type, repo_id, oid)
         return Response(body={})
 
     def h_lfs_verify(self, match: re.Match[str]) -> Response:
         if self._user() is None:
             raise StoreError(401, None, "You must be authenticated to verify an upload")
+        size, repo_type, repo_id = self._ticket_checked(match["oid"], "verify")
         data = self._json_object()
-        if data.get("oid") != match["oid"] or not isinstance(data.get("size"), int):
+        if data.get("oid") != match["oid"] or data.get("size") != size:
             raise bad_request("Expected the object's 'oid' and 'size'")
-        if not self.store.has_blob(match["oid"], data["size"]):
-            raise StoreError(404, None, f"Object {match['oid']} of {data['size']} bytes was not uploaded")
+        if not self.store.has_blob(match["oid"], size) or match["oid"] not in self.store.lfs_objects(
+            repo_type, repo_id
+        ):
+            raise StoreError(404, None, f"Object {match['oid']} of {size} bytes was not uploaded")
         return Response(body={})
 
     def h_commit(self, match: re.Match[str]) -> Response:
@@ -820,7 +832,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     raise TypeError
             except StoreError:
                 raise
-            except (ValueError, KeyError, TypeError, binascii.Error):
+            except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
                 raise bad_request(f"Malformed commit line {number}") from None
         if header is None:
             raise bad_request("The commit has no header line")

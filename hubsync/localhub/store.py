@@ -371,6 +371,32 @@ class Store:
             raise not_found_repo(repo_id)
         return meta
 
+    # -- which LFS objects a repository may use -----------------------------------------
+    def lfs_objects(self, repo_type: str, repo_id: str) -> set[str]:
+        """The LFS objects a repository may reference and serve: those uploaded for it, and those its commits
+        hold. Blobs are shared by content, so without this a user who knew a sha256 could commit, or download,
+        the content of another user's private file."""
+        repo_dir = self._repo_dir(repo_type, repo_id)
+        try:
+            granted = set(json.loads((repo_dir / "lfs.json").read_text()))
+        except FileNotFoundError:
+            granted = set()
+        for record in (repo_dir / "commits").glob("*.json"):
+            granted.update(e["sha256"] for e in json.loads(record.read_text())["files"].values() if e["lfs"])
+        return granted
+
+    def grant_lfs(self, repo_type: str, repo_id: str, sha256: str) -> None:
+        """Record that `sha256` was uploaded, content checked, for this repository."""
+        with self._lock:
+            self._require(repo_type, repo_id)
+            path = self._repo_dir(repo_type, repo_id) / "lfs.json"
+            try:
+                granted = set(json.loads(path.read_text()))
+            except FileNotFoundError:
+                granted = set()
+            if sha256 not in granted:
+                write_atomic(path, _dump(sorted(granted | {sha256})))
+
     # -- refs and commits --------------------------------------------------------------
     def refs(self, repo_type: str, repo_id: str) -> dict[str, dict[str, str]]:
         self._require(repo_type, repo_id)
@@ -497,6 +523,8 @@ class Store:
                     f"is not the head of {branch}, {head})",
                 )
             files = dict(self.commit(repo_type, repo_id, head).files)
+            pending: dict[str, bytes] = {}
+            lfs_objects: set[str] | None = None
             for op in ops:
                 if isinstance(op, Delete):
                     prefix = op.path.rstrip("/") + "/"
@@ -514,16 +542,23 @@ class Store:
                     if "/".join(parents[:i]) in files:
                         raise bad_request(f"A file with this name already exists: {'/'.join(parents[:i])}")
                 if isinstance(op, AddRegular):
-                    sha256 = self.put_blob(op.content)
+                    sha256 = hashlib.sha256(op.content).hexdigest()  # stored below, once the whole commit is valid
+                    pending[sha256] = op.content
                     files[op.path] = FileEntry(op.path, len(op.content), sha256, False, git_blob_sha1(op.content))
                 else:
-                    if not self.has_blob(op.sha256):
-                        raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded")
+                    if lfs_objects is None:
+                        lfs_objects = self.lfs_objects(repo_type, repo_id)
+                    if not self.has_blob(op.sha256) or op.sha256 not in lfs_objects:
+                        raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
                     size = self.blob_path(op.sha256).stat().st_size
                     if op.size is not None and op.size != size:
                         raise bad_request(f"LFS object {op.sha256} has {size} bytes, not {op.size}")
                     pointer = lfs_pointer(op.sha256, size)
                     files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_sha1(pointer))
+            kept = {e.sha256 for e in files.values()}
+            for sha256, content in pending.items():  # a refused commit leaves no blob behind
+                if sha256 in kept:
+                    self.put_blob(content)
             commit = self._make_commit((head,), title, message, author, files, _now())
             repo_dir = self._repo_dir(repo_type, repo_id)
             write_atomic(repo_dir / "commits" / f"{commit.id}.json", _dump(commit.to_json()))

@@ -1,0 +1,281 @@
+"""No token, absolute local path, user name or host name leaves the machine, and no token reaches a terminal.
+
+A recognisable token (the local Hub's own token for `me`, so that pushes succeed) and a checkpoint whose files
+carry it and the machine's paths the way the Trainer and PEFT write them (training_args.bin's hub_token and
+output_dir, trainer_state.json's best_model_checkpoint, adapter_config.json's local base model path) go
+through every command, succeeding and failing. Then stdout, stderr, the log records, HUBSYNC_DEBUG tracebacks,
+the --json output, and everything the Hub stored (files of every revision, commit titles and messages) are
+searched for them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from huggingface_hub import HfApi
+
+from hubsync.cli import cli
+from hubsync.core.errors import HubsyncError
+from hubsync.hub.client import HubClient
+from hubsync.localhub import RunningHub, running_hub
+
+CANARY = "hf_SECRETcanary0a1b2c3d4e5f60718293"
+WRONG = "hf_SECRETcanaryWRONG00000000000000"
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
+    """Overrides conftest's: a local Hub whose user `me` has the canary token."""
+    with running_hub(tmp_path / "hub-root", token=CANARY) as running:
+        yield running
+
+
+@pytest.fixture
+def leaky(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The real run's last checkpoint, with what real runs put into it: the token in training_args.bin (as
+    TrainingArguments(hub_token=...) keeps it), absolute paths in output_dir and best_model_checkpoint, and the
+    base model loaded from a local folder."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = Path(shutil.copytree(tiny_run / "checkpoint-30", tmp_path / "run" / "checkpoint-30"))
+    args = torch.load(ckpt / "training_args.bin", weights_only=False)  # written by the real run: trusted
+    args.hub_token = CANARY
+    args.output_dir = str(ckpt.parent)
+    torch.save(args, ckpt / "training_args.bin")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["best_model_checkpoint"] = str(ckpt)
+    state["best_metric"] = 4.5
+    (ckpt / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    adapter = json.loads((ckpt / "adapter_config.json").read_text())
+    adapter["base_model_name_or_path"] = str(tmp_path / "models" / "tiny-llama")
+    (ckpt / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
+    return ckpt
+
+
+def forbidden(tmp_path: Path) -> list[str]:
+    """What must never be published: the token, and what names this machine and its user."""
+    return [CANARY, WRONG, str(tmp_path), str(Path.home()) + "/", str(tmp_path.resolve())]
+
+
+def words_of_the_machine() -> list[re.Pattern[str]]:
+    names = {getpass.getuser(), socket.gethostname()}
+    return [re.compile(rf"(?<![\w.-]){re.escape(n)}(?![\w-])") for n in names if n]
+
+
+def cli_env(hub: RunningHub, token: str = CANARY, **extra: str) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": token, **extra}
+
+
+def invoke(*args: str, env: dict[str, str]) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def assert_no_token(result: Result | subprocess.CompletedProcess[str]) -> str:
+    out = result.stdout + result.stderr
+    assert CANARY not in out and WRONG not in out and "SECRETcanary" not in out, out
+    return out
+
+
+# -- what the terminal and the logs show -----------------------------------------------------------------------------
+
+
+def test_commands_that_succeed_never_show_the_token(
+    leaky: Path, hub: RunningHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    base = ("--base-model", "hubsync/tiny-random-llama")
+    runs = [
+        invoke("push", "run/checkpoint-30", "--repo", "me/tiny", *base, "--training-state", "keep", env=cli_env(hub)),
+        invoke("push", "run/checkpoint-30", "--repo", "me/tiny", *base, "--json", env=cli_env(hub)),
+        invoke("push", "run/checkpoint-30", "--repo", "me/tiny", *base, "--dry-run", env=cli_env(hub)),
+        invoke("push", "run/checkpoint-30", "--repo", "me/tiny", *base, "--dry-run", "--json", env=cli_env(hub)),
+        invoke("push", "run/checkpoint-30", "--repo", "me/flag", *base, "--token", CANARY, env=cli_env(hub, token="")),
+        invoke("ls", "me/tiny", env=cli_env(hub)),
+        invoke("ls", "me/tiny", "--json", env=cli_env(hub)),
+        invoke("pull", "me/tiny", "--to", "pulled", env=cli_env(hub)),
+        invoke("pull", "me/tiny", "--to", "pulled2", "--json", "--token", CANARY, env=cli_env(hub, token="")),
+        invoke("card", "run/checkpoint-30", *base, env=cli_env(hub)),
+    ]
+    for result in runs:
+        assert result.exit_code == 0, result.stderr
+        out = assert_no_token(result)
+        assert str(tmp_path) not in out, out
+    assert CANARY not in caplog.text  # debug logs of the libraries name local paths, but never the token
+
+
+@pytest.fixture
+def others_repo(hub: RunningHub) -> str:
+    """A public repository of another user, `other`."""
+    token = hub.server.store.ensure_user("other", "hf_other_users_token_1")
+    HfApi(endpoint=hub.endpoint, token=token).create_repo("other/theirs")
+    return "other/theirs"
+
+
+def failures(hub: RunningHub, unreachable: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+    ckpt = ["push", "run/checkpoint-30", "--base-model", "hubsync/tiny-random-llama"]
+    return {
+        "wrong_token_401": ([*ckpt, "--repo", "me/tiny"], cli_env(hub, token=WRONG)),
+        "wrong_token_flag_401": ([*ckpt, "--repo", "me/tiny", "--token", WRONG], cli_env(hub, token="")),
+        "others_repo_403": ([*ckpt, "--repo", "other/theirs"], cli_env(hub)),
+        "server_500": ([*ckpt, "--repo", "me/tiny"], cli_env(hub)),
+        "unreachable": ([*ckpt, "--repo", "me/tiny"], cli_env(hub) | {"HF_ENDPOINT": unreachable}),
+        "pull_wrong_token": (["pull", "me/tiny", "--to", "p"], cli_env(hub, token=WRONG)),
+        "ls_private_of_another": (["ls", "other/private"], cli_env(hub)),
+    }
+
+
+@pytest.fixture
+def unreachable() -> str:
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _fail_next_commits(hub: RunningHub) -> None:
+    hub.server.inject_fault("POST", r"/commit/", 500, times=5, retry_after=0)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong_token_401",
+        "wrong_token_flag_401",
+        "others_repo_403",
+        "server_500",
+        "unreachable",
+        "pull_wrong_token",
+        "ls_private_of_another",
+    ],
+)
+def test_failed_requests_never_show_the_token(
+    case: str,
+    leaky: Path,
+    hub: RunningHub,
+    others_repo: str,
+    unreachable: str,
+    no_waiting: None,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    HfApi(endpoint=hub.endpoint, token="hf_other_users_token_1").create_repo("other/private", private=True)
+    args, env = failures(hub, unreachable)[case]
+    if case == "server_500":
+        _fail_next_commits(hub)
+
+    result = invoke(*args, env=env)
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    out = assert_no_token(result)
+    assert str(tmp_path) not in out
+    assert CANARY not in caplog.text and WRONG not in caplog.text
+
+
+@pytest.fixture
+def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry an unreachable Hub without the pauses between attempts (1 + 2 + 4 + 8 s)."""
+    monkeypatch.setattr(HubClient.__init__, "__defaults__", (None, None, (0.0, 0.0, 0.0, 0.0)))
+
+
+@pytest.mark.parametrize("case", ["wrong_token_401", "others_repo_403", "server_500", "unreachable"])
+def test_hubsync_debug_tracebacks_never_show_the_token(
+    case: str, leaky: Path, hub: RunningHub, others_repo: str, unreachable: str, no_waiting: None
+) -> None:
+    """HUBSYNC_DEBUG=1 lets the error out: the traceback Python prints, every chained exception in it, has no
+    token."""
+    args, env = failures(hub, unreachable)[case]
+    if case == "server_500":
+        _fail_next_commits(hub)
+    result = invoke(*args, env={**env, "HUBSYNC_DEBUG": "1"})
+    assert isinstance(result.exception, HubsyncError), result.exception
+    printed = "".join(traceback.format_exception(result.exception))
+    assert "Traceback" in printed and "SECRETcanary" not in printed, printed
+
+
+def test_hubsync_debug_in_a_real_process(leaky: Path, hub: RunningHub) -> None:
+    args, env = failures(hub, "")["wrong_token_401"]
+    done = subprocess.run(
+        [sys.executable, "-m", "hubsync", *args],
+        env={**os.environ, **env, "HUBSYNC_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "TokenRejectedError" in done.stderr  # what debug mode is for
+    assert_no_token(done)
+
+
+# -- what is published -----------------------------------------------------------------------------------------------
+
+
+def test_nothing_published_names_the_token_the_machine_or_its_user(
+    leaky: Path, hub: RunningHub, tmp_path: Path
+) -> None:
+    for state in ("keep", "drop"):
+        result = invoke(
+            "push",
+            "run",
+            "--repo",
+            f"me/{state}",
+            "--base-model",
+            "hubsync/tiny-random-llama",
+            "--training-state",
+            state,
+            "--tag",
+            "v1",
+            "--release",
+            env=cli_env(hub),
+        )
+        assert result.exit_code == 0, result.stderr
+    api = HfApi(endpoint=hub.endpoint, token=CANARY)
+    published: dict[str, bytes] = {}
+    for repo in ("me/keep", "me/drop"):
+        refs = api.list_repo_refs(repo)
+        for ref in [*refs.branches, *refs.tags]:
+            for commit in api.list_repo_commits(repo, revision=ref.target_commit):
+                published[f"{repo}@{commit.commit_id} message"] = (commit.title + "\n" + commit.message).encode()
+            for entry in api.list_repo_tree(repo, revision=ref.target_commit, recursive=True):
+                if hasattr(entry, "blob_id"):
+                    path = api.hf_hub_download(repo, entry.path, revision=ref.target_commit, cache_dir=tmp_path / "c")
+                    published[f"{repo}@{ref.name}:{entry.path}"] = Path(path).read_bytes()
+    # What the fixture planted is in the checkpoint, so the search below can find it:
+    assert CANARY.encode() in (leaky / "training_args.bin").read_bytes()
+    assert str(leaky).encode() in (leaky / "trainer_state.json").read_bytes()
+    assert any(name.endswith(":training_args.json") for name in published)
+    assert any(name.endswith(":trainer_state.json") for name in published)
+
+    for name, data in published.items():
+        for secret in forbidden(tmp_path):
+            assert secret.encode() not in data, (name, secret)
+        if name.endswith((".json", ".md", ".svg", "message", ".gitattributes")):
+            text = data.decode()
+            for word in words_of_the_machine():
+                assert not word.search(text), (name, word.pattern)
+    state = json.loads(published["me/keep@checkpoint-30:trainer_state.json"])
+    assert state["best_model_checkpoint"] == "checkpoint-30"
+    adapter = json.loads(published["me/keep@checkpoint-30:adapter_config.json"])
+    assert adapter["base_model_name_or_path"] == "hubsync/tiny-random-llama"  # loadable from the Hub, not a path
+    args = json.loads(published["me/keep@checkpoint-30:training_args.json"])
+    assert "hub_token" not in args and "output_dir" not in args and args["learning_rate"] == 1e-3
+    # The whole store (blobs and commit records; its tokens.json holds the token by design) has none of it.
+    root = Path(hub.server.store.root)
+    for blob in [*(root / "blobs").rglob("*"), *(root / "repos").rglob("*.json")]:
+        if blob.is_file():
+            assert CANARY.encode() not in blob.read_bytes(), blob
+            assert str(tmp_path).encode() not in blob.read_bytes(), blob
