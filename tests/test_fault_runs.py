@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from hubsync.cli import cli as main_cli
 from hubsync.cli.errors import message_for
 from hubsync.core.checkpoint import Checkpoint, read_checkpoint
 from hubsync.core.errors import HubsyncError
@@ -136,6 +138,8 @@ def branch_files(hub: RunningHub, commit: str) -> dict[str, str]:
 
 
 def head_of(hub: RunningHub, branch: str) -> str | None:
+    if hub.server.store.repo("model", REPO) is None:
+        return None
     return hub.server.store.refs("model", REPO)["branches"].get(branch)
 
 
@@ -169,8 +173,8 @@ class Tally:
 def report(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], None]]:
     lines: list[str] = []
     yield lines.append
-    with capsys.disabled():  # visible without -s: the figures docs/reliability.md quotes
-        for line in lines:
+    with capsys.disabled():  # visible without -s: the figures docs/reliability.md quotes, or how to replay
+        for line in lines or [f"unfinished: HUBSYNC_FAULT_SEED={SEED} replays these runs"]:
             print(f"\n[fault runs] {line}")
 
 
@@ -281,3 +285,45 @@ def test_pulls_under_random_faults_complete_or_place_nothing(
     report(tally.line("pull") + f"; {time.monotonic() - started:.1f} s; errors: {dict(outcomes)}")
     assert tally.completed + tally.failed_clean == RUNS and tally.data_lost == 0
     assert tally.completed > 0 and tally.failed_clean > 0
+
+
+def cli(hub: RunningHub, *args: str) -> Result:
+    return CliRunner().invoke(main_cli, list(args), env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token})
+
+
+def test_a_refused_card_is_one_line(tiny_run: Path, hub: RunningHub) -> None:
+    """huggingface_hub puts the Hub's reasons for refusing a card on lines of their own."""
+    hub.server.inject_fault("POST", r"/validate-yaml$", 400)
+
+    result = cli(hub, "push", str(tiny_run / "checkpoint-10"), "--repo", REPO)
+
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "Invalid metadata in README.md" in result.stderr, result.stderr
+
+
+def test_a_refused_download_says_what_the_hub_said(tiny_run: Path, hub: RunningHub, tmp_path: Path) -> None:
+    """huggingface_hub reports a failed file lookup as a file missing from its local cache; hubsync reports the
+    Hub's answer (here: no permission), not a local disk problem."""
+    assert cli(hub, "push", str(tiny_run / "checkpoint-10"), "--repo", REPO).exit_code == 0
+    hub.server.inject_fault("HEAD", r"/resolve/[0-9a-f]{40}/", 403, times=99)
+
+    result = cli(hub, "pull", REPO, "--revision", "checkpoint-10", "--to", str(tmp_path / "pulled"))
+
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "403" in result.stderr and "free space" not in result.stderr, (
+        result.stderr
+    )
+    assert not (tmp_path / "pulled").exists() or list((tmp_path / "pulled").iterdir()) == []
+
+
+def test_a_busy_hub_during_a_download_is_retried(tiny_run: Path, hub: RunningHub, tmp_path: Path) -> None:
+    """Past huggingface_hub's own retries of a file lookup (seven 503s), hubsync's retries carry on."""
+    checkpoint = read_checkpoint(tiny_run / "checkpoint-10")
+    client = HubClient(hub.endpoint, hub.token, QUICK_RETRIES)
+    execute_push(plan_push(checkpoint, PushOptions(REPO, revision=BRANCH)), checkpoint, client)
+    fault = hub.server.inject_fault("HEAD", r"/resolve/ckpt/adapter_config\.json$", 503, times=7, retry_after=0)
+
+    assert (
+        client.read_file(REPO, BRANCH, "adapter_config.json") == (checkpoint.path / "adapter_config.json").read_bytes()
+    )
+    assert fault.times == 0

@@ -137,8 +137,8 @@ class HubClient:
             raise errors.HubError(self.endpoint, _server_message(exc), **where) from exc
         except (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError) as exc:
             raise errors.HubUnreachableError(self.endpoint, type(exc).__name__, **where) from exc
-        except (BadRequestError, ValueError) as exc:
-            raise errors.HubError(self.endpoint, str(exc), **where) from exc
+        except (BadRequestError, ValueError) as exc:  # e.g. the Hub's reasons for refusing a card, one a line
+            raise errors.HubError(self.endpoint, " ".join(str(exc).split()), **where) from exc
 
     def require_token(self) -> None:
         if not self.token:
