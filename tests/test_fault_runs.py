@@ -104,7 +104,7 @@ def random_faults(rng: random.Random, routes: list[tuple[str, str, bool]]) -> li
         arg: float = {
             "busy": rng.choice((429, 500, 502, 503)),
             "down": 0,
-            "refused": rng.choice((400, 403, 409)),
+            "refused": rng.choice((400, 403, 404)),
             "cut_request": rng.choice((0, 10, 100, 50_000)),
             "cut_response": rng.choice((0, 1, 20, 1000, 50_000)),
             "delay": rng.uniform(0.01, 0.2),
@@ -327,3 +327,23 @@ def test_a_busy_hub_during_a_download_is_retried(tiny_run: Path, hub: RunningHub
         client.read_file(REPO, BRANCH, "adapter_config.json") == (checkpoint.path / "adapter_config.json").read_bytes()
     )
     assert fault.times == 0
+
+
+@pytest.mark.parametrize("route", [r"/commit/ckpt$", r"/commit/main$"])
+def test_a_commit_whose_answer_is_lost_is_not_made_twice(tiny_run: Path, hub: RunningHub, route: str) -> None:
+    """The commit lands but its answer is cut off: hubsync retries, finds the branch moved (412), sees that it
+    already holds the files, and completes without another commit."""
+    checkpoint = read_checkpoint(tiny_run / "checkpoint-20")
+    plan = plan_push(checkpoint, PushOptions(REPO, revision=BRANCH))
+    fault = hub.server.inject_fault("POST", route, cut_response=0)
+
+    result = execute_push(plan, checkpoint, HubClient(hub.endpoint, hub.token, QUICK_RETRIES))
+
+    assert fault.times == 0
+    branch = BRANCH if "ckpt" in route else "main"
+    head = head_of(hub, branch)
+    assert head is not None
+    titles = [c.title for c in hub.server.store.history("model", REPO, head)]
+    assert len(titles) == len(set(titles)), titles  # each commit once
+    assert result.commit == head_of(hub, BRANCH)
+    assert branch_files(hub, result.commit) == expected_files(plan, checkpoint)
