@@ -97,12 +97,14 @@ class Response:
 class Fault:
     """What the server does instead of serving a request normally: for tests of what clients do when the Hub fails.
 
-    One kind a fault: `status` answers with that HTTP status (with `Retry-After` when `retry_after` is set) without
-    serving; `cut_request` reads at most that many bytes of the request body, then closes the connection without an
-    answer (an upload that breaks off; nothing of it is kept); `cut_response` serves the request but sends only the
-    headers and that many bytes of the body, then closes (a download or an answer that breaks off; for a HEAD the
-    connection closes before anything is sent). `delay` waits that many seconds first; alone, it just slows the
-    answer. `arrived` is set when a request takes the fault, so a test can act while the request is held up.
+    One kind a fault:
+    - `status`: answer with that HTTP status (and `Retry-After` when `retry_after` is set), without serving;
+    - `cut_request`: read that many bytes of the request body (all of a shorter one), then close the connection
+      without an answer: an upload that breaks off; nothing of it is kept;
+    - `cut_response`: serve the request (a commit lands, an upload is kept) but send only the headers and that many
+      bytes of the body, then close: a download or an answer that breaks off (a HEAD gets nothing at all);
+    - `delay` alone: wait that many seconds, then serve. With another kind, the wait comes first.
+    `arrived` is set when a request takes the fault, so that a test can act while the request is held up.
     """
 
     method: str
