@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +38,7 @@ from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync.core import errors
 from hubsync.core.pull import RemoteFile
+from hubsync.files import system_temp_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -230,7 +230,7 @@ class HubClient:
 
     def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None:
         """A file of a revision, or None when the revision has no such file."""
-        with tempfile.TemporaryDirectory(prefix="hubsync-read-") as tmp:
+        with system_temp_dir("read") as tmp:
             try:
                 local = self._call(lambda: self._hf_download(repo_id, path, revision, tmp), repo_id, revision)
             except errors.HubError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from hubsync.core.errors import CommitConflictError, PicklesInPublicRepoError, P
 from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
 from hubsync.core.plan import PushPlan
 from hubsync.core.pull import RemoteFile
+from hubsync.files import system_temp_dir
 
 from .client import CommitResult
 
@@ -86,8 +86,7 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
             raise PicklesInPublicRepoError(plan.repo_id)
         if not plan.allow_public_state:
             raise PublicTrainingStateError(plan.repo_id)
-    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
-        staging = Path(staging_dir)
+    with system_temp_dir("push") as staging:
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
         for source in dict.fromkeys(u.converted_from for u in plan.uploads):
