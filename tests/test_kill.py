@@ -27,7 +27,7 @@ import pytest
 from hubsync.files import is_temp, system_temp_dir
 from hubsync.localhub import RunningHub
 
-RUNS = int(os.environ.get("HUBSYNC_KILL_RUNS", "14"))  # random kills per command, besides the hooked ones
+RUNS = int(os.environ.get("HUBSYNC_KILL_RUNS", "10"))  # random kills per command, besides the hooked ones
 SEED = int(os.environ.get("HUBSYNC_KILL_SEED") or random.SystemRandom().randrange(2**32))
 REPO = "me/killed"
 HELD = 0.4  # how long the Hub holds a hooked request: the kill lands meanwhile
