@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_PREFIX = ".hubsync-tmp-"
@@ -39,6 +41,19 @@ def temp_dir(directory: Path, name: str) -> Path:
     path = Path(tempfile.mkdtemp(dir=directory, prefix=_prefix(name)))
     path.chmod(0o777 & ~_umask())
     return path
+
+
+@contextmanager
+def system_temp_dir(name: str) -> Iterator[Path]:
+    """A private folder in the system temp folder for the duration of the block. Folders that killed runs left
+    there are removed first: a run killed while converting would otherwise leave its weights behind for good."""
+    root = Path(tempfile.gettempdir())
+    remove_stale_temps(root)
+    path = Path(tempfile.mkdtemp(dir=root, prefix=_prefix(name)))  # 0700: it may hold training state
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def is_temp(path: Path) -> bool:

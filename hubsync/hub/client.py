@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,10 +25,11 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import (
     BadRequestError,
-    EntryNotFoundError,
     HfHubHTTPError,
+    LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     OIDCError,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -39,6 +39,7 @@ from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync.core import errors
 from hubsync.core.pull import RemoteFile
+from hubsync.files import system_temp_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -142,8 +143,8 @@ class HubClient:
             raise errors.HubError(self.endpoint, _server_message(exc), **where) from exc
         except (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError) as exc:
             raise errors.HubUnreachableError(self.endpoint, type(exc).__name__, **where) from exc
-        except (BadRequestError, ValueError) as exc:
-            raise errors.HubError(self.endpoint, str(exc), **where) from exc
+        except (BadRequestError, ValueError) as exc:  # e.g. the Hub's reasons for refusing a card, one a line
+            raise errors.HubError(self.endpoint, " ".join(str(exc).split()), **where) from exc
 
     def require_token(self) -> None:
         if not self.token:
@@ -235,16 +236,26 @@ class HubClient:
 
     def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None:
         """A file of a revision, or None when the revision has no such file."""
-        with tempfile.TemporaryDirectory(prefix="hubsync-read-") as tmp:
+        with system_temp_dir("read") as tmp:
             try:
-                local = self._call(
-                    lambda: self.api.hf_hub_download(repo_id, path, revision=revision, local_dir=tmp), repo_id, revision
-                )
+                local = self._call(lambda: self._hf_download(repo_id, path, revision, tmp), repo_id, revision)
             except errors.HubError as exc:
-                if isinstance(exc.__cause__, EntryNotFoundError):
+                if isinstance(exc.__cause__, RemoteEntryNotFoundError):
                     return None
                 raise
             return Path(local).read_bytes()
+
+    def _hf_download(self, repo_id: str, path: str, revision: str, local_dir: str | Path) -> str:
+        """hf_hub_download, a failed metadata request raised as what it was. huggingface_hub reports a busy or
+        unreachable Hub there as a file missing from its local cache (LocalEntryNotFoundError, an
+        EntryNotFoundError): that would escape the retries and read as a missing file or a disk error."""
+        try:
+            return str(self.api.hf_hub_download(repo_id, path, revision=revision, local_dir=local_dir))
+        except LocalEntryNotFoundError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, (HfHubHTTPError, httpx2.TransportError)):
+                raise cause from None  # what huggingface_hub wrapped, unwrapped
+            raise errors.HubError(self.endpoint, str(exc).splitlines()[0], repo_id=repo_id, revision=revision) from exc
 
     def resolve_commit(self, repo_id: str, revision: str) -> str:
         """The commit a branch, tag or commit id names."""
@@ -262,13 +273,7 @@ class HubClient:
 
     def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path:
         """Fetch one file of a commit into `local_dir` (huggingface_hub checks only its size)."""
-        return Path(
-            self._call(
-                lambda: self.api.hf_hub_download(repo_id, path, revision=commit, local_dir=local_dir),
-                repo_id,
-                commit,
-            )
-        )
+        return Path(self._call(lambda: self._hf_download(repo_id, path, commit, local_dir), repo_id, commit))
 
     def commit_dates(self, repo_id: str, revision: str) -> list[tuple[str, str]]:
         """(commit id, ISO date) of a revision's history, newest first."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from hubsync.core.errors import CommitConflictError, PicklesInPublicRepoError, P
 from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
 from hubsync.core.plan import PushPlan
 from hubsync.core.pull import RemoteFile
+from hubsync.files import system_temp_dir
 
 from .client import CommitResult
 
@@ -81,8 +81,7 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
     (and may hold what is planned), commit the planned files to the branch in one commit, tag it, and record it
     in main's index. A file that cannot be converted is refused before anything happens on the Hub."""
     hub.require_token()
-    with tempfile.TemporaryDirectory(prefix="hubsync-push-") as staging_dir:
-        staging = Path(staging_dir)
+    with system_temp_dir("push") as staging:
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
         for source in dict.fromkeys(u.converted_from for u in plan.uploads):

@@ -13,10 +13,12 @@ import hmac
 import json
 import re
 import secrets
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -94,13 +96,27 @@ class Response:
 
 @dataclass
 class Fault:
-    """An answer the server gives instead of serving: for tests of what clients do when the Hub fails."""
+    """What the server does instead of serving a request normally: for tests of what clients do when the Hub fails.
+
+    One kind a fault:
+    - `status`: answer with that HTTP status (and `Retry-After` when `retry_after` is set), without serving;
+    - `cut_request`: read that many bytes of the request body (all of a shorter one), then close the connection
+      without an answer: an upload that breaks off; nothing of it is kept;
+    - `cut_response`: serve the request (a commit lands, an upload is kept) but send only the headers and that many
+      bytes of the body, then close: a download or an answer that breaks off (a HEAD gets nothing at all);
+    - `delay` alone: wait that many seconds, then serve. With another kind, the wait comes first.
+    `arrived` is set when a request takes the fault, so that a test can act while the request is held up.
+    """
 
     method: str
     path: re.Pattern[str]
-    status: int
+    status: int | None = None
     times: int = 1
     retry_after: float | None = None
+    delay: float = 0.0
+    cut_request: int | None = None
+    cut_response: int | None = None
+    arrived: threading.Event = field(default_factory=threading.Event)
 
 
 def _type_of(match: re.Match[str]) -> str:
@@ -172,9 +188,15 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self.query = parse_qs(url.query, keep_blank_values=True)
         fault = self.server.take_fault(method, url.path)
         if fault is not None:
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-            self._send(method, self._error(fault.status, None, f"Injected fault {fault.status}") | headers)
-            return
+            fault.arrived.set()
+            time.sleep(fault.delay)
+            if fault.cut_request is not None:
+                self._drop_request(fault.cut_request)
+                return
+            if fault.status is not None:
+                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+                self._send(method, self._error(fault.status, None, f"Injected fault {fault.status}") | headers)
+                return
         try:
             if self._body_left is not None and self._body_left < 0:
                 raise bad_request("Invalid Content-Length")
@@ -185,7 +207,32 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         except Exception as err:  # a bug: answer 500 rather than drop the connection
             self.log_error("internal error: %r", err)
             response = self._error(500, None, "Internal server error")
-        self._send(method, response)
+        self._send(method, response, cut=fault.cut_response if fault is not None else None)
+
+    def _drop_request(self, read: int) -> None:
+        """Read `read` bytes of the request body (or all of a shorter one), then close without answering."""
+        if self._chunked:  # rare: read whole chunks until `read` bytes are in
+            try:
+                for chunk in self._body_chunks():
+                    read -= len(chunk)
+                    if read <= 0:
+                        break
+            except StoreError:
+                pass
+        else:
+            left = min(read, self._body_left or 0)
+            while left > 0 and (data := self.rfile.read1(left)):
+                left -= len(data)
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Close the connection at once: unread request bytes make the client see a reset, as on a real network."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _route(self, method: str, path: str) -> tuple[Callable[[re.Match[str]], Response], re.Match[str]]:
         allowed = False
@@ -207,7 +254,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = code
         return Response(status, {"error": message}, headers)
 
-    def _send(self, method: str, response: Response) -> None:
+    def _send(self, method: str, response: Response, cut: int | None = None) -> None:
+        """Send `response`; with `cut`, only its headers and the first `cut` bytes of its body, then close."""
+        if cut is not None and method == "HEAD":
+            self._close_now()
+            return
         body = response.body
         payload: bytes | None
         if isinstance(body, (bytes, bytearray)):
@@ -232,15 +283,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if method == "HEAD":
             return
+        chunks = [payload] if payload is not None else body
+        assert isinstance(chunks, (list, Iterator))
         try:
-            if payload is not None:
-                self.wfile.write(payload)
-            else:
-                assert isinstance(body, Iterator)
-                for chunk in body:
-                    self.wfile.write(chunk)
+            for chunk in chunks:
+                if cut is not None:
+                    chunk, cut = chunk[:cut], cut - len(chunk[:cut])
+                self.wfile.write(chunk)
+                if cut == 0:
+                    break
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        if cut is not None:
+            self._close_now()
 
     # -- request bodies ----------------------------------------------------------------
     def _body_chunks(self) -> Iterator[bytes]:
@@ -924,11 +979,30 @@ class LocalHubServer(ThreadingHTTPServer):
         return self._scoped.get(token)
 
     def inject_fault(
-        self, method: str, path: str, status: int, times: int = 1, retry_after: float | None = None
-    ) -> None:
-        """Answer the next `times` requests of `method` whose path matches the regex `path` with `status`."""
+        self,
+        method: str,
+        path: str,
+        status: int | None = None,
+        times: int = 1,
+        retry_after: float | None = None,
+        *,
+        delay: float = 0.0,
+        cut_request: int | None = None,
+        cut_response: int | None = None,
+    ) -> Fault:
+        """Make the next `times` requests of `method` whose path matches the regex `path` fail: see `Fault` for
+        the kinds (`status`, `cut_request`, `cut_response`, or only `delay`). Returns the fault, to watch."""
+        kinds = [k for k in (status, cut_request, cut_response) if k is not None]
+        if len(kinds) > 1 or (not kinds and delay <= 0):
+            raise ValueError("a fault is one of status, cut_request or cut_response, or a delay alone")
+        fault = Fault(method, re.compile(path), status, times, retry_after, delay, cut_request, cut_response)
         with self._faults_lock:
-            self._faults.append(Fault(method, re.compile(path), status, times, retry_after))
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self._faults.clear()
 
     def add_uploaded(self, size: int) -> None:
         with self._faults_lock:
