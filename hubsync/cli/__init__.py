@@ -486,6 +486,90 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
 
 
 @cli.command()
+@click.argument("repo_id", metavar="REPO")
+@click.option(
+    "--keep", required=True, type=click.IntRange(min=0), metavar="N", help="Keep the N newest checkpoint branches."
+)
+@click.option(
+    "--keep-best", is_flag=True, help="Also keep the best checkpoint (trainer_state's best_model_checkpoint)."
+)
+@click.option("--keep-tagged", is_flag=True, help="Also keep every branch whose head commit a tag points to.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plan, then the result.")
+@endpoint_option
+@token_option
+def prune(
+    repo_id: str,
+    keep: int,
+    keep_best: bool,
+    keep_tagged: bool,
+    dry_run: bool,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Delete a repository's checkpoint branches beyond the newest N.
+
+    Newest is by step. main is never deleted, nor with --keep-best the best checkpoint (the one that the
+    newest checkpoint's trainer_state.json names as best_model_checkpoint), nor with --keep-tagged a branch
+    whose head commit is tagged. Only branches are deleted, never tags. The plan is printed first; then
+    main's index and README stop listing the deleted revisions, in one commit.
+
+    \b
+    Example:
+      hubsync prune me/my-model --keep 3 --keep-best --dry-run
+    """
+    from hubsync.core.plan import check_repo_id
+    from hubsync.core.prune import plan_prune
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.prune import execute_prune, prune_inputs
+
+    check_repo_id(repo_id)
+    _quiet_huggingface_hub(show_progress=False)
+    hub = HubClient(endpoint, token)
+    found = prune_inputs(hub, repo_id)
+    plan = plan_prune(
+        repo_id,
+        found.revisions,
+        keep=keep,
+        keep_best=keep_best,
+        keep_tagged=keep_tagged,
+        tags=found.tags,
+        best_step=found.best_step,
+    )
+    if not as_json:
+        _print_prune_plan(plan, keep_best, dry_run)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"plan": plan.to_json()}, indent=2))
+        return
+    result = execute_prune(plan, hub)
+    if as_json:
+        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
+        return
+    count = len(result.deleted)
+    click.echo(f"Deleted {count} branch{'es' if count != 1 else ''} of {repo_id}.")
+    if result.index_commit:
+        click.echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
+
+
+def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
+    kept, deleted = len(plan.keep), len(plan.delete)
+    click.echo(f"Plan{' (dry run)' if dry_run else ''}: {plan.repo_id}: keep {kept}, delete {deleted}")
+    rows = [("keep", d) for d in plan.keep] + [("delete", d) for d in plan.delete]
+    rows.sort(key=lambda row: (row[1].step if row[1].step is not None else -1, row[1].revision), reverse=True)
+    width = max([len(d.revision) for _, d in rows], default=0)
+    for action, d in rows:
+        step = "" if d.step is None else f"step {d.step}"
+        why = f"  ({', '.join(d.reasons)})" if d.reasons else ""
+        click.echo(f"  {action:<6}  {d.revision:<{width}}  {step}{why}".rstrip())
+    if keep_best and plan.best_step is None:
+        click.echo("  note:  no best checkpoint is recorded (trainer_state.json's best_model_checkpoint is empty)")
+    if dry_run:
+        click.echo("Nothing was deleted (dry run).")
+
+
+@cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=str))
 @click.option(
     "-o",
