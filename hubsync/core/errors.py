@@ -221,3 +221,12 @@ class PicklesInPublicRepoError(HubsyncError):
     def __init__(self, repo_id: str) -> None:
         super().__init__(f"{repo_id} is public, and pickled training state goes only into private repositories")
         self.repo_id = repo_id
+
+
+class WatchStateError(HubsyncError):
+    """The watch state file under the run folder cannot be read."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read the watch state {path}: {reason}")
+        self.path = path
+        self.reason = reason

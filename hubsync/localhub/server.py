@@ -872,6 +872,11 @@ class LocalHubServer(ThreadingHTTPServer):
         with self._faults_lock:
             self._faults.append(Fault(method, re.compile(path), status, times, retry_after))
 
+    def clear_faults(self) -> None:
+        """Serve every request again (the injected outage is over)."""
+        with self._faults_lock:
+            self._faults.clear()
+
     def add_uploaded(self, size: int) -> None:
         with self._faults_lock:
             self.uploaded_bytes += size
