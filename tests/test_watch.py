@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,6 +129,36 @@ def test_a_branch_holds_exactly_a_push_only_with_the_same_paths_and_contents_and
     assert not holds_exactly(remote, paths, resized, indexed=True)
 
 
+def test_a_watch_of_an_unfinished_run_pushes_what_is_there_and_stops_when_idle(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    for step in (10, 20):  # the run stopped before its final step (30): only the idle timeout ends the watch
+        shutil.copytree(tiny_run / f"checkpoint-{step}", run / f"checkpoint-{step}")
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    args = ["watch", str(run), "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+    result = CliRunner().invoke(cli, [*args, "--tag", "final"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("Pushed checkpoint-") == 2
+    assert result.stdout.endswith("Stopped after 0.5 s without change; 2 checkpoints on me/watched.\n")
+    assert_each_on_the_hub_exactly_once(api, [10, 20])
+    assert api.list_repo_refs(REPO).tags == []  # --tag waits for the run's final checkpoint
+
+    shutil.copytree(tiny_run / "checkpoint-30", run / "checkpoint-30")
+    result = CliRunner().invoke(cli, [*args, "--tag", "final"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        result.stdout.splitlines()[0],
+        "Done: the run finished; 3 checkpoints on me/watched.",
+    ]
+    assert result.stdout.startswith("Pushed checkpoint-30 -> me/watched @ checkpoint-30 (")
+    assert_each_on_the_hub_exactly_once(api, [10, 20, 30])
+    tags = {t.name: t.target_commit for t in api.list_repo_refs(REPO).tags}
+    assert tags == {"final": {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}["checkpoint-30"]}
+
+
 # The real thing.
 
 
@@ -226,7 +257,7 @@ def test_every_checkpoint_of_a_live_run_reaches_the_hub_exactly_once(
     pushes = [line.split(" (")[0] for line in watcher.stdout.splitlines()[:4]]
     assert pushes == [f"Pushed checkpoint-{s} -> me/watched @ checkpoint-{s}" for s in STEPS]
     assert watcher.stdout.count("Pushed checkpoint-") == 4
-    assert watcher.stdout.splitlines()[-1] == "Done: the run finished; 4 of its checkpoints are on me/watched."
+    assert watcher.stdout.splitlines()[-1] == "Done: the run finished; 4 checkpoints on me/watched."
     assert watcher.stderr == "Waiting for run to appear.\n"
     heads = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
     record = json.loads((tmp_path / "run" / ".hubsync" / "watch.json").read_text())["repos"][REPO]
@@ -280,8 +311,15 @@ def test_a_hub_outage_is_survived_and_checkpoints_deleted_meanwhile_are_reported
     trainer = train(procs, "--step-sleep", "0.1", "--save-total-limit", "1")
     assert trainer.wait(60) == 0, trainer.stderr
     assert watcher.running()  # the Hub is down: nothing could be pushed, and the watch goes on
-    failures = [line for line in watcher.stderr.splitlines() if line.startswith("Not pushed yet: checkpoint-")]
-    assert failures and all("retrying in" in line and "503" in line for line in failures)
+    failures = [line for line in watcher.stderr.splitlines() if line.startswith("Hub unavailable (")]
+    assert failures and all(
+        re.fullmatch(
+            r"Hub unavailable \(http://127\.0\.0\.1:\d+: 503: Injected fault 503\): checkpoint-\d+ not "
+            r"pushed yet; trying again in 0\.5 s\.",
+            line,
+        )
+        for line in failures
+    ), failures
     hub.server.clear_faults()  # the outage is over
     assert watcher.wait(60) == 0, watcher.stderr
 

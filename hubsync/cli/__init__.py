@@ -424,16 +424,20 @@ def watch(
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
     else:
-        on_hub = len(summary.state.pushed)
+        on_hub = _count(len(summary.state.pushed), "checkpoint")
         lost = f"; lost before they were pushed: {_checkpoints(summary.state.lost)}" if summary.state.lost else ""
         if summary.finished:
-            click.echo(f"Done: the run finished; {on_hub} of its checkpoints are on {options.repo_id}{lost}.")
+            click.echo(f"Done: the run finished; {on_hub} on {options.repo_id}{lost}.")
         elif summary.idle:
-            click.echo(f"Stopped after {idle_timeout:g} s without change; {on_hub} checkpoints are on the Hub{lost}.")
+            click.echo(f"Stopped after {idle_timeout:g} s without change; {on_hub} on {options.repo_id}{lost}.")
         else:
-            click.echo(f"Stopped; {on_hub} checkpoints are on {options.repo_id}{lost}. Run it again to go on.")
+            click.echo(f"Stopped; {on_hub} on {options.repo_id}{lost}. Run it again to go on.")
     if summary.stopped:
         ctx.exit(130)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _checkpoints(steps: Any) -> str:
@@ -442,6 +446,7 @@ def _checkpoints(steps: Any) -> str:
 
 def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
+    from hubsync.core.errors import HubError
     from hubsync.hub.watch import Lost, Pushed, PushFailed, WaitingForRun
 
     if isinstance(event, Pushed):
@@ -456,8 +461,10 @@ def _report_watch(event: object, as_json: bool) -> None:
             err=True,
         )
     elif isinstance(event, PushFailed):
-        reason = _scrub(message_for(event.error)).removeprefix("Error: ")
-        click.echo(f"Not pushed yet: checkpoint-{event.step}; retrying in {event.retry_in:g} s. ({reason})", err=True)
+        err = event.error
+        why = f"{err.endpoint}: {err.detail}" if isinstance(err, HubError) else str(err)
+        later = f"trying again in {event.retry_in:g} s"
+        click.echo(_scrub(f"Hub unavailable ({why}): checkpoint-{event.step} not pushed yet; {later}."), err=True)
     elif isinstance(event, WaitingForRun):
         click.echo(f"Waiting for {event.run} to appear.", err=True)
 
