@@ -329,3 +329,33 @@ def test_a_hub_outage_is_survived_and_checkpoints_deleted_meanwhile_are_reported
     lost_lines = [line for line in watcher.stderr.splitlines() if line.startswith("Lost: ")]
     assert len(lost_lines) == 3 and "checkpoint-10 deleted from the run folder before it was pushed" in lost_lines[0]
     assert_each_on_the_hub_exactly_once(api, [40])
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_push_finishes_it_saves_the_record_and_exits_130(
+    procs: Callable[..., Proc], tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi
+) -> None:
+    import shutil
+
+    shutil.copytree(tiny_run / "checkpoint-10", tmp_path / "run" / "checkpoint-10")
+    # The commit is answered "busy, come back in 2 s" once: the push is in progress for at least that long.
+    hub.server.inject_fault("POST", r"/commit/checkpoint-10$", 503, times=1, retry_after=2)
+    watcher = watch(procs, "watch")
+
+    def heads() -> dict[str, str]:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            return {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
+        except RepositoryNotFoundError:  # not created yet
+            return {}
+
+    wait_for(lambda: "checkpoint-10" in heads() or not watcher.running(), 30, "the push to start")
+    root = api.list_repo_commits(REPO, revision="main")[-1].commit_id
+    assert heads()["checkpoint-10"] == root  # the branch is there, its commit is not: the push is in progress
+    watcher.popen.send_signal(signal.SIGTERM)
+    assert watcher.wait(30) == 130, watcher.stderr
+    assert "Stopping after the push in progress" in watcher.stderr
+    assert watcher.stdout.startswith("Pushed checkpoint-10 -> me/watched @ checkpoint-10 (")
+    assert_each_on_the_hub_exactly_once(api, [10])
+    assert pushed_steps(tmp_path) == [10]
