@@ -59,6 +59,7 @@ def test_the_run_is_finished_when_its_final_checkpoint_is_pushed() -> None:
     state = WatchState(REPO).with_pushed(record, final=True)
     assert state.final_step == 40 and next_step({40: None}, {40: None}, state).finished
     assert not next_step(None, {40: None}, WatchState(REPO).with_pushed(record, final=False)).finished
+    assert not next_step(None, {40: None, 50: A}, state).finished  # resumed with more steps: not done yet
 
 
 def test_the_state_file_round_trips_and_keeps_other_repositories() -> None:

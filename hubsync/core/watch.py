@@ -85,7 +85,9 @@ def next_step(
         )
     )
     new_state = replace(state, seen=state.seen | present, lost=tuple(sorted({*state.lost, *lost})))
-    finished = state.final_step is not None and state.final_step in state.pushed and not ready
+    final = state.final_step
+    # A checkpoint beyond the final one: training was resumed with more steps.
+    finished = final is not None and final in state.pushed and not ready and not any(s > final for s in present)
     return WatchStep(ready, lost, new_state, finished)
 
 

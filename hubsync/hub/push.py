@@ -209,7 +209,8 @@ def drop_from_index(hub: PushTarget, repo_id: str, branches: Callable[[], Collec
             return None
         front_matter = front_matter_of(hub.read_file(repo_id, head, "README.md"))
         readme = render_index_readme(kept, repo_id, front_matter or DEFAULT_FRONT_MATTER, hub.web_url(repo_id))
-        gone = ", ".join(e["revision"] for e in entries if e["revision"] not in existing)
+        gone_all = [e["revision"] for e in entries if e["revision"] not in existing]
+        gone = ", ".join(gone_all[:5]) + (f" and {len(gone_all) - 5} more" if len(gone_all) > 5 else "")
         files: list[tuple[Path | bytes, str]] = [(dump_index(kept), INDEX_FILE), (readme, "README.md")]
         return hub.commit_files(repo_id, "main", files, f"hubsync: prune {gone}", parent_commit=head)
 
