@@ -247,7 +247,7 @@ def test_every_checkpoint_of_a_live_run_reaches_the_hub_exactly_once(
     procs: Callable[..., Proc], tmp_path: Path, api: HfApi
 ) -> None:
     watcher = watch(procs, "watch")  # started first: it waits for the run folder to appear
-    trainer = train(procs, "--step-sleep", "0.1")
+    trainer = train(procs, "--step-sleep", "0.2")
     wait_for(lambda: bool(pushed_steps(tmp_path)) or not trainer.running(), 60, "the first push")
     pushed_while_training = trainer.running()
     assert trainer.wait(60) == 0, trainer.stderr
@@ -275,17 +275,19 @@ def test_every_checkpoint_of_a_live_run_reaches_the_hub_exactly_once(
 def test_a_watch_restarted_in_the_middle_of_the_run_pushes_nothing_twice(
     procs: Callable[..., Proc], tmp_path: Path, api: HfApi
 ) -> None:
-    trainer = train(procs, "--step-sleep", "0.15")
     first = watch(procs, "watch1")
+    trainer = train(procs, "--step-sleep", "0.2")
     wait_for(lambda: bool(pushed_steps(tmp_path)) or not trainer.running(), 60, "the first push")
+    assert trainer.running()
+    trainer.popen.send_signal(signal.SIGSTOP)  # training holds still while the watch restarts: mid-run for sure
     first.popen.send_signal(signal.SIGTERM)
     assert first.wait(30) == 130, first.stderr
     assert "Stopped; " in first.stdout
-    assert trainer.running()  # the restart really is in the middle of the run
     before = pushed_steps(tmp_path)
     assert before and before[-1] < 30
 
     second = watch(procs, "watch2")
+    trainer.popen.send_signal(signal.SIGCONT)
     assert trainer.wait(60) == 0, trainer.stderr
     assert second.wait(60) == 0, second.stderr
     assert_each_on_the_hub_exactly_once(api, STEPS)
@@ -309,7 +311,7 @@ def test_a_hub_outage_is_survived_and_checkpoints_deleted_meanwhile_are_reported
     for method in ("GET", "HEAD", "POST", "PUT", "DELETE"):
         hub.server.inject_fault(method, r".", 503, times=10**6, retry_after=0)
     watcher = watch(procs, "watch", "--json")
-    trainer = train(procs, "--step-sleep", "0.1", "--save-total-limit", "1")
+    trainer = train(procs, "--step-sleep", "0.2", "--save-total-limit", "1")
     assert trainer.wait(60) == 0, trainer.stderr
     assert watcher.running()  # the Hub is down: nothing could be pushed, and the watch goes on
     failures = [line for line in watcher.stderr.splitlines() if line.startswith("Hub unavailable (")]
