@@ -13,7 +13,7 @@ module can be imported without pulling in torch.
 
 Command line::
 
-    python -m hubsync.tinyrun OUT_DIR [--max-steps N] [--save-steps N]
+    python -m hubsync.tinyrun OUT_DIR [--max-steps N] [--save-steps N] [--save-total-limit N] [--step-sleep S]
 """
 
 from __future__ import annotations
@@ -125,6 +125,21 @@ def _bin_adapter_callback() -> Any:
     return BinAdapterCallback()
 
 
+def _slow_callback(seconds: float) -> Any:
+    import time
+
+    from transformers import TrainerCallback
+
+    class SlowCallback(TrainerCallback):
+        """Sleep after every step: a tiny run then takes about as long as a watcher needs to see it."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            time.sleep(seconds)
+            return control
+
+    return SlowCallback()
+
+
 def train_tiny_lora(
     output_dir: str | os.PathLike[str],
     *,
@@ -135,6 +150,10 @@ def train_tiny_lora(
     safe_serialization: bool = True,
     resume_from_checkpoint: str | None = None,
     save_only_model: bool = False,
+    save_total_limit: int | None = None,
+    metric_for_best_model: str | None = None,
+    greater_is_better: bool | None = None,
+    step_sleep: float = 0.0,
 ) -> pathlib.Path:
     """Run a tiny LoRA fine-tune on CPU and return ``output_dir`` as a Path.
 
@@ -145,6 +164,11 @@ def train_tiny_lora(
     ``trainer.train`` unchanged (a path, or True for the latest checkpoint).
     With ``save_only_model=True`` the checkpoints hold no optimizer.pt,
     scheduler.pt or rng_state.pth (and cannot be resumed from).
+    ``save_total_limit``, ``metric_for_best_model`` and ``greater_is_better``
+    go to TrainingArguments unchanged (the Trainer then deletes older
+    checkpoints, and records ``best_model_checkpoint``).  ``step_sleep``
+    seconds are slept after each step, so that a process watching the run
+    sees each checkpoint appear.
     """
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -203,6 +227,9 @@ def train_tiny_lora(
                 use_cpu=True,
                 disable_tqdm=True,
                 save_only_model=save_only_model,
+                save_total_limit=save_total_limit,
+                metric_for_best_model=metric_for_best_model,
+                greater_is_better=greater_is_better,
                 dataloader_num_workers=0,
             )
 
@@ -220,6 +247,8 @@ def train_tiny_lora(
                 # from such a folder works: Trainer/PEFT fall back to
                 # adapter_model.bin when there is no safetensors file.
                 callbacks.append(_bin_adapter_callback())
+            if step_sleep > 0:
+                callbacks.append(_slow_callback(step_sleep))
 
             trainer = Trainer(
                 model=model,
@@ -259,10 +288,19 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--bin", action="store_true", help="save adapters as adapter_model.bin, as older PEFT did")
+    parser.add_argument("--save-total-limit", type=int, help="keep only the N newest checkpoints, as the Trainer does")
+    parser.add_argument("--best-metric", help="metric_for_best_model, such as eval_loss")
+    parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step")
     ns = parser.parse_args(argv)
 
     out = train_tiny_lora(
-        ns.output_dir, max_steps=ns.max_steps, save_steps=ns.save_steps, safe_serialization=not ns.bin
+        ns.output_dir,
+        max_steps=ns.max_steps,
+        save_steps=ns.save_steps,
+        safe_serialization=not ns.bin,
+        save_total_limit=ns.save_total_limit,
+        metric_for_best_model=ns.best_metric,
+        step_sleep=ns.step_sleep,
     )
     for p in _checkpoint_dirs(out):
         print(p)

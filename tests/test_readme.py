@@ -51,3 +51,52 @@ def test_the_local_hub_recipe_then_push_ls_and_pull(tiny_run: Path, tmp_path: Pa
     assert "Already up to date: out/my-run/checkpoint-30" in output
     assert re.search(r"^checkpoint-30 +30 ", output, re.M)  # hubsync ls
     assert (tmp_path / "out" / "my-model" / "checkpoint-30" / "adapter_model.safetensors").exists()
+
+
+def test_the_watch_and_prune_examples(tmp_path: Path) -> None:
+    (recipe,) = [b for b in sh_blocks() if "hubsync localhub --root" in b]
+    watch_example = next(b for b in sh_blocks() if "hubsync watch out/my-run" in b)
+    prune_example = next(b for b in sh_blocks() if "hubsync prune me/my-model" in b)
+    start_hub, *setup = [line for line in recipe.replace("/tmp/hub", str(tmp_path / "hub")).splitlines()]
+    training = f"{sys.executable} -m hubsync.tinyrun out/my-run --max-steps 20 --save-steps 10 --step-sleep 0.05"
+    script = "\n".join(
+        [
+            "set -e",
+            start_hub,
+            "HUB=$!; trap 'kill $HUB 2>/dev/null' EXIT",  # the local Hub stops whatever happens
+            *[line for line in setup if not line.startswith("hubsync push")],
+            watch_example.replace("python train.py --output_dir out/my-run", training).replace(
+                "hubsync watch out/my-run",
+                "hubsync watch out/my-run --interval 0.2",  # the tiny run is quick
+            ),
+            "echo '== before prune'",
+            "hubsync ls me/my-model",
+            "echo '== prune'",
+            prune_example.replace("--keep 3", "--keep 1"),
+            "echo '== after prune'",
+            "hubsync ls me/my-model",
+        ]
+    )
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HOME": str(tmp_path / "hf")}
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        code = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=False,
+        ).returncode
+    output = log.read_text()
+    assert code == 0, output
+    assert "Done: the run finished; 2 checkpoints on me/my-model." in output
+    before, after = output.split("== before prune")[1].split("== after prune")
+    assert re.search(r"^checkpoint-10 +10 ", before, re.M) and re.search(r"^checkpoint-20 +20 ", before, re.M)
+    assert (
+        "Plan (dry run): me/my-model: keep 1, delete 1" in after
+        or "Plan (dry run): me/my-model: keep 1, delete 1" in before
+    )
+    assert "Deleted 1 branch of me/my-model." in before
+    assert re.search(r"^checkpoint-20 +20 ", after, re.M) and "checkpoint-10" not in after

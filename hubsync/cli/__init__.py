@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -158,52 +158,67 @@ def _card_settings(
     )
 
 
+def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say where and how checkpoints are pushed, shared by `push` and `watch`."""
+    f = card_options(f)
+    for option in reversed(
+        [
+            click.option("--repo", "repo_id", metavar="NAMESPACE/NAME", help="Repository to push to."),
+            click.option(
+                "--revision",
+                metavar="PATTERN",
+                help="Branch name, with {step}, {epoch}, {run} [default: checkpoint-{step}].",
+            ),
+            click.option(
+                "--public/--private",
+                "public",
+                default=None,
+                help="Visibility of a repository that has to be created [default: private].",
+            ),
+            click.option(
+                "--training-state",
+                type=click.Choice(["drop", "keep"]),
+                help="Leave out optimizer, scheduler, RNG state and training_args.bin, or keep them so that "
+                "training can resume from the revision [default: drop].",
+            ),
+            click.option(
+                "--training-state-format",
+                type=click.Choice(["safe", "pickle"]),
+                default="safe",
+                show_default=True,
+                help="Kept state as safetensors + JSON (pull rebuilds the .pt files), or the pickles as they are "
+                "(private repositories only).",
+            ),
+            click.option(
+                "--allow-public-state", is_flag=True, help="Allow --training-state keep into a public repository."
+            ),
+            click.option(
+                "--tag",
+                "tags",
+                multiple=True,
+                metavar="NAME",
+                help="Tag the new commit, of the newest checkpoint when several are pushed (repeatable).",
+            ),
+            click.option("--release", is_flag=True, help="Also publish the checkpoint's inference files on main."),
+            click.option(
+                "--git-commit",
+                metavar="SHA",
+                callback=lambda _ctx, _param, value: _git_commit(value),
+                help="The training code's git commit, recorded in the card and the commit message "
+                "[default: HEAD of the git work tree holding the checkpoint].",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("--repo", "repo_id", metavar="NAMESPACE/NAME", help="Repository to push to.")
+@push_options
 @click.option(
     "--select", metavar="WHICH", help="For a run folder: latest, best, all, last:N or STEP[,STEP...] [default: latest]."
 )
-@click.option(
-    "--revision", metavar="PATTERN", help="Branch name, with {step}, {epoch}, {run} [default: checkpoint-{step}]."
-)
-@click.option(
-    "--public/--private",
-    "public",
-    default=None,
-    help="Visibility of a repository that has to be created [default: private].",
-)
-@click.option(
-    "--training-state",
-    type=click.Choice(["drop", "keep"]),
-    help="Leave out optimizer, scheduler, RNG state and training_args.bin, or keep them so that "
-    "training can resume from the revision [default: drop].",
-)
-@click.option(
-    "--training-state-format",
-    type=click.Choice(["safe", "pickle"]),
-    default="safe",
-    show_default=True,
-    help="Kept state as safetensors + JSON (pull rebuilds the .pt files), or the pickles as they are "
-    "(private repositories only).",
-)
-@click.option("--allow-public-state", is_flag=True, help="Allow --training-state keep into a public repository.")
-@click.option(
-    "--tag",
-    "tags",
-    multiple=True,
-    metavar="NAME",
-    help="Tag the new commit, of the newest checkpoint when several are pushed (repeatable).",
-)
-@click.option("--release", is_flag=True, help="Also publish the checkpoint's inference files on main.")
-@click.option(
-    "--git-commit",
-    metavar="SHA",
-    callback=lambda _ctx, _param, value: _git_commit(value),
-    help="The training code's git commit, recorded in the card and the commit message "
-    "[default: HEAD of the git work tree holding the checkpoint].",
-)
-@card_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing locally or on the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plans, then the results.")
 @endpoint_option
@@ -239,33 +254,10 @@ def push(
 
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.errors import CheckpointPushError, HubsyncError
-    from hubsync.core.plan import PushOptions, plan_push
+    from hubsync.core.plan import plan_push
 
-    settings = _settings(ctx, Path(path), flags)
-    if not settings.get("repo"):
-        raise click.UsageError("Missing option '--repo' (or `repo` in hubsync.toml / [tool.hubsync], or HUBSYNC_REPO).")
-    card = _card_settings(
-        settings.get("base-model"),
-        settings.get("license"),
-        tuple(settings.get("datasets", ())),
-        tuple(settings.get("languages", ())),
-        settings.get("template"),
-    )
-    options = PushOptions(
-        settings["repo"],
-        settings.get("revision"),
-        private=settings.get("private", True),
-        training_state=settings.get("training-state", "drop"),
-        card=card,
-        allow_public_state=flags["allow_public_state"],
-        state_format=flags["training_state_format"],
-        tags=tuple(settings.get("tags", ())),
-        release=flags["release"],
-        revision_pattern=True,
-    )
+    settings, options = _push_options(ctx, Path(path), flags)
     checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings.get("select"))]
-    if flags["git_commit"]:
-        checkpoints = [dataclasses.replace(c, git_commit=flags["git_commit"]) for c in checkpoints]
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
@@ -314,6 +306,185 @@ def _git_commit(value: str | None) -> str | None:
     return value
 
 
+def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The settings (flags, variables, configuration) and the PushOptions they make."""
+    from hubsync.core.plan import PushOptions
+
+    settings = _settings(ctx, path, flags)
+    if not settings.get("repo"):
+        raise click.UsageError("Missing option '--repo' (or `repo` in hubsync.toml / [tool.hubsync], or HUBSYNC_REPO).")
+    card = _card_settings(
+        settings.get("base-model"),
+        settings.get("license"),
+        tuple(settings.get("datasets", ())),
+        tuple(settings.get("languages", ())),
+        settings.get("template"),
+    )
+    options = PushOptions(
+        settings["repo"],
+        settings.get("revision"),
+        private=settings.get("private", True),
+        training_state=settings.get("training-state", "drop"),
+        card=card,
+        allow_public_state=flags["allow_public_state"],
+        state_format=flags["training_state_format"],
+        tags=tuple(settings.get("tags", ())),
+        release=flags["release"],
+        revision_pattern=True,
+        git_commit=flags["git_commit"],
+    )
+    return settings, options
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=str))
+@push_options
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Pause between looks at the run folder.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Also stop when the run folder has not changed for this long and everything in it is pushed [default: never].",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest pause before pushing again after the Hub failed (the pauses double from --interval).",
+)
+@click.option(
+    "--nice",
+    "niceness",
+    type=click.IntRange(0, 19),
+    default=10,
+    show_default=True,
+    help="Lower this process's priority by this much, so that training keeps the CPU.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary when it stops, instead of a line a push.")
+@endpoint_option
+@token_option
+@click.pass_context
+def watch(
+    ctx: click.Context,
+    /,
+    run_dir: str,
+    interval: float,
+    idle_timeout: float | None,
+    retry_max: float,
+    niceness: int,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+    **flags: Any,
+) -> None:
+    """Push each new checkpoint of a training run while it trains, from another process.
+
+    Start it beside the training process. Every --interval it looks at RUN_DIR; a checkpoint-N folder is
+    pushed (as `hubsync push` would, with the same options) once its trainer_state.json is written and no
+    file in it changed between two looks. It only reads the run folder, keeping its own record in
+    RUN_DIR/.hubsync/watch.json, so a restarted watch pushes nothing twice. When the Hub fails, it says so
+    in one line and tries again later. It stops, with exit code 0, once the run's final checkpoint
+    (global_step = max_steps) is pushed, or after --idle-timeout; on Ctrl-C or SIGTERM it finishes the
+    push in progress, saves its record and exits with 130 (press Ctrl-C again to abandon the push: nothing
+    is half-committed). A checkpoint that the Trainer deleted (save_total_limit) before it could be pushed
+    is reported. --tag tags the run's final checkpoint.
+
+    \b
+    Example:
+      hubsync watch out/my-run --repo me/my-model --training-state keep &
+      python train.py --output_dir out/my-run
+    """
+    import threading
+    from pathlib import Path
+
+    from hubsync.core.plan import check_repo_id
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.watch import Watcher, WatchSettings
+
+    run = Path(run_dir)
+    # The configuration is looked up from inside the run folder, which may not exist yet.
+    options = _push_options(ctx, run / "checkpoint", flags)[1]
+    check_repo_id(options.repo_id)
+    hub = HubClient(endpoint, token)
+    hub.require_token()
+    _quiet_huggingface_hub(show_progress=False)
+    if niceness:
+        with suppress(OSError, AttributeError):  # not allowed, or not on this platform: normal priority then
+            os.nice(niceness)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("Stopping after the push in progress (Ctrl-C again abandons it; nothing is half-written).", err=True)
+
+    settings = WatchSettings(run, options, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
+    watcher = Watcher(settings, hub, lambda event: _report_watch(event, as_json), stop.is_set)
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = watcher.run()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        on_hub = _count(len(summary.state.pushed), "checkpoint")
+        lost = f"; lost before they were pushed: {_checkpoints(summary.state.lost)}" if summary.state.lost else ""
+        if summary.finished:
+            click.echo(f"Done: the run finished; {on_hub} on {options.repo_id}{lost}.")
+        elif summary.idle:
+            click.echo(f"Stopped after {idle_timeout:g} s without change; {on_hub} on {options.repo_id}{lost}.")
+        else:
+            click.echo(f"Stopped; {on_hub} on {options.repo_id}{lost}. Run it again to go on.")
+    if summary.stopped:
+        ctx.exit(130)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _checkpoints(steps: Any) -> str:
+    return ", ".join(f"checkpoint-{s}" for s in steps)
+
+
+def _report_watch(event: object, as_json: bool) -> None:
+    """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
+    from hubsync.core.errors import HubError
+    from hubsync.hub.watch import Lost, Pushed, PushFailed, WaitingForRun
+
+    if isinstance(event, Pushed):
+        if not as_json:
+            r = event.result
+            verb = "Pushed" if r.created else "Already on the Hub:"
+            click.echo(f"{verb} checkpoint-{event.step} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
+    elif isinstance(event, Lost):
+        click.echo(
+            f"Lost: {_checkpoints(event.steps)} deleted from the run folder before it was pushed "
+            "(the Trainer's save_total_limit?).",
+            err=True,
+        )
+    elif isinstance(event, PushFailed):
+        err = event.error
+        why = f"{err.endpoint}: {err.detail}" if isinstance(err, HubError) else str(err)
+        later = f"trying again in {event.retry_in:g} s"
+        click.echo(_scrub(f"Hub unavailable ({why}): checkpoint-{event.step} not pushed yet; {later}."), err=True)
+    elif isinstance(event, WaitingForRun):
+        click.echo(f"Waiting for {event.run} to appear.", err=True)
+
+
 def _settings(ctx: click.Context, path: Any, flags: dict[str, Any]) -> dict[str, Any]:
     """Each setting from its flag, else its HUBSYNC_* variable, else the configuration file, else unset."""
     from hubsync.core.config import env_value, find_config
@@ -334,6 +505,8 @@ def _settings(ctx: click.Context, path: Any, flags: dict[str, Any]) -> dict[str,
     config = find_config(path.absolute())
     out: dict[str, Any] = {}
     for flag, name in names.items():
+        if flag not in flags:  # an option this command does not have
+            continue
         value = flags[flag]
         given = ctx.get_parameter_source(flag) is not click.core.ParameterSource.DEFAULT
         if given and flag == "public":
@@ -500,6 +673,90 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("repo_id", metavar="REPO")
+@click.option(
+    "--keep", required=True, type=click.IntRange(min=0), metavar="N", help="Keep the N newest checkpoint branches."
+)
+@click.option(
+    "--keep-best", is_flag=True, help="Also keep the best checkpoint (trainer_state's best_model_checkpoint)."
+)
+@click.option("--keep-tagged", is_flag=True, help="Also keep every branch whose head commit a tag points to.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plan, then the result.")
+@endpoint_option
+@token_option
+def prune(
+    repo_id: str,
+    keep: int,
+    keep_best: bool,
+    keep_tagged: bool,
+    dry_run: bool,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Delete a repository's checkpoint branches beyond the newest N.
+
+    Newest is by step. main is never deleted, nor with --keep-best the best checkpoint (the one that the
+    newest checkpoint's trainer_state.json names as best_model_checkpoint), nor with --keep-tagged a branch
+    whose head commit is tagged. Only branches are deleted, never tags. The plan is printed first; then
+    main's index and README stop listing the deleted revisions, in one commit.
+
+    \b
+    Example:
+      hubsync prune me/my-model --keep 3 --keep-best --dry-run
+    """
+    from hubsync.core.plan import check_repo_id
+    from hubsync.core.prune import plan_prune
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.prune import execute_prune, prune_inputs
+
+    check_repo_id(repo_id)
+    _quiet_huggingface_hub(show_progress=False)
+    hub = HubClient(endpoint, token)
+    found = prune_inputs(hub, repo_id)
+    plan = plan_prune(
+        repo_id,
+        found.revisions,
+        keep=keep,
+        keep_best=keep_best,
+        keep_tagged=keep_tagged,
+        tags=found.tags,
+        best_step=found.best_step,
+    )
+    if not as_json:
+        _print_prune_plan(plan, keep_best, dry_run)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"plan": plan.to_json()}, indent=2))
+        return
+    result = execute_prune(plan, hub)
+    if as_json:
+        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
+        return
+    count = len(result.deleted)
+    click.echo(f"Deleted {count} branch{'es' if count != 1 else ''} of {repo_id}.")
+    if result.index_commit:
+        click.echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
+
+
+def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
+    kept, deleted = len(plan.keep), len(plan.delete)
+    click.echo(f"Plan{' (dry run)' if dry_run else ''}: {plan.repo_id}: keep {kept}, delete {deleted}")
+    rows = [("keep", d) for d in plan.keep] + [("delete", d) for d in plan.delete]
+    rows.sort(key=lambda row: (row[1].step if row[1].step is not None else -1, row[1].revision), reverse=True)
+    width = max([len(d.revision) for _, d in rows], default=0)
+    for action, d in rows:
+        step = "" if d.step is None else f"step {d.step}"
+        why = f"  ({', '.join(d.reasons)})" if d.reasons else ""
+        click.echo(f"  {action:<6}  {d.revision:<{width}}  {step}{why}".rstrip())
+    if keep_best and plan.best_step is None:
+        click.echo("  note:  no best checkpoint is recorded (trainer_state.json's best_model_checkpoint is empty)")
+    if dry_run:
+        click.echo("Nothing was deleted (dry run).")
 
 
 @cli.command()

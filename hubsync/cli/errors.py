@@ -152,6 +152,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.WatchStateError,
+        lambda err: (
+            f"cannot read the watch state {err.path} ({err.reason}). Move it aside and start the watch again: "
+            "checkpoints already on the Hub are recognised and not pushed twice."
+        ),
+    ),
+    (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
     ),

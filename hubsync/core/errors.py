@@ -243,3 +243,12 @@ class LinkOutsideCheckpointError(HubsyncError):
         super().__init__(f"{path} is a link that leads outside the checkpoint ({target})")
         self.path = path
         self.target = target
+
+
+class WatchStateError(HubsyncError):
+    """The watch state file under the run folder cannot be read."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read the watch state {path}: {reason}")
+        self.path = path
+        self.reason = reason

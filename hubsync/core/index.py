@@ -66,3 +66,16 @@ def render_index_readme(entries: list[dict[str, Any]], repo_id: str, front_matte
         front_matter=front_matter,
     )
     return text.encode()
+
+
+def front_matter_of(readme: bytes | None) -> str | None:
+    """The YAML metadata of main's README.md, without the `---` fences; None when it has none."""
+    if readme is None:
+        return None
+    text = readme.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    if not text.startswith("---\n"):
+        return None
+    end = text.find("\n---\n", 3)
+    if end == -1:
+        return None
+    return text[4:end]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
@@ -158,11 +158,14 @@ class PushOptions:
     tags: tuple[str, ...] = ()
     release: bool = False
     revision_pattern: bool = False  # `revision` is a pattern with {step}, {epoch}, {run}
+    git_commit: str | None = None  # the training code's commit, given; default: the checkpoint's git work tree
 
 
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     """Decide what a push of `checkpoint` does: which files are converted, dropped, generated and uploaded."""
     repo_id = check_repo_id(options.repo_id)
+    if options.git_commit:
+        checkpoint = replace(checkpoint, git_commit=options.git_commit)
     state = checkpoint.trainer_state
     if options.revision_pattern:
         name = revision_name(

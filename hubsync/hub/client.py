@@ -179,6 +179,16 @@ class HubClient:
             lambda: self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True), repo_id, branch
         )
 
+    def delete_branch(self, repo_id: str, branch: str) -> bool:
+        """Delete a branch (never main); False when it was already gone."""
+        if branch == "main":
+            raise ValueError("main is never deleted")
+        try:
+            self._call(lambda: self.api.delete_branch(repo_id, branch=branch), repo_id, branch)
+        except errors.RevisionNotFoundError:
+            return False
+        return True
+
     def ensure_tag(self, repo_id: str, tag: str, commit: str) -> None:
         """Tag `commit`; a tag already there is fine, one on another commit is an error (tags never move)."""
         existing = self.refs(repo_id)[1].get(tag)

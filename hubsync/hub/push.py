@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from hubsync.convert import convert_weights
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
 from hubsync.core.errors import CommitConflictError, PicklesInPublicRepoError, PublicTrainingStateError
-from hubsync.core.index import INDEX_FILE, dump_index, merge_index, parse_index, render_index_readme
+from hubsync.core.index import (
+    INDEX_FILE,
+    dump_index,
+    front_matter_of,
+    merge_index,
+    parse_index,
+    render_index_readme,
+)
 from hubsync.core.plan import PushPlan
 from hubsync.core.pull import RemoteFile
 from hubsync.files import system_temp_dir
@@ -23,6 +30,8 @@ from .client import CommitResult
 
 CONFLICT_RETRIES = 8
 Files = Sequence[tuple[Path | bytes, str]]
+T = TypeVar("T")
+DEFAULT_FRONT_MATTER = "tags:\n- hubsync"  # for an index README whose metadata someone removed
 
 
 class PushTarget(Protocol):
@@ -139,12 +148,22 @@ def _commit_to_head(
     another push moved the head meanwhile (412), plan the deletions again against the new head and commit again:
     concurrent pushes all land in the branch's history, and the last one is its tree."""
     keep = {dest for _, dest in files} | {".gitattributes"}
-    for attempt in range(CONFLICT_RETRIES):
+
+    def commit() -> CommitResult:
         head = hub.branch_head(repo_id, branch)
         stale = [f.path for f in hub.tree(repo_id, head)] if head else []
         delete = sorted(path for path in stale if path not in keep)
+        return hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
+
+    return retry_conflicts(commit)
+
+
+def retry_conflicts(commit: Callable[[], T]) -> T:
+    """Run `commit` (which reads a branch head and commits on top of it) again while the branch keeps moving
+    under it (412), up to CONFLICT_RETRIES times, with short random pauses."""
+    for attempt in range(CONFLICT_RETRIES):
         try:
-            return hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
+            return commit()
         except CommitConflictError:
             if attempt == CONFLICT_RETRIES - 1:
                 raise
@@ -156,7 +175,10 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
     """Record the revision in main's index (.hubsync/index.json and README.md), with the released inference
     files when --release; nothing is committed when main already says all that."""
     assert plan.front_matter is not None
-    for attempt in range(CONFLICT_RETRIES):
+    front_matter = plan.front_matter
+
+    def commit() -> None:
+        nonlocal entry
         head = hub.branch_head(plan.repo_id, "main")
         entries = parse_index(hub.read_file(plan.repo_id, head or "main", INDEX_FILE))
         if released:
@@ -165,13 +187,33 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
         merged = merge_index(entries, entry)
         if merged == entries and not released:
             return  # main already lists this revision at this commit; its README may describe a newer one
-        readme = render_index_readme(merged, plan.repo_id, plan.front_matter, hub.web_url(plan.repo_id))
+        readme = render_index_readme(merged, plan.repo_id, front_matter, hub.web_url(plan.repo_id))
         files: list[tuple[Path | bytes, str]] = [(dump_index(merged), INDEX_FILE), (readme, "README.md"), *released]
         message = f"hubsync: {'release' if released else 'index'} {plan.revision}"
-        try:
-            hub.commit_files(plan.repo_id, "main", files, message, parent_commit=head)  # no change: no commit
-            return
-        except CommitConflictError:
-            if attempt == CONFLICT_RETRIES - 1:
-                raise
-            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+        hub.commit_files(plan.repo_id, "main", files, message, parent_commit=head)  # no change: no commit
+
+    retry_conflicts(commit)
+
+
+def drop_from_index(hub: PushTarget, repo_id: str, branches: Callable[[], Collection[str]]) -> CommitResult | None:
+    """Make main's index (.hubsync/index.json and its README.md) list only revisions that `branches()` still
+    names, in one commit; None when main has no index or it lists nothing that is gone."""
+
+    def commit() -> CommitResult | None:
+        head = hub.branch_head(repo_id, "main")
+        raw = hub.read_file(repo_id, head or "main", INDEX_FILE)
+        if head is None or raw is None:
+            return None
+        entries = parse_index(raw)
+        existing = set(branches())
+        kept = [e for e in entries if e["revision"] in existing]
+        if len(kept) == len(entries):
+            return None
+        front_matter = front_matter_of(hub.read_file(repo_id, head, "README.md"))
+        readme = render_index_readme(kept, repo_id, front_matter or DEFAULT_FRONT_MATTER, hub.web_url(repo_id))
+        gone_all = [e["revision"] for e in entries if e["revision"] not in existing]
+        gone = ", ".join(gone_all[:5]) + (f" and {len(gone_all) - 5} more" if len(gone_all) > 5 else "")
+        files: list[tuple[Path | bytes, str]] = [(dump_index(kept), INDEX_FILE), (readme, "README.md")]
+        return hub.commit_files(repo_id, "main", files, f"hubsync: prune {gone}", parent_commit=head)
+
+    return retry_conflicts(commit)

@@ -1001,6 +1001,7 @@ class LocalHubServer(ThreadingHTTPServer):
         return fault
 
     def clear_faults(self) -> None:
+        """Serve every request again (the injected outage is over)."""
         with self._faults_lock:
             self._faults.clear()
 

@@ -1,0 +1,291 @@
+"""`hubsync watch`: follow a training run from another process and push each checkpoint once it is complete.
+
+Only reads the run folder, but for its own state file (`<run>/.hubsync/watch.json`, replaced whole). A Hub
+that fails is tried again later, with growing pauses; a checkpoint that the Trainer deletes before it could be
+pushed is reported. What to push is decided by hubsync.core.watch; this module carries it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubsync.core.checkpoint import Checkpoint, read_checkpoint
+from hubsync.core.errors import (
+    CommitConflictError,
+    HubError,
+    HubsyncError,
+    HubUnreachableError,
+    RepoNotFoundError,
+)
+from hubsync.core.index import INDEX_FILE, parse_index
+from hubsync.core.paths import display_path
+from hubsync.core.plan import PushOptions, PushPlan, plan_push
+from hubsync.core.watch import (
+    STATE_FILE,
+    LocalHashes,
+    PushedCheckpoint,
+    Signature,
+    WatchState,
+    dump_state,
+    holds_exactly,
+    is_final,
+    next_step,
+    observe_run,
+    parse_state,
+)
+from hubsync.files import remove_stale_temps, write_file_atomic
+
+from .push import PushResult, PushTarget, execute_push
+
+SLEEP_SLICE = 0.1
+CHUNK = 1 << 20  # how often a pause checks whether to stop
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    run_dir: Path
+    options: PushOptions  # its tags go to the run's final checkpoint only: tags never move
+    interval: float = 5.0  # seconds between looks at the run folder
+    retry_max: float = 60.0  # the longest pause before pushing again after the Hub failed
+    idle_timeout: float | None = None  # stop when nothing changed for this long and everything seen is pushed
+
+
+# What the watch reports while it runs (the CLI prints them).
+@dataclass(frozen=True)
+class Pushed:
+    step: int
+    result: PushResult
+
+
+@dataclass(frozen=True)
+class Lost:
+    steps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PushFailed:
+    step: int
+    error: HubsyncError
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class WaitingForRun:
+    run: str
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    repo_id: str
+    pushed: tuple[tuple[int, PushResult], ...]  # (step, result) by this watch (created False: already on the Hub)
+    state: WatchState
+    finished: bool  # the run's final checkpoint is on the Hub
+    stopped: bool  # asked to stop (Ctrl-C, SIGTERM)
+    idle: bool  # --idle-timeout ran out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo_id,
+            "pushed": [
+                {"step": step, "revision": r.revision, "commit": r.commit, "created": r.created}
+                for step, r in self.pushed
+            ],
+            "on_hub": [
+                {"step": p.step, "revision": p.revision, "commit": p.commit}
+                for p in sorted(self.state.pushed.values(), key=lambda p: p.step)
+            ],
+            "lost": [{"step": s, "checkpoint": f"checkpoint-{s}"} for s in self.state.lost],
+            "finished": self.finished,
+            "stopped": self.stopped,
+            "idle": self.idle,
+        }
+
+
+def retryable(exc: BaseException) -> bool:
+    """A failure of the Hub that may pass (outage, 5xx, 429, a branch that kept moving), not of the request."""
+    return isinstance(exc, (HubUnreachableError, CommitConflictError)) or type(exc) is HubError
+
+
+class Watcher:
+    """One watch of one run folder, pushing to one repository through `hub`."""
+
+    def __init__(
+        self,
+        settings: WatchSettings,
+        hub: PushTarget,
+        report: Callable[[object], None],
+        should_stop: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.report = report
+        self.should_stop = should_stop
+        self.clock = clock
+        self.state_path = settings.run_dir / STATE_FILE
+        self._raw_state: bytes | None = None
+        self.pushed: list[tuple[int, PushResult]] = []
+        self._failures = 0
+        self._retry_at = 0.0
+
+    def run(self) -> WatchSummary:
+        """Look at the run folder every interval and push what is complete, until the run's final checkpoint is
+        pushed, the idle timeout runs out, or should_stop() says so. The state is saved whatever happens."""
+        settings = self.settings
+        state = self._load()
+        previous: dict[int, Signature] | None = None
+        last_change = self.clock()
+        waiting = False
+        finished = stopped = idle = False
+        try:
+            while True:
+                if self.should_stop():
+                    stopped = True
+                    break
+                if not settings.run_dir.is_dir():
+                    if not waiting:
+                        self.report(WaitingForRun(display_path(settings.run_dir)))
+                        waiting = True
+                    self._pause(settings.interval)
+                    continue
+                current = observe_run(settings.run_dir, skip=state.pushed)
+                step = next_step(previous, current, state)
+                if current != previous or step.push:
+                    last_change = self.clock()
+                state = step.state
+                if step.lost:
+                    self.report(Lost(step.lost))
+                if step.finished:
+                    finished = True
+                    break
+                state = self._push_ready(step.push, state)
+                self._save(state)
+                unpushed = any(s not in state.pushed for s, files in current.items() if files != ())
+                if (
+                    settings.idle_timeout is not None
+                    and not unpushed
+                    and self.clock() - last_change >= settings.idle_timeout
+                ):
+                    idle = True
+                    break
+                previous = current
+                self._pause(settings.interval)
+        finally:
+            self._save(state)
+        return WatchSummary(
+            settings.options.repo_id,
+            tuple(self.pushed),
+            state,
+            finished=finished,
+            stopped=stopped,
+            idle=idle,
+        )
+
+    def _push_ready(self, steps: tuple[int, ...], state: WatchState) -> WatchState:
+        for step in steps:
+            if self.should_stop() or self.clock() < self._retry_at:
+                break
+            folder = self.settings.run_dir / f"checkpoint-{step}"
+            try:
+                result, final = self._push(folder)
+            except (HubsyncError, OSError) as exc:
+                if not folder.is_dir():  # the Trainer deleted it while it was being pushed
+                    state = dataclasses.replace(state, lost=tuple(sorted({*state.lost, step})))
+                    self.report(Lost((step,)))
+                    continue
+                if not retryable(exc):
+                    raise
+                assert isinstance(exc, HubsyncError)
+                self._failures += 1
+                wait = min(max(self.settings.interval, 1.0) * 2 ** (self._failures - 1), self.settings.retry_max)
+                self._retry_at = self.clock() + wait
+                self.report(PushFailed(step, exc, wait))
+                break
+            self._failures = 0
+            self.pushed.append((step, result))
+            state = state.with_pushed(PushedCheckpoint(step, result.revision, result.commit), final)
+            self._save(state)
+            self.report(Pushed(step, result))
+        return state
+
+    def _push(self, folder: Path) -> tuple[PushResult, bool]:
+        checkpoint = read_checkpoint(folder)
+        trainer = checkpoint.trainer_state
+        final = trainer is not None and is_final(trainer.global_step, trainer.settings.get("max_steps"))
+        options = self.settings.options if final else dataclasses.replace(self.settings.options, tags=())
+        plan = plan_push(checkpoint, options)
+        return self._already_pushed(plan, checkpoint) or execute_push(plan, checkpoint, self.hub), final
+
+    def _already_pushed(self, plan: PushPlan, checkpoint: Checkpoint) -> PushResult | None:
+        """The branch's head, when it holds exactly what pushing `plan` would commit and main's index names it
+        (a watch restarted without its record). Pushing again would commit nothing to the branch, but main's
+        README would take this checkpoint's metrics again, one commit for each checkpoint."""
+        try:
+            head = self.hub.branch_head(plan.repo_id, plan.revision)
+        except RepoNotFoundError:  # not created yet: the push creates it
+            return None
+        if head is None:
+            return None
+        index = parse_index(self.hub.read_file(plan.repo_id, "main", INDEX_FILE))
+        indexed = any(e["revision"] == plan.revision and e.get("commit") == head for e in index)
+        as_is = [u for u in plan.uploads if not u.converted_from and not u.generated]
+        local = {u.path_in_repo: _hashes(checkpoint.path / u.source) for u in as_is} if indexed else {}
+        if not holds_exactly(self.hub.tree(plan.repo_id, head), [u.path_in_repo for u in plan.uploads], local, indexed):
+            return None
+        for tag in plan.tags:
+            self.hub.ensure_tag(plan.repo_id, tag, head)
+        return PushResult(
+            repo_id=plan.repo_id,
+            revision=plan.revision,
+            commit=head,
+            commit_url=f"{self.hub.web_url(plan.repo_id)}/commit/{head}",
+            url=self.hub.web_url(plan.repo_id, plan.revision),
+            created=False,
+            files=len(plan.uploads),
+            bytes=plan.total_bytes,
+            tags=plan.tags,
+            released=bool(plan.release),
+        )
+
+    def _pause(self, seconds: float) -> None:
+        end = self.clock() + seconds
+        while not self.should_stop():
+            left = end - self.clock()
+            if left <= 0:
+                return
+            time.sleep(min(left, SLEEP_SLICE))
+
+    def _load(self) -> WatchState:
+        remove_stale_temps(self.state_path.parent)
+        try:
+            self._raw_state = self.state_path.read_bytes()
+        except FileNotFoundError:
+            self._raw_state = None
+        return parse_state(self._raw_state, self.settings.options.repo_id, display_path(self.state_path))
+
+    def _save(self, state: WatchState) -> None:
+        """Replace the state file whole, when the state changed and the run folder exists."""
+        data = dump_state(state, self._raw_state)
+        if data == self._raw_state or not self.settings.run_dir.is_dir():
+            return
+        self.state_path.parent.mkdir(exist_ok=True)
+        write_file_atomic(self.state_path, data)
+        self._raw_state = data
+
+
+def _hashes(path: Path) -> LocalHashes:
+    """sha256 and git blob id of a file, in one read."""
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    git = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            sha256.update(chunk)
+            git.update(chunk)
+    return LocalHashes(size, sha256.hexdigest(), git.hexdigest())

@@ -1,0 +1,223 @@
+"""`hubsync prune`: the plan (pure), and the command end to end against the local Hub on a real run's pushes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import HfApi, ModelCard
+
+from hubsync.cli import cli
+from hubsync.core.prune import PruneCandidate, plan_prune
+from hubsync.localhub import RunningHub
+
+
+def candidates(*steps: int | None) -> list[PruneCandidate]:
+    return [
+        PruneCandidate(f"checkpoint-{s}" if s is not None else "by-hand", s, f"{i:040x}") for i, s in enumerate(steps)
+    ]
+
+
+def names(decisions: tuple[object, ...]) -> list[str]:
+    return [d.revision for d in decisions]  # type: ignore[attr-defined]
+
+
+def test_plan_keeps_the_newest_n_by_step_not_by_name_or_order() -> None:
+    plan = plan_prune("me/m", candidates(100, 20, 300, 1000), keep=2)
+    assert names(plan.keep) == ["checkpoint-1000", "checkpoint-300"]
+    assert names(plan.delete) == ["checkpoint-100", "checkpoint-20"]
+    assert plan.keep[0].reasons == ("newest 2",)
+    assert plan.delete[0].reasons == ()
+
+
+def test_plan_never_touches_main_and_keeps_what_it_cannot_order() -> None:
+    revisions = [*candidates(10, 20, None), PruneCandidate("main", None, "f" * 40)]
+    plan = plan_prune("me/m", revisions, keep=0)
+    assert names(plan.delete) == ["checkpoint-20", "checkpoint-10"]
+    assert names(plan.keep) == ["by-hand"]
+    assert plan.keep[0].reasons == ("no step number",)
+    assert "main" not in names(plan.keep) + names(plan.delete)
+
+
+def test_plan_keeps_the_best_checkpoint_only_when_asked() -> None:
+    revisions = candidates(10, 20, 30, 40)
+    assert names(plan_prune("me/m", revisions, keep=1, best_step=20).delete) == [
+        "checkpoint-30",
+        "checkpoint-20",
+        "checkpoint-10",
+    ]
+    plan = plan_prune("me/m", revisions, keep=1, keep_best=True, best_step=20)
+    assert names(plan.keep) == ["checkpoint-40", "checkpoint-20"]
+    assert plan.keep[1].reasons == ("best checkpoint",)
+    assert plan.best_step == 20
+    # The best is also among the newest: one revision, both reasons.
+    both = plan_prune("me/m", revisions, keep=1, keep_best=True, best_step=40)
+    assert both.keep[0].reasons == ("newest 1", "best checkpoint") and len(both.keep) == 1
+    # No record of a best checkpoint: --keep-best keeps nothing more.
+    assert names(plan_prune("me/m", revisions, keep=1, keep_best=True, best_step=None).keep) == ["checkpoint-40"]
+
+
+def test_plan_keeps_branches_whose_head_is_tagged_only_when_asked() -> None:
+    revisions = candidates(10, 20, 30)
+    tags = {"v1": revisions[0].commit, "paper": revisions[0].commit, "old": "e" * 40}
+    assert names(plan_prune("me/m", revisions, keep=1, tags=tags).delete) == ["checkpoint-20", "checkpoint-10"]
+    plan = plan_prune("me/m", revisions, keep=1, keep_tagged=True, tags=tags)
+    assert names(plan.delete) == ["checkpoint-20"]
+    assert plan.keep[-1].reasons == ("tagged paper, v1",)
+
+
+def test_plan_json_shape() -> None:
+    plan = plan_prune("me/m", candidates(10, 20), keep=1, keep_best=True, best_step=10)
+    assert plan.to_json() == {
+        "repo": "me/m",
+        "keep_newest": 1,
+        "best_step": 10,
+        "keep": [
+            {"revision": "checkpoint-20", "step": 20, "commit": f"{1:040x}", "reasons": ["newest 1"]},
+            {"revision": "checkpoint-10", "step": 10, "commit": f"{0:040x}", "reasons": ["best checkpoint"]},
+        ],
+        "delete": [],
+    }
+
+
+# End to end. The run's best checkpoint is checkpoint-10: the Trainer was told that a greater eval_loss is better,
+# so that the best is not also the newest.
+
+
+@pytest.fixture(scope="module")
+def best_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run with checkpoints 10, 20, 30, 40 whose trainer_state names checkpoint-10 the best. Read only."""
+    from hubsync.tinyrun import train_tiny_lora
+
+    return train_tiny_lora(
+        tmp_path_factory.mktemp("best-run"),
+        max_steps=40,
+        save_steps=10,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+    )
+
+
+def hubsync(hub: RunningHub, *args: str):  # type: ignore[no-untyped-def]
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def pushed(best_run: Path, hub: RunningHub, api: HfApi) -> dict[str, str]:
+    """The four checkpoints pushed to me/tiny; checkpoint-20's commit tagged v1. Branch -> commit."""
+    result = hubsync(hub, "push", str(best_run), "--select", "all", "--repo", "me/tiny")
+    assert result.exit_code == 0, result.stderr
+    heads = refs(api)[0]
+    api.create_tag("me/tiny", tag="v1", revision=heads["checkpoint-20"])
+    return heads
+
+
+def refs(api: HfApi) -> tuple[dict[str, str], dict[str, str]]:
+    found = api.list_repo_refs("me/tiny")
+    return {b.name: b.target_commit for b in found.branches}, {t.name: t.target_commit for t in found.tags}
+
+
+def index_revisions(api: HfApi) -> list[str]:
+    raw = Path(api.hf_hub_download("me/tiny", ".hubsync/index.json")).read_text()
+    return [e["revision"] for e in json.loads(raw)["revisions"]]
+
+
+def main_commits(api: HfApi) -> int:
+    return len(api.list_repo_commits("me/tiny", revision="main"))
+
+
+def test_prune_deletes_beyond_the_newest_n_and_main_stops_listing_them(
+    pushed: dict[str, str], hub: RunningHub, api: HfApi
+) -> None:
+    before = main_commits(api)
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "2")
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Plan: me/tiny: keep 2, delete 2"
+    assert [line.split()[:2] for line in lines[1:5]] == [
+        ["keep", "checkpoint-40"],
+        ["keep", "checkpoint-30"],
+        ["delete", "checkpoint-20"],
+        ["delete", "checkpoint-10"],
+    ]
+    assert "Deleted 2 branches of me/tiny." in result.stdout
+    branches, tags = refs(api)
+    assert set(branches) == {"main", "checkpoint-30", "checkpoint-40"}
+    assert branches["checkpoint-40"] == pushed["checkpoint-40"]  # kept branches are left as they were
+    assert tags == {"v1": pushed["checkpoint-20"]}  # tags are never deleted
+    assert index_revisions(api) == ["checkpoint-30", "checkpoint-40"]
+    card = Path(api.hf_hub_download("me/tiny", "README.md")).read_text()
+    assert "[checkpoint-40]" in card and "[checkpoint-10]" not in card and "[checkpoint-20]" not in card
+    assert ModelCard(card).data.base_model == "hubsync/tiny-random-llama"  # the metadata survives
+    assert main_commits(api) == before + 1  # index and README in one commit
+
+    again = hubsync(hub, "prune", "me/tiny", "--keep", "2")
+    assert again.exit_code == 0 and "Deleted 0 branches" in again.stdout
+    assert main_commits(api) == before + 1
+
+
+def test_keep_best_and_keep_tagged(pushed: dict[str, str], hub: RunningHub, api: HfApi) -> None:
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "1", "--keep-best")
+    assert result.exit_code == 0, result.stderr
+    assert "checkpoint-10  step 10  (best checkpoint)" in result.stdout
+    assert set(refs(api)[0]) == {"main", "checkpoint-40", "checkpoint-10"}
+
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "0", "--keep-tagged")
+    assert result.exit_code == 0, result.stderr
+    assert "checkpoint-20" not in result.stdout  # already gone: not a candidate
+    assert set(refs(api)[0]) == {"main"}
+    assert index_revisions(api) == []
+
+
+def test_keep_tagged_keeps_the_branch_a_tag_points_to(pushed: dict[str, str], hub: RunningHub, api: HfApi) -> None:
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "1", "--keep-tagged")
+    assert result.exit_code == 0, result.stderr
+    assert "checkpoint-20  step 20  (tagged v1)" in result.stdout
+    assert set(refs(api)[0]) == {"main", "checkpoint-40", "checkpoint-20"}
+    assert index_revisions(api) == ["checkpoint-20", "checkpoint-40"]
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(pushed: dict[str, str], hub: RunningHub, api: HfApi) -> None:
+    before = refs(api)
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "1", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Plan (dry run): me/tiny: keep 1, delete 3\n")
+    assert result.stdout.endswith("Nothing was deleted (dry run).\n")
+    assert refs(api) == before
+
+    as_json = hubsync(hub, "prune", "me/tiny", "--keep", "1", "--dry-run", "--json")
+    assert as_json.exit_code == 0
+    assert list(json.loads(as_json.stdout)) == ["plan"]
+    assert refs(api) == before
+
+
+def test_json_prints_the_plan_and_the_result(pushed: dict[str, str], hub: RunningHub, api: HfApi) -> None:
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "3", "--keep-best", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["plan"]["repo"] == "me/tiny" and out["plan"]["best_step"] == 10
+    kept = [d["revision"] for d in out["plan"]["keep"]]
+    assert kept == ["checkpoint-40", "checkpoint-30", "checkpoint-20", "checkpoint-10"]
+    assert out["plan"]["delete"] == []
+    assert out["result"] == {"deleted": [], "index_commit": None}
+
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "3", "--json")
+    out = json.loads(result.stdout)
+    assert out["plan"]["delete"] == [
+        {"revision": "checkpoint-10", "step": 10, "commit": pushed["checkpoint-10"], "reasons": []}
+    ]
+    assert out["result"]["deleted"] == ["checkpoint-10"]
+    assert out["result"]["index_commit"] == refs(api)[0]["main"]
+
+
+def test_a_missing_repository_and_a_bad_keep(hub: RunningHub) -> None:
+    result = hubsync(hub, "prune", "me/nothing", "--keep", "1")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: repository me/nothing not found")
+    bad = hubsync(hub, "prune", "me/tiny", "--keep", "-1")
+    assert bad.exit_code == 2
+    assert "--keep" in bad.stderr
