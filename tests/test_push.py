@@ -444,3 +444,45 @@ def test_re_pushing_an_unchanged_checkpoint_uploads_nothing(checkpoint: Path, hu
 
     assert again.exit_code == 0 and again.stdout.startswith("Already up to date")
     assert hub.server.uploaded_bytes == before
+
+
+def test_a_push_that_fails_before_its_commit_leaves_no_empty_branch(
+    tiny_run: Path, hub: RunningHub, api: HfApi
+) -> None:
+    """The branch is made before the commit; when the commit fails, the empty branch is taken away again (it
+    would pass for a checkpoint revision), while a branch that already held a checkpoint keeps it."""
+    from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.errors import HubError
+    from hubsync.core.plan import PushOptions, plan_push
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.push import execute_push
+
+    quick = (0.01, 0.01, 0.01, 0.01)
+    repo = f"{hub.user}/model"
+    checkpoints = [read_checkpoint(tiny_run / f"checkpoint-{step}") for step in (10, 20)]
+    execute_push(plan_push(checkpoints[0], PushOptions(repo)), checkpoints[0], HubClient(hub.endpoint, hub.token))
+    before = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+    for checkpoint, revision in [(checkpoints[1], "checkpoint-20"), (checkpoints[1], "checkpoint-10")]:
+        hub.server.inject_fault("POST", r"/commit/checkpoint-", 503, times=5)
+        with pytest.raises(HubError):
+            plan = plan_push(checkpoint, PushOptions(repo, revision=revision))
+            execute_push(plan, checkpoint, HubClient(hub.endpoint, hub.token, quick))
+        hub.server.clear_faults()
+        assert {b.name: b.target_commit for b in api.list_repo_refs(repo).branches} == before
+
+
+def test_ls_and_pull_pass_over_an_empty_checkpoint_branch(
+    tiny_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    """A push killed between making its branch and committing leaves the branch at the first commit."""
+    repo, env = f"{hub.user}/model", {"HF_TOKEN": hub.token, "HF_ENDPOINT": hub.endpoint}
+    pushed = CliRunner(env=env).invoke(cli, ["push", str(tiny_run / "checkpoint-10"), "--repo", repo])
+    assert pushed.exit_code == 0, pushed.output
+    root = api.list_repo_commits(repo)[-1].commit_id
+    api.create_branch(repo, branch="checkpoint-99", revision=root)
+    listed = CliRunner(env=env).invoke(cli, ["ls", repo, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["revision"] for r in json.loads(listed.stdout)] == ["checkpoint-10"]
+    pulled = CliRunner(env=env).invoke(cli, ["pull", repo, "--to", str(tmp_path / "pulled"), "--json"])
+    assert pulled.exit_code == 0, pulled.output
+    assert json.loads(pulled.stdout)["revision"] == "checkpoint-10"

@@ -166,11 +166,11 @@ class HubClient:
     def branch_head(self, repo_id: str, branch: str) -> str | None:
         return self.refs(repo_id)[0].get(branch)
 
-    def ensure_branch(self, repo_id: str, branch: str) -> None:
+    def ensure_branch(self, repo_id: str, branch: str) -> bool:
         """Create `branch` when missing, from main's first commit: a checkpoint revision then holds only its
-        own files, not main's index or whatever else main has gathered since."""
+        own files, not main's index or whatever else main has gathered since. Whether it was created."""
         if branch in self.refs(repo_id)[0]:
-            return
+            return False
         if repo_id not in self._root_commit:
             commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision="main"), repo_id, "main")
             self._root_commit[repo_id] = commits[-1].commit_id
@@ -178,6 +178,7 @@ class HubClient:
         self._call(
             lambda: self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True), repo_id, branch
         )
+        return True
 
     def delete_branch(self, repo_id: str, branch: str) -> bool:
         """Delete a branch (never main); False when it was already gone."""

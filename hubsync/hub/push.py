@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -39,7 +40,8 @@ class PushTarget(Protocol):
 
     def require_token(self) -> None: ...
     def ensure_repo(self, repo_id: str, private: bool) -> bool: ...
-    def ensure_branch(self, repo_id: str, branch: str) -> None: ...
+    def ensure_branch(self, repo_id: str, branch: str) -> bool: ...
+    def delete_branch(self, repo_id: str, branch: str) -> bool: ...
     def ensure_tag(self, repo_id: str, tag: str, commit: str) -> None: ...
     def branch_head(self, repo_id: str, branch: str) -> str | None: ...
     def commit_files(
@@ -113,15 +115,24 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
 
 
 def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult:
-    hub.ensure_branch(plan.repo_id, plan.revision)
-    result = _commit_to_head(
-        hub,
-        plan.repo_id,
-        plan.revision,
-        [(src, dest) for dest, src in files.items()],
-        plan.commit_message,
-        plan.commit_description,
-    )
+    created = hub.ensure_branch(plan.repo_id, plan.revision)
+    start = hub.branch_head(plan.repo_id, plan.revision) if created else None
+    try:
+        result = _commit_to_head(
+            hub,
+            plan.repo_id,
+            plan.revision,
+            [(src, dest) for dest, src in files.items()],
+            plan.commit_message,
+            plan.commit_description,
+        )
+    except BaseException:
+        # The empty branch this push made would look like a checkpoint revision: take it away again, unless
+        # another push has committed to it meanwhile.
+        with suppress(Exception):
+            if created and hub.branch_head(plan.repo_id, plan.revision) == start:
+                hub.delete_branch(plan.repo_id, plan.revision)
+        raise
     for tag in plan.tags:
         hub.ensure_tag(plan.repo_id, tag, result.oid)
     if plan.index_entry is not None:

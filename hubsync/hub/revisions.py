@@ -49,6 +49,8 @@ def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
         entry = indexed.get(name)
         if entry is None or entry.get("commit") != commit:
             entry = _describe(hub, repo_id, name, commit)
+            if entry is None:
+                continue  # an empty branch, left by a push that was killed before its commit
         dates = hub.commit_dates(repo_id, commit)
         out.append(
             RevisionInfo(
@@ -64,9 +66,12 @@ def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
     return sorted(out, key=lambda r: (r.step if r.step is not None else -1, r.revision))
 
 
-def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[str, Any]:
-    """What the index would say of a revision that it does not know (pushed by hand, or moved since)."""
+def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[str, Any] | None:
+    """What the index would say of a revision that it does not know (pushed by hand, or moved since); None for
+    a branch that holds nothing but what the repository's first commit made."""
     names = {f.path for f in hub.tree(repo_id, commit)}
+    if not names - {".gitattributes"}:
+        return None
     entry: dict[str, Any] = {
         "resumable": is_resumable(names),
     }
