@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,24 @@ def api(hub: RunningHub):  # type: ignore[no-untyped-def]
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=hub.endpoint, token=hub.token)
+
+
+SummaryLines = Callable[[str, str], AbstractContextManager[Callable[[str], None]]]
+
+
+@pytest.fixture
+def summary_lines(capsys: pytest.CaptureFixture[str]) -> SummaryLines:
+    """`with summary_lines(tag, unfinished) as add:` prints each added line as `[tag] line` when the block ends,
+    visible without -s (docs/reliability.md quotes them); `unfinished` when none was added (a failed run)."""
+
+    @contextmanager
+    def lines(tag: str, unfinished: str) -> Iterator[Callable[[str], None]]:
+        added: list[str] = []
+        try:
+            yield added.append
+        finally:
+            with capsys.disabled():
+                for line in added or [unfinished]:
+                    print(f"\n[{tag}] {line}")
+
+    return lines

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import SummaryLines
 
 from hubsync.cli import cli as main_cli
 from hubsync.cli.errors import message_for
@@ -170,12 +171,9 @@ class Tally:
 
 
 @pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], None]]:
-    lines: list[str] = []
-    yield lines.append
-    with capsys.disabled():  # visible without -s: the figures docs/reliability.md quotes, or how to replay
-        for line in lines or [f"unfinished: HUBSYNC_FAULT_SEED={SEED} replays these runs"]:
-            print(f"\n[fault runs] {line}")
+def report(summary_lines: SummaryLines) -> Iterator[Callable[[str], None]]:
+    with summary_lines("fault runs", f"unfinished: HUBSYNC_FAULT_SEED={SEED} replays these runs") as add:
+        yield add
 
 
 def fired(hub: RunningHub, faults: list[Fault]) -> int:

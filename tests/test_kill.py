@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import SummaryLines
 
 from hubsync.files import is_temp, system_temp_dir
 from hubsync.localhub import RunningHub
@@ -60,12 +61,9 @@ class Tally:
 
 
 @pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], None]]:
-    lines: list[str] = []
-    yield lines.append
-    with capsys.disabled():  # visible without -s: the figures docs/reliability.md quotes, or how to replay
-        for line in lines or [f"unfinished: HUBSYNC_KILL_SEED={SEED} replays these runs"]:
-            print(f"\n[kill runs] {line}")
+def report(summary_lines: SummaryLines) -> Iterator[Callable[[str], None]]:
+    with summary_lines("kill runs", f"unfinished: HUBSYNC_KILL_SEED={SEED} replays these runs") as add:
+        yield add
 
 
 @pytest.fixture

@@ -17,6 +17,17 @@ def sh_blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", README, re.S)
 
 
+def run_script(script: str, folder: Path) -> tuple[int, str]:
+    """Run a bash script in `folder` with hubsync on PATH; its exit code and its output."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HOME": str(folder / "hf")}
+    log = folder / "log.txt"
+    with log.open("w") as out:  # a file, not a pipe: the background Hub must not hold a pipe of the test open
+        code = subprocess.run(
+            ["bash", "-c", script], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False
+        ).returncode
+    return code, log.read_text()
+
+
 def test_the_local_hub_recipe_then_push_ls_and_pull(tiny_run: Path, tmp_path: Path) -> None:
     (recipe,) = [b for b in sh_blocks() if "hubsync localhub --root" in b]
     push_example = next(b for b in sh_blocks() if "hubsync push out/my-run/checkpoint-1000" in b)
@@ -33,19 +44,7 @@ def test_the_local_hub_recipe_then_push_ls_and_pull(tiny_run: Path, tmp_path: Pa
             *[line for line in pull_example.splitlines() if line.startswith("hubsync")],
         ]
     ).replace("checkpoint-1000", "checkpoint-30")  # the tiny run's newest checkpoint
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HOME": str(tmp_path / "hf")}
-    log = tmp_path / "log.txt"
-    with log.open("w") as out:  # a file, not a pipe: the background Hub must not hold a pipe of the test open
-        code = subprocess.run(
-            ["bash", "-c", script],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=120,
-            check=False,
-        ).returncode
-    output = log.read_text()
+    code, output = run_script(script, tmp_path)
     assert code == 0, output
     assert "Pushed out/my-run/checkpoint-30 -> me/my-model @ checkpoint-30" in output
     assert "Already up to date: out/my-run/checkpoint-30" in output
@@ -77,19 +76,7 @@ def test_the_watch_and_prune_examples(tmp_path: Path) -> None:
             "hubsync ls me/my-model",
         ]
     )
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HOME": str(tmp_path / "hf")}
-    log = tmp_path / "log.txt"
-    with log.open("w") as out:
-        code = subprocess.run(
-            ["bash", "-c", script],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=120,
-            check=False,
-        ).returncode
-    output = log.read_text()
+    code, output = run_script(script, tmp_path)
     assert code == 0, output
     assert "Done: the run finished; 2 checkpoints on me/my-model." in output
     before, after = output.split("== before prune")[1].split("== after prune")
