@@ -486,3 +486,21 @@ def test_ls_and_pull_pass_over_an_empty_checkpoint_branch(
     pulled = CliRunner(env=env).invoke(cli, ["pull", repo, "--to", str(tmp_path / "pulled"), "--json"])
     assert pulled.exit_code == 0, pulled.output
     assert json.loads(pulled.stdout)["revision"] == "checkpoint-10"
+
+
+def test_hidden_files_are_never_uploaded(checkpoint: Path, hub: RunningHub, api: HfApi) -> None:
+    """A .env with a token, .git, editor and OS files: not the Trainer's, never published."""
+    (checkpoint / ".env").write_text("HF_TOKEN=hf_secretCANARY\n")
+    (checkpoint / ".DS_Store").write_bytes(b"\0\1")
+    (checkpoint / ".git").mkdir()
+    (checkpoint / ".git" / "config").write_text("[core]\n")
+    (checkpoint / "notes.md").write_text("mine\n")
+    env = {"HF_TOKEN": hub.token, "HF_ENDPOINT": hub.endpoint}
+    dry = CliRunner(env=env).invoke(cli, ["push", str(checkpoint), "--repo", f"{hub.user}/m", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert ".env (hidden: left out)" in dry.stdout and ".git/ (hidden: left out)" in dry.stdout
+    pushed = CliRunner(env=env).invoke(cli, ["push", str(checkpoint), "--repo", f"{hub.user}/m"])
+    assert pushed.exit_code == 0, pushed.output
+    files = set(api.list_repo_files(f"{hub.user}/m", revision="checkpoint-30"))
+    assert "notes.md" in files
+    assert not {f for f in files if f.startswith(".") and f != ".gitattributes"}

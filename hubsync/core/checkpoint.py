@@ -206,6 +206,13 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str], list[tuple
 
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
+        # Hidden entries are never the Trainer's: .git, .env, editor and OS files, hubsync's own records.
+        for name in [n for n in dirnames if n.startswith(".")]:
+            dirnames.remove(name)
+            skipped.append(f"{(here / name).relative_to(root).as_posix()}/ (hidden: left out)")
+        for name in [n for n in filenames if n.startswith(".")]:
+            filenames.remove(name)
+            skipped.append(f"{(here / name).relative_to(root).as_posix()} (hidden: left out)")
         for name in list(dirnames):
             if (here / name).is_symlink():
                 dirnames.remove(name)
