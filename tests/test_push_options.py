@@ -183,7 +183,7 @@ def test_a_push_that_finally_fails_says_which_checkpoint_and_a_rerun_completes(
     assert failed.exit_code == 1
     assert failed.stderr.startswith("Error: pushing out/tiny/checkpoint-20 failed (1 checkpoint before it pushed")
     heads = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}
-    assert len(api.list_repo_commits("me/tiny", revision="checkpoint-20")) == 1  # the branch is as it was
+    assert "checkpoint-20" not in heads  # the branch this push made for it is taken away again
     assert "checkpoint-30" not in heads
 
     again = push(hub, str(run), "--repo", "me/tiny", "--select", "all", "--json")
@@ -198,3 +198,26 @@ def test_output_is_quiet_off_a_terminal(run: Path, hub: RunningHub, monkeypatch:
     again = push(hub, str(run), "--repo", "me/tiny")
     assert first.stderr == "" and again.stderr == ""  # no progress bars, no library notices
     assert again.stdout.startswith("Already up to date: out/tiny/checkpoint-30")
+
+
+def test_select_on_a_missing_folder_says_it_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["push", "runs/run-8", "--select", "all", "--repo", "me/m", "--dry-run"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: runs/run-8 is not a checkpoint folder: no such folder")
+
+
+@pytest.mark.parametrize(
+    ("tag", "reason"),
+    [
+        ("bad tag", "use letters, digits"),
+        ("main", "a branch has"),
+        ("checkpoint-30", "a branch has"),
+        ("checkpoint-7", "a branch"),
+    ],
+)
+def test_a_tag_that_cannot_be_one_is_named_as_a_tag(checkpoint: Path, tag: str, reason: str) -> None:
+    result = CliRunner().invoke(cli, ["push", str(checkpoint), "--repo", "me/m", "--tag", tag, "--dry-run"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: {tag!r} cannot be a tag name (") and "--tag" in result.stderr
+    assert reason in result.stderr and result.stderr.count("\n") == 1

@@ -301,9 +301,9 @@ def push(
 
 
 def _git_commit(value: str | None) -> str | None:
-    if value is not None and re.fullmatch(r"[0-9a-f]{7,64}", value) is None:
-        raise click.BadParameter(f"{value!r} is not a git commit id: 7 to 64 lowercase hexadecimal digits.")
-    return value
+    if value is not None and re.fullmatch(r"[0-9a-fA-F]{7,64}", value) is None:
+        raise click.BadParameter(f"{value!r} is not a git commit id: 7 to 64 hexadecimal digits.")
+    return value.lower() if value is not None else None
 
 
 def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -524,7 +524,7 @@ def _settings(ctx: click.Context, path: Any, flags: dict[str, Any]) -> dict[str,
 
 def _targets(path: Any, select: str | None) -> list[Any]:
     """The checkpoint folders PATH names: itself, or the ones --select picks from a run folder."""
-    from hubsync.core.checkpoint import TRAINER_STATE, list_checkpoints, read_json_file
+    from hubsync.core.checkpoint import TRAINER_STATE, list_checkpoints, read_checkpoint, read_json_file
     from hubsync.core.errors import SelectionError
     from hubsync.core.paths import display_path
     from hubsync.core.selection import best_step_of, select_steps
@@ -532,7 +532,10 @@ def _targets(path: Any, select: str | None) -> list[Any]:
     runs = list_checkpoints(path) if path.is_dir() else []
     if not runs or (path / TRAINER_STATE).exists():
         if select is not None and select != "latest":
-            raise SelectionError(select, f"{display_path(path)} is a checkpoint, not a run folder")
+            read_checkpoint(path)  # a folder that is missing, or neither run nor checkpoint, says so first
+            raise SelectionError(
+                select, f"{display_path(path)} is a checkpoint, not a run folder (leave out --select for it)"
+            )
         return [path]
     latest = runs[-1][1] / TRAINER_STATE
     best = None

@@ -79,7 +79,8 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.SelectionError,
         lambda err: (
-            f"cannot select {err.select!r}: {err.reason}. Pass --select latest, best, all, last:N or STEP[,STEP]."
+            f"cannot select {err.select!r}: {err.reason}. --select takes latest, best, all, last:N or "
+            "STEP[,STEP...] of a run folder's checkpoint-N folders."
         ),
     ),
     (
@@ -161,6 +162,10 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
+    ),
+    (
+        e.InvalidTagError,
+        lambda err: f"{err.revision!r} cannot be a tag name ({err.reason}). Choose another with --tag.",
     ),
     (
         e.InvalidRevisionError,

@@ -27,6 +27,10 @@ class InvalidRevisionError(HubsyncError):
         self.reason = reason
 
 
+class InvalidTagError(InvalidRevisionError):
+    """A --tag that cannot be a tag name, or would name the same ref as a branch."""
+
+
 class HubError(HubsyncError):
     """Something went wrong while talking to a Hub."""
 

@@ -11,7 +11,7 @@ from typing import Any
 from .card import CardSettings, card_context, card_files
 from .checkpoint import Checkpoint, TrainerState
 from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
-from .errors import InvalidRepoIdError, InvalidRevisionError
+from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
 from .index import index_entry
 from .render import render
 from .selection import DEFAULT_REVISION, revision_name
@@ -116,6 +116,16 @@ def check_branch_name(name: str) -> str:
     return name
 
 
+def check_tag_name(name: str, branch: str) -> str:
+    """A tag follows the rules of a branch name, and names no branch: a ref named both ways is ambiguous."""
+    if name in ("main", "HEAD", branch) or re.fullmatch(r"checkpoint-\d+", name):
+        raise InvalidTagError(name, "a branch has, or a checkpoint branch may have, that name")
+    try:
+        return check_branch_name(name)
+    except InvalidRevisionError as exc:
+        raise InvalidTagError(name, exc.reason) from exc
+
+
 def commit_message(checkpoint: Checkpoint) -> str:
     """`hubsync: checkpoint-1000 (step 1000, epoch 2.10, eval_loss 0.8312)`, with what is known."""
     facts = []
@@ -178,7 +188,7 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     else:
         name = options.revision or checkpoint.name
     branch = check_branch_name(name)
-    tags = tuple(check_branch_name(t) for t in options.tags)
+    tags = tuple(check_tag_name(t, branch) for t in options.tags)
     conversion = plan_conversion(checkpoint)
     sizes = {f.relpath: f.size for f in checkpoint.files}
     converted = [Upload(c.target, c.target, sizes[c.source], c.source) for c in conversion.conversions]
