@@ -39,6 +39,7 @@ class ActionInputs:
     release: bool = False
     private: bool = True
     endpoint: str = ""
+    allow_public_state: bool = False
     git_commit: str = ""  # GITHUB_SHA: the commit the workflow runs for
 
 
@@ -73,6 +74,7 @@ def read_inputs(environ: Mapping[str, str]) -> ActionInputs:
         release=flag("release", False),
         private=flag("private", True),
         endpoint=get("endpoint"),
+        allow_public_state=flag("allow-public-state", False),
         git_commit=environ.get("GITHUB_SHA", "").strip(),
     )
 
@@ -91,8 +93,8 @@ def push_command(inputs: ActionInputs) -> list[str]:
     args += [part for tag in inputs.tags for part in ("--tag", tag)]
     if inputs.release:
         args.append("--release")
-    if inputs.training_state == "keep" and not inputs.private:
-        args.append("--allow-public-state")  # asking for state in a public repository through the action is explicit
+    if inputs.allow_public_state:
+        args.append("--allow-public-state")
     return args
 
 
@@ -107,6 +109,15 @@ def push_environment(inputs: ActionInputs, environ: Mapping[str, str]) -> dict[s
     if inputs.endpoint:
         env["HF_ENDPOINT"] = inputs.endpoint  # huggingface_hub's token exchange goes to HF_ENDPOINT
     return env
+
+
+def has_credentials(env: Mapping[str, str]) -> bool:
+    """A token, Trusted Publishing, or (on a self-hosted runner) a saved login: huggingface_hub's own lookup."""
+    if env.get("HF_TOKEN") or env.get("HF_OIDC_RESOURCE"):
+        return True
+    from huggingface_hub import get_token
+
+    return get_token() is not None
 
 
 def summary(report: Mapping[str, Any], server_url: str = "", repository: str = "", run_id: str = "") -> str:
@@ -156,6 +167,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"Error: {exc}.", file=sys.stderr)
         return 1
     env = push_environment(inputs, environ)
+    if not has_credentials(env):
+        print(
+            "Error: no token for the Hub: the `token` input is empty (is the secret set, and in the job's "
+            "environment?) and the job lacks `permissions: id-token: write` for Trusted Publishing. Pass a "
+            "token from a secret, or grant the permission.",
+            file=sys.stderr,
+        )
+        return 1
     done = subprocess.run(
         [sys.executable, "-m", "hubsync", *push_command(inputs)],
         env=env,

@@ -284,6 +284,7 @@ def test_inputs_become_one_push_command() -> None:
             "INPUT_PRIVATE": "false",
             "INPUT_TRAINING_STATE": "keep",
             "INPUT_RELEASE": "true",
+            "INPUT_ALLOW_PUBLIC_STATE": "true",
             "GITHUB_SHA": GIT_SHA,
         }
     )
@@ -315,6 +316,23 @@ def test_trusted_publishing_when_no_token_is_given() -> None:
     with_token = action.push_environment(inputs, {**github, "HF_TOKEN": "hf_x"})
     assert "HF_OIDC_RESOURCE" not in with_token and with_token["HF_TOKEN"] == "hf_x"
     assert "HF_OIDC_RESOURCE" not in action.push_environment(inputs, {"HF_TOKEN": ""})  # no id-token permission
+
+
+def test_public_state_is_not_allowed_unless_asked() -> None:
+    inputs = action.read_inputs(
+        {"INPUT_PATH": "r", "INPUT_REPO": "me/m", "INPUT_PRIVATE": "false", "INPUT_TRAINING_STATE": "keep"}
+    )
+    assert "--allow-public-state" not in action.push_command(inputs)
+
+
+def test_no_token_and_no_trusted_publishing_is_one_line_about_the_action(
+    github_env: dict[str, str], hub: RunningHub, tmp_path: Path
+) -> None:
+    inputs = publish_run_inputs(github_env, hub) | {"token": ""}
+    code, stdout, stderr = run_entry_step(inputs, github_env, tmp_path)
+    assert code == 1 and stdout == ""
+    assert stderr.startswith("Error: no token for the Hub: the `token` input is empty") and stderr.count("\n") == 1
+    assert "id-token: write" in stderr
 
 
 def test_outputs_cannot_be_broken_out_of() -> None:
