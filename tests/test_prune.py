@@ -221,3 +221,11 @@ def test_a_missing_repository_and_a_bad_keep(hub: RunningHub) -> None:
     bad = hubsync(hub, "prune", "me/tiny", "--keep", "-1")
     assert bad.exit_code == 2
     assert "--keep" in bad.stderr
+
+
+def test_prune_without_a_token_says_so(hub: RunningHub) -> None:
+    result = CliRunner(env={"HF_TOKEN": None}).invoke(
+        cli, ["prune", "me/tiny", "--keep", "1", "--endpoint", hub.endpoint]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no Hugging Face token for") and result.stderr.count("\n") == 1

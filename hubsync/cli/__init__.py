@@ -720,6 +720,7 @@ def prune(
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=False)
     hub = HubClient(endpoint, token)
+    hub.require_token()  # deleting needs one; without it a private repository would look missing
     found = prune_inputs(hub, repo_id)
     plan = plan_prune(
         repo_id,

@@ -201,7 +201,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         e.RevisionNotFoundError,
         lambda err: (
             f"no revision {err.revision!r} in {err.repo_id} on {err.endpoint}. "
-            "List the repository's branches and tags with `hf` or on the Hub, and pass one of them."
+            f"List its checkpoint revisions with `hubsync ls {err.repo_id}`, and pass one of them."
         ),
     ),
     (
