@@ -105,11 +105,6 @@ def next_step(
 ) -> WatchStep:
     """Compare this look at the run folder with the one before."""
     before = previous or {}
-
-    def skipped_as_is(step: int, files: Signature) -> bool:
-        skipped = state.skipped.get(step)
-        return skipped is not None and skipped.files is not None and skipped.files == files
-
     ready = tuple(
         sorted(
             step
@@ -118,7 +113,7 @@ def next_step(
             and files  # read, and not vanished
             and before.get(step) == files
             and any(path == TRAINER_STATE for path, _, _ in files)
-            and not skipped_as_is(step, files)  # tried again only when its files change
+            and not _skipped_as_is(state, step, files)  # tried again only when its files change
         )
     )
     present = {step for step, files in current.items() if files != ()}
@@ -135,15 +130,28 @@ def next_step(
     )
     final = state.final_step
     # A skipped checkpoint whose files changed (or are not known: the watch restarted) is tried before the end.
-    retry = any(step in state.skipped and not skipped_as_is(step, files) for step, files in current.items() if files)
+    retry = any(
+        step in state.skipped and not _skipped_as_is(state, step, files) for step, files in current.items() if files
+    )
     # A checkpoint beyond the final one: training was resumed with more steps.
     finished = (
         final is not None and final in state.pushed and not ready and not retry and not any(s > final for s in present)
     )
-    pending = any(
-        step not in state.pushed and not skipped_as_is(step, files) for step, files in current.items() if files != ()
+    return WatchStep(ready, lost, new_state, finished, has_pending(current, state))
+
+
+def has_pending(current: Mapping[int, Signature], state: WatchState) -> bool:
+    """Whether a checkpoint in the run folder is neither pushed nor skipped as it is now."""
+    return any(
+        step not in state.pushed and not _skipped_as_is(state, step, files)
+        for step, files in current.items()
+        if files != ()
     )
-    return WatchStep(ready, lost, new_state, finished, pending)
+
+
+def _skipped_as_is(state: WatchState, step: int, files: Signature) -> bool:
+    skipped = state.skipped.get(step)
+    return skipped is not None and skipped.files is not None and skipped.files == files
 
 
 def observe_run(run_dir: Path, skip: Container[int]) -> dict[int, Signature]:

@@ -44,6 +44,7 @@ from hubsync.core.watch import (
     WatchState,
     check_against_hub,
     dump_state,
+    has_pending,
     holds_exactly,
     is_final,
     next_step,
@@ -240,7 +241,7 @@ class Watcher:
                 self._save(state)
                 if (
                     settings.idle_timeout is not None
-                    and not next_step(current, current, state).pending
+                    and not has_pending(current, state)
                     and self.clock() - last_change >= settings.idle_timeout
                 ):
                     idle = True
