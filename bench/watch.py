@@ -78,8 +78,9 @@ def watched(work: Path, steps: int, save_steps: int, env: dict[str, str], repo: 
     ended = time.monotonic()
     state = run / ".hubsync" / "watch.json"
     try:
-        pushed_during = len(json.loads(state.read_text())["repos"][repo]["pushed"]) if state.exists() else 0
-    except (OSError, ValueError, KeyError):
+        records = json.loads(state.read_text())["records"] if state.exists() else []
+        pushed_during = sum(len(r["pushed"]) for r in records if r["repo"] == repo)
+    except (OSError, ValueError, KeyError, TypeError):
         pushed_during = 0
     try:
         watch.communicate(timeout=300)

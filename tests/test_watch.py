@@ -11,15 +11,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from click.testing import CliRunner
+from conftest import SummaryLines
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
 from hubsync.core.errors import WatchStateError
-from hubsync.core.watch import PushedCheckpoint, WatchState, dump_state, next_step, observe_run, parse_state
+from hubsync.core.watch import (
+    PushedCheckpoint,
+    SkippedCheckpoint,
+    WatchState,
+    check_against_hub,
+    dump_state,
+    next_step,
+    observe_run,
+    parse_state,
+    run_folder_problem,
+)
 from hubsync.localhub import RunningHub
 
 REPO = "me/watched"
@@ -53,6 +67,52 @@ def test_a_checkpoint_seen_and_gone_before_it_was_pushed_is_lost_once() -> None:
     assert vanished.lost == (10,) and vanished.push == ()
 
 
+def test_a_skipped_checkpoint_is_tried_again_only_when_its_files_change() -> None:
+    state = WatchState(REPO).with_skipped(SkippedCheckpoint(20, "cannot read it", files=A))
+    step = next_step({20: A}, {20: A}, state)
+    assert step.push == () and not step.pending  # skipped as it is: not ready, and nothing waits for it
+    fixed = (("adapter_model.safetensors", 100, 1), ("trainer_state.json", 12, 5))
+    assert next_step({20: A}, {20: fixed}, state).push == () and next_step({20: A}, {20: fixed}, state).pending
+    assert next_step({20: fixed}, {20: fixed}, state).push == (20,)  # changed, then two looks agree
+    restarted = WatchState(REPO).with_skipped(SkippedCheckpoint(20, "cannot read it"))  # files unknown: once more
+    assert next_step({20: A}, {20: A}, restarted).push == (20,)
+    gone = next_step({20: A}, {}, replace(state, seen=frozenset({20})))
+    assert gone.lost == (20,) and gone.state.skipped == {}
+    pushed = state.with_pushed(PushedCheckpoint(20, "checkpoint-20", "c" * 40), final=False)
+    assert pushed.skipped == {}
+
+
+def test_the_record_is_checked_against_the_hub_branches() -> None:
+    recorded = {
+        s: PushedCheckpoint(s, f"checkpoint-{s}", c * 40) for s, c in ((10, "a"), (20, "b"), (30, "c"), (40, "d"))
+    }
+    state = WatchState(REPO, recorded, frozenset({10, 20, 30, 40}), final_step=40)
+    branches = {"main": "m" * 40, "checkpoint-10": "a" * 40, "checkpoint-20": "f" * 40, "checkpoint-40": "d" * 40}
+    check = check_against_hub(state, branches, present={20, 40})
+    assert set(check.state.pushed) == {10, 40}  # 20 moved on, 30 is gone (pruned, or another Hub)
+    assert check.push_again == (20,)
+    assert check.forgotten == (30,)  # gone from the run folder too: nothing to push, and not "lost"
+    assert check.state.seen == {10, 20, 40} and check.state.final_step == 40
+    assert next_step(None, {20: A, 40: None}, check.state).lost == ()
+    assert check_against_hub(state, {}, present=set()).state.pushed == {}  # no such repository
+
+
+def test_a_checkpoint_folder_is_not_a_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoint-10").mkdir(parents=True)
+    (run / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    assert run_folder_problem(run) is None
+    assert run_folder_problem(tmp_path / "not-yet") is None
+    assert run_folder_problem(run / "checkpoint-10") == "its name is that of a checkpoint"
+    assert run_folder_problem(run / "checkpoint-20") == "its name is that of a checkpoint"  # not there yet
+    (run / "trainer_state.json").write_text("{}")  # trainer.save_state() at the end: still a run folder
+    assert run_folder_problem(run) is None
+    final = tmp_path / "final-model"
+    final.mkdir()
+    (final / "trainer_state.json").write_text("{}")
+    assert run_folder_problem(final) == "it holds trainer_state.json and no checkpoint-N folders"
+
+
 def test_the_run_is_finished_when_its_final_checkpoint_is_pushed() -> None:
     record = PushedCheckpoint(40, "checkpoint-40", "c" * 40)
     assert not next_step({40: A}, {40: A}, WatchState(REPO)).finished
@@ -62,15 +122,75 @@ def test_the_run_is_finished_when_its_final_checkpoint_is_pushed() -> None:
     assert not next_step(None, {40: None, 50: A}, state).finished  # resumed with more steps: not done yet
 
 
+HUB = "http://hub.example"
+
+
 def test_the_state_file_round_trips_and_keeps_other_repositories() -> None:
-    other = dump_state(WatchState("me/other", seen=frozenset({5})), None)
-    state = WatchState(REPO, {10: PushedCheckpoint(10, "checkpoint-10", "a" * 40)}, frozenset({10, 20}), (20,), 10)
+    other = dump_state(WatchState("me/other", seen=frozenset({5}), endpoint=HUB), None)
+    skipped = {20: SkippedCheckpoint(20, "cannot read checkpoint-20/trainer_state.json: no")}
+    pushed = {10: PushedCheckpoint(10, "checkpoint-10", "a" * 40)}
+    state = WatchState(REPO, pushed, frozenset({10, 20, 30}), (30,), 10, skipped, HUB)
     raw = dump_state(state, other)
-    assert parse_state(raw, REPO, "w.json") == state
-    assert parse_state(raw, "me/other", "w.json").seen == {5}
-    assert parse_state(raw, "me/new", "w.json") == WatchState("me/new")
-    with pytest.raises(WatchStateError):
-        parse_state(b'{"repos": {"me/watched": {"pushed": [{"step": "x"}]}}}', REPO, "w.json")
+    assert parse_state(raw, HUB, REPO, "w.json") == state
+    assert parse_state(raw, HUB, "me/other", "w.json").seen == {5}
+    assert parse_state(raw, HUB, "me/new", "w.json") == WatchState("me/new", endpoint=HUB)
+
+
+def test_the_record_of_one_hub_is_not_taken_for_another() -> None:
+    state = WatchState(REPO, {10: PushedCheckpoint(10, "checkpoint-10", "a" * 40)}, frozenset({10}), endpoint=HUB)
+    raw = dump_state(state, None)
+    assert parse_state(raw, "http://127.0.0.1:9", REPO, "w.json") == WatchState(REPO, endpoint="http://127.0.0.1:9")
+    both = dump_state(WatchState(REPO, seen=frozenset({7}), endpoint="http://127.0.0.1:9"), raw)
+    assert parse_state(both, HUB, REPO, "w.json") == state
+    assert parse_state(both, "http://127.0.0.1:9", REPO, "w.json").seen == {7}
+
+
+def test_a_record_of_version_1_names_no_hub_and_is_taken_to_be_checked() -> None:
+    v1 = {
+        "version": 1,
+        "repos": {
+            REPO: {"pushed": [{"step": 10, "revision": "checkpoint-10", "commit": "a" * 40}], "seen": [10], "lost": []},
+            "me/other": {"pushed": [], "seen": [5], "lost": [], "final_step": None},
+        },
+    }
+    raw = json.dumps(v1).encode()
+    state = parse_state(raw, HUB, REPO, "w.json")
+    assert state.pushed == {10: PushedCheckpoint(10, "checkpoint-10", "a" * 40)} and state.endpoint == HUB
+    rewritten = dump_state(state, raw)  # now named by its Hub; the other repository's record is kept, Hub unknown
+    records = json.loads(rewritten)["records"]
+    assert [(r["endpoint"], r["repo"]) for r in records] == [(None, "me/other"), (HUB, REPO)]
+    assert parse_state(rewritten, "http://elsewhere", "me/other", "w.json").seen == {5}
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "it is not JSON: Expecting property name"),
+        (b"[]", "it is not a JSON object"),
+        (b'{"version": 3, "records": []}', "unsupported version 3"),
+        (b'{"repos": {}}', "it has no version"),
+        (b'{"version": 2}', "it has no 'records' list"),
+        (b'{"version": 1}', "it has no 'repos' table"),
+        (
+            b'{"version": 1, "repos": {"me/watched": {"pushed": [], "seen": []}}}',
+            "the record of me/watched has no 'lost' list of step numbers",
+        ),
+        (
+            b'{"version": 1, "repos": {"me/watched": {"pushed": [{"step": "x"}], "seen": [], "lost": []}}}',
+            "the record of me/watched lists a pushed checkpoint without its step, revision and commit",
+        ),
+        (
+            b'{"version": 2, "records": [{"endpoint": null, "repo": "me/watched", "pushed": [], "seen": [], '
+            b'"lost": [], "final_step": "30"}]}',
+            "the record of me/watched has a 'final_step' that is not a step number",
+        ),
+    ],
+)
+def test_a_damaged_state_file_is_explained_in_words(content: bytes, reason: str) -> None:
+    with pytest.raises(WatchStateError) as caught:
+        parse_state(content, HUB, REPO, "w.json")
+    assert caught.value.reason.startswith(reason), caught.value.reason
+    assert "Error" not in caught.value.reason
 
 
 def test_a_look_ignores_staging_folders_and_never_writes(tmp_path: Path) -> None:
@@ -96,7 +216,7 @@ def test_a_damaged_state_file_and_a_missing_token_are_one_line_errors(tmp_path: 
     result = CliRunner().invoke(cli, ["watch", str(run), "--repo", REPO, "--nice", "0"], env=env)
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: cannot read the watch state ")
-    assert "watch.json (JSONDecodeError: " in result.stderr and "Move it aside" in result.stderr
+    assert "watch.json (it is not JSON: Expecting property name" in result.stderr and "Move it aside" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     no_token = CliRunner().invoke(
         cli, ["watch", str(run), "--repo", REPO, "--nice", "0"], env={"HF_ENDPOINT": hub.endpoint}
@@ -131,7 +251,7 @@ def test_a_branch_holds_exactly_a_push_only_with_the_same_paths_and_contents_and
 
 
 def test_a_watch_of_an_unfinished_run_pushes_what_is_there_and_stops_when_idle(
-    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
 
@@ -139,13 +259,29 @@ def test_a_watch_of_an_unfinished_run_pushes_what_is_there_and_stops_when_idle(
     for step in (10, 20):  # the run stopped before its final step (30): only the idle timeout ends the watch
         shutil.copytree(tiny_run / f"checkpoint-{step}", run / f"checkpoint-{step}")
     env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
-    args = ["watch", str(run), "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
-    result = CliRunner().invoke(cli, [*args, "--tag", "final"], env=env)
+    args = ["watch", "run", "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [*args, "--tag", "early"], env=env)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.count("Pushed checkpoint-") == 2
     assert result.stdout.endswith("Stopped after 0.5 s without change; 2 checkpoints on me/watched.\n")
     assert_each_on_the_hub_exactly_once(api, [10, 20])
-    assert api.list_repo_refs(REPO).tags == []  # --tag waits for the run's final checkpoint
+    assert api.list_repo_refs(REPO).tags == []  # --tag waits for the run's final checkpoint, and says so
+    advice = "hubsync push run/checkpoint-20 --repo me/watched --tag early"
+    assert result.stderr == (
+        "Not tagged: --tag early is for the run's final checkpoint (global_step = max_steps), and the watch stopped "
+        f"before that was pushed. To tag checkpoint-20 instead: {advice} (with the watch's other options; nothing "
+        "new is committed to its branch).\n"
+    )
+    # The advice holds: the tag goes to checkpoint-20's commit, and its branch gets no new commit.
+    before = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
+    tagged = CliRunner().invoke(cli, advice.split()[1:], env=env)
+    assert tagged.exit_code == 0, tagged.stderr
+    refs = api.list_repo_refs(REPO)
+    assert {t.name: t.target_commit for t in refs.tags} == {"early": before["checkpoint-20"]}
+    assert {b.name: b.target_commit for b in refs.branches if b.name != "main"} == {
+        name: commit for name, commit in before.items() if name != "main"
+    }
 
     shutil.copytree(tiny_run / "checkpoint-30", run / "checkpoint-30")
     result = CliRunner().invoke(cli, [*args, "--tag", "final"], env=env)
@@ -155,9 +291,138 @@ def test_a_watch_of_an_unfinished_run_pushes_what_is_there_and_stops_when_idle(
         "Done: the run finished; 3 checkpoints on me/watched.",
     ]
     assert result.stdout.startswith("Pushed checkpoint-30 -> me/watched @ checkpoint-30 (")
-    assert_each_on_the_hub_exactly_once(api, [10, 20, 30])
-    tags = {t.name: t.target_commit for t in api.list_repo_refs(REPO).tags}
-    assert tags == {"final": {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}["checkpoint-30"]}
+    assert_each_on_the_hub_exactly_once(api, [10, 20, 30], other_main_commits=1)  # the index names the early tag
+    last = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}["checkpoint-30"]
+    assert {t.name: t.target_commit for t in api.list_repo_refs(REPO).tags} == {"early": ANY, "final": last}
+    assert result.stderr == ""
+
+    # The run is finished and recorded; a tag asked for now is added to its final checkpoint.
+    result = CliRunner().invoke(cli, [*args, "--tag", "late"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "Done: the run finished; 3 checkpoints on me/watched.\n" and result.stderr == ""
+    assert {t.name: t.target_commit for t in api.list_repo_refs(REPO).tags} == {
+        "early": ANY,
+        "final": last,
+        "late": last,
+    }
+
+
+def copy_run(tiny_run: Path, run: Path, steps: list[int]) -> None:
+    import shutil
+
+    for step in steps:
+        shutil.copytree(tiny_run / f"checkpoint-{step}", run / f"checkpoint-{step}")
+
+
+def test_recorded_pushes_that_the_hub_does_not_hold_are_pushed_again(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from hubsync.localhub import running_hub
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    copy_run(tiny_run, run, [10, 20])
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    args = ["watch", "run", "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+    assert CliRunner().invoke(cli, args, env=env).exit_code == 0
+    assert_each_on_the_hub_exactly_once(api, [10, 20])
+
+    api.delete_repo(REPO)  # the record still lists both
+    again = CliRunner().invoke(cli, [*args, "--json"], env=env)
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr == "Not on the Hub at the recorded commit: checkpoint-10, checkpoint-20; pushing again.\n"
+    summary = json.loads(again.stdout)
+    assert [(p["step"], p["created"]) for p in summary["pushed"]] == [(10, True), (20, True)]
+    assert [p["step"] for p in summary["on_hub"]] == [10, 20] and summary["on_hub_checked"] is True
+    assert_each_on_the_hub_exactly_once(api, [10, 20])
+
+    # Another Hub, where the repository does not exist: the first Hub's record does not count there.
+    with running_hub(tmp_path / "hub2") as other:
+        there = CliRunner().invoke(cli, args, env={"HF_ENDPOINT": other.endpoint, "HF_TOKEN": other.token})
+        assert there.exit_code == 0, there.stderr
+        assert there.stdout.count("Pushed checkpoint-") == 2 and there.stderr == ""
+        assert_each_on_the_hub_exactly_once(HfApi(endpoint=other.endpoint, token=other.token), [10, 20])
+        assert [p["step"] for p in record(run, other.endpoint)["pushed"]] == [10, 20]
+    # Back on the first Hub: its record holds, nothing is pushed.
+    back = CliRunner().invoke(cli, args, env=env)
+    assert back.stdout == "Stopped after 0.5 s without change; 2 checkpoints on me/watched.\n", back.stderr
+    assert back.stderr == ""
+
+    # Pruned on the Hub and deleted from the run folder: dropped from the record (not "lost"), and not counted.
+    api.delete_branch(REPO, branch="checkpoint-10")
+    shutil.rmtree(run / "checkpoint-10")
+    pruned = CliRunner().invoke(cli, args, env=env)
+    assert pruned.exit_code == 0, pruned.stderr
+    assert pruned.stdout == "Stopped after 0.5 s without change; 1 checkpoint on me/watched.\n"
+    assert pruned.stderr == (
+        "Not on the Hub at the recorded commit, and gone from the run folder: checkpoint-10; dropped from the record.\n"
+    )
+    assert [p["step"] for p in record(run, hub.endpoint)["pushed"]] == [20]
+    assert record(run, hub.endpoint)["lost"] == []
+
+
+def test_a_checkpoint_folder_is_refused_and_never_written_into(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    copy_run(tiny_run, tmp_path / "run", [10])
+    before = sorted(p.as_posix() for p in tmp_path.rglob("*"))
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    for folder in ("run/checkpoint-10", "run/checkpoint-20"):  # there, or not yet
+        args = ["watch", folder, "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.3", "--nice", "0"]
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"Error: {folder} is a checkpoint folder, not a run folder (its name is that of a checkpoint). hubsync "
+            "watch follows a whole run: pass the folder that holds its checkpoint-N folders, such as run.\n"
+        )
+    assert sorted(p.as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_an_unreadable_checkpoint_is_skipped_once_and_the_others_are_pushed(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    copy_run(tiny_run, run, [10, 20])
+    state = run / "checkpoint-20" / "trainer_state.json"
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])  # cut short
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    args = ["watch", "run", "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+    first = CliRunner().invoke(cli, args, env=env)  # some ten looks: checkpoint-20 is tried once
+    assert first.exit_code == 0, first.stderr
+    skipped_line = re.compile(
+        r"Skipped checkpoint-20: cannot read run/checkpoint-20/trainer_state\.json: .+\. The watch goes on with the "
+        r"others, and tries it again if its files change\.\n"
+    )
+    assert skipped_line.fullmatch(first.stderr), first.stderr
+    assert first.stdout.startswith("Pushed checkpoint-10 -> ")
+    assert first.stdout.endswith(
+        "Stopped after 0.5 s without change; 1 checkpoint on me/watched; skipped (unreadable): checkpoint-20.\n"
+    )
+
+    copy_run(tiny_run, run, [30])  # the final checkpoint comes; checkpoint-20 is still unreadable
+    second = CliRunner().invoke(cli, [*args, "--json"], env=env)
+    assert second.exit_code == 0, second.stderr
+    assert skipped_line.fullmatch(second.stderr), second.stderr  # a new watch tries it once more
+    summary = json.loads(second.stdout)
+    assert [p["step"] for p in summary["pushed"]] == [30] and summary["finished"] is True
+    assert [(k["step"], k["reason"].split(":")[0]) for k in summary["skipped"]] == [
+        (20, "cannot read run/checkpoint-20/trainer_state.json")
+    ]
+    assert [k["step"] for k in record(run)["skipped"]] == [20]
+
+    state.write_bytes(good)  # mended: pushed, even though the run was finished
+    third = CliRunner().invoke(cli, args, env=env)
+    assert third.exit_code == 0, third.stderr
+    assert third.stdout.startswith("Pushed checkpoint-20 -> ")
+    assert third.stdout.endswith("Done: the run finished; 3 checkpoints on me/watched.\n") and third.stderr == ""
+    assert record(run)["skipped"] == []
+    branches = {b.name for b in api.list_repo_refs(REPO).branches}
+    assert branches == {"main", "checkpoint-10", "checkpoint-20", "checkpoint-30"}
 
 
 # The real thing.
@@ -219,17 +484,24 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def pushed_steps(tmp_path: Path) -> list[int]:
+def record(run: Path, endpoint: str | None = None) -> dict[str, Any]:
+    """The watch's record of REPO (on `endpoint`, or on the only Hub), {} when there is none yet."""
     try:
-        data = json.loads((tmp_path / "run" / ".hubsync" / "watch.json").read_text())
+        data = json.loads((run / ".hubsync" / "watch.json").read_text())
     except (FileNotFoundError, ValueError):
-        return []
-    return [p["step"] for p in data["repos"].get(REPO, {}).get("pushed", [])]
+        return {}
+    mine = [r for r in data["records"] if r["repo"] == REPO and endpoint in (None, r["endpoint"])]
+    assert len(mine) <= 1
+    return mine[0] if mine else {}
 
 
-def assert_each_on_the_hub_exactly_once(api: HfApi, steps: list[int]) -> None:
+def pushed_steps(tmp_path: Path) -> list[int]:
+    return [p["step"] for p in record(tmp_path / "run").get("pushed", [])]
+
+
+def assert_each_on_the_hub_exactly_once(api: HfApi, steps: list[int], other_main_commits: int = 0) -> None:
     """One commit on each checkpoint branch beyond the root it starts from, one index entry each, and one index
-    commit on main for each (beyond main's first commit)."""
+    commit on main for each (beyond main's first commit, and `other_main_commits`)."""
     branches = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
     assert set(branches) == {"main", *(f"checkpoint-{s}" for s in steps)}
     root = api.list_repo_commits(REPO, revision="main")[-1].commit_id
@@ -239,7 +511,7 @@ def assert_each_on_the_hub_exactly_once(api: HfApi, steps: list[int]) -> None:
     index = json.loads(Path(api.hf_hub_download(REPO, ".hubsync/index.json")).read_text())
     assert [e["revision"] for e in index["revisions"]] == [f"checkpoint-{s}" for s in steps]
     assert [e["commit"] for e in index["revisions"]] == [branches[f"checkpoint-{s}"] for s in steps]
-    assert len(api.list_repo_commits(REPO, revision="main")) == 1 + len(steps)
+    assert len(api.list_repo_commits(REPO, revision="main")) == 1 + len(steps) + other_main_commits
 
 
 @pytest.mark.slow
@@ -261,11 +533,11 @@ def test_every_checkpoint_of_a_live_run_reaches_the_hub_exactly_once(
     assert watcher.stdout.splitlines()[-1] == "Done: the run finished; 3 checkpoints on me/watched."
     assert watcher.stderr == "Waiting for run to appear.\n"
     heads = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
-    record = json.loads((tmp_path / "run" / ".hubsync" / "watch.json").read_text())["repos"][REPO]
-    assert {p["revision"]: p["commit"] for p in record["pushed"]} == {
+    mine = record(tmp_path / "run")
+    assert {p["revision"]: p["commit"] for p in mine["pushed"]} == {
         f"checkpoint-{s}": heads[f"checkpoint-{s}"] for s in STEPS
     }
-    assert record["final_step"] == 30 and record["lost"] == []
+    assert mine["final_step"] == 30 and mine["lost"] == [] and mine["skipped"] == []
     # The watch wrote nothing into the run folder but its own record.
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hubsync", *(f"checkpoint-{s}" for s in STEPS)]
     assert [p.name for p in (tmp_path / "run" / ".hubsync").iterdir()] == ["watch.json"]
@@ -358,7 +630,52 @@ def test_sigterm_during_a_push_finishes_it_saves_the_record_and_exits_130(
     assert heads()["checkpoint-10"] == root  # the branch is there, its commit is not: the push is in progress
     watcher.popen.send_signal(signal.SIGTERM)
     assert watcher.wait(30) == 130, watcher.stderr
-    assert "Stopping after the push in progress" in watcher.stderr
+    assert "Stopping once the push of checkpoint-10 is done (Ctrl-C again abandons it" in watcher.stderr
     assert watcher.stdout.startswith("Pushed checkpoint-10 -> me/watched @ checkpoint-10 (")
     assert_each_on_the_hub_exactly_once(api, [10])
     assert pushed_steps(tmp_path) == [10]
+
+
+def test_a_run_folder_that_never_appears_ends_with_the_idle_timeout_and_ctrl_c_says_no_push_was_running(
+    procs: Callable[..., Proc], tmp_path: Path
+) -> None:
+    idle = watch(procs, "idle", "--idle-timeout", "0.5")
+    assert idle.wait(30) == 0, idle.stderr
+    assert idle.stdout == "Stopped after 0.5 s: run never appeared; nothing pushed.\n"
+    assert idle.stderr == "Waiting for run to appear.\n"
+    assert not (tmp_path / "run").exists()
+
+    waiting = watch(procs, "waiting")
+    wait_for(lambda: "Waiting for run" in waiting.stderr, 30, "the watch to start")
+    waiting.popen.send_signal(signal.SIGINT)
+    assert waiting.wait(10) == 130
+    assert waiting.stderr == "Waiting for run to appear.\nStopping (no push in progress).\n"
+    assert waiting.stdout == "Stopped: run has not appeared; nothing pushed. Run it again to go on.\n"
+
+
+def test_ctrl_c_while_the_hub_is_down_exits_promptly(
+    procs: Callable[..., Proc], tiny_run: Path, tmp_path: Path, summary_lines: SummaryLines
+) -> None:
+    import socket
+
+    copy_run(tiny_run, tmp_path / "run", [10])
+    with socket.socket() as sock:  # a port where nothing listens: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    watcher = watch(procs, "watch", "--endpoint", down)
+    wait_for(lambda: "Hub unavailable (" in watcher.stderr, 30, "the first failed push")
+    time.sleep(1.3)  # the next push is under way, inside the client's retries of a refused connection
+    start = time.monotonic()
+    watcher.popen.send_signal(signal.SIGINT)
+    code = watcher.wait(30)
+    took = time.monotonic() - start
+    with summary_lines("watch", "Ctrl-C with the Hub down: no exit") as add:
+        add(f"Ctrl-C with the Hub down: exited after {took:.2f} s")
+    assert code == 130
+    assert took < 2.5, watcher.stderr
+    stopping = [line for line in watcher.stderr.splitlines() if line.startswith("Stopping")]
+    assert stopping in (
+        ["Stopping once the push of checkpoint-10 is done (Ctrl-C again abandons it; nothing is half-written)."],
+        ["Stopping (no push in progress)."],
+    )
+    assert watcher.stdout == "Stopped; 0 checkpoints on me/watched. Run it again to go on.\n"

@@ -396,7 +396,9 @@ def watch(
     (global_step = max_steps) is pushed, or after --idle-timeout; on Ctrl-C or SIGTERM it finishes the
     push in progress, saves its record and exits with 130 (press Ctrl-C again to abandon the push: nothing
     is half-committed). A checkpoint that the Trainer deleted (save_total_limit) before it could be pushed
-    is reported. --tag tags the run's final checkpoint.
+    is reported; one that cannot be read is reported, skipped and tried again when its files change. --tag
+    tags the run's final checkpoint; when the watch ends before that, it says how to tag another one. A
+    folder checkpoint-N is refused: pass the run folder that holds it.
 
     \b
     Example:
@@ -408,13 +410,13 @@ def watch(
 
     from hubsync.core.plan import check_repo_id
     from hubsync.hub.client import HubClient
-    from hubsync.hub.watch import Watcher, WatchSettings
+    from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
 
     run = Path(run_dir)
     # The configuration is looked up from inside the run folder, which may not exist yet.
     options = _push_options(ctx, run / "checkpoint", flags)[1]
     check_repo_id(options.repo_id)
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS)
     hub.require_token()
     _quiet_huggingface_hub(show_progress=False)
     if niceness:
@@ -422,34 +424,73 @@ def watch(
             os.nice(niceness)
 
     stop = threading.Event()
+    settings = WatchSettings(run, options, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
+    watcher = Watcher(settings, hub, lambda event: _report_watch(event, as_json), stop.is_set)
 
     def on_signal(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        click.echo("Stopping after the push in progress (Ctrl-C again abandons it; nothing is half-written).", err=True)
+        busy = watcher.busy
+        if busy is None:
+            click.echo("Stopping (no push in progress).", err=True)
+        else:
+            click.echo(f"Stopping once {busy} is done (Ctrl-C again abandons it; nothing is half-written).", err=True)
 
-    settings = WatchSettings(run, options, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
-    watcher = Watcher(settings, hub, lambda event: _report_watch(event, as_json), stop.is_set)
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = watcher.run()
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+    if summary.untagged:
+        click.echo(_untagged(summary, run_dir), err=True)
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
     else:
-        on_hub = _count(len(summary.state.pushed), "checkpoint")
-        lost = f"; lost before they were pushed: {_checkpoints(summary.state.lost)}" if summary.state.lost else ""
-        if summary.finished:
-            click.echo(f"Done: the run finished; {on_hub} on {options.repo_id}{lost}.")
-        elif summary.idle:
-            click.echo(f"Stopped after {idle_timeout:g} s without change; {on_hub} on {options.repo_id}{lost}.")
-        else:
-            click.echo(f"Stopped; {on_hub} on {options.repo_id}{lost}. Run it again to go on.")
+        click.echo(_watch_closing_line(summary, idle_timeout, run_dir))
     if summary.stopped:
         ctx.exit(130)
+
+
+def _watch_closing_line(summary: Any, idle_timeout: float | None, run_dir: str) -> str:
+    repo = summary.repo_id
+    if not summary.run_found:
+        if summary.idle:
+            return f"Stopped after {idle_timeout:g} s: {display_path(run_dir)} never appeared; nothing pushed."
+        return f"Stopped: {display_path(run_dir)} has not appeared; nothing pushed. Run it again to go on."
+    n = len(summary.state.pushed)
+    # Without the check against the Hub (it did not answer), only the record speaks for them.
+    on_hub = (
+        f"{_count(n, 'checkpoint')} on {repo}" if summary.checked else f"{_count(n, 'checkpoint')} recorded for {repo}"
+    )
+    lost = f"; lost before they were pushed: {_checkpoints(summary.state.lost)}" if summary.state.lost else ""
+    skipped = summary.state.skipped
+    if skipped:
+        lost += f"; skipped (unreadable): {_checkpoints(sorted(skipped))}"
+    if summary.finished:
+        return f"Done: the run finished; {on_hub}{lost}."
+    if summary.idle:
+        return f"Stopped after {idle_timeout:g} s without change; {on_hub}{lost}."
+    return f"Stopped; {on_hub}{lost}. Run it again to go on."
+
+
+def _untagged(summary: Any, run_dir: str) -> str:
+    """Why --tag was not applied, and how to tag a checkpoint that is on the Hub."""
+    names = " ".join(f"--tag {t}" for t in summary.untagged)
+    why = "the watch was stopped" if summary.stopped else "the watch stopped"
+    line = f"Not tagged: {names} is for the run's final checkpoint (global_step = max_steps), and {why} before "
+    line += "that was pushed."
+    if summary.state.pushed:
+        newest = max(summary.state.pushed)
+        folder = display_path(Path(run_dir) / f"checkpoint-{newest}")
+        line += (
+            f" To tag checkpoint-{newest} instead: hubsync push {folder} --repo {summary.repo_id} {names} "
+            "(with the watch's other options; nothing new is committed to its branch)"
+        )
+    else:
+        line += " Run the watch again with it once the run has finished"
+    return line + "."
 
 
 def _count(n: int, noun: str) -> str:
@@ -463,7 +504,7 @@ def _checkpoints(steps: Any) -> str:
 def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
     from hubsync.core.errors import HubError
-    from hubsync.hub.watch import Lost, Pushed, PushFailed, WaitingForRun
+    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, Skipped, WaitingForRun
 
     if isinstance(event, Pushed):
         if not as_json:
@@ -480,7 +521,27 @@ def _report_watch(event: object, as_json: bool) -> None:
         err = event.error
         why = f"{err.endpoint}: {err.detail}" if isinstance(err, HubError) else str(err)
         later = f"trying again in {event.retry_in:g} s"
-        click.echo(_scrub(f"Hub unavailable ({why}): checkpoint-{event.step} not pushed yet; {later}."), err=True)
+        what = "the record not checked against it" if event.step is None else f"checkpoint-{event.step} not pushed"
+        click.echo(_scrub(f"Hub unavailable ({why}): {what} yet; {later}."), err=True)
+    elif isinstance(event, Skipped):
+        click.echo(
+            _scrub(
+                f"Skipped checkpoint-{event.step}: {event.reason}. The watch goes on with the others, and tries it "
+                "again if its files change."
+            ),
+            err=True,
+        )
+    elif isinstance(event, NotOnHub):
+        if event.push_again:
+            click.echo(
+                f"Not on the Hub at the recorded commit: {_checkpoints(event.push_again)}; pushing again.", err=True
+            )
+        if event.forgotten:
+            click.echo(
+                f"Not on the Hub at the recorded commit, and gone from the run folder: {_checkpoints(event.forgotten)}"
+                "; dropped from the record.",
+                err=True,
+            )
     elif isinstance(event, WaitingForRun):
         click.echo(f"Waiting for {event.run} to appear.", err=True)
 

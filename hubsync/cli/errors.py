@@ -160,6 +160,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.NotARunFolderError,
+        lambda err: (
+            f"{err.path} is a checkpoint folder, not a run folder ({err.reason}). hubsync watch follows a whole "
+            f"run: pass the folder that holds its checkpoint-N folders, such as {err.parent}."
+        ),
+    ),
+    (
         e.InvalidRepoIdError,
         lambda err: f"{err.repo_id!r} is not a repository id. Use NAMESPACE/NAME, such as me/my-model.",
     ),

@@ -256,3 +256,13 @@ class WatchStateError(HubsyncError):
         super().__init__(f"cannot read the watch state {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NotARunFolderError(HubsyncError):
+    """`hubsync watch` was given a checkpoint folder instead of the run folder that holds the checkpoints."""
+
+    def __init__(self, path: str, reason: str, parent: str) -> None:
+        super().__init__(f"{path} is a checkpoint folder, not a run folder: {reason}")
+        self.path = path
+        self.reason = reason
+        self.parent = parent

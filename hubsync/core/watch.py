@@ -1,6 +1,6 @@
 """What `hubsync watch` decides after each look at a run folder: which checkpoints are complete and not yet
 pushed, which ones the Trainer deleted before they were pushed, and whether the run is done. Pure, but for
-`observe_run`, which only reads the run folder, and the watch state's (de)serialisation.
+`observe_run` and `run_folder_problem`, which only read the run folder, and the watch state's (de)serialisation.
 
 A checkpoint is complete when its trainer_state.json exists (the Trainer writes it last) and the size and
 modification time of every file in it are unchanged between two consecutive looks. This transformers version
@@ -22,6 +22,7 @@ from .errors import WatchStateError
 from .pull import RemoteFile
 
 STATE_FILE = ".hubsync/watch.json"  # under the run folder
+STATE_VERSION = 2  # version 1 named no Hub: a record of me/x on one Hub was taken for me/x on any other
 
 # A checkpoint's files as one look saw them: (path, size, mtime in ns), sorted; None when it was not read
 # (already pushed). An empty tuple: the folder vanished while it was read.
@@ -36,21 +37,56 @@ class PushedCheckpoint:
 
 
 @dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A checkpoint that could not be pushed for a reason of its own (an unreadable file, say)."""
+
+    step: int
+    reason: str
+    files: Signature = field(default=None, compare=False)  # as it was when it failed; not kept across restarts
+
+
+@dataclass(frozen=True)
 class WatchState:
-    """What a watch remembers across restarts, for one repository."""
+    """What a watch remembers across restarts, for one repository on one Hub."""
 
     repo_id: str
     pushed: Mapping[int, PushedCheckpoint] = field(default_factory=dict)
     seen: frozenset[int] = frozenset()  # steps whose folder a look ever found
     lost: tuple[int, ...] = ()  # seen, never pushed, then gone (save_total_limit deleted them)
     final_step: int | None = None  # the checkpoint whose global_step reached max_steps
+    skipped: Mapping[int, SkippedCheckpoint] = field(default_factory=dict)
+    endpoint: str | None = None  # None: a record written before records named their Hub
 
     def with_pushed(self, record: PushedCheckpoint, final: bool) -> WatchState:
         return replace(
             self,
             pushed={**self.pushed, record.step: record},
             final_step=record.step if final else self.final_step,
+            skipped={s: k for s, k in self.skipped.items() if s != record.step},
         )
+
+    def with_skipped(self, record: SkippedCheckpoint) -> WatchState:
+        return replace(self, skipped={**self.skipped, record.step: record})
+
+
+@dataclass(frozen=True)
+class HubCheck:
+    """The record compared with the repository's branches, once when a watch starts."""
+
+    state: WatchState  # only the pushes the Hub still holds at the recorded commit
+    push_again: tuple[int, ...]  # recorded, not on the Hub (any more), and still in the run folder
+    forgotten: tuple[int, ...]  # recorded, not on the Hub, and gone from the run folder: nothing to push
+
+
+def check_against_hub(state: WatchState, branches: Mapping[str, str], present: Collection[int]) -> HubCheck:
+    """Keep a recorded push only when its branch is still at the recorded commit (the repository may have been
+    deleted, pruned or rewritten, or the record may come from another Hub)."""
+    kept = {s: p for s, p in state.pushed.items() if branches.get(p.revision) == p.commit}
+    gone = sorted(set(state.pushed) - set(kept))
+    forgotten = tuple(s for s in gone if s not in present)
+    # A forgotten checkpoint was pushed once; it must not be reported as lost before it was pushed.
+    new_state = replace(state, pushed=kept, seen=state.seen - set(forgotten))
+    return HubCheck(new_state, tuple(s for s in gone if s in present), forgotten)
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,7 @@ class WatchStep:
     lost: tuple[int, ...]  # newly found gone before they were pushed
     state: WatchState  # with this look's seen and lost steps
     finished: bool  # the run's final checkpoint is pushed and nothing complete waits
+    pending: bool  # a checkpoint in the run folder is neither pushed nor skipped as it is now
 
 
 def next_step(
@@ -76,6 +113,7 @@ def next_step(
             and files  # read, and not vanished
             and before.get(step) == files
             and any(path == TRAINER_STATE for path, _, _ in files)
+            and not _skipped_as_is(state, step, files)  # tried again only when its files change
         )
     )
     present = {step for step, files in current.items() if files != ()}
@@ -84,11 +122,36 @@ def next_step(
             step for step in state.seen if step not in present and step not in state.pushed and step not in state.lost
         )
     )
-    new_state = replace(state, seen=state.seen | present, lost=tuple(sorted({*state.lost, *lost})))
+    new_state = replace(
+        state,
+        seen=state.seen | present,
+        lost=tuple(sorted({*state.lost, *lost})),
+        skipped={s: k for s, k in state.skipped.items() if s not in lost},
+    )
     final = state.final_step
+    # A skipped checkpoint whose files changed (or are not known: the watch restarted) is tried before the end.
+    retry = any(
+        step in state.skipped and not _skipped_as_is(state, step, files) for step, files in current.items() if files
+    )
     # A checkpoint beyond the final one: training was resumed with more steps.
-    finished = final is not None and final in state.pushed and not ready and not any(s > final for s in present)
-    return WatchStep(ready, lost, new_state, finished)
+    finished = (
+        final is not None and final in state.pushed and not ready and not retry and not any(s > final for s in present)
+    )
+    return WatchStep(ready, lost, new_state, finished, has_pending(current, state))
+
+
+def has_pending(current: Mapping[int, Signature], state: WatchState) -> bool:
+    """Whether a checkpoint in the run folder is neither pushed nor skipped as it is now."""
+    return any(
+        step not in state.pushed and not _skipped_as_is(state, step, files)
+        for step, files in current.items()
+        if files != ()
+    )
+
+
+def _skipped_as_is(state: WatchState, step: int, files: Signature) -> bool:
+    skipped = state.skipped.get(step)
+    return skipped is not None and skipped.files is not None and skipped.files == files
 
 
 def observe_run(run_dir: Path, skip: Container[int]) -> dict[int, Signature]:
@@ -108,6 +171,23 @@ def observe_run(run_dir: Path, skip: Container[int]) -> dict[int, Signature]:
     return found
 
 
+def run_folder_problem(run_dir: Path) -> str | None:
+    """Why `run_dir` is a checkpoint folder rather than the run folder that holds checkpoint-N folders, if it
+    is one. A run folder may also hold trainer_state.json and an adapter at its top (trainer.save_state() and
+    save_model() at the end of training), but then beside its checkpoint-N folders. Only reads."""
+    try:
+        children = [c.name for c in os.scandir(run_dir) if c.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        children = None
+    if children is not None and any(CHECKPOINT_DIR_RE.match(name) for name in children):
+        return None
+    if CHECKPOINT_DIR_RE.match(run_dir.name):
+        return "its name is that of a checkpoint"
+    if children is not None and (run_dir / TRAINER_STATE).is_file():
+        return f"it holds {TRAINER_STATE} and no checkpoint-N folders"
+    return None
+
+
 def _signature(folder: Path) -> Signature:
     files = []
     try:
@@ -123,51 +203,130 @@ def _signature(folder: Path) -> Signature:
     return tuple(sorted(files))
 
 
-def parse_state(raw: bytes | None, repo_id: str, shown: str) -> WatchState:
-    """The watch state file's record for `repo_id` (another repository's records start afresh)."""
+class _Damaged(Exception):
+    """Why the state file cannot be used, in words."""
+
+
+def parse_state(raw: bytes | None, endpoint: str, repo_id: str, shown: str) -> WatchState:
+    """The watch state file's record for `repo_id` on the Hub at `endpoint`; a record without a Hub (a file of
+    version 1) is taken for any Hub, to be checked against it. Other repositories' records start afresh."""
+    fresh = WatchState(repo_id, endpoint=endpoint)
     if raw is None:
-        return WatchState(repo_id)
+        return fresh
     try:
         data = json.loads(raw)
-        repos = data["repos"]
-        mine = repos.get(repo_id) if isinstance(repos, dict) else None
-        if mine is None:
-            return WatchState(repo_id)
-        pushed = {
-            int(p["step"]): PushedCheckpoint(int(p["step"]), str(p["revision"]), str(p["commit"]))
-            for p in mine["pushed"]
-        }
-        final = mine.get("final_step")
-        return WatchState(
-            repo_id,
-            pushed,
-            frozenset(int(s) for s in mine["seen"]),
-            tuple(sorted(int(s) for s in mine["lost"])),
-            int(final) if final is not None else None,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise WatchStateError(shown, f"{type(exc).__name__}: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WatchStateError(shown, f"it is not JSON: {exc}") from exc
+    try:
+        records = _records(data)
+        mine = _find(records, endpoint, repo_id)
+        return fresh if mine is None else _parse_record(mine, endpoint, repo_id)
+    except _Damaged as exc:
+        raise WatchStateError(shown, str(exc)) from None
+
+
+def _records(data: Any) -> list[Any]:
+    """Every record of the file, as a version 2 record (`endpoint` None for those of version 1)."""
+    if not isinstance(data, dict):
+        raise _Damaged("it is not a JSON object")
+    version = data.get("version")
+    if version == 1:
+        repos = data.get("repos")
+        if not isinstance(repos, dict):
+            raise _Damaged("it has no 'repos' table")
+        return [
+            {**rec, "endpoint": None, "repo": name} if isinstance(rec, dict) else rec for name, rec in repos.items()
+        ]
+    if version == STATE_VERSION:
+        records = data.get("records")
+        if not isinstance(records, list):
+            raise _Damaged("it has no 'records' list")
+        return records
+    raise _Damaged(f"unsupported version {version!r}" if "version" in data else "it has no version")
+
+
+def _find(records: list[Any], endpoint: str, repo_id: str) -> Any:
+    """The record of this repository on this Hub, else one of this repository that names no Hub."""
+    for wanted in (endpoint, None):
+        for rec in records:
+            if isinstance(rec, dict) and rec.get("repo") == repo_id and rec.get("endpoint") == wanted:
+                return rec
+    return None
+
+
+def _parse_record(rec: dict[str, Any], endpoint: str, repo_id: str) -> WatchState:
+    name = f"the record of {repo_id}"
+
+    def steps(key: str) -> list[int]:
+        value = rec.get(key)
+        if not isinstance(value, list) or not all(_is_step(s) for s in value):
+            raise _Damaged(f"{name} has no '{key}' list of step numbers")
+        return value
+
+    pushed = rec.get("pushed")
+    if not isinstance(pushed, list):
+        raise _Damaged(f"{name} has no 'pushed' list")
+    for p in pushed:
+        if not (
+            isinstance(p, dict)
+            and _is_step(p.get("step"))
+            and isinstance(p.get("revision"), str)
+            and isinstance(p.get("commit"), str)
+        ):
+            raise _Damaged(f"{name} lists a pushed checkpoint without its step, revision and commit")
+    skipped = rec.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(k, dict) and _is_step(k.get("step")) and isinstance(k.get("reason"), str) for k in skipped
+    ):
+        raise _Damaged(f"{name} has a 'skipped' entry without its step and reason")
+    final = rec.get("final_step")
+    if final is not None and not _is_step(final):
+        raise _Damaged(f"{name} has a 'final_step' that is not a step number")
+    return WatchState(
+        repo_id,
+        {p["step"]: PushedCheckpoint(p["step"], p["revision"], p["commit"]) for p in pushed},
+        frozenset(steps("seen")),
+        tuple(sorted(steps("lost"))),
+        final,
+        {k["step"]: SkippedCheckpoint(k["step"], k["reason"]) for k in skipped},
+        endpoint,
+    )
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def dump_state(state: WatchState, raw_before: bytes | None) -> bytes:
-    """The state file with `state` as its repository's record; other repositories' records are kept."""
-    repos: dict[str, Any] = {}
+    """The state file with `state` as the record of its repository on its Hub. Other records are kept, but one
+    of the same repository that names no Hub: this one replaces it."""
+    others: list[Any] = []
     if raw_before is not None:
         try:
-            old = json.loads(raw_before).get("repos")
-            repos = dict(old) if isinstance(old, dict) else {}
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            repos = {}
-    repos[state.repo_id] = {
+            others = _records(json.loads(raw_before))
+        except (ValueError, UnicodeDecodeError, _Damaged):
+            others = []
+    others = [
+        rec
+        for rec in others
+        if not (
+            isinstance(rec, dict) and rec.get("repo") == state.repo_id and rec.get("endpoint") in (None, state.endpoint)
+        )
+    ]
+    mine = {
+        "endpoint": state.endpoint,
+        "repo": state.repo_id,
         "pushed": [
             {"step": p.step, "revision": p.revision, "commit": p.commit}
             for p in sorted(state.pushed.values(), key=lambda p: p.step)
         ],
         "seen": sorted(state.seen),
         "lost": list(state.lost),
+        "skipped": [{"step": k.step, "reason": k.reason} for k in sorted(state.skipped.values(), key=lambda k: k.step)],
         "final_step": state.final_step,
     }
-    return (json.dumps({"version": 1, "repos": repos}, indent=2, sort_keys=True) + "\n").encode()
+    data = {"version": STATE_VERSION, "records": [*others, mine]}
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def is_final(global_step: int | None, max_steps: Any) -> bool:

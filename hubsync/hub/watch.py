@@ -1,8 +1,9 @@
 """`hubsync watch`: follow a training run from another process and push each checkpoint once it is complete.
 
-Only reads the run folder, but for its own state file (`<run>/.hubsync/watch.json`, replaced whole). A Hub
-that fails is tried again later, with growing pauses; a checkpoint that the Trainer deletes before it could be
-pushed is reported. What to push is decided by hubsync.core.watch; this module carries it out.
+Only reads the run folder, but for its own state file (`<run>/.hubsync/watch.json`, replaced whole). The record
+is checked against the Hub once when the watch starts. A Hub that fails is tried again later, with growing
+pauses; a checkpoint that cannot be read is reported and skipped; a checkpoint that the Trainer deletes before it
+could be pushed is reported. What to push is decided by hubsync.core.watch; this module carries it out.
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hubsync.core.checkpoint import Checkpoint, read_checkpoint
 from hubsync.core.errors import (
+    CheckpointFileError,
     CommitConflictError,
     HubError,
     HubsyncError,
     HubUnreachableError,
+    LinkOutsideCheckpointError,
+    NotACheckpointError,
+    NotARunFolderError,
     RepoNotFoundError,
+    UnreadableWeightsError,
+    UnrepresentableStateError,
+    UnsafePickleError,
+    VerificationError,
 )
 from hubsync.core.index import INDEX_FILE, parse_index
 from hubsync.core.paths import display_path
@@ -31,20 +40,46 @@ from hubsync.core.watch import (
     LocalHashes,
     PushedCheckpoint,
     Signature,
+    SkippedCheckpoint,
     WatchState,
+    check_against_hub,
     dump_state,
+    has_pending,
     holds_exactly,
     is_final,
     next_step,
     observe_run,
     parse_state,
+    run_folder_problem,
 )
 from hubsync.files import remove_stale_temps, write_file_atomic
 
 from .push import PushResult, PushTarget, execute_push
 
-SLEEP_SLICE = 0.1
-CHUNK = 1 << 20  # how often a pause checks whether to stop
+SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
+CHUNK = 1 << 20
+# The watch tries a failed push again itself, with growing pauses; the client's own retries of one call stay
+# short, so that Ctrl-C does not wait for them (a server's Retry-After is still honoured).
+CLIENT_RETRY_DELAYS = (0.5, 1.0)
+# Failures that belong to one checkpoint (its files): it is skipped and the watch goes on with the others.
+CHECKPOINT_ERRORS = (
+    CheckpointFileError,
+    NotACheckpointError,
+    UnreadableWeightsError,
+    UnsafePickleError,
+    VerificationError,
+    LinkOutsideCheckpointError,
+    UnrepresentableStateError,
+    OSError,
+)
+
+
+class WatchTarget(PushTarget, Protocol):
+    """What a watch needs from a Hub (HubClient provides it): a push's needs, and the refs to check its record."""
+
+    endpoint: str
+
+    def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -70,9 +105,23 @@ class Lost:
 
 @dataclass(frozen=True)
 class PushFailed:
-    step: int
+    step: int | None  # None: checking the record against the Hub failed
     error: HubsyncError
     retry_in: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    step: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotOnHub:
+    """Recorded pushes that the Hub does not hold (any more) at the recorded commit."""
+
+    push_again: tuple[int, ...]
+    forgotten: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -88,6 +137,9 @@ class WatchSummary:
     finished: bool  # the run's final checkpoint is on the Hub
     stopped: bool  # asked to stop (Ctrl-C, SIGTERM)
     idle: bool  # --idle-timeout ran out
+    checked: bool  # the record was checked against the Hub (else state.pushed is only what the record says)
+    run_found: bool  # the run folder existed
+    untagged: tuple[str, ...]  # --tag names not applied: the run's final checkpoint was not pushed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,7 +152,13 @@ class WatchSummary:
                 {"step": p.step, "revision": p.revision, "commit": p.commit}
                 for p in sorted(self.state.pushed.values(), key=lambda p: p.step)
             ],
+            "on_hub_checked": self.checked,
             "lost": [{"step": s, "checkpoint": f"checkpoint-{s}"} for s in self.state.lost],
+            "skipped": [
+                {"step": k.step, "checkpoint": f"checkpoint-{k.step}", "reason": k.reason}
+                for k in sorted(self.state.skipped.values(), key=lambda k: k.step)
+            ],
+            "untagged": list(self.untagged),
             "finished": self.finished,
             "stopped": self.stopped,
             "idle": self.idle,
@@ -118,7 +176,7 @@ class Watcher:
     def __init__(
         self,
         settings: WatchSettings,
-        hub: PushTarget,
+        hub: WatchTarget,
         report: Callable[[object], None],
         should_stop: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
@@ -131,6 +189,8 @@ class Watcher:
         self.state_path = settings.run_dir / STATE_FILE
         self._raw_state: bytes | None = None
         self.pushed: list[tuple[int, PushResult]] = []
+        self.busy: str | None = None  # what the watch is doing on the Hub right now, in words
+        self._tagged = False
         self._failures = 0
         self._retry_at = 0.0
 
@@ -138,11 +198,13 @@ class Watcher:
         """Look at the run folder every interval and push what is complete, until the run's final checkpoint is
         pushed, the idle timeout runs out, or should_stop() says so. The state is saved whatever happens."""
         settings = self.settings
+        self._refuse_checkpoint_folder()
         state = self._load()
         previous: dict[int, Signature] | None = None
         last_change = self.clock()
         waiting = False
-        finished = stopped = idle = False
+        checked = not state.pushed  # an empty record needs no look at the Hub
+        finished = stopped = idle = run_found = False
         try:
             while True:
                 if self.should_stop():
@@ -152,8 +214,19 @@ class Watcher:
                     if not waiting:
                         self.report(WaitingForRun(display_path(settings.run_dir)))
                         waiting = True
+                    if settings.idle_timeout is not None and self.clock() - last_change >= settings.idle_timeout:
+                        idle = True
+                        break
                     self._pause(settings.interval)
                     continue
+                if not run_found:
+                    run_found = True
+                    self._refuse_checkpoint_folder()  # it may have appeared as one
+                if not checked:
+                    checked, state = self._check(state)
+                    if not checked:
+                        self._pause(settings.interval)
+                        continue
                 current = observe_run(settings.run_dir, skip=state.pushed)
                 step = next_step(previous, current, state)
                 if current != previous or step.push:
@@ -164,12 +237,11 @@ class Watcher:
                 if step.finished:
                     finished = True
                     break
-                state = self._push_ready(step.push, state)
+                state = self._push_ready(step.push, state, current)
                 self._save(state)
-                unpushed = any(s not in state.pushed for s, files in current.items() if files != ())
                 if (
                     settings.idle_timeout is not None
-                    and not unpushed
+                    and not has_pending(current, state)
                     and self.clock() - last_change >= settings.idle_timeout
                 ):
                     idle = True
@@ -185,13 +257,66 @@ class Watcher:
             finished=finished,
             stopped=stopped,
             idle=idle,
+            checked=checked,
+            run_found=run_found,
+            untagged=() if self._tagged else settings.options.tags,
         )
 
-    def _push_ready(self, steps: tuple[int, ...], state: WatchState) -> WatchState:
+    def _refuse_checkpoint_folder(self) -> None:
+        """Never watch (and so never write into) a checkpoint folder."""
+        run_dir = self.settings.run_dir
+        problem = run_folder_problem(run_dir)
+        if problem is not None:
+            raise NotARunFolderError(display_path(run_dir), problem, display_path(run_dir.parent))
+
+    def _check(self, state: WatchState) -> tuple[bool, WatchState]:
+        """Compare the record with the Hub's branches (one refs call): a recorded push that the Hub does not hold
+        at the recorded commit is no longer counted, and is pushed again. When the run's final checkpoint is
+        recorded and --tag names a tag that the Hub does not have, it is tagged now. Whether the check was done."""
+        repo_id = self.settings.options.repo_id
+        if self.clock() < self._retry_at:
+            return False, state
+        self.busy = "the check of the record against the Hub"
+        try:
+            try:
+                branches, tags = self.hub.refs(repo_id)
+            except RepoNotFoundError:  # deleted, or never on this Hub
+                branches, tags = {}, {}
+            present = {s for s, files in observe_run(self.settings.run_dir, skip=()).items() if files != ()}
+            check = check_against_hub(state, branches, present)
+            if check.push_again or check.forgotten:
+                self.report(NotOnHub(check.push_again, check.forgotten))
+            state = check.state
+            final = state.pushed.get(state.final_step) if state.final_step is not None else None
+            wanted = self.settings.options.tags
+            if final is not None and wanted and not any(s > final.step for s in present):
+                for tag in wanted:
+                    if tags.get(tag) != final.commit:
+                        self.hub.ensure_tag(repo_id, tag, final.commit)
+                self._tagged = True
+        except HubsyncError as exc:
+            if not retryable(exc):
+                raise
+            self.report(PushFailed(None, exc, self._failed()))
+            return False, state
+        finally:
+            self.busy = None
+        self._failures = 0
+        return True, state
+
+    def _failed(self) -> float:
+        """The pause before the Hub is tried again, doubling with each failure in a row."""
+        self._failures += 1
+        wait = min(max(self.settings.interval, 1.0) * 2.0 ** (self._failures - 1), self.settings.retry_max)
+        self._retry_at = self.clock() + wait
+        return wait
+
+    def _push_ready(self, steps: tuple[int, ...], state: WatchState, current: dict[int, Signature]) -> WatchState:
         for step in steps:
             if self.should_stop() or self.clock() < self._retry_at:
                 break
             folder = self.settings.run_dir / f"checkpoint-{step}"
+            self.busy = f"the push of checkpoint-{step}"
             try:
                 result, final = self._push(folder)
             except (HubsyncError, OSError) as exc:
@@ -199,14 +324,19 @@ class Watcher:
                     state = dataclasses.replace(state, lost=tuple(sorted({*state.lost, step})))
                     self.report(Lost((step,)))
                     continue
+                if isinstance(exc, CHECKPOINT_ERRORS):
+                    skipped = SkippedCheckpoint(step, _reason(exc), current.get(step))
+                    state = state.with_skipped(skipped)
+                    self._save(state)
+                    self.report(Skipped(step, skipped.reason))
+                    continue
                 if not retryable(exc):
                     raise
                 assert isinstance(exc, HubsyncError)
-                self._failures += 1
-                wait = min(max(self.settings.interval, 1.0) * 2 ** (self._failures - 1), self.settings.retry_max)
-                self._retry_at = self.clock() + wait
-                self.report(PushFailed(step, exc, wait))
+                self.report(PushFailed(step, exc, self._failed()))
                 break
+            finally:
+                self.busy = None
             self._failures = 0
             self.pushed.append((step, result))
             state = state.with_pushed(PushedCheckpoint(step, result.revision, result.commit), final)
@@ -220,7 +350,9 @@ class Watcher:
         final = trainer is not None and is_final(trainer.global_step, trainer.settings.get("max_steps"))
         options = self.settings.options if final else dataclasses.replace(self.settings.options, tags=())
         plan = plan_push(checkpoint, options)
-        return self._already_pushed(plan, checkpoint) or execute_push(plan, checkpoint, self.hub), final
+        result = self._already_pushed(plan, checkpoint) or execute_push(plan, checkpoint, self.hub)
+        self._tagged = self._tagged or (final and bool(plan.tags))
+        return result, final
 
     def _already_pushed(self, plan: PushPlan, checkpoint: Checkpoint) -> PushResult | None:
         """The branch's head, when it holds exactly what pushing `plan` would commit and main's index names it
@@ -267,7 +399,9 @@ class Watcher:
             self._raw_state = self.state_path.read_bytes()
         except FileNotFoundError:
             self._raw_state = None
-        return parse_state(self._raw_state, self.settings.options.repo_id, display_path(self.state_path))
+        return parse_state(
+            self._raw_state, self.hub.endpoint, self.settings.options.repo_id, display_path(self.state_path)
+        )
 
     def _save(self, state: WatchState) -> None:
         """Replace the state file whole, when the state changed and the run folder exists."""
@@ -277,6 +411,14 @@ class Watcher:
         self.state_path.parent.mkdir(exist_ok=True)
         write_file_atomic(self.state_path, data)
         self._raw_state = data
+
+
+def _reason(exc: HubsyncError | OSError) -> str:
+    """Why a checkpoint was skipped, without an absolute path (an OSError names one)."""
+    if isinstance(exc, HubsyncError):
+        return str(exc)
+    what = exc.strerror or type(exc).__name__
+    return f"{display_path(exc.filename)}: {what}" if exc.filename else what
 
 
 def _hashes(path: Path) -> LocalHashes:
