@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PY = sys.executable
+
+
+@contextmanager
+def work_folder(name: str, keep: bool) -> Iterator[Path]:
+    """A temp folder for one benchmark's files, removed at the end unless `keep` (then its path is printed)."""
+    work = Path(tempfile.mkdtemp(prefix=f"hubsync-bench-{name}-"))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"\nkept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def settle() -> None:

@@ -37,7 +37,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import Series as _Series
-from _common import fmt, hubsync_cmd, loadavg, ratio, settle
+from _common import fmt, hubsync_cmd, loadavg, ratio, settle, work_folder
 
 PY = sys.executable
 SAMPLE_INTERVAL = 0.002  # seconds between /proc/PID/status reads
@@ -484,14 +483,8 @@ def main() -> int:
     args = parser.parse_args()
     args.repeat = max(1, args.repeat)
 
-    work = Path(tempfile.mkdtemp(prefix="hubsync-bench-convert-"))
-    try:
+    with work_folder("convert", args.keep) as work:
         return _main(args, work)
-    finally:
-        if args.keep:
-            print(f"\nkept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _main(args: argparse.Namespace, work: Path) -> int:

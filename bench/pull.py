@@ -42,13 +42,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import Series, fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
+from _common import Series, fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle, work_folder
 
 from hubsync.localhub import RunningHub, running_hub
 
@@ -334,14 +333,8 @@ def main() -> int:
     args = parser.parse_args()
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
 
-    work = Path(tempfile.mkdtemp(prefix="hubsync-bench-pull-"))
-    try:
+    with work_folder("pull", args.keep) as work:
         return _main(args, work)
-    finally:
-        if args.keep:
-            print(f"\nkept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _main(args: argparse.Namespace, work: Path) -> int:

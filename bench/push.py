@@ -50,7 +50,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import Series as _Series
-from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle
+from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle, work_folder
 
 from hubsync.localhub import RunningHub, running_hub
 from hubsync.localhub.server import HubRequestHandler
@@ -533,14 +532,8 @@ def main() -> int:
     args.shapes = {"layers": 1 if args.quick else 32, "hidden": 4096, "kv_dim": 1024, "r": 16}
     args.save_steps = 1 if args.quick else 10  # the tiny run: 50 steps with an evaluation every 10 (5 s less: 5)
 
-    work = Path(tempfile.mkdtemp(prefix="hubsync-bench-push-"))
-    try:
+    with work_folder("push", args.keep) as work:
         return _main(args, work)
-    finally:
-        if args.keep:
-            print(f"\nkept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _main(args: argparse.Namespace, work: Path) -> int:
