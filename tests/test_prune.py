@@ -229,3 +229,31 @@ def test_prune_without_a_token_says_so(hub: RunningHub) -> None:
     )
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: no Hugging Face token for") and result.stderr.count("\n") == 1
+
+
+def test_damaged_trainer_state_on_the_hub_is_no_traceback(hub: RunningHub, api: HfApi) -> None:
+    api.create_repo("me/damaged")
+    api.create_branch("me/damaged", branch="checkpoint-5")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    api.upload_file(
+        path_or_fileobj=deep, path_in_repo="trainer_state.json", repo_id="me/damaged", revision="checkpoint-5"
+    )
+    result = hubsync(hub, "prune", "me/damaged", "--keep", "1", "--keep-best", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "checkpoint-5" in result.stdout
+
+
+def test_a_branch_that_moved_after_the_plan_is_not_deleted(pushed: dict[str, str], hub: RunningHub, api: HfApi) -> None:
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.prune import execute_prune, prune_inputs
+
+    client = HubClient(hub.endpoint, hub.token)
+    found = prune_inputs(client, "me/tiny")
+    plan = plan_prune(
+        "me/tiny", found.revisions, keep=1, keep_best=False, keep_tagged=False, tags=found.tags, best_step=None
+    )
+    moved = plan.delete[0].revision
+    api.upload_file(path_or_fileobj=b"new", path_in_repo="notes.txt", repo_id="me/tiny", revision=moved)
+    result = execute_prune(plan, client)
+    assert moved not in result.deleted and set(result.deleted) == {d.revision for d in plan.delete} - {moved}
+    assert moved in {b.name for b in api.list_repo_refs("me/tiny").branches}

@@ -165,7 +165,7 @@ def test_a_record_of_version_1_names_no_hub_and_is_taken_to_be_checked() -> None
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (b"{not json", "it is not JSON: Expecting property name"),
+        (b"{not json", "it is not valid JSON (Expecting property name"),
         (b"[]", "it is not a JSON object"),
         (b'{"version": 3, "records": []}', "unsupported version 3"),
         (b'{"repos": {}}', "it has no version"),
@@ -216,7 +216,10 @@ def test_a_damaged_state_file_and_a_missing_token_are_one_line_errors(tmp_path: 
     result = CliRunner().invoke(cli, ["watch", str(run), "--repo", REPO, "--nice", "0"], env=env)
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: cannot read the watch state ")
-    assert "watch.json (it is not JSON: Expecting property name" in result.stderr and "Move it aside" in result.stderr
+    assert (
+        "watch.json (it is not valid JSON (Expecting property name" in result.stderr
+        and "Move it aside" in result.stderr
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     no_token = CliRunner().invoke(
         cli, ["watch", str(run), "--repo", REPO, "--nice", "0"], env={"HF_ENDPOINT": hub.endpoint}
@@ -679,3 +682,27 @@ def test_ctrl_c_while_the_hub_is_down_exits_promptly(
         ["Stopping (no push in progress)."],
     )
     assert watcher.stdout == "Stopped; 0 checkpoints on me/watched. Run it again to go on.\n"
+
+
+def test_a_bad_tag_is_refused_before_the_watch_starts(hub: Any, tmp_path: Path) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    result = CliRunner(env=env).invoke(cli, ["watch", str(tmp_path / "run"), "--repo", "me/m", "--tag", "main"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: 'main' cannot be a tag name") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_only_failures_that_may_pass_are_retried() -> None:
+    from hubsync.core.errors import CommitConflictError, HubError, HubUnreachableError, PermissionDeniedError
+    from hubsync.hub.watch import retryable
+
+    assert retryable(HubUnreachableError("e", "ConnectError")) and retryable(CommitConflictError("e", "moved"))
+    assert all(retryable(HubError("e", "busy", status=s)) for s in (408, 429, 500, 503))
+    assert not any(retryable(HubError("e", "refused", status=s)) for s in (400, 409, 422))
+    assert not retryable(HubError("e", "refused by huggingface_hub's own checks"))
+    assert not retryable(PermissionDeniedError("e", "no", status=403))
+
+
+def test_a_deeply_nested_record_is_one_clear_error() -> None:
+    with pytest.raises(WatchStateError, match="nested too deeply"):
+        parse_state(b"[" * 100_000 + b"]" * 100_000, "http://hub", "me/m", "run/.hubsync/watch.json")

@@ -408,7 +408,7 @@ def watch(
     import threading
     from pathlib import Path
 
-    from hubsync.core.plan import check_repo_id
+    from hubsync.core.plan import check_repo_id, check_tag_name
     from hubsync.hub.client import HubClient
     from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
 
@@ -416,6 +416,8 @@ def watch(
     # The configuration is looked up from inside the run folder, which may not exist yet.
     options = _push_options(ctx, run / "checkpoint", flags)[1]
     check_repo_id(options.repo_id)
+    for tag in options.tags:  # checked now, not when the run's final checkpoint is pushed, hours later
+        check_tag_name(tag, branch="")
     hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS)
     hub.require_token()
     _quiet_huggingface_hub(show_progress=False)
@@ -446,7 +448,7 @@ def watch(
     if summary.untagged:
         click.echo(_untagged(summary, run_dir), err=True)
     if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2))
+        click.echo(_scrub(json.dumps(summary.to_json(), indent=2)))  # skip reasons come from exceptions
     else:
         click.echo(_watch_closing_line(summary, idle_timeout, run_dir))
     if summary.stopped:

@@ -34,12 +34,20 @@ class InvalidTagError(InvalidRevisionError):
 class HubError(HubsyncError):
     """Something went wrong while talking to a Hub."""
 
-    def __init__(self, endpoint: str, detail: str = "", repo_id: str | None = None, revision: str | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        detail: str = "",
+        repo_id: str | None = None,
+        revision: str | None = None,
+        status: int | None = None,  # the HTTP status of the Hub's answer, when there was one
+    ):
         super().__init__(detail or f"request to {endpoint} failed")
         self.endpoint = endpoint
         self.detail = detail
         self.repo_id = repo_id
         self.revision = revision
+        self.status = status
 
 
 class HubUnreachableError(HubError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT_DIR_RE, TRAINER_STATE
+from .checkpoint import CHECKPOINT_DIR_RE, TRAINER_STATE, loads_json
 from .errors import WatchStateError
 from .pull import RemoteFile
 
@@ -214,9 +214,9 @@ def parse_state(raw: bytes | None, endpoint: str, repo_id: str, shown: str) -> W
     if raw is None:
         return fresh
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WatchStateError(shown, f"it is not JSON: {exc}") from exc
+        data = loads_json(raw)
+    except ValueError as exc:
+        raise WatchStateError(shown, f"it is {exc}") from exc  # "not valid JSON (...)", "nested too deeply", ...
     try:
         records = _records(data)
         mine = _find(records, endpoint, repo_id)
@@ -303,7 +303,7 @@ def dump_state(state: WatchState, raw_before: bytes | None) -> bytes:
     others: list[Any] = []
     if raw_before is not None:
         try:
-            others = _records(json.loads(raw_before))
+            others = _records(loads_json(raw_before))
         except (ValueError, UnicodeDecodeError, _Damaged):
             others = []
     others = [

@@ -24,7 +24,6 @@ from huggingface_hub import (
     get_token,
 )
 from huggingface_hub.errors import (
-    BadRequestError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -119,7 +118,7 @@ class HubClient:
     @contextmanager
     def _errors(self, repo_id: str | None = None, revision: str | None = None) -> Iterator[None]:
         """Translate what huggingface_hub and the network raise into hubsync's errors."""
-        where = {"repo_id": repo_id, "revision": revision}
+        where: dict[str, Any] = {"repo_id": repo_id, "revision": revision}
         try:
             yield
         except OIDCError as exc:
@@ -140,10 +139,10 @@ class HubClient:
                 raise errors.CommitConflictError(self.endpoint, _server_message(exc), **where) from exc
             if status == 404:  # a 404 that names no repository or revision: no Hub route answered
                 raise errors.NotAHubError(self.endpoint, _server_message(exc), **where) from exc
-            raise errors.HubError(self.endpoint, _server_message(exc), **where) from exc
+            raise errors.HubError(self.endpoint, _server_message(exc), **where, status=status) from exc
         except (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError) as exc:
             raise errors.HubUnreachableError(self.endpoint, type(exc).__name__, **where) from exc
-        except (BadRequestError, ValueError) as exc:  # e.g. the Hub's reasons for refusing a card, one a line
+        except ValueError as exc:  # e.g. huggingface_hub's own checks of what it is asked to send, one a line
             raise errors.HubError(self.endpoint, " ".join(str(exc).split()), **where) from exc
 
     def require_token(self) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from hubsync.core.checkpoint import parse_trainer_state
+from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.prune import PruneCandidate, PrunePlan
 from hubsync.core.selection import best_step_of
 
@@ -42,7 +41,7 @@ def prune_inputs(hub: HubClient, repo_id: str) -> PruneInputs:
     if numbered:
         raw = hub.read_file(repo_id, numbered[-1].commit, "trainer_state.json")
         try:
-            state = parse_trainer_state(json.loads(raw)) if raw is not None else None
+            state = parse_trainer_state(loads_json(raw)) if raw is not None else None
         except ValueError:
             state = None
         best = best_step_of(state.best_model_checkpoint) if state is not None else None
@@ -54,6 +53,12 @@ def execute_prune(plan: PrunePlan, hub: HubClient) -> PruneResult:
     """Delete the plan's branches (one already gone is fine), then commit main's index without every revision
     whose branch no longer exists: a re-run after a failure in between finishes the job."""
     hub.require_token()
-    deleted = tuple(d.revision for d in plan.delete if hub.delete_branch(plan.repo_id, d.revision))
+    # A branch that moved since the plan was made (a push landed, say from a running watch) is left alone.
+    heads = hub.refs(plan.repo_id)[0]
+    deleted = tuple(
+        d.revision
+        for d in plan.delete
+        if heads.get(d.revision) == d.commit and hub.delete_branch(plan.repo_id, d.revision)
+    )
     result = drop_from_index(hub, plan.repo_id, lambda: hub.refs(plan.repo_id)[0])
     return PruneResult(deleted, result.oid if result is not None and result.created else None)

@@ -166,8 +166,11 @@ class WatchSummary:
 
 
 def retryable(exc: BaseException) -> bool:
-    """A failure of the Hub that may pass (outage, 5xx, 429, a branch that kept moving), not of the request."""
-    return isinstance(exc, (HubUnreachableError, CommitConflictError)) or type(exc) is HubError
+    """A failure of the Hub that may pass (outage, 5xx, 408, 429, a branch that kept moving), not of the request:
+    a 400, 409 or 422 would only be refused again."""
+    if isinstance(exc, (HubUnreachableError, CommitConflictError)):
+        return True
+    return type(exc) is HubError and exc.status is not None and (exc.status >= 500 or exc.status in (408, 429))
 
 
 class Watcher:
