@@ -6,6 +6,7 @@ still going (another process) is writing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -118,3 +119,17 @@ def lies_within(path: Path, folder: Path) -> bool:
         probe = probe.parent
     resolved = probe.resolve() / path.relative_to(probe)
     return resolved == real or resolved.is_relative_to(real)
+
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+def hash_file(path: Path, *hashers: hashlib._Hash) -> list[str]:
+    """Feed the file to every hasher in one read; their hex digests, in order."""
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(HASH_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            for hasher in hashers:
+                hasher.update(view[:n])
+    return [h.hexdigest() for h in hashers]

@@ -29,6 +29,7 @@ from hubsync.core.watch import (
     WatchState,
     check_against_hub,
     dump_state,
+    has_pending,
     next_step,
     observe_run,
     parse_state,
@@ -70,9 +71,9 @@ def test_a_checkpoint_seen_and_gone_before_it_was_pushed_is_lost_once() -> None:
 def test_a_skipped_checkpoint_is_tried_again_only_when_its_files_change() -> None:
     state = WatchState(REPO).with_skipped(SkippedCheckpoint(20, "cannot read it", files=A))
     step = next_step({20: A}, {20: A}, state)
-    assert step.push == () and not step.pending  # skipped as it is: not ready, and nothing waits for it
+    assert step.push == () and not has_pending({20: A}, state)  # skipped as it is: nothing waits for it
     fixed = (("adapter_model.safetensors", 100, 1), ("trainer_state.json", 12, 5))
-    assert next_step({20: A}, {20: fixed}, state).push == () and next_step({20: A}, {20: fixed}, state).pending
+    assert next_step({20: A}, {20: fixed}, state).push == () and has_pending({20: fixed}, state)
     assert next_step({20: fixed}, {20: fixed}, state).push == (20,)  # changed, then two looks agree
     restarted = WatchState(REPO).with_skipped(SkippedCheckpoint(20, "cannot read it"))  # files unknown: once more
     assert next_step({20: A}, {20: A}, restarted).push == (20,)

@@ -97,7 +97,6 @@ class WatchStep:
     lost: tuple[int, ...]  # newly found gone before they were pushed
     state: WatchState  # with this look's seen and lost steps
     finished: bool  # the run's final checkpoint is pushed and nothing complete waits
-    pending: bool  # a checkpoint in the run folder is neither pushed nor skipped as it is now
 
 
 def next_step(
@@ -137,7 +136,7 @@ def next_step(
     finished = (
         final is not None and final in state.pushed and not ready and not retry and not any(s > final for s in present)
     )
-    return WatchStep(ready, lost, new_state, finished, has_pending(current, state))
+    return WatchStep(ready, lost, new_state, finished)
 
 
 def has_pending(current: Mapping[int, Signature], state: WatchState) -> bool:

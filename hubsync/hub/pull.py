@@ -13,9 +13,7 @@ from hubsync.core.conversion import STATE_DOCUMENT_RE
 from hubsync.core.errors import PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile
-from hubsync.files import remove_stale_temps, temp_dir
-
-_HASH_CHUNK = 4 * 1024 * 1024
+from hubsync.files import hash_file, remove_stale_temps, temp_dir
 
 
 class PullSource(Protocol):
@@ -74,21 +72,11 @@ def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging
     if size != remote.size:
         raise PullVerificationError(remote.path, f"has {size} bytes, the Hub lists {remote.size}")
     if remote.sha256 is not None:
-        if _digest(local, hashlib.sha256()) != remote.sha256:
+        if hash_file(local, hashlib.sha256()) != [remote.sha256]:
             raise PullVerificationError(remote.path, "does not match the sha256 the Hub lists")
     else:
-        blob = hashlib.sha1(b"blob %d\0" % size)
-        if _digest(local, blob) != remote.git_oid:
+        if hash_file(local, hashlib.sha1(b"blob %d\0" % size)) != [remote.git_oid]:
             raise PullVerificationError(remote.path, "does not match the git blob id the Hub lists")
-
-
-def _digest(path: Path, hasher: hashlib._Hash) -> str:
-    with path.open("rb", buffering=0) as f:
-        buf = bytearray(_HASH_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            hasher.update(view[:n])
-    return hasher.hexdigest()
 
 
 def _place(staging: Path, target: Path) -> None:

@@ -52,12 +52,11 @@ from hubsync.core.watch import (
     parse_state,
     run_folder_problem,
 )
-from hubsync.files import remove_stale_temps, write_file_atomic
+from hubsync.files import hash_file, remove_stale_temps, write_file_atomic
 
 from .push import PushResult, PushTarget, execute_push
 
 SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
-CHUNK = 1 << 20
 # The watch tries a failed push again itself, with growing pauses; the client's own retries of one call stay
 # short, so that Ctrl-C does not wait for them (a server's Retry-After is still honoured).
 CLIENT_RETRY_DELAYS = (0.5, 1.0)
@@ -427,10 +426,5 @@ def _reason(exc: HubsyncError | OSError) -> str:
 def _hashes(path: Path) -> LocalHashes:
     """sha256 and git blob id of a file, in one read."""
     size = path.stat().st_size
-    sha256 = hashlib.sha256()
-    git = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            sha256.update(chunk)
-            git.update(chunk)
-    return LocalHashes(size, sha256.hexdigest(), git.hexdigest())
+    sha256, git = hash_file(path, hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False))
+    return LocalHashes(size, sha256, git)
