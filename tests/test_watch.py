@@ -688,8 +688,15 @@ def test_ctrl_c_while_the_hub_is_down_exits_promptly(
 def test_a_bad_tag_is_refused_before_the_watch_starts(hub: Any, tmp_path: Path) -> None:
     env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
     result = CliRunner(env=env).invoke(cli, ["watch", str(tmp_path / "run"), "--repo", "me/m", "--tag", "main"])
-    assert result.exit_code == 1
-    assert result.stderr.startswith("Error: 'main' cannot be a tag name") and result.stderr.count("\n") == 1
+    assert result.exit_code == 2
+    assert "Invalid value for '--tag': tags \"main\" is not valid: a branch has" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+    # From the configuration file too, before the watch starts, naming the file.
+    (tmp_path / "hubsync.toml").write_text('tags = ["main"]\n')
+    result = CliRunner(env=env).invoke(cli, ["watch", str(tmp_path / "run"), "--repo", "me/m"])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith('Error: hubsync.toml: tags "main" is not valid') or "/hubsync.toml:" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

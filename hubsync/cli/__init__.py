@@ -96,38 +96,72 @@ endpoint_option = click.option(
 token_option = click.option("--token", metavar="TOKEN", help="Hub token [default: HF_TOKEN, else the saved login].")
 
 
+def _bad_flag_values(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Check a push setting's flag by the settings table's rule, as its variable and file key are checked."""
+    from hubsync.core.config import SETTINGS, check_value
+    from hubsync.core.errors import SettingError
+
+    if value is None or value == () or ctx.resilient_parsing:
+        return value
+    setting = next(s for s in SETTINGS.values() if s.param == param.name)
+    try:
+        return check_value(setting, value, setting.flag)
+    except SettingError as exc:
+        raise click.BadParameter(exc.reason) from exc
+
+
+def _clear_option(name: str, what: str) -> Any:
+    return click.option(f"--no-{name}", f"no_{name.replace('-', '_')}", is_flag=True, help=f"Clear {what}.")
+
+
 def card_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options that shape a model card, shared by `push` and `card`."""
     for option in reversed(
         [
             click.option(
-                "--base-model", metavar="HUB_ID", help="Base model's Hub id [default: from adapter_config.json]."
+                "--base-model",
+                metavar="HUB_ID",
+                callback=_bad_flag_values,
+                help="Base model's Hub id [default: from adapter_config.json].",
             ),
-            click.option("--license", "license_", metavar="ID", help="License for the card, such as apache-2.0."),
             click.option(
-                "--dataset", "datasets", multiple=True, metavar="HUB_ID", help="Training dataset (repeatable)."
+                "--license",
+                "license_",
+                metavar="ID",
+                callback=_bad_flag_values,
+                help="License for the card, such as apache-2.0.",
             ),
             click.option(
-                "--language", "languages", multiple=True, metavar="CODE", help="Language, such as en (repeatable)."
+                "--dataset",
+                "dataset",
+                multiple=True,
+                metavar="HUB_ID",
+                callback=_bad_flag_values,
+                help="Training dataset (repeatable).",
             ),
+            _clear_option("dataset", "the datasets set by HUBSYNC_DATASETS or the configuration file"),
+            click.option(
+                "--language",
+                "language",
+                multiple=True,
+                metavar="CODE",
+                callback=_bad_flag_values,
+                help="Language, such as en (repeatable).",
+            ),
+            _clear_option("language", "the languages set by HUBSYNC_LANGUAGES or the configuration file"),
             click.option(
                 "--template",
                 type=click.Path(dir_okay=False, path_type=str),
                 help="A Jinja2 template that replaces the packaged card template.",
             ),
+            _clear_option("template", "a template set by HUBSYNC_TEMPLATE or the configuration file"),
         ]
     ):
         f = option(f)
     return f
 
 
-def _card_settings(
-    base_model: str | None,
-    license_: str | None,
-    datasets: tuple[str, ...],
-    languages: tuple[str, ...],
-    template: str | None,
-) -> Any:
+def _card_settings(settings: Any) -> Any:
     from importlib import metadata
     from pathlib import Path
 
@@ -135,6 +169,7 @@ def _card_settings(
     from hubsync.core.errors import TemplateError
     from hubsync.core.paths import display_path
 
+    template = settings["template"]
     text = None
     if template is not None:
         try:
@@ -148,10 +183,10 @@ def _card_settings(
         except metadata.PackageNotFoundError:
             continue
     return CardSettings(
-        base_model=base_model,
-        license=license_,
-        datasets=datasets,
-        languages=languages,
+        base_model=settings["base-model"],
+        license=settings["license"],
+        datasets=settings["datasets"],
+        languages=settings["languages"],
         versions=versions,
         template=text,
         template_name=display_path(template) if template else None,
@@ -159,19 +194,23 @@ def _card_settings(
 
 
 def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that say where and how checkpoints are pushed, shared by `push` and `watch`."""
+    """The options that say where and how checkpoints are pushed, shared by `push` and `watch`. Each is a push
+    setting (hubsync.core.config), which a HUBSYNC_* variable or the configuration file can also set."""
     f = card_options(f)
     for option in reversed(
         [
-            click.option("--repo", "repo_id", metavar="NAMESPACE/NAME", help="Repository to push to."),
+            click.option(
+                "--repo", "repo", metavar="NAMESPACE/NAME", callback=_bad_flag_values, help="Repository to push to."
+            ),
             click.option(
                 "--revision",
                 metavar="PATTERN",
+                callback=_bad_flag_values,
                 help="Branch name, with {step}, {epoch}, {run} [default: checkpoint-{step}].",
             ),
             click.option(
-                "--public/--private",
-                "public",
+                "--private/--public",
+                "private",
                 default=None,
                 help="Visibility of a repository that has to be created [default: private].",
             ),
@@ -184,26 +223,32 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--training-state-format",
                 type=click.Choice(["safe", "pickle"]),
-                default="safe",
-                show_default=True,
                 help="Kept state as safetensors + JSON (pull rebuilds the .pt files), or the pickles as they are "
-                "(private repositories only).",
+                "(private repositories only) [default: safe].",
             ),
             click.option(
-                "--allow-public-state", is_flag=True, help="Allow --training-state keep into a public repository."
+                "--allow-public-state/--no-allow-public-state",
+                default=None,
+                help="Allow --training-state keep into a public repository [default: no].",
             ),
             click.option(
                 "--tag",
-                "tags",
+                "tag",
                 multiple=True,
                 metavar="NAME",
+                callback=_bad_flag_values,
                 help="Tag the new commit, of the newest checkpoint when several are pushed (repeatable).",
             ),
-            click.option("--release", is_flag=True, help="Also publish the checkpoint's inference files on main."),
+            _clear_option("tag", "the tags set by HUBSYNC_TAGS or the configuration file"),
+            click.option(
+                "--release/--no-release",
+                default=None,
+                help="Also publish the checkpoint's inference files on main [default: no].",
+            ),
             click.option(
                 "--git-commit",
                 metavar="SHA",
-                callback=lambda _ctx, _param, value: _git_commit(value),
+                callback=_bad_flag_values,
                 help="The training code's git commit, recorded in the card and the commit message "
                 "[default: HEAD of the git work tree holding the checkpoint].",
             ),
@@ -217,7 +262,10 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("path", type=click.Path(path_type=str))
 @push_options
 @click.option(
-    "--select", metavar="WHICH", help="For a run folder: latest, best, all, last:N or STEP[,STEP...] [default: latest]."
+    "--select",
+    metavar="WHICH",
+    callback=_bad_flag_values,
+    help="For a run folder: latest, best, all, last:N or STEP[,STEP...] [default: latest].",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing locally or on the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plans, then the results.")
@@ -257,7 +305,8 @@ def push(
     from hubsync.core.plan import plan_push
 
     settings, options = _push_options(ctx, Path(path), flags)
-    checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings.get("select"))]
+    select_given = settings.sources["select"] == "--select"
+    checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings["select"], select_given)]
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
@@ -300,38 +349,25 @@ def push(
         )
 
 
-def _git_commit(value: str | None) -> str | None:
-    if value is not None and re.fullmatch(r"[0-9a-fA-F]{7,64}", value) is None:
-        raise click.BadParameter(f"{value!r} is not a git commit id: 7 to 64 hexadecimal digits.")
-    return value.lower() if value is not None else None
-
-
-def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple[Any, Any]:
     """The settings (flags, variables, configuration) and the PushOptions they make."""
     from hubsync.core.plan import PushOptions
 
     settings = _settings(ctx, path, flags)
-    if not settings.get("repo"):
+    if not settings["repo"]:
         raise click.UsageError("Missing option '--repo' (or `repo` in hubsync.toml / [tool.hubsync], or HUBSYNC_REPO).")
-    card = _card_settings(
-        settings.get("base-model"),
-        settings.get("license"),
-        tuple(settings.get("datasets", ())),
-        tuple(settings.get("languages", ())),
-        settings.get("template"),
-    )
     options = PushOptions(
         settings["repo"],
-        settings.get("revision"),
-        private=settings.get("private", True),
-        training_state=settings.get("training-state", "drop"),
-        card=card,
-        allow_public_state=flags["allow_public_state"],
-        state_format=flags["training_state_format"],
-        tags=tuple(settings.get("tags", ())),
-        release=flags["release"],
+        settings["revision"],
+        private=settings["private"],
+        training_state=settings["training-state"],
+        card=_card_settings(settings),
+        allow_public_state=settings["allow-public-state"],
+        state_format=settings["training-state-format"],
+        tags=settings["tags"],
+        release=settings["release"],
         revision_pattern=True,
-        git_commit=flags["git_commit"],
+        git_commit=settings["git-commit"],
     )
     return settings, options
 
@@ -408,16 +444,12 @@ def watch(
     import threading
     from pathlib import Path
 
-    from hubsync.core.plan import check_repo_id, check_tag_name
     from hubsync.hub.client import HubClient
     from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
 
     run = Path(run_dir)
     # The configuration is looked up from inside the run folder, which may not exist yet.
-    options = _push_options(ctx, run / "checkpoint", flags)[1]
-    check_repo_id(options.repo_id)
-    for tag in options.tags:  # checked now, not when the run's final checkpoint is pushed, hours later
-        check_tag_name(tag, branch="")
+    options = _push_options(ctx, run / "checkpoint", flags)[1]  # each value checked now, not hours later
     hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS)
     hub.require_token()
     _quiet_huggingface_hub(show_progress=False)
@@ -548,45 +580,28 @@ def _report_watch(event: object, as_json: bool) -> None:
         click.echo(f"Waiting for {event.run} to appear.", err=True)
 
 
-def _settings(ctx: click.Context, path: Any, flags: dict[str, Any]) -> dict[str, Any]:
-    """Each setting from its flag, else its HUBSYNC_* variable, else the configuration file, else unset."""
-    from hubsync.core.config import env_value, find_config
+def _settings(ctx: click.Context, path: Any, flags: dict[str, Any], names: tuple[str, ...] | None = None) -> Any:
+    """The push settings from their flags (those given), HUBSYNC_* variables and the configuration file that
+    applies to `path`, each checked; a bad value from a variable or a file exits with 1, naming its source."""
+    from hubsync.core.config import PUSH_SETTINGS, find_config, resolve_settings
 
-    names = {
-        "repo_id": "repo",
-        "select": "select",
-        "revision": "revision",
-        "public": "private",
-        "training_state": "training-state",
-        "tags": "tags",
-        "base_model": "base-model",
-        "license_": "license",
-        "datasets": "datasets",
-        "languages": "languages",
-        "template": "template",
-    }
-    config = find_config(path.absolute())
-    out: dict[str, Any] = {}
-    for flag, name in names.items():
-        if flag not in flags:  # an option this command does not have
+    given: dict[str, Any] = {}
+    for setting in PUSH_SETTINGS:
+        if setting.param not in flags or (names is not None and setting.name not in names):
             continue
-        value = flags[flag]
-        given = ctx.get_parameter_source(flag) is not click.core.ParameterSource.DEFAULT
-        if given and flag == "public":
-            value = not value
-        if not given:
-            value = env_value(name)
-        if value is None and name in config.values:
-            value = config.values[name]
-            if name == "template" and config.folder is not None:
-                value = str(config.folder / value)
-        if value is not None and value != ():
-            out[name] = value
-    return out
+        cleared = flags.get(f"no_{setting.param}", False)
+        if cleared and flags[setting.param]:
+            raise click.UsageError(f"{setting.flag} and --no-{setting.flag[2:]} contradict each other; pass one.")
+        if cleared:
+            given[setting.name] = None  # back to the default, whatever a variable or the file says
+        elif ctx.get_parameter_source(setting.param) is click.core.ParameterSource.COMMANDLINE:
+            given[setting.name] = flags[setting.param]
+    return resolve_settings(given, find_config(path.absolute()), names=names)
 
 
-def _targets(path: Any, select: str | None) -> list[Any]:
-    """The checkpoint folders PATH names: itself, or the ones --select picks from a run folder."""
+def _targets(path: Any, select: str, select_given: bool) -> list[Any]:
+    """The checkpoint folders PATH names: itself, or the ones --select picks from a run folder. A `select` from a
+    variable or the configuration is for runs: a checkpoint folder is pushed as it is."""
     from hubsync.core.checkpoint import TRAINER_STATE, list_checkpoints, read_checkpoint, read_json_file
     from hubsync.core.errors import SelectionError
     from hubsync.core.paths import display_path
@@ -594,7 +609,7 @@ def _targets(path: Any, select: str | None) -> list[Any]:
 
     runs = list_checkpoints(path) if path.is_dir() else []
     if not runs or (path / TRAINER_STATE).exists():
-        if select is not None and select != "latest":
+        if select_given and select != "latest":
             read_checkpoint(path)  # a folder that is missing, or neither run nor checkpoint, says so first
             raise SelectionError(
                 select, f"{display_path(path)} is a checkpoint, not a run folder (leave out --select for it)"
@@ -606,7 +621,7 @@ def _targets(path: Any, select: str | None) -> list[Any]:
         state = read_json_file(latest, display_path(latest))
         best = best_step_of(state.get("best_model_checkpoint") if isinstance(state, dict) else None)
     by_step = dict(runs)
-    return [by_step[s] for s in select_steps(list(by_step), select or "latest", best)]
+    return [by_step[s] for s in select_steps(list(by_step), select, best)]
 
 
 def _quiet_huggingface_hub(show_progress: bool) -> None:
@@ -839,16 +854,15 @@ def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
 )
 @click.option("--revision", metavar="BRANCH", help="Revision named in the card [default: the folder's name].")
 @card_options
+@click.pass_context
 def card(
+    ctx: click.Context,
+    /,
     checkpoint: str,
     output: str | None,
     repo_id: str | None,
     revision: str | None,
-    base_model: str | None,
-    license_: str | None,
-    datasets: tuple[str, ...],
-    languages: tuple[str, ...],
-    template: str | None,
+    **flags: Any,
 ) -> None:
     """Render a checkpoint's model card without pushing it.
 
@@ -860,13 +874,14 @@ def card(
 
     from hubsync.core.card import card_files
     from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.config import CARD_SETTINGS
     from hubsync.core.errors import OutputInsideCheckpointError
     from hubsync.core.paths import display_path
     from hubsync.core.plan import check_branch_name, check_repo_id
     from hubsync.files import lies_within, write_file_atomic
 
     ckpt = read_checkpoint(checkpoint)
-    settings = _card_settings(base_model, license_, datasets, languages, template)
+    settings = _card_settings(_settings(ctx, ckpt.path, flags, names=CARD_SETTINGS))
     repo = check_repo_id(repo_id or f"your-namespace/{ckpt.run_name or ckpt.name}")
     files = card_files(ckpt, settings, repo, check_branch_name(revision or ckpt.name))
     if output is None:

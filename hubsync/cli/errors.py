@@ -90,6 +90,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
             "state with it. Push to a private repository, drop the state, or pass --allow-public-state."
         ),
     ),
+    (e.SettingError, lambda err: _bad_setting(err)),
     (
         e.ConfigError,
         lambda err: f"bad configuration in {err.source}: {err.reason}. Fix it, or override it with a flag.",
@@ -255,6 +256,19 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     ),
     (e.HubsyncError, lambda err: f"{err}."),
 ]
+
+
+def _bad_setting(err: e.SettingError) -> str:
+    from hubsync.core.config import SETTINGS
+
+    setting = SETTINGS[err.setting]
+    if err.source == setting.variable:
+        step = f"Fix {err.source}, or unset it"
+    elif err.from_flag:
+        step = f"Fix {err.source}"
+    else:
+        step = f"Fix it in {err.source}, or override it with {setting.flag}"
+    return f"{err.source}: {err.reason}. {step}."
 
 
 def _push_failed(err: e.CheckpointPushError) -> str:

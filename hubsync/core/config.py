@@ -1,41 +1,194 @@
-"""Defaults from a training project's configuration: `[tool.hubsync]` in pyproject.toml, or hubsync.toml.
+"""Push settings: one table of what a user can set per project, and the rule that resolves each from its sources.
 
-Read when a command runs, never at import. Flags override HUBSYNC_* variables, which override the file.
+Each setting has a flag, a key in `hubsync.toml` / `[tool.hubsync]`, a `HUBSYNC_*` variable, a type, its allowed
+values and a default. A value is taken from the flag, else the variable, else the file, else the default, and it
+is checked the same way whatever its source: a bad value is a SettingError that names where it came from.
+Read when a command runs, never at import.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, HubsyncError, InvalidRepoIdError, SettingError
 from .paths import display_path
+from .plan import check_repo_id, check_tag_name
+from .selection import check_revision_pattern, check_select
 
-# Setting name -> (type, HUBSYNC_* variable). Lists are comma-separated in variables.
-SETTINGS: dict[str, tuple[type, str]] = {
-    "repo": (str, "HUBSYNC_REPO"),
-    "select": (str, "HUBSYNC_SELECT"),
-    "revision": (str, "HUBSYNC_REVISION"),
-    "training-state": (str, "HUBSYNC_TRAINING_STATE"),
-    "tags": (list, "HUBSYNC_TAGS"),
-    "template": (str, "HUBSYNC_TEMPLATE"),
-    "license": (str, "HUBSYNC_LICENSE"),
-    "base-model": (str, "HUBSYNC_BASE_MODEL"),
-    "datasets": (list, "HUBSYNC_DATASETS"),
-    "languages": (list, "HUBSYNC_LANGUAGES"),
-    "private": (bool, "HUBSYNC_PRIVATE"),
-}
+_HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
+_GIT_COMMIT_RE = re.compile(r"^[0-9a-fA-F]{7,64}$")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _hub_id(value: str) -> str:
+    if not _HUB_ID_RE.match(value) or ".." in value or "--" in value:
+        raise ValueError("must be a Hub id such as meta-llama/Llama-3.1-8B")
+    return value
+
+
+def _language(value: str) -> str:
+    if not _LANGUAGE_RE.match(value):
+        raise ValueError("must be a language code such as en or pt-BR")
+    return value
+
+
+def _git_commit(value: str) -> str:
+    if not _GIT_COMMIT_RE.match(value):
+        raise ValueError("must be a git commit id: 7 to 64 hexadecimal digits")
+    return value.lower()
+
+
+def _tag(value: str) -> str:
+    return check_tag_name(value, branch="")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the key in a configuration file, and how messages name the setting
+    param: str  # the Click parameter that holds its flag's value
+    kind: type  # str, bool or list (of str)
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    check: Callable[[str], str] | None = None  # each string (each item of a list): normalised, or ValueError
+    path: bool = False  # a file: relative to the configuration file that names it
+
+    @property
+    def variable(self) -> str:
+        return "HUBSYNC_" + self.name.upper().replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.param.rstrip("_").replace("_", "-")
+
+
+PUSH_SETTINGS: tuple[Setting, ...] = (
+    Setting("repo", "repo", str, check=check_repo_id),
+    Setting("select", "select", str, "latest", check=check_select),
+    Setting("revision", "revision", str, "checkpoint-{step}", check=check_revision_pattern),
+    Setting("private", "private", bool, True),
+    Setting("training-state", "training_state", str, "drop", choices=("drop", "keep")),
+    Setting("training-state-format", "training_state_format", str, "safe", choices=("safe", "pickle")),
+    Setting("allow-public-state", "allow_public_state", bool, False),
+    Setting("tags", "tag", list, (), check=_tag),
+    Setting("release", "release", bool, False),
+    Setting("git-commit", "git_commit", str, check=_git_commit),
+    Setting("template", "template", str, path=True),
+    Setting("license", "license_", str),
+    Setting("base-model", "base_model", str, check=_hub_id),
+    Setting("datasets", "dataset", list, (), check=_hub_id),
+    Setting("languages", "language", list, (), check=_language),
+)
+SETTINGS = {s.name: s for s in PUSH_SETTINGS}
+CARD_SETTINGS = ("template", "license", "base-model", "datasets", "languages")
 
 
 @dataclass(frozen=True)
 class FileConfig:
-    values: Mapping[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)  # as the file has them, keys as in SETTINGS
     source: str | None = None  # the file, as shown to people
     folder: Path | None = None  # relative paths in the file (template) are relative to this
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Each setting's value, and where it came from: a flag, a variable, a file as shown, or `default`."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+def resolve_settings(
+    flags: Mapping[str, Any],
+    config: FileConfig,
+    environ: Mapping[str, str] | None = None,
+    names: tuple[str, ...] | None = None,
+) -> Resolved:
+    """The settings `names` (all by default) from `flags` (only those given on the command line, by setting
+    name), else their HUBSYNC_* variable, else `config`, else their default; each value checked.
+
+    An empty variable clears its setting (the default applies, also over the file); a flag given as an empty
+    list (--no-tag) clears a list. SettingError names the source of a bad value."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in PUSH_SETTINGS:
+        if names is not None and setting.name not in names:
+            continue
+        if setting.name in flags:
+            source, raw = setting.flag, flags[setting.name]
+        elif setting.variable in environ:
+            source, raw = setting.variable, _from_variable(setting, environ[setting.variable])
+        elif setting.name in config.values:
+            source, raw = config.source or "the configuration file", config.values[setting.name]
+        else:
+            values[setting.name], sources[setting.name] = setting.default, "default"
+            continue
+        value = setting.default if raw is None else check_value(setting, raw, source)
+        if setting.path and value is not None and source == config.source and config.folder is not None:
+            value = str(config.folder / value)
+        values[setting.name], sources[setting.name] = value, source
+    return Resolved(values, sources)
+
+
+def _from_variable(setting: Setting, raw: str) -> Any:
+    """A variable's text as the setting's type; None when it is empty (cleared)."""
+    text = raw.strip()
+    if not text:
+        return None
+    if setting.kind is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if setting.kind is bool:
+        if text.lower() in TRUE:
+            return True
+        if text.lower() in FALSE:
+            return False
+        raise SettingError(setting.variable, setting.name, raw, "must be true or false")
+    return raw
+
+
+def check_value(setting: Setting, raw: Any, source: str) -> Any:
+    """`raw` (from a flag, a variable or a file) as a valid value of `setting`; SettingError naming `source`."""
+    if setting.kind is list and isinstance(raw, str):
+        raw = [raw]
+    if setting.kind is list and isinstance(raw, tuple):
+        raw = list(raw)
+    kind_ok = isinstance(raw, setting.kind) and not (setting.kind is not bool and isinstance(raw, bool))
+    if not kind_ok or (setting.kind is list and not all(isinstance(v, str) for v in raw)):
+        wanted = {str: "a string", bool: "true or false", list: "a list of strings"}[setting.kind]
+        raise SettingError(source, setting.name, raw, f"must be {wanted}")
+    if setting.kind is bool:
+        return raw
+    items = raw if setting.kind is list else [raw]
+    out = []
+    for item in items:
+        if "\x00" in item or not item.strip():
+            raise SettingError(source, setting.name, item, "must not be empty or hold a NUL character")
+        if setting.choices and item not in setting.choices:
+            raise SettingError(source, setting.name, item, f"must be {' or '.join(setting.choices)}")
+        try:
+            out.append(setting.check(item) if setting.check else item)
+        except (ValueError, HubsyncError) as exc:
+            raise SettingError(source, setting.name, item, _reason(exc)) from exc
+    return tuple(out) if setting.kind is list else out[0]
+
+
+def _reason(exc: Exception) -> str:
+    """What is wrong with a value, as `<setting> "<value>" <this>` or `<setting> must ..., not "<value>"`."""
+    if isinstance(exc, InvalidRepoIdError):
+        return "must be NAMESPACE/NAME (letters, digits, '-', '_', '.'), such as me/my-model"
+    reason = getattr(exc, "reason", None)
+    text = reason if isinstance(reason, str) else str(exc)
+    return text if text.startswith("must") else f"is not valid: {text}"
 
 
 def find_config(start: Path) -> FileConfig:
@@ -44,7 +197,7 @@ def find_config(start: Path) -> FileConfig:
     for candidate in (run / "hubsync.toml", run.parent / "hubsync.toml"):
         if candidate.is_file():
             return FileConfig(
-                _check(_read(candidate), display_path(candidate)), display_path(candidate), candidate.parent
+                _known(_read(candidate), display_path(candidate)), display_path(candidate), candidate.parent
             )
     for folder in (run, *run.parents):
         candidate = folder / "pyproject.toml"
@@ -52,7 +205,7 @@ def find_config(start: Path) -> FileConfig:
             section = _read(candidate).get("tool", {}).get("hubsync")
             if isinstance(section, dict):
                 shown = f"{display_path(candidate)} [tool.hubsync]"
-                return FileConfig(_check(section, shown), shown, folder)
+                return FileConfig(_known(section, shown), shown, folder)
             if (folder / ".git").exists():
                 break  # the training project's root: look no further up
     return FileConfig()
@@ -65,33 +218,12 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(display_path(path), str(exc)) from exc
 
 
-def _check(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _known(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The file's settings by name (`training_state` is `training-state`); an unknown key is an error."""
     out = {}
     for key, value in values.items():
         name = key.replace("_", "-")
         if name not in SETTINGS:
             raise ConfigError(source, f"unknown setting {key!r} (known: {', '.join(SETTINGS)})")
-        kind = SETTINGS[name][0]
-        if kind is list and isinstance(value, str):
-            value = [value]
-        if not isinstance(value, kind) or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
-            raise ConfigError(source, f"{key} must be {'a list of strings' if kind is list else kind.__name__}")
         out[name] = value
     return out
-
-
-def env_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
-    """A setting from its HUBSYNC_* variable, or None when unset."""
-    kind, variable = SETTINGS[name]
-    raw = (os.environ if environ is None else environ).get(variable)
-    if raw is None or raw == "":
-        return None
-    if kind is list:
-        return [v.strip() for v in raw.split(",") if v.strip()]
-    if kind is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(variable, f"{raw!r} is not true or false")
-    return raw

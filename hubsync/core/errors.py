@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class HubsyncError(Exception):
     """Base class of every error hubsync explains to its user."""
@@ -179,6 +181,21 @@ class ConfigError(HubsyncError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class SettingError(ConfigError):
+    """A setting's value that is not one of the values it takes, from a flag, a variable or a file."""
+
+    def __init__(self, source: str, setting: str, value: object, reason: str) -> None:
+        shown = json.dumps(value, ensure_ascii=True) if isinstance(value, str) else repr(value)
+        said = f"{setting} {reason}, not {shown}" if reason.startswith("must") else f"{setting} {shown} {reason}"
+        super().__init__(source, said)
+        self.setting = setting
+        self.value = value
+
+    @property
+    def from_flag(self) -> bool:
+        return self.source.startswith("--")
 
 
 class TagExistsError(HubError):

@@ -56,19 +56,48 @@ def best_step_of(best_model_checkpoint: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def check_select(select: str) -> str:
+    """`select` when it is one of the forms --select takes (which steps exist is checked against the run)."""
+    if select in ("latest", "best", "all") or re.fullmatch(r"\d{1,18}(,\d{1,18})*", select):
+        return select
+    m = re.fullmatch(r"last:(\d{1,18})", select)
+    if m and int(m.group(1)) >= 1:
+        return select
+    raise SelectionError(select, "use latest, best, all, last:N (N at least 1) or STEP[,STEP...]")
+
+
+def _fields(pattern: str) -> set[str]:
+    """The placeholders of a revision pattern; InvalidRevisionError for braces that do not pair up."""
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError as exc:  # "Single '}' encountered", "expected '}' before end of string"
+        raise InvalidRevisionError(pattern, "braces must pair up around {step}, {epoch} or {run}") from exc
+    fields = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in _PLACEHOLDERS:
+            raise InvalidRevisionError(pattern, f"unknown placeholder {{{name}}}; use {{step}}, {{epoch}}, {{run}}")
+        if spec or conversion:
+            raise InvalidRevisionError(pattern, f"write {{{name}}} without a format or conversion")
+        fields.add(name)
+    return fields
+
+
+def check_revision_pattern(pattern: str) -> str:
+    """A revision pattern that makes a valid branch name, tried with a sample step, epoch and run name."""
+    from .plan import check_branch_name
+
+    _fields(pattern)
+    check_branch_name(pattern.format(step=1000, epoch="2.00", run="run"))
+    return pattern
+
+
 def revision_name(pattern: str, *, step: int | None, epoch: float | None, run: str | None, folder: str) -> str:
     """Fill a revision pattern's {step}, {epoch} and {run}."""
-    fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
-    unknown = fields - _PLACEHOLDERS
-    if unknown:
-        raise InvalidRevisionError(
-            pattern, f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{step}}, {{epoch}}, {{run}}"
-        )
+    fields = _fields(pattern)
     values = {"step": step, "epoch": None if epoch is None else f"{epoch:.2f}", "run": run}
     for name in fields:
         if values[name] is None:
             raise InvalidRevisionError(pattern, f"{folder} has no {name} to fill {{{name}}}")
-    try:
-        return pattern.format(**values)
-    except (ValueError, IndexError) as exc:
-        raise InvalidRevisionError(pattern, str(exc)) from exc
+    return pattern.format(**values)
