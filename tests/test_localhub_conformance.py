@@ -213,6 +213,19 @@ def test_create_repo_private_and_public(api: HfApi, rid: str) -> None:
     assert len(api.list_repo_commits(f"{rid}-public")) == 1
 
 
+def test_list_models_shows_what_the_caller_may_see(api: HfApi, other: HfApi, anonymous: HfApi, rid: str) -> None:
+    api.create_repo(f"{rid}-private", private=True)
+    api.create_repo(f"{rid}-public")
+    api.create_repo(f"{rid}-data", repo_type="dataset")
+    mine = {m.id for m in api.list_models(author="me")}
+    assert {f"{rid}-private", f"{rid}-public"} <= mine and f"{rid}-data" not in mine
+    assert {m.id for m in api.list_models(search=rid)} == {f"{rid}-private", f"{rid}-public"}
+    assert {m.id for m in other.list_models(search=rid)} == {f"{rid}-public"}
+    assert {m.id for m in anonymous.list_models(search=rid)} == {f"{rid}-public"}
+    assert [d.id for d in api.list_datasets(search=rid)] == [f"{rid}-data"]
+    assert list(api.list_models(author="nobody")) == []
+
+
 def test_create_repo_exist_ok_returns_url(api: HfApi, rid: str) -> None:
     first = api.create_repo(rid)
     sha = head_sha(api, rid)

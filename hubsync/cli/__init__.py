@@ -38,9 +38,12 @@ def _scrub(text: str) -> str:
     for secret in _secrets():
         text = text.replace(secret, "***")
     text = _URL_USERINFO.sub(r"\1***@", text)
-    return _ABSOLUTE_PATH.sub(_local_path, text)
+    text = _ABSOLUTE_PATH.sub(_local_path, text)
+    # A terminal acts on control characters (a file name with ESC could rewrite the screen): show them escaped.
+    return _CONTROL.sub(lambda m: json.dumps(m.group(0)).strip('"'), text)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\x85]")
 _URL_USERINFO = re.compile(r"(\w+://)[^/\s@]+@")
 # An absolute POSIX or Windows path as libraries quote them in messages; checked against the disk below.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.…])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
@@ -60,6 +63,12 @@ class HubsyncGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                raise
+            # One line, as for every other error, with the way to the command's help.
+            message = f"{exc.format_message().rstrip('.')}. See `{exc.ctx.command_path} --help`.".replace("\n", "\\n")
+            raise click.UsageError(_scrub(message)) from None
         except HubsyncError as exc:
             if os.environ.get("HUBSYNC_DEBUG"):
                 raise
@@ -90,8 +99,20 @@ def cli() -> None:
     """
 
 
+def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from hubsync.core.config import check_endpoint
+
+    try:
+        return None if value is None else check_endpoint(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{json.dumps(value)} {exc}") from exc
+
+
 endpoint_option = click.option(
-    "--endpoint", metavar="URL", help="Hub address [default: HF_ENDPOINT, else https://huggingface.co]."
+    "--endpoint",
+    metavar="URL",
+    callback=_endpoint,
+    help="Hub address [default: HF_ENDPOINT, else https://huggingface.co].",
 )
 token_option = click.option("--token", metavar="TOKEN", help="Hub token [default: HF_TOKEN, else the saved login].")
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError, HubsyncError, InvalidRepoIdError, SettingError
 from .paths import display_path
@@ -189,6 +190,26 @@ def _reason(exc: Exception) -> str:
     reason = getattr(exc, "reason", None)
     text = reason if isinstance(reason, str) else str(exc)
     return text if text.startswith("must") else f"is not valid: {text}"
+
+
+def check_endpoint(url: str) -> str:
+    """A Hub address as huggingface_hub can use it: http(s)://host[:port][/path], without a trailing slash."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"must be an address such as https://huggingface.co ({exc})") from exc
+    host = parts.hostname or ""
+    if (
+        parts.scheme not in ("http", "https")
+        or not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host if ":" not in host else f"[{host}]")
+        or port == 0
+        or parts.query
+        or parts.fragment
+        or any(c.isspace() or ord(c) < 32 for c in url)
+    ):
+        raise ValueError("must be an address such as https://huggingface.co or http://127.0.0.1:8000")
+    return url.rstrip("/")
 
 
 def find_config(start: Path) -> FileConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -87,7 +88,14 @@ class CommitResult:
 
 def resolve_endpoint(endpoint: str | None) -> str:
     """--endpoint, else HF_ENDPOINT as it is now (huggingface_hub only reads it at import), else the Hub."""
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    from hubsync.core.config import check_endpoint
+
+    source = "--endpoint" if endpoint else "HF_ENDPOINT"
+    url = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    try:
+        return check_endpoint(url)
+    except ValueError as exc:
+        raise errors.ConfigError(source, f"{json.dumps(url)} {exc}") from exc
 
 
 class HubClient:

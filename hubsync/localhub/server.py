@@ -51,6 +51,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (m, re.compile(p), h)
     for m, p, h in [
         ("GET", r"^/api/whoami-v2$", "whoami"),
+        ("GET", r"^/api/(?P<t>models|datasets|spaces)$", "list_repos"),
         ("POST", r"^/api/repos/create$", "create_repo"),
         ("DELETE", r"^/api/repos/delete$", "delete_repo"),
         ("POST", r"^/api/validate-yaml$", "validate_yaml"),
@@ -519,6 +520,37 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     errors.append({"message": f"Invalid YAML front matter: {exc}"})
         status = 400 if errors else 200
         return Response(status, {"errors": errors, "warnings": []})
+
+    def h_list_repos(self, match: re.Match[str]) -> Response:
+        """`HfApi.list_models` (and datasets, spaces): the repositories this caller can see, `?author=` and
+        `?search=` filtered, newest first as the Hub sorts by default; private ones only to their owner."""
+        user = self._user()
+        repo_type = match["t"][:-1]
+        author = self.query.get("author", [None])[0]
+        search = (self.query.get("search", [""])[0] or "").lower()
+        found = [
+            meta
+            for meta in self.store.list_repos()
+            if meta.repo_type == repo_type
+            and (not meta.private or meta.owner == user)
+            and (author is None or meta.repo_id.split("/")[0] == author)
+            and search in meta.repo_id.lower()
+        ]
+        found.sort(key=lambda m: m.created_at, reverse=True)
+        return Response(
+            body=[
+                {
+                    "_id": hashlib.sha1(m.repo_id.encode()).hexdigest()[:24],
+                    "id": m.repo_id,
+                    "private": m.private,
+                    "createdAt": m.created_at,
+                    "downloads": 0,
+                    "likes": 0,
+                    "tags": [],
+                }
+                for m in found
+            ]
+        )
 
     def h_repo_info(self, match: re.Match[str]) -> Response:
         repo_type, repo_id = self._repo_read(match)
