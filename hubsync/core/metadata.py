@@ -58,7 +58,7 @@ def check_card_metadata(card: bytes, template: str) -> None:
     try:
         meta = yaml.safe_load(text[3:end])
     except yaml.YAMLError as exc:
-        raise TemplateError(template, f"its front matter is not valid YAML ({' '.join(str(exc).split())})") from exc
+        raise TemplateError(template, f"its front matter is not valid YAML ({_yaml_problem(exc)})") from exc
     if meta is None:
         return
     if not isinstance(meta, dict):
@@ -66,3 +66,11 @@ def check_card_metadata(card: bytes, template: str) -> None:
     if "license" in meta and license_problem(meta["license"]) is not None:
         found = meta["license"]
         check_license(found if isinstance(found, str) else repr(found), f"set in {template}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found, and on which line of the card (the front matter starts on its second line)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}: {exc.problem}" if mark is not None else str(exc.problem)
+    return " ".join(str(exc).split())
