@@ -277,7 +277,7 @@ def push(
     results: list[Any] = []
     for done, (plan, ckpt) in enumerate(zip(plans, checkpoints, strict=True)):
         try:
-            result = execute_push(plan, ckpt, hub)
+            result = execute_push(plan, ckpt, hub, checked=done == 0)  # the others: again, after those before
         except HubsyncError as exc:
             if as_json:  # what landed before the failure, for a script to pick up
                 failed = {"checkpoint": plan.checkpoint, "error": _scrub(message_for(exc))}

@@ -130,11 +130,13 @@ def local_hashes(source: Path | bytes) -> LocalHashes:
     return LocalHashes(size, sha256, git)
 
 
-def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
-    """Check what the Hub must allow (preflight), convert pickled weights and training state (verified) into a
-    temp folder, make sure the repository exists, commit the planned files to the branch in one commit, tag it,
-    and record it in main's index. A refusal, or a file that cannot be converted, leaves the Hub as it was."""
-    preflight(hub, [(plan, checkpoint)])
+def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checked: bool = False) -> PushResult:
+    """Check what the Hub must allow (preflight, unless `checked` says it was just done), convert pickled weights
+    and training state (verified) into a temp folder, make sure the repository exists, commit the planned files
+    to the branch in one commit, tag it, and record it in main's index. A refusal, or a file that cannot be
+    converted, leaves the Hub as it was."""
+    if not checked:
+        preflight(hub, [(plan, checkpoint)])
     with system_temp_dir("push") as staging:
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
