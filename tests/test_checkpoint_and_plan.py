@@ -190,7 +190,8 @@ def test_every_error_has_its_own_message_with_a_next_step() -> None:
         assert cls in listed, f"{cls.__name__} has no entry in the CLI's error table"
         params = list(inspect.signature(cls.__init__).parameters)[1:]
         if cls is errors.CheckpointPushError:
-            instance = cls("run/checkpoint-2", 1, errors.HubUnreachableError("http://hub", "ConnectError"))
+            cause = errors.HubUnreachableError("http://hub", "ConnectError")
+            instance = cls("run/checkpoint-2", ("run/checkpoint-1",), ("run/checkpoint-2",), cause)
         else:
             instance = cls(*["x/y" for _ in params]) if cls is not errors.HubsyncError else cls("boom")
         text = message_for(instance)

@@ -326,6 +326,29 @@ def test_upload_with_invalid_readme_yaml_is_refused(api: HfApi, rid: str) -> Non
     assert head_sha(api, rid) == head
 
 
+@pytest.mark.parametrize("license", ["Apache-2.0", "gpl-2.0-or-later", "[mit, not-a-license]", "3"])
+def test_upload_with_a_license_the_hub_does_not_list_is_refused(api: HfApi, rid: str, license: str) -> None:
+    # huggingface.co validates `license` against its list (huggingface_hub issue #4218): a 400 with `errors`.
+    api.create_repo(rid)
+    head = head_sha(api, rid)
+    with pytest.raises(ValueError, match=r'Invalid metadata in README.md.\n- "license" must be one of \[apache-2.0, '):
+        api.upload_file(
+            path_or_fileobj=f"---\nlicense: {license}\n---\n# card\n".encode(), path_in_repo="README.md", repo_id=rid
+        )
+    assert head_sha(api, rid) == head
+    answer = httpx2.post(f"{api.endpoint}/api/validate-yaml", json={"content": f"---\nlicense: {license}\n---\n"})
+    assert answer.status_code == 400 and answer.json()["errors"][0]["message"].endswith(", other, array]")
+
+
+@pytest.mark.parametrize("license", ["apache-2.0", "other", "llama3.1", "[mit, apache-2.0]"])
+def test_upload_with_a_listed_license_is_taken(api: HfApi, rid: str, license: str) -> None:
+    api.create_repo(rid)
+    api.upload_file(
+        path_or_fileobj=f"---\nlicense: {license}\n---\n# card\n".encode(), path_in_repo="README.md", repo_id=rid
+    )
+    assert "README.md" in tree(api, rid)
+
+
 def test_delete_file_and_folder(api: HfApi, rid: str, repo: dict[str, bytes]) -> None:
     api.delete_file("notes.txt", rid)
     api.delete_folder("nested", rid)

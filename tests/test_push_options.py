@@ -101,7 +101,7 @@ def test_tags_name_the_new_commit_and_never_move(run: Path, hub: RunningHub, api
     other = push(hub, str(run), "--repo", "me/tiny", "--select", "30", "--tag", "v1")
     assert other.exit_code == 1
     assert "the tag v1 already exists" in other.stderr and "tags never move" in other.stderr
-    assert "checkpoint-30" in branches(api)  # the push itself landed; only the tag was refused
+    assert "checkpoint-30" not in branches(api)  # refused before anything was pushed
 
 
 def test_release_publishes_inference_files_on_main(run: Path, hub: RunningHub, api: HfApi, tmp_path: Path) -> None:
@@ -128,9 +128,9 @@ def test_training_state_in_a_public_repository_needs_explicit_consent(run: Path,
     refused = push(hub, str(run), "--repo", "me/open", "--public", "--training-state", "keep")
     assert refused.exit_code == 1
     assert "--allow-public-state" in refused.stderr
-    assert branches(api, "me/open") == set()  # nothing was uploaded
+    assert not api.repo_exists("me/open")  # refused before the repository was created
 
-    allowed = push(hub, str(run), "--repo", "me/open", "--training-state", "keep", "--allow-public-state")
+    allowed = push(hub, str(run), "--repo", "me/open", "--public", "--training-state", "keep", "--allow-public-state")
     assert allowed.exit_code == 0, allowed.stderr
     files = {f.path for f in api.list_repo_tree("me/open", revision="checkpoint-30")}
     assert "optimizer.safetensors" in files
@@ -187,7 +187,7 @@ def test_a_push_that_finally_fails_says_which_checkpoint_and_a_rerun_completes(
     failed = push(hub, str(run), "--repo", "me/tiny", "--select", "all")
 
     assert failed.exit_code == 1
-    assert failed.stderr.startswith("Error: pushing out/tiny/checkpoint-20 failed (1 checkpoint before it pushed")
+    assert failed.stderr.startswith("Error: pushing out/tiny/checkpoint-20 failed (on the Hub: out/tiny/checkpoint-10;")
     heads = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}
     assert "checkpoint-20" not in heads  # the branch this push made for it is taken away again
     assert "checkpoint-30" not in heads

@@ -67,7 +67,9 @@ class HubsyncGroup(click.Group):
             if exc.ctx is None:
                 raise
             # One line, as for every other error, with the way to the command's help.
-            message = f"{exc.format_message().rstrip('.')}. See `{exc.ctx.command_path} --help`.".replace("\n", "\\n")
+            said = exc.format_message()
+            said += "" if said.endswith((".", "?")) else "."
+            message = f"{said} See `{exc.ctx.command_path} --help`.".replace("\n", "\\n")
             raise click.UsageError(_scrub(message)) from None
         except HubsyncError as exc:
             if os.environ.get("HUBSYNC_DEBUG"):
@@ -339,18 +341,23 @@ def push(
         return
 
     from hubsync.hub.client import HubClient
-    from hubsync.hub.push import execute_push
+    from hubsync.hub.push import execute_push, preflight
 
     _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
     hub = HubClient(endpoint, token)
-    results = []
+    preflight(hub, list(zip(plans, checkpoints, strict=True)))  # every refusal the Hub could make, before anything
+    results: list[Any] = []
     for done, (plan, ckpt) in enumerate(zip(plans, checkpoints, strict=True)):
         try:
-            result = execute_push(plan, ckpt, hub)
+            result = execute_push(plan, ckpt, hub, checked=done == 0)  # the others: again, after those before
         except HubsyncError as exc:
+            if as_json:  # what landed before the failure, for a script to pick up
+                failed = {"checkpoint": plan.checkpoint, "error": _scrub(message_for(exc))}
+                click.echo(json.dumps(_push_json(plans, results) | {"failed": failed}, indent=2))
             if len(plans) == 1:
                 raise
-            raise CheckpointPushError(plan.checkpoint, done, exc) from exc
+            landed = tuple(p.checkpoint for p in plans[:done])
+            raise CheckpointPushError(plan.checkpoint, landed, tuple(p.checkpoint for p in plans[done:]), exc) from exc
         results.append(result)
         if not as_json:
             verb = "Pushed" if result.created else "Already up to date:"
@@ -365,9 +372,11 @@ def push(
                 click.echo("  main:   its inference files are published on main")
             click.echo(f"  url:    {result.url}")
     if as_json:
-        click.echo(
-            json.dumps({"plans": [p.to_json() for p in plans], "results": [r.to_json() for r in results]}, indent=2)
-        )
+        click.echo(json.dumps(_push_json(plans, results), indent=2))
+
+
+def _push_json(plans: list[Any], results: list[Any]) -> dict[str, Any]:
+    return {"plans": [p.to_json() for p in plans], "results": [r.to_json() for r in results]}
 
 
 def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple[Any, Any]:

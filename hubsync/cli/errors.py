@@ -77,6 +77,15 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.InvalidLicenseError,
+        lambda err: (
+            f"the Hub does not accept the license {err.license!r} ({err.source}), only the identifiers it lists"
+            + (f"; did you mean {err.suggestion}?" if err.suggestion else ".")
+            + " Pass one of those at https://huggingface.co/docs/hub/repositories-licenses, or other with a "
+            "LICENSE file."
+        ),
+    ),
+    (
         e.SelectionError,
         lambda err: (
             f"cannot select {err.select!r}: {err.reason}. --select takes latest, best, all, last:N or "
@@ -268,11 +277,12 @@ def _bad_setting(err: e.SettingError) -> str:
         step = f"Fix {err.source}"
     else:
         step = f"Fix it in {err.source}, or override it with {setting.flag}"
-    return f"{err.source}: {err.reason}. {step}."
+    return f"{err.source}: {err.reason}{'' if err.reason.endswith('?') else '.'} {step}."
 
 
 def _push_failed(err: e.CheckpointPushError) -> str:
-    before = f"{err.pushed} checkpoint{'s' if err.pushed != 1 else ''} before it pushed; a re-run pushes the rest"
+    landed = ", ".join(err.landed) or "none"
+    before = f"on the Hub: {landed}; not pushed: {', '.join(err.not_pushed)}; a re-run pushes the rest"
     cause = message_for(err.cause).removeprefix("Error: ")
     return f"pushing {err.checkpoint} failed ({before}): {cause}"
 

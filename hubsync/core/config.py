@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, HubsyncError, InvalidRepoIdError, SettingError
+from .errors import ConfigError, HubsyncError, InvalidLicenseError, InvalidRepoIdError, SettingError
+from .metadata import check_license
 from .paths import display_path
 from .plan import check_repo_id, check_tag_name
 from .selection import check_revision_pattern, check_select
@@ -44,6 +45,16 @@ def _git_commit(value: str) -> str:
     if not _GIT_COMMIT_RE.match(value):
         raise ValueError("must be a git commit id: 7 to 64 hexadecimal digits")
     return value.lower()
+
+
+def _license(value: str) -> str:
+    try:
+        return str(check_license(value))
+    except InvalidLicenseError as exc:
+        hint = (
+            f"; did you mean {exc.suggestion}?" if exc.suggestion else " (https://hf.co/docs/hub/repositories-licenses)"
+        )
+        raise ValueError(f"is not one of the licenses the Hub accepts{hint}") from exc
 
 
 def _tag(value: str) -> str:
@@ -81,7 +92,7 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("release", "release", bool, False),
     Setting("git-commit", "git_commit", str, check=_git_commit),
     Setting("template", "template", str, path=True),
-    Setting("license", "license_", str),
+    Setting("license", "license_", str, check=_license),
     Setting("base-model", "base_model", str, check=_hub_id),
     Setting("datasets", "dataset", list, (), check=_hub_id),
     Setting("languages", "language", list, (), check=_language),
@@ -189,7 +200,7 @@ def _reason(exc: Exception) -> str:
         return "must be NAMESPACE/NAME (letters, digits, '-', '_', '.'), such as me/my-model"
     reason = getattr(exc, "reason", None)
     text = reason if isinstance(reason, str) else str(exc)
-    return text if text.startswith("must") else f"is not valid: {text}"
+    return text if text.startswith(("must", "is ")) else f"is not valid: {text}"
 
 
 def check_endpoint(url: str) -> str:

@@ -165,12 +165,15 @@ class PublicTrainingStateError(HubsyncError):
 
 
 class CheckpointPushError(HubsyncError):
-    """Pushing one of several checkpoints failed; the ones before it are on the Hub."""
+    """Pushing one of several checkpoints failed: `landed` are on the Hub, `not_pushed` (it first) are not."""
 
-    def __init__(self, checkpoint: str, pushed: int, cause: HubsyncError) -> None:
+    def __init__(
+        self, checkpoint: str, landed: tuple[str, ...], not_pushed: tuple[str, ...], cause: HubsyncError
+    ) -> None:
         super().__init__(f"pushing {checkpoint} failed: {cause}")
         self.checkpoint = checkpoint
-        self.pushed = pushed
+        self.landed = landed
+        self.not_pushed = not_pushed
         self.cause = cause
 
 
@@ -196,6 +199,16 @@ class SettingError(ConfigError):
     @property
     def from_flag(self) -> bool:
         return self.source.startswith("--")
+
+
+class InvalidLicenseError(HubsyncError):
+    """A card license that the Hub does not accept: it refuses a README whose `license` is not on its list."""
+
+    def __init__(self, license: str, source: str, suggestion: str | None) -> None:
+        super().__init__(f"{source}: the Hub does not accept the license {license!r}")
+        self.license = license
+        self.source = source
+        self.suggestion = suggestion
 
 
 class TagExistsError(HubError):

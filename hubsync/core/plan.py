@@ -13,6 +13,7 @@ from .checkpoint import Checkpoint, TrainerState
 from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
 from .index import index_entry
+from .metadata import check_card_metadata, check_license
 from .render import render
 from .selection import DEFAULT_REVISION, revision_name
 
@@ -196,8 +197,12 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     if conversion.index is not None:
         source, target = conversion.index
         converted.append(Upload(target, target, sizes[source], source))
+    if options.card is not None:
+        check_license(options.card.license)
     context = card_context(checkpoint, options.card, repo_id, branch) if options.card is not None else None
     generated = card_files(checkpoint, options.card, repo_id, branch, context) if options.card is not None else {}
+    if options.card is not None:  # the Hub would refuse it, after the repository was created
+        check_card_metadata(generated["README.md"], options.card.template_name or "the packaged card template")
     names = {f.relpath for f in checkpoint.files}
     for path, data in publishable_configs(checkpoint, context["base_model"] if context else None).items():
         if path in names:

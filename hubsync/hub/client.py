@@ -38,6 +38,7 @@ from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync.core import errors
+from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.files import system_temp_dir
 
@@ -165,6 +166,17 @@ class HubClient:
             self._private[repo_id] = bool(info.private)
         return self._private[repo_id]
 
+    def repo_facts(self, repo_id: str) -> RepoFacts:
+        """Whether the repository exists, whether it is private, its branches and tags: read only, for the checks
+        a push makes before it changes anything."""
+        try:
+            info = self._call(lambda: self.api.repo_info(repo_id), repo_id)
+        except errors.RepoNotFoundError:
+            return RepoFacts(self.endpoint, repo_id, exists=False)
+        self._private[repo_id] = bool(info.private)
+        branches, tags = self.refs(repo_id)
+        return RepoFacts(self.endpoint, repo_id, True, bool(info.private), branches, tags)
+
     def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """The repository's branches and tags, each name -> commit."""
         refs = self._call(lambda: self.api.list_repo_refs(repo_id), repo_id)
@@ -203,9 +215,7 @@ class HubClient:
         if existing == commit:
             return
         if existing is not None:
-            raise errors.TagExistsError(
-                self.endpoint, f"{tag} points to {existing[:12]}", repo_id=repo_id, revision=tag
-            )
+            raise errors.TagExistsError(self.endpoint, f"it points to {existing[:12]}", repo_id=repo_id, revision=tag)
         self._call(lambda: self.api.create_tag(repo_id, tag=tag, revision=commit), repo_id, tag)
 
     def offers_xet(self, repo_id: str, revision: str) -> bool:

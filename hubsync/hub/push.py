@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from hubsync.convert import convert_weights
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
-from hubsync.core.errors import CommitConflictError, PicklesInPublicRepoError, PublicTrainingStateError
+from hubsync.core.errors import CommitConflictError
 from hubsync.core.index import (
     INDEX_FILE,
     dump_index,
@@ -24,8 +25,10 @@ from hubsync.core.index import (
     render_index_readme,
 )
 from hubsync.core.plan import PushPlan
+from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
-from hubsync.files import system_temp_dir
+from hubsync.core.watch import LocalHashes, holds_exactly
+from hubsync.files import hash_file, system_temp_dir
 
 from .client import CommitResult
 
@@ -39,6 +42,7 @@ class PushTarget(Protocol):
     """What executing a push needs from a Hub (HubClient provides it)."""
 
     def require_token(self) -> None: ...
+    def repo_facts(self, repo_id: str) -> RepoFacts: ...
     def ensure_repo(self, repo_id: str, private: bool) -> bool: ...
     def ensure_branch(self, repo_id: str, branch: str) -> bool: ...
     def delete_branch(self, repo_id: str, branch: str) -> bool: ...
@@ -87,23 +91,58 @@ class PushResult:
         }
 
 
-def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult:
-    """Convert pickled weights and training state (verified) into a temp folder, make sure the repository exists
-    (and may hold what is planned), commit the planned files to the branch in one commit, tag it, and record it
-    in main's index. A file that cannot be converted is refused before anything happens on the Hub."""
+def preflight(hub: PushTarget, pushes: Sequence[tuple[PushPlan, Checkpoint]]) -> None:
+    """Everything that can refuse these pushes at the Hub, for every one of them, before anything is converted,
+    uploaded, created or committed: one read-only look at each repository (does it exist, is it private, its
+    branches and tags). A --tag that already names the branch's head also needs the branch to hold exactly the
+    files whose content is known before conversion; the converted ones are compared just before the commit."""
     hub.require_token()
+    facts = {repo_id: hub.repo_facts(repo_id) for repo_id in dict.fromkeys(plan.repo_id for plan, _ in pushes)}
+    check_plans([plan for plan, _ in pushes], facts)
+    for plan, checkpoint in pushes:
+        known: dict[str, Path | bytes] = {
+            u.path_in_repo: plan.generated[u.path_in_repo] if u.generated else checkpoint.path / u.source
+            for u in plan.uploads
+            if not u.converted_from
+        }
+        _check_tags(hub, plan, facts[plan.repo_id], known)
+
+
+def _check_tags(hub: PushTarget, plan: PushPlan, repo: RepoFacts, local: Mapping[str, Path | bytes]) -> None:
+    """check_tags, with whether the branch's head already holds the planned paths and `local`'s contents (only
+    looked at when a tag exists and names that head)."""
+    check_tags(plan, repo)
+    head = repo.branches.get(plan.revision)
+    if head is None or not any(repo.tags.get(tag) == head for tag in plan.tags):
+        return
+    paths = [u.path_in_repo for u in plan.uploads]
+    hashes = {path: local_hashes(source) for path, source in local.items()}
+    check_tags(plan, repo, unchanged=holds_exactly(hub.tree(plan.repo_id, head), paths, hashes, indexed=True))
+
+
+def local_hashes(source: Path | bytes) -> LocalHashes:
+    """sha256 and git blob id of a file (in one read) or of bytes: what the Hub's tree lists for it."""
+    if isinstance(source, bytes):
+        git = hashlib.sha1(b"blob %d\0" % len(source) + source, usedforsecurity=False).hexdigest()
+        return LocalHashes(len(source), hashlib.sha256(source).hexdigest(), git)
+    size = source.stat().st_size
+    sha256, git = hash_file(source, hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False))
+    return LocalHashes(size, sha256, git)
+
+
+def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checked: bool = False) -> PushResult:
+    """Check what the Hub must allow (preflight, unless `checked` says it was just done), convert pickled weights
+    and training state (verified) into a temp folder, make sure the repository exists, commit the planned files
+    to the branch in one commit, tag it, and record it in main's index. A refusal, or a file that cannot be
+    converted, leaves the Hub as it was."""
+    if not checked:
+        preflight(hub, [(plan, checkpoint)])
     with system_temp_dir("push") as staging:
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
         for source in dict.fromkeys(u.converted_from for u in plan.uploads):
             if source is not None and STATE_FILE_RE.match(source):
                 encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", staging)
-        private = hub.ensure_repo(plan.repo_id, private=plan.private)
-        if plan.training_state == "keep" and not private:
-            if plan.state_format == "pickle":
-                raise PicklesInPublicRepoError(plan.repo_id)
-            if not plan.allow_public_state:
-                raise PublicTrainingStateError(plan.repo_id)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)
@@ -111,6 +150,11 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> Pus
             u.path_in_repo: (staging if u.converted_from or u.generated else checkpoint.path) / u.source
             for u in plan.uploads
         }
+        if plan.tags:  # the converted files too, now that they exist; the Hub may also have moved meanwhile
+            _check_tags(hub, plan, hub.repo_facts(plan.repo_id), files)
+        private = hub.ensure_repo(plan.repo_id, private=plan.private)
+        # Checked before anything happened; again in case someone made it public, or created it, since.
+        check_visibility(plan, private)
         return _push(plan, files, hub)
 
 

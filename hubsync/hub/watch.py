@@ -9,7 +9,6 @@ could be pushed is reported. What to push is decided by hubsync.core.watch; this
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from hubsync.core.paths import display_path
 from hubsync.core.plan import PushOptions, PushPlan, plan_push
 from hubsync.core.watch import (
     STATE_FILE,
-    LocalHashes,
     PushedCheckpoint,
     Signature,
     SkippedCheckpoint,
@@ -52,9 +50,9 @@ from hubsync.core.watch import (
     parse_state,
     run_folder_problem,
 )
-from hubsync.files import hash_file, remove_stale_temps, write_file_atomic
+from hubsync.files import remove_stale_temps, write_file_atomic
 
-from .push import PushResult, PushTarget, execute_push
+from .push import PushResult, PushTarget, execute_push, local_hashes
 
 SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
 # The watch tries a failed push again itself, with growing pauses; the client's own retries of one call stay
@@ -369,7 +367,7 @@ class Watcher:
         index = parse_index(self.hub.read_file(plan.repo_id, "main", INDEX_FILE))
         indexed = any(e["revision"] == plan.revision and e.get("commit") == head for e in index)
         as_is = [u for u in plan.uploads if not u.converted_from and not u.generated]
-        local = {u.path_in_repo: _hashes(checkpoint.path / u.source) for u in as_is} if indexed else {}
+        local = {u.path_in_repo: local_hashes(checkpoint.path / u.source) for u in as_is} if indexed else {}
         if not holds_exactly(self.hub.tree(plan.repo_id, head), [u.path_in_repo for u in plan.uploads], local, indexed):
             return None
         for tag in plan.tags:
@@ -421,10 +419,3 @@ def _reason(exc: HubsyncError | OSError) -> str:
         return str(exc)
     what = exc.strerror or type(exc).__name__
     return f"{display_path(exc.filename)}: {what}" if exc.filename else what
-
-
-def _hashes(path: Path) -> LocalHashes:
-    """sha256 and git blob id of a file, in one read."""
-    size = path.stat().st_size
-    sha256, git = hash_file(path, hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False))
-    return LocalHashes(size, sha256, git)

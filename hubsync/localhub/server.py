@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from hubsync.core.metadata import HUB_LICENSES, license_problem
+
 from .store import (
     AddLfs,
     AddRegular,
@@ -516,6 +518,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     meta = yaml.safe_load(content[3:end])
                     if meta is not None and not isinstance(meta, dict):
                         errors.append({"message": "YAML front matter must be a mapping"})
+                    elif meta and "license" in meta and license_problem(meta["license"]) is not None:
+                        # huggingface.co's words (huggingface_hub issue #4218): a name from its list, or a list
+                        errors.append({"message": f'"license" must be one of [{", ".join(HUB_LICENSES)}, array]'})
                 except yaml.YAMLError as exc:
                     errors.append({"message": f"Invalid YAML front matter: {exc}"})
         status = 400 if errors else 200

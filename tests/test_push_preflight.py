@@ -1,0 +1,336 @@
+"""A push checks everything that can refuse it before it converts, uploads, creates or commits anything, and a push
+of several checkpoints that fails midway says exactly what landed. Every refusal is checked through the Hub's own
+listings (repository, refs, commits): nothing changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from huggingface_hub import HfApi
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from hubsync.cli import cli
+from hubsync.cli.errors import message_for
+from hubsync.core import errors
+from hubsync.core.checkpoint import read_checkpoint
+from hubsync.core.metadata import HUB_LICENSES, check_license
+from hubsync.core.plan import PushOptions, plan_push
+from hubsync.core.preflight import RepoFacts, check_plans
+from hubsync.localhub import RunningHub
+
+
+@pytest.fixture
+def run(tiny_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny run (checkpoints 10, 20, 30), inside a project folder."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "project" / "out" / "tiny"))
+
+
+def push(hub: RunningHub, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(
+        cli,
+        ["push", *args],
+        catch_exceptions=False,
+        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, **(env or {})},
+    )
+
+
+def on_hub(api: HfApi, repo: str) -> Any:
+    """Everything a push could change, as the Hub lists it: visibility, branches, tags and every branch's history
+    (None: no such repository)."""
+    if not api.repo_exists(repo):
+        return None
+    refs = api.list_repo_refs(repo)
+    return {
+        "private": api.repo_info(repo).private,
+        "branches": {b.name: b.target_commit for b in refs.branches},
+        "tags": {t.name: t.target_commit for t in refs.tags},
+        "commits": {b.name: [c.commit_id for c in api.list_repo_commits(repo, revision=b.name)] for b in refs.branches},
+    }
+
+
+def refuse_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    def convert(*args: object) -> None:
+        raise AssertionError("converted before the refusal")
+
+    monkeypatch.setattr("hubsync.hub.push.convert_weights", convert)
+
+
+# -- training state and visibility ------------------------------------------------------------------------------------
+
+
+def test_keep_state_into_a_repo_that_would_be_created_public_is_refused_before_conversion_and_creation(
+    bin_run: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refuse_conversion(monkeypatch)  # adapter_model.bin would be converted first: the refusal comes before
+
+    refused = push(hub, str(bin_run / "checkpoint-10"), "--repo", "me/open", "--public", "--training-state", "keep")
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: me/open is public, and --training-state keep would publish")
+    assert on_hub(api, "me/open") is None  # not created
+
+
+def test_keep_state_into_an_existing_public_repo_is_refused_before_conversion_and_nothing_changes(
+    bin_run: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.create_repo("me/open", private=False)
+    before = on_hub(api, "me/open")
+    refuse_conversion(monkeypatch)
+
+    # --private (the default) is only for a repository that has to be created
+    refused = push(hub, str(bin_run / "checkpoint-10"), "--repo", "me/open", "--training-state", "keep")
+
+    assert refused.exit_code == 1 and "--allow-public-state" in refused.stderr
+    assert on_hub(api, "me/open") == before
+
+
+def test_pickled_state_into_a_public_repo_is_refused_even_when_public_state_is_allowed(
+    run: Path, hub: RunningHub, api: HfApi
+) -> None:
+    api.create_repo("me/open", private=False)
+    before = on_hub(api, "me/open")
+    args = ["--training-state", "keep", "--training-state-format", "pickle", "--allow-public-state"]
+
+    refused = push(hub, str(run), "--repo", "me/open", *args)
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: me/open is public, and pickled training state runs code when loaded")
+    assert on_hub(api, "me/open") == before
+    assert push(hub, str(run), "--repo", "me/new", "--public", *args).exit_code == 1
+    assert on_hub(api, "me/new") is None
+
+
+def test_a_refusal_of_the_last_of_several_checkpoints_comes_before_the_first_is_pushed(
+    run: Path, hub: RunningHub, api: HfApi
+) -> None:
+    first = push(hub, str(run), "--repo", "me/tiny", "--select", "10", "--tag", "t1")
+    assert first.exit_code == 0, first.stderr
+    before = on_hub(api, "me/tiny")
+
+    refused = push(hub, str(run), "--repo", "me/tiny", "--select", "all", "--tag", "t1")  # t1: for checkpoint-30
+
+    assert refused.exit_code == 1 and "the tag t1 already exists in me/tiny" in refused.stderr
+    assert refused.stdout == ""
+    assert on_hub(api, "me/tiny") == before  # checkpoint-20 was not pushed either
+
+
+# -- tags -------------------------------------------------------------------------------------------------------------
+
+
+def with_other_weights(source: Path, target: Path, file: str) -> Path:
+    """A copy of a checkpoint, of the same step, whose `file` holds other numbers."""
+    shutil.copytree(source, target)
+    if file.endswith(".safetensors"):
+        tensors = load_file(target / file)
+        save_file({k: v + 1 for k, v in tensors.items()}, target / file, metadata={"format": "pt"})
+    else:
+        state = torch.load(target / file, weights_only=True)
+        for group in state["param_groups"]:
+            group["lr"] = group["lr"] * 2
+        torch.save(state, target / file)
+    return target
+
+
+def main_index(api: HfApi, repo: str) -> Any:
+    return json.loads(Path(api.hf_hub_download(repo, ".hubsync/index.json")).read_text())
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        "adapter_model.safetensors",  # uploaded as it is: refused before conversion
+        "optimizer.pt",  # converted: refused after conversion, before any upload or commit
+    ],
+)
+def test_a_tag_on_the_branch_head_is_not_moved_by_a_second_checkpoint_of_the_same_step(
+    run: Path, hub: RunningHub, api: HfApi, tmp_path: Path, changed: str
+) -> None:
+    # The issue's reproduction: the second push replaced a resumable revision by one without training state,
+    # main's index still named the old commit, and only then was the tag refused.
+    first = push(hub, str(run / "checkpoint-30"), "--repo", "me/tiny", "--training-state", "keep", "--tag", "t1")
+    assert first.exit_code == 0, first.stderr
+    before, index = on_hub(api, "me/tiny"), main_index(api, "me/tiny")
+    copy = with_other_weights(run / "checkpoint-30", tmp_path / "copy" / "checkpoint-30", changed)
+
+    refused = push(hub, str(copy), "--repo", "me/tiny", "--tag", "t1", "--json")
+
+    assert refused.exit_code == 1
+    assert "the tag t1 already exists in me/tiny (it points to the head of checkpoint-30" in refused.stderr
+    assert "which this push would replace" in refused.stderr
+    assert "results" not in refused.stdout  # nothing was tried: the preflight refused, or the check before commit
+    assert on_hub(api, "me/tiny") == before
+    assert main_index(api, "me/tiny") == index
+    files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30")}
+    assert {"optimizer.safetensors", "scheduler.safetensors", "rng_state.safetensors"} <= files  # still resumable
+
+
+def test_a_tag_on_another_commit_is_refused_before_the_commit(run: Path, hub: RunningHub, api: HfApi) -> None:
+    assert push(hub, str(run), "--repo", "me/tiny", "--select", "20", "--tag", "v1").exit_code == 0
+    before = on_hub(api, "me/tiny")
+
+    refused = push(hub, str(run), "--repo", "me/tiny", "--select", "30", "--tag", "v1")
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: the tag v1 already exists in me/tiny (it points to ")
+    assert "not to checkpoint-30, which does not exist yet" in refused.stderr
+    assert on_hub(api, "me/tiny") == before
+
+
+def test_a_tag_on_a_branch_that_already_holds_exactly_this_push_is_fine(run: Path, hub: RunningHub, api: HfApi) -> None:
+    assert push(hub, str(run), "--repo", "me/tiny", "--training-state", "keep", "--tag", "t1").exit_code == 0
+    before = on_hub(api, "me/tiny")
+
+    again = push(hub, str(run), "--repo", "me/tiny", "--training-state", "keep", "--tag", "t1")
+
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.startswith("Already up to date: ")
+    assert on_hub(api, "me/tiny") == before
+
+
+# -- the card's metadata ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--license", "Apache-2.0"], {}, "'Apache-2.0' (--license or the license setting), only the identifiers it "
+         "lists; did you mean apache-2.0? Pass one"),
+        (["--license", "gpl-2.0-or-later"], {}, "did you mean gpl-2.0?"),
+        ([], {"HUBSYNC_LICENSE": "made-up"}, "'made-up' (--license or the license setting), only the identifiers it "
+         "lists. Pass one of those at https://huggingface.co/docs/hub/repositories-licenses"),
+    ],
+)  # fmt: skip
+def test_a_license_the_hub_does_not_list_is_refused_before_anything(
+    run: Path, hub: RunningHub, api: HfApi, args: list[str], env: dict[str, str], expected: str
+) -> None:
+    refused = push(hub, str(run), "--repo", "me/tiny", *args, env=env)
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: the Hub does not accept the license ")
+    assert expected in refused.stderr and refused.stderr.count("\n") == 1
+    assert on_hub(api, "me/tiny") is None
+
+
+def test_other_and_listed_licenses_are_taken(run: Path, hub: RunningHub, api: HfApi) -> None:
+    assert push(hub, str(run), "--repo", "me/tiny", "--license", "other").exit_code == 0
+    assert push(hub, str(run), "--repo", "me/tiny", "--select", "20", "--license", "llama3.1").exit_code == 0
+    card = Path(api.hf_hub_download("me/tiny", "README.md", revision="checkpoint-20")).read_text()
+    assert "\nlicense: llama3.1\n" in card
+
+
+@pytest.mark.parametrize(
+    ("front_matter", "expected"),
+    [
+        ("license: [unclosed", "its front matter is not valid YAML"),
+        ("- just\n- a list", "its front matter is YAML but not a mapping"),
+        ("base_model: {{ base_model }}\ntags: [a, b", "its front matter is not valid YAML"),
+    ],
+)
+def test_a_template_whose_front_matter_is_not_valid_yaml_is_refused_before_anything(
+    run: Path, hub: RunningHub, api: HfApi, tmp_path: Path, front_matter: str, expected: str
+) -> None:
+    template = tmp_path / "project" / "card.md.j2"
+    template.write_text(f"---\n{front_matter}\n---\n# {{{{ repo_id }}}}\n")
+
+    refused = push(hub, str(run), "--repo", "me/tiny", "--template", str(template))
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: cannot render the card template ")
+    assert expected in refused.stderr and "Fix the template, or leave out --template." in refused.stderr
+    assert on_hub(api, "me/tiny") is None
+
+
+def test_a_template_that_sets_an_unlisted_license_itself_is_refused(
+    run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    template = tmp_path / "card.md.j2"
+    template.write_text("---\nlicense: Proprietary\n---\n# card\n")
+
+    refused = push(hub, str(run), "--repo", "me/tiny", "--template", str(template))
+
+    assert refused.exit_code == 1 and "'Proprietary' (set in " in refused.stderr
+    assert on_hub(api, "me/tiny") is None
+
+
+@given(st.text(max_size=40))
+def test_check_license_takes_exactly_the_hubs_list(value: str) -> None:
+    if value in HUB_LICENSES:
+        assert check_license(value) == value
+    else:
+        with pytest.raises(errors.InvalidLicenseError) as refused:
+            check_license(value)
+        suggestion = refused.value.suggestion
+        assert suggestion is None or suggestion in HUB_LICENSES
+        assert "\n" not in message_for(refused.value)
+
+
+# -- the pure check ---------------------------------------------------------------------------------------------------
+
+
+def test_check_plans_decides_from_the_facts_alone(checkpoint: Path) -> None:
+    ckpt = read_checkpoint(checkpoint)
+    keep = plan_push(ckpt, PushOptions("me/x", training_state="keep", private=False, tags=("t1",)))
+    missing = RepoFacts("http://hub", "me/x", exists=False)
+    private = RepoFacts("http://hub", "me/x", exists=True, private=True)
+    public = RepoFacts("http://hub", "me/x", exists=True, private=False)
+    with pytest.raises(errors.PublicTrainingStateError):
+        check_plans([keep], {"me/x": missing})  # would be created public
+    with pytest.raises(errors.PublicTrainingStateError):
+        check_plans([plan_push(ckpt, PushOptions("me/x", training_state="keep"))], {"me/x": public})
+    check_plans([keep], {"me/x": private})  # an existing private repository stays private: --public is moot
+    tagged = RepoFacts("http://hub", "me/x", True, True, {"checkpoint-30": "a" * 40}, {"t1": "b" * 40})
+    with pytest.raises(errors.TagExistsError, match="points to bbbbbbbbbbbb, not to the head of checkpoint-30"):
+        check_plans([keep], {"me/x": tagged})
+    at_head = RepoFacts("http://hub", "me/x", True, True, {"checkpoint-30": "a" * 40}, {"t1": "a" * 40})
+    check_plans([keep], {"me/x": at_head})
+
+
+# -- several checkpoints, failing midway ------------------------------------------------------------------------------
+
+
+def test_a_push_of_several_that_fails_midway_names_what_landed_and_what_did_not(
+    run: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(run.parent.parent)
+    hub.server.inject_fault("POST", r"/commit/checkpoint-20$", 400)  # the Hub refuses it: not retried
+
+    failed = push(hub, "out/tiny", "--repo", "me/tiny", "--select", "all")
+
+    assert failed.exit_code == 1
+    assert failed.stdout.startswith("Pushed out/tiny/checkpoint-10 -> me/tiny @ checkpoint-10")
+    assert failed.stderr.startswith(
+        "Error: pushing out/tiny/checkpoint-20 failed (on the Hub: out/tiny/checkpoint-10; not pushed: "
+        "out/tiny/checkpoint-20, out/tiny/checkpoint-30; a re-run pushes the rest): the Hub at "
+    )
+    assert set(on_hub(api, "me/tiny")["branches"]) == {"main", "checkpoint-10"}
+
+
+def test_a_push_of_several_that_fails_midway_still_prints_json_of_what_landed(
+    run: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(run.parent.parent)
+    hub.server.inject_fault("POST", r"/commit/checkpoint-30$", 400)
+
+    failed = push(hub, "out/tiny", "--repo", "me/tiny", "--select", "all", "--json")
+
+    assert failed.exit_code == 1
+    out = json.loads(failed.stdout)
+    assert [p["revision"] for p in out["plans"]] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    heads = on_hub(api, "me/tiny")["branches"]
+    assert [(r["revision"], r["commit"]) for r in out["results"]] == [
+        ("checkpoint-10", heads["checkpoint-10"]),
+        ("checkpoint-20", heads["checkpoint-20"]),
+    ]
+    assert out["failed"]["checkpoint"] == "out/tiny/checkpoint-30"
+    assert out["failed"]["error"].startswith("Error: the Hub at ")
+    assert "on the Hub: out/tiny/checkpoint-10, out/tiny/checkpoint-20; not pushed: out/tiny/checkpoint-30" in (
+        failed.stderr
+    )
