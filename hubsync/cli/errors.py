@@ -270,11 +270,11 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
 def _bad_setting(err: e.SettingError) -> str:
     from hubsync.core.config import SETTINGS
 
-    setting = SETTINGS[err.setting]
-    if err.source == setting.variable:
-        step = f"Fix {err.source}, or unset it"
-    elif err.from_flag:
+    setting = SETTINGS.get(err.setting)
+    if err.from_flag or setting is None:
         step = f"Fix {err.source}"
+    elif err.source == setting.variable:
+        step = f"Fix {err.source}, or unset it"
     else:
         step = f"Fix it in {err.source}, or override it with {setting.flag}"
     return f"{err.source}: {err.reason}{'' if err.reason.endswith('?') else '.'} {step}."
