@@ -333,3 +333,33 @@ def test_a_push_of_several_that_fails_midway_still_prints_json_of_what_landed(
     assert "on the Hub: out/tiny/checkpoint-10, out/tiny/checkpoint-20; not pushed: out/tiny/checkpoint-30" in (
         failed.stderr
     )
+
+
+def test_a_commit_that_landed_before_its_index_failed_is_reported_as_landed(
+    run: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(run.parent.parent)
+    hub.server.inject_fault("POST", r"/commit/main$", 400)  # main's index commit, after the branch's
+
+    failed = push(hub, "out/tiny/checkpoint-30", "--repo", "me/tiny", "--tag", "t1", "--json")
+
+    assert failed.exit_code == 1
+    heads = on_hub(api, "me/tiny")["branches"]
+    (result,) = json.loads(failed.stdout)["results"]
+    assert (result["revision"], result["commit"], result["complete"]) == (
+        "checkpoint-30",
+        heads["checkpoint-30"],
+        False,
+    )
+    assert result["tags"] == ["t1"] and {t.name for t in api.list_repo_refs("me/tiny").tags} == {"t1"}
+    assert failed.stderr.startswith(
+        f"Error: out/tiny/checkpoint-30 landed on checkpoint-30 (commit {heads['checkpoint-30'][:12]}), but then "
+    )
+    assert "Run the same push again" in failed.stderr and failed.stderr.count("\n") == 1
+
+    again = push(hub, "out/tiny/checkpoint-30", "--repo", "me/tiny", "--tag", "t1", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["results"][0]["complete"] is True
+    assert on_hub(api, "me/tiny")["branches"]["checkpoint-30"] == heads["checkpoint-30"]  # nothing new committed
+    index = json.loads(Path(api.hf_hub_download("me/tiny", ".hubsync/index.json")).read_text())
+    assert [e["commit"] for e in index["revisions"] if e["revision"] == "checkpoint-30"] == [heads["checkpoint-30"]]

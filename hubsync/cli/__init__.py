@@ -340,6 +340,7 @@ def push(
             _print_plan(plan)
         return
 
+    from hubsync.core.errors import IncompletePushError
     from hubsync.hub.client import HubClient
     from hubsync.hub.push import execute_push, preflight
 
@@ -351,12 +352,17 @@ def push(
         try:
             result = execute_push(plan, ckpt, hub, checked=done == 0)  # the others: again, after those before
         except HubsyncError as exc:
+            partly = isinstance(exc, IncompletePushError)
+            if isinstance(exc, IncompletePushError):  # its commit is on the Hub, without all its tags or main's index
+                results.append(exc.result)
             if as_json:  # what landed before the failure, for a script to pick up
                 failed = {"checkpoint": plan.checkpoint, "error": _scrub(message_for(exc))}
                 click.echo(json.dumps(_push_json(plans, results) | {"failed": failed}, indent=2))
             if len(plans) == 1:
                 raise
-            landed = tuple(p.checkpoint for p in plans[:done])
+            landed = tuple(p.checkpoint for p in plans[:done]) + (
+                (f"{plan.checkpoint} (its commit)",) if partly else ()
+            )
             raise CheckpointPushError(plan.checkpoint, landed, tuple(p.checkpoint for p in plans[done:]), exc) from exc
         results.append(result)
         if not as_json:

@@ -18,6 +18,14 @@ def _hub(err: e.HubError) -> str:
 ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (e.CheckpointPushError, lambda err: _push_failed(err)),
     (
+        e.IncompletePushError,
+        lambda err: (
+            f"{err.checkpoint} landed on {err.revision} (commit {err.commit[:12]}), but then "
+            + message_for(err.cause).removeprefix("Error: ").rstrip(".")
+            + ". Run the same push again: it commits nothing new and finishes the tags and main's index."
+        ),
+    ),
+    (
         e.NotACheckpointError,
         lambda err: (
             f"{err.path} is not a checkpoint folder: {err.reason}. "

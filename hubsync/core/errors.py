@@ -177,6 +177,18 @@ class CheckpointPushError(HubsyncError):
         self.cause = cause
 
 
+class IncompletePushError(HubsyncError):
+    """A checkpoint's commit landed on its branch, but tagging it or recording it in main's index failed after."""
+
+    def __init__(self, checkpoint: str, revision: str, commit: str, cause: HubsyncError, result: object) -> None:
+        super().__init__(f"{checkpoint} landed on {revision} ({commit[:12]}), then: {cause}")
+        self.checkpoint = checkpoint
+        self.revision = revision
+        self.commit = commit
+        self.cause = cause
+        self.result = result  # the PushResult of what landed
+
+
 class ConfigError(HubsyncError):
     """A configuration file or HUBSYNC_* variable hubsync cannot use."""
 

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -15,7 +15,7 @@ from hubsync.convert import convert_weights
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
-from hubsync.core.errors import CommitConflictError
+from hubsync.core.errors import CommitConflictError, HubsyncError, IncompletePushError
 from hubsync.core.index import (
     INDEX_FILE,
     dump_index,
@@ -75,6 +75,7 @@ class PushResult:
     bytes: int
     tags: tuple[str, ...]
     released: bool
+    complete: bool = True  # False: the commit landed, but its tags or main's index did not all follow
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +89,7 @@ class PushResult:
             "bytes": self.bytes,
             "tags": list(self.tags),
             "released": self.released,
+            "complete": self.complete,
         }
 
 
@@ -177,12 +179,7 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
             if created and hub.branch_head(plan.repo_id, plan.revision) == start:
                 hub.delete_branch(plan.repo_id, plan.revision)
         raise
-    for tag in plan.tags:
-        hub.ensure_tag(plan.repo_id, tag, result.oid)
-    if plan.index_entry is not None:
-        released = [(files[path], path) for path in plan.release]
-        _update_index(hub, plan, {**plan.index_entry, "commit": result.oid, "tags": list(plan.tags)}, released)
-    return PushResult(
+    landed = PushResult(
         repo_id=plan.repo_id,
         revision=plan.revision,
         commit=result.oid,
@@ -191,9 +188,20 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
         created=result.created,
         files=len(plan.uploads),
         bytes=plan.total_bytes,
-        tags=plan.tags,
-        released=bool(plan.release),
+        tags=(),
+        released=False,
+        complete=False,
     )
+    try:
+        for tag in plan.tags:
+            hub.ensure_tag(plan.repo_id, tag, result.oid)
+            landed = replace(landed, tags=(*landed.tags, tag))
+        if plan.index_entry is not None:
+            released = [(files[path], path) for path in plan.release]
+            _update_index(hub, plan, {**plan.index_entry, "commit": result.oid, "tags": list(plan.tags)}, released)
+    except HubsyncError as exc:  # the commit is on the Hub: say so, with what it has
+        raise IncompletePushError(plan.checkpoint, plan.revision, result.oid, exc, landed) from exc
+    return replace(landed, released=bool(plan.release), complete=True)
 
 
 def _commit_to_head(
