@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import Checkpoint, TrainerState
+from .checkpoint import Checkpoint, TrainerState, check_complete
 from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
 from .index import index_entry
@@ -175,6 +175,7 @@ class PushOptions:
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     """Decide what a push of `checkpoint` does: which files are converted, dropped, generated and uploaded."""
     repo_id = check_repo_id(options.repo_id)
+    check_complete(checkpoint)
     if options.git_commit:
         checkpoint = replace(checkpoint, git_commit=options.git_commit)
     state = checkpoint.trainer_state
