@@ -68,7 +68,10 @@ def select_complete(
     chosen = select_steps(steps, select, best_step)
     for step in chosen:
         if step in incomplete:
-            raise SelectionError(select, f"checkpoint-{step} is not complete: it has no {incomplete[step]}")
+            raise SelectionError(
+                select,
+                f"checkpoint-{step} is not complete: it has no {incomplete[step]} (wait for the save, or pick another)",
+            )
     return Selection(tuple(chosen), {})
 
 
