@@ -261,8 +261,10 @@ def check_complete(checkpoint: Checkpoint) -> None:
 
 
 def folder_missing_parts(folder: Path) -> tuple[str, ...]:
-    """missing_parts() of a checkpoint folder, from its file names (hidden ones left out, as a push does)."""
-    return missing_parts({f.relpath for f in _scan_files(folder)[0]})
+    """missing_parts() of a checkpoint folder, from its file names (hidden ones left out, as a push does). A link
+    that leads outside counts as there: its push is refused for the link, which is the problem to report."""
+    files, _skipped, outside = _scan_files(folder)
+    return missing_parts({f.relpath for f in files} | {path for path, _ in outside})
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
