@@ -668,6 +668,30 @@ def test_hf_hub_download_missing_revision(api: HfApi, shared: str, tmp_path: Pat
         download(api, shared, "config.json", tmp_path / "c", revision="no-such-revision")
 
 
+def test_commit_id_prefixes_resolve_like_the_hub(
+    api: HfApi, hub: RunningHub, rid: str, repo: dict[str, bytes], tmp_path: Path
+) -> None:
+    """The Hub resolves a unique prefix of 7 or more hex digits of a commit id (hub-protocol.md, Commit ids)."""
+    sha = head_sha(api, rid)
+    for prefix in (sha[:7], sha[:12], sha[:39]):
+        assert api.repo_info(rid, revision=prefix).sha == sha, prefix
+    path = hf_hub_download(
+        rid, "config.json", revision=sha[:12], endpoint=api.endpoint, token=api.token, cache_dir=tmp_path / "c"
+    )
+    assert Path(path).read_bytes() == repo["config.json"]
+    assert {f.path for f in api.list_repo_tree(rid, revision=sha[:12])} >= {"config.json", "README.md"}
+    for bad in (sha[:6], sha[:12].upper() + "x", "0" * 7 if not sha.startswith("0" * 7) else "f" * 7):
+        with pytest.raises(RevisionNotFoundError):
+            api.repo_info(rid, revision=bad)
+    # Two commits that share a prefix: it names neither (a second commit record, given an id sharing 8 digits).
+    commits = hub.server.store.root / "repos" / "models" / rid / "commits"
+    twin = sha[:8] + ("0" if sha[8] != "0" else "1") + sha[9:]
+    (commits / f"{twin}.json").write_bytes((commits / f"{sha}.json").read_bytes())
+    with pytest.raises(RevisionNotFoundError):
+        api.repo_info(rid, revision=sha[:8])
+    assert api.repo_info(rid, revision=sha[:9]).sha == sha
+
+
 def test_snapshot_download_and_verify_checksums(api: HfApi, rid: str, repo: dict[str, bytes], tmp_path: Path) -> None:
     sha = head_sha(api, rid)
     api.create_tag(rid, tag="snap")

@@ -263,6 +263,7 @@ def test_resolve_branches_tags_and_shas(store: Store) -> None:
     assert store.resolve("model", REPO, "refs/tags/v1") == first.id
     assert store.resolve("model", REPO, first.id) == first.id
     assert store.resolve("model", REPO, second.id) == second.id
+    assert store.resolve("model", REPO, first.id[:7]) == first.id  # a unique prefix, as the Hub resolves it
 
     for missing in (
         "nope",
@@ -270,7 +271,7 @@ def test_resolve_branches_tags_and_shas(store: Store) -> None:
         "refs/tags/main",
         "refs/heads/nope",
         "0" * 40,
-        first.id[:7],
+        first.id[:6],
         first.id.upper(),
     ):
         with pytest.raises(StoreError) as info:

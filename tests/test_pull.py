@@ -70,7 +70,7 @@ def test_pull_a_revision_without_training_state_says_so(pushed: Path, hub: Runni
     assert not (tmp_path / "x" / "checkpoint-10" / "optimizer.pt").exists()
 
     text = run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-10", "--to", str(tmp_path / "y"))
-    assert "no optimizer, scheduler or RNG state" in text.stdout
+    assert "not resumable: it has no optimizer state or scheduler state" in text.stdout
 
 
 def test_pull_by_tag_and_by_commit(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -266,3 +266,80 @@ def test_pickles_go_only_into_private_repositories(pushed: Path, hub: RunningHub
         "--allow-public-state",
     )
     assert result.exit_code == 1 and "only into private repositories" in result.stderr
+
+
+def test_pulling_main_is_refused_and_points_at_ls(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for revision in ("main", "refs/heads/main"):
+        result = run_cli(hub, "pull", "me/tiny", "--revision", revision, "--to", str(tmp_path / "out"))
+        assert result.exit_code == 1 and result.stdout == ""
+        assert f"me/tiny @ {revision} is not a checkpoint revision: main holds the index" in result.stderr
+        assert "`hubsync ls me/tiny`" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_pulling_a_revision_without_weights_is_refused(
+    pushed: Path, hub: RunningHub, api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the local Hub has no Xet
+    api.create_branch("me/tiny", branch="notes")
+    api.upload_file(path_or_fileobj=b"just notes\n", path_in_repo="notes.txt", repo_id="me/tiny", revision="notes")
+    main = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}["main"]
+    for revision in ("notes", main[:12]):  # main by its commit id: the index, not a checkpoint
+        result = run_cli(hub, "pull", "me/tiny", "--revision", revision, "--to", str(tmp_path / "out"))
+        assert result.exit_code == 1
+        assert f"me/tiny @ {revision} is not a checkpoint revision: it holds no model weights" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("step", [10, 20, 30])  # no training state; pickle-free state rebuilt; pickles
+def test_pulling_again_into_the_same_folder_changes_nothing(
+    step: int, pushed: Path, hub: RunningHub, tmp_path: Path
+) -> None:
+    args = ("pull", "me/tiny", "--revision", f"checkpoint-{step}", "--to", str(tmp_path / "out"))
+    assert run_cli(hub, *args).exit_code == 0
+    target = tmp_path / "out" / f"checkpoint-{step}"
+    before = {p.name: p.stat().st_mtime_ns for p in target.iterdir()}
+
+    again = run_cli(hub, *args)
+
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.startswith(f"Already there: me/tiny @ checkpoint-{step} (")
+    assert {p.name: p.stat().st_mtime_ns for p in target.iterdir()} == before
+    data = json.loads(run_cli(hub, *args, "--json").stdout)
+    assert data["already_there"] is True and data["path"].endswith(f"out/checkpoint-{step}")
+
+    (target / "extra.txt").write_text("mine")  # a file more: not what the revision holds
+    assert run_cli(hub, *args).exit_code == 1
+    (target / "extra.txt").unlink()
+    state = target / "trainer_state.json"
+    state.write_bytes(state.read_bytes().replace(b'"global_step"', b'"global_step" '))  # other bytes
+    refused = run_cli(hub, *args)
+    assert refused.exit_code == 1 and "--force" in refused.stderr
+    assert run_cli(hub, *args, "--force").exit_code == 0
+    assert run_cli(hub, *args).stdout.startswith("Already there")
+
+
+def test_a_changed_rebuilt_state_file_is_not_already_there(pushed: Path, hub: RunningHub, tmp_path: Path) -> None:
+    args = ("pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "out"))
+    assert run_cli(hub, *args).exit_code == 0
+    scheduler = tmp_path / "out" / "checkpoint-20" / "scheduler.pt"
+    state = torch.load(scheduler, weights_only=True)
+    state["last_epoch"] += 1
+    torch.save(state, scheduler)
+
+    assert run_cli(hub, *args).exit_code == 1
+
+
+def test_a_commit_id_as_ls_prints_it_pulls(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    row = run_cli(hub, "ls", "me/tiny").stdout.splitlines()[2].split()
+    assert row[0] == "checkpoint-20"
+    short = next(cell for cell in row if len(cell) == 12 and all(c in "0123456789abcdef" for c in cell))
+
+    result = run_cli(hub, "pull", "me/tiny", "--revision", short, "--to", str(tmp_path / "out"), "--json")
+
+    assert result.exit_code == 0, result.stderr
+    commit = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}["checkpoint-20"]
+    assert json.loads(result.stdout)["commit"] == commit
+    assert (tmp_path / "out" / "checkpoint-20" / "optimizer.pt").exists()

@@ -714,3 +714,22 @@ def test_only_failures_that_may_pass_are_retried() -> None:
 def test_a_deeply_nested_record_is_one_clear_error() -> None:
     with pytest.raises(WatchStateError, match="nested too deeply"):
         parse_state(b"[" * 100_000 + b"]" * 100_000, "http://hub", "me/m", "run/.hubsync/watch.json")
+
+
+def test_a_checkpoint_without_weights_is_skipped_with_the_reason(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    copy_run(tiny_run, run, [10, 20])
+    (run / "checkpoint-20" / "adapter_model.safetensors").unlink()
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    args = ["watch", "run", "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+
+    result = CliRunner().invoke(cli, args, env=env)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith(
+        "Skipped checkpoint-20: run/checkpoint-20 is not a complete checkpoint: it has no model weights."
+    )
+    assert {b.name for b in api.list_repo_refs(REPO).branches} == {"main", "checkpoint-10"}

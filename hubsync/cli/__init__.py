@@ -329,13 +329,16 @@ def push(
 
     settings, options = _push_options(ctx, Path(path), flags)
     select_given = settings.sources["select"] == "--select"
-    checkpoints = [read_checkpoint(p) for p in _targets(Path(path), settings["select"], select_given)]
+    targets, passed_over = _targets(Path(path), settings["select"], select_given)
+    for folder, missing in passed_over.items():
+        click.echo(f"Passed over {folder}: it is not complete (no {missing})", err=True)
+    checkpoints = [read_checkpoint(p) for p in targets]
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
     if dry_run:
         if as_json:
-            click.echo(json.dumps({"plans": [p.to_json() for p in plans]}, indent=2))
+            click.echo(json.dumps(_push_json(plans, None, passed_over), indent=2))
         for plan in [] if as_json else plans:
             _print_plan(plan)
         return
@@ -357,7 +360,7 @@ def push(
                 results.append(exc.result)
             if as_json:  # what landed before the failure, for a script to pick up
                 failed = {"checkpoint": plan.checkpoint, "error": _scrub(message_for(exc))}
-                click.echo(json.dumps(_push_json(plans, results) | {"failed": failed}, indent=2))
+                click.echo(json.dumps(_push_json(plans, results, passed_over) | {"failed": failed}, indent=2))
             if len(plans) == 1:
                 raise
             landed = tuple(p.checkpoint for p in plans[:done]) + (
@@ -378,11 +381,17 @@ def push(
                 click.echo("  main:   its inference files are published on main")
             click.echo(f"  url:    {result.url}")
     if as_json:
-        click.echo(json.dumps(_push_json(plans, results), indent=2))
+        click.echo(json.dumps(_push_json(plans, results, passed_over), indent=2))
 
 
-def _push_json(plans: list[Any], results: list[Any]) -> dict[str, Any]:
-    return {"plans": [p.to_json() for p in plans], "results": [r.to_json() for r in results]}
+def _push_json(plans: list[Any], results: list[Any] | None, passed_over: dict[str, str]) -> dict[str, Any]:
+    """--json: the plans, the results of what landed (none for a dry run), and the incomplete checkpoints --select
+    passed over."""
+    return {
+        "plans": [p.to_json() for p in plans],
+        **({} if results is None else {"results": [r.to_json() for r in results]}),
+        "passed_over": [{"checkpoint": c, "missing": m} for c, m in passed_over.items()],
+    }
 
 
 def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple[Any, Any]:
@@ -635,13 +644,20 @@ def _settings(ctx: click.Context, path: Any, flags: dict[str, Any], names: tuple
     return resolve_settings(given, find_config(path.absolute()), names=names)
 
 
-def _targets(path: Any, select: str, select_given: bool) -> list[Any]:
-    """The checkpoint folders PATH names: itself, or the ones --select picks from a run folder. A `select` from a
-    variable or the configuration is for runs: a checkpoint folder is pushed as it is."""
-    from hubsync.core.checkpoint import TRAINER_STATE, list_checkpoints, read_checkpoint, read_json_file
+def _targets(path: Any, select: str, select_given: bool) -> tuple[list[Any], dict[str, str]]:
+    """The checkpoint folders PATH names: itself, or the complete ones --select picks from a run folder; and the
+    incomplete ones it passed over (shown path -> what they lack). A `select` from a variable or the
+    configuration is for runs: a checkpoint folder is pushed as it is."""
+    from hubsync.core.checkpoint import (
+        TRAINER_STATE,
+        folder_missing_parts,
+        list_checkpoints,
+        read_checkpoint,
+        read_json_file,
+    )
     from hubsync.core.errors import SelectionError
     from hubsync.core.paths import display_path
-    from hubsync.core.selection import best_step_of, select_steps
+    from hubsync.core.selection import best_step_of, select_complete
 
     runs = list_checkpoints(path) if path.is_dir() else []
     if not runs or (path / TRAINER_STATE).exists():
@@ -650,14 +666,17 @@ def _targets(path: Any, select: str, select_given: bool) -> list[Any]:
             raise SelectionError(
                 select, f"{display_path(path)} is a checkpoint, not a run folder (leave out --select for it)"
             )
-        return [path]
-    latest = runs[-1][1] / TRAINER_STATE
+        return [path], {}
+    incomplete = {step: " or ".join(m) for step, folder in runs if (m := folder_missing_parts(folder))}
     best = None
-    if latest.exists():
-        state = read_json_file(latest, display_path(latest))
+    written = [folder / TRAINER_STATE for step, folder in runs if (folder / TRAINER_STATE).exists()]
+    if written:  # the newest record names the best checkpoint
+        state = read_json_file(written[-1], display_path(written[-1]))
         best = best_step_of(state.get("best_model_checkpoint") if isinstance(state, dict) else None)
     by_step = dict(runs)
-    return [by_step[s] for s in select_steps(list(by_step), select, best)]
+    chosen = select_complete(list(by_step), select, best, incomplete)
+    passed = {display_path(by_step[s]): why for s, why in chosen.passed_over.items()}
+    return [by_step[s] for s in chosen.steps], passed
 
 
 def _quiet_huggingface_hub(show_progress: bool) -> None:
@@ -706,12 +725,13 @@ def pull(
     from pathlib import Path
 
     from hubsync.core.checkpoint import loads_json, parse_trainer_state
+    from hubsync.core.conversion import resume_missing
     from hubsync.core.errors import NoCheckpointRevisionError
     from hubsync.core.paths import display_path
     from hubsync.core.plan import check_repo_id
     from hubsync.core.pull import plan_pull, step_of
     from hubsync.hub.client import HubClient
-    from hubsync.hub.pull import check_target, execute_pull
+    from hubsync.hub.pull import already_pulled, check_target, execute_pull
     from hubsync.hub.revisions import checkpoint_revisions
 
     check_repo_id(repo_id)
@@ -732,20 +752,27 @@ def pull(
         except ValueError:
             pass  # a damaged trainer_state.json is pulled as it is; the folder is named by the revision
     plan = plan_pull(repo_id, revision, commit, entries, Path(to or Path("out") / repo_id.split("/")[-1]), step)
+    if already_pulled(plan):
+        if as_json:
+            already = {**plan.to_json(), "path": display_path(plan.target), "already_there": True}
+            click.echo(json_module.dumps(already, indent=2))
+        else:
+            click.echo(f"Already there: {repo_id} @ {revision} ({commit[:12]}) in {display_path(plan.target)}")
+        return
     check_target(plan, force)
     target = execute_pull(plan, hub, force=force)
     if as_json:
-        click.echo(json_module.dumps({**plan.to_json(), "path": display_path(target)}, indent=2))
+        click.echo(
+            json_module.dumps({**plan.to_json(), "path": display_path(target), "already_there": False}, indent=2)
+        )
         return
     click.echo(f"Pulled {repo_id} @ {revision} ({commit[:12]}) -> {display_path(target)}")
     click.echo(f"  files: {len(plan.files)} ({_size(plan.total_bytes)}), each verified against the Hub's hashes")
     if plan.resumable:
         click.echo(f'  resume: Trainer.train(resume_from_checkpoint="{display_path(target)}")')
     else:
-        click.echo(
-            "  note: this revision has no optimizer, scheduler or RNG state: resuming from it restarts the "
-            "optimizer and learning-rate schedule"
-        )
+        missing = " or ".join(resume_missing(frozenset(f.path for f in plan.files)))
+        click.echo(f"  note: this revision is not resumable: it has no {missing}")
 
 
 @cli.command(name="ls")

@@ -33,6 +33,18 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.IncompleteCheckpointError,
+        lambda err: (
+            f"{err.path} is not a complete checkpoint: it has no {err.missing}. "
+            + (
+                "The Trainer writes trainer_state.json last: wait until the save has finished, or push another "
+                "checkpoint."
+                if "trainer_state.json" in err.missing
+                else "Push a checkpoint the Trainer saved (adapter_model.safetensors or model.safetensors)."
+            )
+        ),
+    ),
+    (
         e.CheckpointFileError,
         lambda err: f"cannot read {err.path}: {err.reason}. Check that the checkpoint was written completely.",
     ),
@@ -132,6 +144,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: (
             f"the downloaded {err.path} {err.reason}, so nothing was placed. Run the pull again; if it fails the "
             "same way, the file on the Hub is damaged."
+        ),
+    ),
+    (
+        e.NotACheckpointRevisionError,
+        lambda err: (
+            f"{err.repo_id} @ {err.revision} is not a checkpoint revision: {err.reason}. Nothing was written; "
+            f"`hubsync ls {err.repo_id}` lists the checkpoint revisions to pull."
         ),
     ),
     (

@@ -9,12 +9,12 @@ import os
 import pickle
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointFileError, NotACheckpointError
+from .errors import CheckpointFileError, IncompleteCheckpointError, NotACheckpointError
 from .ghostpickle import read_torch_pickle
 from .paths import display_path
 
@@ -30,6 +30,7 @@ WEIGHT_FILES = (
     "model.safetensors.index.json",
     "pytorch_model.bin.index.json",
 )
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MAX_JSON_BYTES = 64 * 1024 * 1024
 EVAL_TIMINGS = frozenset({"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"})
 
@@ -236,6 +237,34 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str], list[tuple
         dirnames.sort()
     files.sort(key=lambda f: f.relpath)
     return files, skipped, sorted(outside)
+
+
+def has_weights(paths: Collection[str]) -> bool:
+    """Whether a checkpoint's files hold weights that Trainer._load_from_checkpoint loads: an adapter, a model, a
+    sharded model's index, or adapters in subfolders (several adapters)."""
+    return any(p in WEIGHT_FILES or (p.count("/") == 1 and p.split("/")[1] in ADAPTER_WEIGHTS) for p in paths)
+
+
+def missing_parts(paths: Collection[str]) -> tuple[str, ...]:
+    """What a checkpoint's files lack to be a complete checkpoint: trainer_state.json, which the Trainer writes
+    last (without it the save is unfinished, and resuming fails), and weights. The one rule for push, --select
+    and resumable."""
+    missing = () if TRAINER_STATE in paths else (TRAINER_STATE,)
+    return missing if has_weights(paths) else (*missing, "model weights")
+
+
+def check_complete(checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint folder that is still being written, or holds no weights."""
+    missing = missing_parts({f.relpath for f in checkpoint.files})
+    if missing:
+        raise IncompleteCheckpointError(checkpoint.display, " or ".join(missing))
+
+
+def folder_missing_parts(folder: Path) -> tuple[str, ...]:
+    """missing_parts() of a checkpoint folder, from its file names (hidden ones left out, as a push does). A link
+    that leads outside counts as there: its push is refused for the link, which is the problem to report."""
+    files, _skipped, outside = _scan_files(folder)
+    return missing_parts({f.relpath for f in files} | {path for path, _ in outside})
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

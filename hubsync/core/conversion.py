@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
 
 _SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin$")
@@ -94,11 +94,19 @@ STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(
 STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.json$")  # their pickle-free form
 
 
-def is_resumable(paths: set[str] | frozenset[str]) -> bool:
-    """Whether a revision holds what resuming needs: optimizer, scheduler and RNG state, as pickles or in
-    hubsync's pickle-free form (<name>.json + <name>.safetensors)."""
+def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:
+    """What a revision lacks for Trainer.train(resume_from_checkpoint=...) to carry on from it once pulled:
+    trainer_state.json and weights (missing_parts: without them resuming fails), and the optimizer and
+    scheduler state, as pickles or in hubsync's pickle-free form (<name>.json + <name>.safetensors), without
+    which the Trainer restarts them silently. RNG state is not required: the Trainer resumes without it and
+    only logs that its random draws (dropout) differ from those of an uninterrupted run."""
 
     def has(stem: str) -> bool:
-        return f"{stem}.pt" in paths or f"{stem}.json" in paths
+        return f"{stem}.pt" in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
 
-    return has("optimizer") and has("scheduler") and any(p.startswith("rng_state") for p in paths)
+    return (*missing_parts(paths), *(f"{stem} state" for stem in ("optimizer", "scheduler") if not has(stem)))
+
+
+def is_resumable(paths: set[str] | frozenset[str]) -> bool:
+    """Whether training resumes from a revision after `hubsync pull` (resume_missing says what is lacking)."""
+    return not resume_missing(paths)

@@ -16,6 +16,15 @@ class NotACheckpointError(HubsyncError):
         self.reason = reason
 
 
+class IncompleteCheckpointError(HubsyncError):
+    """A checkpoint folder without trainer_state.json (still being written) or without weights."""
+
+    def __init__(self, path: str, missing: str) -> None:
+        super().__init__(f"{path} is not a complete checkpoint: it has no {missing}")
+        self.path = path
+        self.missing = missing
+
+
 class InvalidRepoIdError(HubsyncError):
     def __init__(self, repo_id: str) -> None:
         super().__init__(f"invalid repository id {repo_id!r}")
@@ -248,6 +257,16 @@ class NoCheckpointRevisionError(HubsyncError):
     def __init__(self, repo_id: str) -> None:
         super().__init__(f"{repo_id} has no checkpoint revision")
         self.repo_id = repo_id
+
+
+class NotACheckpointRevisionError(HubsyncError):
+    """A revision to pull that holds no checkpoint (main, which holds the index, or one without weights)."""
+
+    def __init__(self, repo_id: str, revision: str, reason: str) -> None:
+        super().__init__(f"{repo_id} @ {revision} is not a checkpoint revision: {reason}")
+        self.repo_id = repo_id
+        self.revision = revision
+        self.reason = reason
 
 
 class PullTargetExistsError(HubsyncError):

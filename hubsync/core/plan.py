@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import Checkpoint, TrainerState
-from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
+from .checkpoint import Checkpoint, TrainerState, check_complete
+from .conversion import STATE_FILE_RE, ConversionPlan, check_no_outside_links, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
 from .index import index_entry
 from .metadata import check_card_metadata, check_license
@@ -176,6 +176,8 @@ class PushOptions:
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     """Decide what a push of `checkpoint` does: which files are converted, dropped, generated and uploaded."""
     repo_id = check_repo_id(options.repo_id)
+    check_no_outside_links(checkpoint)  # a link to the weights leads out: that, not "no weights", is the problem
+    check_complete(checkpoint)
     if options.git_commit:
         checkpoint = replace(checkpoint, git_commit=options.git_commit)
     state = checkpoint.trainer_state

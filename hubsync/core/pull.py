@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .conversion import is_resumable
-from .errors import UnsafeRemotePathError
+from .checkpoint import has_weights
+from .conversion import STATE_DOCUMENT_RE, is_resumable
+from .errors import NotACheckpointRevisionError, UnsafeRemotePathError
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
 NOT_CHECKPOINT = (".gitattributes",)
@@ -25,6 +26,13 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class RebuiltFile:
+    path: str  # optimizer.pt, rng_state.pth, ...
+    document: RemoteFile  # optimizer.json
+    tensors: RemoteFile  # optimizer.safetensors
+
+
+@dataclass(frozen=True)
 class PullPlan:
     repo_id: str
     revision: str  # as asked
@@ -35,6 +43,24 @@ class PullPlan:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def rebuilt(self) -> tuple[RebuiltFile, ...]:
+        """The training-state files pull writes from their pickle-free form (<name>.json + <name>.safetensors)."""
+        by_path = {f.path: f for f in self.files}
+        out = []
+        for path, document in sorted(by_path.items()):
+            stem = path.removesuffix(".json")
+            if STATE_DOCUMENT_RE.match(path) and f"{stem}.safetensors" in by_path:
+                name = f"{stem}.pth" if stem.startswith("rng_state") else f"{stem}.pt"
+                out.append(RebuiltFile(name, document, by_path[f"{stem}.safetensors"]))
+        return tuple(out)
+
+    @property
+    def written(self) -> tuple[RemoteFile, ...]:
+        """The files of the revision that pull places as they are (not those it rebuilds training state from)."""
+        sources = {f.path for r in self.rebuilt for f in (r.document, r.tensors)}
+        return tuple(f for f in self.files if f.path not in sources)
 
     @property
     def resumable(self) -> bool:
@@ -68,6 +94,15 @@ def check_remote_path(path: str) -> str:
     return path
 
 
+def check_checkpoint_revision(repo_id: str, revision: str, paths: Sequence[str]) -> None:
+    """Refuse to pull main (it holds the index of checkpoint revisions) or a revision without weights: what it
+    would write is not a checkpoint that training can load or resume from."""
+    if revision in ("main", "refs/heads/main"):
+        raise NotACheckpointRevisionError(repo_id, revision, "main holds the index of checkpoint revisions")
+    if not has_weights(paths):
+        raise NotACheckpointRevisionError(repo_id, revision, "it holds no model weights")
+
+
 def step_of(revision: str) -> int | None:
     m = re.search(r"(\d+)$", revision)
     return int(m.group(1)) if m else None
@@ -85,5 +120,6 @@ def plan_pull(
     )
     for f in files:
         check_remote_path(f.path)
+    check_checkpoint_revision(repo_id, revision, [f.path for f in files])
     name = f"checkpoint-{step}" if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
     return PullPlan(repo_id, revision, commit, to / name, files)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidRevisionError, SelectionError
@@ -41,6 +42,37 @@ def select_steps(steps: Sequence[int], select: str, best_step: int | None) -> li
             raise SelectionError(select, f"no checkpoint-{missing[0]} in the run (it has {_some(available)})")
         return sorted(set(wanted))
     raise SelectionError(select, "use latest, best, all, last:N or STEP[,STEP...]")
+
+
+@dataclass(frozen=True)
+class Selection:
+    steps: tuple[int, ...]  # complete checkpoints, oldest first
+    passed_over: Mapping[int, str]  # incomplete checkpoints that latest, all or last:N left out: step -> what lacks
+
+
+def select_complete(
+    steps: Sequence[int], select: str, best_step: int | None, incomplete: Mapping[int, str]
+) -> Selection:
+    """select_steps() among the complete checkpoints: latest, all and last:N pass over the incomplete ones
+    (`incomplete`: step -> what it lacks, see missing_parts); best and STEP refuse to name one."""
+    if select in ("latest", "all") or re.fullmatch(r"last:\d+", select):
+        complete = [s for s in steps if s not in incomplete]
+        if steps and not complete:
+            newest = max(steps)
+            raise SelectionError(
+                select, f"no checkpoint of the run is complete (checkpoint-{newest} has no {incomplete[newest]})"
+            )
+        chosen = select_steps(complete, select, best_step)
+        passed = {s: incomplete[s] for s in sorted(incomplete) if select == "all" or s > chosen[0]}
+        return Selection(tuple(chosen), passed)
+    chosen = select_steps(steps, select, best_step)
+    for step in chosen:
+        if step in incomplete:
+            raise SelectionError(
+                select,
+                f"checkpoint-{step} is not complete: it has no {incomplete[step]} (wait for the save, or pick another)",
+            )
+    return Selection(tuple(chosen), {})
 
 
 def _some(steps: list[int]) -> str:

@@ -3,9 +3,10 @@ pushed, which ones the Trainer deleted before they were pushed, and whether the 
 `observe_run` and `run_folder_problem`, which only read the run folder, and the watch state's (de)serialisation.
 
 A checkpoint is complete when its trainer_state.json exists (the Trainer writes it last) and the size and
-modification time of every file in it are unchanged between two consecutive looks. This transformers version
-writes checkpoint-N in place; a staging folder such as tmp-checkpoint-N is not named checkpoint-N and is never
-looked at.
+modification time of every file in it are unchanged between two consecutive looks. Whether it may be pushed
+(trainer_state.json and weights) is push's rule, checkpoint.missing_parts via plan_push: a stable folder that
+lacks weights is skipped with that reason. This transformers version writes checkpoint-N in place; a staging
+folder such as tmp-checkpoint-N is not named checkpoint-N and is never looked at.
 """
 
 from __future__ import annotations

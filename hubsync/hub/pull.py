@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Protocol
 
 from hubsync.core.conversion import STATE_DOCUMENT_RE
-from hubsync.core.errors import PullTargetExistsError, PullVerificationError
+from hubsync.core.errors import HubsyncError, PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile
-from hubsync.files import hash_file, remove_stale_temps, temp_dir
+from hubsync.files import hash_file, remove_stale_temps, system_temp_dir, temp_dir
 
 
 class PullSource(Protocol):
@@ -24,6 +24,52 @@ def check_target(plan: PullPlan, force: bool) -> None:
     """Refuse, before anything is fetched, a target that exists and holds something (unless `force`)."""
     if plan.target.exists() and (not plan.target.is_dir() or any(plan.target.iterdir())) and not force:
         raise PullTargetExistsError(display_path(plan.target))
+
+
+def already_pulled(plan: PullPlan) -> bool:
+    """Whether the target holds exactly what pulling `plan` would write, checked by hash against the Hub's tree:
+    each file placed as it is by its sha256 (LFS) or git blob id, and each rebuilt training-state file by
+    encoding it again (without loading it) and hashing the result against its pickle-free form on the Hub.
+    Only reads; no file more or less."""
+    target = plan.target
+    if not target.is_dir() or target.is_symlink():
+        return False
+    found = set()
+    for dirpath, _dirnames, filenames in os.walk(target):
+        found |= {(Path(dirpath) / name).relative_to(target).as_posix() for name in filenames}
+    if found != {f.path for f in plan.written} | {r.path for r in plan.rebuilt}:
+        return False
+    if not all(_matches(target / f.path, f) for f in plan.written):
+        return False
+    if not plan.rebuilt:
+        return True
+    from hubsync.convert.state import encode_state, safe_names
+
+    with system_temp_dir("pull-check") as scratch:
+        for rebuilt in plan.rebuilt:
+            local = target / rebuilt.path
+            if local.is_symlink() or not local.is_file():
+                return False
+            try:
+                encode_state(local, rebuilt.path, scratch)
+            except (HubsyncError, OSError):
+                return False
+            document, tensors = safe_names(rebuilt.path)
+            if not (_matches(scratch / document, rebuilt.document) and _matches(scratch / tensors, rebuilt.tensors)):
+                return False
+    return True
+
+
+def _matches(local: Path, remote: RemoteFile) -> bool:
+    """Whether a local file is the one the Hub lists: same size, same sha256 (LFS) or git blob id."""
+    if local.is_symlink() or not local.is_file():
+        return False
+    size = local.stat().st_size
+    if size != remote.size:
+        return False
+    if remote.sha256 is not None:
+        return hash_file(local, hashlib.sha256()) == [remote.sha256]
+    return hash_file(local, hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)) == [remote.git_oid]
 
 
 def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8) -> Path:

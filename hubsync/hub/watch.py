@@ -22,6 +22,7 @@ from hubsync.core.errors import (
     HubError,
     HubsyncError,
     HubUnreachableError,
+    IncompleteCheckpointError,
     LinkOutsideCheckpointError,
     NotACheckpointError,
     NotARunFolderError,
@@ -61,6 +62,7 @@ CLIENT_RETRY_DELAYS = (0.5, 1.0)
 # Failures that belong to one checkpoint (its files): it is skipped and the watch goes on with the others.
 CHECKPOINT_ERRORS = (
     CheckpointFileError,
+    IncompleteCheckpointError,
     NotACheckpointError,
     UnreadableWeightsError,
     UnsafePickleError,

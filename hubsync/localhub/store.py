@@ -34,6 +34,7 @@ REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{7,40}$")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.-]{8,200}")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -422,12 +423,20 @@ class Store:
             sha = refs["tags"].get(revision[len("refs/tags/") :])
         else:
             sha = refs["branches"].get(revision) or refs["tags"].get(revision)
-            commit_file = self._repo_dir(repo_type, repo_id) / "commits" / f"{revision}.json"
-            if sha is None and _SHA_RE.match(revision) and commit_file.exists():
-                sha = revision
+            if sha is None and _SHA_PREFIX_RE.match(revision):
+                sha = self._commit_of_prefix(repo_type, repo_id, revision)
         if sha is None:
             raise not_found_revision(revision)
         return sha
+
+    def _commit_of_prefix(self, repo_type: str, repo_id: str, prefix: str) -> str | None:
+        """The one commit whose id starts with `prefix` (7 to 40 hex digits, as the Hub resolves them); None when
+        no commit or several do."""
+        commits = self._repo_dir(repo_type, repo_id) / "commits"
+        if len(prefix) == 40:
+            return prefix if (commits / f"{prefix}.json").exists() else None
+        found = [p.stem for p in commits.glob(f"{prefix}*.json") if _SHA_RE.match(p.stem)]
+        return found[0] if len(found) == 1 else None
 
     def history(self, repo_type: str, repo_id: str, sha: str) -> list[Commit]:
         """The commits reachable from `sha`, newest first (first parents only)."""
