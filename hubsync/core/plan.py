@@ -12,7 +12,7 @@ from .card import CardSettings, card_context, card_files
 from .checkpoint import Checkpoint, TrainerState
 from .conversion import STATE_FILE_RE, ConversionPlan, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
-from .index import index_entry
+from .index import index_entry, revision_metrics
 from .render import render
 from .selection import DEFAULT_REVISION, revision_name
 
@@ -227,9 +227,13 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
-    metrics = state.eval_metrics if state else {}
     entry = index_entry(
-        branch, checkpoint.step, state.epoch if state else None, metrics, [u.path_in_repo for u in uploads], commit=""
+        branch,
+        checkpoint.step,
+        state.epoch if state else None,
+        revision_metrics(state),
+        [u.path_in_repo for u in uploads],
+        commit="",
     )
     return PushPlan(
         repo_id=repo_id,
@@ -257,11 +261,11 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
 
 
 def checkpoint_metrics(state: TrainerState | None) -> dict[str, float]:
-    """What a summary shows of a checkpoint's training record: epoch, the newest training loss, eval metrics."""
+    """What a summary shows of a checkpoint's training record: epoch, train_loss (the newest training loss) and
+    the newest eval_* metrics; never a bare `loss`, which would not say which."""
     if state is None:
         return {}
-    facts = {"epoch": state.epoch, "loss": state.latest_loss}
-    return {k: v for k, v in facts.items() if v is not None} | {f"eval_{k}": v for k, v in state.eval_metrics.items()}
+    return ({"epoch": state.epoch} if state.epoch is not None else {}) | revision_metrics(state)
 
 
 def is_local_path(value: Any) -> bool:
