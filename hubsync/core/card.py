@@ -55,7 +55,7 @@ ARCHITECTURE_HEADS = (
 # Encoder-decoder text models whose *ForConditionalGeneration class is a seq2seq language model (others of that
 # name read speech or images: Whisper, LLaVA, ...).
 TEXT_SEQ2SEQ_MODEL_TYPES = frozenset(
-    {"bart", "mbart", "t5", "mt5", "umt5", "longt5", "pegasus", "pegasus_x", "marian", "led", "plbart", "bigbird_pegasus"}
+    {"bart", "mbart", "t5", "mt5", "umt5", "longt5", "pegasus", "pegasus_x", "marian", "led", "plbart"}
 )
 _CLASS_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,99}$")
 
