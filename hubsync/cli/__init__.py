@@ -54,12 +54,31 @@ def _local_path(match: re.Match[str]) -> str:
     return match.group(0)
 
 
+# `hubsync ... | head -1`: the reader left. Stop without a word, with the status a shell reports for git, cat and
+# other tools that SIGPIPE ends (128 + 13): not 0, since not all of the output was read, and not 1, which says
+# hubsync explained a failure. (Python ignores SIGPIPE, so a write raises BrokenPipeError instead.)
+SIGPIPE_EXIT = 128 + signal.SIGPIPE
+
+
+def _stdout_gone() -> None:
+    """Send what is still buffered for stdout to the null device, so that the interpreter's last flush at exit
+    does not print `Exception ignored ... BrokenPipeError` (the recipe of Python's signal module docs)."""
+    with suppress(OSError, ValueError):  # no file descriptor (a test's captured stdout): nothing to redirect
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 class HubsyncGroup(click.Group):
     """Turns HubsyncErrors into one line on stderr and exit code 1 (HUBSYNC_DEBUG=1: the traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
+            return result
+        except BrokenPipeError:
+            _stdout_gone()
+            ctx.exit(SIGPIPE_EXIT)
         except HubsyncError as exc:
             if os.environ.get("HUBSYNC_DEBUG"):
                 raise
@@ -272,7 +291,7 @@ def push(
     from hubsync.hub.push import execute_push
 
     _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, on_retry=_report_retry)
     results = []
     for done, (plan, ckpt) in enumerate(zip(plans, checkpoints, strict=True)):
         try:
@@ -418,7 +437,7 @@ def watch(
     check_repo_id(options.repo_id)
     for tag in options.tags:  # checked now, not when the run's final checkpoint is pushed, hours later
         check_tag_name(tag, branch="")
-    hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS)
+    hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS, on_retry=_report_retry)
     hub.require_token()
     _quiet_huggingface_hub(show_progress=False)
     if niceness:
@@ -665,7 +684,7 @@ def pull(
 
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, on_retry=_report_retry)
     if revision is None:
         known = [r for r in checkpoint_revisions(hub, repo_id) if r.step is not None]
         if not known:
@@ -715,7 +734,7 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
 
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=False)
-    revisions = checkpoint_revisions(HubClient(endpoint, token), repo_id)
+    revisions = checkpoint_revisions(HubClient(endpoint, token, on_retry=_report_retry), repo_id)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in revisions], indent=2))
         return
@@ -782,7 +801,7 @@ def prune(
 
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=False)
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, on_retry=_report_retry)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
     found = prune_inputs(hub, repo_id)
     plan = plan_prune(
@@ -1019,6 +1038,11 @@ def localhub(root: str, host: str, port: int, user: str, token: str | None, verb
         pass
     finally:
         server.server_close()
+
+
+def _report_retry(reason: str, pause: float) -> None:
+    """A Hub call that will be tried again: said on stderr, so that a wait is never silent."""
+    click.echo(f"Hub: {reason}; retrying in {pause:.2g} s", err=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

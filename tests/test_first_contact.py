@@ -1,0 +1,91 @@
+"""What a user meets first (issue 14, item 8): a pipe closed early, an unreachable Hub, what --dry-run says."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hubsync.cli import cli
+from hubsync.localhub import RunningHub
+
+
+def hubsync_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hubsync", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("extra", [(), ("--json",)])
+def test_a_reader_that_leaves_ends_the_command_quietly(checkpoint: Path, extra: tuple[str, ...]) -> None:
+    """`hubsync push ... --dry-run | head -1`: the reader is gone before hubsync writes; no `Error: Broken pipe`."""
+    process = hubsync_process("push", str(checkpoint), "--repo", "me/tiny", "--dry-run", *extra)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader of a real pipe leaves
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 141  # 128 + SIGPIPE, as a shell reports for git or cat
+    assert stderr == b""
+
+
+def test_head_dash_1_of_a_dry_run_through_a_shell(checkpoint: Path) -> None:
+    """The issue's own command line, in bash: the first line, and the status of hubsync on its own."""
+    command = (
+        f"{sys.executable} -m hubsync push {checkpoint} --repo me/tiny --dry-run | head -1; echo ${{PIPESTATUS[0]}}"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60, check=False)
+    first, status = done.stdout.splitlines()
+    assert first.startswith("Plan (dry run): ") and status in ("0", "141")  # 0 when all of it fit in the pipe
+    assert done.stderr == ""
+
+
+def free_port() -> int:
+    """A loopback port that nobody listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["ls", "me/tiny"], ["pull", "me/tiny", "--to", "out"]])
+def test_an_unreachable_hub_is_reported_at_once(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, [*command, "--endpoint", endpoint], env={"HF_TOKEN": "hf_" + "x" * 20})
+    took = time.monotonic() - started
+    assert took < 5, f"took {took:.1f} s"
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[:-1] == ["Hub: no connection; retrying in 0.5 s"]  # one quick second try, said
+    assert lines[-1].startswith(f"Error: cannot reach the Hub at {endpoint} (ConnectError).")
+
+
+def test_a_push_to_an_unreachable_hub_is_reported_at_once(checkpoint: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli, ["push", str(checkpoint), "--repo", "me/tiny", "--endpoint", endpoint], env={"HF_TOKEN": "hf_" + "x" * 20}
+    )
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1 and "cannot reach the Hub" in result.stderr
+
+
+def test_a_busy_hub_is_retried_with_a_visible_line_for_each_wait(hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]
+    api.create_repo("me/busy")
+    fault = hub.server.inject_fault("GET", r"/refs$", 503, times=2, retry_after=0.2)
+    result = CliRunner().invoke(cli, ["ls", "me/busy"], env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token})
+    assert result.exit_code == 0, result.stderr
+    assert fault.times == 0
+    assert result.stderr.splitlines() == ["Hub: the Hub answered 503; retrying in 0.2 s"] * 2
+    assert result.stdout == "me/busy has no checkpoint revisions yet.\n"
