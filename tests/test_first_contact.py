@@ -89,3 +89,88 @@ def test_a_busy_hub_is_retried_with_a_visible_line_for_each_wait(hub: RunningHub
     assert fault.times == 0
     assert result.stderr.splitlines() == ["Hub: the Hub answered 503; retrying in 0.2 s"] * 2
     assert result.stdout == "me/busy has no checkpoint revisions yet.\n"
+
+
+# -- a pickle beside its safetensors file ------------------------------------------------------------------------
+
+
+def both_formats(folder: Path, pickled: str, safetensors: str, *, same: bool) -> Path:
+    """Write `pickled` beside the checkpoint's `safetensors` with torch.save, as an older library did: the same
+    tensors, or the same names with one value changed (a stale file from another step)."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / safetensors)
+    if not same:
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] += 1.0
+    torch.save(tensors, folder / pickled)
+    return folder
+
+
+def hub_env(hub: RunningHub) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+
+
+@pytest.fixture
+def full_checkpoint(full_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(full_run / "checkpoint-10", tmp_path / "full" / "checkpoint-10"))
+
+
+@pytest.mark.parametrize(
+    ("which", "pickled", "safetensors"),
+    [
+        ("adapter", "adapter_model.bin", "adapter_model.safetensors"),
+        ("full", "pytorch_model.bin", "model.safetensors"),
+    ],
+)
+def test_a_pickle_that_differs_from_its_safetensors_file_is_refused_before_the_hub_changes(
+    which: str, pickled: str, safetensors: str, checkpoint: Path, full_checkpoint: Path, hub: RunningHub, api
+) -> None:  # type: ignore[no-untyped-def]
+    folder = both_formats(checkpoint if which == "adapter" else full_checkpoint, pickled, safetensors, same=False)
+    base = ["--base-model", "hubsync/tiny-random-llama"]
+    for extra in (["--dry-run"], []):
+        result = CliRunner().invoke(cli, ["push", str(folder), "--repo", "me/both", *base, *extra], env=hub_env(hub))
+        assert result.exit_code == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("Error: ") and "Remove the stale file" in line
+        assert f"{folder.name}/{pickled} and {safetensors} hold different weights (the values of " in line
+    assert not api.repo_exists("me/both")  # nothing created
+
+
+def test_a_pickle_that_matches_its_safetensors_file_is_left_out_and_said_so(
+    checkpoint: Path, hub: RunningHub, api
+) -> None:  # type: ignore[no-untyped-def]
+    folder = both_formats(checkpoint, "adapter_model.bin", "adapter_model.safetensors", same=True)
+    dry = CliRunner().invoke(cli, ["push", str(folder), "--repo", "me/both", "--dry-run"], env=hub_env(hub))
+    assert dry.exit_code == 0, dry.stderr
+    assert "  skip    adapter_model.bin  (the safetensors file beside it holds the same tensors)" in dry.stdout
+    result = CliRunner().invoke(cli, ["push", str(folder), "--repo", "me/both"], env=hub_env(hub))
+    assert result.exit_code == 0, result.stderr
+    files = {f.path for f in api.list_repo_tree("me/both", revision="checkpoint-30", recursive=True)}
+    assert "adapter_model.safetensors" in files and "adapter_model.bin" not in files
+
+
+def test_weights_compare_by_bytes_also_for_strided_and_tied_tensors(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from hubsync.convert.compare import weights_difference
+
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    torch.save({"t": base.t(), "a": base, "b": base}, tmp_path / "w.bin")  # a transposed view; b is a tied a
+    save_file({"t": base.t().contiguous(), "a": base}, tmp_path / "w.safetensors")
+    assert weights_difference(tmp_path / "w.bin", tmp_path / "w.safetensors", "w.bin") is None
+    save_file({"t": base.t().contiguous() + 1, "a": base}, tmp_path / "w.safetensors")
+    assert weights_difference(tmp_path / "w.bin", tmp_path / "w.safetensors", "w.bin") == "the values of t differ"
+    save_file({"t": base.t().contiguous(), "a": base.double()}, tmp_path / "w.safetensors")
+    assert weights_difference(tmp_path / "w.bin", tmp_path / "w.safetensors", "w.bin") == (
+        "a is F32 in one and F64 in the other"
+    )
+    save_file({"t": base.t().contiguous()}, tmp_path / "w.safetensors")
+    assert weights_difference(tmp_path / "w.bin", tmp_path / "w.safetensors", "w.bin") == (
+        "a is only in the pickled file"
+    )

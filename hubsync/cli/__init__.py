@@ -281,6 +281,10 @@ def push(
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
     if dry_run:
+        from hubsync.convert.compare import check_superseded
+
+        for plan, ckpt in zip(plans, checkpoints, strict=True):
+            check_superseded(ckpt, plan.conversion)  # as the push would, before it converts anything
         if as_json:
             click.echo(json.dumps({"plans": [p.to_json() for p in plans]}, indent=2))
         for plan in [] if as_json else plans:
@@ -976,6 +980,8 @@ def _print_plan(plan: Any) -> None:
         click.echo(f"  drop    {dropped}  (training state; --training-state keep uploads it)")
     for skipped in plan.skipped:
         click.echo(f"  skip    {skipped}")
+    for pickled in plan.conversion.superseded:
+        click.echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
     click.echo(f"  total   {len(plan.uploads)} files, about {_size(plan.total_bytes)}")
     click.echo(f"  commit  {plan.commit_message}")
     if plan.tags:

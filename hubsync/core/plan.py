@@ -75,6 +75,7 @@ class PushPlan:
             ],
             "dropped": list(self.dropped),
             "skipped": list(self.skipped),
+            "superseded": list(self.conversion.superseded),
             "bytes": self.total_bytes,
             "commit_message": self.commit_message,
             "training_state": self.training_state,
