@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -174,3 +175,70 @@ def test_weights_compare_by_bytes_also_for_strided_and_tied_tensors(tmp_path: Pa
     assert weights_difference(tmp_path / "w.bin", tmp_path / "w.safetensors", "w.bin") == (
         "a is only in the pickled file"
     )
+
+
+# -- what --dry-run says -------------------------------------------------------------------------------------------
+
+
+def dry_run(hub: RunningHub | None, folder: Path, *extra: str, endpoint: str | None = None):  # type: ignore[no-untyped-def]
+    env = hub_env(hub) if hub is not None else {"HF_ENDPOINT": endpoint or "", "HF_TOKEN": "hf_" + "x" * 20}
+    return CliRunner().invoke(cli, ["push", str(folder), "--repo", "me/tiny", "--dry-run", *extra], env=env)
+
+
+def test_a_dry_run_says_the_repository_will_be_created_and_how(checkpoint: Path, hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]
+    result = dry_run(hub, checkpoint)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1] == "  repo    me/tiny will be created, private"
+    public = dry_run(hub, checkpoint, "--public")
+    assert public.stdout.splitlines()[1] == "  repo    me/tiny will be created, public"
+    as_json = json.loads(dry_run(hub, checkpoint, "--json").stdout)["plans"][0]["hub"]
+    assert as_json["looked"] is True and as_json["repo_exists"] is False
+    assert not api.repo_exists("me/tiny")  # a dry run only looked
+
+
+def test_a_dry_run_after_a_push_marks_what_the_branch_already_holds(checkpoint: Path, hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]
+    pushed = CliRunner().invoke(cli, ["push", str(checkpoint), "--repo", "me/tiny"], env=hub_env(hub))
+    assert pushed.exit_code == 0, pushed.stderr
+    (checkpoint / "trainer_state.json").write_text((checkpoint / "trainer_state.json").read_text() + "\n")
+
+    result = dry_run(hub, checkpoint)
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "  repo    me/tiny exists (private); branch checkpoint-30 exists"
+    on_hub = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
+    same = {line.split()[1] for line in lines if line.startswith("  same    ")}
+    upload = {line.split()[1] for line in lines if line.startswith("  upload  ")}
+    assert upload == {"trainer_state.json"}  # changed since the push
+    assert same == on_hub - {".gitattributes", "trainer_state.json"}  # LFS (safetensors) and regular files alike
+    assert "adapter_model.safetensors" in same and "README.md" in same
+    assert "  total   1 files to upload, " in result.stdout
+
+
+def test_a_dry_run_gives_the_real_sizes_of_converted_training_state(checkpoint: Path, hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]
+    result = dry_run(hub, checkpoint, "--training-state", "keep", "--json")
+    assert result.exit_code == 0, result.stderr
+    planned = {f["path"]: f["size"] for f in json.loads(result.stdout)["plans"][0]["files"]}
+    assert all(size > 0 for size in planned.values())
+    text = dry_run(hub, checkpoint, "--training-state", "keep").stdout
+    assert "about 0 B" not in text and "(converted from optimizer.pt, " in text
+    pushed = CliRunner().invoke(
+        cli, ["push", str(checkpoint), "--repo", "me/tiny", "--training-state", "keep"], env=hub_env(hub)
+    )
+    assert pushed.exit_code == 0, pushed.stderr
+    sizes = {f.path: f.size for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
+    state = [p for p in planned if p.startswith(("optimizer.", "scheduler.", "rng_state."))]
+    assert len(state) == 6 and {p: planned[p] for p in state} == {p: sizes[p] for p in state}
+
+
+def test_a_dry_run_without_the_hub_still_prints_the_plan_and_says_so(checkpoint: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = dry_run(None, checkpoint, endpoint=endpoint)
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1] == (
+        "  repo    me/tiny: not known whether it exists (the Hub could not be reached); "
+        "a push creates it private if missing"
+    )
+    assert result.stderr == "Hub: no connection; retrying in 0.5 s\n"

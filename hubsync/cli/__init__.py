@@ -271,6 +271,7 @@ def push(
     """
     from pathlib import Path
 
+    from hubsync.convert.state import measured_plan
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.errors import CheckpointPushError, HubsyncError
     from hubsync.core.plan import plan_push
@@ -280,15 +281,9 @@ def push(
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
+    plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
     if dry_run:
-        from hubsync.convert.compare import check_superseded
-
-        for plan, ckpt in zip(plans, checkpoints, strict=True):
-            check_superseded(ckpt, plan.conversion)  # as the push would, before it converts anything
-        if as_json:
-            click.echo(json.dumps({"plans": [p.to_json() for p in plans]}, indent=2))
-        for plan in [] if as_json else plans:
-            _print_plan(plan)
+        _dry_run(plans, checkpoints, as_json, endpoint, token)
         return
 
     from hubsync.hub.client import HubClient
@@ -965,11 +960,48 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def _print_plan(plan: Any) -> None:
+def _dry_run(plans: list[Any], checkpoints: list[Any], as_json: bool, endpoint: str | None, token: str | None) -> None:
+    """Check what the push would check locally, ask the Hub (read only) what it holds, and print the plans."""
+    from hubsync.convert.compare import check_superseded
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.preview import preview_push
+
+    for plan, ckpt in zip(plans, checkpoints, strict=True):
+        check_superseded(ckpt, plan.conversion)  # as the push would, before it converts anything
+    _quiet_huggingface_hub(show_progress=False)
+    hub = HubClient(endpoint, token, retry_delays=(0.5,), on_retry=_report_retry)  # a dry run waits little
+    previews: list[Any] = []
+    for plan, ckpt in zip(plans, checkpoints, strict=True):
+        previews.append(preview_push(plan, ckpt, hub) if not previews or previews[-1].looked else previews[-1])
+    if as_json:
+        shown = [p.to_json() | {"hub": v.to_json()} for p, v in zip(plans, previews, strict=True)]
+        click.echo(json.dumps({"plans": shown}, indent=2))
+        return
+    for plan, preview in zip(plans, previews, strict=True):
+        _print_plan(plan, preview)
+
+
+def _repo_line(plan: Any, preview: Any) -> str:
+    visibility = "private" if plan.private else "public"
+    if not preview.looked:
+        return (
+            f"{plan.repo_id}: not known whether it exists ({preview.reason}); a push creates it {visibility} if missing"
+        )
+    if not preview.exists:
+        return f"{plan.repo_id} will be created, {visibility}"
+    branch = "exists" if preview.branch_exists else "will be created"
+    return f"{plan.repo_id} exists ({'private' if preview.private else 'public'}); branch {plan.revision} {branch}"
+
+
+def _print_plan(plan: Any, preview: Any) -> None:
     click.echo(f"Plan (dry run): {plan.checkpoint} -> {plan.repo_id} @ {plan.revision}")
+    click.echo(f"  repo    {_repo_line(plan, preview)}")
     for upload in plan.uploads:
+        if upload.path_in_repo in preview.unchanged:
+            click.echo(f"  same    {upload.path_in_repo}  (unchanged: the branch already holds it)")
+            continue
         how = (
-            f"converted from {upload.converted_from}, about "
+            f"converted from {upload.converted_from}, " + ("" if _measured_size(upload) else "about ")
             if upload.converted_from
             else "generated, "
             if upload.generated
@@ -982,12 +1014,22 @@ def _print_plan(plan: Any) -> None:
         click.echo(f"  skip    {skipped}")
     for pickled in plan.conversion.superseded:
         click.echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
-    click.echo(f"  total   {len(plan.uploads)} files, about {_size(plan.total_bytes)}")
+    changed = [u for u in plan.uploads if u.path_in_repo not in preview.unchanged]
+    exact = all(_measured_size(u) for u in changed if u.converted_from)
+    size = _size(sum(u.size for u in changed))
+    click.echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{size}")
     click.echo(f"  commit  {plan.commit_message}")
     if plan.tags:
         click.echo(f"  tags    {', '.join(plan.tags)}")
     if plan.release:
         click.echo(f"  main    also gets {', '.join(plan.release)}")
+
+
+def _measured_size(upload: Any) -> bool:
+    """Whether a converted file's size is measured (training state) rather than its source's (weights)."""
+    from hubsync.core.conversion import STATE_FILE_RE
+
+    return upload.converted_from is not None and STATE_FILE_RE.match(upload.converted_from) is not None
 
 
 def _size(n: int) -> str:

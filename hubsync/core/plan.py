@@ -24,7 +24,8 @@ _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
 class Upload:
     source: str  # path relative to the checkpoint folder, or to the staging folder (converted, generated)
     path_in_repo: str
-    size: int  # for a converted file: its source's size, which it matches to within the pickle's overhead
+    size: int  # converted weights: their source's size, within the pickle's overhead; training state: 0 until
+    # measured (with_sizes: its JSON structure and tensors, as the conversion will write them)
     converted_from: str | None = None  # the pickled file this one is converted from
     generated: bool = False  # made by hubsync (the card and its plot): its bytes are in PushPlan.generated
 
@@ -259,6 +260,12 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         metrics=checkpoint_metrics(state),
         git_commit=checkpoint.git_commit,
     )
+
+
+def with_sizes(plan: PushPlan, sizes: Mapping[str, int]) -> PushPlan:
+    """`plan` with the sizes of converted files measured (path in repo -> bytes) in place of estimates."""
+    uploads = tuple(replace(u, size=sizes.get(u.path_in_repo, u.size)) for u in plan.uploads)
+    return replace(plan, uploads=uploads)
 
 
 def checkpoint_metrics(state: TrainerState | None) -> dict[str, float]:

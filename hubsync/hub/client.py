@@ -184,6 +184,15 @@ class HubClient:
             self._private[repo_id] = bool(info.private)
         return self._private[repo_id]
 
+    def visibility(self, repo_id: str) -> bool | None:
+        """Whether the repository is private; None when it does not exist (or this token may not see it).
+        Read only: for a dry run."""
+        try:
+            info = self._call(lambda: self.api.repo_info(repo_id), repo_id)
+        except errors.RepoNotFoundError:
+            return None
+        return bool(info.private)
+
     def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """The repository's branches and tags, each name -> commit."""
         refs = self._call(lambda: self.api.list_repo_refs(repo_id), repo_id)
