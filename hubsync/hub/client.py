@@ -48,7 +48,6 @@ MAX_RETRY_AFTER = 60.0
 T = TypeVar("T")
 
 
-CONNECT_RETRY_DELAYS = (0.5,)  # nobody listening: one quick second try (a server restarting), then say so
 RetryReporter = Callable[[str, float], None]  # (what went wrong, seconds until the next try): the CLI prints it
 
 
@@ -59,8 +58,8 @@ def with_retries(
 
     huggingface_hub retries uploads and paged reads itself, but not commits, refs, branches, tags or repository
     creation. A server's Retry-After is honoured (up to a minute). A connection that is refused (or a host that
-    does not resolve) is not a busy Hub: it is tried once more, quickly, then raised. Every pause is reported to
-    `on_retry` first, so that a person sees why nothing happens."""
+    does not resolve) is not a busy Hub: nobody listens there, and waiting 16 s would only hide that, so it is
+    raised at once. Every pause is reported to `on_retry` first, so that a person sees why nothing happens."""
     for attempt in range(len(delays) + 1):
         try:
             return call()
@@ -71,9 +70,7 @@ def with_retries(
             wait = _retry_after(response.headers.get("Retry-After"))
             reason = f"the Hub answered {response.status_code}"
         except httpx2.ConnectError:
-            if attempt >= min(len(CONNECT_RETRY_DELAYS), len(delays)):
-                raise
-            wait, reason = min(CONNECT_RETRY_DELAYS[attempt], delays[attempt]), "no connection"
+            raise
         except httpx2.TransportError as exc:
             if attempt == len(delays):
                 raise
