@@ -1,4 +1,4 @@
-"""A tiny real LoRA training run, for the demo and the tests.
+"""A tiny real LoRA training run (or full fine-tune), for the demo and the tests.
 
 ``train_tiny_lora`` trains a tiny, randomly initialised Llama (built from a
 ``LlamaConfig`` in code, nothing is downloaded) wrapped with a PEFT LoRA
@@ -154,6 +154,7 @@ def train_tiny_lora(
     metric_for_best_model: str | None = None,
     greater_is_better: bool | None = None,
     step_sleep: float = 0.0,
+    lora: bool = True,
 ) -> pathlib.Path:
     """Run a tiny LoRA fine-tune on CPU and return ``output_dir`` as a Path.
 
@@ -168,7 +169,9 @@ def train_tiny_lora(
     go to TrainingArguments unchanged (the Trainer then deletes older
     checkpoints, and records ``best_model_checkpoint``).  ``step_sleep``
     seconds are slept after each step, so that a process watching the run
-    sees each checkpoint appear.
+    sees each checkpoint appear.  With ``lora=False`` the whole model is
+    trained (a full fine-tune): checkpoints hold model.safetensors and a
+    config.json naming ``LlamaForCausalLM``, and no adapter.
     """
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -199,15 +202,19 @@ def train_tiny_lora(
             base_model = LlamaForCausalLM(config)
             base_model.name_or_path = BASE_MODEL_ID
 
-            model = get_peft_model(
-                base_model,
-                LoraConfig(
-                    r=4,
-                    lora_alpha=8,
-                    lora_dropout=0.0,
-                    target_modules=["q_proj", "v_proj"],
-                    task_type="CAUSAL_LM",
-                ),
+            model = (
+                base_model
+                if not lora
+                else get_peft_model(
+                    base_model,
+                    LoraConfig(
+                        r=4,
+                        lora_alpha=8,
+                        lora_dropout=0.0,
+                        target_modules=["q_proj", "v_proj"],
+                        task_type="CAUSAL_LM",
+                    ),
+                )
             )
 
             args = TrainingArguments(
@@ -291,6 +298,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-total-limit", type=int, help="keep only the N newest checkpoints, as the Trainer does")
     parser.add_argument("--best-metric", help="metric_for_best_model, such as eval_loss")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step")
+    parser.add_argument("--full", action="store_true", help="train the whole model, without LoRA (a full fine-tune)")
     ns = parser.parse_args(argv)
 
     out = train_tiny_lora(
@@ -301,6 +309,7 @@ def _main(argv: list[str] | None = None) -> int:
         save_total_limit=ns.save_total_limit,
         metric_for_best_model=ns.best_metric,
         step_sleep=ns.step_sleep,
+        lora=not ns.full,
     )
     for p in _checkpoint_dirs(out):
         print(p)

@@ -37,6 +37,14 @@ def bin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_lora(tmp_path_factory.mktemp("bin-run"), max_steps=10, save_steps=10, safe_serialization=False)
 
 
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Trainer run that trained the whole tiny Llama, no LoRA (a full fine-tune): one checkpoint at 10."""
+    from hubsync.tinyrun import train_tiny_lora
+
+    return train_tiny_lora(tmp_path_factory.mktemp("full-run"), max_steps=10, save_steps=10, lora=False)
+
+
 @pytest.fixture
 def checkpoint(tiny_run: Path, tmp_path: Path) -> Path:
     """A private copy of the run's last checkpoint, free to modify."""

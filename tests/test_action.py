@@ -237,7 +237,8 @@ def test_publish_run_pushes_the_tagged_run(github_env: dict[str, str], hub: Runn
         head = next(b.target_commit for b in refs.branches if b.name == branch)
         assert f"[{branch}](" in row and f"[`{head[:10]}`]" in row
     assert "run-7 |" in rows[-1]
-    assert "eval_loss" in summary.splitlines()[2]  # a metric column
+    header = summary.splitlines()[2]
+    assert "| eval_loss |" in header and "| train_loss |" in header and "| loss |" not in header  # one name each
     assert GIT_SHA in summary and "https://github.example/me/training/actions/runs/42" in summary
     for text in (stdout, stderr, summary, Path(github_env["GITHUB_OUTPUT"]).read_text()):
         assert hub.token not in text and str(tmp_path) not in text

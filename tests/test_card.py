@@ -117,7 +117,7 @@ def test_the_card_parses_as_a_model_card_and_its_model_index_round_trips() -> No
     assert card.data.tags == ["peft", "lora", "base_model:adapter:meta-llama/Llama-3.1-8B", "hubsync"]
     results = {(r.metric_type, r.metric_value) for r in card.data.eval_results}
     assert results == {("loss", 1.75), ("accuracy", 0.625)}
-    assert {r.dataset_type for r in card.data.eval_results} == {"tatsu-lab/alpaca"}
+    assert {r.dataset_type for r in card.data.eval_results} == {"custom"}  # --dataset is the training data
     name, model_index = card.data.model_name, eval_results_to_model_index(card.data.model_name, card.data.eval_results)
     assert name == "demo-lora"
     assert ModelCard(text).data.to_dict()["model-index"] == model_index
@@ -292,3 +292,135 @@ def test_the_usage_snippet_really_loads_this_adapter_at_this_revision(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip().splitlines()[-1]) == 8  # q_proj and v_proj, A and B, in 2 layers
+
+
+# -- the card fits the checkpoint (issue 14, item 7) -----------------------------------------------------------------
+
+FULL_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "transformers_version": "5.0.0"}
+
+
+def full_fine_tune(**config: Any) -> Checkpoint:
+    """The crafted checkpoint as a full fine-tune: weights and a config.json naming its class, no adapter."""
+    return crafted(
+        adapter_config=None,
+        model_config={**FULL_CONFIG, **config},
+        files=(CheckpointFile("model.safetensors", 10), CheckpointFile("config.json", 10)),
+    )
+
+
+def test_golden_full_fine_tune_card() -> None:
+    text = render(full_fine_tune(), base_model="meta-llama/Llama-3.1-8B", license="apache-2.0")["README.md"]
+    check_golden("card_full.md", text)
+    card = ModelCard(text)
+    assert card.data.library_name == "transformers" and card.data.base_model_relation == "finetune"
+    assert card.data.pipeline_tag == "text-generation"
+    assert "peft" not in text.lower() and "adapter" not in text.lower()
+    assert 'AutoModelForCausalLM.from_pretrained("me/demo-lora", revision="checkpoint-20")' in text
+
+
+@pytest.mark.parametrize(
+    ("config", "auto_class", "pipeline_tag"),
+    [
+        (
+            {"architectures": ["BertForSequenceClassification"], "model_type": "bert"},
+            "AutoModelForSequenceClassification",
+            "text-classification",
+        ),
+        (
+            {"architectures": ["RobertaForTokenClassification"]},
+            "AutoModelForTokenClassification",
+            "token-classification",
+        ),
+        ({"architectures": ["BertForQuestionAnswering"]}, "AutoModelForQuestionAnswering", "question-answering"),
+        ({"architectures": ["BertForMaskedLM"]}, "AutoModelForMaskedLM", "fill-mask"),
+        (
+            {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"},
+            "AutoModelForSeq2SeqLM",
+            "text-generation",
+        ),
+        (
+            {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"},
+            "WhisperForConditionalGeneration",
+            None,
+        ),
+        ({"architectures": ["BertModel"]}, "AutoModel", "feature-extraction"),
+    ],
+)
+def test_a_full_fine_tune_card_loads_its_architecture(
+    config: dict[str, Any], auto_class: str, pipeline_tag: str | None
+) -> None:
+    text = render(full_fine_tune(**config), base_model="google-bert/bert-base-uncased")["README.md"]
+    card = ModelCard(text)
+    assert card.data.pipeline_tag == pipeline_tag
+    assert f'model = {auto_class}.from_pretrained("me/demo-lora", revision="checkpoint-20")' in text
+    assert "PeftModel" not in text and card.data.library_name == "transformers"
+
+
+def test_seq_2_seq_adapters_get_a_pipeline_type_the_hub_still_has() -> None:
+    adapter = {"peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "base_model_name_or_path": "google-t5/t5-small"}
+    text = render(crafted(adapter_config=adapter))["README.md"]
+    card = ModelCard(text)
+    assert card.data.pipeline_tag == "text-generation" and "text2text-generation" not in text
+    assert "AutoModelForSeq2SeqLM" in text
+
+
+def test_dataset_names_the_training_data_not_the_evaluation_set() -> None:
+    text = render(crafted(), datasets=("tatsu-lab/alpaca",))["README.md"]
+    card = ModelCard(text)
+    assert card.data.datasets == ["tatsu-lab/alpaca"]
+    assert {(r.dataset_name, r.dataset_type) for r in card.data.eval_results} == {("evaluation set", "custom")}
+    training = text.split("## Training procedure", 1)[1]
+    assert "### Training data\n\n- [tatsu-lab/alpaca](https://huggingface.co/datasets/tatsu-lab/alpaca)" in training
+
+
+def test_the_metrics_of_a_plan_name_the_training_and_the_eval_loss_apart() -> None:
+    from hubsync.core.plan import PushOptions, plan_push
+
+    plan = plan_push(crafted(), PushOptions("me/demo-lora"))
+    assert plan.metrics == {"epoch": 2.0, "train_loss": 1.25, "eval_loss": 1.75, "eval_accuracy": 0.625}
+    assert plan.index_entry is not None
+    assert plan.index_entry["metrics"] == {"eval_accuracy": 0.625, "eval_loss": 1.75, "train_loss": 1.25}
+
+
+def test_an_index_written_before_metrics_had_one_name_reads_as_eval_metrics() -> None:
+    from hubsync.core.index import parse_index
+
+    old = {"version": 1, "revisions": [{"revision": "checkpoint-10", "metrics": {"loss": 2.1, "accuracy": 0.5}}]}
+    (entry,) = parse_index(json.dumps(old).encode())
+    assert entry["metrics"] == {"eval_loss": 2.1, "eval_accuracy": 0.5}
+
+
+def test_the_full_fine_tune_snippet_really_loads_it_at_its_revision(
+    full_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    """Push a real full fine-tune, then run its card's snippet as a user would: the model and its weights."""
+    from hubsync.tinyrun import BASE_MODEL_ID
+
+    folder = full_run / "checkpoint-10"
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    result = CliRunner().invoke(
+        cli, ["push", str(folder), "--repo", "me/full", "--base-model", BASE_MODEL_ID, "--revision", "ft-10"], env=env
+    )
+    assert result.exit_code == 0, result.stderr
+    text = Path(api.hf_hub_download("me/full", "README.md", revision="ft-10", cache_dir=tmp_path / "c")).read_text()
+    meta = ModelCard(text).data
+    assert meta.pipeline_tag == "text-generation" and meta.library_name == "transformers"
+    assert meta.base_model_relation == "finetune" and "peft" not in (meta.tags or [])
+    snippet = re.search(r"```python\n(.*?)```", text, re.S)
+    assert snippet is not None and "PeftModel" not in snippet.group(1)
+    check = (
+        snippet.group(1) + "import sys\nfrom safetensors.torch import load_file\n"
+        f"saved = load_file({str(folder / 'model.safetensors')!r})\n"
+        "state = model.state_dict()\n"
+        "print(type(model).__name__, all(state[k].equal(v) for k, v in saved.items()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", check],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "LlamaForCausalLM True"

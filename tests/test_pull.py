@@ -179,10 +179,12 @@ def test_ls_lists_checkpoint_revisions(pushed: Path, hub: RunningHub) -> None:
         ("checkpoint-20", 20, True),
         ("checkpoint-30", 30, True),
     ]
-    assert all(len(r["commit"]) == 40 and r["date"] and "loss" in r["metrics"] for r in rows)
+    assert all(len(r["commit"]) == 40 and r["date"] for r in rows)
+    # One metric, one name: the training loss and the eval loss are never both called `loss`.
+    assert all(set(r["metrics"]) == {"train_loss", "eval_loss"} for r in rows)
 
     text = run_cli(hub, "ls", "me/tiny").stdout.splitlines()
-    assert text[0].split() == ["revision", "step", "epoch", "loss", "resumable", "commit", "date"]
+    assert text[0].split() == ["revision", "step", "epoch", "eval_loss", "train_loss", "resumable", "commit", "date"]
     assert text[1].split()[:2] == ["checkpoint-10", "10"] and "no" in text[1].split()
 
 

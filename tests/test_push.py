@@ -316,8 +316,9 @@ def test_main_becomes_an_index_of_the_pushed_revisions(
     assert entries["checkpoint-10"]["resumable"] is False and entries["checkpoint-20"]["resumable"] is True
     heads = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}
     assert entries["checkpoint-20"]["commit"] == heads["checkpoint-20"]
-    assert "loss" in entries["checkpoint-20"]["metrics"]
+    assert set(entries["checkpoint-20"]["metrics"]) == {"train_loss", "eval_loss"}
     card = ModelCard(read_text(api, "README.md"))
+    assert "| eval_loss | train_loss |" in card.text and "| loss |" not in card.text
     assert card.data.base_model == "hubsync/tiny-random-llama"
     assert f"[checkpoint-20]({hub.endpoint}/me/tiny/tree/checkpoint-20) | 20 |" in card.text
     # A checkpoint revision holds its own files only, not main's index.

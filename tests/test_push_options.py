@@ -187,7 +187,9 @@ def test_a_push_that_finally_fails_says_which_checkpoint_and_a_rerun_completes(
     failed = push(hub, str(run), "--repo", "me/tiny", "--select", "all")
 
     assert failed.exit_code == 1
-    assert failed.stderr.startswith("Error: pushing out/tiny/checkpoint-20 failed (on the Hub: out/tiny/checkpoint-10;")
+    *retries, error = failed.stderr.splitlines()
+    assert retries == ["Hub: the Hub answered 500; retrying in 0 s"] * 4  # each wait said, then the error
+    assert error.startswith("Error: pushing out/tiny/checkpoint-20 failed (on the Hub: out/tiny/checkpoint-10;")
     heads = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}
     assert "checkpoint-20" not in heads  # the branch this push made for it is taken away again
     assert "checkpoint-30" not in heads

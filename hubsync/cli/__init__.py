@@ -57,12 +57,31 @@ def _local_path(match: re.Match[str]) -> str:
     return match.group(0)
 
 
+# `hubsync ... | head -1`: the reader left. Stop without a word, with the status a shell reports for git, cat and
+# other tools that SIGPIPE ends (128 + 13): not 0, since not all of the output was read, and not 1, which says
+# hubsync explained a failure. (Python ignores SIGPIPE, so a write raises BrokenPipeError instead.)
+SIGPIPE_EXIT = 128 + signal.SIGPIPE
+
+
+def _stdout_gone() -> None:
+    """Send what is still buffered for stdout to the null device, so that the interpreter's last flush at exit
+    does not print `Exception ignored ... BrokenPipeError` (the recipe of Python's signal module docs)."""
+    with suppress(OSError, ValueError):  # no file descriptor (a test's captured stdout): nothing to redirect
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 class HubsyncGroup(click.Group):
     """Turns HubsyncErrors into one line on stderr and exit code 1 (HUBSYNC_DEBUG=1: the traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
+            return result
+        except BrokenPipeError:
+            _stdout_gone()
+            ctx.exit(SIGPIPE_EXIT)
         except click.UsageError as exc:
             if exc.ctx is None:
                 raise
@@ -323,6 +342,7 @@ def push(
     """
     from pathlib import Path
 
+    from hubsync.convert.state import measured_plan
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.errors import CheckpointPushError, HubsyncError
     from hubsync.core.plan import plan_push
@@ -336,11 +356,9 @@ def push(
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
+    plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
     if dry_run:
-        if as_json:
-            click.echo(json.dumps(_push_json(plans, None, passed_over), indent=2))
-        for plan in [] if as_json else plans:
-            _print_plan(plan)
+        _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over)
         return
 
     from hubsync.core.errors import IncompletePushError
@@ -348,7 +366,7 @@ def push(
     from hubsync.hub.push import execute_push, preflight
 
     _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, on_retry=_report_retry)
     preflight(hub, list(zip(plans, checkpoints, strict=True)))  # every refusal the Hub could make, before anything
     results: list[Any] = []
     for done, (plan, ckpt) in enumerate(zip(plans, checkpoints, strict=True)):
@@ -495,7 +513,7 @@ def watch(
     run = Path(run_dir)
     # The configuration is looked up from inside the run folder, which may not exist yet.
     options = _push_options(ctx, run / "checkpoint", flags)[1]  # each value checked now, not hours later
-    hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS)
+    hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS, on_retry=_report_retry)
     hub.require_token()
     _quiet_huggingface_hub(show_progress=False)
     if niceness:
@@ -736,7 +754,7 @@ def pull(
 
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, on_retry=_report_retry)
     if revision is None:
         known = [r for r in checkpoint_revisions(hub, repo_id) if r.step is not None]
         if not known:
@@ -793,7 +811,7 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
 
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=False)
-    revisions = checkpoint_revisions(HubClient(endpoint, token), repo_id)
+    revisions = checkpoint_revisions(HubClient(endpoint, token, on_retry=_report_retry), repo_id)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in revisions], indent=2))
         return
@@ -860,7 +878,7 @@ def prune(
 
     check_repo_id(repo_id)
     _quiet_huggingface_hub(show_progress=False)
-    hub = HubClient(endpoint, token)
+    hub = HubClient(endpoint, token, on_retry=_report_retry)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
     found = prune_inputs(hub, repo_id)
     plan = plan_prune(
@@ -1020,11 +1038,66 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def _print_plan(plan: Any) -> None:
+def _dry_run(
+    plans: list[Any],
+    checkpoints: list[Any],
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+    passed_over: dict[str, str],
+) -> None:
+    """Check what the push would check locally, ask the Hub (read only) what it holds, and print the plans."""
+    from hubsync.convert.compare import check_superseded
+    from hubsync.hub.client import HubClient
+    from hubsync.hub.preview import preview_push
+
+    for plan, ckpt in zip(plans, checkpoints, strict=True):
+        check_superseded(ckpt, plan.conversion)  # as the push would, before it converts anything
+    from hubsync.core.errors import HubError, TagExistsError
+    from hubsync.hub.push import preflight
+
+    _quiet_huggingface_hub(show_progress=False)
+    hub = HubClient(endpoint, token, retry_delays=(0.5,), on_retry=_report_retry)  # a dry run waits little
+    if hub.token:
+        # What the push would refuse (public state, a tag elsewhere), refused here too; a Hub that does not
+        # answer leaves that unknown, and the preview below says so.
+        try:
+            preflight(hub, list(zip(plans, checkpoints, strict=True)))
+        except HubError as exc:
+            if isinstance(exc, TagExistsError):
+                raise
+    previews: list[Any] = []
+    for plan, ckpt in zip(plans, checkpoints, strict=True):
+        previews.append(preview_push(plan, ckpt, hub) if not previews or previews[-1].looked else previews[-1])
+    if as_json:
+        shown = [p.to_json() | {"hub": v.to_json()} for p, v in zip(plans, previews, strict=True)]
+        click.echo(json.dumps(_push_json(plans, None, passed_over) | {"plans": shown}, indent=2))
+        return
+    for plan, preview in zip(plans, previews, strict=True):
+        _print_plan(plan, preview)
+
+
+def _repo_line(plan: Any, preview: Any) -> str:
+    visibility = "private" if plan.private else "public"
+    if not preview.looked:
+        return (
+            f"{plan.repo_id}: not known whether it exists ({preview.reason}); a push creates it {visibility} if missing"
+        )
+    if not preview.exists:
+        return f"{plan.repo_id} will be created, {visibility}"
+    branch = "exists" if preview.branch_exists else "will be created"
+    return f"{plan.repo_id} exists ({'private' if preview.private else 'public'}); branch {plan.revision} {branch}"
+
+
+def _print_plan(plan: Any, preview: Any) -> None:
     click.echo(f"Plan (dry run): {plan.checkpoint} -> {plan.repo_id} @ {plan.revision}")
+    click.echo(f"  repo    {_repo_line(plan, preview)}")
     for upload in plan.uploads:
+        if upload.path_in_repo in preview.unchanged:
+            click.echo(f"  same    {upload.path_in_repo}  (unchanged: the branch already holds it)")
+            continue
         how = (
-            f"converted from {upload.converted_from}, about "
+            f"converted from {upload.converted_from}, " + ("" if _measured_size(upload) else "about ")
             if upload.converted_from
             else "generated, "
             if upload.generated
@@ -1035,12 +1108,24 @@ def _print_plan(plan: Any) -> None:
         click.echo(f"  drop    {dropped}  (training state; --training-state keep uploads it)")
     for skipped in plan.skipped:
         click.echo(f"  skip    {skipped}")
-    click.echo(f"  total   {len(plan.uploads)} files, about {_size(plan.total_bytes)}")
+    for pickled in plan.conversion.superseded:
+        click.echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
+    changed = [u for u in plan.uploads if u.path_in_repo not in preview.unchanged]
+    exact = all(_measured_size(u) for u in changed if u.converted_from)
+    size = _size(sum(u.size for u in changed))
+    click.echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{size}")
     click.echo(f"  commit  {plan.commit_message}")
     if plan.tags:
         click.echo(f"  tags    {', '.join(plan.tags)}")
     if plan.release:
         click.echo(f"  main    also gets {', '.join(plan.release)}")
+
+
+def _measured_size(upload: Any) -> bool:
+    """Whether a converted file's size is measured (training state) rather than its source's (weights)."""
+    from hubsync.core.conversion import STATE_FILE_RE
+
+    return upload.converted_from is not None and STATE_FILE_RE.match(upload.converted_from) is not None
 
 
 def _size(n: int) -> str:
@@ -1097,6 +1182,11 @@ def localhub(root: str, host: str, port: int, user: str, token: str | None, verb
         pass
     finally:
         server.server_close()
+
+
+def _report_retry(reason: str, pause: float) -> None:
+    """A Hub call that will be tried again: said on stderr, so that a wait is never silent."""
+    click.echo(f"Hub: {reason}; retrying in {pause:.2g} s", err=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -58,6 +58,14 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.ConflictingWeightsError,
+        lambda err: (
+            f"{err.pickled} and {err.safetensors} hold different weights ({err.reason}); a reader would load "
+            "one of them and the other would be lost. Remove the stale file from the checkpoint (keep a copy "
+            "elsewhere if unsure), then push again."
+        ),
+    ),
+    (
         e.UnreadableWeightsError,
         lambda err: (
             f"cannot convert {err.path}: {err.reason}. Check that the file is complete; "

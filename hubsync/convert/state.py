@@ -15,13 +15,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hubsync.core.checkpoint import loads_json
+from hubsync.core.checkpoint import Checkpoint, loads_json
 from hubsync.core.conversion import STATE_FILE_RE
 from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
+from hubsync.core.plan import PushPlan, with_sizes
 from hubsync.files import write_file_atomic
 
-from .torchzip import NumpyArray, TensorRef, read_torch_archive
-from .writer import find_aliases, write_verified
+from .torchzip import NumpyArray, TensorRef, TorchArchive, read_torch_archive
+from .writer import find_aliases, plan_layout, write_verified
 
 FORMAT = "hubsync-training-state"
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__")
@@ -36,14 +37,39 @@ def safe_names(source: str) -> tuple[str, str]:
 def encode_state(source: Path, shown: str, out_dir: Path) -> None:
     """Write <stem>.json and <stem>.safetensors for one training-state file; UnrepresentableStateError on a
     type this format cannot hold."""
+    archive, kept, document = _state_document(source, shown)
+    json_name, tensors_name = safe_names(source.name)
+    write_verified(archive, kept, {"format": "pt"}, out_dir / tensors_name, f"{shown} (tensors)")
+    write_file_atomic(out_dir / json_name, document)
+
+
+def encoded_sizes(source: Path, shown: str) -> tuple[int, int]:
+    """The sizes of the <stem>.json and <stem>.safetensors that encode_state writes, exactly, from the pickle's
+    structure alone (no tensor bytes are read): what a dry run shows."""
+    _archive, kept, document = _state_document(source, shown)
+    layout = plan_layout(kept, {"format": "pt"})
+    return len(document), len(layout.header) + sum(t.nbytes for t in kept.values())
+
+
+def measured_plan(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
+    """`plan` with the exact sizes of the training state's JSON and safetensors files it will convert."""
+    sizes = {}
+    for source in dict.fromkeys(u.converted_from for u in plan.uploads):
+        if source is not None and STATE_FILE_RE.match(source):
+            json_name, tensors_name = safe_names(source)
+            sizes[json_name], sizes[tensors_name] = encoded_sizes(
+                checkpoint.path / source, f"{checkpoint.display}/{source}"
+            )
+    return with_sizes(plan, sizes) if sizes else plan
+
+
+def _state_document(source: Path, shown: str) -> tuple[TorchArchive, dict[str, TensorRef], bytes]:
     archive = read_torch_archive(source, shown, state=True)
     kept, aliases = find_aliases(archive.tensors)
     name_of = {ref: aliases.get(name, name) for name, ref in archive.tensors.items()}
     tree = _encode(archive.root, name_of, shown)
-    json_name, tensors_name = safe_names(source.name)
-    write_verified(archive, kept, {"format": "pt"}, out_dir / tensors_name, f"{shown} (tensors)")
     document = {"format": FORMAT, "version": 1, "file": source.name, "tree": tree}
-    write_file_atomic(out_dir / json_name, json.dumps(document, indent=1).encode())
+    return archive, kept, json.dumps(document, indent=1).encode()
 
 
 def _encode(value: Any, name_of: dict[TensorRef, str], shown: str) -> Any:

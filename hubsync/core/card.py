@@ -23,9 +23,12 @@ from .render import render, render_file
 PLOT_FILE = "training_loss.svg"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
+# The Hub's pipeline types (huggingface.js packages/tasks/src/pipelines.ts). text2text-generation is not one any
+# more: in July 2025 the Hub folded it into text-generation (huggingface/huggingface.js#1590, "No more
+# text2text"; transformers 5 deleted its Text2TextGenerationPipeline, huggingface/transformers#43256).
 PIPELINE_TAGS = {
     "CAUSAL_LM": "text-generation",
-    "SEQ_2_SEQ_LM": "text2text-generation",
+    "SEQ_2_SEQ_LM": "text-generation",
     "SEQ_CLS": "text-classification",
     "TOKEN_CLS": "token-classification",
     "QUESTION_ANS": "question-answering",
@@ -39,6 +42,23 @@ AUTO_CLASSES = {
     "QUESTION_ANS": "AutoModelForQuestionAnswering",
     "FEATURE_EXTRACTION": "AutoModel",
 }
+# A full fine-tune's head, read from the end of config.json's `architectures` name: the transformers Auto class
+# that loads it and the pipeline type the Hub files it under (None: no pipeline type fits).
+ARCHITECTURE_HEADS = (
+    ("ForCausalLM", "AutoModelForCausalLM", "text-generation"),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "AutoModelForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "AutoModelForMaskedLM", "fill-mask"),
+    ("ForMultipleChoice", "AutoModelForMultipleChoice", None),
+)
+# Encoder-decoder text models whose *ForConditionalGeneration class is a seq2seq language model (others of that
+# name read speech or images: Whisper, LLaVA, ...).
+TEXT_SEQ2SEQ_MODEL_TYPES = frozenset(
+    {"bart", "mbart", "t5", "mt5", "umt5", "longt5", "pegasus", "pegasus_x", "marian", "led", "plbart"}
+)
+_CLASS_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,99}$")
+
 # The hyperparameters a card shows, in this order, by their TrainingArguments names.
 HYPERPARAMETERS = (
     "learning_rate",
@@ -118,6 +138,31 @@ def resolve_base_model(checkpoint: Checkpoint, override: str | None) -> str:
     return found
 
 
+def architecture_of(checkpoint: Checkpoint) -> str | None:
+    """The model class a full fine-tune's config.json names (`architectures`), when it names one class."""
+    names = (checkpoint.model_config or {}).get("architectures")
+    if not isinstance(names, list) or not names or not isinstance(names[0], str):
+        return None
+    return names[0] if _CLASS_NAME_RE.match(names[0]) else None
+
+
+def full_model_head(checkpoint: Checkpoint) -> tuple[str, str | None] | None:
+    """For a full fine-tune (config.json with `architectures`, no adapter): the transformers class that loads it,
+    and its pipeline type. An architecture of no known head is loaded by its own class, with no pipeline type."""
+    architecture = architecture_of(checkpoint)
+    if checkpoint.adapter_config is not None or architecture is None:
+        return None
+    for suffix, auto_class, pipeline_tag in ARCHITECTURE_HEADS:
+        if architecture.endswith(suffix):
+            return auto_class, pipeline_tag
+    config = checkpoint.model_config or {}
+    if architecture.endswith("ForConditionalGeneration") and config.get("model_type") in TEXT_SEQ2SEQ_MODEL_TYPES:
+        return "AutoModelForSeq2SeqLM", PIPELINE_TAGS["SEQ_2_SEQ_LM"]
+    if architecture.endswith("Model"):
+        return "AutoModel", "feature-extraction"
+    return architecture, None
+
+
 @dataclass(frozen=True)
 class Evaluation:
     step: int | None
@@ -186,7 +231,11 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
     adapter = dict(checkpoint.adapter_config or {})
     task_type = adapter.get("task_type") if isinstance(adapter.get("task_type"), str) else None
     pipeline_tag = PIPELINE_TAGS.get(task_type or "")
+    auto_class = AUTO_CLASSES.get(task_type or "", "AutoModel")
     peft_type = adapter.get("peft_type") if isinstance(adapter.get("peft_type"), str) else None
+    full_model = full_model_head(checkpoint)
+    if full_model is not None:
+        auto_class, pipeline_tag = full_model
     args = checkpoint.training_args or {}
     hyperparameters = {k: _plain(args[k]) for k in HYPERPARAMETERS if k in args and _is_scalar(args[k])}
     total = _total_batch_size(args)
@@ -211,7 +260,9 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
         "epoch": state.epoch if state else None,
         "base_model": base_model,
         "pipeline_tag": pipeline_tag,
-        "auto_class": AUTO_CLASSES.get(task_type or "", "AutoModel"),
+        "auto_class": auto_class,
+        "full_model": full_model is not None,
+        "architecture": architecture_of(checkpoint),
         "peft_type": peft_type,
         "peft_name": PEFT_NAMES.get(peft_type or "", peft_type),
         "peft": {k: _plain(adapter[k]) for k in LORA_FIELDS if k in adapter},
@@ -222,7 +273,7 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
         "latest_eval": dict(state.latest_eval) if state else {},
         "best": best,
         "plot": PLOT_FILE if train_loss or eval_loss else None,
-        "versions": dict(options.versions),
+        "versions": {k: v for k, v in options.versions.items() if peft_type or k != "peft"},  # no adapter: no PEFT
         "peft_version": adapter.get("peft_version"),
         "transformers_version": (checkpoint.model_config or {}).get("transformers_version"),
         "hubsync_version": __version__,
@@ -286,14 +337,15 @@ def front_matter(
         if k not in _EVAL_NOISE or k == "eval_loss"
     ]
     if metrics:
-        dataset = options.datasets[0] if options.datasets else None
+        # --dataset names the training data (`datasets` above). The Trainer's eval_dataset goes unnamed in its
+        # record, so these results say so rather than credit them to the training data.
         meta["model-index"] = [
             {
                 "name": repo_id.split("/")[-1],
                 "results": [
                     {
                         "task": {"type": pipeline_tag or "other"},
-                        "dataset": {"name": dataset or "evaluation set", "type": dataset or "custom"},
+                        "dataset": {"name": "evaluation set", "type": "custom"},
                         "metrics": metrics,
                     }
                 ],

@@ -120,6 +120,17 @@ class UnreadableWeightsError(HubsyncError):
         self.reason = reason
 
 
+class ConflictingWeightsError(HubsyncError):
+    """A checkpoint holds a pickled weights file and the safetensors file of the same name with different
+    tensors: which one a reader loads depends on the library, so neither may be published silently."""
+
+    def __init__(self, pickled: str, safetensors: str, reason: str) -> None:
+        super().__init__(f"{pickled} and {safetensors} hold different weights: {reason}")
+        self.pickled = pickled
+        self.safetensors = safetensors
+        self.reason = reason
+
+
 class VerificationError(HubsyncError):
     """A converted file, read back, is not bit for bit what its source holds."""
 

@@ -7,11 +7,31 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from .checkpoint import loads_json
+import yaml
+
+from .checkpoint import EVAL_TIMINGS, TrainerState, loads_json
 from .conversion import is_resumable
 from .render import render
 
 INDEX_FILE = ".hubsync/index.json"
+
+
+TRAIN_LOSS = "train_loss"
+
+
+def revision_metrics(state: TrainerState | None) -> dict[str, float]:
+    """A revision's metrics, each under one name wherever it is shown: `train_loss` (the newest training loss)
+    and the newest evaluation's metrics with their Trainer names (`eval_loss`, `eval_accuracy`, ...)."""
+    if state is None:
+        return {}
+    found = {TRAIN_LOSS: state.latest_loss} if state.latest_loss is not None else {}
+    return found | {k: v for k, v in state.latest_eval.items() if k not in EVAL_TIMINGS}
+
+
+def metric_name(name: str) -> str:
+    """A metric's name as index entries store it now. Entries written before hubsync named metrics this way
+    hold only evaluation metrics, without their eval_ prefix (`loss` was the eval loss): they get it back."""
+    return name if name == TRAIN_LOSS or name.startswith("eval_") else f"eval_{name}"
 
 
 def index_entry(
@@ -40,7 +60,14 @@ def parse_index(raw: bytes | None) -> list[dict[str, Any]]:
     entries = data.get("revisions") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         return []
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("revision"), str)]
+    return [_current(e) for e in entries if isinstance(e, dict) and isinstance(e.get("revision"), str)]
+
+
+def _current(entry: dict[str, Any]) -> dict[str, Any]:
+    metrics = entry.get("metrics")
+    if not isinstance(metrics, dict):
+        return entry
+    return {**entry, "metrics": {metric_name(str(k)): v for k, v in metrics.items()}}
 
 
 def merge_index(entries: list[dict[str, Any]], entry: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -64,8 +91,18 @@ def render_index_readme(entries: list[dict[str, Any]], repo_id: str, front_matte
         entries=rows,
         metric_names=metric_names,
         front_matter=front_matter,
+        adapter=_is_adapter(front_matter),
     )
     return text.encode()
+
+
+def _is_adapter(front_matter: str) -> bool:
+    """Whether the card's metadata describes a PEFT adapter (else a model transformers loads by itself)."""
+    try:
+        meta = yaml.safe_load(front_matter)
+    except yaml.YAMLError:
+        return True
+    return not isinstance(meta, dict) or meta.get("library_name", "peft") == "peft"
 
 
 def front_matter_of(readme: bytes | None) -> str | None:

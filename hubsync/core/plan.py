@@ -12,7 +12,7 @@ from .card import CardSettings, card_context, card_files
 from .checkpoint import Checkpoint, TrainerState, check_complete
 from .conversion import STATE_FILE_RE, ConversionPlan, check_no_outside_links, is_training_state, plan_conversion
 from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
-from .index import index_entry
+from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .render import render
 from .selection import DEFAULT_REVISION, revision_name
@@ -25,7 +25,8 @@ _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
 class Upload:
     source: str  # path relative to the checkpoint folder, or to the staging folder (converted, generated)
     path_in_repo: str
-    size: int  # for a converted file: its source's size, which it matches to within the pickle's overhead
+    size: int  # converted weights: their source's size, within the pickle's overhead; training state: 0 until
+    # measured (with_sizes: its JSON structure and tensors, as the conversion will write them)
     converted_from: str | None = None  # the pickled file this one is converted from
     generated: bool = False  # made by hubsync (the card and its plot): its bytes are in PushPlan.generated
 
@@ -76,6 +77,7 @@ class PushPlan:
             ],
             "dropped": list(self.dropped),
             "skipped": list(self.skipped),
+            "superseded": list(self.conversion.superseded),
             "bytes": self.total_bytes,
             "commit_message": self.commit_message,
             "training_state": self.training_state,
@@ -234,9 +236,13 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
-    metrics = state.eval_metrics if state else {}
     entry = index_entry(
-        branch, checkpoint.step, state.epoch if state else None, metrics, [u.path_in_repo for u in uploads], commit=""
+        branch,
+        checkpoint.step,
+        state.epoch if state else None,
+        revision_metrics(state),
+        [u.path_in_repo for u in uploads],
+        commit="",
     )
     return PushPlan(
         repo_id=repo_id,
@@ -263,12 +269,18 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     )
 
 
+def with_sizes(plan: PushPlan, sizes: Mapping[str, int]) -> PushPlan:
+    """`plan` with the sizes of converted files measured (path in repo -> bytes) in place of estimates."""
+    uploads = tuple(replace(u, size=sizes.get(u.path_in_repo, u.size)) for u in plan.uploads)
+    return replace(plan, uploads=uploads)
+
+
 def checkpoint_metrics(state: TrainerState | None) -> dict[str, float]:
-    """What a summary shows of a checkpoint's training record: epoch, the newest training loss, eval metrics."""
+    """What a summary shows of a checkpoint's training record: epoch, train_loss (the newest training loss) and
+    the newest eval_* metrics; never a bare `loss`, which would not say which."""
     if state is None:
         return {}
-    facts = {"epoch": state.epoch, "loss": state.latest_loss}
-    return {k: v for k, v in facts.items() if v is not None} | {f"eval_{k}": v for k, v in state.eval_metrics.items()}
+    return ({"epoch": state.epoch} if state.epoch is not None else {}) | revision_metrics(state)
 
 
 def is_local_path(value: Any) -> bool:

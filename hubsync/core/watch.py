@@ -352,9 +352,11 @@ def holds_exactly(
     by_path = {f.path: f for f in remote}
     if not indexed or set(by_path) - {".gitattributes"} != set(paths):
         return False
-    for path, mine in local.items():
-        theirs = by_path[path]
-        same = theirs.sha256 == mine.sha256 if theirs.sha256 else theirs.git_oid == mine.git_oid
-        if theirs.size != mine.size or not same:
-            return False
-    return True
+    return all(same_content(by_path[path], mine) for path, mine in local.items())
+
+
+def same_content(theirs: RemoteFile, mine: LocalHashes) -> bool:
+    """Whether a file on the Hub holds these bytes, compared as the Hub lists it: sha256 for an LFS file, the git
+    blob id for the others."""
+    same = theirs.sha256 == mine.sha256 if theirs.sha256 else theirs.git_oid == mine.git_oid
+    return theirs.size == mine.size and same

@@ -50,11 +50,18 @@ MAX_RETRY_AFTER = 60.0
 T = TypeVar("T")
 
 
-def with_retries(call: Callable[[], T], delays: Sequence[float] = RETRY_DELAYS) -> T:
-    """Run `call`, again after a pause when the Hub is busy or unreachable (429, 5xx, connection errors).
+RetryReporter = Callable[[str, float], None]  # (what went wrong, seconds until the next try): the CLI prints it
+
+
+def with_retries(
+    call: Callable[[], T], delays: Sequence[float] = RETRY_DELAYS, on_retry: RetryReporter | None = None
+) -> T:
+    """Run `call`, again after a pause when the Hub is busy or slow (429, 5xx, timeouts, dropped connections).
 
     huggingface_hub retries uploads and paged reads itself, but not commits, refs, branches, tags or repository
-    creation. A server's Retry-After is honoured (up to a minute)."""
+    creation. A server's Retry-After is honoured (up to a minute). A connection that is refused (or a host that
+    does not resolve) is not a busy Hub: nobody listens there, and waiting 16 s would only hide that, so it is
+    raised at once. Every pause is reported to `on_retry` first, so that a person sees why nothing happens."""
     for attempt in range(len(delays) + 1):
         try:
             return call()
@@ -63,12 +70,24 @@ def with_retries(call: Callable[[], T], delays: Sequence[float] = RETRY_DELAYS) 
             if response is None or response.status_code not in RETRY_STATUSES or attempt == len(delays):
                 raise
             wait = _retry_after(response.headers.get("Retry-After"))
-        except httpx2.TransportError:
+            reason = f"the Hub answered {response.status_code}"
+        except httpx2.ConnectError:
+            raise
+        except httpx2.TransportError as exc:
             if attempt == len(delays):
                 raise
-            wait = None
-        time.sleep(wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2))
+            wait, reason = None, _transport_reason(exc)
+        pause = wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2)
+        if on_retry is not None:
+            on_retry(reason, pause)
+        time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+def _transport_reason(exc: httpx2.TransportError) -> str:
+    if isinstance(exc, httpx2.TimeoutException):
+        return "the Hub did not answer in time"
+    return "the connection broke"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -103,11 +122,16 @@ class HubClient:
     """A Hub at one endpoint, with one token (None: huggingface_hub's own lookup, HF_TOKEN first)."""
 
     def __init__(
-        self, endpoint: str | None = None, token: str | None = None, retry_delays: Sequence[float] = RETRY_DELAYS
+        self,
+        endpoint: str | None = None,
+        token: str | None = None,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        on_retry: RetryReporter | None = None,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self._token = token
         self.retry_delays = retry_delays
+        self.on_retry = on_retry
         self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync")
         # What one process learns once per repository: each is a round trip to a remote Hub.
         self._private: dict[str, bool] = {}
@@ -117,7 +141,7 @@ class HubClient:
     def _call(self, call: Callable[[], T], repo_id: str | None = None, revision: str | None = None) -> T:
         """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError."""
         with self._errors(repo_id, revision):
-            return with_retries(call, self.retry_delays)
+            return with_retries(call, self.retry_delays, self.on_retry)
 
     @property
     def token(self) -> str | None:

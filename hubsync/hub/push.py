@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from hubsync.convert import convert_weights
+from hubsync.convert.compare import check_superseded
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
@@ -140,6 +141,7 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
     if not checked:
         preflight(hub, [(plan, checkpoint)])
     with system_temp_dir("push") as staging:
+        check_superseded(checkpoint, plan.conversion)  # a .bin left out must say what its safetensors file says
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
         for source in dict.fromkeys(u.converted_from for u in plan.uploads):

@@ -8,7 +8,7 @@ from typing import Any
 
 from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.conversion import is_resumable
-from hubsync.core.index import INDEX_FILE, parse_index
+from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
 from hubsync.core.pull import step_of
 
 from .client import HubClient
@@ -81,5 +81,5 @@ def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[
             state = parse_trainer_state(loads_json(raw or b"{}"))
         except ValueError:
             return entry
-        entry.update(step=state.global_step, epoch=state.epoch, metrics=state.eval_metrics)
+        entry.update(step=state.global_step, epoch=state.epoch, metrics=revision_metrics(state))
     return entry

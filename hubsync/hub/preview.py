@@ -1,0 +1,77 @@
+"""What a dry run learns from the Hub, read only: whether the repository exists (and is private), whether the
+branch exists, and which planned files the branch already holds byte for byte."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hubsync.core.checkpoint import Checkpoint
+from hubsync.core.errors import HubError, HubsyncError, HubUnreachableError
+from hubsync.core.plan import PushPlan
+from hubsync.core.pull import RemoteFile
+from hubsync.core.watch import same_content
+
+from .client import HubClient
+from .push import local_hashes
+
+
+@dataclass(frozen=True)
+class HubPreview:
+    looked: bool  # False: the Hub was not asked (no token) or did not answer; `reason` says which
+    reason: str | None = None
+    private: bool | None = None  # None: the repository does not exist (a push creates it)
+    branch_exists: bool = False
+    unchanged: frozenset[str] = frozenset()  # paths in repo the branch holds with exactly the planned bytes
+
+    @property
+    def exists(self) -> bool:
+        return self.private is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "looked": self.looked,
+            "reason": self.reason,
+            "repo_exists": self.exists if self.looked else None,
+            "private": self.private,
+            "branch_exists": self.branch_exists if self.looked else None,
+            "unchanged": sorted(self.unchanged),
+        }
+
+
+def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: HubClient) -> HubPreview:
+    """Ask the Hub what a push of `plan` would find. Never raises for the Hub's sake: a dry run still prints."""
+    if not hub.token:
+        return HubPreview(looked=False, reason="no token, so the Hub was not asked")
+    try:
+        facts = hub.repo_facts(plan.repo_id)
+        head = facts.branches.get(plan.revision)
+        remote = hub.tree(plan.repo_id, head) if head else []
+    except HubUnreachableError:
+        return HubPreview(looked=False, reason="the Hub could not be reached")
+    except HubsyncError as exc:
+        status = f" {exc.status}" if isinstance(exc, HubError) and exc.status else ""
+        return HubPreview(looked=False, reason=f"the Hub answered an error{status}")
+    if not facts.exists:
+        return HubPreview(looked=True)
+    return HubPreview(
+        looked=True,
+        private=facts.private,
+        branch_exists=head is not None,
+        unchanged=unchanged(plan, checkpoint, remote),
+    )
+
+
+def unchanged(plan: PushPlan, checkpoint: Checkpoint, remote: list[RemoteFile]) -> frozenset[str]:
+    """Planned files whose bytes the remote tree already holds, compared as the Hub compares them. Converted files
+    are not known before they are converted."""
+    on_hub = {f.path: f for f in remote}
+    same = set()
+    for upload in plan.uploads:
+        there = on_hub.get(upload.path_in_repo)
+        if there is None or upload.converted_from is not None:
+            continue
+        source = plan.generated[upload.path_in_repo] if upload.generated else checkpoint.path / upload.source
+        if same_content(there, local_hashes(source)):
+            same.add(upload.path_in_repo)
+    return frozenset(same)
