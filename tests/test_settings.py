@@ -305,8 +305,11 @@ OUTCOMES: Counter[tuple[str, int]] = Counter()
     max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(st.data())
-def test_any_text_to_any_option_of_any_command(fuzz_hub: tuple[RunningHub, Path], data: st.DataObject) -> None:
+def test_any_text_to_any_option_of_any_command(
+    fuzz_hub: tuple[RunningHub, Path], data: st.DataObject, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub, work = fuzz_hub
+    monkeypatch.chdir(work)  # a relative --to, -o or PATH that happens to be valid writes there
     api = HfApi(endpoint=hub.endpoint, token=hub.token)
     command = data.draw(st.sampled_from(sorted(OPTIONS)))
     option = data.draw(st.sampled_from(OPTIONS[command]))
