@@ -8,7 +8,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from hubsync.cli import cli
 from hubsync.localhub import RunningHub, running_hub
 
 
@@ -49,6 +51,22 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def checkpoint(tiny_run: Path, tmp_path: Path) -> Path:
     """A private copy of the run's last checkpoint, free to modify."""
     return Path(shutil.copytree(tiny_run / "checkpoint-30", tmp_path / "run" / "checkpoint-30"))
+
+
+@pytest.fixture
+def run(tiny_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny run (checkpoints 10, 20, 30), inside a project folder."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "project" / "out" / "tiny"))
+
+
+def push(hub: RunningHub, *args: str, env: dict[str, str] | None = None) -> Result:
+    """`hubsync push ARGS` against `hub`, its token and endpoint in the environment (tests import it)."""
+    return CliRunner().invoke(
+        cli,
+        ["push", *args],
+        catch_exceptions=False,
+        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, **(env or {})},
+    )
 
 
 @pytest.fixture

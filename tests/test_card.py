@@ -376,7 +376,8 @@ def test_dataset_names_the_training_data_not_the_evaluation_set() -> None:
 def test_the_metrics_of_a_plan_name_the_training_and_the_eval_loss_apart() -> None:
     from hubsync.core.plan import PushOptions, plan_push
 
-    plan = plan_push(crafted(), PushOptions("me/demo-lora"))
+    files = (CheckpointFile("adapter_model.safetensors", 10), CheckpointFile("trainer_state.json", 10))
+    plan = plan_push(crafted(files=files), PushOptions("me/demo-lora"))
     assert plan.metrics == {"epoch": 2.0, "train_loss": 1.25, "eval_loss": 1.75, "eval_accuracy": 0.625}
     assert plan.index_entry is not None
     assert plan.index_entry["metrics"] == {"eval_accuracy": 0.625, "eval_loss": 1.75, "train_loss": 1.25}

@@ -236,7 +236,8 @@ def test_missing_repo_option_is_a_usage_error(checkpoint: Path) -> None:
 
 
 def test_an_invalid_repo_id(checkpoint: Path, hub: RunningHub) -> None:
-    assert_one_clear_line(push(str(checkpoint), "--repo", "tiny", env=hub_env(hub)), "'tiny'", "NAMESPACE/NAME")
+    result = push(str(checkpoint), "--repo", "tiny", env=hub_env(hub))
+    assert_one_clear_line(result, "'--repo'", '"tiny"', "NAMESPACE/NAME", exit_code=2)
 
 
 def test_an_unreachable_endpoint(checkpoint: Path) -> None:
@@ -433,7 +434,7 @@ def test_a_reused_branch_holds_only_the_newest_checkpoints_files(tiny_run: Path,
 
 def test_main_is_not_a_checkpoint_revision(checkpoint: Path, hub: RunningHub) -> None:
     result = push(str(checkpoint), "--repo", "me/tiny", "--revision", "main", env=hub_env(hub))
-    assert result.exit_code == 1 and "main holds the index" in result.stderr
+    assert result.exit_code == 2 and "'--revision'" in result.stderr and "main holds the index" in result.stderr
 
 
 def test_re_pushing_an_unchanged_checkpoint_uploads_nothing(checkpoint: Path, hub: RunningHub) -> None:

@@ -4,30 +4,15 @@ configuration files and variables, retries when the Hub fails, and quiet output.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import push
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
 from hubsync.localhub import RunningHub
-
-
-@pytest.fixture
-def run(tiny_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny run (checkpoints 10, 20, 30), inside a project folder."""
-    return Path(shutil.copytree(tiny_run, tmp_path / "project" / "out" / "tiny"))
-
-
-def push(hub: RunningHub, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(
-        cli,
-        ["push", *args],
-        catch_exceptions=False,
-        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, **(env or {})},
-    )
 
 
 def branches(api: HfApi, repo: str = "me/tiny") -> set[str]:

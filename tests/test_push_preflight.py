@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import push
 from huggingface_hub import HfApi
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from hubsync.cli import cli
 from hubsync.cli.errors import message_for
 from hubsync.core import errors
 from hubsync.core.checkpoint import read_checkpoint
@@ -25,21 +24,6 @@ from hubsync.core.metadata import HUB_LICENSES, check_license
 from hubsync.core.plan import PushOptions, plan_push
 from hubsync.core.preflight import RepoFacts, check_plans
 from hubsync.localhub import RunningHub
-
-
-@pytest.fixture
-def run(tiny_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny run (checkpoints 10, 20, 30), inside a project folder."""
-    return Path(shutil.copytree(tiny_run, tmp_path / "project" / "out" / "tiny"))
-
-
-def push(hub: RunningHub, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(
-        cli,
-        ["push", *args],
-        catch_exceptions=False,
-        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, **(env or {})},
-    )
 
 
 def on_hub(api: HfApi, repo: str) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import push
 from huggingface_hub import HfApi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -132,17 +133,6 @@ def test_the_table_and_the_readme_agree() -> None:
 # The reproductions of the issue, end to end against the local Hub.
 
 
-@pytest.fixture
-def run(tiny_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_run, tmp_path / "project" / "out" / "tiny"))
-
-
-def push(hub: RunningHub, *args: str, env: dict[str, str] | None = None) -> Any:
-    return CliRunner().invoke(
-        cli, ["push", *args], env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, **(env or {})}
-    )
-
-
 @pytest.mark.parametrize(
     ("file", "env", "extra", "message"),
     [
@@ -260,7 +250,7 @@ OPTIONS: dict[str, list[str]] = {
     "card": ["--repo", "--revision", "--template", "--license", "--base-model", "--dataset", "--language", "PATH"],
     "convert": ["--output", "PATH"],
 }
-VARIABLES = [s.variable for s in PUSH_SETTINGS] + ["HF_ENDPOINT"]
+VARIABLES = [s.variable for s in PUSH_SETTINGS] + ["HF_ENDPOINT", "HF_TOKEN"]
 ARBITRARY = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30) | st.sampled_from(
     ["", "-", "--", "{step", "{step}}", "main", "..", "/", "me/", "http://localhost:37931x", "1e999", "-1", "nan"]
 )
@@ -304,7 +294,7 @@ OUTCOMES: Counter[tuple[str, int]] = Counter()
 @settings(
     max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
-@given(st.data())
+@given(data=st.data())
 def test_any_text_to_any_option_of_any_command(
     fuzz_hub: tuple[RunningHub, Path], data: st.DataObject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,7 +312,7 @@ def test_any_text_to_any_option_of_any_command(
         env[option] = value
     else:
         args += [option, value]
-    if command in ("push", "watch") and data.draw(st.booleans()):
+    if command in ("push", "watch", "pull", "ls") and data.draw(st.booleans()):
         variable = data.draw(st.sampled_from(VARIABLES))
         env[variable] = data.draw(ARBITRARY)
         option += f" + {variable}"
@@ -333,8 +323,8 @@ def test_any_text_to_any_option_of_any_command(
     assert result.exception is None or isinstance(result.exception, SystemExit), (command, option, value)
     assert "Traceback" not in result.output
     if result.exit_code:
-        lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), (command, option, value, result.stderr)
+        *retries, error = result.stderr.splitlines()  # a retry pause is said on a line of its own
+        assert error.startswith("Error: ") and all(r.startswith("Hub: ") for r in retries), (option, result.stderr)
     assert hub_state(api) == before, (command, option, value)
 
 

@@ -43,7 +43,12 @@ def _scrub(text: str) -> str:
     return _CONTROL.sub(lambda m: json.dumps(m.group(0)).strip('"'), text)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\x85]")
+def _one_line(text: str) -> str:
+    """An error as people read it: scrubbed, and one line whatever a value in it held."""
+    return _scrub(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # all but tab and newline
 _URL_USERINFO = re.compile(r"(\w+://)[^/\s@]+@")
 # An absolute POSIX or Windows path as libraries quote them in messages; checked against the disk below.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.…])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
@@ -88,12 +93,12 @@ class HubsyncGroup(click.Group):
             # One line, as for every other error, with the way to the command's help.
             said = exc.format_message()
             said += "" if said.endswith((".", "?")) else "."
-            message = f"{said} See `{exc.ctx.command_path} --help`.".replace("\n", "\\n")
-            raise click.UsageError(_scrub(message)) from None
+            message = f"{said} See `{exc.ctx.command_path} --help`."
+            raise click.UsageError(_one_line(message)) from None
         except HubsyncError as exc:
             if os.environ.get("HUBSYNC_DEBUG"):
                 raise
-            click.echo(_scrub(message_for(exc)), err=True)
+            click.echo(_one_line(message_for(exc)), err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was left half-written.", err=True)
@@ -104,7 +109,7 @@ class HubsyncGroup(click.Group):
             where = f" ({display_path(exc.filename)})" if exc.filename else ""
             reason = exc.strerror or type(exc).__name__
             click.echo(
-                _scrub(f"Error: {reason}{where}. Check the path and the free space, then run it again."), err=True
+                _one_line(f"Error: {reason}{where}. Check the path and the free space, then run it again."), err=True
             )
             ctx.exit(1)
 
@@ -135,7 +140,18 @@ endpoint_option = click.option(
     callback=_endpoint,
     help="Hub address [default: HF_ENDPOINT, else https://huggingface.co].",
 )
-token_option = click.option("--token", metavar="TOKEN", help="Hub token [default: HF_TOKEN, else the saved login].")
+
+
+def _token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A token goes into an HTTP header: printable ASCII, no spaces (never shown back: it may be a real one)."""
+    if value is not None and (not value or any(not (33 <= ord(c) <= 126) for c in value)):
+        raise click.BadParameter("a Hub token is printable ASCII without spaces, such as hf_...; check what was pasted")
+    return value
+
+
+token_option = click.option(
+    "--token", metavar="TOKEN", callback=_token, help="Hub token [default: HF_TOKEN, else the saved login]."
+)
 
 
 def _bad_flag_values(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -619,7 +635,7 @@ def _report_watch(event: object, as_json: bool) -> None:
         why = f"{err.endpoint}: {err.detail}" if isinstance(err, HubError) else str(err)
         later = f"trying again in {event.retry_in:g} s"
         what = "the record not checked against it" if event.step is None else f"checkpoint-{event.step} not pushed"
-        click.echo(_scrub(f"Hub unavailable ({why}): {what} yet; {later}."), err=True)
+        click.echo(_one_line(f"Hub unavailable ({why}): {what} yet; {later}."), err=True)
     elif isinstance(event, Skipped):
         click.echo(
             _scrub(

@@ -129,6 +129,12 @@ class HubClient:
         on_retry: RetryReporter | None = None,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
+        for source, raw in (("--token", token), ("HF_TOKEN", os.environ.get("HF_TOKEN"))):
+            value = (raw or "").replace("\r", "").replace("\n", "").strip()  # as huggingface_hub cleans it
+            if any(not (33 <= ord(c) <= 126) for c in value):  # it goes into an HTTP header
+                raise errors.ConfigError(source, "the token holds spaces or characters that a Hub token never has")
+        if token is not None and not token.strip():
+            raise errors.ConfigError("--token", "the token is empty")
         self._token = token
         self.retry_delays = retry_delays
         self.on_retry = on_retry
