@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -451,12 +452,19 @@ def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple
     return settings, options
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @cli.command()
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=str))
 @push_options
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.05),
+    callback=_seconds,
     default=5.0,
     show_default=True,
     metavar="SECONDS",
@@ -465,12 +473,14 @@ def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple
 @click.option(
     "--idle-timeout",
     type=click.FloatRange(min=0),
+    callback=_seconds,
     metavar="SECONDS",
     help="Also stop when the run folder has not changed for this long and everything in it is pushed [default: never].",
 )
 @click.option(
     "--retry-max",
     type=click.FloatRange(min=0),
+    callback=_seconds,
     default=60.0,
     show_default=True,
     metavar="SECONDS",
