@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,8 @@ from hubsync.files import system_temp_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then give up: five attempts in all
 MAX_RETRY_AFTER = 60.0
@@ -54,7 +57,10 @@ RetryReporter = Callable[[str, float], None]  # (what went wrong, seconds until 
 
 
 def with_retries(
-    call: Callable[[], T], delays: Sequence[float] = RETRY_DELAYS, on_retry: RetryReporter | None = None
+    call: Callable[[], T],
+    delays: Sequence[float] = RETRY_DELAYS,
+    on_retry: RetryReporter | None = None,
+    max_wait: float = MAX_RETRY_AFTER,
 ) -> T:
     """Run `call`, again after a pause when the Hub is busy or slow (429, 5xx, timeouts, dropped connections).
 
@@ -77,7 +83,7 @@ def with_retries(
             if attempt == len(delays):
                 raise
             wait, reason = None, _transport_reason(exc)
-        pause = wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2)
+        pause = min(wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2), max_wait)
         if on_retry is not None:
             on_retry(reason, pause)
         time.sleep(pause)
@@ -127,6 +133,7 @@ class HubClient:
         token: str | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         on_retry: RetryReporter | None = None,
+        max_wait: float = MAX_RETRY_AFTER,  # the longest pause, whatever the Hub's Retry-After says
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         for source, raw in (("--token", token), ("HF_TOKEN", os.environ.get("HF_TOKEN"))):
@@ -138,6 +145,7 @@ class HubClient:
         self._token = token
         self.retry_delays = retry_delays
         self.on_retry = on_retry
+        self.max_wait = max_wait
         self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync")
         # What one process learns once per repository: each is a round trip to a remote Hub.
         self._private: dict[str, bool] = {}
@@ -147,7 +155,7 @@ class HubClient:
     def _call(self, call: Callable[[], T], repo_id: str | None = None, revision: str | None = None) -> T:
         """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError."""
         with self._errors(repo_id, revision):
-            return with_retries(call, self.retry_delays, self.on_retry)
+            return with_retries(call, self.retry_delays, self.on_retry, self.max_wait)
 
     @property
     def token(self) -> str | None:
@@ -183,6 +191,9 @@ class HubClient:
             raise errors.HubUnreachableError(self.endpoint, type(exc).__name__, **where) from exc
         except ValueError as exc:  # e.g. huggingface_hub's own checks of what it is asked to send, one a line
             raise errors.HubError(self.endpoint, " ".join(str(exc).split()), **where) from exc
+        except (KeyError, TypeError, AttributeError, RecursionError) as exc:  # an answer of the wrong shape
+            detail = f"its answer is not what a Hub sends ({type(exc).__name__})"
+            raise errors.HubError(self.endpoint, detail, **where) from exc
 
     def require_token(self) -> None:
         if not self.token:
@@ -210,7 +221,12 @@ class HubClient:
     def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """The repository's branches and tags, each name -> commit."""
         refs = self._call(lambda: self.api.list_repo_refs(repo_id), repo_id)
-        return ({b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags})
+        with self._errors(repo_id):
+            found = [{r.name: r.target_commit for r in kind} for kind in (refs.branches, refs.tags)]
+        for named in found:
+            if not all(isinstance(n, str) and isinstance(c, str) and _COMMIT_ID.fullmatch(c) for n, c in named.items()):
+                raise self._malformed("refs", repo_id)
+        return found[0], found[1]
 
     def branch_head(self, repo_id: str, branch: str) -> str | None:
         return self.refs(repo_id)[0].get(branch)
@@ -323,11 +339,23 @@ class HubClient:
     def tree(self, repo_id: str, commit: str) -> list[RemoteFile]:
         """Every file of a commit, with its size and hashes as the Hub lists them."""
         entries = self._call(lambda: list(self.api.list_repo_tree(repo_id, revision=commit, recursive=True)), repo_id)
-        return [
-            RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None, e.blob_id)
-            for e in entries
-            if isinstance(e, RepoFile)
-        ]
+        with self._errors(repo_id):
+            files = [
+                RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None, e.blob_id)
+                for e in entries
+                if isinstance(e, RepoFile)
+            ]
+        for f in files:
+            if not (
+                isinstance(f.path, str)
+                and isinstance(f.size, int)
+                and not isinstance(f.size, bool)
+                and f.size >= 0
+                and (f.sha256 is None or (isinstance(f.sha256, str) and _SHA256.fullmatch(f.sha256)))
+                and isinstance(f.git_oid, str)
+            ):
+                raise self._malformed("tree", repo_id)
+        return files
 
     def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path:
         """Fetch one file of a commit into `local_dir` (huggingface_hub checks only its size)."""
@@ -336,7 +364,11 @@ class HubClient:
     def commit_dates(self, repo_id: str, revision: str) -> list[tuple[str, str]]:
         """(commit id, ISO date) of a revision's history, newest first."""
         commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision=revision), repo_id, revision)
-        return [(c.commit_id, c.created_at.isoformat()) for c in commits]
+        with self._errors(repo_id, revision):
+            return [(str(c.commit_id), c.created_at.isoformat()) for c in commits]
+
+    def _malformed(self, what: str, repo_id: str) -> errors.HubError:
+        return errors.HubError(self.endpoint, f"its {what} answer is not what a Hub sends", repo_id=repo_id)
 
     def web_url(self, repo_id: str, revision: str | None = None) -> str:
         url = f"{self.endpoint}/{repo_id}"
