@@ -212,5 +212,5 @@ def test_select_on_a_missing_folder_says_it_is_missing(tmp_path: Path, monkeypat
 def test_a_tag_that_cannot_be_one_is_named_as_a_tag(checkpoint: Path, tag: str, reason: str) -> None:
     result = CliRunner().invoke(cli, ["push", str(checkpoint), "--repo", "me/m", "--tag", tag, "--dry-run"])
     assert result.exit_code == 2, result.output
-    assert f"Error: Invalid value for '--tag': tags {json.dumps(tag)} is not valid: " in result.stderr
+    assert f"Error: Invalid value for '--tag': tag {json.dumps(tag)} is not valid: " in result.stderr
     assert reason in result.stderr and "Traceback" not in result.output

@@ -71,7 +71,7 @@ def test_every_value_is_checked_alike_whatever_its_source(setting: Setting, sour
     except SettingError as exc:
         named = {"flag": setting.flag, "variable": setting.variable, "file": "hubsync.toml"}[source]
         assert exc.source == named and exc.setting == setting.name
-        assert str(exc).startswith(f"{named}: {setting.name} ")
+        assert str(exc).startswith((f"{named}: {setting.name} ", f"{named}: {setting.label} "))
         return
     result = resolved[setting.name]
     accepted(setting, result)
@@ -154,7 +154,7 @@ def test_the_table_and_the_readme_agree() -> None:
         ("", {"HUBSYNC_ALLOW_PUBLIC_STATE": "sure"}, [], 'allow-public-state must be true or false, not "sure"'),
         ('git-commit = "HEAD"\n', {}, [], "git-commit must be a git commit id"),
         ('revision = "{step"\n', {}, [], 'revision "{step" is not valid: braces must pair up'),
-        ("", {"HUBSYNC_TAGS": "v1,main"}, [], 'HUBSYNC_TAGS: tags "main" is not valid'),
+        ("", {"HUBSYNC_TAGS": "v1,main"}, [], 'HUBSYNC_TAGS: tag "main" is not valid'),
     ],
 )
 def test_a_bad_value_from_a_file_or_variable_stops_before_anything(
@@ -344,3 +344,102 @@ def test_outcomes_of_the_option_fuzz(summary_lines: Any) -> None:
             + "; no traceback, the Hub unchanged after each"
         )
     assert set(by_code) <= {0, 1, 2}
+
+
+# What an attacker who wrote the checkpoint, or a typo, could make of the settings.
+
+
+def test_a_checkpoints_own_configuration_is_never_read(run: Path, hub: RunningHub, api: HfApi, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOKEN-LIKE SECRET\n")
+    checkpoint = run / "checkpoint-30"
+    (checkpoint / "hubsync.toml").write_text(
+        'private = false\ntraining-state = "keep"\nallow-public-state = true\ntemplate = "../../../../secret.txt"\n'
+    )
+    result = push(hub, str(checkpoint), "--repo", "me/victim")
+    assert result.exit_code == 0, result.stderr
+    assert api.model_info("me/victim").private
+    files = {f.path for f in api.list_repo_tree("me/victim", revision="checkpoint-30")}
+    assert not files & {"optimizer.safetensors", "optimizer.pt", "rng_state.pth"}  # the default: state dropped
+    card = Path(api.hf_hub_download("me/victim", "README.md", revision="checkpoint-30")).read_text()
+    assert "SECRET" not in card
+
+
+@pytest.mark.parametrize("template", ["../secret.txt", "/etc/hostname", "cards/../../secret.txt", "link.j2"])
+def test_a_template_named_by_a_file_stays_in_that_files_folder(
+    run: Path, hub: RunningHub, api: HfApi, template: str
+) -> None:
+    (run.parent / "secret.txt").write_text("SECRET\n")
+    (run / "link.j2").symlink_to(run.parent / "secret.txt")
+    (run / "hubsync.toml").write_text(f"template = {json.dumps(template)}\n")
+    result = push(hub, str(run), "--repo", "me/tiny")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "template must be a file in the folder of the file that names it" in result.stderr
+    assert list(api.list_models(author="me")) == []
+
+
+def test_a_template_that_never_ends_is_refused(run: Path, hub: RunningHub, api: HfApi) -> None:
+    result = push(hub, str(run), "--repo", "me/tiny", "--template", "/dev/zero")
+    assert result.exit_code == 1 and "it is not a regular file" in result.stderr
+    (run.parent / "big.j2").write_bytes(b"x" * (1024 * 1024 + 1))
+    result = push(hub, str(run), "--repo", "me/tiny", "--template", str(run.parent / "big.j2"))
+    assert result.exit_code == 1 and "it is larger than 1024 KiB" in result.stderr
+    assert list(api.list_models(author="me")) == []
+
+
+@pytest.mark.parametrize(
+    ("file", "fragment"),
+    [
+        (
+            'revision = "ckpt-{step}\\n"\n',
+            'revision must not be empty or hold a control character, not "ckpt-{step}\\n"',
+        ),
+        ('languages = ["en\\n"]\n', "language must not be empty or hold a control character"),
+        ('base-model = "org/model\\n"\n', "base-model must not be empty or hold a control character"),
+        ('git-commit = "abcdef1\\n"\n', "git-commit must not be empty or hold a control character"),
+        ('tags = ["v1\\u0085"]\n', "tag must not be empty or hold a control character"),
+        ('training-state = "keep"\ntraining_state = "drop"\n', "training-state is set twice"),
+    ],
+)
+def test_values_with_hidden_characters_or_set_twice_are_refused(
+    run: Path, hub: RunningHub, api: HfApi, file: str, fragment: str
+) -> None:
+    (run / "hubsync.toml").write_text(file)
+    result = push(hub, str(run), "--repo", "me/tiny")
+    assert result.exit_code == 1, result.output
+    assert fragment in result.stderr and result.stderr.count("\n") == 1
+    assert list(api.list_models(author="me")) == []
+
+
+def test_a_flag_does_not_hide_a_bad_value_in_the_file(run: Path, hub: RunningHub, api: HfApi) -> None:
+    (run / "hubsync.toml").write_text('training-state = "Keep"\n')
+    result = push(hub, str(run), "--repo", "me/tiny", "--training-state", "drop")
+    assert result.exit_code == 1 and 'training-state must be drop or keep, not "Keep"' in result.stderr
+    assert list(api.list_models(author="me")) == []
+
+
+def test_a_tag_with_a_newline_is_misuse() -> None:
+    result = CliRunner().invoke(cli, ["push", "x", "--repo", "me/m", "--tag", "v1\n"])
+    assert result.exit_code == 2 and "Invalid value for '--tag'" in result.stderr
+
+
+def test_several_checkpoints_to_one_branch_are_refused_before_anything(run: Path, hub: RunningHub, api: HfApi) -> None:
+    result = push(hub, str(run), "--repo", "me/tiny", "--select", "all", "--revision", "fixed", "--tag", "t1")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "would both go to the branch fixed; put {step} in --revision" in result.stderr
+    assert list(api.list_models(author="me")) == []
+
+
+def test_pickles_hubsync_does_not_convert_are_never_uploaded(run: Path, hub: RunningHub, api: HfApi) -> None:
+    checkpoint = run / "checkpoint-30"
+    for name in ("optimizer.bin", "random_states_0.pkl", "extra/custom.pt", "weights.ckpt"):
+        (checkpoint / name).parent.mkdir(exist_ok=True)
+        shutil.copy(checkpoint / "scheduler.pt", checkpoint / name)
+    dry = push(hub, str(checkpoint), "--repo", "me/tiny", "--public", "--dry-run")
+    assert dry.stdout.count("a pickle that hubsync does not convert: never uploaded") == 4
+    for state in ("drop", "keep"):
+        result = push(hub, str(checkpoint), "--repo", "me/tiny", "--public", "--training-state", state,
+                      "--allow-public-state")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
+        assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))}, files

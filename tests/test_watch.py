@@ -689,14 +689,14 @@ def test_a_bad_tag_is_refused_before_the_watch_starts(hub: Any, tmp_path: Path) 
     env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
     result = CliRunner(env=env).invoke(cli, ["watch", str(tmp_path / "run"), "--repo", "me/m", "--tag", "main"])
     assert result.exit_code == 2
-    assert "Invalid value for '--tag': tags \"main\" is not valid: a branch has" in result.stderr
+    assert "Invalid value for '--tag': tag \"main\" is not valid: a branch has" in result.stderr
     assert not (tmp_path / "run").exists()
 
     # From the configuration file too, before the watch starts, naming the file.
     (tmp_path / "hubsync.toml").write_text('tags = ["main"]\n')
     result = CliRunner(env=env).invoke(cli, ["watch", str(tmp_path / "run"), "--repo", "me/m"])
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
-    assert 'hubsync.toml: tags "main" is not valid: a branch has' in result.stderr
+    assert 'hubsync.toml: tag "main" is not valid: a branch has' in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -225,16 +225,12 @@ def _card_settings(settings: Any) -> Any:
     from pathlib import Path
 
     from hubsync.core.card import CardSettings
-    from hubsync.core.errors import TemplateError
     from hubsync.core.paths import display_path
 
     template = settings["template"]
     text = None
     if template is not None:
-        try:
-            text = Path(template).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TemplateError(display_path(template), str(exc.strerror if isinstance(exc, OSError) else exc)) from exc
+        text = _read_template(Path(template))
     versions = {}
     for name in ("transformers", "peft", "torch", "huggingface_hub", "safetensors"):
         try:
@@ -250,6 +246,30 @@ def _card_settings(settings: Any) -> Any:
         template=text,
         template_name=display_path(template) if template else None,
     )
+
+
+MAX_TEMPLATE_BYTES = 1024 * 1024
+
+
+def _read_template(path: Path) -> str:
+    """A card template: a regular file of text, at most 1 MiB (a device such as /dev/zero never ends)."""
+    import stat
+
+    from hubsync.core.errors import TemplateError
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # before opening: a FIFO would block the open itself
+            raise TemplateError(display_path(path), "it is not a regular file")
+        with path.open("rb") as f:
+            data = f.read(MAX_TEMPLATE_BYTES + 1)
+    except OSError as exc:
+        raise TemplateError(display_path(path), exc.strerror or type(exc).__name__) from exc
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(display_path(path), f"it is larger than {MAX_TEMPLATE_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TemplateError(display_path(path), "it is not UTF-8 text") from exc
 
 
 def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -362,7 +382,7 @@ def push(
     from hubsync.convert.state import measured_plan
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.errors import CheckpointPushError, HubsyncError
-    from hubsync.core.plan import plan_push
+    from hubsync.core.plan import check_distinct_branches, plan_push
 
     settings, options = _push_options(ctx, Path(path), flags)
     select_given = settings.sources["select"] == "--select"
@@ -373,6 +393,7 @@ def push(
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
+    check_distinct_branches(plans, options.revision)
     plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
     if dry_run:
         _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over)
@@ -685,7 +706,18 @@ def _settings(ctx: click.Context, path: Any, flags: dict[str, Any], names: tuple
             given[setting.name] = None  # back to the default, whatever a variable or the file says
         elif ctx.get_parameter_source(setting.param) is click.core.ParameterSource.COMMANDLINE:
             given[setting.name] = flags[setting.param]
-    return resolve_settings(given, find_config(path.absolute()), names=names)
+    return resolve_settings(given, find_config(_project_folder(path.absolute())), names=names)
+
+
+def _project_folder(path: Any) -> Any:
+    """Where a push's configuration is looked up from: the run folder, never the checkpoint folder being pushed
+    (whoever wrote the checkpoint would choose how it is published). PATH is a run folder when it holds
+    checkpoint-N folders and is not itself a checkpoint."""
+    from hubsync.core.checkpoint import TRAINER_STATE, list_checkpoints
+
+    if path.is_dir() and not (path / TRAINER_STATE).exists() and list_checkpoints(path):
+        return path
+    return path.parent
 
 
 def _targets(path: Any, select: str, select_given: bool) -> tuple[list[Any], dict[str, str]]:
@@ -983,6 +1015,7 @@ def card(
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.config import CARD_SETTINGS
     from hubsync.core.errors import OutputInsideCheckpointError
+    from hubsync.core.metadata import check_card_metadata
     from hubsync.core.paths import display_path
     from hubsync.core.plan import check_branch_name, check_repo_id
     from hubsync.files import lies_within, write_file_atomic
@@ -991,6 +1024,7 @@ def card(
     settings = _card_settings(_settings(ctx, ckpt.path, flags, names=CARD_SETTINGS))
     repo = check_repo_id(repo_id or f"your-namespace/{ckpt.run_name or ckpt.name}")
     files = card_files(ckpt, settings, repo, check_branch_name(revision or ckpt.name))
+    check_card_metadata(files["README.md"], settings.template_name or "the packaged card template")  # as push does
     if output is None:
         click.echo(files["README.md"].decode(), nl=False)
         return
@@ -1083,7 +1117,7 @@ def _dry_run(
     from hubsync.hub.push import preflight
 
     _quiet_huggingface_hub(show_progress=False)
-    hub = HubClient(endpoint, token, retry_delays=(0.5,), on_retry=_report_retry)  # a dry run waits little
+    hub = HubClient(endpoint, token, retry_delays=(0.5,), on_retry=_report_retry, max_wait=2.0)  # it waits little
     if hub.token:
         # What the push would refuse (public state, a tag elsewhere), refused here too; a Hub that does not
         # answer leaves that unknown, and the preview below says so.

@@ -130,7 +130,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (e.SettingError, lambda err: _bad_setting(err)),
     (
         e.ConfigError,
-        lambda err: f"bad configuration in {err.source}: {err.reason}. Fix it, or override it with a flag.",
+        lambda err: f"bad configuration in {err.source}: {err.reason}. Fix it there, then run the command again.",
     ),
     (
         e.PullTargetExistsError,
@@ -310,8 +310,8 @@ def _bad_setting(err: e.SettingError) -> str:
         step = f"Fix {err.source}"
     elif err.source == setting.variable:
         step = f"Fix {err.source}, or unset it"
-    else:
-        step = f"Fix it in {err.source}, or override it with {setting.flag}"
+    else:  # a flag would not help: every value is checked, also one that a flag overrides
+        step = f"Fix it in {err.source}"
     return f"{err.source}: {err.reason}{'' if err.reason.endswith('?') else '.'} {step}."
 
 

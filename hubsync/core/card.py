@@ -21,7 +21,7 @@ from .errors import BaseModelError, TemplateError
 from .render import render, render_file
 
 PLOT_FILE = "training_loss.svg"
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
 
 # The Hub's pipeline types (huggingface.js packages/tasks/src/pipelines.ts). text2text-generation is not one any
 # more: in July 2025 the Hub folded it into text-generation (huggingface/huggingface.js#1590, "No more
@@ -57,7 +57,7 @@ ARCHITECTURE_HEADS = (
 TEXT_SEQ2SEQ_MODEL_TYPES = frozenset(
     {"bart", "mbart", "t5", "mt5", "umt5", "longt5", "pegasus", "pegasus_x", "marian", "led", "plbart"}
 )
-_CLASS_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,99}$")
+_CLASS_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,99}\Z")
 
 # The hyperparameters a card shows, in this order, by their TrainingArguments names.
 HYPERPARAMETERS = (

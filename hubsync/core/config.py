@@ -23,9 +23,9 @@ from .paths import display_path
 from .plan import check_repo_id, check_tag_name
 from .selection import check_revision_pattern, check_select
 
-_HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
-_GIT_COMMIT_RE = re.compile(r"^[0-9a-fA-F]{7,64}$")
+_HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*\Z")
+_GIT_COMMIT_RE = re.compile(r"^[0-9a-fA-F]{7,64}\Z")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -70,6 +70,11 @@ class Setting:
     choices: tuple[str, ...] = ()
     check: Callable[[str], str] | None = None  # each string (each item of a list): normalised, or ValueError
     path: bool = False  # a file: relative to the configuration file that names it
+
+    @property
+    def label(self) -> str:
+        """How a message names one value: `tag "x"`, not `tags "x"`."""
+        return self.name.removesuffix("s") if self.kind is list else self.name
 
     @property
     def variable(self) -> str:
@@ -136,20 +141,36 @@ def resolve_settings(
     for setting in PUSH_SETTINGS:
         if names is not None and setting.name not in names:
             continue
+        given: list[tuple[str, Any]] = []  # (source, value), the one that applies first
         if setting.name in flags:
-            source, raw = setting.flag, flags[setting.name]
-        elif setting.variable in environ:
-            source, raw = setting.variable, _from_variable(setting, environ[setting.variable])
-        elif setting.name in config.values:
-            source, raw = config.source or "the configuration file", config.values[setting.name]
-        else:
-            values[setting.name], sources[setting.name] = setting.default, "default"
-            continue
-        value = setting.default if raw is None else check_value(setting, raw, source)
-        if setting.path and value is not None and source == config.source and config.folder is not None:
-            value = str(config.folder / value)
+            given.append((setting.flag, flags[setting.name]))
+        if setting.variable in environ:
+            given.append((setting.variable, _from_variable(setting, environ[setting.variable])))
+        if setting.name in config.values:
+            given.append((config.source or "the configuration file", config.values[setting.name]))
+        checked = [(source, _checked_from(setting, raw, source, config)) for source, raw in given]
+        # Every value is checked, also one that another source overrides: a typo never waits for its turn.
+        source, value = checked[0] if checked else ("default", setting.default)
         values[setting.name], sources[setting.name] = value, source
     return Resolved(values, sources)
+
+
+def _checked_from(setting: Setting, raw: Any, source: str, config: FileConfig) -> Any:
+    """A value from `source` checked (None: cleared, the default), a file a configuration names made relative
+    to it."""
+    value = setting.default if raw is None else check_value(setting, raw, source)
+    if setting.path and value is not None and source == config.source and config.folder is not None:
+        value = _inside(config.folder, value, setting, source)
+    return value
+
+
+def _inside(folder: Path, value: str, setting: Setting, source: str) -> str:
+    """A file that a configuration file names, relative to it: it must lie in that file's folder or below (links
+    followed), so that a configuration can only use what the project holds."""
+    target = (folder / value).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise SettingError(source, setting.name, value, "must be a file in the folder of the file that names it")
+    return str(folder / value)
 
 
 def _from_variable(setting: Setting, raw: str) -> Any:
@@ -183,14 +204,16 @@ def check_value(setting: Setting, raw: Any, source: str) -> Any:
     items = raw if setting.kind is list else [raw]
     out = []
     for item in items:
-        if "\x00" in item or not item.strip():
-            raise SettingError(source, setting.name, item, "must not be empty or hold a NUL character")
+        if not item.strip() or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in item):
+            raise SettingError(
+                source, setting.name, item, "must not be empty or hold a control character", setting.label
+            )
         if setting.choices and item not in setting.choices:
-            raise SettingError(source, setting.name, item, f"must be {' or '.join(setting.choices)}")
+            raise SettingError(source, setting.name, item, f"must be {' or '.join(setting.choices)}", setting.label)
         try:
             out.append(setting.check(item) if setting.check else item)
         except (ValueError, HubsyncError) as exc:
-            raise SettingError(source, setting.name, item, _reason(exc)) from exc
+            raise SettingError(source, setting.name, item, _reason(exc), setting.label) from exc
     return tuple(out) if setting.kind is list else out[0]
 
 
@@ -224,8 +247,9 @@ def check_endpoint(url: str) -> str:
 
 
 def find_config(start: Path) -> FileConfig:
-    """hubsync.toml in the run folder or beside it; else the nearest pyproject.toml with [tool.hubsync] above it."""
-    run = start if start.is_dir() else start.parent
+    """hubsync.toml in the run folder `run` or beside it; else the nearest pyproject.toml with [tool.hubsync] above
+    it (up to the git root)."""
+    run = start
     for candidate in (run / "hubsync.toml", run.parent / "hubsync.toml"):
         if candidate.is_file():
             return FileConfig(
@@ -257,5 +281,7 @@ def _known(values: Mapping[str, Any], source: str) -> dict[str, Any]:
         name = key.replace("_", "-")
         if name not in SETTINGS:
             raise ConfigError(source, f"unknown setting {key!r} (known: {', '.join(SETTINGS)})")
+        if name in out:
+            raise ConfigError(source, f"{name} is set twice (as {name} and as {name.replace('-', '_')}); keep one")
         out[name] = value
     return out

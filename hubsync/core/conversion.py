@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from .checkpoint import Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
 
-_SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin$")
+_SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin\Z")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
 TRAINING_STATE_RE = re.compile(
     r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin"
-    r"|(optimizer|scheduler|scaler|rng_state(_\d+)?)\.(json|safetensors)|training_args\.json)$"
+    r"|(optimizer|scheduler|scaler|rng_state(_\d+)?)\.(json|safetensors)|training_args\.json)\Z"
 )
 
 
@@ -39,7 +39,7 @@ class ConversionPlan:
 # DeepSpeed and FSDP write their optimizer state into folders and files of their own.
 NESTED_STATE_RE = re.compile(
     r"^(global_step\d+/.*|optimizer_\d+/.*|pytorch_model_fsdp_\d+/.*|latest|zero_to_fp32\.py"
-    r"|.*optim_states\.pt|.*_optim_states\.pt)$"
+    r"|.*optim_states\.pt|.*_optim_states\.pt)\Z"
 )
 
 
@@ -90,8 +90,8 @@ def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
     return ConversionPlan(tuple(conversions), index, tuple(superseded))
 
 
-STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
-STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.json$")  # their pickle-free form
+STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)\Z")
+STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.json\Z")  # their pickle-free form
 
 
 def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:

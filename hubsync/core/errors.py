@@ -221,9 +221,10 @@ class ConfigError(HubsyncError):
 class SettingError(ConfigError):
     """A setting's value that is not one of the values it takes, from a flag, a variable or a file."""
 
-    def __init__(self, source: str, setting: str, value: object, reason: str) -> None:
+    def __init__(self, source: str, setting: str, value: object, reason: str, label: str | None = None) -> None:
         shown = json.dumps(value, ensure_ascii=True) if isinstance(value, str) else repr(value)
-        said = f"{setting} {reason}, not {shown}" if reason.startswith("must") else f"{setting} {shown} {reason}"
+        named = label or setting  # `tag "x"` for one item of `tags`
+        said = f"{named} {reason}, not {shown}" if reason.startswith("must") else f"{named} {shown} {reason}"
         super().__init__(source, said)
         self.setting = setting
         self.value = value

@@ -10,15 +10,22 @@ from typing import Any
 
 from .card import CardSettings, card_context, card_files
 from .checkpoint import Checkpoint, TrainerState, check_complete
-from .conversion import STATE_FILE_RE, ConversionPlan, check_no_outside_links, is_training_state, plan_conversion
+from .conversion import (
+    PICKLE_SUFFIXES,
+    STATE_FILE_RE,
+    ConversionPlan,
+    check_no_outside_links,
+    is_training_state,
+    plan_conversion,
+)
 from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
 from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .render import render
 from .selection import DEFAULT_REVISION, revision_name
 
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+_BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,20 @@ def check_tag_name(name: str, branch: str) -> str:
         raise InvalidTagError(name, exc.reason) from exc
 
 
+def check_distinct_branches(plans: list[PushPlan], pattern: str | None) -> None:
+    """One push, one branch a checkpoint: several checkpoints named to one branch would each replace the one
+    before (and a tag checked against the branch's head would be checked against the wrong one)."""
+    seen: dict[str, str] = {}
+    for plan in plans:
+        if plan.revision in seen:
+            raise InvalidRevisionError(
+                pattern or plan.revision,
+                f"{seen[plan.revision]} and {plan.checkpoint} would both go to the branch {plan.revision}; "
+                "put {step} in --revision, or push one checkpoint",
+            )
+        seen[plan.revision] = plan.checkpoint
+
+
 def commit_message(checkpoint: Checkpoint) -> str:
     """`hubsync: checkpoint-1000 (step 1000, epoch 2.10, eval_loss 0.8312)`, with what is known."""
     facts = []
@@ -233,7 +254,15 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     else:
         safe = set()
     replaced = conversion.sources | set(generated) | set(dropped) | safe
-    kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced]
+    raw_state = options.training_state == "keep" and options.state_format == "pickle"
+    pickles = [
+        f.relpath
+        for f in checkpoint.files
+        if f.relpath not in replaced
+        and f.relpath.lower().endswith(PICKLE_SUFFIXES)
+        and not (raw_state and is_training_state(f.relpath))
+    ]
+    kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced | set(pickles)]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
     entry = index_entry(
@@ -251,7 +280,10 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         checkpoint=checkpoint.display,
         step=checkpoint.step,
         uploads=uploads,
-        skipped=checkpoint.skipped,
+        skipped=checkpoint.skipped
+        + tuple(
+            f"{p} (a pickle that hubsync does not convert: never uploaded, since loading it runs code)" for p in pickles
+        ),
         commit_message=commit_message(checkpoint),
         commit_description=commit_description(checkpoint, uploads),
         conversion=conversion,

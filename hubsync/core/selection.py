@@ -80,9 +80,9 @@ def _some(steps: list[int]) -> str:
     return f"steps {'..., ' if len(steps) > 5 else ''}{shown}"
 
 
-def best_step_of(best_model_checkpoint: str | None) -> int | None:
+def best_step_of(best_model_checkpoint: object) -> int | None:
     """The step of trainer_state.json's best_model_checkpoint (a path ending in checkpoint-N)."""
-    if not best_model_checkpoint:
+    if not isinstance(best_model_checkpoint, str) or not best_model_checkpoint:  # a hostile record may hold anything
         return None
     m = re.fullmatch(r"checkpoint-(\d+)", Path(best_model_checkpoint.replace("\\", "/")).name)
     return int(m.group(1)) if m else None

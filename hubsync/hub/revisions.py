@@ -13,7 +13,7 @@ from hubsync.core.pull import step_of
 
 from .client import HubClient
 
-_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-\d+$")
+_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-\d+\Z")
 
 
 @dataclass(frozen=True)

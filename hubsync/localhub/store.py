@@ -31,12 +31,12 @@ from typing import IO, Any
 from hubsync.files import write_file_atomic
 
 REPO_TYPES = ("model", "dataset", "space")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{7,40}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+_REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)\Z")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}\Z")
+_SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.-]{8,200}")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
