@@ -66,6 +66,14 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.InvalidSafetensorsError,
+        lambda err: (
+            f"{err.path} is not a valid safetensors file ({err.reason}), so it is not published: a reader would "
+            "refuse to load it. Save the weights again (save_pretrained(), or safetensors' save_file()), then "
+            "push again."
+        ),
+    ),
+    (
         e.UnreadableWeightsError,
         lambda err: (
             f"cannot convert {err.path}: {err.reason}. Check that the file is complete; "

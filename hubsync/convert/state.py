@@ -26,6 +26,8 @@ from .writer import find_aliases, plan_layout, write_verified
 
 FORMAT = "hubsync-training-state"
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__")
+# The Trainer's state nests a few levels (optimizer: state -> parameter -> moment); far deeper is no state.
+MAX_DEPTH = 100
 
 
 def safe_names(source: str) -> tuple[str, str]:
@@ -72,19 +74,25 @@ def _state_document(source: Path, shown: str) -> tuple[TorchArchive, dict[str, T
     return archive, kept, json.dumps(document, indent=1).encode()
 
 
-def _encode(value: Any, name_of: dict[TensorRef, str], shown: str) -> Any:
+def _encode(value: Any, name_of: dict[TensorRef, str], shown: str, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise UnrepresentableStateError(shown, f"structure nested more than {MAX_DEPTH} levels deep")
+
+    def inner(v: Any) -> Any:
+        return _encode(v, name_of, shown, depth + 1)
+
     if isinstance(value, TensorRef):
         return {"__tensor__": name_of[value]}
     if isinstance(value, NumpyArray):
         return {"__ndarray__": base64.b64encode(value.data).decode(), "dtype": value.dtype, "shape": list(value.shape)}
     if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, name_of, shown) for v in value]}
+        return {"__tuple__": [inner(v) for v in value]}
     if isinstance(value, list):
-        return [_encode(v, name_of, shown) for v in value]
+        return [inner(v) for v in value]
     if isinstance(value, dict):
         if all(isinstance(k, str) and k not in _MARKERS for k in value):
-            return {k: _encode(v, name_of, shown) for k, v in value.items()}
-        return {"__dict__": [[_encode(k, name_of, shown), _encode(v, name_of, shown)] for k, v in value.items()]}
+            return {k: inner(v) for k, v in value.items()}
+        return {"__dict__": [[inner(k), inner(v)] for k, v in value.items()]}
     if isinstance(value, float) and not math.isfinite(value):
         return {"__float__": repr(value)}
     if isinstance(value, (bytes, bytearray)):

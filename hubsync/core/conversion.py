@@ -9,6 +9,7 @@ from .checkpoint import Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
 
 _SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin\Z")
+_SAFETENSORS_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors\Z")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
 TRAINING_STATE_RE = re.compile(
@@ -27,7 +28,9 @@ class WeightConversion:
 class ConversionPlan:
     conversions: tuple[WeightConversion, ...]
     index: tuple[str, str] | None  # (pytorch_model.bin.index.json, model.safetensors.index.json) to rewrite
-    superseded: tuple[str, ...]  # pickled weights that a safetensors file in the checkpoint already holds
+    superseded: tuple[str, ...]  # pickled weights (and their index) that safetensors files here already hold
+    # (pickled files, safetensors files) that must hold the same tensors for the pickled ones to be left out
+    compared: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()
 
     @property
     def sources(self) -> frozenset[str]:
@@ -71,23 +74,39 @@ def check_no_outside_links(checkpoint: Checkpoint) -> None:
 
 
 def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
-    """Which pickled weights become which safetensors files; refuses links that lead out of the checkpoint."""
+    """Which pickled weights become which safetensors files; refuses links that lead out of the checkpoint.
+
+    Model weights saved in both formats under other names (model.safetensors beside pytorch_model-00001-of-
+    00001.bin) are two sets: converting the pickled one would publish both, so it is left out as a whole and
+    compared, set against set, with the safetensors one."""
     check_no_outside_links(checkpoint)
     names = {f.relpath for f in checkpoint.files}
+    pickled_model = tuple(sorted(n for n in names if n == "pytorch_model.bin" or _SHARD_RE.match(n)))
+    safe_model = tuple(sorted(n for n in names if n == "model.safetensors" or _SAFETENSORS_SHARD_RE.match(n)))
+    two_sets = bool(safe_model) and any(safetensors_name(n) not in names for n in pickled_model)
     conversions = []
     superseded = []
+    compared: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
     for name in sorted(names):
         target = safetensors_name(name)
         if target is None:
             continue
-        if target in names:
+        if two_sets and name in pickled_model:
             superseded.append(name)
+        elif target in names:
+            superseded.append(name)
+            compared.append(((name,), (target,)))
         else:
             conversions.append(WeightConversion(name, target))
+    if two_sets:
+        compared.append((pickled_model, safe_model))
     index = None
-    if "pytorch_model.bin.index.json" in names and "model.safetensors.index.json" not in names:
-        index = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
-    return ConversionPlan(tuple(conversions), index, tuple(superseded))
+    if "pytorch_model.bin.index.json" in names:
+        if pickled_model and all(n in superseded for n in pickled_model):
+            superseded.append("pytorch_model.bin.index.json")  # it indexes files that are left out
+        elif "model.safetensors.index.json" not in names:
+            index = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
+    return ConversionPlan(tuple(conversions), index, tuple(superseded), tuple(compared))
 
 
 STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)\Z")

@@ -120,6 +120,15 @@ class UnreadableWeightsError(HubsyncError):
         self.reason = reason
 
 
+class InvalidSafetensorsError(HubsyncError):
+    """A safetensors file in the checkpoint is not one the format (and the safetensors library) accepts."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} is not a valid safetensors file: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class ConflictingWeightsError(HubsyncError):
     """A checkpoint holds a pickled weights file and the safetensors file of the same name with different
     tensors: which one a reader loads depends on the library, so neither may be published silently."""
