@@ -230,6 +230,59 @@ def test_a_dry_run_gives_the_real_sizes_of_converted_training_state(checkpoint: 
     assert len(state) == 6 and {p: planned[p] for p in state} == {p: sizes[p] for p in state}
 
 
+def test_a_dry_run_lists_what_the_push_deletes_from_the_branch_and_the_push_counts_it(  # type: ignore[no-untyped-def]
+    checkpoint: Path, hub: RunningHub, api
+) -> None:
+    def branch() -> tuple[str, set[str]]:
+        head = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}["checkpoint-30"]
+        return head, {f.path for f in api.list_repo_tree("me/tiny", revision=head, recursive=True)}
+
+    kept = CliRunner().invoke(
+        cli, ["push", str(checkpoint), "--repo", "me/tiny", "--training-state", "keep"], env=hub_env(hub)
+    )
+    assert kept.exit_code == 0, kept.stderr
+    assert "deleted" not in kept.stdout  # a new branch: nothing to delete
+    head, before = branch()
+
+    result = dry_run(hub, checkpoint)  # the default drops training state
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    planned = {line.split()[1] for line in lines if line.startswith(("  same    ", "  upload  "))}
+    doomed = before - planned - {".gitattributes"}
+    assert len(doomed) == 7 and "optimizer.safetensors" in doomed and "training_args.json" in doomed
+    assert [line for line in lines if line.startswith("  delete  ")] == [
+        f"  delete  {path}  (the branch holds it; this push leaves it out)" for path in sorted(doomed)
+    ]
+    assert "  total   0 files to upload, 0 B; 7 to delete" in lines
+    assert (
+        "  resume  resumable on the Hub now, not after this push (no optimizer state, scheduler state; "
+        "--training-state keep keeps it)"
+    ) in lines
+    seen = json.loads(dry_run(hub, checkpoint, "--json").stdout)["plans"][0]["hub"]
+    assert seen["delete"] == sorted(doomed)
+    assert seen["resumable_now"] is True and seen["resumable_after"] is False
+    assert branch() == (head, before)  # a dry run only looked
+    again = dry_run(hub, checkpoint, "--training-state", "keep")  # the same files: nothing deleted, still resumable
+    assert "  delete  " not in again.stdout and "  resume  " not in again.stdout
+
+    pushed = CliRunner().invoke(cli, ["push", str(checkpoint), "--repo", "me/tiny"], env=hub_env(hub))
+    assert pushed.exit_code == 0, pushed.stderr
+    assert "  deleted: 7 files the branch held (this push leaves them out)" in pushed.stdout.splitlines()
+    new_head, after = branch()
+    assert before - after == doomed and after <= before
+    assert len(api.list_repo_commits("me/tiny", revision=new_head)) == 3  # one commit on top of the kept push
+
+    restored = CliRunner().invoke(
+        cli, ["push", str(checkpoint), "--repo", "me/tiny", "--training-state", "keep", "--json"], env=hub_env(hub)
+    )
+    assert restored.exit_code == 0, restored.stderr
+    assert json.loads(restored.stdout)["results"][0]["deleted"] == 0
+    dropped = CliRunner().invoke(cli, ["push", str(checkpoint), "--repo", "me/tiny", "--json"], env=hub_env(hub))
+    assert json.loads(dropped.stdout)["results"][0]["deleted"] == len(doomed)
+    assert branch()[1] == after
+
+
 def test_a_dry_run_without_the_hub_still_prints_the_plan_and_says_so(checkpoint: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()

@@ -121,6 +121,11 @@ def test_the_run_is_finished_when_its_final_checkpoint_is_pushed() -> None:
     assert state.final_step == 40 and next_step({40: None}, {40: None}, state).finished
     assert not next_step(None, {40: None}, WatchState(REPO).with_pushed(record, final=False)).finished
     assert not next_step(None, {40: None, 50: A}, state).finished  # resumed with more steps: not done yet
+    # Restarted after 30 was pruned on the Hub: it is ready only at the second look, and must be pushed first.
+    assert not next_step(None, {30: A, 40: None}, state).finished
+    assert next_step({30: A, 40: None}, {30: A, 40: None}, state).push == (30,)
+    no_state = (("adapter_model.safetensors", 100, 1),)
+    assert next_step(None, {30: no_state, 40: None}, state).finished  # never complete: it does not hold the end
 
 
 HUB = "http://hub.example"
@@ -578,6 +583,44 @@ def test_a_watch_restarted_in_the_middle_of_the_run_pushes_nothing_twice(
     assert [(p["step"], p["created"]) for p in summary["pushed"]] == [(s, False) for s in STEPS]
     assert summary["finished"] is True
     assert_each_on_the_hub_exactly_once(api, STEPS)
+
+
+@pytest.mark.slow
+def test_a_finished_run_pruned_on_the_hub_is_pushed_again_by_a_restarted_watch(
+    procs: Callable[..., Proc], tmp_path: Path, api: HfApi
+) -> None:
+    watcher = watch(procs, "watch1", "--training-state", "keep")
+    trainer = procs(
+        "train", "hubsync.tinyrun", "run", "--max-steps", "20", "--save-steps", "10", "--step-sleep", "0.05"
+    )
+    assert trainer.wait(60) == 0, trainer.stderr
+    assert watcher.wait(60) == 0, watcher.stderr
+    assert_each_on_the_hub_exactly_once(api, [10, 20])
+    pruned = procs("prune", "hubsync", "prune", REPO, "--keep", "1")
+    assert pruned.wait(30) == 0, pruned.stderr
+    heads = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
+    assert set(heads) == {"main", "checkpoint-20"}
+
+    # The run's final checkpoint is recorded and still on the Hub; checkpoint-10 is not, but is in the run folder.
+    again = watch(procs, "watch2", "--training-state", "keep")
+    assert again.wait(60) == 0, again.stderr
+    assert again.stderr == "Not on the Hub at the recorded commit: checkpoint-10; pushing again.\n"
+    assert again.stdout.startswith("Pushed checkpoint-10 -> me/watched @ checkpoint-10 (")
+    assert again.stdout.splitlines()[-1] == "Done: the run finished; 2 checkpoints on me/watched."
+    after = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
+    assert set(after) == {"main", "checkpoint-10", "checkpoint-20"}
+    assert after["checkpoint-20"] == heads["checkpoint-20"]  # untouched
+    root = api.list_repo_commits(REPO, revision="main")[-1].commit_id
+    history = [c.commit_id for c in api.list_repo_commits(REPO, revision="checkpoint-10")]
+    assert len(history) == 2 and history[-1] == root
+    assert {"trainer_state.json", "optimizer.safetensors", "scheduler.safetensors"} <= set(
+        api.list_repo_files(REPO, revision="checkpoint-10")
+    )  # with its training state, as the first watch pushed it
+    assert {p["revision"]: p["commit"] for p in record(tmp_path / "run")["pushed"]} == {
+        name: commit for name, commit in after.items() if name != "main"
+    }
+    index = json.loads(Path(api.hf_hub_download(REPO, ".hubsync/index.json")).read_text())
+    assert sorted(e["revision"] for e in index["revisions"]) == ["checkpoint-10", "checkpoint-20"]
 
 
 @pytest.mark.slow

@@ -428,6 +428,8 @@ def push(
             verb = "Pushed" if result.created else "Already up to date:"
             click.echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
             click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
+            if result.deleted:
+                click.echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
             for skipped in plan.skipped:
                 click.echo(f"  skipped: {skipped}")
             click.echo(f"  commit: {result.commit}")
@@ -1170,10 +1172,17 @@ def _print_plan(plan: Any, preview: Any) -> None:
         click.echo(f"  skip    {skipped}")
     for pickled in plan.conversion.superseded:
         click.echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
+    for path in preview.delete:
+        click.echo(f"  delete  {path}  (the branch holds it; this push leaves it out)")
     changed = [u for u in plan.uploads if u.path_in_repo not in preview.unchanged]
     exact = all(_measured_size(u) for u in changed if u.converted_from)
     size = _size(sum(u.size for u in changed))
-    click.echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{size}")
+    deletes = f"; {len(preview.delete)} to delete" if preview.delete else ""
+    click.echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{size}{deletes}")
+    if preview.stops_resumable:
+        keep = "; --training-state keep keeps it" if plan.training_state == "drop" else ""
+        lacks = ", ".join(preview.lacks_after)
+        click.echo(f"  resume  resumable on the Hub now, not after this push (no {lacks}{keep})")
     click.echo(f"  commit  {plan.commit_message}")
     if plan.tags:
         click.echo(f"  tags    {', '.join(plan.tags)}")

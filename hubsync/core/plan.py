@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -359,3 +359,11 @@ def is_inference_file(path: str) -> bool:
     return not (
         is_training_state(path) or path in ("README.md", "trainer_state.json") or path.endswith((".svg", ".md"))
     )
+
+
+def branch_deletions(branch_paths: Iterable[str], planned: Iterable[str]) -> tuple[str, ...]:
+    """What a push of `planned` deletes from a branch that holds `branch_paths`: a branch mirrors the checkpoint
+    last pushed to it, so files of an earlier push that this one leaves out go in the same commit (.gitattributes
+    stays)."""
+    keep = {*planned, ".gitattributes"}
+    return tuple(sorted(path for path in set(branch_paths) if path not in keep))

@@ -112,7 +112,7 @@ def next_step(
             if step not in state.pushed
             and files  # read, and not vanished
             and before.get(step) == files
-            and any(path == TRAINER_STATE for path, _, _ in files)
+            and _has_trainer_state(files)
             and not _skipped_as_is(state, step, files)  # tried again only when its files change
         )
     )
@@ -133,9 +133,19 @@ def next_step(
     retry = any(
         step in state.skipped and not _skipped_as_is(state, step, files) for step, files in current.items() if files
     )
+    # A complete-looking checkpoint not pushed yet (one the Hub no longer holds, found by a restarted watch, is
+    # ready only at the second look): the run is not done until it is pushed or skipped.
+    waiting = any(
+        step not in state.pushed and files and _has_trainer_state(files) and not _skipped_as_is(state, step, files)
+        for step, files in current.items()
+    )
     # A checkpoint beyond the final one: training was resumed with more steps.
     finished = (
-        final is not None and final in state.pushed and not ready and not retry and not any(s > final for s in present)
+        final is not None
+        and final in state.pushed
+        and not retry
+        and not waiting
+        and not any(s > final for s in present)
     )
     return WatchStep(ready, lost, new_state, finished)
 
@@ -147,6 +157,10 @@ def has_pending(current: Mapping[int, Signature], state: WatchState) -> bool:
         for step, files in current.items()
         if files != ()
     )
+
+
+def _has_trainer_state(files: Signature) -> bool:
+    return files is not None and any(path == TRAINER_STATE for path, _, _ in files)
 
 
 def _skipped_as_is(state: WatchState, step: int, files: Signature) -> bool:

@@ -1,5 +1,6 @@
 """What a dry run learns from the Hub, read only: whether the repository exists (and is private), whether the
-branch exists, and which planned files the branch already holds byte for byte."""
+branch exists, which planned files the branch already holds byte for byte, which files of the branch the push
+would delete, and whether the revision stops being resumable."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubsync.core.checkpoint import Checkpoint
+from hubsync.core.conversion import is_resumable, resume_missing
 from hubsync.core.errors import HubError, HubsyncError, HubUnreachableError
-from hubsync.core.plan import PushPlan
+from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import same_content
 
@@ -23,6 +25,14 @@ class HubPreview:
     private: bool | None = None  # None: the repository does not exist (a push creates it)
     branch_exists: bool = False
     unchanged: frozenset[str] = frozenset()  # paths in repo the branch holds with exactly the planned bytes
+    delete: tuple[str, ...] = ()  # paths the branch holds that the push leaves out: its commit deletes them
+    resumable_now: bool | None = None  # whether the branch is resumable now; None: no branch yet (or not looked)
+    lacks_after: tuple[str, ...] = ()  # what the revision would lack for resuming after the push
+
+    @property
+    def stops_resumable(self) -> bool:
+        """The revision is resumable on the Hub now and would not be after the push."""
+        return bool(self.resumable_now and self.lacks_after)
 
     @property
     def exists(self) -> bool:
@@ -36,6 +46,9 @@ class HubPreview:
             "private": self.private,
             "branch_exists": self.branch_exists if self.looked else None,
             "unchanged": sorted(self.unchanged),
+            "delete": list(self.delete),
+            "resumable_now": self.resumable_now,
+            "resumable_after": None if self.resumable_now is None else not self.lacks_after,
         }
 
 
@@ -54,11 +67,17 @@ def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: HubClient) -> HubP
         return HubPreview(looked=False, reason=f"the Hub answered an error{status}")
     if not facts.exists:
         return HubPreview(looked=True)
+    on_branch = {f.path for f in remote}
+    planned = {u.path_in_repo for u in plan.uploads}
+    now = is_resumable(on_branch) if head is not None else None
     return HubPreview(
         looked=True,
         private=facts.private,
         branch_exists=head is not None,
         unchanged=unchanged(plan, checkpoint, remote),
+        delete=branch_deletions(on_branch, planned),
+        resumable_now=now,
+        lacks_after=resume_missing(planned),
     )
 
 

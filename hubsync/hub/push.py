@@ -25,7 +25,7 @@ from hubsync.core.index import (
     parse_index,
     render_index_readme,
 )
-from hubsync.core.plan import PushPlan
+from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import LocalHashes, holds_exactly
@@ -77,6 +77,7 @@ class PushResult:
     tags: tuple[str, ...]
     released: bool
     complete: bool = True  # False: the commit landed, but its tags or main's index did not all follow
+    deleted: int = 0  # files of an earlier push that the commit deleted from the branch
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class PushResult:
             "tags": list(self.tags),
             "released": self.released,
             "complete": self.complete,
+            "deleted": self.deleted,
         }
 
 
@@ -166,7 +168,7 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
     created = hub.ensure_branch(plan.repo_id, plan.revision)
     start = hub.branch_head(plan.repo_id, plan.revision) if created else None
     try:
-        result = _commit_to_head(
+        result, deleted = _commit_to_head(
             hub,
             plan.repo_id,
             plan.revision,
@@ -193,6 +195,7 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
         tags=(),
         released=False,
         complete=False,
+        deleted=deleted,
     )
     try:
         for tag in plan.tags:
@@ -208,17 +211,18 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
 
 def _commit_to_head(
     hub: PushTarget, repo_id: str, branch: str, files: Files, message: str, description: str = ""
-) -> CommitResult:
-    """Make the branch hold exactly `files` (and .gitattributes), in one commit on top of its current head. When
-    another push moved the head meanwhile (412), plan the deletions again against the new head and commit again:
-    concurrent pushes all land in the branch's history, and the last one is its tree."""
-    keep = {dest for _, dest in files} | {".gitattributes"}
+) -> tuple[CommitResult, int]:
+    """Make the branch hold exactly `files` (and .gitattributes), in one commit on top of its current head; the
+    commit and how many files of the branch it deleted. When another push moved the head meanwhile (412), plan
+    the deletions again against the new head and commit again: concurrent pushes all land in the branch's
+    history, and the last one is its tree."""
 
-    def commit() -> CommitResult:
+    def commit() -> tuple[CommitResult, int]:
         head = hub.branch_head(repo_id, branch)
         stale = [f.path for f in hub.tree(repo_id, head)] if head else []
-        delete = sorted(path for path in stale if path not in keep)
-        return hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
+        delete = branch_deletions(stale, [dest for _, dest in files])
+        result = hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
+        return result, len(delete) if result.created else 0
 
     return retry_conflicts(commit)
 
