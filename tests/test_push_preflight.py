@@ -347,3 +347,16 @@ def test_a_commit_that_landed_before_its_index_failed_is_reported_as_landed(
     assert on_hub(api, "me/tiny")["branches"]["checkpoint-30"] == heads["checkpoint-30"]  # nothing new committed
     index = json.loads(Path(api.hf_hub_download("me/tiny", ".hubsync/index.json")).read_text())
     assert [e["commit"] for e in index["revisions"] if e["revision"] == "checkpoint-30"] == [heads["checkpoint-30"]]
+
+
+def test_a_visibility_that_cannot_apply_is_said(run: Path, hub: RunningHub, api: HfApi) -> None:
+    assert push(hub, str(run), "--repo", "me/tiny", "--public").exit_code == 0
+    for args in (["--dry-run"], []):
+        result = push(hub, str(run), "--repo", "me/tiny", "--private", *args)
+        assert result.exit_code == 0, result.stderr
+        assert "Note: me/tiny exists and is public; --private applies only to a repository that has to be created." in (
+            result.stderr
+        )
+    assert not api.model_info("me/tiny").private
+    quiet = push(hub, str(run), "--repo", "me/tiny")  # the default names no visibility: nothing to say
+    assert "Note:" not in quiet.stderr

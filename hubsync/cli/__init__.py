@@ -396,7 +396,7 @@ def push(
     check_distinct_branches(plans, options.revision)
     plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
     if dry_run:
-        _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over)
+        _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over, settings)
         return
 
     from hubsync.core.errors import IncompletePushError
@@ -405,7 +405,9 @@ def push(
 
     _quiet_huggingface_hub(show_progress=not as_json and sys.stderr.isatty())
     hub = HubClient(endpoint, token, on_retry=_report_retry)
-    preflight(hub, list(zip(plans, checkpoints, strict=True)))  # every refusal the Hub could make, before anything
+    facts = preflight(hub, list(zip(plans, checkpoints, strict=True)))  # every refusal the Hub could make, first
+    for repo in facts.values():
+        _visibility_note(repo.repo_id, repo.private if repo.exists else None, settings)
     results: list[Any] = []
     for done, (plan, ckpt) in enumerate(zip(plans, checkpoints, strict=True)):
         try:
@@ -440,6 +442,19 @@ def push(
             click.echo(f"  url:    {result.url}")
     if as_json:
         click.echo(json.dumps(_push_json(plans, results, passed_over), indent=2))
+
+
+def _visibility_note(repo_id: str, private: bool | None, settings: Any) -> None:
+    """Say so when the visibility a user chose cannot apply: the repository exists (`private`, None if not)."""
+    source = settings.sources["private"]
+    if source == "default" or private is None or private == settings["private"]:
+        return
+    chosen = ("--private" if settings["private"] else "--public") if source == "--private" else source
+    click.echo(
+        f"Note: {repo_id} exists and is {'private' if private else 'public'}; {chosen} applies only to a repository "
+        "that has to be created.",
+        err=True,
+    )
 
 
 def _push_json(plans: list[Any], results: list[Any] | None, passed_over: dict[str, str]) -> dict[str, Any]:
@@ -1107,6 +1122,7 @@ def _dry_run(
     endpoint: str | None,
     token: str | None,
     passed_over: dict[str, str],
+    settings: Any,
 ) -> None:
     """Check what the push would check locally, ask the Hub (read only) what it holds, and print the plans."""
     from hubsync.convert.compare import check_superseded
@@ -1131,6 +1147,8 @@ def _dry_run(
     previews: list[Any] = []
     for plan, ckpt in zip(plans, checkpoints, strict=True):
         previews.append(preview_push(plan, ckpt, hub) if not previews or previews[-1].looked else previews[-1])
+    if previews and previews[0].looked:
+        _visibility_note(plans[0].repo_id, previews[0].private, settings)
     if as_json:
         shown = [p.to_json() | {"hub": v.to_json()} for p, v in zip(plans, previews, strict=True)]
         click.echo(json.dumps(_push_json(plans, None, passed_over) | {"plans": shown}, indent=2))

@@ -96,7 +96,7 @@ class PushResult:
         }
 
 
-def preflight(hub: PushTarget, pushes: Sequence[tuple[PushPlan, Checkpoint]]) -> None:
+def preflight(hub: PushTarget, pushes: Sequence[tuple[PushPlan, Checkpoint]]) -> dict[str, RepoFacts]:
     """Everything that can refuse these pushes at the Hub, for every one of them, before anything is converted,
     uploaded, created or committed: one read-only look at each repository (does it exist, is it private, its
     branches and tags). A --tag that already names the branch's head also needs the branch to hold exactly the
@@ -111,6 +111,7 @@ def preflight(hub: PushTarget, pushes: Sequence[tuple[PushPlan, Checkpoint]]) ->
             if not u.converted_from
         }
         _check_tags(hub, plan, facts[plan.repo_id], known)
+    return facts
 
 
 def _check_tags(hub: PushTarget, plan: PushPlan, repo: RepoFacts, local: Mapping[str, Path | bytes]) -> None:
