@@ -28,32 +28,30 @@ def _refs(change: Callable[[dict[str, Any]], Any]) -> Rewrite:
     return lambda path, body: change(body) if path.split("?")[0].endswith("/refs") else body
 
 
-def _each_ref(key: str, value: Any) -> Rewrite:
-    def change(body: dict[str, Any]) -> Any:
-        for ref in body.get("branches", []) + body.get("tags", []):
-            if value is KeyError:
-                ref.pop(key, None)
-            else:
-                ref[key] = value
-        return body
-
-    return _refs(change)
-
-
 def _tree(change: Callable[[Any], Any]) -> Rewrite:
     return lambda path, body: change(body) if "/tree/" in path else body
 
 
-def _each_entry(key: str, value: Any) -> Rewrite:
+def _set(items: Callable[[Any], list[dict[str, Any]]], key: str, value: Any) -> Callable[[Any], Any]:
+    """Set `key` (KeyError: remove it) in each item of an answer."""
+
     def change(body: Any) -> Any:
-        for entry in body:
+        for item in items(body):
             if value is KeyError:
-                entry.pop(key, None)
+                item.pop(key, None)
             else:
-                entry[key] = value
+                item[key] = value
         return body
 
-    return _tree(change)
+    return change
+
+
+def _each_ref(key: str, value: Any) -> Rewrite:
+    return _refs(_set(lambda body: body.get("branches", []) + body.get("tags", []), key, value))
+
+
+def _each_entry(key: str, value: Any) -> Rewrite:
+    return _tree(_set(lambda body: body, key, value))
 
 
 def _info(change: Callable[[dict[str, Any]], Any]) -> Rewrite:
