@@ -426,7 +426,9 @@ def test_a_tag_with_a_newline_is_misuse() -> None:
 def test_several_checkpoints_to_one_branch_are_refused_before_anything(run: Path, hub: RunningHub, api: HfApi) -> None:
     result = push(hub, str(run), "--repo", "me/tiny", "--select", "all", "--revision", "fixed", "--tag", "t1")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
-    assert "would both go to the branch fixed; put {step} in --revision" in result.stderr
+    assert "would both go to the branch fixed, each replacing the one before. Put {step} in --revision" in (
+        result.stderr
+    )
     assert list(api.list_models(author="me")) == []
 
 

@@ -393,7 +393,7 @@ def push(
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
-    check_distinct_branches(plans, options.revision)
+    check_distinct_branches(plans)
     plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
     if dry_run:
         _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over, settings)
@@ -1177,7 +1177,8 @@ def _print_plan(plan: Any, preview: Any) -> None:
             click.echo(f"  same    {upload.path_in_repo}  (unchanged: the branch already holds it)")
             continue
         how = (
-            f"converted from {upload.converted_from}, " + ("" if _measured_size(upload) else "about ")
+            f"converted from {upload.converted_from}, compared with the branch when pushed, "
+            + ("" if _measured_size(upload) else "about ")
             if upload.converted_from
             else "generated, "
             if upload.generated

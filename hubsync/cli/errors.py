@@ -29,7 +29,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         e.NotACheckpointError,
         lambda err: (
             f"{err.path} is not a checkpoint folder: {err.reason}. "
-            "Pass a folder written by the Trainer, such as out/my-run/checkpoint-1000."
+            "Pass a checkpoint-N folder that the Trainer wrote (it holds trainer_state.json and the weights)."
         ),
     ),
     (
@@ -136,6 +136,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (e.SettingError, lambda err: _bad_setting(err)),
+    (
+        e.SharedBranchError,
+        lambda err: (
+            f"{err.first} and {err.second} would both go to the branch {err.branch}, each replacing the one "
+            "before. Put {step} in --revision, or push one checkpoint."
+        ),
+    ),
     (
         e.ConfigError,
         lambda err: f"bad configuration in {err.source}: {err.reason}. Fix it there, then run the command again.",

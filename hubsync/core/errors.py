@@ -38,6 +38,16 @@ class InvalidRevisionError(HubsyncError):
         self.reason = reason
 
 
+class SharedBranchError(HubsyncError):
+    """Several checkpoints of one push would go to one branch, each replacing the one before."""
+
+    def __init__(self, branch: str, first: str, second: str) -> None:
+        super().__init__(f"{first} and {second} would both go to the branch {branch}")
+        self.branch = branch
+        self.first = first
+        self.second = second
+
+
 class InvalidTagError(InvalidRevisionError):
     """A --tag that cannot be a tag name, or would name the same ref as a branch."""
 

@@ -18,7 +18,7 @@ from .conversion import (
     is_training_state,
     plan_conversion,
 )
-from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError
+from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError, SharedBranchError
 from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .render import render
@@ -137,17 +137,13 @@ def check_tag_name(name: str, branch: str) -> str:
         raise InvalidTagError(name, exc.reason) from exc
 
 
-def check_distinct_branches(plans: list[PushPlan], pattern: str | None) -> None:
+def check_distinct_branches(plans: list[PushPlan]) -> None:
     """One push, one branch a checkpoint: several checkpoints named to one branch would each replace the one
     before (and a tag checked against the branch's head would be checked against the wrong one)."""
     seen: dict[str, str] = {}
     for plan in plans:
         if plan.revision in seen:
-            raise InvalidRevisionError(
-                pattern or plan.revision,
-                f"{seen[plan.revision]} and {plan.checkpoint} would both go to the branch {plan.revision}; "
-                "put {step} in --revision, or push one checkpoint",
-            )
+            raise SharedBranchError(plan.revision, seen[plan.revision], plan.checkpoint)
         seen[plan.revision] = plan.checkpoint
 
 
