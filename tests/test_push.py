@@ -208,7 +208,9 @@ def test_a_folder_that_is_not_a_checkpoint(tmp_path: Path, hub: RunningHub, monk
 
     result = push("photos", "--repo", "me/tiny", env=hub_env(hub))
 
-    assert_one_clear_line(result, "photos is not a checkpoint folder", "Pass a checkpoint-N folder that the Trainer wrote")
+    assert_one_clear_line(
+        result, "photos is not a checkpoint folder", "Pass a checkpoint-N folder that the Trainer wrote"
+    )
 
 
 def test_a_missing_folder(tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
