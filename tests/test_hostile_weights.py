@@ -262,6 +262,37 @@ def test_deeply_nested_training_state_is_one_line_before_the_hub_changes(
     assert not api.repo_exists("me/state")
 
 
+def _shared(depth: int, container: str) -> bytes:
+    """A pickle of a few hundred bytes whose one list (or dict) is shared twice a level: 2^depth entries unfolded."""
+    import pickle
+
+    shared: Any = [1] if container == "list" else {"k": 1}
+    for _ in range(depth):
+        shared = [shared, shared] if container == "list" else {"a": shared, "b": shared}
+    return pickle.dumps({"state": {}, "param_groups": [{"x": shared}]}, protocol=2)
+
+
+@pytest.mark.parametrize("container", ["list", "dict"])
+def test_a_tiny_state_file_that_shares_one_list_everywhere_is_refused_at_once(
+    container: str, tiny_run: Path, tmp_path: Path, hub: RunningHub, api
+) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    STATES[f"shared-{container}"] = _shared(60, container)
+    try:
+        folder = hostile_state(tiny_run, tmp_path, f"shared-{container}")
+    finally:
+        del STATES[f"shared-{container}"]
+    assert (folder / "optimizer.pt").stat().st_size < 20_000
+    started = time.monotonic()
+    for extra in (["--dry-run"], []):
+        result = push(hub, str(folder), "--repo", "me/state", "--training-state", "keep", *extra)
+        assert result.exit_code == 1, result.output
+        assert "optimizer.pt holds a structure of more than 1,000,000 entries" in result.stderr
+    assert time.monotonic() - started < 60  # it hung for ever: 2^60 entries walked one by one
+    assert not api.repo_exists("me/state")
+
+
 # -- two sets of model weights under different names -------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ FORMAT = "hubsync-training-state"
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__")
 # The Trainer's state nests a few levels (optimizer: state -> parameter -> moment); far deeper is no state.
 MAX_DEPTH = 100
+MAX_NODES = 1_000_000  # optimizer state of the largest models has a few hundred thousand entries at most
 
 
 def safe_names(source: str) -> tuple[str, str]:
@@ -74,12 +75,20 @@ def _state_document(source: Path, shown: str) -> tuple[TorchArchive, dict[str, T
     return archive, kept, json.dumps(document, indent=1).encode()
 
 
-def _encode(value: Any, name_of: dict[TensorRef, str], shown: str, depth: int = 0) -> Any:
+def _encode(
+    value: Any, name_of: dict[TensorRef, str], shown: str, depth: int = 0, left: list[int] | None = None
+) -> Any:
+    """The pickle-free form of a state tree. A pickle can share one list under many names (memo references), so a
+    file of a few KB can stand for 2^60 entries: the whole tree, sharing unfolded, holds at most MAX_NODES."""
     if depth > MAX_DEPTH:
         raise UnrepresentableStateError(shown, f"structure nested more than {MAX_DEPTH} levels deep")
+    left = [MAX_NODES] if left is None else left
+    left[0] -= 1
+    if left[0] < 0:
+        raise UnrepresentableStateError(shown, f"structure of more than {MAX_NODES:,} entries")
 
     def inner(v: Any) -> Any:
-        return _encode(v, name_of, shown, depth + 1)
+        return _encode(v, name_of, shown, depth + 1, left)
 
     if isinstance(value, TensorRef):
         return {"__tensor__": name_of[value]}

@@ -415,15 +415,15 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
 def _tensors_in(obj: Any) -> dict[str, TensorRef]:
     """Every distinct tensor of a tree, named t0, t1, ... in the order met."""
     found: dict[TensorRef, str] = {}
+    seen: set[int] = set()  # containers walked already: a pickle may share one list under many names
     stack = [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, TensorRef):
             found.setdefault(item, f"t{len(found)}")
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
+        elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(reversed(list(item.values())) if isinstance(item, dict) else reversed(item))
     return {name: ref for ref, name in found.items()}
 
 
