@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_PREFIX = ".hubsync-tmp-"
-_OWNER = re.compile(re.escape(TEMP_PREFIX) + r"(?:.*-)?p(\d+)-[^-]*\Z")
+_OWNER = re.compile(re.escape(TEMP_PREFIX) + r"(?:.*-)?p([0-9]+)-[^-]*\Z")
 
 
 def _umask() -> int:

@@ -445,3 +445,55 @@ def test_pickles_hubsync_does_not_convert_are_never_uploaded(run: Path, hub: Run
         assert result.exit_code == 0, result.stderr
         files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
         assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))}, files
+
+
+def test_configuration_is_looked_up_within_the_project_only(run: Path, hub: RunningHub, api: HfApi) -> None:
+    project = run.parent.parent  # project/out/tiny
+    (project / ".git").mkdir()
+    (project.parent / "pyproject.toml").write_text('[tool.hubsync]\nrevision = "evil-{step}"\ntags = ["pwned"]\n')
+    assert push(hub, str(run), "--repo", "me/tiny").exit_code == 0
+    assert {b.name for b in api.list_repo_refs("me/tiny").branches} == {"main", "checkpoint-30"}
+    assert api.list_repo_refs("me/tiny").tags == []
+
+    (run / "checkpoint-30" / "hubsync.toml").write_text('revision = "from-checkpoint-{step}"\n')
+    for path in (run / "checkpoint-30" / "..", run / "checkpoint-30" / ".." / "checkpoint-30"):
+        result = push(hub, str(path), "--repo", "me/tiny", "--dry-run", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert {p["revision"] for p in json.loads(result.stdout)["plans"]} == {"checkpoint-30"}
+
+
+def test_a_configuration_file_that_others_may_write_is_not_read(run: Path, hub: RunningHub, api: HfApi) -> None:
+    config = run / "hubsync.toml"
+    config.write_text('training-state = "keep"\n')
+    config.chmod(0o666)
+    result = push(hub, str(run), "--repo", "me/tiny")
+    assert result.exit_code == 1 and "others may write it, so it is not read" in result.stderr
+    assert list(api.list_models(author="me")) == []
+
+
+def test_a_configuration_nested_too_deeply_is_one_line(run: Path, hub: RunningHub) -> None:
+    (run / "hubsync.toml").write_text("datasets = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = push(hub, str(run), "--repo", "me/tiny", "--dry-run")
+    assert result.exit_code == 1 and "it is nested too deeply" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_template_whose_front_matter_is_nested_too_deeply_is_one_line(run: Path, hub: RunningHub) -> None:
+    template = run.parent / "deep.j2"
+    template.write_text("---\nx: " + "[" * 20_000 + "]" * 20_000 + "\n---\n# card\n")
+    for command in (["push", str(run), "--repo", "me/tiny", "--dry-run"], ["card", str(run / "checkpoint-30")]):
+        result = CliRunner().invoke(cli, [*command, "--template", str(template)], env={"HF_ENDPOINT": hub.endpoint})
+        assert result.exit_code == 1 and "its front matter is nested too deeply" in result.stderr, result.output
+
+
+def test_checkpoint_folders_and_selections_count_in_ascii_digits_only(run: Path, hub: RunningHub) -> None:
+    shutil.copytree(run / "checkpoint-20", run / "checkpoint-\u0663\u0660")  # Arabic-Indic 30
+    shutil.copytree(run / "checkpoint-10", run / "checkpoint-\U0001d7d2\U0001d7ce")  # mathematical bold 40
+    result = push(hub, str(run), "--repo", "me/tiny", "--select", "all", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [p["checkpoint"].rsplit("/", 1)[-1] for p in json.loads(result.stdout)["plans"]] == [
+        "checkpoint-10",
+        "checkpoint-20",
+        "checkpoint-30",
+    ]
+    for select in ("\u0663\u0660", "last:\u0663"):
+        assert push(hub, str(run), "--repo", "me/tiny", "--select", select, "--dry-run").exit_code == 2

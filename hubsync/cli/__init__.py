@@ -723,7 +723,7 @@ def _settings(ctx: click.Context, path: Any, flags: dict[str, Any], names: tuple
             given[setting.name] = None  # back to the default, whatever a variable or the file says
         elif ctx.get_parameter_source(setting.param) is click.core.ParameterSource.COMMANDLINE:
             given[setting.name] = flags[setting.param]
-    return resolve_settings(given, find_config(_project_folder(path.absolute())), names=names)
+    return resolve_settings(given, find_config(_project_folder(path.resolve())), names=names)
 
 
 def _project_folder(path: Any) -> Any:

@@ -18,7 +18,7 @@ from .errors import CheckpointFileError, IncompleteCheckpointError, NotACheckpoi
 from .ghostpickle import read_torch_pickle
 from .paths import display_path
 
-CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)\Z")
+CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-([0-9]+)\Z")
 TRAINER_STATE = "trainer_state.json"
 TRAINING_ARGS = "training_args.bin"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,32 +247,43 @@ def check_endpoint(url: str) -> str:
     return url.rstrip("/")
 
 
-def find_config(start: Path) -> FileConfig:
-    """hubsync.toml in the run folder `run` or beside it; else the nearest pyproject.toml with [tool.hubsync] above
-    it (up to the git root)."""
-    run = start
+def find_config(run: Path) -> FileConfig:
+    """hubsync.toml in the run folder or beside it; else the nearest pyproject.toml with [tool.hubsync] at or above
+    the run, up to the root of the git work tree that holds it. Outside a work tree, only the run folder and the
+    one above it are looked at: a folder higher up (/tmp, a home folder) may be anyone's."""
+    run = run.resolve()
     for candidate in (run / "hubsync.toml", run.parent / "hubsync.toml"):
         if candidate.is_file():
             return FileConfig(
                 _known(_read(candidate), display_path(candidate)), display_path(candidate), candidate.parent
             )
-    for folder in (run, *run.parents):
+    root = next((f for f in (run, *run.parents) if (f / ".git").exists()), None)
+    folders = [run, run.parent] if root is None else [run, *run.parents[: len(run.parents) - len(root.parents)]]
+    for folder in folders:
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             section = _read(candidate).get("tool", {}).get("hubsync")
             if isinstance(section, dict):
                 shown = f"{display_path(candidate)} [tool.hubsync]"
                 return FileConfig(_known(section, shown), shown, folder)
-            if (folder / ".git").exists():
-                break  # the training project's root: look no further up
     return FileConfig()
 
 
 def _read(path: Path) -> dict[str, Any]:
+    """A configuration file, only when it is the user's own: on a shared machine a file in /tmp or another
+    user's folder could otherwise choose how this user's checkpoints are published (as git's safe.directory)."""
+    with suppress(OSError, AttributeError):  # AttributeError: no getuid on this platform
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise ConfigError(
+                display_path(path), "it belongs to another user or others may write it, so it is not read"
+            )
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(display_path(path), str(exc)) from exc
+    except RecursionError as exc:
+        raise ConfigError(display_path(path), "it is nested too deeply") from exc
 
 
 def _known(values: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from .checkpoint import Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
 
-_SHARD_RE = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin\Z")
-_SAFETENSORS_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors\Z")
+_SHARD_RE = re.compile(r"^pytorch_model-([0-9]+)-of-([0-9]+)\.bin\Z")
+_SAFETENSORS_SHARD_RE = re.compile(r"^model-[0-9]+-of-[0-9]+\.safetensors\Z")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
 TRAINING_STATE_RE = re.compile(
-    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin"
-    r"|(optimizer|scheduler|scaler|rng_state(_\d+)?)\.(json|safetensors)|training_args\.json)\Z"
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_[0-9]+)?\.pth|training_args\.bin"
+    r"|(optimizer|scheduler|scaler|rng_state(_[0-9]+)?)\.(json|safetensors)|training_args\.json)\Z"
 )
 
 
@@ -41,7 +41,7 @@ class ConversionPlan:
 
 # DeepSpeed and FSDP write their optimizer state into folders and files of their own.
 NESTED_STATE_RE = re.compile(
-    r"^(global_step\d+/.*|optimizer_\d+/.*|pytorch_model_fsdp_\d+/.*|latest|zero_to_fp32\.py"
+    r"^(global_step[0-9]+/.*|optimizer_[0-9]+/.*|pytorch_model_fsdp_[0-9]+/.*|latest|zero_to_fp32\.py"
     r"|.*optim_states\.pt|.*_optim_states\.pt)\Z"
 )
 
@@ -109,8 +109,8 @@ def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
     return ConversionPlan(tuple(conversions), index, tuple(superseded), tuple(compared))
 
 
-STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)\Z")
-STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.json\Z")  # their pickle-free form
+STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_[0-9]+)?\.pth)\Z")
+STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_[0-9]+)?)\.json\Z")  # their pickle-free form
 
 
 def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:

@@ -59,6 +59,8 @@ def check_card_metadata(card: bytes, template: str) -> None:
         meta = yaml.safe_load(text[3:end])
     except yaml.YAMLError as exc:
         raise TemplateError(template, f"its front matter is not valid YAML ({_yaml_problem(exc)})") from exc
+    except RecursionError as exc:
+        raise TemplateError(template, "its front matter is nested too deeply") from exc
     if meta is None:
         return
     if not isinstance(meta, dict):

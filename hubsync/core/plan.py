@@ -129,7 +129,7 @@ def check_branch_name(name: str) -> str:
 def check_tag_name(name: str, branch: str) -> str:
     """A tag follows the rules of a branch name, and may not take the name of main, of the branch it is pushed
     to, or of a checkpoint-N branch: a ref named both ways is ambiguous. (Other branches are not looked up.)"""
-    if name in ("main", "HEAD", branch) or re.fullmatch(r"checkpoint-\d+", name):
+    if name in ("main", "HEAD", branch) or re.fullmatch(r"checkpoint-[0-9]+", name):
         raise InvalidTagError(name, "a branch has, or a checkpoint branch may have, that name")
     try:
         return check_branch_name(name)

@@ -104,7 +104,7 @@ def check_checkpoint_revision(repo_id: str, revision: str, paths: Sequence[str])
 
 
 def step_of(revision: str) -> int | None:
-    m = re.search(r"(\d+)$", revision)
+    m = re.search(r"([0-9]+)\Z", revision)
     return int(m.group(1)) if m else None
 
 

@@ -29,13 +29,13 @@ def select_steps(steps: Sequence[int], select: str, best_step: int | None) -> li
         if best_step not in available:
             raise SelectionError(select, f"the best checkpoint, checkpoint-{best_step}, is no longer in the run")
         return [best_step]
-    m = re.fullmatch(r"last:(\d+)", select)
+    m = re.fullmatch(r"last:([0-9]+)", select)
     if m:
         count = int(m.group(1))
         if count < 1:
             raise SelectionError(select, "last:N needs N of at least 1")
         return available[-count:]
-    if re.fullmatch(r"\d+(,\d+)*", select):
+    if re.fullmatch(r"[0-9]+(,[0-9]+)*", select):
         wanted = [int(s) for s in select.split(",")]
         missing = [s for s in wanted if s not in available]
         if missing:
@@ -55,7 +55,7 @@ def select_complete(
 ) -> Selection:
     """select_steps() among the complete checkpoints: latest, all and last:N pass over the incomplete ones
     (`incomplete`: step -> what it lacks, see missing_parts); best and STEP refuse to name one."""
-    if select in ("latest", "all") or re.fullmatch(r"last:\d+", select):
+    if select in ("latest", "all") or re.fullmatch(r"last:[0-9]+", select):
         complete = [s for s in steps if s not in incomplete]
         if steps and not complete:
             newest = max(steps)
@@ -84,15 +84,15 @@ def best_step_of(best_model_checkpoint: object) -> int | None:
     """The step of trainer_state.json's best_model_checkpoint (a path ending in checkpoint-N)."""
     if not isinstance(best_model_checkpoint, str) or not best_model_checkpoint:  # a hostile record may hold anything
         return None
-    m = re.fullmatch(r"checkpoint-(\d+)", Path(best_model_checkpoint.replace("\\", "/")).name)
+    m = re.fullmatch(r"checkpoint-([0-9]+)", Path(best_model_checkpoint.replace("\\", "/")).name)
     return int(m.group(1)) if m else None
 
 
 def check_select(select: str) -> str:
     """`select` when it is one of the forms --select takes (which steps exist is checked against the run)."""
-    if select in ("latest", "best", "all") or re.fullmatch(r"\d{1,18}(,\d{1,18})*", select):
+    if select in ("latest", "best", "all") or re.fullmatch(r"[0-9]{1,18}(,[0-9]{1,18})*", select):
         return select
-    m = re.fullmatch(r"last:(\d{1,18})", select)
+    m = re.fullmatch(r"last:([0-9]{1,18})", select)
     if m and int(m.group(1)) >= 1:
         return select
     raise SelectionError(select, "use latest, best, all, last:N (N at least 1) or STEP[,STEP...]")

@@ -13,7 +13,7 @@ from hubsync.core.pull import step_of
 
 from .client import HubClient
 
-_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-\d+\Z")
+_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-[0-9]+\Z")
 
 
 @dataclass(frozen=True)

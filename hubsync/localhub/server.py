@@ -951,7 +951,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         status = 200
         range_header = self.headers.get("Range")
         if range_header:
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", range_header.strip())
+            m = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", range_header.strip())
             if not m or (not m[1] and not m[2]):
                 raise StoreError(416, None, f"Unsupported range: {range_header}")
             if m[1]:
