@@ -497,3 +497,19 @@ def test_checkpoint_folders_and_selections_count_in_ascii_digits_only(run: Path,
     ]
     for select in ("\u0663\u0660", "last:\u0663"):
         assert push(hub, str(run), "--repo", "me/tiny", "--select", select, "--dry-run").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999", "http://[::1", "http://127.0.0.1:1;x", "http://h:1#", "ftp://h"]
+)
+def test_a_bad_hf_endpoint_is_one_line_before_huggingface_hub_reads_it(url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_ENDPOINT": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "hubsync", "ls", "me/x"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("Error: bad configuration in HF_ENDPOINT: ") and done.stderr.count("\n") == 1

@@ -77,11 +77,25 @@ def _stdout_gone() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+def _check_hf_endpoint() -> None:
+    """HF_ENDPOINT as the settings check it, before huggingface_hub reads it at import (a bad port raised there)."""
+    from hubsync.core.config import check_endpoint
+    from hubsync.core.errors import ConfigError
+
+    url = os.environ.get("HF_ENDPOINT")
+    if url:
+        try:
+            check_endpoint(url)
+        except ValueError as exc:
+            raise ConfigError("HF_ENDPOINT", f"{json.dumps(url)} {exc}") from exc
+
+
 class HubsyncGroup(click.Group):
     """Turns HubsyncErrors into one line on stderr and exit code 1 (HUBSYNC_DEBUG=1: the traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            _check_hf_endpoint()
             result = super().invoke(ctx)
             sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
             return result

@@ -239,8 +239,8 @@ def check_endpoint(url: str) -> str:
         parts.scheme not in ("http", "https")
         or not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host if ":" not in host else f"[{host}]")
         or port == 0
-        or parts.query
-        or parts.fragment
+        or "?" in url
+        or "#" in url
         or any(c.isspace() or ord(c) < 32 for c in url)
     ):
         raise ValueError("must be an address such as https://huggingface.co or http://127.0.0.1:8000")
