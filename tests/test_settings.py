@@ -4,6 +4,7 @@ sources named in refusals, and no traceback from any text given to any option of
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from collections import Counter
@@ -434,17 +435,30 @@ def test_several_checkpoints_to_one_branch_are_refused_before_anything(run: Path
 
 def test_pickles_hubsync_does_not_convert_are_never_uploaded(run: Path, hub: RunningHub, api: HfApi) -> None:
     checkpoint = run / "checkpoint-30"
-    for name in ("optimizer.bin", "random_states_0.pkl", "extra/custom.pt", "weights.ckpt"):
+    names = (
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "extra/custom.pt",
+        "weights.ckpt",
+        "payload",
+        "evil.pkl ",
+        "e.joblib",
+    )
+    for name in names:
         (checkpoint / name).parent.mkdir(exist_ok=True)
         shutil.copy(checkpoint / "scheduler.pt", checkpoint / name)
     dry = push(hub, str(checkpoint), "--repo", "me/tiny", "--public", "--dry-run")
-    assert dry.stdout.count("a pickle that hubsync does not convert: never uploaded") == 4
+    assert dry.stdout.count("a pickle that hubsync does not convert: never uploaded") == len(names)
+    (checkpoint / "protocol2.dat").write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    names += ("protocol2.dat",)
     for state in ("drop", "keep"):
         result = push(hub, str(checkpoint), "--repo", "me/tiny", "--public", "--training-state", state,
                       "--allow-public-state")  # fmt: skip
         assert result.exit_code == 0, result.stderr
         files = {f.path for f in api.list_repo_tree("me/tiny", revision="checkpoint-30", recursive=True)}
         assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))}, files
+        assert not files & {"payload", "evil.pkl ", "e.joblib", "protocol2.dat"}, files
+        assert "adapter_model.safetensors" in files
 
 
 def test_configuration_is_looked_up_within_the_project_only(run: Path, hub: RunningHub, api: HfApi) -> None:
@@ -513,3 +527,10 @@ def test_a_bad_hf_endpoint_is_one_line_before_huggingface_hub_reads_it(url: str)
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("Error: bad configuration in HF_ENDPOINT: ") and done.stderr.count("\n") == 1
+
+
+def test_a_checkpoint_named_with_a_line_break_is_refused(run: Path, hub: RunningHub, api: HfApi) -> None:
+    forged = Path(shutil.copytree(run / "checkpoint-30", run.parent / "checkpoint-30\nPushed fake"))
+    result = push(hub, str(forged), "--repo", "me/tiny")
+    assert result.exit_code == 1 and "its name holds a control character or a line break" in result.stderr
+    assert result.stderr.count("\n") == 1 and list(api.list_models(author="me")) == []

@@ -239,6 +239,26 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str], list[tuple
     return files, skipped, sorted(outside)
 
 
+def looks_pickled(path: Path) -> bool:
+    """Whether a file is a pickle whatever its name: pickle protocol 2 or later (what pickle and torch.save write)
+    at its start, or a zip archive holding a .pkl (torch.save's format). Reads a few bytes and, for a zip, its
+    directory."""
+    import zipfile
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+            # PROTO 2..5, then an opcode (never 0: a safetensors file's 8-byte header size can begin 0x80 0x05 0x00)
+            if len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] != 0:
+                return True
+            if head == b"PK\x03\x04":
+                with zipfile.ZipFile(f) as archive:
+                    return any(name.endswith(".pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError):
+        return False
+    return False
+
+
 def has_weights(paths: Collection[str]) -> bool:
     """Whether a checkpoint's files hold weights that Trainer._load_from_checkpoint loads: an adapter, a model, a
     sharded model's index, or adapters in subfolders (several adapters)."""
@@ -285,6 +305,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise NotACheckpointError(shown, "no such folder")
     if not root.is_dir():
         raise NotACheckpointError(shown, "it is a file, not a folder")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in root.name):
+        # It would be the commit's title on the Hub and a line of its own in every message.
+        raise NotACheckpointError(shown, "its name holds a control character or a line break; rename it")
     files, skipped, outside = _scan_files(root)
     names = {f.relpath for f in files}
     if not names & {TRAINER_STATE, ADAPTER_CONFIG, *WEIGHT_FILES}:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import Checkpoint, TrainerState, check_complete
+from .checkpoint import Checkpoint, TrainerState, check_complete, looks_pickled
 from .conversion import (
     PICKLE_SUFFIXES,
     STATE_FILE_RE,
@@ -255,7 +255,10 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         f.relpath
         for f in checkpoint.files
         if f.relpath not in replaced
-        and f.relpath.lower().endswith(PICKLE_SUFFIXES)
+        and (
+            f.relpath.rstrip(" .").lower().endswith(PICKLE_SUFFIXES)
+            or (not f.relpath.endswith(".safetensors") and looks_pickled(checkpoint.path / f.relpath))
+        )
         and not (raw_state and is_training_state(f.relpath))
     ]
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced | set(pickles)]

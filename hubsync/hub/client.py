@@ -38,6 +38,7 @@ from huggingface_hub.utils._headers import build_hf_headers
 from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
+from hubsync import __version__
 from hubsync.core import errors
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
@@ -146,7 +147,7 @@ class HubClient:
         self.retry_delays = retry_delays
         self.on_retry = on_retry
         self.max_wait = max_wait
-        self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync")
+        self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync", library_version=__version__)
         # What one process learns once per repository: each is a round trip to a remote Hub.
         self._private: dict[str, bool] = {}
         self._xet: dict[str, bool] = {}
@@ -271,7 +272,7 @@ class HubClient:
         if repo_id in self._xet:
             return self._xet[repo_id]
         url = f"{self.endpoint}/api/models/{repo_id}/xet-write-token/{quote(revision, safe='')}"
-        headers = build_hf_headers(token=self.token, library_name="hubsync")
+        headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
         response = self._call(lambda: get_session().get(url, headers=headers), repo_id, revision)
         self._xet[repo_id] = (
             response.is_success and parse_xet_connection_info_from_headers(response.headers) is not None
