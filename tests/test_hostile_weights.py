@@ -174,6 +174,7 @@ def _headers(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
     if draw(st.booleans()):
         header["__metadata__"] = draw(st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=2))
     body = b"\0" * offset
+    offsets = {name: header[name]["data_offsets"] for name in names}  # as written, before any change below
     for _ in range(draw(st.integers(0, 2))):
         if not names:
             break
@@ -181,7 +182,7 @@ def _headers(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
         field = draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"]))
         value = draw(_VALUES)
         if field == "data_offsets" and isinstance(value, list) and draw(st.booleans()):
-            value = [header[name]["data_offsets"][0], header[name]["data_offsets"][1] + draw(st.integers(-2, 2))]
+            value = [offsets[name][0], offsets[name][1] + draw(st.integers(-2, 2))]
         header[name][field] = value
     if draw(st.booleans()):
         body += draw(st.binary(max_size=3))

@@ -137,6 +137,7 @@ def test_configuration_file_then_variables_then_flags(run: Path, hub: RunningHub
 
 def test_pyproject_tool_hubsync_and_a_bad_setting(run: Path, hub: RunningHub, api: HfApi) -> None:
     project = run.parent.parent.parent
+    (project / ".git").mkdir()  # a training project's work tree: pyproject.toml is looked up to its root
     (project / "pyproject.toml").write_text('[project]\nname = "trainer"\n\n[tool.hubsync]\nrepo = "me/pyproj"\n')
     assert push(hub, str(run)).exit_code == 0
     assert api.repo_exists("me/pyproj")
