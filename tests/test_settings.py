@@ -479,9 +479,11 @@ def test_configuration_is_looked_up_within_the_project_only(run: Path, hub: Runn
 def test_a_configuration_file_that_others_may_write_is_not_read(run: Path, hub: RunningHub, api: HfApi) -> None:
     config = run / "hubsync.toml"
     config.write_text('training-state = "keep"\n')
+    config.chmod(0o664)  # group-writable, as umask 002 makes it: the user's own file, read
+    assert push(hub, str(run), "--repo", "me/tiny", "--dry-run").exit_code == 0
     config.chmod(0o666)
     result = push(hub, str(run), "--repo", "me/tiny")
-    assert result.exit_code == 1 and "others may write it, so it is not read" in result.stderr
+    assert result.exit_code == 1 and "anyone may write it, so it is not read" in result.stderr
     assert list(api.list_models(author="me")) == []
 
 
