@@ -10,7 +10,7 @@ from .errors import LinkOutsideCheckpointError
 
 _SHARD_RE = re.compile(r"^pytorch_model-([0-9]+)-of-([0-9]+)\.bin\Z")
 _SAFETENSORS_SHARD_RE = re.compile(r"^model-[0-9]+-of-[0-9]+\.safetensors\Z")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 # Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
 TRAINING_STATE_RE = re.compile(
     r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_[0-9]+)?\.pth|training_args\.bin"
