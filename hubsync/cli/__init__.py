@@ -159,7 +159,9 @@ endpoint_option = click.option(
 
 def _token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A token goes into an HTTP header: printable ASCII, no spaces (never shown back: it may be a real one)."""
-    if value is not None and (not value or any(not (33 <= ord(c) <= 126) for c in value)):
+    from hubsync.core.config import is_token_text
+
+    if value is not None and not is_token_text(value):
         raise click.BadParameter("a Hub token is printable ASCII without spaces, such as hf_...; check what was pasted")
     return value
 

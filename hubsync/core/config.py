@@ -227,6 +227,11 @@ def _reason(exc: Exception) -> str:
     return text if text.startswith(("must", "is ")) else f"is not valid: {text}"
 
 
+def is_token_text(token: str) -> bool:
+    """Whether a token can go into an HTTP header as a Hub token: printable ASCII without spaces, not empty."""
+    return bool(token) and all(33 <= ord(c) <= 126 for c in token)
+
+
 def check_endpoint(url: str) -> str:
     """A Hub address as huggingface_hub can use it: http(s)://host[:port][/path], without a trailing slash."""
     try:

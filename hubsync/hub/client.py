@@ -40,6 +40,7 @@ from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync import __version__
 from hubsync.core import errors
+from hubsync.core.config import check_endpoint, is_token_text
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.files import system_temp_dir
@@ -115,8 +116,6 @@ class CommitResult:
 
 def resolve_endpoint(endpoint: str | None) -> str:
     """--endpoint, else HF_ENDPOINT as it is now (huggingface_hub only reads it at import), else the Hub."""
-    from hubsync.core.config import check_endpoint
-
     source = "--endpoint" if endpoint else "HF_ENDPOINT"
     url = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
     try:
@@ -139,10 +138,8 @@ class HubClient:
         self.endpoint = resolve_endpoint(endpoint)
         for source, raw in (("--token", token), ("HF_TOKEN", os.environ.get("HF_TOKEN"))):
             value = (raw or "").replace("\r", "").replace("\n", "").strip()  # as huggingface_hub cleans it
-            if any(not (33 <= ord(c) <= 126) for c in value):  # it goes into an HTTP header
-                raise errors.ConfigError(source, "the token holds spaces or characters that a Hub token never has")
-        if token is not None and not token.strip():
-            raise errors.ConfigError("--token", "the token is empty")
+            if (value or (raw is not None and source == "--token")) and not is_token_text(value):
+                raise errors.ConfigError(source, "the token is empty, or holds spaces or characters a token never has")
         self._token = token
         self.retry_delays = retry_delays
         self.on_retry = on_retry
