@@ -360,3 +360,14 @@ def test_a_visibility_that_cannot_apply_is_said(run: Path, hub: RunningHub, api:
     assert not api.model_info("me/tiny").private
     quiet = push(hub, str(run), "--repo", "me/tiny")  # the default names no visibility: nothing to say
     assert "Note:" not in quiet.stderr
+
+
+def test_a_dry_run_waits_little_for_a_busy_hub(run: Path, hub: RunningHub) -> None:
+    import time
+
+    hub.server.inject_fault("GET", r"/api/models/me/tiny", 503, times=10, retry_after=60)
+    started = time.monotonic()
+    result = push(hub, str(run), "--repo", "me/tiny", "--dry-run")
+    assert time.monotonic() - started < 20  # the Hub asked for 60 s a retry; a dry run waits at most 2 s a pause
+    assert result.exit_code == 0 and "retrying in 2 s" in result.stderr
+    assert "not known whether it exists (the Hub answered an error 503)" in result.stdout
