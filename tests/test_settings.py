@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from hubsync.cli import cli
 from hubsync.core.config import FALSE, PUSH_SETTINGS, SETTINGS, TRUE, FileConfig, Setting, resolve_settings
-from hubsync.core.errors import SettingError
+from hubsync.core.errors import SettingError, WiderExposureError
 from hubsync.core.plan import check_branch_name, check_tag_name
 from hubsync.core.selection import revision_name
 from hubsync.localhub import RunningHub, running_hub
@@ -73,6 +73,10 @@ def test_every_value_is_checked_alike_whatever_its_source(setting: Setting, sour
         named = {"flag": setting.flag, "variable": setting.variable, "file": "hubsync.toml"}[source]
         assert exc.source == named and exc.setting == setting.name
         assert str(exc).startswith((f"{named}: {setting.name} ", f"{named}: {setting.label} "))
+        return
+    except WiderExposureError as exc:  # only a flag may publish more than the default
+        assert source != "flag" and exc.setting == setting.name
+        assert exc.source == {"variable": setting.variable, "file": "hubsync.toml"}[source]
         return
     result = resolved[setting.name]
     accepted(setting, result)

@@ -135,6 +135,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
             "state with it. Push to a private repository, drop the state, or pass --allow-public-state."
         ),
     ),
+    (
+        e.WiderExposureError,
+        lambda err: (
+            f"{err.source}: {err.reason}, and a file or a variable may make a push more private, never less. "
+            f"Pass {err.flag} on the command line if that is what you want, or remove it from {err.source}."
+        ),
+    ),
     (e.SettingError, lambda err: _bad_setting(err)),
     (
         e.SharedBranchError,

@@ -18,7 +18,7 @@ import yaml
 
 from .checkpoint import EVAL_TIMINGS, Checkpoint, finite_number
 from .errors import BaseModelError, TemplateError
-from .render import render, render_file
+from .render import RenderError, render, render_file
 
 PLOT_FILE = "training_loss.svg"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
@@ -361,6 +361,8 @@ def render_card(context: Mapping[str, Any], settings: CardSettings) -> str:
         return render_file(settings.template, **context)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(settings.template_name or "template", f"{exc.message} (line {exc.lineno})") from exc
+    except RenderError as exc:  # how the child that renders it failed, or the bound it went past
+        raise TemplateError(settings.template_name or "template", str(exc)) from exc
     except Exception as exc:  # a user's template can fail at run time in any way: 1/0, a bad format, ...
         raise TemplateError(settings.template_name or "template", f"{type(exc).__name__}: {exc}") from exc
 

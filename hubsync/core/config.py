@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, HubsyncError, InvalidLicenseError, InvalidRepoIdError, SettingError
+from .errors import (
+    ConfigError,
+    HubsyncError,
+    InvalidLicenseError,
+    InvalidRepoIdError,
+    SettingError,
+    WiderExposureError,
+)
 from .metadata import check_license
 from .paths import display_path
 from .plan import check_repo_id, check_tag_name
@@ -104,6 +111,13 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("languages", "language", list, (), check=_language),
 )
 SETTINGS = {s.name: s for s in PUSH_SETTINGS}
+# Values that publish more than the default: only their flag, given on the command line, may choose them. A file
+# may come with a run that someone else wrote, and a variable may be left over from another project; either may
+# make a push more private (`private = true`), never less.
+WIDER: dict[str, tuple[Any, str, str]] = {
+    "private": (False, "create the repository public", "--public"),
+    "allow-public-state": (True, "publish training state in a public repository", "--allow-public-state"),
+}
 CARD_SETTINGS = ("template", "license", "base-model", "datasets", "languages")
 
 
@@ -153,6 +167,12 @@ def resolve_settings(
         # Every value is checked, also one that another source overrides: a typo never waits for its turn.
         source, value = checked[0] if checked else ("default", setting.default)
         values[setting.name], sources[setting.name] = value, source
+    for name, (wider, effect, flag) in WIDER.items():  # after every value is checked: a typo is said first
+        if name in values and values[name] is wider and sources[name] != SETTINGS[name].flag:
+            setting, source = SETTINGS[name], sources[name]
+            shown = "true" if wider else "false"
+            said = f"{setting.variable}={shown}" if source == setting.variable else f"{name} = {shown}"
+            raise WiderExposureError(source, name, said, effect, flag)
     return Resolved(values, sources)
 
 

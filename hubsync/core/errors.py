@@ -253,6 +253,16 @@ class SettingError(ConfigError):
         return self.source.startswith("--")
 
 
+class WiderExposureError(ConfigError):
+    """A file or variable that would publish more than the command line asked for (a public repository, public
+    training state): only the flag can do that."""
+
+    def __init__(self, source: str, setting: str, said: str, effect: str, flag: str) -> None:
+        super().__init__(source, f"{said} would {effect}")
+        self.setting = setting
+        self.flag = flag
+
+
 class InvalidLicenseError(HubsyncError):
     """A card license that the Hub does not accept: it refuses a README whose `license` is not on its list."""
 
