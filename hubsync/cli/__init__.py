@@ -25,8 +25,10 @@ from .errors import message_for
 
 def _secrets() -> list[str]:
     """Values that must never reach the terminal, whatever the message."""
+    from hubsync.core.secrets import saved_tokens
+
     ctx = click.get_current_context(silent=True)
-    found = [os.environ.get("HF_TOKEN") or ""]
+    found = [os.environ.get("HF_TOKEN") or "", *saved_tokens()]  # and the token `hf auth login` saved
     while ctx is not None:
         found.append(str(ctx.params.get("token") or ""))
         ctx = ctx.parent
@@ -36,8 +38,9 @@ def _secrets() -> list[str]:
 def _scrub(text: str) -> str:
     """No token, no password in a URL, and no absolute local path (they name users and machines), whatever a
     library put into a message."""
-    for secret in _secrets():
-        text = text.replace(secret, "***")
+    from hubsync.core.secrets import redact
+
+    text = redact(text, _secrets())  # the known tokens, and anything shaped like a token (a Hub quoting a header)
     text = _URL_USERINFO.sub(r"\1***@", text)
     text = _ABSOLUTE_PATH.sub(_local_path, text)
     # A terminal acts on control characters (a file name with ESC could rewrite the screen): show them escaped.
@@ -502,6 +505,7 @@ def _push_options(ctx: click.Context, path: Any, flags: dict[str, Any]) -> tuple
         release=settings["release"],
         revision_pattern=True,
         git_commit=settings["git-commit"],
+        secret_tokens=tuple(t for t in [ctx.params.get("token")] if t),
     )
     return settings, options
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import Checkpoint, TrainerState, check_complete, looks_pickled
+from .checkpoint import MAX_JSON_BYTES, Checkpoint, TrainerState, check_complete, looks_pickled
 from .conversion import (
     PICKLE_SUFFIXES,
     STATE_FILE_RE,
@@ -22,6 +22,7 @@ from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError, S
 from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .render import render
+from .secrets import Identity, scrub_value, scrubbed_json, this_machine
 from .selection import DEFAULT_REVISION, revision_name
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -190,6 +191,7 @@ class PushOptions:
     release: bool = False
     revision_pattern: bool = False  # `revision` is a pattern with {step}, {epoch}, {run}
     git_commit: str | None = None  # the training code's commit, given; default: the checkpoint's git work tree
+    secret_tokens: tuple[str, ...] = ()  # tokens never to publish beside those of HF_TOKEN and the saved login
 
 
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
@@ -225,7 +227,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     if options.card is not None:  # the Hub would refuse it, after the repository was created
         check_card_metadata(generated["README.md"], options.card.template_name or "the packaged card template")
     names = {f.relpath for f in checkpoint.files}
-    for path, data in publishable_configs(checkpoint, context["base_model"] if context else None).items():
+    who = this_machine(checkpoint.path.parent, options.secret_tokens)
+    for path, data in publishable_configs(checkpoint, context["base_model"] if context else None, who).items():
         if path in names:
             generated[path] = data
     dropped = tuple(
@@ -246,7 +249,7 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         if "training_args.bin" in sizes:
             safe.add("training_args.bin")
             if checkpoint.training_args is not None:
-                generated["training_args.json"] = training_args_json(checkpoint.training_args)
+                generated["training_args.json"] = training_args_json(checkpoint.training_args, who)
     else:
         safe = set()
     replaced = conversion.sources | set(generated) | set(dropped) | safe
@@ -321,10 +324,15 @@ def is_local_path(value: Any) -> bool:
     )
 
 
-def publishable_configs(checkpoint: Checkpoint, base_model: str | None) -> dict[str, bytes]:
-    """Copies of the checkpoint's JSON records without the absolute local paths the libraries write into them:
-    trainer_state.json's best_model_checkpoint becomes the folder's name, and the base model's local path in
-    adapter_config.json / config.json becomes its Hub id (or null). Only files that change are returned."""
+def publishable_configs(
+    checkpoint: Checkpoint, base_model: str | None, who: Identity | None = None
+) -> dict[str, bytes]:
+    """Copies of the checkpoint's JSON files as they may be published: the absolute local paths the libraries
+    write into them fixed (trainer_state.json's best_model_checkpoint becomes the folder's name, the base model's
+    local path in adapter_config.json / config.json its Hub id or null), then every JSON file scrubbed by value of
+    tokens, host and user names and paths of this machine (core/secrets.py). Only files that change are returned:
+    the others are published byte for byte."""
+    who = this_machine(checkpoint.path.parent) if who is None else who
     out = {}
     fixes: list[tuple[str, Mapping[str, Any] | None, str, Any]] = [
         ("trainer_state.json", checkpoint.trainer_state_json, "best_model_checkpoint", None),
@@ -337,11 +345,24 @@ def publishable_configs(checkpoint: Checkpoint, base_model: str | None) -> dict[
         if replacement is None and key == "best_model_checkpoint":
             replacement = str(data[key]).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
         out[name] = (json.dumps({**data, key: replacement}, indent=2, sort_keys=True) + "\n").encode()
+    for f in checkpoint.files:
+        if not f.relpath.lower().endswith(".json") or f.size > MAX_JSON_BYTES:
+            continue
+        raw = out.get(f.relpath)
+        if raw is None:
+            try:
+                raw = (checkpoint.path / f.relpath).read_bytes()
+            except OSError:
+                continue  # gone or unreadable: the upload says so
+        scrubbed = scrubbed_json(f.relpath, raw, who)
+        if scrubbed is not None:
+            out[f.relpath] = scrubbed
     return out
 
 
-def training_args_json(args: Mapping[str, Any]) -> bytes:
-    """training_args.bin's fields as JSON, without what must not be published: tokens, and local paths."""
+def training_args_json(args: Mapping[str, Any], who: Identity | None = None) -> bytes:
+    """training_args.bin's fields as JSON, without what must not be published: tokens, and local paths; then
+    scrubbed by value as every published JSON file is."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, Mapping):
@@ -350,7 +371,8 @@ def training_args_json(args: Mapping[str, Any]) -> bytes:
             return [clean(v) for v in value if not is_local_path(v)]
         return value
 
-    return (json.dumps(clean(args), indent=1, default=str) + "\n").encode()
+    plain = json.loads(json.dumps(clean(args), default=str))
+    return (json.dumps(scrub_value(plain, who or this_machine()), indent=1) + "\n").encode()
 
 
 def is_inference_file(path: str) -> bool:

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from hubsync.core import errors
 from hubsync.core.config import check_endpoint, is_token_text
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
+from hubsync.core.secrets import redact, saved_tokens
 from hubsync.files import system_temp_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -165,26 +166,30 @@ class HubClient:
         """Translate what huggingface_hub and the network raise into hubsync's errors."""
         where: dict[str, Any] = {"repo_id": repo_id, "revision": revision}
         try:
-            yield
+            try:
+                yield
+            except Exception as exc:  # a Hub may quote the Authorization header: no token in any traceback
+                _redact_in_place(exc, self._known_tokens())
+                raise
         except OIDCError as exc:
             raise errors.TrustedPublishingError(self.endpoint, str(exc).split(". ")[0], **where) from exc
         except RevisionNotFoundError as exc:
-            raise errors.RevisionNotFoundError(self.endpoint, _server_message(exc), **where) from exc
+            raise errors.RevisionNotFoundError(self.endpoint, self._said(exc), **where) from exc
         except RepositoryNotFoundError as exc:
-            raise errors.RepoNotFoundError(self.endpoint, _server_message(exc), **where) from exc
+            raise errors.RepoNotFoundError(self.endpoint, self._said(exc), **where) from exc
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             if exc.response is not None and exc.response.request.url.path.endswith("/oauth/token"):
-                raise errors.TrustedPublishingError(self.endpoint, _server_message(exc), **where) from exc
+                raise errors.TrustedPublishingError(self.endpoint, self._said(exc), **where) from exc
             if status == 401:
-                raise errors.TokenRejectedError(self.endpoint, _server_message(exc), **where) from exc
+                raise errors.TokenRejectedError(self.endpoint, self._said(exc), **where) from exc
             if status == 403:
-                raise errors.PermissionDeniedError(self.endpoint, _server_message(exc), **where) from exc
+                raise errors.PermissionDeniedError(self.endpoint, self._said(exc), **where) from exc
             if status == 412:
-                raise errors.CommitConflictError(self.endpoint, _server_message(exc), **where) from exc
+                raise errors.CommitConflictError(self.endpoint, self._said(exc), **where) from exc
             if status == 404:  # a 404 that names no repository or revision: no Hub route answered
-                raise errors.NotAHubError(self.endpoint, _server_message(exc), **where) from exc
-            raise errors.HubError(self.endpoint, _server_message(exc), **where, status=status) from exc
+                raise errors.NotAHubError(self.endpoint, self._said(exc), **where) from exc
+            raise errors.HubError(self.endpoint, self._said(exc), **where, status=status) from exc
         except (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError) as exc:
             raise errors.HubUnreachableError(self.endpoint, type(exc).__name__, **where) from exc
         except ValueError as exc:  # e.g. huggingface_hub's own checks of what it is asked to send, one a line
@@ -192,6 +197,13 @@ class HubClient:
         except (KeyError, TypeError, AttributeError, RecursionError) as exc:  # an answer of the wrong shape
             detail = f"its answer is not what a Hub sends ({type(exc).__name__})"
             raise errors.HubError(self.endpoint, detail, **where) from exc
+
+    def _known_tokens(self) -> list[str]:
+        """The tokens this client may send: --token, HF_TOKEN and the saved login (read, never exchanged)."""
+        return [t for t in (self._token, *saved_tokens()) if t]
+
+    def _said(self, exc: HfHubHTTPError) -> str:
+        return redact(_server_message(exc), self._known_tokens())
 
     def require_token(self) -> None:
         if not self.token:
@@ -400,3 +412,17 @@ def _server_message(exc: HfHubHTTPError) -> str:
             return f"{response.status_code}: {message}"
         return f"{response.status_code}: {response.reason_phrase}"
     return str(exc).splitlines()[0]
+
+
+def _redact_in_place(exc: BaseException, tokens: list[str]) -> None:
+    """Take tokens out of an exception's text and of the causes it chains, as they would show in a traceback."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        with suppress(AttributeError, TypeError):
+            current.args = tuple(redact(a, tokens) if isinstance(a, str) else a for a in current.args)
+        if isinstance(getattr(current, "server_message", None), str):
+            with suppress(AttributeError):
+                current.server_message = redact(current.server_message, tokens)  # type: ignore[attr-defined]
+        current = current.__cause__ or current.__context__

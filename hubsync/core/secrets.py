@@ -1,0 +1,175 @@
+"""What must never be published or printed: tokens of the Hub and of other services, and what names this machine
+and its user (its host name, the user name, absolute paths under the home folder or the run).
+
+One rule, used for every JSON file a push publishes (scrubbed copies, never the user's files) and for every line
+the command line prints.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import socket
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REDACTED = "<redacted>"
+# Tokens by their shape: the Hub's (user and organisation), GitHub's, OpenAI's and Anthropic's, AWS access key
+# ids, Slack's, GitLab's, Google API keys; and what an Authorization header carries.
+TOKEN_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:"
+    r"hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+    r"|sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|glpat-[A-Za-z0-9_-]{20,}"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r")"
+    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]{8,}|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"
+)
+# A key whose string value is a secret whatever it looks like (not `eos_token`: a tokenizer's tokens are words).
+SECRET_KEY_RE = re.compile(
+    r"(?i)(?:^|[_-])(?:hub_token|auth_token|access_token|api_?key|secret|password|passwd|access_key|private_key"
+    r"|credentials?)(?:$|[_-])|wandb|^token$"
+)
+# wandb's API key: 40 hexadecimal digits, after its name in a text such as `WANDB_API_KEY=...`.
+WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*\s*[=:]\s*[\"']?)[0-9a-f]{40}(?![0-9a-f])")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What names this machine and its user, and the tokens known to be secret (given, saved, in HF_TOKEN)."""
+
+    home: str = ""
+    runs: tuple[str, ...] = ()  # the run folder, as given and resolved: paths under it are published relative to it
+    user: str = ""
+    host: str = ""
+    tokens: tuple[str, ...] = ()
+
+    def words(self) -> list[str]:
+        """Host and user names, the host also without its domain; names too short to tell are left out."""
+        found = {self.host, self.host.split(".")[0], self.user}
+        return sorted((w for w in found if len(w) >= 2 and w not in ("localhost", "user")), key=len, reverse=True)
+
+
+def saved_tokens() -> list[str]:
+    """The token `hf auth login` saved, and HF_TOKEN: whatever huggingface_hub would send without --token."""
+    from huggingface_hub import constants
+
+    found = [os.environ.get("HF_TOKEN", ""), os.environ.get("HUGGING_FACE_HUB_TOKEN", "")]
+    with suppress(OSError, UnicodeDecodeError):
+        found.append(Path(constants.HF_TOKEN_PATH).read_text(encoding="utf-8"))
+    return [t.strip() for t in found if len(t.strip()) >= 8]
+
+
+def this_machine(run: Path | None = None, tokens: Iterable[str | None] = ()) -> Identity:
+    user = ""
+    with suppress(Exception):  # no user name on some containers
+        user = getpass.getuser()
+    given = [t.strip() for t in tokens if t and len(t.strip()) >= 8]
+    return Identity(
+        home=str(Path.home()),
+        runs=tuple(dict.fromkeys((str(run.absolute()), str(run.resolve())))) if run is not None else (),
+        user=user,
+        host=socket.gethostname(),
+        tokens=tuple(dict.fromkeys(given + saved_tokens())),
+    )
+
+
+def redact(text: str, tokens: Iterable[str] = ()) -> str:
+    """`text` with every known token and everything shaped like a token replaced by <redacted>."""
+    text = TOKEN_RE.sub(REDACTED, WANDB_IN_TEXT_RE.sub(lambda m: m.group(1) + REDACTED, text))
+    for token in sorted({t for t in tokens if len(t) >= 8}, key=len, reverse=True):
+        text = text.replace(token, REDACTED)
+    return text
+
+
+def _path_text(text: str, who: Identity) -> str:
+    """Paths under the run relative to it, under the home folder as ~/...; host and user names in a path (as
+    transformers' `runs/<date>_<host>`) or as the whole value replaced. A word elsewhere is left alone: a
+    tokenizer's vocabulary holds words that may happen to be a user's name."""
+    folders = [(run, ".") for run in who.runs] + [(who.home, "~")]
+    for folder, shown in sorted(folders, key=lambda f: len(f[0]), reverse=True):
+        if len(folder.rstrip("/\\")) > 1:
+            text = re.sub(re.escape(folder.rstrip("/\\")) + r"(?![A-Za-z0-9_.-])", shown, text)
+    for word in who.words():
+        marker = "<host>" if word in (who.host, who.host.split(".")[0]) else "<user>"
+        if text == word:
+            return marker
+        if "/" in text or "\\" in text:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", marker, text)
+    return text
+
+
+def scrub_text(text: str, who: Identity) -> str:
+    return _path_text(redact(text, who.tokens), who)
+
+
+def scrub_value(value: Any, who: Identity, key: str = "") -> Any:
+    """A JSON value with no token, no host or user name and no absolute path of this machine, at any depth, in
+    keys as in values."""
+    if isinstance(value, str):
+        if key and SECRET_KEY_RE.search(key) and value.strip() and value != scrub_text(value, who):
+            return REDACTED
+        if key and SECRET_KEY_RE.search(key) and re.fullmatch(r"[0-9a-fA-F]{32,}|\S{20,}", value.strip()):
+            return REDACTED  # a key named as a secret, holding something shaped as one
+        return scrub_text(value, who)
+    if isinstance(value, dict):
+        return {scrub_text(str(k), who): scrub_value(v, who, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_value(v, who, key) for v in value]
+    return value
+
+
+def might_hold_secrets(text: str, who: Identity) -> bool:
+    """A quick look at a file's text: False when nothing in it could need scrubbing (most files)."""
+    needles = [*who.tokens, *(f for f in (*who.runs, who.home) if len(f) > 1), *who.words()]
+    return (
+        any(n in text for n in needles)
+        or TOKEN_RE.search(text) is not None
+        or re.search(r"(?i)wandb|api_?key|secret|passw|credential|access_key|private_key|auth_token", text) is not None
+    )
+
+
+# Files whose strings are a vocabulary: words such as `/home` or a user's name are tokens of the model there, so
+# only the tokens known to be secret are taken out of them.
+VOCABULARIES = ("tokenizer.json", "vocab.json")
+
+
+def scrubbed_json(name: str, raw: bytes, who: Identity) -> bytes | None:
+    """A JSON file's scrubbed bytes, or None when nothing in it needs scrubbing (it is published unchanged)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if name.rsplit("/", 1)[-1] in VOCABULARIES:
+        who = Identity(tokens=who.tokens)
+        if not any(t in text for t in who.tokens):
+            return None
+    elif not might_hold_secrets(text, who):
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON anything reads; still no token in it
+        redacted = redact(text, who.tokens)
+        return None if redacted == text else redacted.encode()
+    clean = scrub_value(data, who) if who.home or who.runs else _tokens_only(data, who.tokens)
+    if clean == data:
+        return None
+    return (json.dumps(clean, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _tokens_only(value: Any, tokens: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return REDACTED if value in tokens else value if not any(t in value for t in tokens) else redact(value, tokens)
+    if isinstance(value, dict):
+        return {_tokens_only(k, tokens): _tokens_only(v, tokens) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tokens_only(v, tokens) for v in value]
+    return value
