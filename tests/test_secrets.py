@@ -19,14 +19,19 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
 from huggingface_hub import HfApi
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from hubsync.cli import cli
 from hubsync.core.errors import HubsyncError
@@ -280,3 +285,184 @@ def test_nothing_published_names_the_token_the_machine_or_its_user(
         if blob.is_file():
             assert CANARY.encode() not in blob.read_bytes(), blob
             assert str(tmp_path).encode() not in blob.read_bytes(), blob
+
+
+# -- scrubbed by value: wherever a secret sits in whichever JSON file ------------------------------------------------
+
+SECRETS = st.sampled_from(
+    [
+        "hf_" + "Qx7" * 10,
+        "api_org_" + "Zk4" * 9,
+        "ghp_" + "Ab1" * 12,
+        "github_pat_11" + "Cd2_" * 10,
+        "sk-proj-" + "Ef3" * 10,
+        "AKIA" + "GH4IJ5KL6MN7OP8Q",
+        "xoxb-1234-5678-" + "Rs9" * 6,
+    ]
+)
+KEYS = st.sampled_from(["note", "env", "extra", "HF_TOKEN", "x", "command", "0", "eos_token"])
+WRAPS = st.sampled_from(["{}", "HF_TOKEN={}", "export TOKEN='{}'", "Bearer {}", "a {} b", "--token={} --x"])
+
+
+def _placed(secret: str, keys: list[str], wrap: str, as_key: bool) -> Any:
+    """A JSON value holding `secret` at the end of `keys` (a list level for a digit), inside a longer text, or
+    as a key."""
+    value: Any = {wrap.format(secret): 1} if as_key else wrap.format(secret)
+    for key in reversed(keys):
+        value = [value] if key.isdigit() else {"pad_token": "<pad>", key: value}
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(SECRETS, st.lists(KEYS, max_size=6), WRAPS, st.booleans(), st.booleans())
+def test_a_token_is_scrubbed_wherever_it_sits(
+    secret: str, keys: list[str], wrap: str, as_key: bool, known: bool
+) -> None:
+    from hubsync.core.secrets import Identity, scrubbed_json
+
+    who = Identity(home="/home/alice", runs=("/home/alice/proj/out/run",), user="alice", host="box7",
+                   tokens=(secret,) if known else ())  # fmt: skip
+    raw = json.dumps({"model_type": "llama", "data": _placed(secret, keys, wrap, as_key)}).encode()
+    clean = scrubbed_json("tokenizer_config.json", raw, who)
+    assert clean is not None and secret.encode() not in clean and secret[4:].encode() not in clean
+    assert json.loads(clean)["model_type"] == "llama"
+    assert scrubbed_json("config.json", json.dumps({"a": [1, {"b": "plain words"}]}).encode(), who) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["/home/alice/proj/out/run", "/home/alice", "box7", "box7.lab.example.org"]),
+    st.sampled_from(["{}", "{}/checkpoint-30", "runs/Jan01_12-00-00_{}", "{}/runs/May02_box7", "cd {}/x && go"]),
+    st.lists(KEYS, max_size=4),
+)
+def test_paths_and_names_of_the_machine_are_scrubbed(where: str, wrap: str, keys: list[str]) -> None:
+    from hubsync.core.secrets import Identity, scrubbed_json
+
+    who = Identity(home="/home/alice", runs=("/home/alice/proj/out/run",), user="alice", host="box7.lab.example.org")
+    text = wrap.format(where)
+    assume("/" in text or text == where)  # a bare word is left alone in a longer text: it may be a vocabulary's
+    clean = scrubbed_json(
+        "trainer_state.json", json.dumps({"d": _placed(where, keys, "{}", False), "w": text}).encode(), who
+    )
+    assert clean is not None
+    assert b"/home/alice" not in clean and b"box7" not in clean and b"alice" not in clean, clean
+
+
+@pytest.fixture
+def secretive(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The run's last checkpoint with secrets where real runs and careless scripts leave them: the host name in
+    logging_dir (transformers 4.x: runs/<date>_<hostname>), absolute paths in tokenizer_config.json and in a
+    nested config.json field, a token inside a value in trainer_state.json."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = Path(shutil.copytree(tiny_run / "checkpoint-30", tmp_path / "run" / "checkpoint-30"))
+    args = torch.load(ckpt / "training_args.bin", weights_only=False)  # written by the real run: trusted
+    args.logging_dir = f"runs/Jan01_12-00-00_{socket.gethostname()}"
+    args.run_name = f"HF_TOKEN={CANARY} python train.py"
+    torch.save(args, ckpt / "training_args.bin")
+    tokenizer = {"model_max_length": 64, "name_or_path": str(tmp_path / "models" / "tok"), "eos_token": "</s>"}
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    config = {"model_type": "llama", "extra": {"deep": [{"cache": str(Path.home() / ".cache" / "x")}]}}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["trial_params"] = {"command": f"wandb login {'ab12' * 10}; export GH=ghp_{'Ab1' * 12}"}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    (ckpt / "generation_config.json").write_text('{"max_new_tokens": 8}\n')  # nothing to scrub
+    return ckpt
+
+
+def test_every_published_json_is_scrubbed_and_the_checkpoint_left_alone(
+    secretive: Path, hub: RunningHub, tmp_path: Path
+) -> None:
+    before = {p.name: p.read_bytes() for p in secretive.iterdir() if p.is_file()}
+    result = invoke("push", "run/checkpoint-30", "--repo", "me/s", "--base-model", "hubsync/tiny-random-llama",
+                    "--training-state", "keep", env=cli_env(hub))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    api = HfApi(endpoint=hub.endpoint, token=CANARY)
+    names = [f.path for f in api.list_repo_tree("me/s", revision="checkpoint-30", recursive=True)]
+    published = {
+        n: Path(api.hf_hub_download("me/s", n, revision="checkpoint-30", cache_dir=tmp_path / "c")).read_bytes()
+        for n in names
+        if n.endswith(".json")
+    }
+    assert {"training_args.json", "tokenizer_config.json", "config.json", "trainer_state.json"} <= set(published)
+    for name, data in published.items():
+        text = data.decode()
+        for secret in [*forbidden(tmp_path), str(Path.home() / ".cache"), "ab12" * 10, "ghp_"]:
+            assert secret not in text, (name, secret)
+        host = re.escape(socket.gethostname())
+        assert not re.search(rf"(?<![A-Za-z0-9]){host}(?![A-Za-z0-9])", text), name
+    assert socket.gethostname() not in json.loads(published["training_args.json"]).get("logging_dir", "")
+    assert json.loads(published["tokenizer_config.json"])["eos_token"] == "</s>"
+    assert json.loads(published["config.json"])["extra"]["deep"][0]["cache"] == "~/.cache/x"
+    assert published["generation_config.json"] == before["generation_config.json"]  # nothing scrubbed: same bytes
+    assert {p.name: p.read_bytes() for p in secretive.iterdir() if p.is_file()} == before  # never modified
+
+
+# -- a Hub that quotes the Authorization header in its errors ---------------------------------------------------------
+
+LOCAL_TOKEN = "Zq9-local-secret-777"  # shaped like no service's token: only knowing it takes it out
+
+
+@pytest.fixture
+def echoing_hub() -> Iterator[str]:
+    """A Hub that refuses every request, quoting the header it got, in its body and its X-Error-Message."""
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            said = f"bad request, your headers: Authorization: {self.headers.get('Authorization')}"
+            body = json.dumps({"error": said}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Error-Message", said)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("given", ["--token", "saved", "HF_TOKEN"])
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_hub_quoting_the_authorization_header_never_shows_the_token(
+    given: str, debug: bool, leaky: Path, echoing_hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    saved = tmp_path / "saved-token"
+    saved.write_text(LOCAL_TOKEN)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(saved if given == "saved" else tmp_path / "none"))
+    env = {"HF_ENDPOINT": echoing_hub, **({"HF_TOKEN": LOCAL_TOKEN} if given == "HF_TOKEN" else {})}
+    env |= {"HUBSYNC_DEBUG": "1"} if debug else {}
+    flag = ["--token", LOCAL_TOKEN] if given == "--token" else []
+    commands = [
+        ["push", "run/checkpoint-30", "--repo", "me/x", "--base-model", "hubsync/tiny-random-llama"],
+        ["pull", "me/x", "--revision", "checkpoint-30", "--to", "p"],
+        ["ls", "me/x"],
+        ["prune", "me/x", "--keep", "1"],
+    ]
+    for command in commands:
+        result = CliRunner().invoke(cli, [*command, *flag], env=env)
+        assert result.exit_code != 0, (command, result.output)
+        shown = result.output
+        if debug and result.exception is not None and not isinstance(result.exception, SystemExit):
+            shown += "".join(traceback.format_exception(result.exception))
+        elif not debug:
+            assert result.exit_code == 1 and "403" in result.stderr, (command, result.stderr)
+        assert LOCAL_TOKEN not in shown and "secret-777" not in shown, (command, shown)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -38,8 +39,8 @@ SECRET_KEY_RE = re.compile(
     r"(?i)(?:^|[_-])(?:hub_token|auth_token|access_token|api_?key|secret|password|passwd|access_key|private_key"
     r"|credentials?)(?:$|[_-])|wandb|^token$"
 )
-# wandb's API key: 40 hexadecimal digits, after its name in a text such as `WANDB_API_KEY=...`.
-WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*\s*[=:]\s*[\"']?)[0-9a-f]{40}(?![0-9a-f])")
+# wandb's API key: 40 hexadecimal digits, after its name in a text: `WANDB_API_KEY=...`, `wandb login ...`.
+WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*(?:\s+login)?(?:\s*[=:]\s*|\s+)[\"']?)[0-9a-f]{40}(?![0-9a-f])")
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,21 @@ class Identity:
 
 def saved_tokens() -> list[str]:
     """The token `hf auth login` saved, and HF_TOKEN: whatever huggingface_hub would send without --token."""
-    from huggingface_hub import constants
-
     found = [os.environ.get("HF_TOKEN", ""), os.environ.get("HUGGING_FACE_HUB_TOKEN", "")]
     with suppress(OSError, UnicodeDecodeError):
-        found.append(Path(constants.HF_TOKEN_PATH).read_text(encoding="utf-8"))
+        found.append(_token_path().read_text(encoding="utf-8"))
     return [t.strip() for t in found if len(t.strip()) >= 8]
+
+
+def _token_path() -> Path:
+    """Where huggingface_hub keeps the saved token. Its own constant once it is imported; before that (an error
+    printed before any Hub call, or a bad HF_ENDPOINT that importing it would choke on) the same rule."""
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        return Path(hub.HF_TOKEN_PATH)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    home = os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(cache, "huggingface"))
+    return Path(os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token"))
 
 
 def this_machine(run: Path | None = None, tokens: Iterable[str | None] = ()) -> Identity:
