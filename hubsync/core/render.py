@@ -8,6 +8,7 @@ the memory: it renders in a child process with limits on CPU time, memory and wa
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -120,7 +121,10 @@ def render_file(text: str, **context: Any) -> str:
         # SIGXCPU (or SIGKILL past the hard limit) is the CPU bound; anything else ran out of what it may hold.
         what = f"{MAX_CPU_S} s of CPU" if done.returncode < 0 else f"{MAX_MEMORY >> 20} MiB of memory"
         raise TemplateLimitError(f"it ran past {what} (templates are bounded to {limits})")
-    kind, value = pickle.loads(done.stdout)
+    try:  # JSON, not a pickle: the child ran a template that may be hostile, so its answer is read as data
+        kind, value = json.loads(done.stdout)
+    except (ValueError, TypeError) as exc:
+        raise RenderError("the template's renderer gave an unreadable answer") from exc
     if kind == "ok":
         return str(value)
     if kind == "limit":
@@ -129,7 +133,7 @@ def render_file(text: str, **context: Any) -> str:
 
 
 def _child() -> None:
-    """The rendering process: limits first, then the template; the outcome pickled to stdout."""
+    """The rendering process: limits first, then the template; the outcome as JSON on stdout."""
     import resource
 
     text, context, cpu_s = pickle.loads(sys.stdin.buffer.read())
@@ -148,6 +152,6 @@ def _child() -> None:
         outcome = ("limit", "it nests or recurses too deeply")
     except Exception as exc:  # a user's template can fail at run time in any way: 1/0, a bad format, ...
         outcome = ("error", f"{type(exc).__name__}: {exc}")
-    sys.stdout.buffer.write(pickle.dumps(outcome))
+    sys.stdout.buffer.write(json.dumps(outcome).encode())
     sys.stdout.buffer.flush()
     os._exit(0)
