@@ -461,3 +461,13 @@ def test_the_verbose_log_prints_what_a_client_sent_escaped(hub: RunningHub, capf
     assert "localhub:" in err
     assert not any(c in err for c in "\x1b\x07\x9b\u202e"), repr(err)
     assert "\\x1b]0;pwned" in err
+
+
+def test_a_public_url_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hubsync.cli import cli
+
+    result = CliRunner().invoke(cli, ["localhub", "--root", str(tmp_path / "hub"), "--public-url", "evil\r\nX: y"])
+    assert result.exit_code == 2
+    assert "--public-url" in result.stderr

@@ -1455,7 +1455,9 @@ class LocalHubServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self._room.close()
+        room = getattr(self, "_room", None)  # absent when binding failed, inside __init__
+        if room is not None:
+            room.close()
 
     def trust_publisher(self, id_token: str, repo_id: str) -> None:
         """Let a CI job holding `id_token` publish to `repo_id` (the Hub checks a signed JWT's claims instead)."""
