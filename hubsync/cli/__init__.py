@@ -1259,7 +1259,13 @@ def _size(n: int) -> str:
 @click.option("--user", default="me", show_default=True, help="The user the token belongs to.")
 @click.option("--token", help="Token to accept [default: the one stored under --root, else a new one].")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
-def localhub(root: str, host: str, port: int, user: str, token: str | None, verbose: bool) -> None:
+@click.option(
+    "--public-url",
+    help="Address clients reach the server at, for the links it hands out [default: http://HOST:PORT].",
+)
+def localhub(
+    root: str, host: str, port: int, user: str, token: str | None, verbose: bool, public_url: str | None
+) -> None:
     """Serve a Hub-compatible server on this machine, storing everything under --root.
 
     Prints HF_ENDPOINT=... and HF_TOKEN=..., one per line, for `eval`.
@@ -1274,13 +1280,17 @@ def localhub(root: str, host: str, port: int, user: str, token: str | None, verb
     try:
         store = Store(root)
         token = store.ensure_user(user, token)
-        server = LocalHubServer(store, host, port, verbose=verbose)
+        if public_url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+(?::[0-9]+)?/?", public_url):
+            raise click.BadParameter("give a URL such as http://hub.example:8000", param_hint="--public-url")
+        server = LocalHubServer(store, host, port, verbose=verbose, public_url=public_url)
     except StoreError as exc:
         raise click.UsageError(exc.message) from exc
     except OSError as exc:
         if exc.filename:
             raise click.UsageError(f"cannot use --root {display_path(root)} ({exc.strerror})") from exc
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
+    if store.tightened:
+        click.echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
     click.echo(f"HF_ENDPOINT={server.url}")
     click.echo(f"HF_TOKEN={token}")
     sys.stdout.flush()

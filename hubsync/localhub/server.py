@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import re
 import secrets
+import selectors
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,7 +31,7 @@ from hubsync.core.metadata import HUB_LICENSES, license_problem
 
 from .store import (
     AddLfs,
-    AddRegular,
+    AddStaged,
     Commit,
     CommitOp,
     Delete,
@@ -36,14 +40,32 @@ from .store import (
     Store,
     StoreError,
     bad_request,
+    check_path_in_repo,
     check_repo_name,
     git_blob_sha1,
     is_lfs,
     not_found_repo,
 )
 
-MAX_JSON_BODY = 16 * 1024 * 1024
-MAX_COMMIT_BODY = 1024 * 1024 * 1024
+# Bodies are bounded per route, and refused with 413 from their Content-Length before any of it is read.
+MAX_JSON_BODY = 64 * 1024  # repository, branch, tag, settings, token and verify requests: a few fields
+MAX_LIST_BODY = 4 * 1024 * 1024  # preupload and LFS batch (the client sends at most 256 files a request), paths-info
+MAX_YAML_BODY = 1024 * 1024  # a README sent for validation
+MAX_FRONT_MATTER = 64 * 1024  # the YAML that is parsed of it (PyYAML in pure Python: about 10 us a byte)
+MAX_YAML_NODES = 10_000  # values the front matter may hold, aliases expanded
+MAX_YAML_DEPTH = 64
+MAX_COMMIT_BODY = 1024 * 1024 * 1024  # streamed to disk a line at a time: bounds disk use, not memory
+MAX_COMMIT_LINE = 16 * 1024 * 1024  # a regular file is under 10 MB (larger ones are LFS), base64 adds a third
+MAX_COMMIT_OPS = 25_000
+LINK_LIFETIME = 24 * 3600  # seconds an LFS upload, verify or download link is valid
+
+# Connections wait for a whole request head in one thread (the waiting room) and get a thread of their own only
+# then: a thousand half-sent requests cost a thousand buffers, not a thousand threads, and expire.
+HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its head
+IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
+MAX_HEADER_BLOCK = 256 * 1024  # a longer request head is answered 431 (http.server allows 64 KiB a line)
+MAX_WAITING = 512  # connections waiting for a request head; the one waiting longest is closed past it
+MAX_ACTIVE = 64  # requests served at once; past it, 503 with Retry-After
 _RESERVED_NAMESPACES = {"api", "datasets", "spaces", "_lfs", "models"}
 _CHUNK = 1024 * 1024
 
@@ -148,8 +170,315 @@ def _private_of(data: dict[str, Any], default: bool) -> bool:
     return private
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal could act on (C0 and C1 controls, ESC, bidirectional and other
+    format characters) written as a Python escape, and backslashes doubled so that an escape cannot be forged."""
+    return "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text.replace("\\", "\\\\")
+    )
+
+
+class FrontMatterError(Exception):
+    """YAML front matter that does not parse, or costs more to parse than any model card does."""
+
+
+@functools.cache
+def _bounded_loader() -> Any:
+    import yaml  # a dependency of huggingface_hub; only needed for validate-yaml
+
+    class BoundedLoader(yaml.SafeLoader):  # type: ignore[misc]
+        """The safe loader (no Python objects), refusing nesting deeper than MAX_YAML_DEPTH and more than
+        MAX_YAML_NODES values as it builds them."""
+
+        depth = 0
+        nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            self.nodes += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise FrontMatterError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+                if self.nodes > MAX_YAML_NODES:
+                    raise FrontMatterError(f"more than {MAX_YAML_NODES} values")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return BoundedLoader
+
+
+def _expanded_size(node: Any) -> int:
+    """How many nodes `node` holds once aliases are expanded (a billion laughs is a few bytes that expand to
+    10**9); refused past MAX_YAML_NODES, and an alias that holds itself is refused."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: Any) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in active:
+            raise FrontMatterError("an alias refers to itself")
+        active.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            children = [child for pair in n.value for child in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise FrontMatterError(f"more than {MAX_YAML_NODES} values once aliases are expanded")
+        active.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
+def load_front_matter(text: str) -> Any:
+    """Parse a README's YAML front matter with bounded cost: safe tags only, bounded depth and expanded size."""
+    import yaml
+
+    # PyYAML's scanner looks ahead through a whole run of open brackets at a cost quadratic in its length
+    # (8 KB of "[" took a second) before the depth check above can see it: count them first.
+    depth = 0
+    for bracket in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if bracket[0] in "[{" else max(depth - 1, 0)
+        if depth > MAX_YAML_DEPTH:
+            raise FrontMatterError(f"brackets nested deeper than {MAX_YAML_DEPTH} levels")
+    loader = _bounded_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: an integer of too many digits
+        raise FrontMatterError(str(exc)[:300]) from None
+    finally:
+        loader.dispose()
+
+
+def _token_digest(token: str) -> str:
+    """What a signed link records of the token that asked for it: enough to find it again, not the token."""
+    return hashlib.sha256(b"localhub-link:" + token.encode()).hexdigest()[:32]
+
+
 def _url_prefix(repo_type: str) -> str:
     return "" if repo_type == "model" else f"{repo_type}s/"
+
+
+class _Connection:
+    """An accepted connection and the bytes of its next request read so far."""
+
+    __slots__ = ("address", "buffer", "deadline", "keep", "sock")
+
+    def __init__(self, sock: socket.socket, address: Any, buffer: bytes = b"") -> None:
+        self.sock = sock
+        self.address = address
+        self.buffer = bytearray(buffer)
+        self.deadline = 0.0
+        self.keep = False
+
+    def head_complete(self) -> bool:
+        return b"\r\n\r\n" in self.buffer or b"\n\n" in self.buffer
+
+
+class _Reader:
+    """A request's bytes for http.server: what the waiting room read, then the socket (with its timeout)."""
+
+    closed = False
+
+    def __init__(self, sock: socket.socket, buffer: bytearray) -> None:
+        self.sock = sock
+        self.buffer = buffer
+        self.eof = False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        data = self.sock.recv(_CHUNK)
+        self.eof = not data
+        self.buffer += data
+        return bool(data)
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    def readline(self, limit: int = -1) -> bytes:
+        scanned = 0
+        while True:
+            end = self.buffer.find(b"\n", scanned)
+            if end >= 0 and (limit < 0 or end < limit):
+                return self._take(end + 1)
+            if 0 <= limit <= len(self.buffer):
+                return self._take(limit)
+            scanned = len(self.buffer)
+            if not self._fill():
+                return self._take(len(self.buffer))
+
+    def read(self, n: int = -1) -> bytes:
+        while (n < 0 or len(self.buffer) < n) and self._fill():
+            pass
+        return self._take(len(self.buffer) if n < 0 else min(n, len(self.buffer)))
+
+    def read1(self, n: int = -1) -> bytes:
+        if not self.buffer:
+            self._fill()
+        return self._take(len(self.buffer) if n < 0 else min(n, len(self.buffer)))
+
+    def close(self) -> None:
+        pass
+
+
+class _Writer:
+    closed = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def write(self, data: bytes) -> int:
+        self.sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _WaitingRoom:
+    """One thread that reads request heads of every connection that has not sent a whole one yet, and hands a
+    connection to a thread of its own once it has. Bounded in count (MAX_WAITING) and in time (HEADER_TIMEOUT,
+    IDLE_TIMEOUT)."""
+
+    def __init__(self, ready: Callable[[_Connection], None]) -> None:
+        self._ready = ready
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._incoming: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._waiting: OrderedDict[_Connection, None] = OrderedDict()  # oldest first
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="localhub-waiting-room", daemon=True)
+        self._thread.start()
+
+    def add(self, conn: _Connection) -> None:
+        with self._lock:
+            if self._closed:
+                _close(conn.sock)
+                return
+            self._incoming.append(conn)
+        with contextlib.suppress(OSError):  # BlockingIOError: a wake-up is pending already
+            self._wake_w.send(b"\0")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            incoming, self._incoming = self._incoming, []
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        self._thread.join()
+        for conn in [*incoming, *self._waiting]:
+            _close(conn.sock)
+        self._waiting.clear()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _drop(self, conn: _Connection) -> None:
+        self._waiting.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        _close(conn.sock)
+
+    def _hand_over(self, conn: _Connection) -> None:
+        self._waiting.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        conn.sock.setblocking(True)
+        self._ready(conn)
+
+    def _run(self) -> None:
+        next_sweep = 0.0
+        while not self._closed:
+            events = self._selector.select(timeout=0.5)
+            now = time.monotonic()
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+            for conn in incoming:
+                conn.deadline = now + (HEADER_TIMEOUT if conn.buffer else IDLE_TIMEOUT)
+                if conn.head_complete():
+                    self._ready(conn)
+                    continue
+                conn.sock.setblocking(False)
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                self._waiting[conn] = None
+                while len(self._waiting) > MAX_WAITING:
+                    self._drop(next(iter(self._waiting)))
+            for key, _ in events:
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                conn = key.data
+                try:
+                    data = conn.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop(conn)
+                    continue
+                if not conn.buffer:
+                    conn.deadline = min(conn.deadline, now + HEADER_TIMEOUT)
+                conn.buffer += data
+                if conn.head_complete():
+                    self._hand_over(conn)
+                elif len(conn.buffer) > MAX_HEADER_BLOCK:
+                    _answer_and_close(conn.sock, 431, "Request Header Fields Too Large")
+                    self._drop(conn)
+            if now >= next_sweep:
+                next_sweep = now + 0.5
+                for conn in [c for c in self._waiting if c.deadline < now]:
+                    self._drop(conn)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def _answer_and_close(sock: socket.socket, status: int, reason: str, headers: str = "") -> None:
+    """A short answer sent from outside any handler (a request refused before it is served), then close."""
+    body = json.dumps({"error": reason}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Error-Message: {reason}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(head.encode() + body)
+    except OSError:
+        pass
+    _close(sock)
 
 
 class HubRequestHandler(BaseHTTPRequestHandler):
@@ -158,11 +487,31 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     server: LocalHubServer
     server_version = "hubsync-localhub"
     _scope: str | None = None  # the one repository an exchanged (Trusted Publishing) token may write to
+    _holder: str | None = None  # the token a signed LFS link was issued to, for a request without one
+    timeout = 30  # seconds a connection may stall while its body is read or its answer written
 
     # -- plumbing ----------------------------------------------------------------------
+    def setup(self) -> None:
+        conn: _Connection = self.request
+        self.connection = conn.sock
+        self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.rfile = _Reader(conn.sock, conn.buffer)  # type: ignore[assignment]
+        self.wfile = _Writer(conn.sock)  # type: ignore[assignment]
+
+    def handle(self) -> None:
+        """One request; a connection kept alive goes back to the waiting room for its next one."""
+        self.close_connection = True
+        self.handle_one_request()
+        conn: _Connection = self.request
+        conn.keep = not self.close_connection
+        conn.buffer = self.rfile.buffer  # type: ignore[attr-defined]
+
     def log_message(self, format: str, *args: Any) -> None:
+        # The request line, paths and error text come from the client: never raw to the terminal.
         if self.server.verbose:
-            sys.stderr.write("localhub: %s\n" % (format % args))
+            sys.stderr.write(f"localhub: {printable(format % args)}\n")
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -180,6 +529,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
+        self._holder = None
         self._body_left: int | None = None
         self._chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         if not self._chunked:
@@ -345,14 +695,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             parts.append(chunk)
         return b"".join(parts)
 
-    def _json(self) -> Any:
+    def _json(self, limit: int = MAX_JSON_BODY) -> Any:
         try:
-            return json.loads(self._body() or b"{}")
+            return json.loads(self._body(limit) or b"{}")
         except (ValueError, RecursionError) as exc:  # ValueError: also numbers of too many digits
             raise bad_request(f"Malformed JSON body: {str(exc)[:200]}") from None
 
-    def _json_object(self) -> dict[str, Any]:
-        data = self._json()
+    def _json_object(self, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+        data = self._json(limit)
         if not isinstance(data, dict):
             raise bad_request("Expected a JSON object")
         return data
@@ -365,7 +715,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _user(self) -> str | None:
         auth = self.headers.get("Authorization")
         if not auth:
-            return None
+            if self._holder is None:
+                return None
+            auth = f"Bearer {self._holder}"  # the token a signed link was handed to (still valid?)
         scheme, _, token = auth.partition(" ")
         user = self.store.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
         self._scope = None
@@ -407,7 +759,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.headers.get('Host') or self.server.url_host}"
+        """Where links the server hands out point: its own address or configured public URL, never the
+        client's Host header (a forged one would send the next upload, or a token, elsewhere)."""
+        return self.server.url
 
     # -- account and repositories ------------------------------------------------------
     def h_whoami(self, match: re.Match[str]) -> Response:
@@ -502,7 +856,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         return Response(body={})
 
     def h_validate_yaml(self, match: re.Match[str]) -> Response:
-        data = self._json_object()
+        data = self._json_object(MAX_YAML_BODY)
         content = data.get("content")
         if not isinstance(content, str):
             raise bad_request("Expected 'content'")
@@ -511,17 +865,17 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             end = content.find("\n---", 3)
             if end < 0:
                 errors.append({"message": "Unterminated YAML front matter"})
+            elif end - 3 > MAX_FRONT_MATTER:
+                errors.append({"message": f"The YAML front matter is larger than {MAX_FRONT_MATTER} bytes"})
             else:
-                import yaml  # a dependency of huggingface_hub; only needed here
-
                 try:
-                    meta = yaml.safe_load(content[3:end])
+                    meta = load_front_matter(content[3:end])
                     if meta is not None and not isinstance(meta, dict):
                         errors.append({"message": "YAML front matter must be a mapping"})
                     elif meta and "license" in meta and license_problem(meta["license"]) is not None:
                         # huggingface.co's words (huggingface_hub issue #4218): a name from its list, or a list
                         errors.append({"message": f'"license" must be one of [{", ".join(HUB_LICENSES)}, array]'})
-                except yaml.YAMLError as exc:
+                except FrontMatterError as exc:
                     errors.append({"message": f"Invalid YAML front matter: {exc}"})
         status = 400 if errors else 200
         return Response(status, {"errors": errors, "warnings": []})
@@ -711,7 +1065,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def h_paths_info(self, match: re.Match[str]) -> Response:
         repo_type, repo_id, commit = self._commit_at(match)
-        body = self._body()
+        body = self._body(MAX_LIST_BODY)
         ctype = self.headers.get("Content-Type", "")
         if "json" in ctype:
             try:
@@ -739,7 +1093,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if self.query.get("create_pr"):
             raise bad_request("Pull requests are not supported by the local Hub")
         commit = self.store.commit(repo_type, repo_id, self.store.resolve(repo_type, repo_id, unquote(match["rev"])))
-        data = self._json_object()
+        data = self._json_object(MAX_LIST_BODY)
         files = data.get("files")
         if not isinstance(files, list):
             raise bad_request("Expected 'files'")
@@ -762,36 +1116,63 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             )
         return Response(body={"files": out, "commitOid": commit.id})
 
-    def _ticket(self, operation: str, oid: str, size: int, repo: str) -> str:
+    def _ticket(self, operation: str, oid: str, size: int, repo: str, holder: str, expires: int) -> str:
         """Upload, verify and download links carry no token (the client drops it on upload), so they are signed
-        instead, for one object of one repository: an upload for repository A does not let A use, nor anyone
-        see, what repository B holds."""
-        message = f"{operation}:{repo}:{oid}:{size}".encode()
+        instead, for one object of one repository, for the token that asked (by its digest) and until a time:
+        an upload for repository A does not let A use, nor anyone see, what repository B holds."""
+        message = f"{operation}:{repo}:{oid}:{size}:{holder}:{expires}".encode()
         return hmac.new(self.server.secret, message, hashlib.sha256).hexdigest()
+
+    def _token(self) -> str | None:
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
     def _link(self, operation: str, oid: str, size: int, repo_type: str, repo_id: str) -> str:
         repo = f"{repo_type}:{repo_id}"
-        query = f"size={size}&repo={quote(repo, safe='')}&ticket={self._ticket(operation, oid, size, repo)}"
+        token = self._token()
+        holder = _token_digest(token) if token else ""
+        expires = int(time.time()) + LINK_LIFETIME
+        ticket = self._ticket(operation, oid, size, repo, holder, expires)
+        query = f"size={size}&repo={quote(repo, safe='')}&holder={holder}&expires={expires}&ticket={ticket}"
         return f"{self.base_url}/_lfs/{oid}{'/verify' if operation == 'verify' else ''}?{query}"
 
     def _ticket_checked(self, oid: str, operation: str) -> tuple[int, str, str]:
-        """The size and repository a signed link names; 403 when its ticket does not match."""
+        """The size and repository a signed link names; 403 when its ticket does not match or has expired.
+
+        Access is checked again now, as on every request: the link's holder (the token that asked for it, or
+        the one this request carries) must still read the repository (download) or write to it (upload,
+        verify). A link to a repository that was deleted, or made private, answers like the repository."""
         try:
             size = int(self.query.get("size", [""])[0])
         except ValueError:
             raise bad_request("Missing size") from None
+        try:
+            expires = int(self.query.get("expires", [""])[0])
+        except ValueError:
+            raise StoreError(403, None, "Invalid or missing ticket") from None
         repo = self.query.get("repo", [""])[0]
+        holder = self.query.get("holder", [""])[0]
         ticket = self.query.get("ticket", [""])[0]
-        if not hmac.compare_digest(ticket, self._ticket(operation, oid, size, repo)):
+        if not hmac.compare_digest(ticket, self._ticket(operation, oid, size, repo, holder, expires)):
             raise StoreError(403, None, "Invalid or missing ticket")
+        if expires < time.time():
+            raise StoreError(403, None, "This link has expired: ask for a new one")
         repo_type, _, repo_id = repo.partition(":")
+        if self._token() is None and holder:
+            self._holder = self.server.token_of_digest(holder)
+        if operation == "download":
+            self._readable(repo_type, repo_id)
+        else:
+            self._writable(repo_type, repo_id)
+        if operation != "upload" and oid not in self.store.lfs_objects(repo_type, repo_id):
+            raise StoreError(404, None, f"Object {oid} does not exist")
         return size, repo_type, repo_id
 
     def h_lfs_batch(self, match: re.Match[str]) -> Response:
         repo_type = (match["t"] or "models")[:-1]
         repo_id = f"{unquote(match['ns'])}/{unquote(match['name'])}"
         check_repo_name(repo_id)
-        data = self._json_object()
+        data = self._json_object(MAX_LIST_BODY)
         operation = data.get("operation")
         if operation == "upload":
             self._writable(repo_type, repo_id)
@@ -842,11 +1223,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def h_lfs_upload(self, match: re.Match[str]) -> Response:
         oid = match["oid"]
-        size, repo_type, repo_id = self._ticket_checked(oid, "upload")
+        size, repo_type, repo_id = self._ticket_checked(oid, "upload")  # before a byte of the body is read
         if self._body_left is not None and self._body_left != size:
             raise bad_request(f"Content-Length {self._body_left} does not match the object size {size}")
         # Stored again even when the store has it: the content is checked against the sha256 before the
         # repository may use the object, so knowing a hash is not enough to get another repository's file.
+        # Streamed to disk; more bytes than the link names are refused as they arrive.
         self.store.put_blob_stream(oid, size, self.server.count_upload(self._body_chunks()))
         self.store.grant_lfs(repo_type, repo_id, oid)
         return Response(body={})
@@ -854,13 +1236,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def h_lfs_verify(self, match: re.Match[str]) -> Response:
         if self._user() is None:
             raise StoreError(401, None, "You must be authenticated to verify an upload")
-        size, repo_type, repo_id = self._ticket_checked(match["oid"], "verify")
+        size, _, _ = self._ticket_checked(match["oid"], "verify")
         data = self._json_object()
         if data.get("oid") != match["oid"] or data.get("size") != size:
             raise bad_request("Expected the object's 'oid' and 'size'")
-        if not self.store.has_blob(match["oid"], size) or match["oid"] not in self.store.lfs_objects(
-            repo_type, repo_id
-        ):
+        if not self.store.has_blob(match["oid"], size):
             raise StoreError(404, None, f"Object {match['oid']} of {size} bytes was not uploaded")
         return Response(body={})
 
@@ -871,33 +1251,60 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         branch = unquote(match["rev"])
         user = self._user()
         assert user is not None
-        body = self._body(MAX_COMMIT_BODY)
-        self.server.add_uploaded(len(body))
-        header, ops = self._parse_commit(body)
-        if not isinstance(header.get("description") or "", str) or not isinstance(
-            header.get("parentCommit") or "", str
-        ):
-            raise bad_request("The commit header's description and parentCommit must be strings")
-        commit = self.store.apply_commit(
-            repo_type,
-            repo_id,
-            branch,
-            ops,
-            title=header["summary"],
-            message=header.get("description") or "",
-            author=user,
-            parent_commit=header.get("parentCommit"),
-        )
+        with self.store.staging() as stage:  # files go to disk as their lines arrive; what is not kept goes
+            header, ops = self._parse_commit(self._body_lines(), stage)
+            if not isinstance(header.get("description") or "", str) or not isinstance(
+                header.get("parentCommit") or "", str
+            ):
+                raise bad_request("The commit header's description and parentCommit must be strings")
+            commit = self.store.apply_commit(
+                repo_type,
+                repo_id,
+                branch,
+                ops,
+                title=header["summary"],
+                message=header.get("description") or "",
+                author=user,
+                parent_commit=header.get("parentCommit"),
+            )
         url = f"{self.base_url}/{_url_prefix(repo_type)}{repo_id}/commit/{commit.id}"
         return Response(body={"commitUrl": url, "commitOid": commit.id, "pullRequestUrl": None})
 
+    def _body_lines(self) -> Iterator[bytes]:
+        """The request body a line at a time, never more than MAX_COMMIT_LINE of it in memory: a longer line,
+        or a body over MAX_COMMIT_BODY, is refused with 413 (from the Content-Length, before any is read)."""
+        if self._body_left is not None and self._body_left > MAX_COMMIT_BODY:
+            raise StoreError(413, None, f"Request body larger than {MAX_COMMIT_BODY} bytes")
+        pending = bytearray()
+        total = 0
+        for chunk in self._body_chunks():
+            total += len(chunk)
+            if total > MAX_COMMIT_BODY:
+                raise StoreError(413, None, f"Request body larger than {MAX_COMMIT_BODY} bytes")
+            self.server.add_uploaded(len(chunk))
+            scanned = len(pending)
+            pending += chunk
+            start = 0
+            while (end := pending.find(b"\n", max(start, scanned))) >= 0:
+                yield bytes(pending[start:end])
+                start = end + 1
+            del pending[:start]
+            if len(pending) > MAX_COMMIT_LINE:
+                raise StoreError(413, None, f"A commit line is longer than {MAX_COMMIT_LINE} bytes")
+        if pending:
+            yield bytes(pending)
+
     @staticmethod
-    def _parse_commit(body: bytes) -> tuple[dict[str, Any], list[CommitOp]]:
+    def _parse_commit(
+        lines: Iterable[bytes], stage: Callable[[str, bytes], AddStaged]
+    ) -> tuple[dict[str, Any], list[CommitOp]]:
         header: dict[str, Any] | None = None
         ops: list[CommitOp] = []
-        for number, line in enumerate(body.splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            if len(ops) >= MAX_COMMIT_OPS:
+                raise StoreError(413, None, f"A commit holds at most {MAX_COMMIT_OPS} operations")
             try:
                 item = json.loads(line)
                 key, value = item["key"], item["value"]
@@ -912,12 +1319,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 elif key == "file":
                     if value.get("encoding", "base64") != "base64":
                         raise TypeError
-                    content = base64.b64decode(value["content"], validate=True)
-                    ops.append(AddRegular(str(value["path"]), content))
+                    path = check_path_in_repo(str(value["path"]))
+                    ops.append(stage(path, base64.b64decode(value["content"], validate=True)))
                 elif key == "lfsFile":
                     if value.get("algo", "sha256") != "sha256":
                         raise TypeError
-                    ops.append(AddLfs(str(value["path"]), str(value["oid"]), value.get("size")))
+                    path = check_path_in_repo(str(value["path"]))
+                    ops.append(AddLfs(path, str(value["oid"]), value.get("size")))
                 elif key in ("deletedFile", "deletedFolder"):
                     ops.append(Delete(str(value["path"]), key == "deletedFolder"))
                 else:
@@ -988,11 +1396,20 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 class LocalHubServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog: accepting is quick, a burst of connections need not wait
 
-    def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+        public_url: str | None = None,
+    ) -> None:
         super().__init__((host, port), HubRequestHandler)
         self.store = store
         self.verbose = verbose
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.secret = secrets.token_bytes(32)
         self._thread: threading.Thread | None = None
         self._faults: list[Fault] = []
@@ -1000,6 +1417,47 @@ class LocalHubServer(ThreadingHTTPServer):
         self.uploaded_bytes = 0  # bytes received in LFS uploads and commit bodies, for benchmarks and tests
         self._publishers: dict[str, str] = {}  # OIDC id token -> the repository it may publish to
         self._scoped: dict[str, tuple[str, str]] = {}  # exchanged token -> (user, repository); in memory only
+        self._active = threading.BoundedSemaphore(MAX_ACTIVE)
+        self._room = _WaitingRoom(self._start_request)
+
+    # -- connections: accepted into the waiting room, a thread each once a request head is in ------------
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._room.add(_Connection(request, client_address))
+
+    def _start_request(self, conn: _Connection) -> None:
+        if not self._active.acquire(blocking=False):
+            _answer_and_close(conn.sock, 503, "Too many requests at once", "Retry-After: 1\r\n")
+            return
+        threading.Thread(target=self._serve, args=(conn,), name="localhub-request", daemon=True).start()
+
+    def _serve(self, conn: _Connection) -> None:
+        try:
+            self.finish_request(conn, conn.address)  # type: ignore[arg-type]
+        except Exception:
+            self.handle_error(conn, conn.address)
+            conn.keep = False
+        finally:
+            self._active.release()
+        if conn.keep:
+            conn.keep = False
+            self._room.add(conn)
+        else:
+            self.shutdown_request(conn)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request.sock if isinstance(request, _Connection) else request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One escaped line (with --verbose), not a traceback that quotes what the client sent."""
+        if self.verbose:
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"localhub: error serving {client_address[0]}: {printable(repr(error))[:500]}\n")
+
+    def server_close(self) -> None:
+        super().server_close()
+        room = getattr(self, "_room", None)  # absent when binding failed, inside __init__
+        if room is not None:
+            room.close()
 
     def trust_publisher(self, id_token: str, repo_id: str) -> None:
         """Let a CI job holding `id_token` publish to `repo_id` (the Hub checks a signed JWT's claims instead)."""
@@ -1014,6 +1472,13 @@ class LocalHubServer(ThreadingHTTPServer):
 
     def scoped_token(self, token: str) -> tuple[str, str] | None:
         return self._scoped.get(token)
+
+    def token_of_digest(self, digest: str) -> str | None:
+        """The token, stored or exchanged, that a signed link's holder digest names; None once it is gone."""
+        for token in [*self.store.tokens(), *self._scoped]:
+            if hmac.compare_digest(_token_digest(token), digest):
+                return token
+        return None
 
     def inject_fault(
         self,
@@ -1068,7 +1533,8 @@ class LocalHubServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://{self.url_host}"
+        """The endpoint clients use, and the base of every link the server hands out."""
+        return self.public_url or f"http://{self.url_host}"
 
     def start_background(self) -> LocalHubServer:
         self._thread = threading.Thread(

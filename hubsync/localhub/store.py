@@ -10,6 +10,10 @@ Layout under the root folder (everything is JSON or raw bytes, written whole):
 
 A commit is made visible by one `os.replace` of refs.json, after its blobs and its
 commit record are on disk: a crash at any point leaves the repository as it was.
+
+Everything under the root is the owner's alone: files 0600, folders 0700, whatever the umask (tokens.json
+holds write tokens, and private repositories live here). A store that an older version left readable by
+others is tightened when it is opened.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-
-from hubsync.files import write_file_atomic
 
 REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -79,18 +83,40 @@ def is_lfs(path: str, size: int, sample: bytes) -> bool:
     return path.endswith(LFS_SUFFIXES) or size >= LFS_SIZE_THRESHOLD or b"\0" in sample
 
 
+# Names that git acts on inside a work tree, or that the client itself refuses at any depth
+# (huggingface_hub FORBIDDEN_FOLDERS: .git and .cache). .gitattributes and .gitignore are ordinary on the Hub.
+_FORBIDDEN_PARTS = frozenset({".git", ".cache", ".gitmodules"})
+# Code points HFS+ ignores in names (git's utf8.c, is_hfs_dotgit): ".g\u200cit" is ".git" on macOS.
+_IGNORABLE = dict.fromkeys([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF])
+_SHORT_NAME_RE = re.compile(r"git~[0-9]+|gi7eba~[0-9]+|gitmod~[0-9]+")  # NTFS 8.3 names of .git, .gitmodules
+MAX_PATH_BYTES = 4096
+MAX_PART_BYTES = 255
+
+
+def forbidden_part(part: str) -> bool:
+    """Whether a path part names .git, .gitmodules or .cache on some file system: any case (macOS, Windows),
+    trailing dots and spaces or an NTFS stream (`.git::$INDEX_ALLOCATION`) dropped (Windows), HFS+-ignored
+    code points removed, 8.3 short names (`GIT~1`)."""
+    name = part.translate(_IGNORABLE).split(":", 1)[0].rstrip(". ").casefold()
+    return name in _FORBIDDEN_PARTS or _SHORT_NAME_RE.fullmatch(name) is not None
+
+
 def check_path_in_repo(path: str) -> str:
-    """Refuse file paths that are empty, absolute, or climb out of the repository."""
+    """Refuse file paths that are empty, absolute or too long, climb out of the repository, hold control
+    characters, backslashes or text that is not UTF-8, or name something git acts on (`.git`) at any depth."""
     parts = path.split("/")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        encoded = b""
     if (
-        not path
-        or path.startswith("/")
+        not encoded
+        or len(encoded) > MAX_PATH_BYTES
         or "\\" in path
-        or re.search(r"[\x00-\x1f\x7f]", path)
-        or any(p in ("", ".", "..") for p in parts)
+        or re.search(r"[\x00-\x1f\x7f-\x9f]", path)
+        or any(p in ("", ".", "..") or len(p.encode()) > MAX_PART_BYTES for p in parts)
+        or any(forbidden_part(p) for p in parts)
     ):
-        raise bad_request(f"Invalid path in repository: {path!r}")
-    if parts[0] == ".git":
         raise bad_request(f"Invalid path in repository: {path!r}")
     return path
 
@@ -179,6 +205,18 @@ class AddRegular:
 
 
 @dataclass(frozen=True)
+class AddStaged:
+    """A regular file whose content already lies in `staged`, a file that `Store.staging` wrote: a commit
+    request's files go to disk as they arrive instead of being held in memory."""
+
+    path: str
+    staged: Path
+    size: int
+    sha256: str
+    oid: str
+
+
+@dataclass(frozen=True)
 class AddLfs:
     path: str
     sha256: str
@@ -191,16 +229,82 @@ class Delete:
     folder: bool
 
 
-CommitOp = AddRegular | AddLfs | Delete
+CommitOp = AddRegular | AddStaged | AddLfs | Delete
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+
+
+def make_folders(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 whatever the umask."""
+    missing = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=FOLDER_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue
+        folder.chmod(FOLDER_MODE)  # mkdir's mode is masked by the umask, which may also take the owner's bits
+
+
+def private_temp_dir(parent: Path, prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    path.chmod(FOLDER_MODE)  # mkdtemp asks for 0700, less what the umask takes
+    return path
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(path, data)
+    """Write `path` whole, 0600, through a temp file beside it (mkstemp makes it 0600)."""
+    make_folders(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".write-")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tighten(root: Path) -> int:
+    """Make the store's own entries under `root` 0600 (files) and 0700 (folders); the number changed.
+
+    Only what the store writes is touched (the root, tokens.json, blobs/, repos/): --root may be a folder that
+    holds other things too. Links are left alone (never followed)."""
+    changed = 0
+
+    def fix(path: Path, mode: int) -> None:
+        nonlocal changed
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) == mode:
+            return
+        path.chmod(mode)
+        changed += 1
+
+    fix(root, FOLDER_MODE)
+    if (root / "tokens.json").exists():
+        fix(root / "tokens.json", FILE_MODE)
+    for top in ("blobs", "repos"):
+        for folder, _dirs, files in os.walk(root / top):
+            fix(Path(folder), FOLDER_MODE)
+            for name in files:
+                fix(Path(folder) / name, FILE_MODE)
+    return changed
 
 
 def _dump(obj: Any) -> bytes:
@@ -212,9 +316,9 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "blobs").mkdir(exist_ok=True)
-        (self.root / "repos").mkdir(exist_ok=True)
+        make_folders(self.root / "blobs")
+        make_folders(self.root / "repos")
+        self.tightened = tighten(self.root)  # entries an older version left readable by others
         self._lock = threading.RLock()
         self._tokens_path = self.root / "tokens.json"
 
@@ -272,11 +376,12 @@ class Store:
     def put_blob_stream(self, sha256: str, size: int, chunks: Iterable[bytes]) -> None:
         """Store an uploaded object, checking its size and sha256 before it is kept."""
         target = self.blob_path(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(target.parent)
         digest = hashlib.sha256()
         written = 0
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
                     written += len(chunk)
@@ -294,6 +399,26 @@ class Store:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @contextmanager
+    def staging(self) -> Iterator[Callable[[str, bytes], AddStaged]]:
+        """`stage(path, content)` writes a file of a commit being received to a private folder and returns the
+        operation that adds it; whatever `apply_commit` did not keep is removed when the block ends."""
+        folder = private_temp_dir(self.root / "blobs", ".commit-")
+        count = 0
+
+        def stage(path: str, content: bytes) -> AddStaged:
+            nonlocal count
+            count += 1
+            staged = folder / str(count)
+            write_atomic(staged, content)
+            sha256 = hashlib.sha256(content).hexdigest()
+            return AddStaged(path, staged, len(content), sha256, git_blob_sha1(content))
+
+        try:
+            yield stage
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def open_blob(self, sha256: str) -> IO[bytes]:
         return self.blob_path(sha256).open("rb")
@@ -325,7 +450,7 @@ class Store:
             repo_dir = self._repo_dir(repo_type, repo_id)
             if self.repo(repo_type, repo_id) is not None:
                 raise StoreError(409, None, f"You already created this {repo_type} repo: {repo_id}")
-            staging = Path(tempfile.mkdtemp(dir=self.root / "repos", prefix=".new-"))
+            staging = private_temp_dir(self.root / "repos", ".new-")
             try:
                 now = _now()
                 gitattributes = self.put_blob(INITIAL_GITATTRIBUTES)
@@ -343,7 +468,7 @@ class Store:
                 write_atomic(staging / "repo.json", _dump(meta))
                 if repo_dir.exists():  # leftovers of a repository deleted or created halfway
                     shutil.rmtree(repo_dir)
-                repo_dir.parent.mkdir(parents=True, exist_ok=True)
+                make_folders(repo_dir.parent)
                 os.replace(staging, repo_dir)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -356,7 +481,7 @@ class Store:
             if self.repo(repo_type, repo_id) is None:
                 raise not_found_repo(repo_id)
             # Renaming first makes the deletion atomic for readers.
-            graveyard = Path(tempfile.mkdtemp(dir=self.root / "repos", prefix=".deleted-"))
+            graveyard = private_temp_dir(self.root / "repos", ".deleted-")
             os.replace(repo_dir, graveyard / "repo")
             shutil.rmtree(graveyard, ignore_errors=True)
 
@@ -532,7 +657,7 @@ class Store:
                     f"is not the head of {branch}, {head})",
                 )
             files = dict(self.commit(repo_type, repo_id, head).files)
-            pending: dict[str, bytes] = {}
+            pending: dict[str, bytes | Path] = {}
             lfs_objects: set[str] | None = None
             for op in ops:
                 if isinstance(op, Delete):
@@ -554,6 +679,9 @@ class Store:
                     sha256 = hashlib.sha256(op.content).hexdigest()  # stored below, once the whole commit is valid
                     pending[sha256] = op.content
                     files[op.path] = FileEntry(op.path, len(op.content), sha256, False, git_blob_sha1(op.content))
+                elif isinstance(op, AddStaged):
+                    pending[op.sha256] = op.staged
+                    files[op.path] = FileEntry(op.path, op.size, op.sha256, False, op.oid)
                 else:
                     if lfs_objects is None:
                         lfs_objects = self.lfs_objects(repo_type, repo_id)
@@ -566,7 +694,12 @@ class Store:
                     files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_sha1(pointer))
             kept = {e.sha256 for e in files.values()}
             for sha256, content in pending.items():  # a refused commit leaves no blob behind
-                if sha256 in kept:
+                if sha256 not in kept or self.has_blob(sha256):
+                    continue
+                if isinstance(content, Path):
+                    make_folders(self.blob_path(sha256).parent)
+                    os.replace(content, self.blob_path(sha256))
+                else:
                     self.put_blob(content)
             commit = self._make_commit((head,), title, message, author, files, _now())
             repo_dir = self._repo_dir(repo_type, repo_id)
