@@ -9,6 +9,8 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 
+from .escape import finalize, with_filters
+
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 
@@ -22,11 +24,14 @@ def templates_dir() -> Path:
 
 @cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # Markdown, not HTML
+    return with_filters(
+        jinja2.Environment(
+            loader=jinja2.FileSystemLoader(templates_dir()),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,  # Markdown, not HTML: escape.finalize escapes each value as Markdown text
+            finalize=finalize,
+        )
     )
 
 
@@ -36,8 +41,10 @@ def render(name: str, **context: Any) -> str:
 
 @cache
 def _sandbox() -> jinja2.sandbox.SandboxedEnvironment:
-    return jinja2.sandbox.SandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    return with_filters(
+        jinja2.sandbox.SandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+        )
     )
 
 
