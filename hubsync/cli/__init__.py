@@ -18,6 +18,7 @@ import click
 
 from hubsync import __version__
 from hubsync.core.errors import HubsyncError
+from hubsync.core.escape import one_line, safe_text
 from hubsync.core.paths import display_path
 
 from .errors import message_for
@@ -43,8 +44,13 @@ def _scrub(text: str) -> str:
     text = redact(text, _secrets())  # the known tokens, and anything shaped like a token (a Hub quoting a header)
     text = _URL_USERINFO.sub(r"\1***@", text)
     text = _ABSOLUTE_PATH.sub(_local_path, text)
-    # A terminal acts on control characters (a file name with ESC could rewrite the screen): show them escaped.
-    return _CONTROL.sub(lambda m: json.dumps(m.group(0)).strip('"'), text)
+    return safe_text(text)  # as echo() does: messages also go into --json output
+
+
+def echo(message: str = "", err: bool = False, nl: bool = True) -> None:
+    """Every line hubsync prints. A terminal acts on control characters, and a file name, a metric name, a branch
+    or a Hub's answer may hold them (ESC rewrites the screen, a bidi override reorders it): shown escaped."""
+    click.echo(safe_text(message), err=err, nl=nl)
 
 
 def _one_line(text: str) -> str:
@@ -52,7 +58,6 @@ def _one_line(text: str) -> str:
     return _scrub(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # all but tab and newline
 _URL_USERINFO = re.compile(r"(\w+://)[^/\s@]+@")
 # An absolute POSIX or Windows path as libraries quote them in messages; checked against the disk below.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.…])(?:/|[A-Za-z]:\\)[^\s'\"`,;()]+")
@@ -116,19 +121,17 @@ class HubsyncGroup(click.Group):
         except HubsyncError as exc:
             if os.environ.get("HUBSYNC_DEBUG"):
                 raise
-            click.echo(_one_line(message_for(exc)), err=True)
+            echo(_one_line(message_for(exc)), err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted: nothing was left half-written.", err=True)
+            echo("Interrupted: nothing was left half-written.", err=True)
             ctx.exit(130)
         except OSError as exc:  # the machine said no: a full disk, a folder where a file should go, permissions
             if os.environ.get("HUBSYNC_DEBUG"):
                 raise
             where = f" ({display_path(exc.filename)})" if exc.filename else ""
             reason = exc.strerror or type(exc).__name__
-            click.echo(
-                _one_line(f"Error: {reason}{where}. Check the path and the free space, then run it again."), err=True
-            )
+            echo(_one_line(f"Error: {reason}{where}. Check the path and the free space, then run it again."), err=True)
             ctx.exit(1)
 
 
@@ -407,7 +410,7 @@ def push(
     select_given = settings.sources["select"] == "--select"
     targets, passed_over = _targets(Path(path), settings["select"], select_given)
     for folder, missing in passed_over.items():
-        click.echo(f"Passed over {folder}: it is not complete (no {missing})", err=True)
+        echo(f"Passed over {folder}: it is not complete (no {missing})", err=True)
     checkpoints = [read_checkpoint(p) for p in targets]
     # Every plan first: bad input fails before anything is uploaded. Tags name one commit: the newest's.
     untagged = dataclasses.replace(options, tags=())
@@ -437,7 +440,7 @@ def push(
                 results.append(exc.result)
             if as_json:  # what landed before the failure, for a script to pick up
                 failed = {"checkpoint": plan.checkpoint, "error": _scrub(message_for(exc))}
-                click.echo(json.dumps(_push_json(plans, results, passed_over) | {"failed": failed}, indent=2))
+                echo(json.dumps(_push_json(plans, results, passed_over) | {"failed": failed}, indent=2))
             if len(plans) == 1:
                 raise
             landed = tuple(p.checkpoint for p in plans[:done]) + (
@@ -447,20 +450,20 @@ def push(
         results.append(result)
         if not as_json:
             verb = "Pushed" if result.created else "Already up to date:"
-            click.echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
-            click.echo(f"  files:  {result.files} ({_size(result.bytes)})")
+            echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
+            echo(f"  files:  {result.files} ({_size(result.bytes)})")
             if result.deleted:
-                click.echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
+                echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
             for skipped in plan.skipped:
-                click.echo(f"  skipped: {skipped}")
-            click.echo(f"  commit: {result.commit}")
+                echo(f"  skipped: {skipped}")
+            echo(f"  commit: {result.commit}")
             if result.tags:
-                click.echo(f"  tags:   {', '.join(result.tags)}")
+                echo(f"  tags:   {', '.join(result.tags)}")
             if result.released:
-                click.echo("  main:   its inference files are published on main")
-            click.echo(f"  url:    {result.url}")
+                echo("  main:   its inference files are published on main")
+            echo(f"  url:    {result.url}")
     if as_json:
-        click.echo(json.dumps(_push_json(plans, results, passed_over), indent=2))
+        echo(json.dumps(_push_json(plans, results, passed_over), indent=2))
 
 
 def _visibility_note(repo_id: str, private: bool | None, settings: Any) -> None:
@@ -469,7 +472,7 @@ def _visibility_note(repo_id: str, private: bool | None, settings: Any) -> None:
     if source == "default" or private is None or private == settings["private"]:
         return
     chosen = ("--private" if settings["private"] else "--public") if source == "--private" else source
-    click.echo(
+    echo(
         f"Note: {repo_id} exists and is {'private' if private else 'public'}; {chosen} applies only to a repository "
         "that has to be created.",
         err=True,
@@ -614,9 +617,9 @@ def watch(
         stop.set()
         busy = watcher.busy
         if busy is None:
-            click.echo("Stopping (no push in progress).", err=True)
+            echo("Stopping (no push in progress).", err=True)
         else:
-            click.echo(f"Stopping once {busy} is done (Ctrl-C again abandons it; nothing is half-written).", err=True)
+            echo(f"Stopping once {busy} is done (Ctrl-C again abandons it; nothing is half-written).", err=True)
 
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -625,11 +628,11 @@ def watch(
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     if summary.untagged:
-        click.echo(_untagged(summary, run_dir), err=True)
+        echo(_untagged(summary, run_dir), err=True)
     if as_json:
-        click.echo(_scrub(json.dumps(summary.to_json(), indent=2)))  # skip reasons come from exceptions
+        echo(_scrub(json.dumps(summary.to_json(), indent=2)))  # skip reasons come from exceptions
     else:
-        click.echo(_watch_closing_line(summary, idle_timeout, run_dir))
+        echo(_watch_closing_line(summary, idle_timeout, run_dir))
     if summary.stopped:
         ctx.exit(130)
 
@@ -691,9 +694,9 @@ def _report_watch(event: object, as_json: bool) -> None:
         if not as_json:
             r = event.result
             verb = "Pushed" if r.created else "Already on the Hub:"
-            click.echo(f"{verb} checkpoint-{event.step} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
+            echo(f"{verb} checkpoint-{event.step} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
     elif isinstance(event, Lost):
-        click.echo(
+        echo(
             f"Lost: {_checkpoints(event.steps)} deleted from the run folder before it was pushed "
             "(the Trainer's save_total_limit?).",
             err=True,
@@ -703,9 +706,9 @@ def _report_watch(event: object, as_json: bool) -> None:
         why = f"{err.endpoint}: {err.detail}" if isinstance(err, HubError) else str(err)
         later = f"trying again in {event.retry_in:g} s"
         what = "the record not checked against it" if event.step is None else f"checkpoint-{event.step} not pushed"
-        click.echo(_one_line(f"Hub unavailable ({why}): {what} yet; {later}."), err=True)
+        echo(_one_line(f"Hub unavailable ({why}): {what} yet; {later}."), err=True)
     elif isinstance(event, Skipped):
-        click.echo(
+        echo(
             _scrub(
                 f"Skipped checkpoint-{event.step}: {event.reason}. The watch goes on with the others, and tries it "
                 "again if its files change."
@@ -714,17 +717,15 @@ def _report_watch(event: object, as_json: bool) -> None:
         )
     elif isinstance(event, NotOnHub):
         if event.push_again:
-            click.echo(
-                f"Not on the Hub at the recorded commit: {_checkpoints(event.push_again)}; pushing again.", err=True
-            )
+            echo(f"Not on the Hub at the recorded commit: {_checkpoints(event.push_again)}; pushing again.", err=True)
         if event.forgotten:
-            click.echo(
+            echo(
                 f"Not on the Hub at the recorded commit, and gone from the run folder: {_checkpoints(event.forgotten)}"
                 "; dropped from the record.",
                 err=True,
             )
     elif isinstance(event, WaitingForRun):
-        click.echo(f"Waiting for {event.run} to appear.", err=True)
+        echo(f"Waiting for {event.run} to appear.", err=True)
 
 
 def _settings(ctx: click.Context, path: Any, flags: dict[str, Any], names: tuple[str, ...] | None = None) -> Any:
@@ -868,24 +869,22 @@ def pull(
     if already_pulled(plan):
         if as_json:
             already = {**plan.to_json(), "path": display_path(plan.target), "already_there": True}
-            click.echo(json_module.dumps(already, indent=2))
+            echo(json_module.dumps(already, indent=2))
         else:
-            click.echo(f"Already there: {repo_id} @ {revision} ({commit[:12]}) in {display_path(plan.target)}")
+            echo(f"Already there: {repo_id} @ {revision} ({commit[:12]}) in {display_path(plan.target)}")
         return
     check_target(plan, force)
     target = execute_pull(plan, hub, force=force)
     if as_json:
-        click.echo(
-            json_module.dumps({**plan.to_json(), "path": display_path(target), "already_there": False}, indent=2)
-        )
+        echo(json_module.dumps({**plan.to_json(), "path": display_path(target), "already_there": False}, indent=2))
         return
-    click.echo(f"Pulled {repo_id} @ {revision} ({commit[:12]}) -> {display_path(target)}")
-    click.echo(f"  files: {len(plan.files)} ({_size(plan.total_bytes)}), each verified against the Hub's hashes")
+    echo(f"Pulled {repo_id} @ {revision} ({commit[:12]}) -> {display_path(target)}")
+    echo(f"  files: {len(plan.files)} ({_size(plan.total_bytes)}), each verified against the Hub's hashes")
     if plan.resumable:
-        click.echo(f'  resume: Trainer.train(resume_from_checkpoint="{display_path(target)}")')
+        echo(f'  resume: Trainer.train(resume_from_checkpoint="{display_path(target)}")')
     else:
         missing = " or ".join(resume_missing(frozenset(f.path for f in plan.files)))
-        click.echo(f"  note: this revision is not resumable: it has no {missing}")
+        echo(f"  note: this revision is not resumable: it has no {missing}")
 
 
 @cli.command(name="ls")
@@ -908,10 +907,10 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
     _quiet_huggingface_hub(show_progress=False)
     revisions = checkpoint_revisions(HubClient(endpoint, token, on_retry=_report_retry), repo_id)
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in revisions], indent=2))
+        echo(json.dumps([r.to_json() for r in revisions], indent=2))
         return
     if not revisions:
-        click.echo(f"{repo_id} has no checkpoint revisions yet.")
+        echo(f"{repo_id} has no checkpoint revisions yet.")
         return
     names = sorted({m for r in revisions for m in r.metrics})
     header = ["revision", "step", "epoch", *names, "resumable", "commit", "date"]
@@ -927,9 +926,10 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
         ]
         for r in revisions
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    table = [[one_line(cell) for cell in row] for row in [header, *rows]]  # names from the Hub, escaped: then measured
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @cli.command()
@@ -989,32 +989,32 @@ def prune(
         _print_prune_plan(plan, keep_best, dry_run)
     if dry_run:
         if as_json:
-            click.echo(json.dumps({"plan": plan.to_json()}, indent=2))
+            echo(json.dumps({"plan": plan.to_json()}, indent=2))
         return
     result = execute_prune(plan, hub)
     if as_json:
-        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
+        echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
         return
     count = len(result.deleted)
-    click.echo(f"Deleted {count} branch{'es' if count != 1 else ''} of {repo_id}.")
+    echo(f"Deleted {count} branch{'es' if count != 1 else ''} of {repo_id}.")
     if result.index_commit:
-        click.echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
+        echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
 
 
 def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
     kept, deleted = len(plan.keep), len(plan.delete)
-    click.echo(f"Plan{' (dry run)' if dry_run else ''}: {plan.repo_id}: keep {kept}, delete {deleted}")
+    echo(f"Plan{' (dry run)' if dry_run else ''}: {plan.repo_id}: keep {kept}, delete {deleted}")
     rows = [("keep", d) for d in plan.keep] + [("delete", d) for d in plan.delete]
     rows.sort(key=lambda row: (row[1].step if row[1].step is not None else -1, row[1].revision), reverse=True)
     width = max([len(d.revision) for _, d in rows], default=0)
     for action, d in rows:
         step = "" if d.step is None else f"step {d.step}"
         why = f"  ({', '.join(d.reasons)})" if d.reasons else ""
-        click.echo(f"  {action:<6}  {d.revision:<{width}}  {step}{why}".rstrip())
+        echo(f"  {action:<6}  {d.revision:<{width}}  {step}{why}".rstrip())
     if keep_best and plan.best_step is None:
-        click.echo("  note:  no best checkpoint is recorded (trainer_state.json's best_model_checkpoint is empty)")
+        echo("  note:  no best checkpoint is recorded (trainer_state.json's best_model_checkpoint is empty)")
     if dry_run:
-        click.echo("Nothing was deleted (dry run).")
+        echo("Nothing was deleted (dry run).")
 
 
 @cli.command()
@@ -1063,17 +1063,17 @@ def card(
     files = card_files(ckpt, settings, repo, check_branch_name(revision or ckpt.name))
     check_card_metadata(files["README.md"], settings.template_name or "the packaged card template")  # as push does
     if output is None:
-        click.echo(files["README.md"].decode(), nl=False)
+        echo(files["README.md"].decode(), nl=False)
         return
     target = Path(output)
     if lies_within(target, ckpt.path):
         raise OutputInsideCheckpointError(display_path(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_file_atomic(target, files.pop("README.md"))
-    click.echo(f"Wrote {display_path(target)}")
+    echo(f"Wrote {display_path(target)}")
     for name, data in files.items():
         write_file_atomic(target.parent / name, data)
-        click.echo(f"Wrote {display_path(target.parent / name)}")
+        echo(f"Wrote {display_path(target.parent / name)}")
 
 
 @cli.command()
@@ -1108,9 +1108,7 @@ def convert(checkpoint: str, output: str | None, force: bool) -> None:
     ckpt = read_checkpoint(checkpoint)
     plan = plan_conversion(ckpt)
     if not plan.conversions:
-        click.echo(
-            f"Nothing to convert: {ckpt.display} holds no pickled weights (adapter_model.bin, pytorch_model*.bin)."
-        )
+        echo(f"Nothing to convert: {ckpt.display} holds no pickled weights (adapter_model.bin, pytorch_model*.bin).")
         return
     out_dir = Path(output) if output else default_output_dir(ckpt)
     total = sum(f.size for f in ckpt.files if f.relpath in {c.source for c in plan.conversions})
@@ -1118,11 +1116,11 @@ def convert(checkpoint: str, output: str | None, force: bool) -> None:
         done = convert_checkpoint(ckpt, plan, out_dir, force=force, progress=advance)
     for converted in done:
         aliases = f", {len(converted.aliases)} tied names recorded as aliases" if converted.aliases else ""
-        click.echo(
+        echo(
             f"{converted.source} -> {converted.target}: {converted.tensors} tensors, "
             f"{_size(converted.bytes)}, verified{aliases}"
         )
-    click.echo(f"Wrote {display_path(out_dir)}")
+    echo(f"Wrote {display_path(out_dir)}")
 
 
 @contextmanager
@@ -1171,7 +1169,7 @@ def _dry_run(
         _visibility_note(plans[0].repo_id, previews[0].private, settings)
     if as_json:
         shown = [p.to_json() | {"hub": v.to_json()} for p, v in zip(plans, previews, strict=True)]
-        click.echo(json.dumps(_push_json(plans, None, passed_over) | {"plans": shown}, indent=2))
+        echo(json.dumps(_push_json(plans, None, passed_over) | {"plans": shown}, indent=2))
         return
     for plan, preview in zip(plans, previews, strict=True):
         _print_plan(plan, preview)
@@ -1190,11 +1188,11 @@ def _repo_line(plan: Any, preview: Any) -> str:
 
 
 def _print_plan(plan: Any, preview: Any) -> None:
-    click.echo(f"Plan (dry run): {plan.checkpoint} -> {plan.repo_id} @ {plan.revision}")
-    click.echo(f"  repo    {_repo_line(plan, preview)}")
+    echo(f"Plan (dry run): {plan.checkpoint} -> {plan.repo_id} @ {plan.revision}")
+    echo(f"  repo    {_repo_line(plan, preview)}")
     for upload in plan.uploads:
         if upload.path_in_repo in preview.unchanged:
-            click.echo(f"  same    {upload.path_in_repo}  (unchanged: the branch already holds it)")
+            echo(f"  same    {upload.path_in_repo}  (unchanged: the branch already holds it)")
             continue
         how = (
             f"converted from {upload.converted_from}, compared with the branch when pushed, "
@@ -1204,29 +1202,29 @@ def _print_plan(plan: Any, preview: Any) -> None:
             if upload.generated
             else ""
         )
-        click.echo(f"  upload  {upload.path_in_repo}  ({how}{_size(upload.size)})")
+        echo(f"  upload  {upload.path_in_repo}  ({how}{_size(upload.size)})")
     for dropped in plan.dropped:
-        click.echo(f"  drop    {dropped}  (training state; --training-state keep uploads it)")
+        echo(f"  drop    {dropped}  (training state; --training-state keep uploads it)")
     for skipped in plan.skipped:
-        click.echo(f"  skip    {skipped}")
+        echo(f"  skip    {skipped}")
     for pickled in plan.conversion.superseded:
-        click.echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
+        echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
     for path in preview.delete:
-        click.echo(f"  delete  {path}  (the branch holds it; this push leaves it out)")
+        echo(f"  delete  {path}  (the branch holds it; this push leaves it out)")
     changed = [u for u in plan.uploads if u.path_in_repo not in preview.unchanged]
     exact = all(_measured_size(u) for u in changed if u.converted_from)
     size = _size(sum(u.size for u in changed))
     deletes = f"; {len(preview.delete)} to delete" if preview.delete else ""
-    click.echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{size}{deletes}")
+    echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{size}{deletes}")
     if preview.stops_resumable:
         keep = "; --training-state keep keeps it" if plan.training_state == "drop" else ""
         lacks = ", ".join(preview.lacks_after)
-        click.echo(f"  resume  resumable on the Hub now, not after this push (no {lacks}{keep})")
-    click.echo(f"  commit  {plan.commit_message}")
+        echo(f"  resume  resumable on the Hub now, not after this push (no {lacks}{keep})")
+    echo(f"  commit  {plan.commit_message}")
     if plan.tags:
-        click.echo(f"  tags    {', '.join(plan.tags)}")
+        echo(f"  tags    {', '.join(plan.tags)}")
     if plan.release:
-        click.echo(f"  main    also gets {', '.join(plan.release)}")
+        echo(f"  main    also gets {', '.join(plan.release)}")
 
 
 def _measured_size(upload: Any) -> bool:
@@ -1290,9 +1288,9 @@ def localhub(
             raise click.UsageError(f"cannot use --root {display_path(root)} ({exc.strerror})") from exc
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     if store.tightened:
-        click.echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
-    click.echo(f"HF_ENDPOINT={server.url}")
-    click.echo(f"HF_TOKEN={token}")
+        echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
+    echo(f"HF_ENDPOINT={server.url}")
+    echo(f"HF_TOKEN={token}")
     sys.stdout.flush()
     try:
         server.serve_forever()
@@ -1304,7 +1302,7 @@ def localhub(
 
 def _report_retry(reason: str, pause: float) -> None:
     """A Hub call that will be tried again: said on stderr, so that a wait is never silent."""
-    click.echo(f"Hub: {reason}; retrying in {pause:.2g} s", err=True)
+    echo(f"Hub: {reason}; retrying in {pause:.2g} s", err=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -63,7 +63,8 @@ def _rewrite_index(checkpoint: Checkpoint, index: tuple[str, str], out_dir: Path
             raise CheckpointFileError(shown, f"{name!r} maps to {shard!r}, not a pytorch_model shard")
         if name not in dropped:
             new_map[name] = new_shard
-    metadata = dict(data.get("metadata") or {})
+    found = data.get("metadata")  # transformers writes {"total_size": N}; a hostile index may hold anything there
+    metadata = {k: v for k, v in found.items() if isinstance(k, str)} if isinstance(found, dict) else {}
     metadata["total_size"] = sum(f.bytes for f in done)
     write_file_atomic(out_dir / target, json.dumps({"metadata": metadata, "weight_map": new_map}, indent=2).encode())
 

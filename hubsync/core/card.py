@@ -14,10 +14,10 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import jinja2
-import yaml
 
 from .checkpoint import EVAL_TIMINGS, Checkpoint, finite_number
 from .errors import BaseModelError, TemplateError
+from .escape import safe_text, yaml_front_matter
 from .render import RenderError, render, render_file
 
 PLOT_FILE = "training_loss.svg"
@@ -351,7 +351,7 @@ def front_matter(
                 ],
             }
         ]
-    return str(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)).strip()
+    return yaml_front_matter(meta)  # by the YAML dumper: a metric name can hold anything, `\n---` too
 
 
 def render_card(context: Mapping[str, Any], settings: CardSettings) -> str:
@@ -485,4 +485,6 @@ def loss_plot_svg(log_history: Sequence[Mapping[str, Any]], title: str) -> str |
 
 
 def _escape(text: str) -> str:
+    """Text for an SVG (XML) element: no markup, and no control character (XML allows none)."""
+    text = safe_text(text).replace("\t", " ").replace("\n", " ")
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

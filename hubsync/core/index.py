@@ -11,9 +11,11 @@ import yaml
 
 from .checkpoint import EVAL_TIMINGS, TrainerState, loads_json
 from .conversion import is_resumable
+from .escape import clean_front_matter
 from .render import render
 
 INDEX_FILE = ".hubsync/index.json"
+FALLBACK_FRONT_MATTER = "tags:\n- hubsync"  # for an index README whose metadata is gone or is not a mapping
 
 
 TRAIN_LOSS = "train_loss"
@@ -81,7 +83,10 @@ def dump_index(entries: list[dict[str, Any]]) -> bytes:
 
 
 def render_index_readme(entries: list[dict[str, Any]], repo_id: str, front_matter: str, web_url: str) -> bytes:
-    """Main's README.md: the repository's checkpoints, each linked to its revision."""
+    """Main's README.md: the repository's checkpoints, each linked to its revision. `front_matter` may come from
+    main's README on the Hub, which anyone with write access may have edited: it is written again by the YAML
+    dumper (or replaced, when it is not a YAML mapping)."""
+    front_matter = clean_front_matter(front_matter, FALLBACK_FRONT_MATTER)
     metric_names = sorted({m for e in entries for m in (e.get("metrics") or {})})
     rows = [{**e, "url": f"{web_url}/tree/{quote(e['revision'], safe='')}"} for e in entries]
     text = render(

@@ -22,6 +22,8 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 
+from .escape import finalize, with_filters
+
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 MAX_OUTPUT = 1024 * 1024  # characters a template may write, and the largest value one expression may build
@@ -81,11 +83,14 @@ def _bounded_text(chunks: Iterable[str]) -> str:
 
 @cache
 def _environment() -> jinja2.Environment:
-    return BoundedSandbox(
-        loader=jinja2.FileSystemLoader(templates_dir()),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # Markdown, not HTML
+    return with_filters(
+        BoundedSandbox(
+            loader=jinja2.FileSystemLoader(templates_dir()),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,  # Markdown, not HTML: escape.finalize escapes each value as Markdown text
+            finalize=finalize,
+        )
     )
 
 
@@ -96,7 +101,7 @@ def render(name: str, **context: Any) -> str:
 
 @cache
 def _sandbox() -> jinja2.sandbox.SandboxedEnvironment:
-    return BoundedSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return with_filters(BoundedSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False))
 
 
 def render_file(text: str, **context: Any) -> str:
