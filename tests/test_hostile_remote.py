@@ -360,9 +360,12 @@ json_value = st.recursive(
     max_leaves=30,
 )
 entry_shape = st.fixed_dictionaries(
-    {},
+    {
+        "revision": st.sampled_from(["checkpoint-10", "checkpoint-20", "run/x"])
+        | st.sampled_from(["../x", "main", "x\n# Verified", "\x1b[2J", "a" * 300])
+        | json_value
+    },
     optional={
-        "revision": st.sampled_from(["checkpoint-10", "../x", "main", "x\n# Verified", "a" * 300]) | json_value,
         "step": st.integers() | json_value,
         "epoch": st.floats() | json_value,
         "metrics": st.dictionaries(st.text(max_size=8), json_value | st.floats(), max_size=4) | json_value,
