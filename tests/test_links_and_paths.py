@@ -189,7 +189,7 @@ def test_pull_refuses_a_revision_that_names_a_path_outside(
 
     result = CliRunner().invoke(cli, ["pull", "me/tiny", "--revision", "checkpoint-30", "--to", "out"], env=env(hub))
 
-    one_line(result, bad.rsplit("/", 1)[-1], "refused to pull", "Nothing was written")
+    one_line(result, bad.rsplit("/", 1)[-1], "refused: checkpoint-30 holds", "Nothing was written")
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
     assert not os.path.exists("/tmp/escaped.txt")

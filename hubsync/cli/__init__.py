@@ -857,7 +857,7 @@ def pull(
             raise NoCheckpointRevisionError(repo_id)
         revision = known[-1].revision
     commit = hub.resolve_commit(repo_id, revision)
-    entries = hub.tree(repo_id, commit)
+    entries = hub.tree(repo_id, commit, revision)
     step = step_of(revision)
     if any(e.path == "trainer_state.json" for e in entries):
         try:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hubsync.core import errors as e
+from hubsync.core.remote_paths import shown_remote_path
 
 
 def _hub(err: e.HubError) -> str:
@@ -164,9 +165,9 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.UnsafeRemotePathError,
         lambda err: (
-            f"refused to pull: the revision holds the path {err.path!r}, which could land outside the checkpoint "
-            "folder (or in a .git folder). Nothing was written; pull another revision, or ask the repository's "
-            "owner to fix it."
+            f"refused: {err.revision or 'the revision'} holds the path {shown_remote_path(err.path)} ({err.reason}), "
+            "which hubsync never places or handles. Nothing was written or changed; use another revision, or ask "
+            "the repository's owner to delete that file or branch."
         ),
     ),
     (
@@ -311,6 +312,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: (
             f"{err.endpoint} does not answer as a Hugging Face Hub ({err.detail}). "
             "Check the address passed with --endpoint or HF_ENDPOINT."
+        ),
+    ),
+    (
+        e.RemoteFileTooLargeError,
+        lambda err: (
+            f"the Hub at {err.endpoint} serves{_hub(err)} a {shown_remote_path(err.path)} that {err.told}, so "
+            "hubsync read no further. Ask the repository's owner to fix the file, or use another revision or Hub."
         ),
     ),
     (

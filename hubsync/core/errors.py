@@ -71,6 +71,35 @@ class HubError(HubsyncError):
         self.status = status
 
 
+class RemoteFileTooLargeError(HubError):
+    """A file hubsync reads from a Hub into memory (trainer_state.json, main's index, ...) that is larger than
+    `limit` (as announced, `size`), or whose answer went on past the size it announced (`announced`) or `limit`."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        path: str,
+        limit: int,
+        repo_id: str | None,
+        revision: str | None,
+        size: int | None = None,
+        announced: int | None = None,
+    ) -> None:
+        bound = f"{limit // 2**20} MiB" if isinstance(limit, int) and limit % 2**20 == 0 else f"{limit} bytes"
+        if size is not None:
+            told = f"is {size} bytes, more than the {bound} hubsync reads of such a file"
+        elif announced is not None:
+            told = f"went on past the {announced} bytes the Hub announced"
+        else:
+            told = f"went on past the {bound} hubsync reads of such a file"
+        super().__init__(endpoint, f"{path} {told}", repo_id, revision)
+        self.path = path
+        self.limit = limit
+        self.size = size
+        self.announced = announced
+        self.told = told
+
+
 class HubUnreachableError(HubError):
     """No answer from the endpoint at all (refused, DNS, timeout)."""
 
@@ -278,11 +307,16 @@ class TagExistsError(HubError):
 
 
 class UnsafeRemotePathError(HubsyncError):
-    """A file path in a revision that could land outside the checkpoint folder."""
+    """A file path a Hub lists that hubsync never places or handles (core/remote_paths.py says which)."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"the revision holds a file path that leaves the checkpoint folder: {path!r}")
+    def __init__(self, path: str, reason: str = "it leaves the checkpoint folder", revision: str | None = None) -> None:
+        from .remote_paths import shown_remote_path
+
+        where = f"{revision} holds" if revision else "the revision holds"
+        super().__init__(f"{where} the path {shown_remote_path(path)}: {reason}")
         self.path = path
+        self.reason = reason
+        self.revision = revision
 
 
 class PullVerificationError(HubsyncError):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import yaml
 
-from .checkpoint import EVAL_TIMINGS, TrainerState, loads_json
+from .checkpoint import EVAL_TIMINGS, TrainerState, finite_number, loads_json
 from .conversion import is_resumable
 from .escape import clean_front_matter
 from .render import render
@@ -52,7 +53,11 @@ def index_entry(
 
 
 def parse_index(raw: bytes | None) -> list[dict[str, Any]]:
-    """The entries of an index file; an absent or unreadable one is an empty index (it is rebuilt by pushes)."""
+    """The entries of an index file; an absent or unreadable one is an empty index (it is rebuilt by pushes).
+
+    The file is someone else's text (anyone who can write to main, or the Hub itself): each entry keeps only the
+    fields hubsync writes, each of the type it writes; an entry whose revision is not a branch name hubsync could
+    have pushed to is left out, and so is a field of another type."""
     if raw is None:
         return []
     try:
@@ -62,14 +67,53 @@ def parse_index(raw: bytes | None) -> list[dict[str, Any]]:
     entries = data.get("revisions") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         return []
-    return [_current(e) for e in entries if isinstance(e, dict) and isinstance(e.get("revision"), str)]
+    return [e for e in (_checked_entry(e) for e in entries) if e is not None]
 
 
-def _current(entry: dict[str, Any]) -> dict[str, Any]:
-    metrics = entry.get("metrics")
-    if not isinstance(metrics, dict):
-        return entry
-    return {**entry, "metrics": {metric_name(str(k)): v for k, v in metrics.items()}}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _checked_entry(entry: Any) -> dict[str, Any] | None:
+    """An index entry as hubsync writes it (what is missing or of another type: none, no metrics, not resumable),
+    or None; metric names of old entries as they are named now."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("revision"), str):
+        return None
+    if not _is_branch_name(entry["revision"]):
+        return None
+    step, epoch, metrics = entry.get("step"), entry.get("epoch"), entry.get("metrics")
+    out: dict[str, Any] = {
+        "revision": entry["revision"],
+        "step": step if type(step) is int and 0 <= step < 2**63 else None,
+        "epoch": epoch if finite_number(epoch) is not None else None,
+        "metrics": {},
+        "resumable": False,
+    }
+    if isinstance(metrics, dict):
+        out["metrics"] = {
+            metric_name(k): v
+            for k, v in metrics.items()
+            if isinstance(k, str) and len(k) <= 200 and finite_number(v) is not None
+        }
+    for key in ("resumable", "released"):
+        if isinstance(entry.get(key), bool):
+            out[key] = entry[key]
+    if isinstance(entry.get("commit"), str) and _COMMIT.fullmatch(entry["commit"]):
+        out["commit"] = entry["commit"]
+    tags = entry.get("tags")
+    if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
+        out["tags"] = [t for t in tags if _is_branch_name(t)]
+    return out
+
+
+def _is_branch_name(name: str) -> bool:
+    from .errors import InvalidRevisionError
+    from .plan import check_branch_name
+
+    try:
+        check_branch_name(name)
+    except InvalidRevisionError:
+        return False
+    return True
 
 
 def merge_index(entries: list[dict[str, Any]], entry: Mapping[str, Any]) -> list[dict[str, Any]]:

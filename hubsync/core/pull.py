@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from .checkpoint import has_weights
 from .conversion import STATE_DOCUMENT_RE, is_resumable
-from .errors import NotACheckpointRevisionError, UnsafeRemotePathError
+from .errors import NotACheckpointRevisionError
+from .remote_paths import check_remote_path
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
 NOT_CHECKPOINT = (".gitattributes",)
@@ -77,23 +78,6 @@ class PullPlan:
         }
 
 
-def check_remote_path(path: str) -> str:
-    """Refuse a path from the Hub that could land outside the checkpoint folder, or in a .git folder there."""
-    pure = PurePosixPath(path)
-    if (
-        not path
-        or path.startswith(("/", "\\"))
-        or "\\" in path
-        or re.match(r"^[A-Za-z]:", path)
-        or any(part in ("..", ".", "") for part in path.split("/"))
-        or path.split("/")[0].lower() == ".git"
-        or "\x00" in path
-        or pure.is_absolute()
-    ):
-        raise UnsafeRemotePathError(path)
-    return path
-
-
 def check_checkpoint_revision(repo_id: str, revision: str, paths: Sequence[str]) -> None:
     """Refuse to pull main (it holds the index of checkpoint revisions) or a revision without weights: what it
     would write is not a checkpoint that training can load or resume from."""
@@ -111,15 +95,16 @@ def step_of(revision: str) -> int | None:
 def plan_pull(
     repo_id: str, revision: str, commit: str, entries: Sequence[RemoteFile], to: Path, step: int | None
 ) -> PullPlan:
-    """What to fetch (every file of the checkpoint, its paths checked) and where: `to`/checkpoint-<step>."""
+    """What to fetch (every file of the checkpoint) and where: `to`/checkpoint-<step>. Every path the revision
+    lists is checked first, also those pull leaves out: a revision holding any path hubsync refuses is refused."""
+    for e in entries:
+        check_remote_path(e.path, revision)
     files = tuple(
         sorted(
             (e for e in entries if e.path not in NOT_CHECKPOINT and not e.path.startswith(NOT_CHECKPOINT_DIRS)),
             key=lambda e: e.path,
         )
     )
-    for f in files:
-        check_remote_path(f.path)
     check_checkpoint_revision(repo_id, revision, [f.path for f in files])
     name = f"checkpoint-{step}" if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
     return PullPlan(repo_id, revision, commit, to / name, files)

@@ -24,6 +24,7 @@ from huggingface_hub import (
     constants,
     get_session,
     get_token,
+    hf_hub_url,
 )
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -35,16 +36,18 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils._headers import build_hf_headers
+from huggingface_hub.utils._http import hf_raise_for_status
 from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync import __version__
 from hubsync.core import errors
+from hubsync.core.checkpoint import MAX_JSON_BYTES
 from hubsync.core.config import check_endpoint, is_token_text
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
+from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
-from hubsync.files import system_temp_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -53,6 +56,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then give up: five attempts in all
 MAX_RETRY_AFTER = 60.0
+MAX_REMOTE_READ_BYTES = MAX_JSON_BYTES  # a file read from a Hub into memory: the bound of a local JSON file
 T = TypeVar("T")
 
 
@@ -318,16 +322,45 @@ class HubClient:
         info = self._call(commit, repo_id, branch)
         return CommitResult(oid=info.oid, url=info.commit_url, created=info.oid != parent_commit)
 
-    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None:
-        """A file of a revision, or None when the revision has no such file."""
-        with system_temp_dir("read") as tmp:
-            try:
-                local = self._call(lambda: self._hf_download(repo_id, path, revision, tmp), repo_id, revision)
-            except errors.HubError as exc:
-                if isinstance(exc.__cause__, RemoteEntryNotFoundError):
-                    return None
-                raise
-            return Path(local).read_bytes()
+    def read_file(self, repo_id: str, revision: str, path: str, limit: int = MAX_REMOTE_READ_BYTES) -> bytes | None:
+        """A file of a revision, read into memory, or None when the revision has no such file. At most `limit`
+        bytes (the 64 MiB hubsync reads of a local JSON file): a larger size announced by the Hub is refused
+        before anything is read, and a Hub that sends more than it announced (or than `limit`) is cut off."""
+        url = hf_hub_url(repo_id, path, revision=revision, endpoint=self.endpoint)
+        try:
+            return self._call(lambda: self._read_capped(url, path, limit, repo_id, revision), repo_id, revision)
+        except errors.HubError as exc:
+            if isinstance(exc.__cause__, RemoteEntryNotFoundError):
+                return None
+            raise
+
+    def _read_capped(self, url: str, path: str, limit: int, repo_id: str, revision: str) -> bytes:
+        headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
+        with get_session().stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+        ) as response:
+            if response.status_code >= 400:  # the explanation, read with a bound of its own
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > 65536:
+                        break
+                hf_raise_for_status(
+                    httpx2.Response(
+                        response.status_code, headers=response.headers, content=body[:65536], request=response.request
+                    )
+                )
+            announced = _announced_size(response.headers)
+            if announced is not None and announced > limit:
+                raise errors.RemoteFileTooLargeError(self.endpoint, path, limit, repo_id, revision, size=announced)
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > (limit if announced is None else announced):
+                    raise errors.RemoteFileTooLargeError(
+                        self.endpoint, path, limit, repo_id, revision, announced=announced
+                    )
+            return bytes(data)
 
     def _hf_download(self, repo_id: str, path: str, revision: str, local_dir: str | Path) -> str:
         """hf_hub_download, a failed metadata request raised as what it was. huggingface_hub reports a busy or
@@ -346,8 +379,9 @@ class HubClient:
         info = self._call(lambda: self.api.repo_info(repo_id, revision=revision), repo_id, revision)
         return str(info.sha)
 
-    def tree(self, repo_id: str, commit: str) -> list[RemoteFile]:
-        """Every file of a commit, with its size and hashes as the Hub lists them."""
+    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]:
+        """Every file of a commit (of `revision`, for messages), with its size and hashes as the Hub lists them.
+        UnsafeRemotePathError for a path that hubsync never places or handles (core/remote_paths.py)."""
         entries = self._call(lambda: list(self.api.list_repo_tree(repo_id, revision=commit, recursive=True)), repo_id)
         with self._errors(repo_id):
             files = [
@@ -365,6 +399,8 @@ class HubClient:
                 and isinstance(f.git_oid, str)
             ):
                 raise self._malformed("tree", repo_id)
+        for f in files:
+            check_remote_path(f.path, revision or commit[:12])
         return files
 
     def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path:
@@ -395,6 +431,21 @@ def _xet(enabled: bool) -> Iterator[None]:
             yield
         finally:
             constants.HF_HUB_DISABLE_XET = before
+
+
+def _announced_size(headers: Any) -> int | None:
+    """The size a download's answer announces (the smallest, when it announces several), None when none. A
+    compressed answer's Content-Length counts compressed bytes, not the file's: only X-Linked-Size counts then."""
+    sizes = []
+    encoded = headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    for name in ("X-Linked-Size",) if encoded else ("Content-Length", "X-Linked-Size"):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                sizes.append(max(int(value), 0))
+            except ValueError:
+                continue
+    return min(sizes) if sizes else None
 
 
 def _server_message(exc: HfHubHTTPError) -> str:

@@ -59,7 +59,7 @@ def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: HubClient) -> HubP
     try:
         facts = hub.repo_facts(plan.repo_id)
         head = facts.branches.get(plan.revision)
-        remote = hub.tree(plan.repo_id, head) if head else []
+        remote = hub.tree(plan.repo_id, head, plan.revision) if head else []
     except HubUnreachableError:
         return HubPreview(looked=False, reason="the Hub could not be reached")
     except HubsyncError as exc:

@@ -59,7 +59,7 @@ class PushTarget(Protocol):
         parent_commit: str | None = None,
         delete: Sequence[str] = (),
     ) -> CommitResult: ...
-    def tree(self, repo_id: str, commit: str) -> list[RemoteFile]: ...
+    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]: ...
     def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
 
@@ -123,7 +123,9 @@ def _check_tags(hub: PushTarget, plan: PushPlan, repo: RepoFacts, local: Mapping
         return
     paths = [u.path_in_repo for u in plan.uploads]
     hashes = {path: local_hashes(source) for path, source in local.items()}
-    check_tags(plan, repo, unchanged=holds_exactly(hub.tree(plan.repo_id, head), paths, hashes, indexed=True))
+    check_tags(
+        plan, repo, unchanged=holds_exactly(hub.tree(plan.repo_id, head, plan.revision), paths, hashes, indexed=True)
+    )
 
 
 def local_hashes(source: Path | bytes) -> LocalHashes:
@@ -220,7 +222,7 @@ def _commit_to_head(
 
     def commit() -> tuple[CommitResult, int]:
         head = hub.branch_head(repo_id, branch)
-        stale = [f.path for f in hub.tree(repo_id, head)] if head else []
+        stale = [f.path for f in hub.tree(repo_id, head, branch)] if head else []
         delete = branch_deletions(stale, [dest for _, dest in files])
         result = hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
         return result, len(delete) if result.created else 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.conversion import is_resumable
+from hubsync.core.errors import RemoteFileTooLargeError, UnsafeRemotePathError
 from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
 from hubsync.core.pull import step_of
 
@@ -69,14 +70,20 @@ def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
 def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[str, Any] | None:
     """What the index would say of a revision that it does not know (pushed by hand, or moved since); None for
     a branch that holds nothing but what the repository's first commit made."""
-    names = {f.path for f in hub.tree(repo_id, commit)}
+    try:
+        names = {f.path for f in hub.tree(repo_id, commit, revision)}
+    except UnsafeRemotePathError:
+        return {"resumable": False}  # listed, never pulled: pull refuses it and says why
     if not names - {".gitattributes"}:
         return None
     entry: dict[str, Any] = {
         "resumable": is_resumable(names),
     }
     if "trainer_state.json" in names:
-        raw = hub.read_file(repo_id, commit, "trainer_state.json")
+        try:
+            raw = hub.read_file(repo_id, commit, "trainer_state.json")
+        except RemoteFileTooLargeError:
+            return entry
         try:
             state = parse_trainer_state(loads_json(raw or b"{}"))
         except ValueError:
