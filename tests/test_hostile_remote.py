@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import push
 from huggingface_hub import HfApi, constants
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -428,3 +430,35 @@ def test_a_main_index_served_too_large_says_the_commit_landed(
     assert api.list_repo_refs("me/tiny").branches  # the branch commit is there
     for args in (["ls", "me/tiny"], ["prune", "me/tiny", "--keep", "0"]):
         clean(invoke(hostile.endpoint, hub, *args))
+
+
+# --- the same rule on the way out: push never publishes what pull would refuse -----------------------------------
+
+
+def _local_name(name: str) -> bool:
+    """A name this machine's file system holds, that push does not leave out as hidden."""
+    return bool(name) and name not in ("..", ".") and not name.startswith(".") and "/" not in name and "\0" not in name
+
+
+local_hostile_name = hostile_part.filter(lambda n: _local_name(n) and len(n.encode("utf-8", "surrogatepass")) <= 255)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=local_hostile_name, folder=st.booleans())
+def test_push_refuses_a_file_pull_would_refuse_before_the_hub_changes(
+    hub: RunningHub, api: HfApi, checkpoint: Path, tmp_path: Path, name: str, folder: bool
+) -> None:
+    work = tmp_path / "work"  # one fresh copy per example: hypothesis reuses the function's fixtures
+    shutil.rmtree(work, ignore_errors=True)
+    ckpt = Path(shutil.copytree(checkpoint, work / "run" / "checkpoint-30"))
+    target = ckpt / name / "notes.txt" if folder else ckpt / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("a note\n")
+
+    result = push(hub, str(ckpt), "--repo", "me/names")
+
+    assert result.exit_code == 1, result.output
+    assert "refused" in result.stderr and "could not be pulled back" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert all(c.isprintable() or c == "\n" for c in result.stderr)
+    assert not api.repo_exists("me/names")

@@ -163,6 +163,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.UnpublishableNameError,
+        lambda err: (
+            f"refused {shown_remote_path(err.path)}: {err.reason}, so a revision holding it could not be pulled "
+            "back. Nothing was uploaded; rename or remove it in a copy of the checkpoint and push the copy."
+        ),
+    ),
+    (
         e.UnsafeRemotePathError,
         lambda err: (
             f"refused: {err.revision or 'the revision'} holds the path {shown_remote_path(err.path)} ({err.reason}), "

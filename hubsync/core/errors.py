@@ -306,6 +306,15 @@ class TagExistsError(HubError):
     """A tag of that name already points to another commit; tags never move."""
 
 
+class UnpublishableNameError(HubsyncError):
+    """A file of the checkpoint whose name the remote path rule refuses: a revision holding it could not be pulled."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class UnsafeRemotePathError(HubsyncError):
     """A file path a Hub lists that hubsync never places or handles (core/remote_paths.py says which)."""
 

@@ -18,9 +18,16 @@ from .conversion import (
     is_training_state,
     plan_conversion,
 )
-from .errors import InvalidRepoIdError, InvalidRevisionError, InvalidTagError, SharedBranchError
+from .errors import (
+    InvalidRepoIdError,
+    InvalidRevisionError,
+    InvalidTagError,
+    SharedBranchError,
+    UnpublishableNameError,
+)
 from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
+from .remote_paths import remote_path_problem
 from .render import render
 from .secrets import Identity, scrub_value, scrubbed_json, this_machine
 from .selection import DEFAULT_REVISION, revision_name
@@ -199,6 +206,9 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     repo_id = check_repo_id(options.repo_id)
     check_no_outside_links(checkpoint)  # a link to the weights leads out: that, not "no weights", is the problem
     check_complete(checkpoint)
+    for file in checkpoint.files:  # what pull would refuse is never published: a refusal before the Hub changes
+        if problem := remote_path_problem(file.relpath):
+            raise UnpublishableNameError(file.relpath, problem)
     if options.git_commit:
         checkpoint = replace(checkpoint, git_commit=options.git_commit)
     state = checkpoint.trainer_state
