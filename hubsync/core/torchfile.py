@@ -217,11 +217,10 @@ _CONTAINER_OPS = frozenset(
         _O.PERSID,
     )
 )  # fmt: skip
-_TEXT_OPS = frozenset(op[0] for op in (_O.INT, _O.LONG, _O.FLOAT, _O.GLOBAL, _O.INST, _O.PERSID, _O.STRING))
-_PY_DISPATCH: dict[int, Callable[[Any], None]] = pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+_PY_DISPATCH: dict[int, Callable[[Any], None]] = pickle._Unpickler.dispatch
 
 
-class BoundedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+class BoundedUnpickler(pickle._Unpickler):
     """The standard library's Python unpickler, within `limits`; `refused` opcodes are refused outright.
 
     BUILD (set an object's state) is allowed only on objects whose class defines `__setstate__` and on an
