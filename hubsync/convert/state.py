@@ -29,6 +29,7 @@ _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "
 # The Trainer's state nests a few levels (optimizer: state -> parameter -> moment); far deeper is no state.
 MAX_DEPTH = 100
 MAX_NODES = 1_000_000  # optimizer state of the largest models has a few hundred thousand entries at most
+MAX_INT_BITS = 12_000  # about 3,600 digits: JSON (and str()) write out at most 4,300
 
 
 def safe_names(source: str) -> tuple[str, str]:
@@ -68,11 +69,48 @@ def measured_plan(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
 
 def _state_document(source: Path, shown: str) -> tuple[TorchArchive, dict[str, TensorRef], bytes]:
     archive = read_torch_archive(source, shown, state=True)
+    check_tree(archive.root, shown)
     kept, aliases = find_aliases(archive.tensors)
     name_of = {ref: aliases.get(name, name) for name, ref in archive.tensors.items()}
     tree = _encode(archive.root, name_of, shown)
     document = {"format": FORMAT, "version": 1, "file": source.name, "tree": tree}
     return archive, kept, json.dumps(document, indent=1).encode()
+
+
+def check_tree(root: Any, shown: str) -> None:
+    """Refuse a tree that holds itself, nests more than MAX_DEPTH levels, or unfolds into more than MAX_NODES
+    entries, before anything is built from it. A pickle can share one list under many names (memo references),
+    so a file of a few hundred bytes can stand for 2^63 entries: each distinct container is walked once, its
+    unfolded size and height remembered by identity, and every shared reference counts that size again."""
+    measured: dict[int, tuple[int, int]] = {}  # id -> (entries unfolded, levels below)
+    on_path: set[int] = set()
+
+    def visit(value: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(value, (list, tuple, dict)):
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+                raise UnrepresentableStateError(shown, "integer of more than 3,600 digits")
+            return 1, 0
+        key = id(value)
+        if key in on_path:
+            raise UnrepresentableStateError(shown, "structure that contains itself")
+        if key not in measured:
+            if depth > MAX_DEPTH:
+                raise UnrepresentableStateError(shown, f"structure nested more than {MAX_DEPTH} levels deep")
+            on_path.add(key)
+            size, height = 1, 0
+            for child in (c for kv in value.items() for c in kv) if isinstance(value, dict) else value:
+                child_size, child_height = visit(child, depth + 1)
+                size, height = size + child_size, max(height, child_height + 1)
+                if size > MAX_NODES:
+                    raise UnrepresentableStateError(shown, f"structure of more than {MAX_NODES:,} entries")
+            on_path.discard(key)
+            measured[key] = (size, height)
+        size, height = measured[key]
+        if depth + height > MAX_DEPTH:
+            raise UnrepresentableStateError(shown, f"structure nested more than {MAX_DEPTH} levels deep")
+        return size, height
+
+    visit(root, 0)
 
 
 def _encode(
@@ -106,6 +144,8 @@ def _encode(
         return {"__float__": repr(value)}
     if isinstance(value, (bytes, bytearray)):
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise UnrepresentableStateError(shown, "integer of more than 3,600 digits")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise UnrepresentableStateError(shown, type(value).__name__)

@@ -9,7 +9,6 @@ each storage uncompressed as its own zip member, so a tensor is a byte range of 
 from __future__ import annotations
 
 import contextvars
-import io
 import pickle
 import re
 import struct
@@ -21,8 +20,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnrepresentableStateError, UnsafePickleError
+from hubsync.core.torchfile import ArchiveError, BoundedUnpickler, PickleLimitError, check_archive, read_entry
 
-MAX_PICKLE_BYTES = 256 * 1024 * 1024
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state dict's data.pkl holds only names and tensor records: KBs to a few MBs
+MAX_BYTEORDER_BYTES = 16  # "little" or "big"
+_INT64 = 1 << 63
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _rebuild_v2(storage: Any, offset: Any, shape: Any, stride: Any, *rest: Any) -> TensorRef:
-    if not isinstance(storage, StorageRef) or storage.dtype is None or not isinstance(offset, int):
+    if not isinstance(storage, StorageRef) or storage.dtype is None or type(offset) is not int:
         raise pickle.UnpicklingError("unexpected arguments to _rebuild_tensor_v2")
     return TensorRef(storage, storage.dtype, offset, _ints(shape, "size"), _ints(stride, "stride"))
 
@@ -202,7 +204,7 @@ def _rebuild_v2(storage: Any, offset: Any, shape: Any, stride: Any, *rest: Any) 
 def _rebuild_v3(
     storage: Any, offset: Any, shape: Any, stride: Any, _grad: Any, _hooks: Any, dtype: Any, *rest: Any
 ) -> TensorRef:
-    if not isinstance(storage, StorageRef) or not isinstance(dtype, _DTypeStub) or not isinstance(offset, int):
+    if not isinstance(storage, StorageRef) or not isinstance(dtype, _DTypeStub) or type(offset) is not int:
         raise pickle.UnpicklingError("unexpected arguments to _rebuild_tensor_v3")
     return TensorRef(storage, dtype.dtype, offset, _ints(shape, "size"), _ints(stride, "stride"))
 
@@ -237,9 +239,19 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 _ALLOWED = _allowed_globals()
 
 
-class _SafeUnpickler(pickle.Unpickler):
+class _SafeUnpickler(BoundedUnpickler):
+    # What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg
+    # extension registry, text persistent ids.
+    refused: ClassVar[frozenset[int]] = frozenset(
+        op[0]
+        for op in (
+            pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4,
+            pickle.PERSID,
+        )
+    )  # fmt: skip
+
     def __init__(self, data: bytes, shown: str) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(data)
         self.shown = shown
 
     def find_class(self, module: str, name: str) -> Any:
@@ -263,7 +275,7 @@ class _SafeUnpickler(pickle.Unpickler):
             dtype = _STORAGE_DTYPES[storage_type]
         else:
             raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r:.80}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        if not isinstance(key, str) or type(numel) is not int or not 0 <= numel < _INT64:
             raise pickle.UnpicklingError("malformed storage reference")
         return StorageRef(key, dtype, numel)
 
@@ -340,21 +352,14 @@ class _StateUnpickler(_SafeUnpickler):
         return super().find_class(module, name)
 
 
-def _member_data_offset(fp: Any, info: zipfile.ZipInfo) -> int:
-    """Where a stored (uncompressed) member's bytes start: after its local file header."""
-    fp.seek(info.header_offset)
-    header = fp.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise ValueError(f"bad local header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
-
-
 def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchArchive:
     """Inventory a torch.save() zip archive holding a flat {name: tensor} dict. Runs nothing from the file.
 
     With `state`, the archive may hold any tree of containers, scalars, tensors and numpy arrays (optimizer,
-    scheduler and RNG state): its tensors are named t0, t1, ... and the tree is kept in `root`."""
+    scheduler and RNG state): its tensors are named t0, t1, ... and the tree is kept in `root`.
+
+    The archive must be one that torch reads the same way (hubsync.core.torchfile's zip rule), and its pickle
+    stays within that module's limits; else UnreadableWeightsError."""
     try:
         if path.stat().st_size == 0:
             raise UnreadableWeightsError(shown, "the file is empty")
@@ -362,22 +367,27 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
             raise UnreadableWeightsError(
                 shown, "not a torch.save() zip archive (truncated, or the legacy format of torch < 1.6)"
             )
-        with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
-            names = archive.namelist()
-            pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        with path.open("rb") as raw, zipfile.ZipFile(raw) as archive:
+            entries = check_archive(raw, archive)
+            pkl = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
             if len(pkl) != 1:
                 raise UnreadableWeightsError(shown, "no data.pkl in the archive: not written by torch.save()")
             prefix = pkl[0][: -len("data.pkl")]
-            byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
+            if any(not n.startswith(prefix) for n in entries):  # torch reads the folder of the first entry
+                raise UnreadableWeightsError(shown, "its entries lie in more than one folder")
+            byteorder = "little"
+            if prefix + "byteorder" in entries:
+                byteorder = read_entry(archive, prefix + "byteorder", MAX_BYTEORDER_BYTES).decode()
             if byteorder != "little":
-                raise UnreadableWeightsError(shown, f"{byteorder}-endian tensors are not supported")
-            if archive.getinfo(pkl[0]).file_size > MAX_PICKLE_BYTES:
-                raise UnreadableWeightsError(shown, "its data.pkl is too large for a state dict")
+                raise UnreadableWeightsError(shown, f"{byteorder[:16]!r}-endian tensors are not supported")
+            data = read_entry(archive, pkl[0], MAX_PICKLE_BYTES)
             try:
                 unpickler = _StateUnpickler if state else _SafeUnpickler
-                obj = unpickler(archive.read(pkl[0]), shown).load()
+                obj = unpickler(data, shown).load()
             except UnsafePickleError:
                 raise
+            except PickleLimitError as exc:
+                raise UnreadableWeightsError(shown, f"its pickle asks for too much ({exc})") from exc
             except (
                 pickle.UnpicklingError,
                 EOFError,
@@ -387,9 +397,10 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 IndexError,
                 KeyError,
                 RecursionError,
+                ArithmeticError,
                 struct.error,
             ) as exc:
-                raise UnreadableWeightsError(shown, f"malformed pickle ({exc})") from exc
+                raise UnreadableWeightsError(shown, f"malformed pickle ({str(exc)[:200]})") from exc
             tensors = _tensors_in(obj) if state else _state_dict_of(obj, shown)
             storages: dict[str, StorageRecord] = {}
             for tensor in tensors.values():
@@ -397,17 +408,23 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 if key in storages:
                     continue
                 member = f"{prefix}data/{key}"
-                try:
-                    info = archive.getinfo(member)
-                except KeyError:
-                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member}") from None
-                if info.compress_type != zipfile.ZIP_STORED:
-                    raise UnreadableWeightsError(shown, f"the storage {member} is compressed")
-                storages[key] = StorageRecord(_member_data_offset(raw, info), info.file_size)
+                entry = entries.get(member)
+                if entry is None:
+                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member[:80]}")
+                if entry.method != zipfile.ZIP_STORED:
+                    raise UnreadableWeightsError(shown, f"the storage {member[:80]} is compressed")
+                itemsize = tensor.storage.dtype.itemsize if tensor.storage.dtype is not None else 1
+                if entry.size != tensor.storage.numel * itemsize:
+                    raise UnreadableWeightsError(
+                        shown, f"the storage {member[:80]} is not the size its record says (truncated?)"
+                    )
+                storages[key] = StorageRecord(entry.data_offset, entry.size)
     except HubsyncError:
         raise
+    except ArchiveError as exc:
+        raise UnreadableWeightsError(shown, f"its zip archive is ambiguous or damaged: {exc}") from exc
     except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
-        raise UnreadableWeightsError(shown, str(exc) or type(exc).__name__) from exc
+        raise UnreadableWeightsError(shown, str(exc)[:200] or type(exc).__name__) from exc
     _check_bounds(tensors, storages, shown)
     return TorchArchive(path, tensors, storages, obj if state else None)
 
@@ -441,11 +458,20 @@ def _state_dict_of(obj: Any, shown: str) -> dict[str, TensorRef]:
 
 
 def _check_bounds(tensors: dict[str, TensorRef], storages: dict[str, StorageRecord], shown: str) -> None:
+    """Each tensor reads only its storage's bytes, and writes no more elements than its storage holds: a stride of
+    0 (or strides that overlap) would make a few bytes stand for terabytes of output."""
     for name, t in tensors.items():
-        if any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride) or t.offset < 0:
-            raise UnreadableWeightsError(shown, f"tensor {name} has a negative size, stride or offset")
+        if any(not 0 <= v < _INT64 for v in (*t.shape, *t.stride, t.offset)):
+            raise UnreadableWeightsError(
+                shown, f"tensor {name} has a negative size, stride or offset, or one past 64 bits"
+            )
         if t.numel == 0:
             continue
+        size = storages[t.storage.key].size
         last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride, strict=True))
-        if (last + 1) * t.dtype.itemsize > storages[t.storage.key].size:
+        if (last + 1) * t.dtype.itemsize > size:
             raise UnreadableWeightsError(shown, f"tensor {name} reaches past the end of its storage (truncated?)")
+        if t.nbytes > size:
+            raise UnreadableWeightsError(
+                shown, f"tensor {name} has more elements than its storage holds (a stride of 0, or overlapping strides)"
+            )

@@ -100,6 +100,8 @@ def _strided_chunks(archive: TorchArchive, tensor: TensorRef) -> Iterator[bytes]
     """A non-contiguous tensor's bytes in row-major order, a block of rows at a time."""
     import numpy as np
 
+    if tensor.nbytes == 0:
+        return
     record = archive.storages[tensor.storage.key]
     itemsize = tensor.dtype.itemsize
     storage = np.memmap(
@@ -108,7 +110,7 @@ def _strided_chunks(archive: TorchArchive, tensor: TensorRef) -> Iterator[bytes]
     view = np.lib.stride_tricks.as_strided(
         storage[tensor.offset :],
         shape=tensor.shape,
-        strides=tuple(s * itemsize for s in tensor.stride),
+        strides=tuple(s * itemsize if d != 1 else 0 for d, s in zip(tensor.shape, tensor.stride, strict=True)),
         writeable=False,
     )
     row_bytes = max(tensor.nbytes // max(tensor.shape[0], 1), 1)

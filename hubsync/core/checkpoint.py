@@ -360,8 +360,8 @@ def _training_args(root: Path, names: set[str]) -> Mapping[str, Any] | None:
     if TRAINING_ARGS not in names:
         return None
     try:
-        data = read_torch_pickle((root / TRAINING_ARGS).read_bytes())
-    except (OSError, RuntimeError, pickle.UnpicklingError):  # RuntimeError: zipfile's "encrypted"
+        data = read_torch_pickle(root / TRAINING_ARGS)
+    except (OSError, pickle.UnpicklingError):
         return None
     return data if isinstance(data, dict) else None
 

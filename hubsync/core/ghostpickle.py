@@ -8,12 +8,14 @@ value, any other object the dict of its state.
 
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-MAX_PICKLE_BYTES = 64 * 1024 * 1024
+from .torchfile import BoundedUnpickler, PickleLimits, check_archive, read_entry
+
+MAX_PICKLE_BYTES = 16 * 1024 * 1024  # a TrainingArguments pickles into about 10 KB
 
 
 class Ghost:
@@ -40,9 +42,11 @@ def _ghost_class(module: str, name: str) -> type[Ghost]:
     return type(name, (Ghost,), {"_ghost_name": f"{module}.{name}", "__module__": "hubsync.ghost"})
 
 
-class _GhostUnpickler(pickle.Unpickler):
+class _GhostUnpickler(BoundedUnpickler):
+    limits: ClassVar[PickleLimits] = PickleLimits(opcodes=1_000_000, containers=200_000)
+
     def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(data)
         self._classes: dict[tuple[str, str], Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -103,26 +107,36 @@ def plain(value: Any) -> Any:
 
 
 def load_plain(data: bytes) -> Any:
-    """Unpickle `data` into plain data; pickle.UnpicklingError (or ValueError) when it is not a pickle."""
+    """Unpickle `data` into plain data; pickle.UnpicklingError when it is not a pickle, or asks for too much."""
     try:
         return plain(_GhostUnpickler(data).load())
     except RecursionError as exc:
         raise pickle.UnpicklingError("nested too deeply") from exc
-    except (EOFError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise pickle.UnpicklingError(str(exc) or type(exc).__name__) from exc
+    except pickle.UnpicklingError:
+        raise
+    except (EOFError, AttributeError, IndexError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise pickle.UnpicklingError(str(exc)[:200] or type(exc).__name__) from exc
 
 
-def read_torch_pickle(raw: bytes) -> Any:
-    """The plain data of a torch.save() file (a zip with data.pkl), or of a bare pickle."""
-    if raw[:4] == b"PK\x03\x04":
+def read_torch_pickle(path: Path) -> Any:
+    """The plain data of a torch.save() file (a zip with data.pkl), or of a bare pickle; pickle.UnpicklingError
+    when it is neither, or its zip archive is one that readers read differently (hubsync.core.torchfile), or it
+    asks for too much; OSError when it cannot be read."""
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            f.seek(0)
+            raw = f.read(MAX_PICKLE_BYTES + 1)
+            if len(raw) > MAX_PICKLE_BYTES:
+                raise pickle.UnpicklingError("the pickle is too large")
+            return load_plain(raw)
         try:
-            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-                names = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                entries = check_archive(f, archive)
+                names = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
                 if len(names) != 1:
                     raise pickle.UnpicklingError("no data.pkl in the archive")
-                if archive.getinfo(names[0]).file_size > MAX_PICKLE_BYTES:
-                    raise pickle.UnpicklingError("data.pkl is too large")
-                raw = archive.read(names[0])
-        except zipfile.BadZipFile as exc:
+                raw = read_entry(archive, names[0], MAX_PICKLE_BYTES)
+        except (zipfile.BadZipFile, ValueError, EOFError) as exc:  # ArchiveError is a ValueError
             raise pickle.UnpicklingError(f"a damaged zip archive ({exc})") from exc
     return load_plain(raw)

@@ -1,0 +1,340 @@
+"""A torch.save() file's zip structure checked as torch reads it, and an unpickler that bounds what a pickle builds.
+
+Both serve every reader of pickles in hubsync (the weights and training-state reader of hubsync.convert, and the
+plain-data reader of training_args.bin). Neither imports torch or runs anything from the file.
+
+The zip rule: one way to read the archive, the same for zipfile, for torch (miniz) and for hubsync. Each name once;
+every entry's local header says what the central directory says (name, method, flags, CRC and sizes, or a data
+descriptor that does); entries lie one after another, none inside another or inside the central directory; no
+bytes before the first entry or after the end record; no encryption; only stored and deflated entries.
+
+The pickle rule: a pickle of a few hundred bytes can stand for an object graph of any size (memo references share
+one object under many names) and can make Python hash a tuple of 2^63 leaves (a dictionary key). The unpickler
+here is the standard library's own Python implementation with limits: opcodes, containers built, integer sizes,
+the size of every key it hashes, and BUILD only on the objects that accept it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar
+
+
+class ArchiveError(ValueError):
+    """The zip archive is not one that every reader reads the same way."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    method: int
+    data_offset: int  # where the entry's (compressed) bytes start in the file
+    compressed_size: int
+    size: int
+    crc: int
+
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_DESCRIPTOR_SIG = b"PK\x07\x08"
+_EOCD_SIG = b"PK\x05\x06"
+_EOCD64_LOCATOR_SIG = b"PK\x06\x07"
+_EOCD64_SIG = b"PK\x06\x06"
+_MAX32 = 0xFFFFFFFF
+
+
+def _zip64_values(extra: bytes, wanted: list[bool]) -> list[int]:
+    """The zip64 extra field's 8-byte values, in order, for each field the fixed header marks 0xFFFFFFFF."""
+    at = 0
+    while at + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, at)
+        if tag == 1:
+            body, values = extra[at + 4 : at + 4 + size], []
+            for i in range(sum(wanted)):
+                if 8 * i + 8 > len(body):
+                    raise ArchiveError("a zip64 extra field is cut short")
+                values.append(struct.unpack_from("<Q", body, 8 * i)[0])
+            return values
+        at += 4 + size
+    if any(wanted):
+        raise ArchiveError("an entry's sizes are marked zip64 without a zip64 field")
+    return []
+
+
+def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int]:
+    """Where the central directory starts and where its end records start, from an end record that closes the file
+    (no comment, no trailing bytes: torch writes none, and other readers look for the record elsewhere)."""
+    if length < 22:
+        raise ArchiveError("the file is too short for a zip archive")
+    fp.seek(length - 22)
+    eocd = fp.read(22)
+    if eocd[:4] != _EOCD_SIG:
+        raise ArchiveError("the file does not end with a zip end record (trailing bytes, or a comment)")
+    _sig, disk, cd_disk, _n_disk, count, cd_size, cd_offset, comment = struct.unpack("<IHHHHIIH", eocd)
+    if disk or cd_disk or comment:
+        raise ArchiveError("a multi-disk archive or an archive comment")
+    end_records = length - 22
+    locator = b""
+    if length >= 22 + 20 + 56:  # torch writes zip64 end records whatever the size
+        fp.seek(length - 22 - 20)
+        locator = fp.read(20)
+    if locator[:4] == _EOCD64_LOCATOR_SIG:
+        (record_at,) = struct.unpack_from("<Q", locator, 8)
+        if record_at != length - 22 - 20 - 56:
+            raise ArchiveError("bytes between the zip64 end record and its locator")
+        fp.seek(record_at)
+        record = fp.read(56)
+        if record[:4] != _EOCD64_SIG:
+            raise ArchiveError("a damaged zip64 end record")
+        cd_size, cd_offset = struct.unpack_from("<QQ", record, 40)
+        end_records = record_at
+    elif _MAX32 in (cd_size, cd_offset) or count == 0xFFFF:
+        raise ArchiveError("a zip64 end record is missing")
+    if cd_offset + cd_size != end_records:
+        raise ArchiveError("bytes before the archive, or between its central directory and its end record")
+    return cd_offset, end_records
+
+
+def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
+    """Every entry of `archive` (opened on the same file as `fp`) by name, once the archive obeys the zip rule of
+    this module's docstring; ArchiveError naming the first way it does not."""
+    fp.seek(0, 2)
+    length = fp.tell()
+    cd_start, _ = _central_directory_start(fp, length)
+    if archive.start_dir != cd_start:
+        raise ArchiveError("bytes before the archive: readers would disagree on where its entries start")
+    entries: dict[str, Entry] = {}
+    spans: list[tuple[int, int, str]] = []
+    for info in archive.infolist():
+        name = info.filename
+        if name in entries:
+            raise ArchiveError(f"it holds {name[:80]!r} twice (readers would disagree on which one counts)")
+        if info.flag_bits & 0x41:
+            raise ArchiveError(f"{name[:80]} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ArchiveError(f"{name[:80]} is compressed with method {info.compress_type}, not stored or deflated")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise ArchiveError(f"{name[:80]} is stored with two different sizes")
+        fp.seek(info.header_offset)
+        header = fp.read(_LOCAL.size)
+        if len(header) != _LOCAL.size or header[:4] != b"PK\x03\x04":
+            raise ArchiveError(f"{name[:80]} has no local header where the central directory says")
+        _sig, _version, flags, method, _t, _d, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(header)
+        raw_name = fp.read(name_len)
+        extra = fp.read(extra_len)
+        if raw_name != info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"):
+            raise ArchiveError(f"the local header of {name[:80]} names another file")
+        if flags != info.flag_bits or method != info.compress_type:
+            raise ArchiveError(f"the local header of {name[:80]} disagrees with the central directory")
+        data_offset = info.header_offset + _LOCAL.size + name_len + extra_len
+        zip64 = _MAX32 in (csize, usize)
+        if zip64:
+            values = iter(_zip64_values(extra, [usize == _MAX32, csize == _MAX32]))
+            usize = next(values) if usize == _MAX32 else usize
+            csize = next(values) if csize == _MAX32 else csize
+        end = data_offset + info.compress_size
+        if flags & 0x08:  # a data descriptor after the data holds the CRC and sizes (torch writes these)
+            if (crc, csize, usize) != (0, 0, 0) and (crc, csize, usize) != (
+                info.CRC,
+                info.compress_size,
+                info.file_size,
+            ):
+                raise ArchiveError(f"the local header of {name[:80]} disagrees with the central directory")
+            fp.seek(end)
+            wide = zip64 or info.compress_size >= _MAX32 or info.file_size >= _MAX32
+            descriptor = fp.read(24 if wide else 16)
+            if descriptor[:4] != _DESCRIPTOR_SIG:  # the signature is optional in the format; torch always writes it
+                raise ArchiveError(f"{name[:80]} has no data descriptor after its data")
+            if len(descriptor) != (24 if wide else 16) or struct.unpack("<IQQ" if wide else "<III", descriptor[4:]) != (
+                info.CRC,
+                info.compress_size,
+                info.file_size,
+            ):
+                raise ArchiveError(f"the data descriptor of {name[:80]} disagrees with the central directory")
+            end += len(descriptor)
+        elif (crc, csize, usize) != (info.CRC, info.compress_size, info.file_size):
+            raise ArchiveError(f"the local header of {name[:80]} disagrees with the central directory")
+        entries[name] = Entry(name, info.compress_type, data_offset, info.compress_size, info.file_size, info.CRC)
+        spans.append((info.header_offset, end, name))
+    spans.sort()
+    last_end, last_name = 0, ""
+    for start, end, name in spans:
+        if start < last_end:
+            raise ArchiveError(f"the entries {last_name[:80]} and {name[:80]} overlap")
+        last_end, last_name = end, name
+    if spans and spans[0][0] != 0:
+        raise ArchiveError("bytes before the first entry")
+    if last_end > cd_start:
+        raise ArchiveError(f"the entry {last_name[:80]} overlaps the central directory")
+    return entries
+
+
+def read_entry(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """An entry's bytes, at most `limit` of them, decompressed and CRC-checked (zipfile stops at the size the
+    central directory declares, so a small deflated entry cannot grow past it); ArchiveError otherwise."""
+    import zlib
+
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise ArchiveError(f"{name[:80]} is {info.file_size:,} bytes, more than the {limit:,} allowed")
+    try:
+        with archive.open(info) as f:
+            data = f.read(limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+        raise ArchiveError(f"{name[:80]} cannot be read ({exc})") from exc
+    if len(data) != info.file_size:
+        raise ArchiveError(f"{name[:80]} is not as long as the archive says")
+    return data
+
+
+# -- the bounded unpickler ----------------------------------------------------------------------------------------
+
+
+class PickleLimitError(pickle.UnpicklingError):
+    """The pickle asks for more than any checkpoint file needs: too many opcodes or objects, a huge key."""
+
+
+@dataclass(frozen=True)
+class PickleLimits:
+    opcodes: int
+    containers: int  # lists, dicts, tuples, sets and objects built
+    int_bytes: int = 512  # LONG1/LONG4 payload; a longer integer has more digits than str() writes out
+    key_nodes: int = 1024  # a tuple used as a key (hashed) unfolds into at most this many items
+    line_bytes: int = 4096  # protocol-0 text arguments (INT, LONG, FLOAT, GLOBAL names)
+
+
+_O = pickle  # opcode names: pickle.MARK, ...
+_CONTAINER_OPS = frozenset(
+    op[0]
+    for op in (
+        _O.EMPTY_DICT, _O.EMPTY_LIST, _O.EMPTY_TUPLE, _O.EMPTY_SET, _O.TUPLE, _O.TUPLE1, _O.TUPLE2, _O.TUPLE3,
+        _O.DICT, _O.LIST, _O.FROZENSET, _O.REDUCE, _O.NEWOBJ, _O.NEWOBJ_EX, _O.INST, _O.OBJ, _O.BINPERSID,
+        _O.PERSID,
+    )
+)  # fmt: skip
+_PY_DISPATCH: dict[int, Callable[[Any], None]] = pickle._Unpickler.dispatch
+
+
+class BoundedUnpickler(pickle._Unpickler):
+    """The standard library's Python unpickler, within `limits`; `refused` opcodes are refused outright.
+
+    BUILD (set an object's state) is allowed only on objects whose class defines `__setstate__` and on an
+    OrderedDict given attribute names (a state dict's `_metadata`): anything else would rewrite the reader's own
+    records after it checked them."""
+
+    limits: ClassVar[PickleLimits] = PickleLimits(opcodes=8_000_000, containers=1_000_000)
+    refused: ClassVar[frozenset[int]] = frozenset()
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self._opcodes = 0
+        self._containers = 0
+        self._key_budget = self.limits.key_nodes * 64  # all keys together: hashing stays linear in the file
+
+    def load(self) -> Any:
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
+        self.read = self._unframer.read
+        self.readinto = self._unframer.readinto
+        self.readline = self._bounded_readline
+        self.metastack: list[Any] = []
+        self.stack: list[Any] = []
+        self.append = self.stack.append
+        self.proto = 0
+        read, dispatch, limits = self.read, self.dispatch, self.limits
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                op = key[0]
+                self._opcodes += 1
+                if self._opcodes > limits.opcodes:
+                    raise PickleLimitError(f"more than {limits.opcodes:,} pickle opcodes")
+                if op in self.refused:
+                    raise pickle.UnpicklingError(f"the opcode {key!r} is not allowed here")
+                if op in _CONTAINER_OPS:
+                    self._containers += 1
+                    if self._containers > limits.containers:
+                        raise PickleLimitError(f"more than {limits.containers:,} objects")
+                dispatch[op](self)
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
+            return stop.value
+
+    def _bounded_readline(self) -> bytes:
+        line: bytes = self._unframer.readline()
+        if len(line) > self.limits.line_bytes:
+            raise PickleLimitError("a text argument longer than any pickle of a checkpoint holds")
+        return line
+
+    def _check_key(self, key: Any) -> None:
+        """Hashing (and comparing) a key costs its unfolded size: a tuple sharing itself could take for ever."""
+        if isinstance(key, int) and not isinstance(key, bool) and key.bit_length() > 8 * self.limits.int_bytes:
+            raise PickleLimitError("an integer key too large to hash")
+        if not isinstance(key, tuple):
+            return
+        stack, seen = [key], 0
+        while stack:
+            item = stack.pop()
+            seen += 1
+            self._key_budget -= 1
+            if seen > self.limits.key_nodes or self._key_budget < 0:
+                raise PickleLimitError("a key too large to hash (a tuple sharing its parts)")
+            if isinstance(item, tuple):
+                stack.extend(item)
+
+    def _check_keys(self, keys: Any) -> None:
+        for k in keys:
+            self._check_key(k)
+
+    def load_setitem(self) -> None:
+        self._check_key(self.stack[-2])
+        _PY_DISPATCH[pickle.SETITEM[0]](self)
+
+    def load_setitems(self) -> None:
+        self._check_keys(self.stack[::2])
+        _PY_DISPATCH[pickle.SETITEMS[0]](self)
+
+    def load_dict(self) -> None:
+        self._check_keys(self.stack[::2])
+        _PY_DISPATCH[pickle.DICT[0]](self)
+
+    def load_additems(self) -> None:
+        self._check_keys(self.stack)
+        _PY_DISPATCH[pickle.ADDITEMS[0]](self)
+
+    def load_frozenset(self) -> None:
+        self._check_keys(self.stack)
+        _PY_DISPATCH[pickle.FROZENSET[0]](self)
+
+    def load_long4(self) -> None:
+        (n,) = struct.unpack("<i", self.read(4))
+        if n < 0 or n > self.limits.int_bytes:
+            raise PickleLimitError(f"an integer of {n:,} bytes")
+        self.append(pickle.decode_long(self.read(n)))
+
+    def load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        setstate = getattr(type(inst), "__setstate__", None)
+        if setstate is not None and setstate is not getattr(object, "__setstate__", None):
+            _PY_DISPATCH[pickle.BUILD[0]](self)
+        elif type(inst) is OrderedDict and isinstance(state, dict) and all(type(k) is str for k in state):
+            self.stack.pop()
+            inst.__dict__.update(state)
+        else:
+            raise pickle.UnpicklingError(f"the pickle sets the state of a {type(inst).__name__}, which has none")
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
+        **_PY_DISPATCH,
+        pickle.SETITEM[0]: load_setitem,
+        pickle.SETITEMS[0]: load_setitems,
+        pickle.DICT[0]: load_dict,
+        pickle.ADDITEMS[0]: load_additems,
+        pickle.FROZENSET[0]: load_frozenset,
+        pickle.LONG4[0]: load_long4,
+        pickle.BUILD[0]: load_build,
+    }
