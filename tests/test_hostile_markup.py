@@ -366,3 +366,19 @@ def test_branch_names_and_error_text_from_a_hub_are_printed_escaped(
     for args in (["ls", "me/tiny"], ["prune", "me/tiny", "--keep", "0", "--dry-run"], ["pull", "me/tiny"]):
         failed = invoke(hub, *args, endpoint=endpoint)
         assert failed.exit_code == 1 and failed.stderr.startswith("Error: "), (args, failed.stderr)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    value=st.sampled_from(["<script>alert(1)</script>", "# Verified by [HF](https://evil.example)", "<img onerror=x>"])
+)
+def test_a_users_template_escapes_values_unless_told_raw(value: str) -> None:
+    from hubsync.core.render import render_file
+
+    escaped, raw = render_file("{{ value }}\n{{ value|raw }}", value=value).split("\n")
+
+    tokens = [t for block in MD.parse(escaped) for t in (block, *(block.children or []))]
+    assert_inert(tokens, allowed_links=lambda href: False)
+    assert not headings(tokens)
+    assert spaced(shown_text(tokens)) == spaced(value)  # it reads as itself
+    assert raw == value

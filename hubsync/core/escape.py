@@ -185,6 +185,7 @@ FILTERS = {
     "url": link_target,
     "urlpath": url_path,
     "as_json": lambda value: json.dumps(value, ensure_ascii=False, default=str),  # then escaped where it lands
+    "raw": Safe,  # a template's author takes the value as it is, markup and all
 }
 
 

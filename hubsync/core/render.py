@@ -101,7 +101,12 @@ def render(name: str, **context: Any) -> str:
 
 @cache
 def _sandbox() -> jinja2.sandbox.SandboxedEnvironment:
-    return with_filters(BoundedSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False))
+    # A user's template escapes alike (`raw` opts out): its values come from the same files.
+    return with_filters(
+        BoundedSandbox(
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, finalize=finalize
+        )
+    )
 
 
 def render_file(text: str, **context: Any) -> str:
