@@ -18,6 +18,7 @@ from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
 from hubsync.core.errors import CommitConflictError, HubsyncError, IncompletePushError
 from hubsync.core.index import (
+    FALLBACK_FRONT_MATTER,
     INDEX_FILE,
     dump_index,
     front_matter_of,
@@ -36,7 +37,6 @@ from .client import CommitResult
 CONFLICT_RETRIES = 8
 Files = Sequence[tuple[Path | bytes, str]]
 T = TypeVar("T")
-DEFAULT_FRONT_MATTER = "tags:\n- hubsync"  # for an index README whose metadata someone removed
 
 
 class PushTarget(Protocol):
@@ -282,7 +282,7 @@ def drop_from_index(hub: PushTarget, repo_id: str, branches: Callable[[], Collec
         if len(kept) == len(entries):
             return None
         front_matter = front_matter_of(hub.read_file(repo_id, head, "README.md"))
-        readme = render_index_readme(kept, repo_id, front_matter or DEFAULT_FRONT_MATTER, hub.web_url(repo_id))
+        readme = render_index_readme(kept, repo_id, front_matter or FALLBACK_FRONT_MATTER, hub.web_url(repo_id))
         gone_all = [e["revision"] for e in entries if e["revision"] not in existing]
         gone = ", ".join(gone_all[:5]) + (f" and {len(gone_all) - 5} more" if len(gone_all) > 5 else "")
         files: list[tuple[Path | bytes, str]] = [(dump_index(kept), INDEX_FILE), (readme, "README.md")]
