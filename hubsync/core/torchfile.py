@@ -67,37 +67,45 @@ def _zip64_values(extra: bytes, wanted: list[bool]) -> list[int]:
 
 
 def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int]:
-    """Where the central directory starts and where its end records start, from an end record that closes the file
-    (no comment, no trailing bytes: torch writes none, and other readers look for the record elsewhere)."""
+    """Where the central directory starts and how many entries the end records count, from an end record that
+    closes the file (no comment, no trailing bytes: torch writes none, and other readers look for the record
+    elsewhere), on one disk (miniz refuses any other)."""
     if length < 22:
         raise ArchiveError("the file is too short for a zip archive")
     fp.seek(length - 22)
     eocd = fp.read(22)
     if eocd[:4] != _EOCD_SIG:
         raise ArchiveError("the file does not end with a zip end record (trailing bytes, or a comment)")
-    _sig, disk, cd_disk, _n_disk, count, cd_size, cd_offset, comment = struct.unpack("<IHHHHIIH", eocd)
-    if disk or cd_disk or comment:
-        raise ArchiveError("a multi-disk archive or an archive comment")
+    _sig, disk, cd_disk, on_disk, count, cd_size, cd_offset, comment = struct.unpack("<IHHHHIIH", eocd)
+    if disk or cd_disk or on_disk != count:  # miniz (torch's reader) refuses these as multi-disk archives
+        raise ArchiveError("a multi-disk archive")
+    if comment:
+        raise ArchiveError("an archive comment")
     end_records = length - 22
     locator = b""
     if length >= 22 + 20 + 56:  # torch writes zip64 end records whatever the size
         fp.seek(length - 22 - 20)
         locator = fp.read(20)
     if locator[:4] == _EOCD64_LOCATOR_SIG:
-        (record_at,) = struct.unpack_from("<Q", locator, 8)
+        record_disk, record_at, disks = struct.unpack_from("<IQI", locator, 4)
+        if record_disk or disks != 1:
+            raise ArchiveError("a multi-disk archive")
         if record_at != length - 22 - 20 - 56:
             raise ArchiveError("bytes between the zip64 end record and its locator")
         fp.seek(record_at)
         record = fp.read(56)
         if record[:4] != _EOCD64_SIG:
             raise ArchiveError("a damaged zip64 end record")
-        cd_size, cd_offset = struct.unpack_from("<QQ", record, 40)
+        disk64, cd_disk64, on_disk64, count64, cd_size, cd_offset = struct.unpack_from("<IIQQQQ", record, 16)
+        if disk64 or cd_disk64 or on_disk64 != count64:
+            raise ArchiveError("a multi-disk archive")
+        count = count64
         end_records = record_at
     elif _MAX32 in (cd_size, cd_offset) or count == 0xFFFF:
         raise ArchiveError("a zip64 end record is missing")
     if cd_offset + cd_size != end_records:
         raise ArchiveError("bytes before the archive, or between its central directory and its end record")
-    return cd_offset, end_records
+    return cd_offset, count
 
 
 def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
@@ -105,9 +113,11 @@ def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
     this module's docstring; ArchiveError naming the first way it does not."""
     fp.seek(0, 2)
     length = fp.tell()
-    cd_start, _ = _central_directory_start(fp, length)
+    cd_start, count = _central_directory_start(fp, length)
     if archive.start_dir != cd_start:
         raise ArchiveError("bytes before the archive: readers would disagree on where its entries start")
+    if count != len(archive.infolist()):  # readers that trust the count and readers that walk the directory differ
+        raise ArchiveError(f"its end record counts {count} entries, its central directory holds another number")
     entries: dict[str, Entry] = {}
     spans: list[tuple[int, int, str]] = []
     for info in archive.infolist():
