@@ -366,6 +366,8 @@ def test_a_checkpoints_own_configuration_is_never_read(run: Path, hub: RunningHu
     assert api.model_info("me/victim").private
     files = {f.path for f in api.list_repo_tree("me/victim", revision="checkpoint-30")}
     assert not files & {"optimizer.safetensors", "optimizer.pt", "rng_state.pth"}  # the default: state dropped
+    assert "hubsync.toml" not in files  # left out, as it was not read
+    assert "hubsync.toml (a hubsync configuration" in result.output
     card = Path(api.hf_hub_download("me/victim", "README.md", revision="checkpoint-30")).read_text()
     assert "SECRET" not in card
 

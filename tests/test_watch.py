@@ -776,3 +776,19 @@ def test_a_checkpoint_without_weights_is_skipped_with_the_reason(
         "Skipped checkpoint-20: run/checkpoint-20 is not a complete checkpoint: it has no model weights."
     )
     assert {b.name for b in api.list_repo_refs(REPO).branches} == {"main", "checkpoint-10"}
+
+
+def test_a_checkpoint_holding_a_name_pull_would_refuse_is_skipped_and_the_watch_goes_on(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    copy_run(tiny_run, run, [10, 20, 30])
+    (run / "checkpoint-20" / "con.txt").write_text("a device name on Windows\n")
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    args = ["watch", "run", "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("Skipped checkpoint-20: run/checkpoint-20/con.txt: "), result.stderr
+    branches = {b.name for b in api.list_repo_refs(REPO).branches}
+    assert {"checkpoint-10", "checkpoint-30"} <= branches and "checkpoint-20" not in branches

@@ -165,8 +165,9 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.UnpublishableNameError,
         lambda err: (
-            f"refused {shown_remote_path(err.path)}: {err.reason}, so a revision holding it could not be pulled "
-            "back. Nothing was uploaded; rename or remove it in a copy of the checkpoint and push the copy."
+            f"refused {shown_remote_path(err.path)} in {err.checkpoint}: {err.reason}, so a revision holding it "
+            "could not be pulled back. Nothing was uploaded; rename or remove it in a copy of the checkpoint and "
+            "push the copy."
         ),
     ),
     (

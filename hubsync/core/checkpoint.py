@@ -223,6 +223,9 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str], list[tuple
         for name in filenames:
             full = here / name
             rel = full.relative_to(root).as_posix()
+            if rel == "hubsync.toml":  # never read from a checkpoint (it may have come with a download)
+                skipped.append(f"{rel} (a hubsync configuration, never read from a checkpoint: left out)")
+                continue
             if full.is_symlink():
                 if leads_outside(full, rel):
                     skipped.append(f"{rel} (a link that leads outside the checkpoint)")

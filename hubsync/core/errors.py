@@ -309,8 +309,9 @@ class TagExistsError(HubError):
 class UnpublishableNameError(HubsyncError):
     """A file of the checkpoint whose name the remote path rule refuses: a revision holding it could not be pulled."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, checkpoint: str, path: str, reason: str) -> None:
+        super().__init__(f"{checkpoint}/{path}: {reason}")
+        self.checkpoint = checkpoint
         self.path = path
         self.reason = reason
 

@@ -206,9 +206,6 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     repo_id = check_repo_id(options.repo_id)
     check_no_outside_links(checkpoint)  # a link to the weights leads out: that, not "no weights", is the problem
     check_complete(checkpoint)
-    for file in checkpoint.files:  # what pull would refuse is never published: a refusal before the Hub changes
-        if problem := remote_path_problem(file.relpath):
-            raise UnpublishableNameError(file.relpath, problem)
     if options.git_commit:
         checkpoint = replace(checkpoint, git_commit=options.git_commit)
     state = checkpoint.trainer_state
@@ -277,6 +274,9 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced | set(pickles)]
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
+    for upload in uploads:  # what pull would refuse is never published: a refusal before the Hub changes
+        if problem := remote_path_problem(upload.path_in_repo):
+            raise UnpublishableNameError(checkpoint.display, upload.converted_from or upload.path_in_repo, problem)
     entry = index_entry(
         branch,
         checkpoint.step,

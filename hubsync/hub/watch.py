@@ -27,6 +27,7 @@ from hubsync.core.errors import (
     NotACheckpointError,
     NotARunFolderError,
     RepoNotFoundError,
+    UnpublishableNameError,
     UnreadableWeightsError,
     UnrepresentableStateError,
     UnsafePickleError,
@@ -69,6 +70,7 @@ CHECKPOINT_ERRORS = (
     VerificationError,
     LinkOutsideCheckpointError,
     UnrepresentableStateError,
+    UnpublishableNameError,
     OSError,
 )
 
