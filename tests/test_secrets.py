@@ -466,3 +466,36 @@ def test_a_hub_quoting_the_authorization_header_never_shows_the_token(
         elif not debug:
             assert result.exit_code == 1 and "403" in result.stderr, (command, result.stderr)
         assert LOCAL_TOKEN not in shown and "secret-777" not in shown, (command, shown)
+
+
+SECRET_KEYS = st.sampled_from(
+    [
+        "password",
+        "hub_token",
+        "HF_TOKEN",
+        "api_key",
+        "apikey",
+        "secret",
+        "client_secret",
+        "db_passwd",
+        "token",
+        "github_token",
+        "aws_access_key_id",
+        "private_key",
+        "credentials",
+    ]
+)
+HARMLESS = {"pad_token": "<pad>", "eos_token": "</s>", "wandb_project": "my-run", "push_to_hub_token": "<HUB_TOKEN>"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(SECRET_KEYS, st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=30))
+def test_a_value_under_a_secret_name_is_scrubbed_however_short(key: str, value: str) -> None:
+    from hubsync.core.secrets import Identity, scrubbed_json
+
+    assume(value.strip() and not re.fullmatch(r"<[A-Z_]+>", value))
+    who = Identity(home="/home/alice", runs=(), user="alice", host="box7")
+    raw = json.dumps({"model_type": "llama", "nested": [{key: value}], **HARMLESS}).encode()
+    clean = json.loads(scrubbed_json("training_args.json", raw, who) or raw)
+    assert clean["nested"][0][key] == "<redacted>"
+    assert {k: clean[k] for k in HARMLESS} == HARMLESS  # a tokenizer's tokens, a project's name, a placeholder

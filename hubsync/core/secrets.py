@@ -36,9 +36,14 @@ TOKEN_RE = re.compile(
 )
 # A key whose string value is a secret whatever it looks like (not `eos_token`: a tokenizer's tokens are words).
 SECRET_KEY_RE = re.compile(
-    r"(?i)(?:^|[_-])(?:hub_token|auth_token|access_token|api_?key|secret|password|passwd|access_key|private_key"
-    r"|credentials?)(?:$|[_-])|wandb|^token$"
+    r"(?i)(?:^|[_-])(?:hub_token|hf_token|gh_token|github_token|auth_token|access_token|refresh_token|api_?key"
+    r"|secret|password|passwd|access_key|private_key|credentials?)(?:$|[_-])|^token$"
 )
+# A key that names a service whose settings are mostly harmless (`wandb_project`): its value goes only when it is
+# shaped as a key.
+SERVICE_KEY_RE = re.compile(r"(?i)wandb")
+# What transformers writes in place of a secret it leaves out (`"hub_token": "<HUB_TOKEN>"`).
+PLACEHOLDER_RE = re.compile(r"<[A-Z_]+>")
 # wandb's API key: 40 hexadecimal digits, after its name in a text: `WANDB_API_KEY=...`, `wandb login ...`.
 WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*(?:\s+login)?(?:\s*[=:]\s*|\s+)[\"']?)[0-9a-f]{40}(?![0-9a-f])")
 
@@ -125,10 +130,10 @@ def scrub_value(value: Any, who: Identity, key: str = "") -> Any:
     """A JSON value with no token, no host or user name and no absolute path of this machine, at any depth, in
     keys as in values."""
     if isinstance(value, str):
-        if key and SECRET_KEY_RE.search(key) and value.strip() and value != scrub_text(value, who):
-            return REDACTED
-        if key and SECRET_KEY_RE.search(key) and re.fullmatch(r"[0-9a-fA-F]{32,}|\S{20,}", value.strip()):
-            return REDACTED  # a key named as a secret, holding something shaped as one
+        if key and SECRET_KEY_RE.search(key) and value.strip() and not PLACEHOLDER_RE.fullmatch(value):
+            return REDACTED  # a key named as a secret: its value is one, whatever it looks like (`hunter2`)
+        if key and SERVICE_KEY_RE.search(key) and re.fullmatch(r"[0-9a-fA-F]{32,}|\S{20,}", value.strip()):
+            return REDACTED  # a service's key, holding something shaped as a secret
         return scrub_text(value, who)
     if isinstance(value, dict):
         return {scrub_text(str(k), who): scrub_value(v, who, str(k)) for k, v in value.items()}
