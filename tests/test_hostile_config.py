@@ -28,15 +28,25 @@ def quick_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("file", "env", "said", "flag"),
     [
-        ("private = false\n", {}, "hubsync.toml: private = false would create the repository public", "--public"),
-        ("", {"HUBSYNC_PRIVATE": "no"}, "HUBSYNC_PRIVATE: HUBSYNC_PRIVATE=false would create", "--public"),
+        ("private = false\n", {}, "hubsync.toml: private = false: that asks for a public repository", "--public"),
+        (
+            "",
+            {"HUBSYNC_PRIVATE": "no"},
+            "HUBSYNC_PRIVATE: it reads as false: that asks for a public repository",
+            "--public",
+        ),
         (
             "allow-public-state = true\n",
             {},
-            "hubsync.toml: allow-public-state = true would publish training state",
+            "hubsync.toml: allow-public-state = true: that allows training state in a public repository",
             "--allow-public-state",
         ),
-        ("", {"HUBSYNC_ALLOW_PUBLIC_STATE": "1"}, "HUBSYNC_ALLOW_PUBLIC_STATE=true would", "--allow-public-state"),
+        (
+            "",
+            {"HUBSYNC_ALLOW_PUBLIC_STATE": "1"},
+            "HUBSYNC_ALLOW_PUBLIC_STATE: it reads as true: that allows",
+            "--allow-public-state",
+        ),
     ],
 )
 def test_a_file_or_variable_never_makes_a_push_less_private(
@@ -52,6 +62,7 @@ def test_a_file_or_variable_never_makes_a_push_less_private(
         assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
         assert said in result.stderr and "may make a push more private, never less" in result.stderr
         assert f"Pass {flag} on the command line" in result.stderr
+        assert ("or unset HUBSYNC_" if env else "or remove it from …/tiny/hubsync.toml.") in result.stderr
         assert list(api.list_models(author="me")) == []
 
 

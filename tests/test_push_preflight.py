@@ -354,8 +354,9 @@ def test_a_visibility_that_cannot_apply_is_said(run: Path, hub: RunningHub, api:
     for args in (["--dry-run"], []):
         result = push(hub, str(run), "--repo", "me/tiny", "--private", *args)
         assert result.exit_code == 0, result.stderr
-        assert "Note: me/tiny exists and is public; --private applies only to a repository that has to be created." in (
-            result.stderr
+        assert (
+            "Note: me/tiny exists and is public; the visibility --private asks for applies only to a repository "
+            "that has to be created." in result.stderr
         )
     assert not api.model_info("me/tiny").private
     quiet = push(hub, str(run), "--repo", "me/tiny")  # the default names no visibility: nothing to say

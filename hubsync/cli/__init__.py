@@ -473,8 +473,8 @@ def _visibility_note(repo_id: str, private: bool | None, settings: Any) -> None:
         return
     chosen = ("--private" if settings["private"] else "--public") if source == "--private" else source
     echo(
-        f"Note: {repo_id} exists and is {'private' if private else 'public'}; {chosen} applies only to a repository "
-        "that has to be created.",
+        f"Note: {repo_id} exists and is {'private' if private else 'public'}; the visibility {chosen} asks for "
+        "applies only to a repository that has to be created.",
         err=True,
     )
 

@@ -140,7 +140,8 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         e.WiderExposureError,
         lambda err: (
             f"{err.source}: {err.reason}, and a file or a variable may make a push more private, never less. "
-            f"Pass {err.flag} on the command line if that is what you want, or remove it from {err.source}."
+            f"Pass {err.flag} on the command line if that is what you want, or "
+            + (f"unset {err.source}." if err.source.startswith("HUBSYNC_") else f"remove it from {err.source}.")
         ),
     ),
     (e.SettingError, lambda err: _bad_setting(err)),

@@ -115,8 +115,8 @@ SETTINGS = {s.name: s for s in PUSH_SETTINGS}
 # may come with a run that someone else wrote, and a variable may be left over from another project; either may
 # make a push more private (`private = true`), never less.
 WIDER: dict[str, tuple[Any, str, str]] = {
-    "private": (False, "create the repository public", "--public"),
-    "allow-public-state": (True, "publish training state in a public repository", "--allow-public-state"),
+    "private": (False, "asks for a public repository", "--public"),
+    "allow-public-state": (True, "allows training state in a public repository", "--allow-public-state"),
 }
 CARD_SETTINGS = ("template", "license", "base-model", "datasets", "languages")
 
@@ -171,7 +171,7 @@ def resolve_settings(
         if name in values and values[name] is wider and sources[name] != SETTINGS[name].flag:
             setting, source = SETTINGS[name], sources[name]
             shown = "true" if wider else "false"
-            said = f"{setting.variable}={shown}" if source == setting.variable else f"{name} = {shown}"
+            said = f"it reads as {shown}" if source == setting.variable else f"{name} = {shown}"
             raise WiderExposureError(source, name, said, effect, flag)
     return Resolved(values, sources)
 

@@ -287,7 +287,7 @@ class WiderExposureError(ConfigError):
     training state): only the flag can do that."""
 
     def __init__(self, source: str, setting: str, said: str, effect: str, flag: str) -> None:
-        super().__init__(source, f"{said} would {effect}")
+        super().__init__(source, f"{said}: that {effect}")
         self.setting = setting
         self.flag = flag
 
