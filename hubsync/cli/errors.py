@@ -47,7 +47,9 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     ),
     (
         e.CheckpointFileError,
-        lambda err: f"cannot read {err.path}: {err.reason}. Check that the checkpoint was written completely.",
+        lambda err: (
+            f"cannot read {err.path}: {err.reason.rstrip('.')}. Check that the checkpoint was written completely."
+        ),
     ),
     (
         e.UnsafePickleError,
@@ -110,7 +112,8 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.TemplateError,
         lambda err: (
-            f"cannot render the card template {err.path}: {err.reason}. Fix the template, or leave out --template."
+            f"cannot render the card template {err.path}: {err.reason.rstrip('.')}. Fix the template, or leave out "
+            "--template."
         ),
     ),
     (
@@ -175,8 +178,8 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         e.UnsafeRemotePathError,
         lambda err: (
             f"refused: {err.revision or 'the revision'} holds the path {shown_remote_path(err.path)} ({err.reason}), "
-            "which hubsync never places or handles. Nothing was written or changed; use another revision, or ask "
-            "the repository's owner to delete that file or branch."
+            "which hubsync never places or handles. Nothing was written or changed; use another revision, or delete "
+            "that file from the branch (or the branch; whoever may write to the repository can)."
         ),
     ),
     (

@@ -299,9 +299,14 @@ def _read(path: Path) -> dict[str, Any]:
     user's folder could otherwise choose how this user's checkpoints are published (as git's safe.directory)."""
     with suppress(OSError, AttributeError):  # AttributeError: no getuid on this platform
         info = path.stat()
-        if info.st_uid != os.getuid() or info.st_mode & 0o002:  # group-writable is common (umask 002)
+        if info.st_uid != os.getuid():
             raise ConfigError(
-                display_path(path), "it belongs to another user or anyone may write it, so it is not read"
+                display_path(path),
+                "it belongs to another user, so it is not read (copy it, or take it over with chown if it is yours)",
+            )
+        if info.st_mode & 0o002:  # group-writable is common (umask 002)
+            raise ConfigError(
+                display_path(path), "anyone may write it, so it is not read (chmod o-w it if you trust it)"
             )
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))

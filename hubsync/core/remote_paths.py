@@ -84,7 +84,7 @@ def remote_path_problem(path: object) -> str | None:
         if len(part.encode("utf-8")) > MAX_PART_BYTES:
             return f"a part of it is longer than {MAX_PART_BYTES} bytes"
         if part[-1] in ". ":
-            return "a part of it ends with a dot or a space (Windows drops them)"
+            return "a part of it ends with a dot or a space, which Windows drops"
         name = unicodedata.normalize("NFC", part).casefold()
         if name in ACTED_ON_NAMES:
             return f"{part} is a name that git, the shell or an editor acts on by itself"
