@@ -529,10 +529,10 @@ def test_every_checkpoint_of_a_live_run_reaches_the_hub_exactly_once(
 ) -> None:
     watcher = watch(procs, "watch")  # started first: it waits for the run folder to appear
     trainer = train(procs, "--step-sleep", "0.2")
-    wait_for(lambda: bool(pushed_steps(tmp_path)) or not trainer.running(), 60, "the first push")
+    wait_for(lambda: bool(pushed_steps(tmp_path)) or not trainer.running(), 180, "the first push")
     pushed_while_training = trainer.running()
-    assert trainer.wait(60) == 0, trainer.stderr
-    assert watcher.wait(60) == 0, watcher.stderr
+    assert trainer.wait(180) == 0, trainer.stderr
+    assert watcher.wait(180) == 0, watcher.stderr
 
     assert pushed_while_training  # pushed live, not after the fact
     assert_each_on_the_hub_exactly_once(api, STEPS)
@@ -558,7 +558,7 @@ def test_a_watch_restarted_in_the_middle_of_the_run_pushes_nothing_twice(
 ) -> None:
     first = watch(procs, "watch1")
     trainer = train(procs, "--step-sleep", "0.2")
-    wait_for(lambda: bool(pushed_steps(tmp_path)) or not trainer.running(), 60, "the first push")
+    wait_for(lambda: bool(pushed_steps(tmp_path)) or not trainer.running(), 180, "the first push")
     assert trainer.running()
     trainer.popen.send_signal(signal.SIGSTOP)  # training holds still while the watch restarts: mid-run for sure
     first.popen.send_signal(signal.SIGTERM)
@@ -569,8 +569,8 @@ def test_a_watch_restarted_in_the_middle_of_the_run_pushes_nothing_twice(
 
     second = watch(procs, "watch2")
     trainer.popen.send_signal(signal.SIGCONT)
-    assert trainer.wait(60) == 0, trainer.stderr
-    assert second.wait(60) == 0, second.stderr
+    assert trainer.wait(180) == 0, trainer.stderr
+    assert second.wait(180) == 0, second.stderr
     assert_each_on_the_hub_exactly_once(api, STEPS)
     assert not any(f"checkpoint-{s} " in second.stdout for s in before)  # the record says they are pushed
     assert second.stdout.count("Pushed checkpoint-") == len(STEPS) - len(before)
@@ -578,7 +578,7 @@ def test_a_watch_restarted_in_the_middle_of_the_run_pushes_nothing_twice(
     # Without its record, a watch finds each checkpoint already on the Hub and commits nothing.
     (tmp_path / "run" / ".hubsync" / "watch.json").unlink()
     third = watch(procs, "watch3", "--json")
-    assert third.wait(60) == 0, third.stderr
+    assert third.wait(180) == 0, third.stderr
     summary = json.loads(third.stdout)
     assert [(p["step"], p["created"]) for p in summary["pushed"]] == [(s, False) for s in STEPS]
     assert summary["finished"] is True
@@ -593,8 +593,8 @@ def test_a_finished_run_pruned_on_the_hub_is_pushed_again_by_a_restarted_watch(
     trainer = procs(
         "train", "hubsync.tinyrun", "run", "--max-steps", "20", "--save-steps", "10", "--step-sleep", "0.05"
     )
-    assert trainer.wait(60) == 0, trainer.stderr
-    assert watcher.wait(60) == 0, watcher.stderr
+    assert trainer.wait(180) == 0, trainer.stderr
+    assert watcher.wait(180) == 0, watcher.stderr
     assert_each_on_the_hub_exactly_once(api, [10, 20])
     pruned = procs("prune", "hubsync", "prune", REPO, "--keep", "1")
     assert pruned.wait(30) == 0, pruned.stderr
@@ -603,7 +603,7 @@ def test_a_finished_run_pruned_on_the_hub_is_pushed_again_by_a_restarted_watch(
 
     # The run's final checkpoint is recorded and still on the Hub; checkpoint-10 is not, but is in the run folder.
     again = watch(procs, "watch2", "--training-state", "keep")
-    assert again.wait(60) == 0, again.stderr
+    assert again.wait(180) == 0, again.stderr
     assert again.stderr == "Not on the Hub at the recorded commit: checkpoint-10; pushing again.\n"
     assert again.stdout.startswith("Pushed checkpoint-10 -> me/watched @ checkpoint-10 (")
     assert again.stdout.splitlines()[-1] == "Done: the run finished; 2 checkpoints on me/watched."
