@@ -401,6 +401,7 @@ def push(
     """
     from pathlib import Path
 
+    from hubsync.convert import check_weights
     from hubsync.convert.state import measured_plan
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.errors import CheckpointPushError, HubsyncError
@@ -417,6 +418,8 @@ def push(
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
     check_distinct_branches(plans)
     plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
+    for plan, ckpt in zip(plans, checkpoints, strict=True):  # what converting them would refuse, read only
+        check_weights(ckpt, plan.conversion)
     if dry_run:
         _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over, settings)
         return
