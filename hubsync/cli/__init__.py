@@ -1262,7 +1262,8 @@ def _size(n: int) -> str:
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
 @click.option(
     "--public-url",
-    help="Address clients reach the server at, for the links it hands out [default: http://HOST:PORT].",
+    help="Address clients reach the server at through a proxy in front of it, for the links it hands out (the "
+    "listening address is then printed on stderr) [default: http://HOST:PORT].",
 )
 def localhub(
     root: str, host: str, port: int, user: str, token: str | None, verbose: bool, public_url: str | None
@@ -1292,6 +1293,8 @@ def localhub(
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     if store.tightened:
         echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
+    if public_url is not None:  # HF_ENDPOINT names the proxy; where to point it is said here, off stdout
+        echo(f"localhub: listening on http://{server.url_host} (clients use {server.url})", err=True)
     echo(f"HF_ENDPOINT={server.url}")
     echo(f"HF_TOKEN={token}")
     sys.stdout.flush()
