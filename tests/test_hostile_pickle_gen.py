@@ -774,7 +774,7 @@ def test_hostile_files_end_in_one_line_in_every_command(
     dry = ["--dry-run"]
     if name == "adapter_model.bin":
         assert_one_line(cli_run(hub, "convert", folder, "-o", "converted"), shown)
-        for state in ("keep", "drop"):  # a dry run does not read the weights; the push does, before the Hub
+        for state in ("keep", "drop"):  # the push reads the weights before the Hub (a dry run too: test_dry_run_checks)
             assert_one_line(cli_run(hub, "push", folder, "--repo", repo, "--training-state", state), shown)
         assert not HfApi(endpoint=hub.endpoint, token=hub.token).repo_exists(repo)
     elif name == "optimizer.pt":

@@ -401,6 +401,7 @@ def push(
     """
     from pathlib import Path
 
+    from hubsync.convert import check_weights
     from hubsync.convert.state import measured_plan
     from hubsync.core.checkpoint import read_checkpoint
     from hubsync.core.errors import CheckpointPushError, HubsyncError
@@ -417,6 +418,8 @@ def push(
     plans = [plan_push(c, options if c is checkpoints[-1] else untagged) for c in checkpoints]
     check_distinct_branches(plans)
     plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
+    for plan, ckpt in zip(plans, checkpoints, strict=True):  # what converting them would refuse, read only
+        check_weights(ckpt, plan.conversion)
     if dry_run:
         _dry_run(plans, checkpoints, as_json, endpoint, token, passed_over, settings)
         return
@@ -1259,7 +1262,8 @@ def _size(n: int) -> str:
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
 @click.option(
     "--public-url",
-    help="Address clients reach the server at, for the links it hands out [default: http://HOST:PORT].",
+    help="Address clients reach the server at through a proxy in front of it, for the links it hands out (the "
+    "listening address is then printed on stderr) [default: http://HOST:PORT].",
 )
 def localhub(
     root: str, host: str, port: int, user: str, token: str | None, verbose: bool, public_url: str | None
@@ -1289,6 +1293,8 @@ def localhub(
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     if store.tightened:
         echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
+    if public_url is not None:  # HF_ENDPOINT names the proxy; where to point it is said here, off stdout
+        echo(f"localhub: listening on http://{server.url_host} (clients use {server.url})", err=True)
     echo(f"HF_ENDPOINT={server.url}")
     echo(f"HF_TOKEN={token}")
     sys.stdout.flush()

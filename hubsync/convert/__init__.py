@@ -48,14 +48,32 @@ def convert_weights(
     return done
 
 
+def check_weights(checkpoint: Checkpoint, plan: ConversionPlan) -> None:
+    """Refuse what convert_weights would refuse before it writes: each pickled file read as it reads it (the zip
+    rule, the restricted pickle, the tensor bounds) and the index's weight map. Writes nothing and reads no
+    tensor bytes, so that a dry run refuses what the push would, with the same error."""
+    dropped: set[str] = set()
+    for conversion in plan.conversions:
+        archive = read_torch_archive(checkpoint.path / conversion.source, f"{checkpoint.display}/{conversion.source}")
+        dropped.update(find_aliases(archive.tensors)[1])
+    if plan.index is not None:
+        _new_index(checkpoint, plan.index[0], dropped)
+
+
 def _rewrite_index(checkpoint: Checkpoint, index: tuple[str, str], out_dir: Path, done: list[ConvertedFile]) -> None:
     source, target = index
+    metadata, new_map = _new_index(checkpoint, source, {name for f in done for name in f.aliases})
+    metadata["total_size"] = sum(f.bytes for f in done)
+    write_file_atomic(out_dir / target, json.dumps({"metadata": metadata, "weight_map": new_map}, indent=2).encode())
+
+
+def _new_index(checkpoint: Checkpoint, source: str, dropped: set[str]) -> tuple[dict[str, object], dict[str, str]]:
+    """The index's metadata and its weight map onto the safetensors shards, less the `dropped` aliases."""
     shown = f"{checkpoint.display}/{source}"
     data = read_json_file(checkpoint.path / source, shown)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise CheckpointFileError(shown, "it has no weight_map")
-    dropped = {name for f in done for name in f.aliases}
     new_map = {}
     for name, shard in weight_map.items():
         new_shard = safetensors_name(shard) if isinstance(shard, str) else None
@@ -65,8 +83,7 @@ def _rewrite_index(checkpoint: Checkpoint, index: tuple[str, str], out_dir: Path
             new_map[name] = new_shard
     found = data.get("metadata")  # transformers writes {"total_size": N}; a hostile index may hold anything there
     metadata = {k: v for k, v in found.items() if isinstance(k, str)} if isinstance(found, dict) else {}
-    metadata["total_size"] = sum(f.bytes for f in done)
-    write_file_atomic(out_dir / target, json.dumps({"metadata": metadata, "weight_map": new_map}, indent=2).encode())
+    return metadata, new_map
 
 
 def companion_files(checkpoint: Checkpoint, plan: ConversionPlan) -> list[str]:
