@@ -298,6 +298,11 @@ SECRETS = st.sampled_from(
         "sk-proj-" + "Ef3" * 10,
         "AKIA" + "GH4IJ5KL6MN7OP8Q",
         "xoxb-1234-5678-" + "Rs9" * 6,
+        "npm_" + "Tu5v" * 9,
+        "pypi-AgEIcHlwaS5vcmc" + "Wx6" * 14,
+        "sk_live_" + "Yz7" * 8,
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "ya29." + "a0AfH6SM" * 4,
     ]
 )
 KEYS = st.sampled_from(["note", "env", "extra", "HF_TOKEN", "x", "command", "0", "eos_token"])
@@ -499,3 +504,31 @@ def test_a_value_under_a_secret_name_is_scrubbed_however_short(key: str, value: 
     clean = json.loads(scrubbed_json("training_args.json", raw, who) or raw)
     assert clean["nested"][0][key] == "<redacted>"
     assert {k: clean[k] for k in HARMLESS} == HARMLESS  # a tokenizer's tokens, a project's name, a placeholder
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=!%-"), min_size=6),  # no /
+    st.sampled_from(
+        [
+            "https://alice:{}@internal.example/x",
+            "git clone https://bot:{}@git.example/r.git",
+            "AWS_SECRET_ACCESS_KEY={}",
+            "export DB_PASSWORD='{}'",
+            "HF_TOKEN: {}",
+            "MY_API_KEY={} python train.py",
+        ]
+    ),
+    st.lists(KEYS, max_size=3),
+)
+def test_a_secret_is_scrubbed_by_where_it_sits_whatever_it_looks_like(secret: str, wrap: str, keys: list[str]) -> None:
+    from hubsync.core.secrets import Identity, scrubbed_json
+
+    who = Identity(home="/home/alice", runs=(), user="alice", host="box7")
+    text = wrap.format(secret)
+    raw = json.dumps({"model_type": "llama", "data": _placed(secret, keys, wrap, as_key=False)}).encode()
+    clean = scrubbed_json("training_args.json", raw, who)
+    assert clean is not None and json.dumps(secret).strip('"').encode() not in clean, (text, clean)
+    chat = '{% set eos_token = "</s>" %}{{ bos_token }}'  # a chat template's words are left as they are
+    kept = json.dumps({"chat_template": chat, "pad_token": "<pad>"}).encode()
+    assert scrubbed_json("tokenizer_config.json", kept, who) is None

@@ -21,7 +21,8 @@ from typing import Any
 
 REDACTED = "<redacted>"
 # Tokens by their shape: the Hub's (user and organisation), GitHub's, OpenAI's and Anthropic's, AWS access key
-# ids, Slack's, GitLab's, Google API keys; and what an Authorization header carries.
+# ids, Slack's, GitLab's, Google API keys and OAuth tokens, npm's, PyPI's, Stripe's, JSON web tokens, private key
+# blocks; and what an Authorization header carries.
 TOKEN_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:"
     r"hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,}"
@@ -30,20 +31,32 @@ TOKEN_RE = re.compile(
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|xox[abposr]-[A-Za-z0-9-]{10,}"
     r"|glpat-[A-Za-z0-9_-]{20,}"
-    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|AIza[0-9A-Za-z_-]{35}|ya29\.[0-9A-Za-z_-]{20,}"
+    r"|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"
     r")"
     r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]{8,}|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"
 )
 # A key whose string value is a secret whatever it looks like (not `eos_token`: a tokenizer's tokens are words).
-SECRET_KEY_RE = re.compile(
-    r"(?i)(?:^|[_-])(?:hub_token|hf_token|gh_token|github_token|auth_token|access_token|refresh_token|api_?key"
-    r"|secret|password|passwd|access_key|private_key|credentials?)(?:$|[_-])|^token$"
+_SECRET_NAMES = (
+    r"hub_token|hf_token|gh_token|github_token|auth_token|access_token|refresh_token|api_?key"
+    r"|secret|password|passwd|access_key|private_key|credentials?"
 )
+SECRET_KEY_RE = re.compile(rf"(?i)(?:^|[_-])(?:{_SECRET_NAMES})(?:$|[_-])|^token$")
 # A key that names a service whose settings are mostly harmless (`wandb_project`): its value goes only when it is
 # shaped as a key.
 SERVICE_KEY_RE = re.compile(r"(?i)wandb")
 # What transformers writes in place of a secret it leaves out (`"hub_token": "<HUB_TOKEN>"`).
 PLACEHOLDER_RE = re.compile(r"<[A-Z_]+>")
+# Secrets known by where they sit, whatever they look like: the password of a URL (`https://user:pw@host`), and
+# the value of an environment variable named as a secret (`AWS_SECRET_ACCESS_KEY=...`, `DB_PASSWORD: ...`; upper
+# case only, as variables are: a chat template's `{% set eos_token = ... %}` is left alone).
+URL_PASSWORD_RE = re.compile(r"(?<=://)([^/\s:@]+:)[^/\s@]+(?=@)")
+SECRET_VARIABLE_RE = re.compile(
+    r"(?<![A-Za-z0-9_])([A-Z0-9_]*(?:SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)"
+    r"[A-Z0-9_]*\s*[=:]\s*[\"']?)(?!<redacted>)[^\s\"']{4,}"
+)
 # wandb's API key: 40 hexadecimal digits, after its name in a text: `WANDB_API_KEY=...`, `wandb login ...`.
 WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*(?:\s+login)?(?:\s*[=:]\s*|\s+)[\"']?)[0-9a-f]{40}(?![0-9a-f])")
 
@@ -100,6 +113,8 @@ def this_machine(run: Path | None = None, tokens: Iterable[str | None] = ()) -> 
 def redact(text: str, tokens: Iterable[str] = ()) -> str:
     """`text` with every known token and everything shaped like a token replaced by <redacted>."""
     text = TOKEN_RE.sub(REDACTED, WANDB_IN_TEXT_RE.sub(lambda m: m.group(1) + REDACTED, text))
+    text = URL_PASSWORD_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = SECRET_VARIABLE_RE.sub(lambda m: m.group(1) + REDACTED, text)
     for token in sorted({t for t in tokens if len(t) >= 8}, key=len, reverse=True):
         text = text.replace(token, REDACTED)
     return text
@@ -142,13 +157,14 @@ def scrub_value(value: Any, who: Identity, key: str = "") -> Any:
     return value
 
 
+_NAMED_IN_TEXT = re.compile(rf"(?i)wandb|{_SECRET_NAMES}|\"token\"")  # a key SECRET_KEY_RE may match
+
+
 def might_hold_secrets(text: str, who: Identity) -> bool:
     """A quick look at a file's text: False when nothing in it could need scrubbing (most files)."""
     needles = [*who.tokens, *(f for f in (*who.runs, who.home) if len(f) > 1), *who.words()]
-    return (
-        any(n in text for n in needles)
-        or TOKEN_RE.search(text) is not None
-        or re.search(r"(?i)wandb|api_?key|secret|passw|credential|access_key|private_key|auth_token", text) is not None
+    return any(n in text for n in needles) or any(
+        rule.search(text) is not None for rule in (TOKEN_RE, URL_PASSWORD_RE, SECRET_VARIABLE_RE, _NAMED_IN_TEXT)
     )
 
 
