@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import push
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
@@ -425,3 +426,30 @@ def test_the_full_fine_tune_snippet_really_loads_it_at_its_revision(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "LlamaForCausalLM True"
+
+
+def _with_log(checkpoint: Path, log_history: list[dict[str, object]]) -> None:
+    path = checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "log_history": log_history}))
+
+
+def test_a_long_run_s_card_shows_some_evaluations_evenly_and_says_so(checkpoint: Path) -> None:
+    rows = 200_000  # a long run logging an evaluation every step: about 20 MB of trainer_state.json
+    _with_log(checkpoint, [{"step": i, "loss": 1 / (i + 1), "eval_loss": 1.0, "epoch": i / 1000} for i in range(rows)])
+    result = CliRunner().invoke(cli, ["card", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.stdout.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(table) == 100 and table[0].startswith("| 0 |") and table[-1].startswith(f"| {rows - 1} |")
+    assert f"The table shows 100 of {rows} evaluations; `trainer_state.json` holds them all." in result.stdout
+
+
+def test_a_value_too_large_for_any_card_is_one_line_and_nothing_is_created(
+    checkpoint: Path, hub: RunningHub, api: HfApi
+) -> None:
+    _with_log(checkpoint, [{"step": 1, "eval_" + "m" * 600_000: 0.5, "eval_loss": 1.0}])  # shown in several places
+    result = push(hub, str(checkpoint), "--repo", "me/huge")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: cannot write model_card.md: ") and result.stderr.count("\n") == 1
+    assert "Nothing was uploaded" in result.stderr
+    assert not api.repo_exists("me/huge")

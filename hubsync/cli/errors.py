@@ -167,6 +167,14 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.RenderedTooLargeError,
+        lambda err: (
+            f"cannot write {err.what}: {err.reason.rstrip('.')}, so a value it shows (a metric's name, a field of "
+            "trainer_state.json or adapter_config.json, or of main's index on the Hub) is far too large. Nothing was "
+            "uploaded; check those files."
+        ),
+    ),
+    (
         e.UnpublishableNameError,
         lambda err: (
             f"refused {shown_remote_path(err.path)} in {err.checkpoint}: {err.reason}, so a revision holding it "

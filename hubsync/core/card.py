@@ -175,6 +175,18 @@ class Evaluation:
 _EVAL_NOISE = EVAL_TIMINGS | {"eval_loss"}
 
 
+MAX_CARD_ROWS = 100  # evaluations in the card's table; trainer_state.json holds them all
+MAX_CARD_METRICS = 12  # metric columns beside the losses
+
+
+def spread(rows: Sequence[Evaluation], limit: int) -> list[Evaluation]:
+    """At most `limit` of `rows`, evenly spaced, the first and the last among them."""
+    if len(rows) <= limit:
+        return list(rows)
+    last = len(rows) - 1
+    return [rows[round(i * last / (limit - 1))] for i in range(limit)]
+
+
 def evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[Evaluation]:
     """One row per evaluation, with the newest training loss logged at or before it."""
     rows = []
@@ -241,8 +253,10 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
     total = _total_batch_size(args)
     if total is not None:
         hyperparameters["total_train_batch_size"] = total
-    rows = evaluations(history)
-    metric_names = sorted({name for row in rows for name in row.metrics})
+    all_rows = evaluations(history)
+    rows = spread(all_rows, MAX_CARD_ROWS)  # a long run logs thousands: the card shows some, evenly, and the last
+    all_metrics = sorted({name for row in all_rows for name in row.metrics})
+    metric_names = all_metrics[:MAX_CARD_METRICS]
     best = None
     if state and state.best_metric is not None:
         best_ckpt = PurePosixPath(state.best_model_checkpoint).name if state.best_model_checkpoint else None
@@ -269,7 +283,9 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
         "hyperparameters": hyperparameters,
         "trainer": dict(state.settings) if state else {},
         "evaluations": rows,
+        "evaluations_total": len(all_rows),
         "metric_names": metric_names,
+        "metric_names_total": len(all_metrics),
         "latest_eval": dict(state.latest_eval) if state else {},
         "best": best,
         "plot": PLOT_FILE if train_loss or eval_loss else None,

@@ -211,6 +211,16 @@ class TemplateError(HubsyncError):
         self.reason = reason
 
 
+class RenderedTooLargeError(HubsyncError):
+    """A file hubsync writes from a packaged template (the card, main's index) would pass the bounds every template
+    renders within: a value it shows, from a checkpoint's files or a Hub, is too large."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
 class CommitConflictError(HubError):
     """The branch moved between reading its head and committing (412): plan again and retry."""
 

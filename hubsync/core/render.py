@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 
+from .errors import RenderedTooLargeError
 from .escape import finalize, with_filters
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -95,8 +96,12 @@ def _environment() -> jinja2.Environment:
 
 
 def render(name: str, **context: Any) -> str:
-    """A packaged template: hubsync's own code, but the values come from checkpoints and Hubs; bounded alike."""
-    return _bounded_text(_environment().get_template(name).generate(**context))
+    """A packaged template: hubsync's own code, but the values come from checkpoints and Hubs; bounded alike.
+    Past a bound it is those values that are too large: RenderedTooLargeError."""
+    try:
+        return _bounded_text(_environment().get_template(name).generate(**context))
+    except TemplateLimitError as exc:
+        raise RenderedTooLargeError(name.removesuffix(".j2"), str(exc)) from exc
 
 
 @cache
