@@ -542,3 +542,40 @@ def test_a_checkpoint_named_with_a_line_break_is_refused(run: Path, hub: Running
     result = push(hub, str(forged), "--repo", "me/tiny")
     assert result.exit_code == 1 and "its name holds a control character or a line break" in result.stderr
     assert result.stderr.count("\n") == 1 and list(api.list_models(author="me")) == []
+
+
+@st.composite
+def misspelt_variable(draw: st.DrawFn) -> str:
+    """A setting's variable with one letter dropped, doubled, changed or two swapped after HUBSYNC_."""
+    from hubsync.core.config import OTHER_VARIABLES, PUSH_SETTINGS
+
+    known = {s.variable for s in PUSH_SETTINGS} | OTHER_VARIABLES
+    name = draw(st.sampled_from(sorted(s.variable for s in PUSH_SETTINGS)))
+    rest = name.removeprefix("HUBSYNC_")
+    i = draw(st.integers(0, len(rest) - 1))
+    edit = draw(st.sampled_from(["drop", "double", "change", "swap"]))
+    if edit == "drop":
+        rest = rest[:i] + rest[i + 1 :]
+    elif edit == "double":
+        rest = rest[:i] + rest[i] + rest[i:]
+    elif edit == "change":
+        rest = rest[:i] + draw(st.sampled_from("AEIOUSXZ_")) + rest[i + 1 :]
+    elif i + 1 < len(rest):
+        rest = rest[:i] + rest[i + 1] + rest[i] + rest[i + 2 :]
+    typo = "HUBSYNC_" + rest
+    assume(typo not in known and len(rest) > 2)
+    return typo
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(typo=misspelt_variable())
+def test_a_misspelt_variable_is_refused_before_anything_happens(typo: str, run: Path, hub: RunningHub) -> None:
+    result = push(hub, str(run), "--repo", "me/typo", "--dry-run", env={typo: "keep"})
+    assert result.exit_code == 1, (typo, result.output)
+    assert result.stderr.startswith(f"Error: {typo} is not a variable hubsync reads; did you mean HUBSYNC_")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_a_variable_of_the_users_own_is_left_alone(run: Path, hub: RunningHub) -> None:
+    for name in ("HUBSYNC_MY_EXPERIMENT", "HUBSYNC_DEBUG", "HUBSYNC_RUNS_DIR"):
+        assert push(hub, str(run), "--repo", "me/mine", "--dry-run", env={name: "x"}).exit_code == 0, name

@@ -149,6 +149,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     ),
     (e.SettingError, lambda err: _bad_setting(err)),
     (
+        e.UnknownVariableError,
+        lambda err: (
+            f"{err.name} is not a variable hubsync reads; did you mean {err.meant}? Nothing was done: rename it, or "
+            "unset it."
+        ),
+    ),
+    (
         e.SharedBranchError,
         lambda err: (
             f"{err.first} and {err.second} would both go to the branch {err.branch}, each replacing the one "

@@ -8,6 +8,7 @@ Read when a command runs, never at import.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -24,6 +25,7 @@ from .errors import (
     InvalidLicenseError,
     InvalidRepoIdError,
     SettingError,
+    UnknownVariableError,
     WiderExposureError,
 )
 from .metadata import check_license
@@ -139,6 +141,33 @@ class Resolved:
         return self.values[name]
 
 
+# HUBSYNC_* variables that are not settings: hubsync's own (HUBSYNC_DEBUG), the GitHub Action's, the test suites'.
+OTHER_VARIABLES = frozenset(
+    {
+        "HUBSYNC_DEBUG",
+        "HUBSYNC_VERSION",
+        "HUBSYNC_PYTHON",
+        "HUBSYNC_RUNS_DIR",
+        "HUBSYNC_FAULT_RUNS",
+        "HUBSYNC_FAULT_SEED",
+        "HUBSYNC_KILL_RUNS",
+        "HUBSYNC_KILL_SEED",
+    }
+)
+
+
+def check_variable_names(environ: Mapping[str, str]) -> None:
+    """A HUBSYNC_* variable that is a setting's name misspelt (HUBSYNC_TAG for HUBSYNC_TAGS, HUBSYNC_PRIVTE) would
+    be ignored, and the push would go on without it: UnknownVariableError. A name that is like none of them may be
+    the user's own and is left alone."""
+    known = [s.variable for s in PUSH_SETTINGS] + sorted(OTHER_VARIABLES)
+    for name in sorted(environ):
+        if name.startswith("HUBSYNC_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            if close:
+                raise UnknownVariableError(name, close[0])
+
+
 def resolve_settings(
     flags: Mapping[str, Any],
     config: FileConfig,
@@ -151,6 +180,7 @@ def resolve_settings(
     An empty variable clears its setting (the default applies, also over the file); a flag given as an empty
     list (--no-tag) clears a list. SettingError names the source of a bad value."""
     environ = os.environ if environ is None else environ
+    check_variable_names(environ)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for setting in PUSH_SETTINGS:

@@ -276,6 +276,15 @@ class ConfigError(HubsyncError):
         self.reason = reason
 
 
+class UnknownVariableError(ConfigError):
+    """A HUBSYNC_* variable hubsync does not read, named like one it does: a misspelt setting."""
+
+    def __init__(self, name: str, meant: str) -> None:
+        super().__init__(name, f"hubsync reads no such variable (did you mean {meant}?)")
+        self.name = name
+        self.meant = meant
+
+
 class SettingError(ConfigError):
     """A setting's value that is not one of the values it takes, from a flag, a variable or a file."""
 
