@@ -24,11 +24,13 @@ from typing import Any
 import httpx2
 import huggingface_hub
 import pytest
+from click.testing import CliRunner
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import BadRequestError, EntryNotFoundError, RepositoryNotFoundError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hubsync.cli import cli
 from hubsync.localhub import RunningHub, Store, running_hub
 from hubsync.localhub import server as server_module
 from hubsync.localhub.store import check_path_in_repo
@@ -471,3 +473,23 @@ def test_a_public_url_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["localhub", "--root", str(tmp_path / "hub"), "--public-url", "evil\r\nX: y"])
     assert result.exit_code == 2
     assert "--public-url" in result.stderr
+
+
+def test_a_root_in_a_folder_anyone_may_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could rename the store away and put another in its place
+    result = CliRunner().invoke(cli, ["localhub", "--root", str(shared / "hub"), "--port", "0"])
+    assert result.exit_code == 2 and "lies in a folder anyone may write to" in result.stderr, result.output
+    assert not (shared / "hub").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="making another account's folder needs root")
+@pytest.mark.parametrize("whose", ["root", "repos"])
+def test_a_root_holding_another_accounts_entries_is_refused(tmp_path: Path, whose: str) -> None:
+    root = tmp_path / "hub"
+    (root / "repos").mkdir(parents=True)
+    os.chown(root if whose == "root" else root / "repos", 65534, 65534)
+    result = CliRunner().invoke(cli, ["localhub", "--root", str(root), "--port", "0"])
+    assert result.exit_code == 2 and "another account" in result.stderr, result.output
+    assert not (root / "tokens.json").exists()

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from hubsync.core.paths import display_path
+
 REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)\Z")
@@ -281,16 +283,37 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def check_root(root: Path) -> None:
+    """StoreError, before anything is made, when another account could read or replace what the store keeps: a
+    root of theirs, or one in a folder anyone may write to (they could rename it and put another in its place)."""
+    if not hasattr(os, "getuid"):
+        return
+    shown = display_path(root)
+    if root.is_dir() and root.lstat().st_uid != os.getuid():
+        raise StoreError(403, None, f"--root {shown} belongs to another account: give a folder of your own")
+    parent = root.resolve().parent.lstat()
+    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        raise StoreError(403, None, f"--root {shown} lies in a folder anyone may write to: give a folder of your own")
+
+
 def tighten(root: Path) -> int:
     """Make the store's own entries under `root` 0600 (files) and 0700 (folders); the number changed.
 
     Only what the store writes is touched (the root, tokens.json, blobs/, repos/): --root may be a folder that
     holds other things too. Links are left alone (never followed)."""
     changed = 0
+    uid = os.getuid() if hasattr(os, "getuid") else None
 
     def fix(path: Path, mode: int) -> None:
         nonlocal changed
         st = path.lstat()
+        if uid is not None and st.st_uid != uid:  # its owner could still replace tokens.json or add to repos/
+            raise StoreError(
+                403,
+                None,
+                f"--root {display_path(root)} holds entries of another account, who could read or change "
+                "the local Hub's tokens and repositories: give a folder of your own",
+            )
         if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) == mode:
             return
         path.chmod(mode)
@@ -316,6 +339,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        check_root(self.root)
         make_folders(self.root / "blobs")
         make_folders(self.root / "repos")
         self.tightened = tighten(self.root)  # entries an older version left readable by others
