@@ -131,6 +131,8 @@ class Hostile:
     extra_tree_entries: list[str] = field(default_factory=list)  # paths added to every tree listing
     bodies: dict[str, Body] = field(default_factory=dict)  # path in repo -> what its download sends
     sent: int = 0  # bytes of replaced bodies the proxy managed to send
+    tree: Callable[[list[Any]], list[Any]] | None = None  # rewrites every tree listing (after extra_tree_entries)
+    requests: list[str] = field(default_factory=list)  # "GET /path" of each request, in order
 
 
 def _ones(total: int, chunk: int = MiB) -> Callable[[], Iterator[bytes]]:
@@ -160,6 +162,7 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
             return state.bodies.get(in_repo)
 
         def _forward(self) -> None:
+            state.requests.append(f"{self.command} {unquote(urlsplit(self.path).path)}")
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
@@ -170,11 +173,11 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
             replaced = self._replaced()
             if replaced is not None and answer.status == 200:
                 return self._send_replaced(answer, replaced)
-            if state.extra_tree_entries and "/tree/" in self.path and answer.status == 200:
+            if (state.extra_tree_entries or state.tree) and "/tree/" in self.path and answer.status == 200:
                 entries = json.loads(data)
                 template = next(e for e in entries if e["type"] == "file")
                 entries += [{**template, "path": p} for p in state.extra_tree_entries]
-                data = json.dumps(entries).encode()
+                data = json.dumps(state.tree(entries) if state.tree else entries).encode()
             self.send_response(answer.status)
             skip = ("content-length", "transfer-encoding", "connection", "content-encoding")
             for key, value in answer.getheaders():

@@ -119,11 +119,11 @@ def test_an_interrupted_pull_leaves_nothing(
     real = HubClient.download
     calls = []
 
-    def interrupted(self, repo_id, commit, path, local_dir):  # type: ignore[no-untyped-def]
-        calls.append(path)
+    def interrupted(self, repo_id, commit, remote, dest, transfers):  # type: ignore[no-untyped-def]
+        calls.append(remote.path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, repo_id, commit, path, local_dir)
+        return real(self, repo_id, commit, remote, dest, transfers)
 
     monkeypatch.setattr(HubClient, "download", interrupted)
     result = CliRunner().invoke(

@@ -16,6 +16,17 @@ def _hub(err: e.HubError) -> str:
     return where
 
 
+def _bytes(n: int) -> str:
+    if not isinstance(n, int) or n < 1000:
+        return f"{n} bytes"
+    value = n / 1000
+    for unit in ("KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
 ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (e.CheckpointPushError, lambda err: _push_failed(err)),
     (
@@ -198,6 +209,20 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.HostileListingError,
+        lambda err: (
+            f"refused: the tree of {err.revision} lists {err.reason}, which no checkpoint has. Nothing was "
+            "written; use another revision, or ask whoever may write to the repository to fix the branch."
+        ),
+    ),
+    (
+        e.NotEnoughSpaceError,
+        lambda err: (
+            f"the revision's files take {_bytes(err.needed)}, more than the {_bytes(err.free)} free where "
+            f"{err.path} would go. Nothing was written; free some space, or pull with --to onto another disk."
+        ),
+    ),
+    (
         e.PullVerificationError,
         lambda err: (
             f"the downloaded {err.path} {err.reason}, so nothing was placed. Run the pull again; if it fails the "
@@ -339,6 +364,14 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         lambda err: (
             f"{err.endpoint} does not answer as a Hugging Face Hub ({err.detail}). "
             "Check the address passed with --endpoint or HF_ENDPOINT."
+        ),
+    ),
+    (
+        e.DownloadTooSlowError,
+        lambda err: (
+            f"the Hub at {err.endpoint} serves{_hub(err)} {shown_remote_path(err.path)} too slowly: it {err.told}, "
+            "past the time hubsync allows for that size (a minute, then 16 KiB/s), so the pull stopped and nothing "
+            "was placed. Run it again later, or use another Hub."
         ),
     ),
     (

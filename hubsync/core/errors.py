@@ -84,9 +84,16 @@ class RemoteFileTooLargeError(HubError):
         revision: str | None,
         size: int | None = None,
         announced: int | None = None,
+        listed: bool = False,  # `limit` is the size the revision's tree lists (a file pull downloads)
     ) -> None:
         bound = f"{limit // 2**20} MiB" if isinstance(limit, int) and limit % 2**20 == 0 else f"{limit} bytes"
-        if size is not None:
+        if listed:
+            told = (
+                f"is announced as {size} bytes, the revision's tree lists {limit}"
+                if size is not None
+                else f"went on past the {limit} bytes the revision's tree lists"
+            )
+        elif size is not None:
             told = f"is {size} bytes, more than the {bound} hubsync reads of such a file"
         elif announced is not None:
             told = f"went on past the {announced} bytes the Hub announced"
@@ -97,6 +104,21 @@ class RemoteFileTooLargeError(HubError):
         self.limit = limit
         self.size = size
         self.announced = announced
+        self.told = told
+
+
+class DownloadTooSlowError(HubError):
+    """A download that did not end within the time allowed for its size (hub/download.py): a Hub that trickles."""
+
+    def __init__(
+        self, endpoint: str, path: str, size: int, received: int, seconds: int, repo_id: str, revision: str
+    ) -> None:
+        told = f"sent {received} of its {size} bytes in {seconds} s"
+        super().__init__(endpoint, f"{path} {told}", repo_id, revision)
+        self.path = path
+        self.size = size
+        self.received = received
+        self.seconds = seconds
         self.told = told
 
 
@@ -371,6 +393,26 @@ class NotACheckpointRevisionError(HubsyncError):
         self.repo_id = repo_id
         self.revision = revision
         self.reason = reason
+
+
+class HostileListingError(HubsyncError):
+    """A revision's tree listing that no checkpoint has: a file and a folder of one name, a path listed twice, or
+    more files than pull accepts."""
+
+    def __init__(self, revision: str, reason: str) -> None:
+        super().__init__(f"the tree of {revision} lists {reason}")
+        self.revision = revision
+        self.reason = reason
+
+
+class NotEnoughSpaceError(HubsyncError):
+    """The files a pull would write take more than the free space where they would go."""
+
+    def __init__(self, path: str, needed: int, free: int) -> None:
+        super().__init__(f"pulling needs {needed} bytes, {path} has {free} free")
+        self.path = path
+        self.needed = needed
+        self.free = free
 
 
 class PullTargetExistsError(HubsyncError):

@@ -10,12 +10,14 @@ from typing import Any
 
 from .checkpoint import has_weights
 from .conversion import STATE_DOCUMENT_RE, is_resumable
-from .errors import NotACheckpointRevisionError
-from .remote_paths import check_remote_path
+from .errors import HostileListingError, NotACheckpointRevisionError
+from .remote_paths import check_remote_path, shown_remote_path
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
 NOT_CHECKPOINT = (".gitattributes",)
 NOT_CHECKPOINT_DIRS = (".hubsync/",)
+# The most files a revision may list for pull: a checkpoint has a few dozen, a sharded one some thousands.
+MAX_PULL_FILES = 100_000
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,35 @@ def step_of(revision: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def check_listing(entries: Sequence[RemoteFile], revision: str) -> None:
+    """Refuse a tree listing no checkpoint has, which a Hub could send to make pull fail half-way: a path listed
+    twice, or a file listed also as a folder of files (each path already checked on its own)."""
+    paths: set[str] = set()
+    for e in entries:
+        if e.path in paths:
+            raise HostileListingError(revision, f"the file {shown_remote_path(e.path)} twice")
+        paths.add(e.path)
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in paths:
+                raise HostileListingError(
+                    revision,
+                    f"{shown_remote_path(folder)} both as a file and as a folder holding {shown_remote_path(path)}",
+                )
+
+
 def plan_pull(
     repo_id: str, revision: str, commit: str, entries: Sequence[RemoteFile], to: Path, step: int | None
 ) -> PullPlan:
     """What to fetch (every file of the checkpoint) and where: `to`/checkpoint-<step>. Every path the revision
     lists is checked first, also those pull leaves out: a revision holding any path hubsync refuses is refused."""
+    if len(entries) > MAX_PULL_FILES:
+        raise HostileListingError(revision, f"{len(entries)} files, more than the {MAX_PULL_FILES} pull accepts")
     for e in entries:
         check_remote_path(e.path, revision)
+    check_listing(entries, revision)
     files = tuple(
         sorted(
             (e for e in entries if e.path not in NOT_CHECKPOINT and not e.path.startswith(NOT_CHECKPOINT_DIRS)),

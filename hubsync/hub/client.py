@@ -28,7 +28,6 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import (
     HfHubHTTPError,
-    LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     OIDCError,
     RemoteEntryNotFoundError,
@@ -48,6 +47,7 @@ from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
+from hubsync.hub.download import Transfers, download_seconds, fetch_over_http
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -362,18 +362,6 @@ class HubClient:
                     )
             return bytes(data)
 
-    def _hf_download(self, repo_id: str, path: str, revision: str, local_dir: str | Path) -> str:
-        """hf_hub_download, a failed metadata request raised as what it was. huggingface_hub reports a busy or
-        unreachable Hub there as a file missing from its local cache (LocalEntryNotFoundError, an
-        EntryNotFoundError): that would escape the retries and read as a missing file or a disk error."""
-        try:
-            return str(self.api.hf_hub_download(repo_id, path, revision=revision, local_dir=local_dir))
-        except LocalEntryNotFoundError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, (HfHubHTTPError, httpx2.TransportError)):
-                raise cause from None  # what huggingface_hub wrapped, unwrapped
-            raise errors.HubError(self.endpoint, str(exc).splitlines()[0], repo_id=repo_id, revision=revision) from exc
-
     def resolve_commit(self, repo_id: str, revision: str) -> str:
         """The commit a branch, tag or commit id names."""
         info = self._call(lambda: self.api.repo_info(repo_id, revision=revision), repo_id, revision)
@@ -403,9 +391,14 @@ class HubClient:
             check_remote_path(f.path, revision or commit[:12])
         return files
 
-    def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path:
-        """Fetch one file of a commit into `local_dir` (huggingface_hub checks only its size)."""
-        return Path(self._call(lambda: self._hf_download(repo_id, path, commit, local_dir), repo_id, commit))
+    def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, transfers: Transfers) -> None:
+        """Fetch one file of a commit to `dest`, no larger than its tree lists and within a deadline for its size
+        (hub/download.py), retried when the Hub is busy. (A Xet-backed file will get its own fetch beside this.)"""
+        url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
+        deadline = time.monotonic() + download_seconds(remote.size)
+        where = (self.endpoint, repo_id, commit[:12])
+        self._call(lambda: fetch_over_http(url, headers, remote, dest, deadline, transfers, where), repo_id, commit)
 
     def commit_dates(self, repo_id: str, revision: str) -> list[tuple[str, str]]:
         """(commit id, ISO date) of a revision's history, newest first."""

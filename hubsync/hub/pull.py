@@ -4,26 +4,43 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from hubsync.core.conversion import STATE_DOCUMENT_RE
-from hubsync.core.errors import HubsyncError, PullTargetExistsError, PullVerificationError
+from hubsync.core.errors import HubsyncError, NotEnoughSpaceError, PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile
 from hubsync.files import hash_file, remove_stale_temps, system_temp_dir, temp_dir
+from hubsync.hub.download import DownloadCancelled, Transfers
+
+CANCEL_GRACE_S = 2.0  # how long a cancelled pull waits for its downloads to notice, before it cleans up anyway
 
 
 class PullSource(Protocol):
-    def download(self, repo_id: str, commit: str, path: str, local_dir: Path) -> Path: ...
+    def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, transfers: Transfers) -> None: ...
 
 
 def check_target(plan: PullPlan, force: bool) -> None:
     """Refuse, before anything is fetched, a target that exists and holds something (unless `force`)."""
     if plan.target.exists() and (not plan.target.is_dir() or any(plan.target.iterdir())) and not force:
         raise PullTargetExistsError(display_path(plan.target))
+
+
+def check_space(plan: PullPlan) -> None:
+    """Refuse, before anything is fetched, a revision whose files take more than the free space where the
+    checkpoint goes (a tree listing may claim any size)."""
+    where = plan.target.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if plan.total_bytes > free:
+        raise NotEnoughSpaceError(display_path(plan.target.parent), plan.total_bytes, free)
 
 
 def already_pulled(plan: PullPlan) -> bool:
@@ -74,23 +91,70 @@ def _matches(local: Path, remote: RemoteFile) -> bool:
 
 def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8) -> Path:
     """Download every planned file into a staging folder beside the target, verify each against the tree's
-    sha256 (LFS) or git blob id, then rename the folder into place. Nothing is placed unless all is right."""
+    sha256 (LFS) or git blob id, then rename the folder into place. Nothing is placed unless all is right; a
+    signal (KeyboardInterrupt) or a failed file ends every download at once and removes the staging folder."""
     check_target(plan, force)
+    check_space(plan)
     parent = plan.target.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parent)
     staging = temp_dir(parent, "pull")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(plan.files)))) as pool:
-            for _ in pool.map(lambda f: _fetch_verified(hub, plan, f, staging), plan.files):
-                pass
-        shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+        for folder in sorted({(staging / f.path).parent for f in plan.files}):
+            folder.mkdir(parents=True, exist_ok=True)  # here, not in the downloads (see _fetch_all)
+        _fetch_all(lambda f, transfers: _fetch_verified(hub, plan, f, staging, transfers), plan.files, workers)
         _rebuild_training_state(plan, staging)
         _place(staging, plan.target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return plan.target
+
+
+def _fetch_all(fetch: Callable[[RemoteFile, Transfers], None], files: tuple[RemoteFile, ...], workers: int) -> None:
+    """Run `fetch` on every file, `workers` at a time, in daemon threads: a download blocked on a Hub never
+    keeps the process alive. The first failure, or an interrupt of the waiting thread, cancels the rest: each
+    open connection is shut down and no download starts. Downloads only write files into folders made
+    beforehand, so one that notices late cannot bring back a staging folder removed after the cancel."""
+    transfers = Transfers()
+    pending: queue.SimpleQueue[RemoteFile] = queue.SimpleQueue()
+    for f in files:
+        pending.put(f)
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while not transfers.cancelled.is_set():
+            try:
+                remote = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fetch(remote, transfers)
+            except BaseException as exc:
+                with lock:
+                    failures.append(exc)
+                transfers.cancel()
+                return
+
+    threads = [
+        threading.Thread(target=work, name=f"hubsync-pull-{i}", daemon=True)
+        for i in range(max(1, min(workers, len(files))))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # a join with a timeout lets a signal through to this thread
+    except BaseException:
+        transfers.cancel()
+        end = time.monotonic() + CANCEL_GRACE_S
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        raise
+    if failures:  # what went wrong first, not the cancels it caused
+        raise next((f for f in failures if not isinstance(f, DownloadCancelled)), failures[0])
 
 
 def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
@@ -110,10 +174,9 @@ def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
             document.with_suffix(".safetensors").unlink()
 
 
-def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging: Path) -> None:
-    local = hub.download(plan.repo_id, plan.commit, remote.path, staging)
-    if Path(os.path.abspath(local)) != Path(os.path.abspath(staging / remote.path)):
-        raise PullVerificationError(remote.path, "was written somewhere else than asked")
+def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging: Path, transfers: Transfers) -> None:
+    local = staging / remote.path
+    hub.download(plan.repo_id, plan.commit, remote, local, transfers)
     size = local.stat().st_size
     if size != remote.size:
         raise PullVerificationError(remote.path, f"has {size} bytes, the Hub lists {remote.size}")
