@@ -382,6 +382,20 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.EndlessListingError,
+        lambda err: (
+            f"the Hub at {err.endpoint} sent a {err.what} for{_hub(err)} that {err.told}, so hubsync read no "
+            "further and stopped there. Ask the Hub's operator to fix it, or use another Hub."
+        ),
+    ),
+    (
+        e.HubTooSlowError,
+        lambda err: (
+            f"the Hub at {err.endpoint} is too slow: its answer for{_hub(err)} ({err.what}) {err.took}. "
+            "Try again later (a watch retries by itself), or use another Hub."
+        ),
+    ),
+    (
         e.HubError,
         lambda err: (
             f"the Hub at {err.endpoint} refused the request for{_hub(err)} ({err.detail}). "

@@ -122,6 +122,27 @@ class DownloadTooSlowError(HubError):
         self.told = told
 
 
+class EndlessListingError(HubError):
+    """A listing (a tree, a history) that goes on past what hubsync reads of one (`told`: past how many entries,
+    pages or bytes, or a next page it was already sent): a Hub that is broken or hostile."""
+
+    def __init__(self, endpoint: str, what: str, told: str, repo_id: str | None, revision: str | None) -> None:
+        super().__init__(endpoint, f"the {what} {told}", repo_id, revision)
+        self.what = what
+        self.told = told
+
+
+class HubTooSlowError(HubError):
+    """A Hub whose answer (a file read into memory, a page of a listing) did not arrive whole within `seconds`."""
+
+    def __init__(self, endpoint: str, what: str, seconds: float, repo_id: str | None, revision: str | None) -> None:
+        shown = f"{seconds:g}" if isinstance(seconds, (int, float)) else str(seconds)
+        super().__init__(endpoint, f"the {what} took more than {shown} s", repo_id, revision)
+        self.what = what
+        self.seconds = seconds
+        self.took = f"took more than {shown} s"
+
+
 class HubUnreachableError(HubError):
     """No answer from the endpoint at all (refused, DNS, timeout)."""
 

@@ -11,16 +11,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx2
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
     HfApi,
-    RepoFile,
     constants,
     get_session,
     get_token,
@@ -34,6 +34,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils._datetime import parse_datetime
 from huggingface_hub.utils._headers import build_hf_headers
 from huggingface_hub.utils._http import hf_raise_for_status
 from huggingface_hub.utils._runtime import is_xet_available
@@ -41,7 +42,7 @@ from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync import __version__
 from hubsync.core import errors
-from hubsync.core.checkpoint import MAX_JSON_BYTES
+from hubsync.core.checkpoint import MAX_JSON_BYTES, loads_json
 from hubsync.core.config import check_endpoint, is_token_text
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
@@ -57,6 +58,15 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then give up: five attempts in all
 MAX_RETRY_AFTER = 60.0
 MAX_REMOTE_READ_BYTES = MAX_JSON_BYTES  # a file read from a Hub into memory: the bound of a local JSON file
+# httpx's timeouts count each read on its own (and huggingface_hub sets none on its API calls), so a Hub that
+# sends a byte every few seconds would never be done: a whole answer, and a whole listing, have a deadline.
+ANSWER_DEADLINE = 120.0  # seconds for one answer read whole: a file read into memory, one page of a listing
+LISTING_DEADLINE = 600.0  # seconds for every page of one listing together
+# A listing is paged by `Link: <...>; rel="next"`, which a Hub may send for ever: what hubsync reads of one.
+MAX_LISTING_PAGES = 1_000  # the real Hub sends 1,000 tree entries a page (50 with expand), 50 commits
+MAX_TREE_ENTRIES = 100_000  # a checkpoint revision holds tens of files; the real Hub allows 10,000 a folder
+MAX_COMMITS = 10_000  # main's history: about one commit a push
+MAX_LISTING_BYTES = MAX_JSON_BYTES
 T = TypeVar("T")
 
 
@@ -251,8 +261,8 @@ class HubClient:
         if branch in self.refs(repo_id)[0]:
             return False
         if repo_id not in self._root_commit:
-            commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision="main"), repo_id, "main")
-            self._root_commit[repo_id] = commits[-1].commit_id
+            commits = self._commits(repo_id, "main")
+            self._root_commit[repo_id] = commits[-1][0]
         root = self._root_commit[repo_id]
         self._call(
             lambda: self.api.create_branch(repo_id, branch=branch, revision=root, exist_ok=True), repo_id, branch
@@ -335,15 +345,40 @@ class HubClient:
             raise
 
     def _read_capped(self, url: str, path: str, limit: int, repo_id: str, revision: str) -> bytes:
+        def too_large(size: int | None, announced: int | None) -> errors.HubError:
+            return errors.RemoteFileTooLargeError(
+                self.endpoint, path, limit, repo_id, revision, size=size, announced=announced
+            )
+
+        def too_slow() -> errors.HubError:
+            return errors.HubTooSlowError(self.endpoint, path, ANSWER_DEADLINE, repo_id, revision)
+
+        deadline = time.monotonic() + ANSWER_DEADLINE
+        return self._get_bounded(url, None, limit, deadline, too_large, too_slow)[0]
+
+    def _get_bounded(
+        self,
+        url: str,
+        params: dict[str, Any] | None,
+        limit: int,
+        deadline: float,
+        too_large: Callable[[int | None, int | None], errors.HubError],
+        too_slow: Callable[[], errors.HubError],
+    ) -> tuple[bytes, str | None]:
+        """One GET read whole into memory, and the next page its `Link` header names (absolute), if any. At most
+        `limit` bytes (`too_large(size announced, None)` before reading, `too_large(None, announced)` when the
+        answer goes on past `limit` or past its announced size), done by `deadline` (time.monotonic) or
+        `too_slow()`: each read's timeout alone lets a Hub trickle for ever."""
         headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
+        timeout = max(min(float(constants.HF_HUB_DOWNLOAD_TIMEOUT), deadline - time.monotonic()), 0.1)
         with get_session().stream(
-            "GET", url, headers=headers, follow_redirects=True, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+            "GET", url, params=params, headers=headers, follow_redirects=True, timeout=timeout
         ) as response:
             if response.status_code >= 400:  # the explanation, read with a bound of its own
                 body = b""
                 for chunk in response.iter_bytes():
                     body += chunk
-                    if len(body) > 65536:
+                    if len(body) > 65536 or time.monotonic() > deadline:
                         break
                 hf_raise_for_status(
                     httpx2.Response(
@@ -352,15 +387,77 @@ class HubClient:
                 )
             announced = _announced_size(response.headers)
             if announced is not None and announced > limit:
-                raise errors.RemoteFileTooLargeError(self.endpoint, path, limit, repo_id, revision, size=announced)
+                raise too_large(announced, None)
             data = bytearray()
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > (limit if announced is None else announced):
-                    raise errors.RemoteFileTooLargeError(
-                        self.endpoint, path, limit, repo_id, revision, announced=announced
-                    )
-            return bytes(data)
+                    raise too_large(None, announced)
+                if time.monotonic() > deadline:
+                    raise too_slow()
+            following = response.links.get("next", {}).get("url")
+            return bytes(data), urljoin(str(response.url), following) if following else None
+
+    def _listing(
+        self,
+        url: str,
+        params: dict[str, Any] | None,
+        what: str,
+        most: int,
+        repo_id: str,
+        revision: str,
+        enough: int | None = None,
+    ) -> list[Any]:
+        """Every entry of a paged listing (`what`, for messages), or its first `enough`. EndlessListingError when
+        it goes on past `most` entries, MAX_LISTING_PAGES pages or MAX_LISTING_BYTES, or names as the next page
+        one it already sent; HubTooSlowError when a page takes over ANSWER_DEADLINE, or all over LISTING_DEADLINE."""
+        start = time.monotonic()
+        seen = {str(httpx2.URL(url, params=params))}
+        entries: list[Any] = []
+        read = 0
+
+        def endless(told: str) -> errors.HubError:
+            return errors.EndlessListingError(self.endpoint, what, told, repo_id, revision)
+
+        def page(at: str, query: dict[str, Any] | None) -> tuple[bytes, str | None]:
+            deadline = min(time.monotonic() + ANSWER_DEADLINE, start + LISTING_DEADLINE)
+            seconds = ANSWER_DEADLINE if deadline < start + LISTING_DEADLINE else LISTING_DEADLINE
+            return self._get_bounded(
+                at,
+                query,
+                MAX_LISTING_BYTES - read,
+                deadline,
+                lambda *_: endless(f"went on past {MAX_LISTING_BYTES // 2**20} MiB"),
+                lambda: errors.HubTooSlowError(self.endpoint, what, seconds, repo_id, revision),
+            )
+
+        at, query = url, params
+        for pages in range(1, MAX_LISTING_PAGES + 1):
+            body, following = self._call(partial(page, at, query), repo_id, revision)
+            read += len(body)
+            with self._errors(repo_id, revision):
+                found = loads_json(body)
+            if not isinstance(found, list):
+                raise self._malformed(what, repo_id)
+            entries += found
+            if enough is not None and len(entries) >= enough:
+                return entries[:enough]
+            if len(entries) > most:
+                raise endless(f"went on past {most:,} entries")
+            if following is None:
+                return entries
+            if following in seen:
+                raise endless(f"named as its next page one it had already sent (page {pages})")
+            seen.add(following)
+            at, query = following, None
+        raise endless(f"went on past {MAX_LISTING_PAGES:,} pages")
+
+    def _commits(self, repo_id: str, revision: str, newest: int | None = None) -> list[tuple[str, str]]:
+        """(commit id, ISO date) of a revision's history, newest first: all of it, or the `newest` few."""
+        url = f"{self.endpoint}/api/models/{repo_id}/commits/{quote(revision, safe='')}"
+        found = self._listing(url, None, "commit history", MAX_COMMITS, repo_id, revision, enough=newest)
+        with self._errors(repo_id, revision):
+            return [(str(c["id"]), parse_datetime(c["date"]).isoformat()) for c in found]
 
     def resolve_commit(self, repo_id: str, revision: str) -> str:
         """The commit a branch, tag or commit id names."""
@@ -370,12 +467,14 @@ class HubClient:
     def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]:
         """Every file of a commit (of `revision`, for messages), with its size and hashes as the Hub lists them.
         UnsafeRemotePathError for a path that hubsync never places or handles (core/remote_paths.py)."""
-        entries = self._call(lambda: list(self.api.list_repo_tree(repo_id, revision=commit, recursive=True)), repo_id)
+        url = f"{self.endpoint}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
+        params = {"recursive": "true", "expand": "false"}
+        found = self._listing(url, params, "tree listing", MAX_TREE_ENTRIES, repo_id, revision or commit[:12])
         with self._errors(repo_id):
             files = [
-                RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None, e.blob_id)
-                for e in entries
-                if isinstance(e, RepoFile)
+                RemoteFile(e["path"], e["size"], e["lfs"]["oid"] if e.get("lfs") else None, e["oid"])
+                for e in found
+                if e["type"] == "file"
             ]
         for f in files:
             if not (
@@ -400,11 +499,10 @@ class HubClient:
         where = (self.endpoint, repo_id, commit[:12])
         self._call(lambda: fetch_over_http(url, headers, remote, dest, deadline, transfers, where), repo_id, commit)
 
-    def commit_dates(self, repo_id: str, revision: str) -> list[tuple[str, str]]:
-        """(commit id, ISO date) of a revision's history, newest first."""
-        commits = self._call(lambda: self.api.list_repo_commits(repo_id, revision=revision), repo_id, revision)
-        with self._errors(repo_id, revision):
-            return [(str(c.commit_id), c.created_at.isoformat()) for c in commits]
+    def commit_dates(self, repo_id: str, revision: str, newest: int | None = None) -> list[tuple[str, str]]:
+        """(commit id, ISO date) of a revision's history, newest first: all of it, or the `newest` few (read from
+        as few pages as hold them)."""
+        return self._commits(repo_id, revision, newest)
 
     def _malformed(self, what: str, repo_id: str) -> errors.HubError:
         return errors.HubError(self.endpoint, f"its {what} answer is not what a Hub sends", repo_id=repo_id)

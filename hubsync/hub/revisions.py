@@ -52,7 +52,7 @@ def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
             entry = _describe(hub, repo_id, name, commit)
             if entry is None:
                 continue  # an empty branch, left by a push that was killed before its commit
-        dates = hub.commit_dates(repo_id, commit)
+        dates = hub.commit_dates(repo_id, commit, newest=1)  # only the date of the commit itself
         out.append(
             RevisionInfo(
                 revision=name,

@@ -21,6 +21,7 @@ from hubsync.core.errors import (
     CommitConflictError,
     HubError,
     HubsyncError,
+    HubTooSlowError,
     HubUnreachableError,
     IncompleteCheckpointError,
     LinkOutsideCheckpointError,
@@ -169,7 +170,7 @@ class WatchSummary:
 def retryable(exc: BaseException) -> bool:
     """A failure of the Hub that may pass (outage, 5xx, 408, 429, a branch that kept moving), not of the request:
     a 400, 409 or 422 would only be refused again."""
-    if isinstance(exc, (HubUnreachableError, CommitConflictError)):
+    if isinstance(exc, (HubUnreachableError, HubTooSlowError, CommitConflictError)):
         return True
     return type(exc) is HubError and exc.status is not None and (exc.status >= 500 or exc.status in (408, 429))
 
