@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from conftest import push
 from huggingface_hub import HfApi
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -532,3 +533,18 @@ def test_a_secret_is_scrubbed_by_where_it_sits_whatever_it_looks_like(secret: st
     chat = '{% set eos_token = "</s>" %}{{ bos_token }}'  # a chat template's words are left as they are
     kept = json.dumps({"chat_template": chat, "pad_token": "<pad>"}).encode()
     assert scrubbed_json("tokenizer_config.json", kept, who) is None
+
+
+@pytest.mark.parametrize("at", [0, 8 * 2**20 - 10, 40 * 2**20])  # the start, across two pieces, deep inside
+def test_a_json_too_large_to_scrub_that_holds_a_token_is_refused(
+    checkpoint: Path, hub: RunningHub, api: HfApi, at: int
+) -> None:
+    big = checkpoint / "tokenizer_extra.json"
+    filler = b'{"v": "' + b"a" * (65 * 2**20) + b'"}'
+    token = b" hf_" + b"Zq8" * 12 + b" "  # inside a longer text, as in a command line
+    big.write_bytes(filler[: at + 7] + token + filler[at + 7 :])
+    result = push(hub, str(checkpoint), "--repo", "me/big")
+    assert result.exit_code == 1 and result.stderr.startswith("Error: refused tokenizer_extra.json: it is larger")
+    assert not api.repo_exists("me/big")
+    big.write_bytes(filler)  # no token: published as it is
+    assert push(hub, str(checkpoint), "--repo", "me/big", "--dry-run").exit_code == 0

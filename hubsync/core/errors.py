@@ -378,6 +378,15 @@ class UnpublishableNameError(HubsyncError):
         self.reason = reason
 
 
+class UnscrubbableFileError(HubsyncError):
+    """A JSON file too large to parse and scrub that holds something shaped like a token."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(f"{path} is larger than {limit >> 20} MiB and holds something shaped like a token")
+        self.path = path
+        self.limit = limit
+
+
 class UnsafeRemotePathError(HubsyncError):
     """A file path a Hub lists that hubsync never places or handles (core/remote_paths.py says which)."""
 

@@ -24,12 +24,13 @@ from .errors import (
     InvalidTagError,
     SharedBranchError,
     UnpublishableNameError,
+    UnscrubbableFileError,
 )
 from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .remote_paths import remote_path_problem
 from .render import render
-from .secrets import Identity, scrub_value, scrubbed_json, this_machine
+from .secrets import Identity, large_file_holds_token, scrub_value, scrubbed_json, this_machine
 from .selection import DEFAULT_REVISION, revision_name
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -356,7 +357,11 @@ def publishable_configs(
             replacement = str(data[key]).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
         out[name] = (json.dumps({**data, key: replacement}, indent=2, sort_keys=True) + "\n").encode()
     for f in checkpoint.files:
-        if not f.relpath.lower().endswith(".json") or f.size > MAX_JSON_BYTES:
+        if f.relpath.lower().endswith(".json") and f.size > MAX_JSON_BYTES:  # too large to parse: looked through
+            if large_file_holds_token(checkpoint.path / f.relpath, who.tokens):
+                raise UnscrubbableFileError(f.relpath, MAX_JSON_BYTES)
+            continue
+        if not f.relpath.lower().endswith(".json"):
             continue
         raw = out.get(f.relpath)
         if raw is None:

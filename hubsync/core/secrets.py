@@ -160,6 +160,23 @@ def scrub_value(value: Any, who: Identity, key: str = "") -> Any:
 _NAMED_IN_TEXT = re.compile(rf"(?i)wandb|{_SECRET_NAMES}|\"token\"")  # a key SECRET_KEY_RE may match
 
 
+def large_file_holds_token(path: Path, tokens: Iterable[str] = (), chunk: int = 8 << 20) -> bool:
+    """Whether a file too large to parse holds a token of a known shape or one in use, read piece by piece (the
+    pieces overlap, so a token across two is found)."""
+    overlap = 4096
+    tail = ""
+    try:
+        with path.open("rb") as f:
+            while piece := f.read(chunk):
+                text = tail + piece.decode("utf-8", "replace")
+                if redact(text, tokens) != text:
+                    return True
+                tail = text[-overlap:]
+    except OSError:
+        return False  # gone or unreadable: the upload says so
+    return False
+
+
 def might_hold_secrets(text: str, who: Identity) -> bool:
     """A quick look at a file's text: False when nothing in it could need scrubbing (most files)."""
     needles = [*who.tokens, *(f for f in (*who.runs, who.home) if len(f) > 1), *who.words()]
