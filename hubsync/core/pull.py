@@ -17,7 +17,6 @@ from .remote_paths import check_remote_path, shown_remote_path
 NOT_CHECKPOINT = (".gitattributes",)
 NOT_CHECKPOINT_DIRS = (".hubsync/",)
 # The most files a revision may list for pull: a checkpoint has a few dozen, a sharded one some thousands.
-MAX_PULL_FILES = 100_000
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,6 @@ def plan_pull(
 ) -> PullPlan:
     """What to fetch (every file of the checkpoint) and where: `to`/checkpoint-<step>. Every path the revision
     lists is checked first, also those pull leaves out: a revision holding any path hubsync refuses is refused."""
-    if len(entries) > MAX_PULL_FILES:
-        raise HostileListingError(revision, f"{len(entries)} files, more than the {MAX_PULL_FILES} pull accepts")
     for e in entries:
         check_remote_path(e.path, revision)
     check_listing(entries, revision)
