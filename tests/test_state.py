@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import OrderedDict
 from pathlib import Path
@@ -89,3 +90,23 @@ def test_an_unknown_class_is_refused_without_running_it(tmp_path: Path) -> None:
     with pytest.raises(UnsafePickleError) as caught:
         round_trip({"frozen": frozenset({1})}, "scheduler.pt", tmp_path)
     assert caught.value.path == "scheduler.pt" and caught.value.what.endswith("frozenset")
+
+
+def test_a_document_referring_to_one_tensor_many_times_rebuilds_it_once(tmp_path: Path) -> None:
+    """A Hub's optimizer.json naming one 4 MiB tensor 100,000 times asked for 400 GB when each reference was a
+    copy; the rebuilt file shares the one tensor, as a pickle shares an object, and stays small."""
+    import resource
+
+    from safetensors.torch import save_file
+
+    save_file({"t0": torch.zeros(1 << 20)}, str(tmp_path / "optimizer.safetensors"))
+    tree = {"state": [{"__tensor__": "t0"}] * 100_000, "param_groups": []}
+    (tmp_path / "optimizer.json").write_text(
+        json.dumps({"format": "hubsync-training-state", "version": 1, "file": "optimizer.pt", "tree": tree})
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rebuilt = rebuild_state(tmp_path / "optimizer.json")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert rebuilt.stat().st_size < 16 * 2**20 and grown_mib < 512
+    loaded = torch.load(rebuilt, weights_only=True)
+    assert len(loaded["state"]) == 100_000 and loaded["state"][0] is loaded["state"][-1]

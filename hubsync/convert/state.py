@@ -180,13 +180,18 @@ def rebuild_state(json_path: Path) -> Path:
         raise DamagedStateError(json_path.name, f"it names the file {name!r:.80}, not the one beside it")
     target = json_path.with_name(name)
 
+    made: dict[str, Any] = {}  # one tensor a name, however often the document refers to it (as the pickle shared it)
+
     def decode(value: Any) -> Any:
         if isinstance(value, list):
             return [decode(v) for v in value]
         if not isinstance(value, dict):
             return value
         if "__tensor__" in value:
-            return tensors[value["__tensor__"]].clone()
+            key = value["__tensor__"]
+            if key not in made:
+                made[key] = tensors[key].clone()
+            return made[key]
         if "__ndarray__" in value:
             raw = base64.b64decode(value["__ndarray__"], validate=True)
             dtype = np.dtype(value["dtype"])
@@ -206,7 +211,16 @@ def rebuild_state(json_path: Path) -> Path:
     try:
         tensors = load_file(json_path.with_suffix(".safetensors"))
         obj = decode(document["tree"])
-    except (SafetensorError, KeyError, ValueError, TypeError, IndexError, OverflowError, RecursionError) as exc:
+    except (
+        SafetensorError,
+        KeyError,
+        ValueError,
+        TypeError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+    ) as exc:
         raise DamagedStateError(json_path.name, f"{type(exc).__name__}: {exc}"[:200]) from exc
     tmp = target.with_name(f".{target.name}.rebuilding")
     torch.save(obj, tmp)
