@@ -41,6 +41,7 @@ class Hostile:
     endless: str = ""  # "tree" or "commits": that listing pages for ever
     page_size: int = 1000  # made-up entries on each page after the first (0: empty pages)
     repeat: bool = False  # the second page names itself as the next page
+    next_origin: str = ""  # the first next page is named on this origin (another host), not the proxy's
     trickle: str = ""  # GET answers whose path holds this come a byte every 0.2 s
     pages: int = 0  # pages the proxy sent beyond the first
     started: float = 0.0
@@ -97,7 +98,7 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
             data = answer.read()
             extra = []
             if listing and answer.status == 200 and not giving_up:
-                extra = [("Link", f'<{state.endpoint}{url.path}?cursor=1>; rel="next"')]
+                extra = [("Link", f'<{state.next_origin or state.endpoint}{url.path}?cursor=1>; rel="next"')]
             trickled = state.trickle and state.trickle in unquote(url.path)
             if trickled and self.command == "GET" and answer.status == 200:
                 return self._trickle(answer.getheaders(), data)
@@ -232,6 +233,38 @@ def test_a_next_page_sent_twice_is_refused(
     refused(result, took, "one it had already sent (page 2)")
     assert hub_state(api) == before
     assert hostile.pages == 1  # the first made-up page, which names itself as the next
+
+
+def test_a_next_page_on_another_host_is_refused_and_gets_no_token(
+    pushed: Path, hub: RunningHub, api: HfApi, hostile: Hostile, tmp_path: Path
+) -> None:
+    asked: list[dict[str, str]] = []
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(dict(self.headers.items()))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    try:
+        hostile.endless, hostile.next_origin = "tree", f"http://127.0.0.1:{sink.server_address[1]}"
+        before = hub_state(api)
+        for args in (
+            ["pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "pulled")],
+            ["push", str(pushed / "checkpoint-10"), "--repo", "me/tiny"],
+        ):
+            result, took = invoke(hostile, hub, *args)
+            refused(result, took, "one on another host (page 1)")
+        assert asked == [] and hub_state(api) == before  # the token never left for the other host
+    finally:
+        sink.shutdown()
 
 
 # --- answers that trickle -----------------------------------------------------------------------------------------

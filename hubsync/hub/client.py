@@ -448,6 +448,8 @@ class HubClient:
                 return entries
             if following in seen:
                 raise endless(f"named as its next page one it had already sent (page {pages})")
+            if _origin(following) != _origin(self.endpoint):  # the token goes with every page: never elsewhere
+                raise endless(f"named as its next page one on another host (page {pages})")
             seen.add(following)
             at, query = following, None
         raise endless(f"went on past {MAX_LISTING_PAGES:,} pages")
@@ -568,3 +570,9 @@ def _redact_in_place(exc: BaseException, tokens: list[str]) -> None:
             with suppress(AttributeError):
                 current.server_message = redact(current.server_message, tokens)  # type: ignore[attr-defined]
         current = current.__cause__ or current.__context__
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """A URL's scheme, host and port: where a request with the token may go."""
+    parsed = httpx2.URL(url)
+    return parsed.scheme, parsed.host.lower(), parsed.port
