@@ -544,7 +544,35 @@ def test_a_json_too_large_to_scrub_that_holds_a_token_is_refused(
     token = b" hf_" + b"Zq8" * 12 + b" "  # inside a longer text, as in a command line
     big.write_bytes(filler[: at + 7] + token + filler[at + 7 :])
     result = push(hub, str(checkpoint), "--repo", "me/big")
-    assert result.exit_code == 1 and result.stderr.startswith("Error: refused tokenizer_extra.json: it is larger")
+    assert result.exit_code == 1 and result.stderr.startswith(
+        'Error: refused "tokenizer_extra.json": it holds something shaped like a token, and it is larger'
+    )
     assert not api.repo_exists("me/big")
     big.write_bytes(filler)  # no token: published as it is
     assert push(hub, str(checkpoint), "--repo", "me/big", "--dry-run").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("notes.txt", "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY\n"),
+        ("deploy.yaml", "hf: {token}\n"),  # the token in use, whatever its shape
+        ("run.sh", "huggingface-cli login --token hf_" + "Kp3" * 12 + "\n"),
+        ("extra.safetensors", None),  # a token in the header's metadata
+    ],
+)
+def test_a_file_published_byte_for_byte_that_holds_a_token_is_refused(
+    checkpoint: Path, hub: RunningHub, api: HfApi, name: str, content: str | None
+) -> None:
+    if content is None:
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(2)}, str(checkpoint / name), metadata={"note": "ghp_" + "Ab1" * 12})
+    else:
+        (checkpoint / name).write_text(content.format(token=hub.token))
+    for args in (["--dry-run"], ["--public"]):
+        result = push(hub, str(checkpoint), "--repo", "me/leak", *args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f'Error: refused "{name}": it holds something shaped like a token')
+        assert hub.token not in result.output
+    assert not api.repo_exists("me/leak")

@@ -195,9 +195,8 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.UnscrubbableFileError,
         lambda err: (
-            f"refused {err.path}: it is larger than {err.limit >> 20} MiB, more than hubsync parses to scrub, and "
-            "holds something shaped like a token. Nothing was uploaded; take the secret out of a copy of the "
-            "checkpoint and push the copy."
+            f"refused {shown_remote_path(err.path)}: it holds something shaped like a token, and {err.why}. Nothing "
+            "was uploaded; take the secret out of a copy of the checkpoint and push the copy."
         ),
     ),
     (

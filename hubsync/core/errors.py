@@ -379,12 +379,13 @@ class UnpublishableNameError(HubsyncError):
 
 
 class UnscrubbableFileError(HubsyncError):
-    """A JSON file too large to parse and scrub that holds something shaped like a token."""
+    """A file that holds something shaped like a token (or the token in use) and that hubsync does not scrub: not
+    JSON, or JSON too large to parse. `why` says which."""
 
-    def __init__(self, path: str, limit: int) -> None:
-        super().__init__(f"{path} is larger than {limit >> 20} MiB and holds something shaped like a token")
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path} holds something shaped like a token, and {why}")
         self.path = path
-        self.limit = limit
+        self.why = why
 
 
 class UnsafeRemotePathError(HubsyncError):

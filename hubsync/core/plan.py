@@ -30,7 +30,7 @@ from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .remote_paths import remote_path_problem
 from .render import render
-from .secrets import Identity, large_file_holds_token, scrub_value, scrubbed_json, this_machine
+from .secrets import Identity, file_holds_token, large_file_holds_token, scrub_value, scrubbed_json, this_machine
 from .selection import DEFAULT_REVISION, revision_name
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -278,6 +278,11 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     for upload in uploads:  # what pull would refuse is never published: a refusal before the Hub changes
         if problem := remote_path_problem(upload.path_in_repo):
             raise UnpublishableNameError(checkpoint.display, upload.converted_from or upload.path_in_repo, problem)
+    for upload in kept:  # published byte for byte: JSON is scrubbed (generated above), any other file looked through
+        if not upload.path_in_repo.lower().endswith(".json") and file_holds_token(
+            checkpoint.path / upload.source, who.tokens
+        ):
+            raise UnscrubbableFileError(upload.path_in_repo, "hubsync scrubs JSON files only")
     entry = index_entry(
         branch,
         checkpoint.step,
@@ -359,7 +364,9 @@ def publishable_configs(
     for f in checkpoint.files:
         if f.relpath.lower().endswith(".json") and f.size > MAX_JSON_BYTES:  # too large to parse: looked through
             if large_file_holds_token(checkpoint.path / f.relpath, who.tokens):
-                raise UnscrubbableFileError(f.relpath, MAX_JSON_BYTES)
+                raise UnscrubbableFileError(
+                    f.relpath, f"it is larger than {MAX_JSON_BYTES >> 20} MiB, more than hubsync parses to scrub"
+                )
             continue
         if not f.relpath.lower().endswith(".json"):
             continue

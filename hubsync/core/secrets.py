@@ -177,6 +177,25 @@ def large_file_holds_token(path: Path, tokens: Iterable[str] = (), chunk: int = 
     return False
 
 
+MAX_SCANNED_BYTES = 256 << 20  # files larger than this are weights or training state, not text someone wrote
+
+
+def file_holds_token(path: Path, tokens: Iterable[str] = ()) -> bool:
+    """Whether a file published byte for byte holds a token: a safetensors file in its header (its metadata), any
+    other file of up to MAX_SCANNED_BYTES anywhere."""
+    try:
+        if path.name.lower().endswith(".safetensors"):
+            with path.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = f.read(min(size, 100 << 20)).decode("utf-8", "replace")
+            return redact(header, tokens) != header
+        if path.stat().st_size > MAX_SCANNED_BYTES:
+            return False
+    except OSError:
+        return False  # gone or unreadable: the upload says so
+    return large_file_holds_token(path, tokens)
+
+
 def might_hold_secrets(text: str, who: Identity) -> bool:
     """A quick look at a file's text: False when nothing in it could need scrubbing (most files)."""
     needles = [*who.tokens, *(f for f in (*who.runs, who.home) if len(f) > 1), *who.words()]
