@@ -509,7 +509,7 @@ def test_a_value_under_a_secret_name_is_scrubbed_however_short(key: str, value: 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=!%-"), min_size=6),  # no /
+    st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=!%-@/"), min_size=6),
     st.sampled_from(
         [
             "https://alice:{}@internal.example/x",
@@ -518,6 +518,9 @@ def test_a_value_under_a_secret_name_is_scrubbed_however_short(key: str, value: 
             "export DB_PASSWORD='{}'",
             "HF_TOKEN: {}",
             "MY_API_KEY={} python train.py",
+            "redis://:{}@cache:6379",
+            "aws_secret_access_key={}",
+            "db_passphrase: '{} and more words'",
         ]
     ),
     st.lists(KEYS, max_size=3),

@@ -40,8 +40,8 @@ TOKEN_RE = re.compile(
 )
 # A key whose string value is a secret whatever it looks like (not `eos_token`: a tokenizer's tokens are words).
 _SECRET_NAMES = (
-    r"hub_token|hf_token|gh_token|github_token|auth_token|access_token|refresh_token|api_?key"
-    r"|secret|password|passwd|access_key|private_key|credentials?"
+    r"hub_token|hf_token|gh_token|github_token|auth_token|access_token|refresh_token|api_token|session_token"
+    r"|api_?key|secret|password|passwd|passphrase|access_key|private_key|credentials?"
 )
 SECRET_KEY_RE = re.compile(rf"(?i)(?:^|[_-])(?:{_SECRET_NAMES})(?:$|[_-])|^token$")
 # A key that names a service whose settings are mostly harmless (`wandb_project`): its value goes only when it is
@@ -52,10 +52,16 @@ PLACEHOLDER_RE = re.compile(r"<[A-Z_]+>")
 # Secrets known by where they sit, whatever they look like: the password of a URL (`https://user:pw@host`), and
 # the value of an environment variable named as a secret (`AWS_SECRET_ACCESS_KEY=...`, `DB_PASSWORD: ...`; upper
 # case only, as variables are: a chat template's `{% set eos_token = ... %}` is left alone).
-URL_PASSWORD_RE = re.compile(r"(?<=://)([^/\s:@]+:)[^/\s@]+(?=@)")
+# The password runs to the last `@` before the host: people write `/` and `@` in it unescaped; the user may be empty
+# (`redis://:pw@cache`).
+URL_PASSWORD_RE = re.compile(r"(?<=://)([^/\s:@]*:)(?!<redacted>@)\S+@(?=[^\s@/]+)")
+_VALUE = r"""(?:"[^"\n]{4,}"|'[^'\n]{4,}'|(?!<redacted>)[^\s"']{4,})"""  # quoted (spaces and all) or one word
 SECRET_VARIABLE_RE = re.compile(
-    r"(?<![A-Za-z0-9_])([A-Z0-9_]*(?:SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)"
-    r"[A-Z0-9_]*\s*[=:]\s*[\"']?)(?!<redacted>)[^\s\"']{4,}"
+    r"(?<![A-Za-z0-9_])("
+    r"[A-Z0-9_]*(?:SECRET|PASSWORD|PASSWD|PASSPHRASE|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)[A-Z0-9_]*"
+    # in lower case too, but not `token`: `{% set eos_token = "</s>" %}` is a chat template's
+    r"|(?i:[a-z0-9_]*(?:secret|password|passwd|passphrase|api_?key|access_key|private_key|credentials?)[a-z0-9_]*)"
+    r")(\s*[=:]\s*)" + _VALUE
 )
 # wandb's API key: 40 hexadecimal digits, after its name in a text: `WANDB_API_KEY=...`, `wandb login ...`.
 WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*(?:\s+login)?(?:\s*[=:]\s*|\s+)[\"']?)[0-9a-f]{40}(?![0-9a-f])")
@@ -113,8 +119,8 @@ def this_machine(run: Path | None = None, tokens: Iterable[str | None] = ()) -> 
 def redact(text: str, tokens: Iterable[str] = ()) -> str:
     """`text` with every known token and everything shaped like a token replaced by <redacted>."""
     text = TOKEN_RE.sub(REDACTED, WANDB_IN_TEXT_RE.sub(lambda m: m.group(1) + REDACTED, text))
-    text = URL_PASSWORD_RE.sub(lambda m: m.group(1) + REDACTED, text)
-    text = SECRET_VARIABLE_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = URL_PASSWORD_RE.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    text = SECRET_VARIABLE_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     for token in sorted({t for t in tokens if len(t) >= 8}, key=len, reverse=True):
         text = text.replace(token, REDACTED)
     return text
