@@ -631,7 +631,7 @@ def test_a_hub_outage_is_survived_and_checkpoints_deleted_meanwhile_are_reported
         hub.server.inject_fault(method, r".", 503, times=10**6, retry_after=0)
     watcher = watch(procs, "watch", "--json")
     trainer = train(procs, "--step-sleep", "0.2", "--save-total-limit", "1")
-    assert trainer.wait(60) == 0, trainer.stderr
+    assert trainer.wait(180) == 0, trainer.stderr
     assert watcher.running()  # the Hub is down: nothing could be pushed, and the watch goes on
     failures = [line for line in watcher.stderr.splitlines() if line.startswith("Hub unavailable (")]
     assert failures and all(
@@ -643,7 +643,7 @@ def test_a_hub_outage_is_survived_and_checkpoints_deleted_meanwhile_are_reported
         for line in failures
     ), failures
     hub.server.clear_faults()  # the outage is over
-    assert watcher.wait(60) == 0, watcher.stderr
+    assert watcher.wait(180) == 0, watcher.stderr
 
     summary = json.loads(watcher.stdout)
     assert [p["step"] for p in summary["pushed"]] == [30]
