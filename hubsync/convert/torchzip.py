@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnrepresentableStateError, UnsafePickleError
-from hubsync.core.torchfile import ArchiveError, BoundedUnpickler, PickleLimitError, check_archive, read_entry
+from hubsync.core.escape import one_line
+from hubsync.core.torchfile import (
+    ArchiveError,
+    BoundedUnpickler,
+    PickleLimitError,
+    check_archive,
+    open_archive,
+    read_entry,
+    torch_records,
+)
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state dict's data.pkl holds only names and tensor records: KBs to a few MBs
 MAX_BYTEORDER_BYTES = 16  # "little" or "big"
@@ -261,9 +270,9 @@ class _SafeUnpickler(BoundedUnpickler):
             if module == "torch" and (name.endswith("Storage") or name in _OTHER_TORCH_DTYPES):
                 # A real tensor type, just not one safetensors stores (complex, quantized, float8_e8m0fnu, ...).
                 raise UnreadableWeightsError(
-                    self.shown, f"it holds torch.{name} tensors, which safetensors cannot store"
+                    self.shown, f"it holds torch.{one_line(name)[:80]} tensors, which safetensors cannot store"
                 ) from None
-            raise UnsafePickleError(self.shown, f"{module}.{name}") from None
+            raise UnsafePickleError(self.shown, one_line(f"{module}.{name}")[:200]) from None
 
     def persistent_load(self, pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -367,20 +376,15 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
             raise UnreadableWeightsError(
                 shown, "not a torch.save() zip archive (truncated, or the legacy format of torch < 1.6)"
             )
-        with path.open("rb") as raw, zipfile.ZipFile(raw) as archive:
+        with path.open("rb") as raw, open_archive(raw) as archive:
             entries = check_archive(raw, archive)
-            pkl = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(pkl) != 1:
-                raise UnreadableWeightsError(shown, "no data.pkl in the archive: not written by torch.save()")
-            prefix = pkl[0][: -len("data.pkl")]
-            if any(not n.startswith(prefix) for n in entries):  # torch reads the folder of the first entry
-                raise UnreadableWeightsError(shown, "its entries lie in more than one folder")
+            prefix = torch_records(archive, entries)
             byteorder = "little"
             if prefix + "byteorder" in entries:
                 byteorder = read_entry(archive, prefix + "byteorder", MAX_BYTEORDER_BYTES).decode()
             if byteorder != "little":
                 raise UnreadableWeightsError(shown, f"{byteorder[:16]!r}-endian tensors are not supported")
-            data = read_entry(archive, pkl[0], MAX_PICKLE_BYTES)
+            data = read_entry(archive, prefix + "data.pkl", MAX_PICKLE_BYTES)
             try:
                 unpickler = _StateUnpickler if state else _SafeUnpickler
                 obj = unpickler(data, shown).load()
@@ -400,7 +404,7 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 ArithmeticError,
                 struct.error,
             ) as exc:
-                raise UnreadableWeightsError(shown, f"malformed pickle ({str(exc)[:200]})") from exc
+                raise UnreadableWeightsError(shown, f"malformed pickle ({one_line(str(exc)[:200])})") from exc
             tensors = _tensors_in(obj) if state else _state_dict_of(obj, shown)
             storages: dict[str, StorageRecord] = {}
             for tensor in tensors.values():
@@ -410,21 +414,21 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 member = f"{prefix}data/{key}"
                 entry = entries.get(member)
                 if entry is None:
-                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member[:80]}")
+                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member[:80]!r}")
                 if entry.method != zipfile.ZIP_STORED:
-                    raise UnreadableWeightsError(shown, f"the storage {member[:80]} is compressed")
+                    raise UnreadableWeightsError(shown, f"the storage {member[:80]!r} is compressed")
                 itemsize = tensor.storage.dtype.itemsize if tensor.storage.dtype is not None else 1
                 if entry.size != tensor.storage.numel * itemsize:
                     raise UnreadableWeightsError(
-                        shown, f"the storage {member[:80]} is not the size its record says (truncated?)"
+                        shown, f"the storage {member[:80]!r} is not the size its record says (truncated?)"
                     )
                 storages[key] = StorageRecord(entry.data_offset, entry.size)
     except HubsyncError:
         raise
     except ArchiveError as exc:
         raise UnreadableWeightsError(shown, f"its zip archive is ambiguous or damaged: {exc}") from exc
-    except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
-        raise UnreadableWeightsError(shown, str(exc)[:200] or type(exc).__name__) from exc
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, EOFError, struct.error, OverflowError) as exc:
+        raise UnreadableWeightsError(shown, one_line(str(exc)[:200]) or type(exc).__name__) from exc
     _check_bounds(tensors, storages, shown)
     return TorchArchive(path, tensors, storages, obj if state else None)
 
