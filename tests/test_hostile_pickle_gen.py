@@ -580,6 +580,24 @@ def test_a_generated_pickle_is_refused_or_read_as_torch_reads_it(tmp_path: Path,
     PICKLE_OUTCOMES[key] = PICKLE_OUTCOMES.get(key, 0) + 1
 
 
+def test_a_storage_recorded_as_two_types_is_refused(tmp_path: Path) -> None:
+    """Torch reads every record of a storage key as the first one (a float tensor where the pickle says int64);
+    torch.save refuses to write such a file. Found by the generator."""
+
+    def tensor(storage_type: str, numel: int) -> bytes:
+        return (
+            b"ctorch._utils\n_rebuild_tensor_v2\n((" + _s("storage") + f"ctorch\n{storage_type}\n".encode()
+            + _s("2") + _s("cpu") + b"J" + struct.pack("<i", numel) + b"tQK\x00))\x89ccollections\nOrderedDict\n)RtR"
+        )  # fmt: skip
+
+    for second in (tensor("LongStorage", 1), tensor("FloatStorage", 1)):
+        path = tmp_path / "pytorch_model.bin"
+        path.write_bytes(torch_zip(b"\x80\x02}(" + _s("a") + tensor("FloatStorage", 2) + _s("b") + second + b"u."))
+        assert torch_reads(path)[0]
+        with pytest.raises(HubsyncError, match="recorded with two types or sizes"):
+            read_torch_archive(path, path.name)
+
+
 def test_the_generators_cost_bounded_memory_and_draw_every_outcome() -> None:
     """Runs after the two property tests (file order): their outcomes, and the process's peak memory."""
     print(f"zip outcomes {ZIP_OUTCOMES}, pickle outcomes {PICKLE_OUTCOMES}, peak RSS {rss_mb()} MB")

@@ -262,6 +262,7 @@ class _SafeUnpickler(BoundedUnpickler):
     def __init__(self, data: bytes, shown: str) -> None:
         super().__init__(data)
         self.shown = shown
+        self._records: dict[str, tuple[Any, int]] = {}  # storage key -> its type and size, as first recorded
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -286,6 +287,10 @@ class _SafeUnpickler(BoundedUnpickler):
             raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r:.80}")
         if not isinstance(key, str) or type(numel) is not int or not 0 <= numel < _INT64:
             raise pickle.UnpicklingError("malformed storage reference")
+        # torch keeps the first record of a key and reads every later one as it (torch.save refuses to write
+        # one storage as two types): a key recorded twice otherwise would read as two things
+        if self._records.setdefault(key, (storage_type, numel)) != (storage_type, numel):
+            raise pickle.UnpicklingError(f"the storage {key[:40]!r} is recorded with two types or sizes")
         return StorageRef(key, dtype, numel)
 
 
