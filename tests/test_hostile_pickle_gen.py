@@ -89,6 +89,8 @@ def same(a: Any, b: Any) -> bool:
 def _raw(t: torch.Tensor) -> bytes:
     if t.numel() == 0:  # an empty tensor may keep a stride of 0, which view() refuses
         return b""
+    if t.dtype == torch.bool:  # a byte of 2 is True; torch's strided copy writes it as 1, a contiguous one as 2
+        t = t != 0
     return bytes(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy())
 
 
