@@ -91,7 +91,9 @@ def _raw(t: torch.Tensor) -> bytes:
         return b""
     if t.dtype == torch.bool:  # a byte of 2 is True; torch's strided copy writes it as 1, a contiguous one as 2
         t = t != 0
-    return bytes(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy())
+    flat = torch.empty(t.numel(), dtype=t.dtype)  # fresh strides: contiguous() keeps a size-1 dimension's 0
+    flat.copy_(t.detach().reshape(-1))
+    return bytes(flat.view(torch.uint8).numpy())
 
 
 def check_file(path: Path, out: Path, *, state: bool) -> str:
@@ -307,6 +309,12 @@ def _name_length_plus_256(data: bytes) -> bytes:
     return data[:at] + b"\x01" + data[at + 1 :]
 
 
+def _zip64_end_record_size(data: bytes) -> bytes:
+    """The zip64 end record's own size field (44) zeroed."""
+    at = data.rindex(b"PK\x06\x06") + 4
+    return data[:at] + b"\0" + data[at + 1 :]
+
+
 def _with_record(name: str, body: bytes) -> bytes:
     return _rewrite([(n, body if n == "archive/" + name else b) for n, b in _entries(GOOD)])
 
@@ -329,6 +337,7 @@ FOUND = {
     "reserved_flag": (lambda: _both("flags", 0x818, 4), True),
     "unknown_entry": (lambda: _rewrite([*_entries(GOOD), ("archive/extra", b"1")]), True),
     "record_past_the_directory": (lambda: _name_length_plus_256(GOOD), False),  # zipfile cut it short
+    "zip64_end_record_size": (lambda: _zip64_end_record_size(GOOD), False),  # miniz checks it, zipfile not
     "newline_in_a_name": (lambda: _both("flags", 0x809, 1, _both("name0", 10, 1)), False),  # encrypted '\nrchive/...'
 }
 
@@ -598,6 +607,37 @@ def test_a_storage_recorded_as_two_types_is_refused(tmp_path: Path) -> None:
         assert torch_reads(path)[0]
         with pytest.raises(HubsyncError, match="recorded with two types or sizes"):
             read_torch_archive(path, path.name)
+
+
+def test_an_opcode_torch_does_not_read_in_weights_is_refused(tmp_path: Path) -> None:
+    """torch.load(weights_only=True) reads no POP, SHORT_BINBYTES, LONG4, STACK_GLOBAL, FRAME: a weights file
+    using one is a file torch refuses, so hubsync refuses it too. Found by the generator (POP)."""
+    for extra in (b"N0", b"C\x01x0", b"\x8b\x01\x00\x00\x00\x010"):
+        path = tmp_path / "pytorch_model.bin"
+        path.write_bytes(torch_zip(b"\x80\x02}" + extra + b"."))
+        assert not torch_reads(path)[0]
+        with pytest.raises(HubsyncError, match="not allowed here"):
+            read_torch_archive(path, path.name)
+
+
+def test_a_tensor_keying_a_dict_in_training_state_is_no_traceback(tmp_path: Path) -> None:
+    """{tensor: {}}: the tree walk skipped keys, the encoder then met a tensor it had no name for (KeyError)."""
+    tensor = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n((" + _s("storage") + b"ctorch\nFloatStorage\n" + _s("0") + _s("cpu")
+        + b"K\x0ctQK\x00))\x89ccollections\nOrderedDict\n)RtR"
+    )  # fmt: skip
+    path = tmp_path / "optimizer.pt"
+    path.write_bytes(torch_zip(b"\x80\x02}(" + tensor + b"}u."))
+    out = tmp_path / "out"
+    out.mkdir()
+    expected = torch.load(path, weights_only=True)
+    try:
+        got = hubsync_state(path, out)
+    except HubsyncError as exc:
+        assert "\n" not in str(exc)
+    else:  # a tensor keys by identity: compare the one key and its value
+        ((key, value),), ((want_key, want_value),) = got.items(), expected.items()
+        assert same(key, want_key) and same(value, want_value)
 
 
 def test_the_generators_cost_bounded_memory_and_draw_every_outcome() -> None:

@@ -248,16 +248,31 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 _ALLOWED = _allowed_globals()
 
 
+# What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg extension
+# registry, text persistent ids.
+_NEVER_WRITTEN = frozenset(
+    op[0]
+    for op in (
+        pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.PERSID,
+    )
+)  # fmt: skip
+# The opcodes torch.load(weights_only=True) reads (torch/_weights_only_unpickler.py), NEWOBJ aside: a weights
+# file with any other (POP, LONG4, SHORT_BINBYTES, FRAME, STACK_GLOBAL, ...) is one torch refuses.
+_TORCH_READS = frozenset(
+    op[0]
+    for op in (
+        pickle.GLOBAL, pickle.REDUCE, pickle.BUILD, pickle.APPEND, pickle.APPENDS, pickle.SETITEM, pickle.SETITEMS,
+        pickle.MARK, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.NONE, pickle.NEWFALSE,
+        pickle.NEWTRUE, pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET, pickle.BININT,
+        pickle.BININT1, pickle.BININT2, pickle.BINFLOAT, pickle.BINUNICODE, pickle.SHORT_BINSTRING,
+        pickle.BINPERSID, pickle.BINGET, pickle.LONG_BINGET, pickle.BINPUT, pickle.LONG_BINPUT, pickle.LONG1,
+        pickle.PROTO, pickle.STOP,
+    )
+)  # fmt: skip
+
+
 class _SafeUnpickler(BoundedUnpickler):
-    # What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg
-    # extension registry, text persistent ids.
-    refused: ClassVar[frozenset[int]] = frozenset(
-        op[0]
-        for op in (
-            pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4,
-            pickle.PERSID,
-        )
-    )  # fmt: skip
+    refused: ClassVar[frozenset[int]] = frozenset(range(256)) - _TORCH_READS
 
     def __init__(self, data: bytes, shown: str) -> None:
         super().__init__(data)
@@ -343,7 +358,10 @@ def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
 
 
 class _StateUnpickler(_SafeUnpickler):
-    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes."""
+    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes (torch reads
+    training state with weights_only=False: every opcode that builds plain data is allowed)."""
+
+    refused: ClassVar[frozenset[int]] = _NEVER_WRITTEN
 
     def load(self) -> Any:
         token = _reading.set(self.shown)
@@ -449,7 +467,8 @@ def _tensors_in(obj: Any) -> dict[str, TensorRef]:
             found.setdefault(item, f"t{len(found)}")
         elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
             seen.add(id(item))
-            stack.extend(reversed(list(item.values())) if isinstance(item, dict) else reversed(item))
+            # a dict's keys too: a pickle may key a dict by a tensor
+            stack.extend(reversed([c for kv in item.items() for c in kv]) if isinstance(item, dict) else reversed(item))
     return {name: ref for ref, name in found.items()}
 
 

@@ -115,7 +115,7 @@ def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int, int]:
             raise ArchiveError("bytes between the zip64 end record and its locator")
         fp.seek(record_at)
         record = fp.read(56)
-        if record[:4] != _EOCD64_SIG:
+        if record[:4] != _EOCD64_SIG or struct.unpack_from("<Q", record, 4)[0] != 44:  # its size: miniz checks it
             raise ArchiveError("a damaged zip64 end record")
         disk64, cd_disk64, on_disk64, count64, cd_size, cd_offset = struct.unpack_from("<IIQQQQ", record, 16)
         if disk64 or cd_disk64 or on_disk64 != count64:
