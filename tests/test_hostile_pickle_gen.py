@@ -315,6 +315,12 @@ def _zip64_end_record_size(data: bytes) -> bytes:
     return data[:at] + b"\0" + data[at + 1 :]
 
 
+def _folder(data: bytes) -> bytes:
+    """data.pkl's external attributes marking it an MS-DOS folder (0x10): miniz then reads no data for it."""
+    at = _central_records(data)[0] + 38
+    return data[:at] + b"\x10" + data[at + 1 :]
+
+
 def _with_record(name: str, body: bytes) -> bytes:
     return _rewrite([(n, body if n == "archive/" + name else b) for n, b in _entries(GOOD)])
 
@@ -339,6 +345,7 @@ FOUND = {
     "unknown_entry": (lambda: _rewrite([*_entries(GOOD), ("archive/extra", b"1")]), True),
     "record_past_the_directory": (lambda: _name_length_plus_256(GOOD), False),  # zipfile cut it short
     "zip64_end_record_size": (lambda: _zip64_end_record_size(GOOD), False),  # miniz checks it, zipfile not
+    "marked_as_a_folder": (lambda: _folder(GOOD), None),  # torch reads heap bytes as data.pkl
     "newline_in_a_name": (lambda: _both("flags", 0x809, 1, _both("name0", 10, 1)), False),  # encrypted '\nrchive/...'
 }
 

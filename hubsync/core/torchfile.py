@@ -155,6 +155,8 @@ def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
             raise ArchiveError(f"it holds {_shown(name)} twice (readers would disagree on which one counts)")
         if info.volume:  # the disk its local header is on: miniz refuses any but this one
             raise ArchiveError(f"{_shown(name)} lies on another disk (a multi-disk archive)")
+        if info.external_attr & 0x10 or name.endswith("/"):  # miniz reads no data for a folder: torch reads the heap
+            raise ArchiveError(f"{_shown(name)} is marked as a folder")
         if info.flag_bits & 0x41:
             raise ArchiveError(f"{_shown(name)} is encrypted")
         if info.flag_bits & ~_FLAGS_READ_ALIKE:
