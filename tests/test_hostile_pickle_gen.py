@@ -87,7 +87,13 @@ def same(a: Any, b: Any) -> bool:
 
 
 def _raw(t: torch.Tensor) -> bytes:
-    return bytes(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy())
+    if t.numel() == 0:  # an empty tensor may keep a stride of 0, which view() refuses
+        return b""
+    if t.dtype == torch.bool:  # a byte of 2 is True; torch's strided copy writes it as 1, a contiguous one as 2
+        t = t != 0
+    flat = torch.empty(t.numel(), dtype=t.dtype)  # fresh strides: contiguous() keeps a size-1 dimension's 0
+    flat.copy_(t.detach().reshape(-1))
+    return bytes(flat.view(torch.uint8).numpy())
 
 
 def check_file(path: Path, out: Path, *, state: bool) -> str:
@@ -156,8 +162,13 @@ FIELDS = {
     "csize": (18, 20, "<I"),
     "usize": (22, 24, "<I"),
     "name0": (30, 46, "<B"),
+    "needed": (4, 6, "<H"),  # the version needed to extract: zipfile refuses past 63 (6.3)
+    "disk": (None, 34, "<H"),  # the disk the local header is on: miniz refuses any other
 }
-VALUES = [0, 1, 2, 3, 8, 9, 12, 14, 0x41, 0x808, 0x809, 0x800, 0xFFFF, 0xFFFFFFFF, 16, 24, 40]
+VALUES = [0, 1, 2, 3, 8, 9, 12, 14, 0x41, 0x808, 0x809, 0x800, 0xFFFF, 0xFFFFFFFF, 16, 24, 40, 0x828, 0x2008, 64]
+# torch.save's small records, and what a hostile file may put in them instead
+RECORDS = ["version", ".format_version", ".storage_alignment", "byteorder", ".data/serialization_id"]
+RECORD_VALUES = [b"", b"x", b"\x004", b"0", b"11", b"3", b"64", b"big", b"\xff\xfe", b"3x", b" 64", b"9" * 20]
 
 
 def _rewrite(entries: list[tuple[str, bytes]], comment: bytes = b"") -> bytes:
@@ -180,15 +191,18 @@ def crafted_zips(draw: st.DrawFn) -> tuple[str, bytes]:
     data = bytearray(GOOD)
     kind = draw(
         st.sampled_from(
-            ["local", "central", "both", "descriptor", "duplicate", "prepend", "append", "comment", "offset", "flip"]
+            [
+                "local", "central", "both", "descriptor", "duplicate", "prepend", "append", "comment", "offset",
+                "flip", "record", "extra",
+            ]
         )
-    )
+    )  # fmt: skip
     locals_, centrals = _local_records(GOOD), _central_records(GOOD)
     i = draw(st.integers(0, len(locals_) - 1))
     field = draw(st.sampled_from(sorted(FIELDS)))
     local_at, central_at, fmt = FIELDS[field]
     value = draw(st.sampled_from(VALUES)) % (256 if fmt == "<B" else 1 << (8 * struct.calcsize(fmt)))
-    if kind in ("local", "both"):
+    if kind in ("local", "both") and local_at is not None:
         struct.pack_into(fmt, data, locals_[i] + local_at, value)
     if kind in ("central", "both"):
         struct.pack_into(fmt, data, centrals[i] + central_at, value)
@@ -203,6 +217,13 @@ def crafted_zips(draw: st.DrawFn) -> tuple[str, bytes]:
         other = bytes(reversed(body)) if draw(st.booleans()) else body[: len(body) // 2]
         entries.insert(i + draw(st.integers(0, 1)), (name, other))
         return kind, _rewrite(entries)
+    if kind == "record":  # a small record holding something else, its CRC and sizes made to match
+        name = "archive/" + draw(st.sampled_from(RECORDS))
+        body = draw(st.sampled_from(RECORD_VALUES) | st.binary(max_size=4))
+        return f"{kind}:{name}={body!r}", _rewrite([(n, body if n == name else b) for n, b in _entries(GOOD)])
+    if kind == "extra":  # an entry torch.save never writes, which torch ignores
+        name = draw(st.sampled_from(["archive/extra", "archive/data/x", "archive/.data/other", "archive/data.pkl/"]))
+        return kind, _rewrite([*_entries(GOOD), (name, b"1")])
     if kind == "prepend":
         return kind, draw(st.sampled_from([b"\0", b"junk" * 10, GOOD[:30]])) + GOOD
     if kind == "append":
@@ -235,9 +256,9 @@ def test_a_crafted_zip_converts_as_torch_reads_it_or_is_refused(tmp_path: Path, 
     ZIP_OUTCOMES[outcome] = ZIP_OUTCOMES.get(outcome, 0) + 1
     # A change on one side (local header, central directory, data descriptor) is a disagreement; so are two names,
     # bytes around the archive, a moved entry; both sides changed alike must still be what torch reads.
-    both, field, value = kind.startswith("both:"), *(kind.split(":")[1].split("=") if "=" in kind else ("", ""))
+    both, field, value = kind.startswith("both:"), *(kind.split(":")[1].split("=", 1) if "=" in kind else ("", ""))
     odd_both = both and ((field == "method" and value != "0") or field == "crc")
-    if data != GOOD and not kind.startswith("flip") and (not both or odd_both):
+    if data != GOOD and not kind.startswith(("flip", "record")) and (not both or odd_both):
         assert outcome == "refused", kind
 
 
@@ -261,6 +282,87 @@ def test_a_duplicate_storage_entry_is_refused_whichever_torch_would_take(tmp_pat
         assert torch_reads(path)[0]
         with pytest.raises(HubsyncError, match="twice"):
             read_torch_archive(path, "dup.bin")
+
+
+def _both(field: str, value: int, entry: int, base: bytes = GOOD) -> bytes:
+    """GOOD with one field of one entry set alike in its local header and its central record."""
+    local_at, central_at, fmt = FIELDS[field]
+    data = bytearray(base)
+    if local_at is not None:
+        struct.pack_into(fmt, data, _local_records(GOOD)[entry] + local_at, value)
+    struct.pack_into(fmt, data, _central_records(GOOD)[entry] + central_at, value)
+    return bytes(data)
+
+
+def _flipped_record(name: str, body: bytes) -> bytes:
+    """GOOD with the bytes of one small record changed in place, its CRC left as it was (torch checks none)."""
+    old = dict(_entries(GOOD))["archive/" + name]
+    assert len(body) == len(old) and GOOD.count(old) >= 1
+    at = _local_records(GOOD)[[n for n, _ in _entries(GOOD)].index("archive/" + name)]
+    at = GOOD.index(old, at)
+    return GOOD[:at] + body + GOOD[at + len(old) :]
+
+
+def _name_length_plus_256(data: bytes) -> bytes:
+    """The last central record's name length 256 longer: it runs past the central directory's end."""
+    at = _central_records(data)[-1] + 29
+    return data[:at] + b"\x01" + data[at + 1 :]
+
+
+def _zip64_end_record_size(data: bytes) -> bytes:
+    """The zip64 end record's own size field (44) zeroed."""
+    at = data.rindex(b"PK\x06\x06") + 4
+    return data[:at] + b"\0" + data[at + 1 :]
+
+
+def _folder(data: bytes) -> bytes:
+    """data.pkl's external attributes marking it an MS-DOS folder (0x10): miniz then reads no data for it."""
+    at = _central_records(data)[0] + 38
+    return data[:at] + b"\x10" + data[at + 1 :]
+
+
+def _with_record(name: str, body: bytes) -> bytes:
+    return _rewrite([(n, body if n == "archive/" + name else b) for n, b in _entries(GOOD)])
+
+
+# What the generator found (issue 15, item 3), each as a fixed file: name -> (the file, whether torch reads it).
+FOUND = {
+    "alignment_flipped": (lambda: _flipped_record(".storage_alignment", b"\x004"), False),
+    "alignment_not_a_number": (lambda: _with_record(".storage_alignment", b"x"), False),
+    "version_not_a_number": (lambda: _with_record("version", b"x"), False),
+    "version_too_new": (lambda: _with_record("version", b"11"), False),
+    "no_version": (lambda: _rewrite([e for e in _entries(GOOD) if e[0] != "archive/version"]), False),
+    "serialization_id_not_utf8": (lambda: _with_record(".data/serialization_id", b"\xff"), False),
+    "patched_data_flag": (lambda: _both("flags", 0x828, 1), False),
+    "masked_headers_flag": (lambda: _both("flags", 0x2808, 4), False),
+    "strong_encryption_flag": (lambda: _both("flags", 0x848, 4), False),
+    "on_another_disk": (lambda: _both("disk", 2, 0), False),
+    "needs_zip_6.4": (lambda: _both("needed", 64, 3), True),  # zipfile raised NotImplementedError
+    "format_version_deflated": (lambda: _both("method", 8, 1), True),  # "1" is no deflate stream
+    # "64" is no deflate stream: torch ignores the failed inflate and reads what the heap held (int() mostly fails)
+    "alignment_deflated": (lambda: _both("method", 8, 2), None),
+    "reserved_flag": (lambda: _both("flags", 0x818, 4), True),
+    "unknown_entry": (lambda: _rewrite([*_entries(GOOD), ("archive/extra", b"1")]), True),
+    "record_past_the_directory": (lambda: _name_length_plus_256(GOOD), False),  # zipfile cut it short
+    "zip64_end_record_size": (lambda: _zip64_end_record_size(GOOD), False),  # miniz checks it, zipfile not
+    "marked_as_a_folder": (lambda: _folder(GOOD), None),  # torch reads heap bytes as data.pkl
+    "newline_in_a_name": (lambda: _both("flags", 0x809, 1, _both("name0", 10, 1)), False),  # encrypted '\nrchive/...'
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_what_torch_refuses_or_reads_otherwise_in_a_record_or_a_flag_is_refused_in_one_line(
+    tmp_path: Path, name: str
+) -> None:
+    make, torch_ok = FOUND[name]
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(make())
+    if torch_ok is not None:
+        assert torch_reads(path)[0] is torch_ok
+    assert check_file(path, tmp_path, state=False) == "refused"
+    with pytest.raises(HubsyncError) as refused:
+        hubsync_state(path, tmp_path)
+    assert "\n" not in str(refused.value)
 
 
 # -- generated pickles over the opcodes and globals the reader allows --------------------------------------------
@@ -462,9 +564,16 @@ def generated_pickles(draw: st.DrawFn) -> bytes:
         e.out += b"}"
         e.put()
         e.out += b"("
+        plain = draw(st.integers(0, 3)) == 0  # now and then only well-formed tensors: torch reads the file
         for i in range(draw(st.integers(1, 4))):
             e.out += _s(f"t{i}")
-            e.tensor() if draw(st.integers(0, 4)) else e.value(1)
+            if plain:
+                e.glob("torch._utils", "_rebuild_tensor_v2")
+                e.out += b"((" + _s("storage") + b"ctorch\nFloatStorage\n" + _s("0") + _s("cpu") + b"K\x0ctQ"
+                e.out += b"K" + bytes([draw(st.integers(0, 4))]) + b"K\x02K\x04\x86K\x04K\x01\x86"  # 2 x 4 of 12
+                e.out += b"\x89ccollections\nOrderedDict\n)RtR"
+            else:
+                e.tensor() if draw(st.integers(0, 4)) else e.value(1)
         e.out += b"u"
     else:
         e.value(0)
@@ -495,6 +604,55 @@ def test_a_generated_pickle_is_refused_or_read_as_torch_reads_it(tmp_path: Path,
     outcome = check_file(path, out, state=as_state)
     key = f"{'state' if as_state else 'weights'}:{outcome}"
     PICKLE_OUTCOMES[key] = PICKLE_OUTCOMES.get(key, 0) + 1
+
+
+def test_a_storage_recorded_as_two_types_is_refused(tmp_path: Path) -> None:
+    """Torch reads every record of a storage key as the first one (a float tensor where the pickle says int64);
+    torch.save refuses to write such a file. Found by the generator."""
+
+    def tensor(storage_type: str, numel: int) -> bytes:
+        return (
+            b"ctorch._utils\n_rebuild_tensor_v2\n((" + _s("storage") + f"ctorch\n{storage_type}\n".encode()
+            + _s("2") + _s("cpu") + b"J" + struct.pack("<i", numel) + b"tQK\x00))\x89ccollections\nOrderedDict\n)RtR"
+        )  # fmt: skip
+
+    for second in (tensor("LongStorage", 1), tensor("FloatStorage", 1)):
+        path = tmp_path / "pytorch_model.bin"
+        path.write_bytes(torch_zip(b"\x80\x02}(" + _s("a") + tensor("FloatStorage", 2) + _s("b") + second + b"u."))
+        assert torch_reads(path)[0]
+        with pytest.raises(HubsyncError, match="recorded with two types or sizes"):
+            read_torch_archive(path, path.name)
+
+
+def test_an_opcode_torch_does_not_read_in_weights_is_refused(tmp_path: Path) -> None:
+    """torch.load(weights_only=True) reads no POP, SHORT_BINBYTES, LONG4, STACK_GLOBAL, FRAME: a weights file
+    using one is a file torch refuses, so hubsync refuses it too. Found by the generator (POP)."""
+    for extra in (b"N0", b"C\x01x0", b"\x8b\x01\x00\x00\x00\x010"):
+        path = tmp_path / "pytorch_model.bin"
+        path.write_bytes(torch_zip(b"\x80\x02}" + extra + b"."))
+        assert not torch_reads(path)[0]
+        with pytest.raises(HubsyncError, match="not allowed here"):
+            read_torch_archive(path, path.name)
+
+
+def test_a_tensor_keying_a_dict_in_training_state_is_no_traceback(tmp_path: Path) -> None:
+    """{tensor: {}}: the tree walk skipped keys, the encoder then met a tensor it had no name for (KeyError)."""
+    tensor = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n((" + _s("storage") + b"ctorch\nFloatStorage\n" + _s("0") + _s("cpu")
+        + b"K\x0ctQK\x00))\x89ccollections\nOrderedDict\n)RtR"
+    )  # fmt: skip
+    path = tmp_path / "optimizer.pt"
+    path.write_bytes(torch_zip(b"\x80\x02}(" + tensor + b"}u."))
+    out = tmp_path / "out"
+    out.mkdir()
+    expected = torch.load(path, weights_only=True)
+    try:
+        got = hubsync_state(path, out)
+    except HubsyncError as exc:
+        assert "\n" not in str(exc)
+    else:  # a tensor keys by identity: compare the one key and its value
+        ((key, value),), ((want_key, want_value),) = got.items(), expected.items()
+        assert same(key, want_key) and same(value, want_value)
 
 
 def test_the_generators_cost_bounded_memory_and_draw_every_outcome() -> None:
@@ -623,7 +781,7 @@ REPRODUCTIONS = {  # name -> (the file it lands in, how to make it, what the ref
     "shared_list_63": ("optimizer.pt", _shared_list, "more than 1,000,000 entries"),
     "self_dict": ("optimizer.pt", _self_dict, "contains itself"),
     "stride_zero": ("pytorch_model.bin", _stride_zero, "more elements than its storage holds"),
-    "byteorder_bomb": ("pytorch_model.bin", _byteorder_bomb, "byteorder is 200,000,006 bytes"),
+    "byteorder_bomb": ("pytorch_model.bin", _byteorder_bomb, "byteorder' is 200,000,006 bytes"),
     "compressed_pickle_bomb": ("pytorch_model.bin", _compressed_pickle_bomb, "more than 1,000,000 objects"),
     "build_on_tensor_record": ("pytorch_model.bin", _build_on_tensor_record, "sets the state of a TensorRef"),
     "huge_int": ("optimizer.pt", _huge_int, "an integer of 2,000 bytes"),

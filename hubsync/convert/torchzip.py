@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnrepresentableStateError, UnsafePickleError
-from hubsync.core.torchfile import ArchiveError, BoundedUnpickler, PickleLimitError, check_archive, read_entry
+from hubsync.core.escape import one_line
+from hubsync.core.torchfile import (
+    ArchiveError,
+    BoundedUnpickler,
+    PickleLimitError,
+    check_archive,
+    open_archive,
+    read_entry,
+    torch_records,
+)
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state dict's data.pkl holds only names and tensor records: KBs to a few MBs
 MAX_BYTEORDER_BYTES = 16  # "little" or "big"
@@ -239,20 +248,36 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 _ALLOWED = _allowed_globals()
 
 
+# What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg extension
+# registry, text persistent ids.
+_NEVER_WRITTEN = frozenset(
+    op[0]
+    for op in (
+        pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.PERSID,
+    )
+)  # fmt: skip
+# The opcodes torch.load(weights_only=True) reads (torch/_weights_only_unpickler.py), NEWOBJ aside: a weights
+# file with any other (POP, LONG4, SHORT_BINBYTES, FRAME, STACK_GLOBAL, ...) is one torch refuses.
+_TORCH_READS = frozenset(
+    op[0]
+    for op in (
+        pickle.GLOBAL, pickle.REDUCE, pickle.BUILD, pickle.APPEND, pickle.APPENDS, pickle.SETITEM, pickle.SETITEMS,
+        pickle.MARK, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.NONE, pickle.NEWFALSE,
+        pickle.NEWTRUE, pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET, pickle.BININT,
+        pickle.BININT1, pickle.BININT2, pickle.BINFLOAT, pickle.BINUNICODE, pickle.SHORT_BINSTRING,
+        pickle.BINPERSID, pickle.BINGET, pickle.LONG_BINGET, pickle.BINPUT, pickle.LONG_BINPUT, pickle.LONG1,
+        pickle.PROTO, pickle.STOP,
+    )
+)  # fmt: skip
+
+
 class _SafeUnpickler(BoundedUnpickler):
-    # What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg
-    # extension registry, text persistent ids.
-    refused: ClassVar[frozenset[int]] = frozenset(
-        op[0]
-        for op in (
-            pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4,
-            pickle.PERSID,
-        )
-    )  # fmt: skip
+    refused: ClassVar[frozenset[int]] = frozenset(range(256)) - _TORCH_READS
 
     def __init__(self, data: bytes, shown: str) -> None:
         super().__init__(data)
         self.shown = shown
+        self._records: dict[str, tuple[Any, int]] = {}  # storage key -> its type and size, as first recorded
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -261,9 +286,9 @@ class _SafeUnpickler(BoundedUnpickler):
             if module == "torch" and (name.endswith("Storage") or name in _OTHER_TORCH_DTYPES):
                 # A real tensor type, just not one safetensors stores (complex, quantized, float8_e8m0fnu, ...).
                 raise UnreadableWeightsError(
-                    self.shown, f"it holds torch.{name} tensors, which safetensors cannot store"
+                    self.shown, f"it holds torch.{one_line(name)[:80]} tensors, which safetensors cannot store"
                 ) from None
-            raise UnsafePickleError(self.shown, f"{module}.{name}") from None
+            raise UnsafePickleError(self.shown, one_line(f"{module}.{name}")[:200]) from None
 
     def persistent_load(self, pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -277,6 +302,10 @@ class _SafeUnpickler(BoundedUnpickler):
             raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r:.80}")
         if not isinstance(key, str) or type(numel) is not int or not 0 <= numel < _INT64:
             raise pickle.UnpicklingError("malformed storage reference")
+        # torch keeps the first record of a key and reads every later one as it (torch.save refuses to write
+        # one storage as two types): a key recorded twice otherwise would read as two things
+        if self._records.setdefault(key, (storage_type, numel)) != (storage_type, numel):
+            raise pickle.UnpicklingError(f"the storage {key[:40]!r} is recorded with two types or sizes")
         return StorageRef(key, dtype, numel)
 
 
@@ -329,7 +358,10 @@ def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
 
 
 class _StateUnpickler(_SafeUnpickler):
-    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes."""
+    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes (torch reads
+    training state with weights_only=False: every opcode that builds plain data is allowed)."""
+
+    refused: ClassVar[frozenset[int]] = _NEVER_WRITTEN
 
     def load(self) -> Any:
         token = _reading.set(self.shown)
@@ -367,20 +399,15 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
             raise UnreadableWeightsError(
                 shown, "not a torch.save() zip archive (truncated, or the legacy format of torch < 1.6)"
             )
-        with path.open("rb") as raw, zipfile.ZipFile(raw) as archive:
+        with path.open("rb") as raw, open_archive(raw) as archive:
             entries = check_archive(raw, archive)
-            pkl = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(pkl) != 1:
-                raise UnreadableWeightsError(shown, "no data.pkl in the archive: not written by torch.save()")
-            prefix = pkl[0][: -len("data.pkl")]
-            if any(not n.startswith(prefix) for n in entries):  # torch reads the folder of the first entry
-                raise UnreadableWeightsError(shown, "its entries lie in more than one folder")
+            prefix = torch_records(archive, entries)
             byteorder = "little"
             if prefix + "byteorder" in entries:
                 byteorder = read_entry(archive, prefix + "byteorder", MAX_BYTEORDER_BYTES).decode()
             if byteorder != "little":
                 raise UnreadableWeightsError(shown, f"{byteorder[:16]!r}-endian tensors are not supported")
-            data = read_entry(archive, pkl[0], MAX_PICKLE_BYTES)
+            data = read_entry(archive, prefix + "data.pkl", MAX_PICKLE_BYTES)
             try:
                 unpickler = _StateUnpickler if state else _SafeUnpickler
                 obj = unpickler(data, shown).load()
@@ -400,7 +427,7 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 ArithmeticError,
                 struct.error,
             ) as exc:
-                raise UnreadableWeightsError(shown, f"malformed pickle ({str(exc)[:200]})") from exc
+                raise UnreadableWeightsError(shown, f"malformed pickle ({one_line(str(exc)[:200])})") from exc
             tensors = _tensors_in(obj) if state else _state_dict_of(obj, shown)
             storages: dict[str, StorageRecord] = {}
             for tensor in tensors.values():
@@ -410,21 +437,21 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 member = f"{prefix}data/{key}"
                 entry = entries.get(member)
                 if entry is None:
-                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member[:80]}")
+                    raise UnreadableWeightsError(shown, f"the archive lacks the storage {member[:80]!r}")
                 if entry.method != zipfile.ZIP_STORED:
-                    raise UnreadableWeightsError(shown, f"the storage {member[:80]} is compressed")
+                    raise UnreadableWeightsError(shown, f"the storage {member[:80]!r} is compressed")
                 itemsize = tensor.storage.dtype.itemsize if tensor.storage.dtype is not None else 1
                 if entry.size != tensor.storage.numel * itemsize:
                     raise UnreadableWeightsError(
-                        shown, f"the storage {member[:80]} is not the size its record says (truncated?)"
+                        shown, f"the storage {member[:80]!r} is not the size its record says (truncated?)"
                     )
                 storages[key] = StorageRecord(entry.data_offset, entry.size)
     except HubsyncError:
         raise
     except ArchiveError as exc:
         raise UnreadableWeightsError(shown, f"its zip archive is ambiguous or damaged: {exc}") from exc
-    except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
-        raise UnreadableWeightsError(shown, str(exc)[:200] or type(exc).__name__) from exc
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, EOFError, struct.error, OverflowError) as exc:
+        raise UnreadableWeightsError(shown, one_line(str(exc)[:200]) or type(exc).__name__) from exc
     _check_bounds(tensors, storages, shown)
     return TorchArchive(path, tensors, storages, obj if state else None)
 
@@ -440,7 +467,8 @@ def _tensors_in(obj: Any) -> dict[str, TensorRef]:
             found.setdefault(item, f"t{len(found)}")
         elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
             seen.add(id(item))
-            stack.extend(reversed(list(item.values())) if isinstance(item, dict) else reversed(item))
+            # a dict's keys too: a pickle may key a dict by a tensor
+            stack.extend(reversed([c for kv in item.items() for c in kv]) if isinstance(item, dict) else reversed(item))
     return {name: ref for ref, name in found.items()}
 
 

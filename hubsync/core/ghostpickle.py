@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .torchfile import BoundedUnpickler, PickleLimits, check_archive, read_entry
+from .torchfile import BoundedUnpickler, PickleLimits, check_archive, open_archive, read_entry, torch_records
 
 MAX_PICKLE_BYTES = 16 * 1024 * 1024  # a TrainingArguments pickles into about 10 KB
 
@@ -131,12 +131,10 @@ def read_torch_pickle(path: Path) -> Any:
             return load_plain(raw)
         try:
             f.seek(0)
-            with zipfile.ZipFile(f) as archive:
+            with open_archive(f) as archive:
                 entries = check_archive(f, archive)
-                names = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
-                if len(names) != 1:
-                    raise pickle.UnpicklingError("no data.pkl in the archive")
-                raw = read_entry(archive, names[0], MAX_PICKLE_BYTES)
+                prefix = torch_records(archive, entries)
+                raw = read_entry(archive, prefix + "data.pkl", MAX_PICKLE_BYTES)
         except (zipfile.BadZipFile, ValueError, EOFError) as exc:  # ArchiveError is a ValueError
             raise pickle.UnpicklingError(f"a damaged zip archive ({exc})") from exc
     return load_plain(raw)

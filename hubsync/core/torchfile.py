@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
+
+from .escape import one_line, safe_text
 
 
 class ArchiveError(ValueError):
@@ -46,6 +49,24 @@ _EOCD_SIG = b"PK\x05\x06"
 _EOCD64_LOCATOR_SIG = b"PK\x06\x07"
 _EOCD64_SIG = b"PK\x06\x06"
 _MAX32 = 0xFFFFFFFF
+# The general purpose flags every reader takes alike: deflate's level hints (1, 2), a data descriptor (3), UTF-8
+# names (11; torch writes 3 and 11). miniz refuses encryption (0, 6), patched data (5) and masked headers (13);
+# zipfile reads 13 and ignores the reserved bits, whose meaning is unknown: all refused.
+_FLAGS_READ_ALIKE = 0x0002 | 0x0004 | 0x0008 | 0x0800
+
+
+def _shown(name: str) -> str:
+    """An entry's name for a message: quoted, cut short, one line, nothing a terminal acts on."""
+    return safe_text(repr(name[:80]))
+
+
+def open_archive(fp: BinaryIO) -> zipfile.ZipFile:
+    """zipfile's reading of `fp`, or ArchiveError: zipfile raises more than BadZipFile on hostile bytes (a
+    "version needed to extract" past 6.3 is NotImplementedError, a cut field struct.error or EOFError)."""
+    try:
+        return zipfile.ZipFile(fp)
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, struct.error, OverflowError, ValueError) as exc:
+        raise ArchiveError(f"zipfile cannot read it ({one_line(str(exc)[:120])})") from exc
 
 
 def _zip64_values(extra: bytes, wanted: list[bool]) -> list[int]:
@@ -66,7 +87,7 @@ def _zip64_values(extra: bytes, wanted: list[bool]) -> list[int]:
     return []
 
 
-def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int]:
+def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int, int]:
     """Where the central directory starts and how many entries the end records count, from an end record that
     closes the file (no comment, no trailing bytes: torch writes none, and other readers look for the record
     elsewhere), on one disk (miniz refuses any other)."""
@@ -94,7 +115,7 @@ def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int]:
             raise ArchiveError("bytes between the zip64 end record and its locator")
         fp.seek(record_at)
         record = fp.read(56)
-        if record[:4] != _EOCD64_SIG:
+        if record[:4] != _EOCD64_SIG or struct.unpack_from("<Q", record, 4)[0] != 44:  # its size: miniz checks it
             raise ArchiveError("a damaged zip64 end record")
         disk64, cd_disk64, on_disk64, count64, cd_size, cd_offset = struct.unpack_from("<IIQQQQ", record, 16)
         if disk64 or cd_disk64 or on_disk64 != count64:
@@ -105,7 +126,7 @@ def _central_directory_start(fp: BinaryIO, length: int) -> tuple[int, int]:
         raise ArchiveError("a zip64 end record is missing")
     if cd_offset + cd_size != end_records:
         raise ArchiveError("bytes before the archive, or between its central directory and its end record")
-    return cd_offset, count
+    return cd_offset, cd_size, count
 
 
 def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
@@ -113,34 +134,55 @@ def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
     this module's docstring; ArchiveError naming the first way it does not."""
     fp.seek(0, 2)
     length = fp.tell()
-    cd_start, count = _central_directory_start(fp, length)
+    cd_start, cd_size, count = _central_directory_start(fp, length)
     if archive.start_dir != cd_start:
         raise ArchiveError("bytes before the archive: readers would disagree on where its entries start")
     if count != len(archive.infolist()):  # readers that trust the count and readers that walk the directory differ
         raise ArchiveError(f"its end record counts {count} entries, its central directory holds another number")
     entries: dict[str, Entry] = {}
     spans: list[tuple[int, int, str]] = []
+    fp.seek(cd_start)
+    directory, at = fp.read(cd_size), 0
     for info in archive.infolist():
         name = info.filename
+        # zipfile cuts a record whose lengths run past the directory's end short; miniz refuses it
+        lengths = struct.unpack_from("<HHH", directory, at + 28) if at + 46 <= len(directory) else None
+        if lengths != (len(info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")),
+                       len(info.extra), len(info.comment)):  # fmt: skip
+            raise ArchiveError(f"the central record of {_shown(name)} runs past the central directory")
+        at += 46 + sum(lengths)
         if name in entries:
-            raise ArchiveError(f"it holds {name[:80]!r} twice (readers would disagree on which one counts)")
+            raise ArchiveError(f"it holds {_shown(name)} twice (readers would disagree on which one counts)")
+        if info.volume:  # the disk its local header is on: miniz refuses any but this one
+            raise ArchiveError(f"{_shown(name)} lies on another disk (a multi-disk archive)")
+        if info.external_attr & 0x10 or name.endswith("/"):  # miniz reads no data for a folder: torch reads the heap
+            raise ArchiveError(f"{_shown(name)} is marked as a folder")
         if info.flag_bits & 0x41:
-            raise ArchiveError(f"{name[:80]} is encrypted")
+            raise ArchiveError(f"{_shown(name)} is encrypted")
+        if info.flag_bits & ~_FLAGS_READ_ALIKE:
+            raise ArchiveError(
+                f"{_shown(name)} has zip flags {info.flag_bits:#06x}: patched, masked or reserved, which torch and"
+                " zipfile read differently"
+            )
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ArchiveError(f"{name[:80]} is compressed with method {info.compress_type}, not stored or deflated")
+            raise ArchiveError(f"{_shown(name)} is compressed with method {info.compress_type}, not stored or deflated")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-            raise ArchiveError(f"{name[:80]} is stored with two different sizes")
+            raise ArchiveError(f"{_shown(name)} is stored with two different sizes")
         fp.seek(info.header_offset)
         header = fp.read(_LOCAL.size)
         if len(header) != _LOCAL.size or header[:4] != b"PK\x03\x04":
-            raise ArchiveError(f"{name[:80]} has no local header where the central directory says")
-        _sig, _version, flags, method, _t, _d, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(header)
+            raise ArchiveError(f"{_shown(name)} has no local header where the central directory says")
+        _sig, needed, flags, method, _t, _d, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(header)
         raw_name = fp.read(name_len)
         extra = fp.read(extra_len)
         if raw_name != info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"):
-            raise ArchiveError(f"the local header of {name[:80]} names another file")
-        if flags != info.flag_bits or method != info.compress_type:
-            raise ArchiveError(f"the local header of {name[:80]} disagrees with the central directory")
+            raise ArchiveError(f"the local header of {_shown(name)} names another file")
+        if (
+            flags != info.flag_bits
+            or method != info.compress_type
+            or needed != info.extract_version | info.reserved << 8
+        ):
+            raise ArchiveError(f"the local header of {_shown(name)} disagrees with the central directory")
         data_offset = info.header_offset + _LOCAL.size + name_len + extra_len
         zip64 = _MAX32 in (csize, usize)
         if zip64:
@@ -154,33 +196,35 @@ def check_archive(fp: BinaryIO, archive: zipfile.ZipFile) -> dict[str, Entry]:
                 info.compress_size,
                 info.file_size,
             ):
-                raise ArchiveError(f"the local header of {name[:80]} disagrees with the central directory")
+                raise ArchiveError(f"the local header of {_shown(name)} disagrees with the central directory")
             fp.seek(end)
             wide = zip64 or info.compress_size >= _MAX32 or info.file_size >= _MAX32
             descriptor = fp.read(24 if wide else 16)
             if descriptor[:4] != _DESCRIPTOR_SIG:  # the signature is optional in the format; torch always writes it
-                raise ArchiveError(f"{name[:80]} has no data descriptor after its data")
+                raise ArchiveError(f"{_shown(name)} has no data descriptor after its data")
             if len(descriptor) != (24 if wide else 16) or struct.unpack("<IQQ" if wide else "<III", descriptor[4:]) != (
                 info.CRC,
                 info.compress_size,
                 info.file_size,
             ):
-                raise ArchiveError(f"the data descriptor of {name[:80]} disagrees with the central directory")
+                raise ArchiveError(f"the data descriptor of {_shown(name)} disagrees with the central directory")
             end += len(descriptor)
         elif (crc, csize, usize) != (info.CRC, info.compress_size, info.file_size):
-            raise ArchiveError(f"the local header of {name[:80]} disagrees with the central directory")
+            raise ArchiveError(f"the local header of {_shown(name)} disagrees with the central directory")
         entries[name] = Entry(name, info.compress_type, data_offset, info.compress_size, info.file_size, info.CRC)
         spans.append((info.header_offset, end, name))
+    if at != len(directory):
+        raise ArchiveError("bytes in the central directory that no entry's record holds")
     spans.sort()
     last_end, last_name = 0, ""
     for start, end, name in spans:
         if start < last_end:
-            raise ArchiveError(f"the entries {last_name[:80]} and {name[:80]} overlap")
+            raise ArchiveError(f"the entries {_shown(last_name)} and {_shown(name)} overlap")
         last_end, last_name = end, name
     if spans and spans[0][0] != 0:
         raise ArchiveError("bytes before the first entry")
     if last_end > cd_start:
-        raise ArchiveError(f"the entry {last_name[:80]} overlaps the central directory")
+        raise ArchiveError(f"the entry {_shown(last_name)} overlaps the central directory")
     return entries
 
 
@@ -191,15 +235,54 @@ def read_entry(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
 
     info = archive.getinfo(name)
     if info.file_size > limit:
-        raise ArchiveError(f"{name[:80]} is {info.file_size:,} bytes, more than the {limit:,} allowed")
+        raise ArchiveError(f"{_shown(name)} is {info.file_size:,} bytes, more than the {limit:,} allowed")
     try:
         with archive.open(info) as f:
             data = f.read(limit + 1)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
-        raise ArchiveError(f"{name[:80]} cannot be read ({exc})") from exc
+        raise ArchiveError(f"{_shown(name)} cannot be read ({one_line(str(exc)[:120])})") from exc
     if len(data) != info.file_size:
-        raise ArchiveError(f"{name[:80]} is not as long as the archive says")
+        raise ArchiveError(f"{_shown(name)} is not as long as the archive says")
     return data
+
+
+# What torch.save() writes besides data.pkl and the storages data/<key>, and what each may hold. torch reads them
+# unchecked (no CRC: miniz is built without it) and refuses some: a version outside 1..10 (inline_container.cc), a
+# .storage_alignment int() cannot parse, a byteorder that is neither. Hubsync reads each whole, CRC checked, and
+# takes only what torch.save writes: no entry whose meaning differs between readers, or that only one reads.
+_RECORDS: dict[str, re.Pattern[bytes]] = {
+    "version": re.compile(rb"(?:[1-9]|10)\n?"),  # torch writes "3\n"
+    ".data/version": re.compile(rb"(?:[1-9]|10)\n?"),
+    ".format_version": re.compile(rb"[0-9]{1,4}"),  # "1"
+    ".storage_alignment": re.compile(rb"[1-9][0-9]{0,7}"),  # "64"
+    "byteorder": re.compile(rb"little|big"),
+    ".data/serialization_id": re.compile(rb"[0-9]{1,64}"),  # forty digits
+}
+_STORAGE_NAME = re.compile(r"data/[0-9]{1,19}")  # torch.save names its storages 0, 1, 2, ...
+MAX_RECORD_BYTES = 256
+
+
+def torch_records(archive: zipfile.ZipFile, entries: dict[str, Entry], pickle_name: str = "data.pkl") -> str:
+    """The folder (`archive/`) of a torch.save() archive checked by check_archive, once every entry is one that
+    torch.save writes and each small record holds what torch reads and accepts; ArchiveError otherwise."""
+    pkl = [n for n in entries if n.endswith("/" + pickle_name) and n.count("/") == 1]
+    if len(pkl) != 1:
+        raise ArchiveError(f"no {pickle_name} in a folder of its own: not written by torch.save()")
+    prefix = pkl[0][: -len(pickle_name)]
+    for name in entries:
+        inner = name[len(prefix) :] if name.startswith(prefix) else None
+        if inner is None:  # torch reads the folder of the first entry
+            raise ArchiveError(f"its entries lie in more than one folder ({_shown(name)})")
+        if inner == pickle_name or _STORAGE_NAME.fullmatch(inner):
+            continue
+        pattern = _RECORDS.get(inner)
+        if pattern is None:
+            raise ArchiveError(f"it holds {_shown(name)}, which torch.save() never writes")
+        if not pattern.fullmatch(read_entry(archive, name, MAX_RECORD_BYTES)):
+            raise ArchiveError(f"its record {_shown(name)} holds what torch does not accept or write")
+    if prefix + "version" not in entries and prefix + ".data/version" not in entries:
+        raise ArchiveError("it has no version record (torch refuses it)")
+    return prefix
 
 
 # -- the bounded unpickler ----------------------------------------------------------------------------------------
