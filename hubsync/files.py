@@ -29,11 +29,12 @@ def _prefix(name: str = "") -> str:
     return f"{TEMP_PREFIX}{name + '-' if name else ''}p{os.getpid()}-"
 
 
-def temp_file(directory: Path, suffix: str = "") -> tuple[int, Path]:
-    """A temp file in `directory` with the permissions a plain new file would get (mkstemp makes it 0600)."""
+def temp_file(directory: Path, suffix: str = "", mode: int | None = None) -> tuple[int, Path]:
+    """A temp file in `directory` with `mode`, or the permissions a plain new file would get (mkstemp makes it
+    0600)."""
     fd, name = tempfile.mkstemp(dir=directory, prefix=_prefix(), suffix=suffix)
     if hasattr(os, "fchmod"):
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)
     return fd, Path(name)
 
 
@@ -87,8 +88,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_file_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = temp_file(target.parent)
+def write_file_atomic(target: Path, data: bytes, mode: int | None = None) -> None:
+    fd, tmp = temp_file(target.parent, mode=mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

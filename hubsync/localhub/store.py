@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hubsync.core.paths import display_path
+from hubsync.files import write_file_atomic
 
 REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -268,19 +269,9 @@ def private_temp_dir(parent: Path, prefix: str) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` whole, 0600, through a temp file beside it (mkstemp makes it 0600)."""
+    """Write `path` whole, 0600, through a temp file beside it."""
     make_folders(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".write-")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, data, mode=FILE_MODE)
 
 
 def check_root(root: Path) -> None:
