@@ -579,3 +579,18 @@ def test_a_file_published_byte_for_byte_that_holds_a_token_is_refused(
         assert result.stderr.startswith(f'Error: refused "{name}": it holds something shaped like a token')
         assert hub.token not in result.output
     assert not api.repo_exists("me/leak")
+
+
+def test_a_token_in_a_name_the_card_shows_is_scrubbed_from_the_card(
+    checkpoint: Path, hub: RunningHub, api: HfApi
+) -> None:
+    secret = "hf_" + "Mn4" * 12
+    path = checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["log_history"].append({"step": 30, f"eval_{secret}": 0.5, "eval_loss": 1.0})
+    path.write_text(json.dumps(state))
+    result = push(hub, str(checkpoint), "--repo", "me/card")
+    assert result.exit_code == 0, result.output
+    for name in ("README.md", "trainer_state.json"):
+        published = Path(api.hf_hub_download("me/card", name, revision="checkpoint-30")).read_text()
+        assert secret not in published and "<redacted>" in published, name

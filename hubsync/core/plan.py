@@ -30,7 +30,15 @@ from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .remote_paths import remote_path_problem
 from .render import render
-from .secrets import Identity, file_holds_token, large_file_holds_token, scrub_value, scrubbed_json, this_machine
+from .secrets import (
+    Identity,
+    file_holds_token,
+    large_file_holds_token,
+    redact,
+    scrub_value,
+    scrubbed_json,
+    this_machine,
+)
 from .selection import DEFAULT_REVISION, revision_name
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -236,6 +244,10 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         check_card_metadata(generated["README.md"], options.card.template_name or "the packaged card template")
     names = {f.relpath for f in checkpoint.files}
     who = this_machine(checkpoint.path.parent, options.secret_tokens)
+    for path, data in list(generated.items()):  # the card shows names from the checkpoint's files: a token too
+        text = data.decode("utf-8", "replace")
+        if (clean := redact(text, who.tokens)) != text:
+            generated[path] = clean.encode()
     for path, data in publishable_configs(checkpoint, context["base_model"] if context else None, who).items():
         if path in names:
             generated[path] = data
