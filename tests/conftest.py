@@ -6,9 +6,11 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from huggingface_hub import HfApi
 
 from hubsync.cli import cli
 from hubsync.localhub import RunningHub, running_hub
@@ -102,3 +104,15 @@ def summary_lines(capsys: pytest.CaptureFixture[str]) -> SummaryLines:
                     print(f"\n[{tag}] {line}")
 
     return lines
+
+
+def hub_state(api: HfApi) -> Any:
+    """The Hub as its own client lists it: the repositories, each one's branches and tags with their commits, and
+    main's history. Equal before and after a refusal: nothing on the Hub changed (tests import it)."""
+    repos = sorted(m.id for m in api.list_models(author="me"))
+    listed = []
+    for repo in repos:
+        refs = api.list_repo_refs(repo)
+        named = sorted((r.name, r.target_commit) for r in (*refs.branches, *refs.tags))
+        listed.append((repo, named, [c.commit_id for c in api.list_repo_commits(repo)]))
+    return repos, listed

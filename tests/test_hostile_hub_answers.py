@@ -4,18 +4,16 @@ one kind of answer."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
+from conftest import hub_state
+from hostile_proxy import ProxyHandler, serve
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
@@ -85,53 +83,21 @@ REWRITES: dict[str, Rewrite] = {
 @pytest.fixture
 def hostile(hub: RunningHub) -> Iterator[tuple[str, dict[str, Rewrite | None]]]:
     """A proxy endpoint in front of `hub`; set `mode["rewrite"]` to the rewrite it applies."""
-    upstream = urlsplit(hub.endpoint)
     mode: dict[str, Rewrite | None] = {"rewrite": None}
 
-    class Proxy(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Proxy(ProxyHandler):
         def _forward(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "accept-encoding")}
-            connection.request(self.command, self.path, body=body, headers=headers)
-            answer = connection.getresponse()
-            data = answer.read()
+            status, headers, data = self.ask_upstream(self.request_body())
             rewrite = mode["rewrite"]
-            if rewrite is not None and "json" in (answer.getheader("Content-Type") or "") and data:
+            if rewrite is not None and "json" in dict(headers).get("Content-Type", "") and data:
                 changed = rewrite(self.path, json.loads(data))
                 data = changed if isinstance(changed, bytes) else json.dumps(changed).encode()
-            self.send_response(answer.status)
-            skip = ("content-length", "transfer-encoding", "connection", "content-encoding")
-            for key, value in answer.getheaders():
-                if key.lower() not in skip:
-                    self.send_header(key, value)
-            shown = answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-            self.send_header("Content-Length", shown)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            self.answer(status, headers, data)
 
         do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _forward
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", mode
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def hub_state(api: HfApi) -> Any:
-    repos = sorted(m.id for m in api.list_models(author="me"))
-    return repos, [(r, api.list_repo_refs(r).branches, [c.commit_id for c in api.list_repo_commits(r)]) for r in repos]
+    with serve(Proxy, hub.endpoint) as endpoint:
+        yield endpoint, mode
 
 
 COMMANDS = {

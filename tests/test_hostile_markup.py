@@ -8,20 +8,17 @@ and reads there as itself; on the terminal every command shows its control chara
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import re
 import shutil
 import string
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
+from hostile_proxy import ProxyHandler, serve
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from huggingface_hub.repocard import metadata_load
 from hypothesis import HealthCheck, given, settings
@@ -301,54 +298,28 @@ def test_a_dry_run_prints_any_file_and_metric_name_escaped(
 def hostile_hub(hub: RunningHub) -> Iterator[tuple[str, dict[str, Any]]]:
     """A proxy in front of `hub` that renames every branch it lists (`mode["branch"]`) or answers the refs
     listing with an error whose text is `mode["error"]`."""
-    upstream = urlsplit(hub.endpoint)
     mode: dict[str, Any] = {"branch": None, "error": None}
 
-    class Proxy(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
-            self.send_response(status)
-            for key, value in headers:
-                if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
+    class Proxy(ProxyHandler):
         def _forward(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.request_body()
             is_refs = self.path.split("?")[0].endswith("/refs")
             if is_refs and mode["error"] is not None:
                 error = json.dumps({"error": mode["error"]}).encode()
-                return self._answer(400, [("Content-Type", "application/json")], error)
-            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "accept-encoding")}
-            connection.request(self.command, self.path, body=body, headers=headers)
-            answer = connection.getresponse()
-            data = answer.read()
-            if is_refs and mode["branch"] is not None and answer.status == 200:
+                return self.answer(400, [("Content-Type", "application/json")], error)
+            status, headers, data = self.ask_upstream(body)
+            if is_refs and mode["branch"] is not None and status == 200:
                 refs = json.loads(data)
                 for ref in refs["branches"]:
                     if ref["name"] != "main":
                         ref["name"] = ref["name"] + mode["branch"]
                 data = json.dumps(refs).encode()
-            return self._answer(answer.status, answer.getheaders(), data)
+            return self.answer(status, headers, data)
 
         do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _forward
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", mode
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Proxy, hub.endpoint) as endpoint:
+        yield endpoint, mode
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,21 +6,19 @@ of chosen downloads; main's index is committed by the real client, as anyone who
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
-import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import push
+from conftest import hub_state, push
+from hostile_proxy import ProxyHandler, serve
 from huggingface_hub import HfApi, constants
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,15 +143,9 @@ def _ones(total: int, chunk: int = MiB) -> Callable[[], Iterator[bytes]]:
 
 @pytest.fixture
 def hostile(hub: RunningHub) -> Iterator[Hostile]:
-    upstream = urlsplit(hub.endpoint)
     state = Hostile("")
 
-    class Proxy(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Proxy(ProxyHandler):
         def _replaced(self) -> Body | None:
             path = unquote(urlsplit(self.path).path)
             if "/resolve/" not in path:
@@ -163,35 +155,20 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
 
         def _forward(self) -> None:
             state.requests.append(f"{self.command} {unquote(urlsplit(self.path).path)}")
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "accept-encoding")}
-            connection.request(self.command, self.path, body=body, headers=headers)
-            answer = connection.getresponse()
-            data = answer.read()
+            status, headers, data = self.ask_upstream(self.request_body())
             replaced = self._replaced()
-            if replaced is not None and answer.status == 200:
-                return self._send_replaced(answer, replaced)
-            if (state.extra_tree_entries or state.tree) and "/tree/" in self.path and answer.status == 200:
+            if replaced is not None and status == 200:
+                return self._send_replaced(headers, replaced)
+            if (state.extra_tree_entries or state.tree) and "/tree/" in self.path and status == 200:
                 entries = json.loads(data)
                 template = next(e for e in entries if e["type"] == "file")
                 entries += [{**template, "path": p} for p in state.extra_tree_entries]
                 data = json.dumps(state.tree(entries) if state.tree else entries).encode()
-            self.send_response(answer.status)
-            skip = ("content-length", "transfer-encoding", "connection", "content-encoding")
-            for key, value in answer.getheaders():
-                if key.lower() not in skip:
-                    self.send_header(key, value)
-            shown = answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-            self.send_header("Content-Length", shown)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            self.answer(status, headers, data)
 
-        def _send_replaced(self, answer: http.client.HTTPResponse, replaced: Body) -> None:
+        def _send_replaced(self, headers: list[tuple[str, str]], replaced: Body) -> None:
             self.send_response(200)
-            for key, value in answer.getheaders():
+            for key, value in headers:
                 if key.lower() not in ("content-length", "transfer-encoding", "connection", "x-linked-size"):
                     self.send_header(key, value)
             for key, value in replaced.headers.items():
@@ -215,20 +192,8 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
 
         do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _forward
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    state.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(Proxy, hub.endpoint) as state.endpoint:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def hub_state(api: HfApi) -> Any:
-    repos = sorted(m.id for m in api.list_models(author="me"))
-    return repos, [(r, api.list_repo_refs(r).branches, [c.commit_id for c in api.list_repo_commits(r)]) for r in repos]
 
 
 def invoke(endpoint: str, hub: RunningHub, *args: str) -> Result:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import push
+from conftest import hub_state, push
 from huggingface_hub import HfApi
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -270,14 +270,6 @@ def fuzz_hub(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Iterat
         done = CliRunner().invoke(cli, ["push", str(run), "--repo", "me/tiny", "--training-state", "keep"], env=env)
         assert done.exit_code == 0, done.output
         yield hub, work
-
-
-def hub_state(api: HfApi) -> Any:
-    repos = sorted(m.id for m in api.list_models(author="me"))
-    return repos, [
-        (r, sorted((b.name, b.target_commit) for b in api.list_repo_refs(r).branches + api.list_repo_refs(r).tags))
-        for r in repos
-    ]
 
 
 def base_args(command: str, work: Path) -> list[str]:
