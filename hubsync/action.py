@@ -1,9 +1,9 @@
-"""The GitHub Action's entry step: `hubsync push` from the action's inputs, then a job summary and step outputs.
+"""The GitHub Action's entry step: hubsync.push from the action's inputs, then a job summary and step outputs.
 
 action.yml passes every input through `env:` as INPUT_<NAME> (never interpolated into a script), and the token
-as HF_TOKEN. This module turns them into a `hubsync push --json` command, runs it, and writes what it pushed to
-$GITHUB_STEP_SUMMARY (Markdown) and $GITHUB_OUTPUT (revision, commit, url of the newest checkpoint). The push's
-own one-line error, if any, reaches the log unchanged, and the step fails with its exit code.
+as HF_TOKEN. This module turns them into the library's push options (as `hubsync push` turns its flags), pushes,
+and writes what it pushed to $GITHUB_STEP_SUMMARY (Markdown) and $GITHUB_OUTPUT (revision, commit, url of the
+newest checkpoint). A failure is the command line's one-line error, and the step fails with exit code 1.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubsync.core.errors import HubsyncError
 from hubsync.core.render import render
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -79,23 +79,20 @@ def read_inputs(environ: Mapping[str, str]) -> ActionInputs:
     )
 
 
-def push_command(inputs: ActionInputs) -> list[str]:
-    """The `hubsync push` arguments for `inputs` (the token is not among them: it travels as HF_TOKEN)."""
-    args = ["push", inputs.path, "--repo", inputs.repo, "--json", "--private" if inputs.private else "--public"]
-    optional = {
-        "--select": inputs.select,
-        "--revision": inputs.revision,
-        "--training-state": inputs.training_state,
-        "--endpoint": inputs.endpoint,
-        "--git-commit": inputs.git_commit,
+def push_arguments(inputs: ActionInputs) -> dict[str, Any]:
+    """hubsync.push's keyword options for `inputs`, as `hubsync push` has them from its flags: an input left
+    empty is not given (a HUBSYNC_* variable or the configuration may set it). The token is not among them: it
+    travels as HF_TOKEN."""
+    given: dict[str, Any] = {
+        "select": inputs.select,
+        "revision": inputs.revision,
+        "training_state": inputs.training_state,
+        "git_commit": inputs.git_commit,
+        "tags": list(inputs.tags),
+        "release": inputs.release,
+        "allow_public_state": inputs.allow_public_state,
     }
-    args += [part for option, value in optional.items() if value for part in (option, value)]
-    args += [part for tag in inputs.tags for part in ("--tag", tag)]
-    if inputs.release:
-        args.append("--release")
-    if inputs.allow_public_state:
-        args.append("--allow-public-state")
-    return args
+    return {"private": inputs.private, **{name: value for name, value in given.items() if value}}
 
 
 def push_environment(inputs: ActionInputs, environ: Mapping[str, str]) -> dict[str, str]:
@@ -175,16 +172,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             file=sys.stderr,
         )
         return 1
-    done = subprocess.run(
-        [sys.executable, "-m", "hubsync", *push_command(inputs)],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return done.returncode
-    report = json.loads(done.stdout)
+    _use_environment(env)
+    try:
+        report = _push(inputs)
+    except (HubsyncError, OSError) as exc:
+        print(_failure(exc), file=sys.stderr)
+        return 1
     text = summary(
         report,
         environ.get("GITHUB_SERVER_URL", ""),
@@ -195,6 +188,40 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     _append(environ.get("GITHUB_OUTPUT", ""), output_lines(outputs(report), f"hubsync_{secrets.token_hex(16)}"))
     print(text)
     return 0
+
+
+def _use_environment(env: Mapping[str, str]) -> None:
+    """The push's environment for this process: huggingface_hub reads HF_TOKEN, HF_OIDC_RESOURCE and HF_ENDPOINT
+    from it."""
+    for name in ("HF_TOKEN", "HF_OIDC_RESOURCE", "HF_ENDPOINT"):
+        if name in env:
+            os.environ[name] = env[name]
+        else:
+            os.environ.pop(name, None)
+
+
+def _push(inputs: ActionInputs) -> dict[str, Any]:
+    """Plan, then push, as `hubsync push --json` does; its plans and results as --json prints them."""
+    from hubsync.api import plan_push, push
+    from hubsync.cli.output import quiet_huggingface_hub
+    from hubsync.cli.output import report as say
+
+    quiet_huggingface_hub(show_progress=False)
+    job = plan_push(inputs.path, inputs.repo, **push_arguments(inputs))
+    results = push(job, endpoint=inputs.endpoint or None, report=say)
+    return {**job.to_json(), "results": [r.to_json() for r in results]}
+
+
+def _failure(exc: HubsyncError | OSError) -> str:
+    """The command line's one line for a failure: scrubbed of tokens and local paths."""
+    from hubsync.cli.errors import message_for
+    from hubsync.cli.output import one_line
+    from hubsync.core.paths import display_path
+
+    if isinstance(exc, HubsyncError):
+        return one_line(message_for(exc))
+    where = f" ({display_path(exc.filename)})" if exc.filename else ""
+    return one_line(f"Error: {exc.strerror or type(exc).__name__}{where}. Check the path, then run it again.")
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def test_a_wrong_token_fails_without_showing_it(github_env: dict[str, str], hub:
 # --- the pure parts --------------------------------------------------------------------------------------------------
 
 
-def test_inputs_become_one_push_command() -> None:
+def test_inputs_become_the_push_options() -> None:
     inputs = action.read_inputs(
         {
             "INPUT_PATH": "runs/run-7",
@@ -289,10 +289,16 @@ def test_inputs_become_one_push_command() -> None:
             "GITHUB_SHA": GIT_SHA,
         }
     )
-    assert action.push_command(inputs) == [
-        "push", "runs/run-7", "--repo", "me/model", "--json", "--public", "--training-state", "keep",
-        "--git-commit", GIT_SHA, "--tag", "run-7", "--tag", "best", "--tag", "v1", "--release", "--allow-public-state",
-    ]  # fmt: skip
+    assert (inputs.path, inputs.repo) == ("runs/run-7", "me/model")
+    assert action.push_arguments(inputs) == {
+        "private": False,
+        "training_state": "keep",
+        "git_commit": GIT_SHA,
+        "tags": ["run-7", "best", "v1"],
+        "release": True,
+        "allow_public_state": True,
+    }
+    assert action.push_arguments(action.read_inputs({"INPUT_PATH": "r", "INPUT_REPO": "me/m"})) == {"private": True}
 
 
 @pytest.mark.parametrize(
@@ -323,7 +329,7 @@ def test_public_state_is_not_allowed_unless_asked() -> None:
     inputs = action.read_inputs(
         {"INPUT_PATH": "r", "INPUT_REPO": "me/m", "INPUT_PRIVATE": "false", "INPUT_TRAINING_STATE": "keep"}
     )
-    assert "--allow-public-state" not in action.push_command(inputs)
+    assert "allow_public_state" not in action.push_arguments(inputs)
 
 
 def test_no_token_and_no_trusted_publishing_is_one_line_about_the_action(

@@ -244,6 +244,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.MissingRepoError,
+        lambda err: (
+            "no repository to push to. Pass one (--repo, or repo_id in Python), or set `repo` in hubsync.toml "
+            "/ [tool.hubsync], or HUBSYNC_REPO."
+        ),
+    ),
+    (
         e.NoCheckpointRevisionError,
         lambda err: (
             f"{err.repo_id} has no checkpoint revision to pull. Pass one with --revision; `hubsync ls "

@@ -136,6 +136,7 @@ class Resolved:
 
     values: Mapping[str, Any]
     sources: Mapping[str, str]
+    explicit: frozenset[str] = frozenset()  # the names given by a flag (or a keyword argument), not by a file
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -173,13 +174,16 @@ def resolve_settings(
     config: FileConfig,
     environ: Mapping[str, str] | None = None,
     names: tuple[str, ...] | None = None,
+    label: Callable[[Setting], str] | None = None,
 ) -> Resolved:
     """The settings `names` (all by default) from `flags` (only those given on the command line, by setting
     name), else their HUBSYNC_* variable, else `config`, else their default; each value checked.
 
     An empty variable clears its setting (the default applies, also over the file); a flag given as an empty
-    list (--no-tag) clears a list. SettingError names the source of a bad value."""
+    list (--no-tag) clears a list. SettingError names the source of a bad value: a flag by `label` (its --flag
+    by default; the library names its keyword argument)."""
     environ = os.environ if environ is None else environ
+    label = label or (lambda s: s.flag)
     check_variable_names(environ)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -188,7 +192,7 @@ def resolve_settings(
             continue
         given: list[tuple[str, Any]] = []  # (source, value), the one that applies first
         if setting.name in flags:
-            given.append((setting.flag, flags[setting.name]))
+            given.append((label(setting), flags[setting.name]))
         if setting.variable in environ:
             given.append((setting.variable, _from_variable(setting, environ[setting.variable])))
         if setting.name in config.values:
@@ -198,12 +202,13 @@ def resolve_settings(
         source, value = checked[0] if checked else ("default", setting.default)
         values[setting.name], sources[setting.name] = value, source
     for name, (wider, effect, flag) in WIDER.items():  # after every value is checked: a typo is said first
-        if name in values and values[name] is wider and sources[name] != SETTINGS[name].flag:
+        if name in values and values[name] is wider and sources[name] != label(SETTINGS[name]):
             setting, source = SETTINGS[name], sources[name]
             shown = "true" if wider else "false"
             said = f"it reads as {shown}" if source == setting.variable else f"{name} = {shown}"
             raise WiderExposureError(source, name, said, effect, flag)
-    return Resolved(values, sources)
+    explicit = frozenset(n for n in values if n in flags and flags[n] is not None)
+    return Resolved(values, sources, explicit)
 
 
 def _checked_from(setting: Setting, raw: Any, source: str, config: FileConfig) -> Any:

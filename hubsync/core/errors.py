@@ -310,6 +310,13 @@ class IncompletePushError(HubsyncError):
         self.result = result  # the PushResult of what landed
 
 
+class MissingRepoError(HubsyncError):
+    """No repository to push to: no --repo (repo_id), HUBSYNC_REPO or `repo` in the configuration file."""
+
+    def __init__(self) -> None:
+        super().__init__("no repository to push to")
+
+
 class ConfigError(HubsyncError):
     """A configuration file or HUBSYNC_* variable hubsync cannot use."""
 
@@ -341,7 +348,7 @@ class SettingError(ConfigError):
 
     @property
     def from_flag(self) -> bool:
-        return self.source.startswith("--")
+        return self.source.startswith("--") or self.source.endswith("=")  # a flag, or the library's keyword
 
 
 class WiderExposureError(ConfigError):

@@ -10,7 +10,7 @@ from typing import Any
 
 from .checkpoint import has_weights
 from .conversion import STATE_DOCUMENT_RE, is_resumable
-from .errors import HostileListingError, NotACheckpointRevisionError
+from .errors import HostileListingError, NoCheckpointRevisionError, NotACheckpointRevisionError
 from .remote_paths import check_remote_path, shown_remote_path
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
@@ -129,3 +129,12 @@ def plan_pull(
     check_checkpoint_revision(repo_id, revision, [f.path for f in files])
     name = f"checkpoint-{step}" if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
     return PullPlan(repo_id, revision, commit, to / name, files)
+
+
+def newest_revision(repo_id: str, revisions: Sequence[tuple[str, int | None]]) -> str:
+    """The revision a pull without --revision restores: the checkpoint revision with the highest step, among
+    (revision, step) pairs ordered by step (as `hubsync ls` lists them)."""
+    numbered = [name for name, step in revisions if step is not None]
+    if not numbered:
+        raise NoCheckpointRevisionError(repo_id)
+    return numbered[-1]

@@ -9,13 +9,15 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.conversion import STATE_DOCUMENT_RE
 from hubsync.core.errors import HubsyncError, NotEnoughSpaceError, PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
-from hubsync.core.pull import PullPlan, RemoteFile
+from hubsync.core.pull import PullPlan, RemoteFile, newest_revision, plan_pull, step_of
 from hubsync.files import hash_file, remove_stale_temps, system_temp_dir, temp_dir
 from hubsync.hub.download import DownloadCancelled, Transfers
 
@@ -24,6 +26,48 @@ CANCEL_GRACE_S = 2.0  # how long a cancelled pull waits for its downloads to not
 
 class PullSource(Protocol):
     def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, transfers: Transfers) -> None: ...
+
+
+@dataclass(frozen=True)
+class PullOutcome:
+    """What a pull did: its plan, the checkpoint folder, and whether it was there already (nothing fetched)."""
+
+    plan: PullPlan
+    path: Path
+    already_there: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.plan.to_json(), "path": display_path(self.path), "already_there": self.already_there}
+
+
+def plan_revision_pull(hub: Any, repo_id: str, revision: str | None, to: Path | None) -> PullPlan:
+    """The plan of pulling `revision` (default: the newest checkpoint revision) into `to` (default:
+    out/<repo name>): the revision resolved to one commit, its listing checked, the folder named by its step
+    (trainer_state.json's global_step, else the revision's number)."""
+    from .revisions import checkpoint_revisions
+
+    if revision is None:
+        revision = newest_revision(repo_id, [(r.revision, r.step) for r in checkpoint_revisions(hub, repo_id)])
+    commit = hub.resolve_commit(repo_id, revision)
+    entries = hub.tree(repo_id, commit, revision)
+    step = step_of(revision)
+    if any(e.path == "trainer_state.json" for e in entries):
+        try:
+            state = parse_trainer_state(loads_json(hub.read_file(repo_id, commit, "trainer_state.json") or b""))
+            step = state.global_step if state.global_step is not None else step
+        except ValueError:
+            pass  # a damaged trainer_state.json is pulled as it is; the folder is named by the revision
+    target = to if to is not None else Path("out") / repo_id.split("/")[-1]
+    return plan_pull(repo_id, revision, commit, entries, target, step)
+
+
+def pull_revision(hub: Any, repo_id: str, revision: str | None, to: Path | None, force: bool = False) -> PullOutcome:
+    """Plan the pull, then carry it out unless the folder already holds exactly that revision."""
+    plan = plan_revision_pull(hub, repo_id, revision, to)
+    if already_pulled(plan):
+        return PullOutcome(plan, plan.target, True)
+    check_target(plan, force)
+    return PullOutcome(plan, execute_pull(plan, hub, force=force), False)
 
 
 def check_target(plan: PullPlan, force: bool) -> None:

@@ -1,0 +1,84 @@
+"""`hubsync prune`: plan which checkpoint branches go (hubsync.plan_prune), print it, delete (hubsync.prune)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .app import cli
+from .options import endpoint_option, token_option
+from .output import echo, quiet_huggingface_hub, report
+
+
+@cli.command()
+@click.argument("repo_id", metavar="REPO")
+@click.option(
+    "--keep", required=True, type=click.IntRange(min=0), metavar="N", help="Keep the N newest checkpoint branches."
+)
+@click.option(
+    "--keep-best", is_flag=True, help="Also keep the best checkpoint (trainer_state's best_model_checkpoint)."
+)
+@click.option("--keep-tagged", is_flag=True, help="Also keep every branch whose head commit a tag points to.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plan, then the result.")
+@endpoint_option
+@token_option
+def prune(
+    repo_id: str,
+    keep: int,
+    keep_best: bool,
+    keep_tagged: bool,
+    dry_run: bool,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Delete a repository's checkpoint branches beyond the newest N.
+
+    Newest is by step. main is never deleted, nor with --keep-best the best checkpoint (the one that the
+    newest checkpoint's trainer_state.json names as best_model_checkpoint), nor with --keep-tagged a branch
+    whose head commit is tagged. Only branches are deleted, never tags. The plan is printed first; then
+    main's index and README stop listing the deleted revisions, in one commit.
+
+    \b
+    Example:
+      hubsync prune me/my-model --keep 3 --keep-best --dry-run
+    """
+    from hubsync.api import plan_prune
+    from hubsync.api import prune as execute
+
+    quiet_huggingface_hub(show_progress=False)
+    plan = plan_prune(
+        repo_id, keep, keep_best=keep_best, keep_tagged=keep_tagged, endpoint=endpoint, token=token, report=report
+    )
+    if not as_json:
+        _print_prune_plan(plan, keep_best, dry_run)
+    outcome = execute(plan, dry_run=dry_run, endpoint=endpoint, token=token, report=report)
+    if as_json:
+        echo(json.dumps(outcome.to_json(), indent=2))
+        return
+    result = outcome.result
+    if result is None:
+        return
+    count = len(result.deleted)
+    echo(f"Deleted {count} branch{'es' if count != 1 else ''} of {repo_id}.")
+    if result.index_commit:
+        echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
+
+
+def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
+    kept, deleted = len(plan.keep), len(plan.delete)
+    echo(f"Plan{' (dry run)' if dry_run else ''}: {plan.repo_id}: keep {kept}, delete {deleted}")
+    rows = [("keep", d) for d in plan.keep] + [("delete", d) for d in plan.delete]
+    rows.sort(key=lambda row: (row[1].step if row[1].step is not None else -1, row[1].revision), reverse=True)
+    width = max([len(d.revision) for _, d in rows], default=0)
+    for action, d in rows:
+        step = "" if d.step is None else f"step {d.step}"
+        why = f"  ({', '.join(d.reasons)})" if d.reasons else ""
+        echo(f"  {action:<6}  {d.revision:<{width}}  {step}{why}".rstrip())
+    if keep_best and plan.best_step is None:
+        echo("  note:  no best checkpoint is recorded (trainer_state.json's best_model_checkpoint is empty)")
+    if dry_run:
+        echo("Nothing was deleted (dry run).")

@@ -1,0 +1,72 @@
+"""`hubsync pull`: restore a checkpoint revision (hubsync.pull_checkpoint), print where it is."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .app import cli
+from .options import endpoint_option, token_option
+from .output import echo, progress_bars, quiet_huggingface_hub, report, size
+
+
+@cli.command()
+@click.argument("repo_id", metavar="REPO")
+@click.option("--revision", metavar="REV", help="Branch, tag or commit [default: the newest checkpoint revision].")
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder that receives checkpoint-<step> [default: out/<repo name>].",
+)
+@click.option("--force", is_flag=True, help="Replace a checkpoint folder that exists and is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@endpoint_option
+@token_option
+def pull(
+    repo_id: str,
+    revision: str | None,
+    to: str | None,
+    force: bool,
+    as_json: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Restore a checkpoint revision so that training resumes from it.
+
+    Resolves REV to one commit, downloads its files, checks each against the Hub's sha256 or git blob id,
+    and writes DIR/checkpoint-<step> whole, for Trainer.train(resume_from_checkpoint=...).
+
+    \b
+    Example:
+      hubsync pull me/my-model --revision checkpoint-1000
+    """
+    from hubsync.api import pull_checkpoint
+    from hubsync.core.conversion import resume_missing
+    from hubsync.core.paths import display_path
+
+    quiet_huggingface_hub()
+    outcome = pull_checkpoint(
+        repo_id,
+        revision,
+        to,
+        force=force,
+        endpoint=endpoint,
+        token=token,
+        report=report,
+        progress_bars=not as_json and progress_bars(),
+    )
+    plan, shown = outcome.plan, display_path(outcome.path)
+    if as_json:
+        echo(json.dumps(outcome.to_json(), indent=2))
+    elif outcome.already_there:
+        echo(f"Already there: {repo_id} @ {plan.revision} ({plan.commit[:12]}) in {shown}")
+    else:
+        echo(f"Pulled {repo_id} @ {plan.revision} ({plan.commit[:12]}) -> {shown}")
+        echo(f"  files: {len(plan.files)} ({size(plan.total_bytes)}), each verified against the Hub's hashes")
+        if plan.resumable:
+            echo(f'  resume: Trainer.train(resume_from_checkpoint="{shown}")')
+        else:
+            missing = " or ".join(resume_missing(frozenset(f.path for f in plan.files)))
+            echo(f"  note: this revision is not resumable: it has no {missing}")

@@ -1,0 +1,112 @@
+"""From what a user chose (flags or keyword arguments, HUBSYNC_* variables, the configuration file) to the options
+a push or a card uses. The one place that turns settings into PushOptions and CardSettings."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .card import CardSettings
+from .config import PUSH_SETTINGS, Resolved, Setting, find_config, resolve_settings
+from .errors import MissingRepoError, TemplateError
+from .paths import display_path
+from .plan import PushOptions
+from .runs import project_folder
+
+MAX_TEMPLATE_BYTES = 1024 * 1024
+# The frameworks whose versions a card records, where they are installed.
+CARD_VERSIONS = ("transformers", "peft", "torch", "huggingface_hub", "safetensors")
+
+
+def keyword(setting: Setting) -> str:
+    """A setting's keyword argument in the library: `training_state` for training-state."""
+    return setting.name.replace("-", "_")
+
+
+def keyword_label(setting: Setting) -> str:
+    """How an error names a value given as a keyword argument: `training_state=`."""
+    return keyword(setting) + "="
+
+
+KEYWORDS = {keyword(s): s for s in PUSH_SETTINGS}
+
+
+def given_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments (None: not given) by setting name; TypeError for one that is no setting."""
+    unknown = sorted(set(options) - set(KEYWORDS))
+    if unknown:
+        raise TypeError(f"unexpected option {unknown[0]!r}; the options are {', '.join(sorted(KEYWORDS))}")
+    return {KEYWORDS[k].name: v for k, v in options.items() if v is not None}
+
+
+def resolve_for(
+    path: Path,
+    given: Mapping[str, Any],
+    names: tuple[str, ...] | None = None,
+    label: Callable[[Setting], str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Resolved:
+    """The settings for a push of `path` (a checkpoint or run folder): `given` (by setting name) over HUBSYNC_*
+    variables over the configuration file found from its run folder, each checked."""
+    config = find_config(project_folder(Path(path).resolve()))
+    return resolve_settings(given, config, environ=environ, names=names, label=label)
+
+
+def push_options(settings: Resolved, secret_tokens: tuple[str, ...] = ()) -> PushOptions:
+    """The PushOptions that resolved settings make; MissingRepoError when none names the repository."""
+    if not settings["repo"]:
+        raise MissingRepoError()
+    return PushOptions(
+        settings["repo"],
+        settings["revision"],
+        private=settings["private"],
+        training_state=settings["training-state"],
+        card=card_settings(settings),
+        allow_public_state=settings["allow-public-state"],
+        state_format=settings["training-state-format"],
+        tags=tuple(settings["tags"]),
+        release=settings["release"],
+        revision_pattern=True,
+        git_commit=settings["git-commit"],
+        secret_tokens=tuple(t for t in secret_tokens if t),
+    )
+
+
+def card_settings(settings: Resolved) -> CardSettings:
+    """The card's settings, with its template read (bounded) and the versions of the frameworks installed."""
+    template = settings["template"]
+    versions = {}
+    for name in CARD_VERSIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return CardSettings(
+        base_model=settings["base-model"],
+        license=settings["license"],
+        datasets=tuple(settings["datasets"]),
+        languages=tuple(settings["languages"]),
+        versions=versions,
+        template=None if template is None else read_template(Path(template)),
+        template_name=display_path(template) if template else None,
+    )
+
+
+def read_template(path: Path) -> str:
+    """A card template: a regular file of text, at most 1 MiB (a device such as /dev/zero never ends)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # before opening: a FIFO would block the open itself
+            raise TemplateError(display_path(path), "it is not a regular file")
+        with path.open("rb") as f:
+            data = f.read(MAX_TEMPLATE_BYTES + 1)
+    except OSError as exc:
+        raise TemplateError(display_path(path), exc.strerror or type(exc).__name__) from exc
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(display_path(path), f"it is larger than {MAX_TEMPLATE_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TemplateError(display_path(path), "it is not UTF-8 text") from exc
