@@ -65,6 +65,10 @@ _HOMES = {
 
 def __getattr__(name: str) -> Any:
     """The public names, imported when first used (`import hubsync` stays light, and works without torch)."""
+    if name == "errors":  # hubsync.errors, without an import of its own
+        import hubsync.errors
+
+        return hubsync.errors
     if name not in __all__ or name == "__version__":
         raise AttributeError(f"module 'hubsync' has no attribute {name!r}")
     import importlib

@@ -121,7 +121,7 @@ def plan_push(
 
     path = Path(path)
     if settings is None:
-        settings = settings_for(path, {"repo": repo_id, **options})
+        settings = settings_for(path, {"repo_id": repo_id, **options})
     push = push_options(settings, (token,) if token else ())
     targets = choose_targets(path, settings["select"], "select" in settings.explicit)
     checkpoints = tuple(read_checkpoint(p) for p in targets.folders)

@@ -22,8 +22,8 @@ CARD_VERSIONS = ("transformers", "peft", "torch", "huggingface_hub", "safetensor
 
 
 def keyword(setting: Setting) -> str:
-    """A setting's keyword argument in the library: `training_state` for training-state."""
-    return setting.name.replace("-", "_")
+    """A setting's keyword argument in the library: `training_state` for training-state, `repo_id` for repo."""
+    return "repo_id" if setting.name == "repo" else setting.name.replace("-", "_")
 
 
 def keyword_label(setting: Setting) -> str:

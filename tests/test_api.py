@@ -1,0 +1,149 @@
+"""The library face: `import hubsync`. The README's Python examples run as written against the local Hub, and the
+functions raise, print nothing, and resolve their options as the commands do."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hubsync
+from hubsync.localhub import RunningHub
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def python_blocks() -> list[str]:
+    section = README.split("## From Python: `import hubsync`")[1].split("\n## ")[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def run_python(code: str, folder: Path, hub: RunningHub) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, "HF_HOME": str(folder / "hf")}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_the_readme_examples_run_and_their_outcome_shows_through_the_hubs_own_client(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi
+) -> None:
+    examples, resume = python_blocks()
+    shutil.copytree(tiny_run, tmp_path / "out" / "my-run")
+    done = run_python(examples.replace("checkpoint-1000", "checkpoint-30"), tmp_path, hub)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    branches = {b.name: b.target_commit for b in api.list_repo_refs("me/my-model").branches}
+    # push: every checkpoint, with its training state; the newest's commit printed is the Hub's
+    assert lines[0] == f"checkpoint-30 {branches['checkpoint-30']}"
+    assert "optimizer.safetensors" in api.list_repo_files("me/my-model", revision="checkpoint-30")
+    # plan_push: the checkpoint's uploads, training state dropped (the default), nothing new on the Hub
+    assert lines[1].startswith("checkpoint-30 [") and "'adapter_model.safetensors'" in lines[1]
+    assert "'optimizer.pt'" in lines[1].split("]")[1]
+    # list_revisions, then prune to the newest
+    assert [line.split()[0] for line in lines[2:5]] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert lines[5].startswith("deleted: ")
+    assert set(ast.literal_eval(lines[5].removeprefix("deleted: "))) == {"checkpoint-10", "checkpoint-20"}
+    assert set(branches) == {"main", "checkpoint-30"}  # as the Hub lists them after the prune
+    assert lines[6].startswith("cannot pull: ") and "me/no-such-model" in lines[6]
+    assert done.stderr == ""  # the library printed nothing of its own, and no progress bar
+
+    # trainer.train(resume_from_checkpoint=hubsync.pull(...)): the real Trainer resumes from the pulled folder
+    shutil.rmtree(tmp_path / "out" / "my-run")
+    trainer = (
+        "import hubsync\n"
+        "from hubsync.tinyrun import train_tiny_lora\n"
+        "class Trainer:  # the README's `trainer`: the tiny run's real Trainer, trained on to step 40\n"
+        "    def train(self, resume_from_checkpoint):\n"
+        "        train_tiny_lora('resumed', max_steps=40, resume_from_checkpoint=str(resume_from_checkpoint))\n"
+        "trainer = Trainer()\n"
+    )
+    done = run_python(trainer + resume, tmp_path, hub)
+    assert done.returncode == 0, done.stderr
+    pulled = tmp_path / "out" / "my-model" / "checkpoint-30"
+    assert (pulled / "optimizer.pt").is_file()  # rebuilt from its pickle-free form
+    state = json.loads((tmp_path / "resumed" / "checkpoint-40" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
+    assert not (tmp_path / "resumed" / "checkpoint-10").exists()  # it resumed at 30, not from scratch
+
+
+def test_import_hubsync_is_light_and_names_its_api() -> None:
+    code = (
+        "import sys, hubsync\n"
+        "names = ('torch', 'transformers', 'peft', 'huggingface_hub', 'jinja2')\n"
+        "heavy = sorted(m for m in names if m in sys.modules)\n"
+        "print(heavy, callable(hubsync.push), hubsync.errors.HubsyncError.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("]")[0] == "["
+    assert done.stdout.strip().endswith("True HubsyncError")
+    assert (ROOT / "hubsync" / "py.typed").is_file()
+    for name in hubsync.__all__:
+        assert getattr(hubsync, name) is not None, name
+    with pytest.raises(AttributeError):
+        hubsync.no_such_function  # noqa: B018
+
+
+def test_hubsync_errors_names_every_error() -> None:
+    import inspect
+
+    import hubsync.errors
+    from hubsync.core import errors
+
+    defined = {n for n, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.HubsyncError)}
+    assert defined == set(hubsync.errors.__all__)
+
+
+def test_a_refusal_raises_and_prints_nothing(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(hubsync.errors.MissingRepoError):
+        hubsync.plan_push(checkpoint)
+    with pytest.raises(hubsync.errors.SettingError) as bad:
+        hubsync.plan_push(checkpoint, "me/model", training_state="kept")
+    assert bad.value.source == "training_state="
+    with pytest.raises(hubsync.errors.SettingError) as bad:
+        hubsync.plan_push(checkpoint, "not a repo")
+    assert bad.value.source == "repo_id="
+    with pytest.raises(TypeError, match="trainig_state"):
+        hubsync.plan_push(checkpoint, "me/model", trainig_state="keep")
+    with pytest.raises(hubsync.errors.SelectionError):
+        hubsync.plan_push(checkpoint, "me/model", select="all")  # a checkpoint folder, not a run
+    assert capsys.readouterr() == ("", "")
+
+
+def test_plan_push_of_a_run_folder_selects_as_the_command_does(run: Path) -> None:
+    job = hubsync.plan_push(run, "me/model", select="last:2", tags=["v1"])
+    assert [p.revision for p in job.plans] == ["checkpoint-20", "checkpoint-30"]
+    assert [p.tags for p in job.plans] == [(), ("v1",)]  # the newest checkpoint's commit only
+    assert hubsync.plan_push(run, "me/model").plans[-1].revision == "checkpoint-30"  # latest by default
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    argument=st.sampled_from([None, "drop", "keep"]),
+    variable=st.sampled_from([None, "drop", "keep"]),
+    in_file=st.sampled_from([None, "drop", "keep"]),
+)
+def test_a_keyword_beats_its_variable_which_beats_the_file(
+    run: Path, monkeypatch: pytest.MonkeyPatch, argument: str | None, variable: str | None, in_file: str | None
+) -> None:
+    config = run / "hubsync.toml"
+    config.write_text(f'training-state = "{in_file}"\n' if in_file else "")
+    if variable is None:
+        monkeypatch.delenv("HUBSYNC_TRAINING_STATE", raising=False)
+    else:
+        monkeypatch.setenv("HUBSYNC_TRAINING_STATE", variable)
+    plan = hubsync.plan_push(run / "checkpoint-30", "me/model", training_state=argument).plans[0]
+    expected = argument or variable or in_file or "drop"
+    assert plan.training_state == expected
+    assert ("optimizer.pt" in plan.dropped) == (expected == "drop")
