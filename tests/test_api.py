@@ -147,3 +147,56 @@ def test_a_keyword_beats_its_variable_which_beats_the_file(
     expected = argument or variable or in_file or "drop"
     assert plan.training_state == expected
     assert ("optimizer.pt" in plan.dropped) == (expected == "drop")
+
+
+# --- what moved out of the command line, tested without a Hub -------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=12), st.one_of(st.none(), st.integers(0, 10**6))), max_size=8))
+def test_pull_without_a_revision_takes_the_last_numbered_one(revisions: list[tuple[str, int | None]]) -> None:
+    from hubsync.core.pull import newest_revision
+
+    numbered = [name for name, step in revisions if step is not None]
+    if not numbered:
+        with pytest.raises(hubsync.errors.NoCheckpointRevisionError):
+            newest_revision("me/model", revisions)
+    else:
+        assert newest_revision("me/model", revisions) == numbered[-1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(select=st.sampled_from(["latest", "all", "best", "last:1", "last:2", "last:9", "10", "20,30", "40", "10,40"]))
+def test_run_folder_selection_picks_from_the_folder(run: Path, select: str) -> None:
+    from hubsync.core.runs import choose_targets, project_folder
+
+    assert project_folder(run) == run and project_folder(run / "checkpoint-10") == run
+    expected = {
+        "latest": [30],
+        "all": [10, 20, 30],
+        "last:1": [30],
+        "last:2": [20, 30],
+        "last:9": [10, 20, 30],
+        "10": [10],
+        "20,30": [20, 30],
+    }
+    if select in expected:
+        chosen = choose_targets(run, select, select_given=True).folders
+        assert [int(p.name.split("-")[1]) for p in chosen] == expected[select]
+    else:  # no best checkpoint is recorded in the tiny run; no checkpoint-40
+        with pytest.raises(hubsync.errors.SelectionError):
+            choose_targets(run, select, select_given=True)
+    # a selection that came from a variable or a file is for runs: a checkpoint folder is pushed as it is
+    assert choose_targets(run / "checkpoint-20", select, select_given=False).folders == (run / "checkpoint-20",)
+
+
+def test_write_card_writes_whole_files_and_never_into_the_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
+    written = hubsync.write_card(checkpoint, tmp_path / "card" / "README.md", "me/model", license="mit")
+    assert written[0] == tmp_path / "card" / "README.md"
+    text = written[0].read_text()
+    assert text.startswith("---\n") and "license: mit" in text and "me/model" in text
+    assert all(p.parent == tmp_path / "card" for p in written)
+    with pytest.raises(hubsync.errors.OutputInsideCheckpointError):
+        hubsync.write_card(checkpoint, checkpoint / "README.md")
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()} == before
