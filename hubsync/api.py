@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from hubsync.hub.pull import PullOutcome
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
+    from hubsync.hub.watch import Watcher, WatchTarget
 
 Report = Callable[[object], None]
 
@@ -211,6 +212,37 @@ def push(
             if report is not None:
                 report(Pushed(plan, result))
     return results
+
+
+def watcher(
+    run_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    interval: float = 5.0,
+    idle_timeout: float | None = None,
+    retry_max: float = 60.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    endpoint: str | None = None,
+    token: str | None = None,
+    client: WatchTarget | None = None,
+    report: Report | None = None,
+    settings: Resolved | None = None,
+    **options: Any,
+) -> Watcher:
+    """A watch of the training run in `run_dir` (it may not exist yet): `.run()` pushes each checkpoint once it
+    is complete, with push's `options`, until the run's final checkpoint is pushed, `idle_timeout` seconds pass
+    without change, or `should_stop()`; it keeps its record in run_dir/.hubsync/watch.json. Every option is
+    checked now, not hours later. What happens is passed to `report` (hubsync.hub.watch's events)."""
+    from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
+
+    run = Path(run_dir)
+    if settings is None:  # the configuration is looked up from inside the run folder
+        settings = settings_for(run / "checkpoint", {"repo_id": repo_id, **options})
+    push = push_options(settings, (token,) if token else ())
+    hub = client or _client(endpoint, token, report, retry_delays=CLIENT_RETRY_DELAYS)
+    hub.require_token()
+    watch = WatchSettings(run, push, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
+    return Watcher(watch, hub, report or (lambda event: None), should_stop)
 
 
 def pull_checkpoint(

@@ -93,30 +93,31 @@ def watch(
     import threading
     from pathlib import Path
 
+    from hubsync.api import watcher as watch_run
     from hubsync.core.errors import MissingRepoError
-    from hubsync.core.options import push_options as options_from
-    from hubsync.hub.client import HubClient
-    from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
 
     run = Path(run_dir)
-    # The configuration is looked up from inside the run folder, which may not exist yet.
-    settings = flag_settings(ctx, run / "checkpoint", flags)
+    stop = threading.Event()
     try:
-        options = options_from(settings, (token,) if token else ())  # each value checked now, not hours later
+        watcher = watch_run(
+            run,
+            interval=interval,
+            idle_timeout=idle_timeout,
+            retry_max=retry_max,
+            should_stop=stop.is_set,
+            endpoint=endpoint,
+            token=token,
+            report=lambda event: _report_watch(event, as_json),
+            settings=flag_settings(ctx, run / "checkpoint", flags),  # looked up from inside the run folder
+        )
     except MissingRepoError:
         raise click.UsageError(
             "Missing option '--repo' (or `repo` in hubsync.toml / [tool.hubsync], or HUBSYNC_REPO)."
         ) from None
-    hub = HubClient(endpoint, token, retry_delays=CLIENT_RETRY_DELAYS, on_retry=report_retry)
-    hub.require_token()
     quiet_huggingface_hub(show_progress=False)
     if niceness:
         with suppress(OSError, AttributeError):  # not allowed, or not on this platform: normal priority then
             os.nice(niceness)
-
-    stop = threading.Event()
-    watch_settings = WatchSettings(run, options, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
-    watcher = Watcher(watch_settings, hub, lambda event: _report_watch(event, as_json), stop.is_set)
 
     def on_signal(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -186,10 +187,13 @@ def _untagged(summary: Any, run_dir: str) -> str:
 
 def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
+    from hubsync.api import Retrying
     from hubsync.core.errors import HubError
     from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, Skipped, WaitingForRun
 
-    if isinstance(event, Pushed):
+    if isinstance(event, Retrying):
+        report_retry(event.reason, event.pause)
+    elif isinstance(event, Pushed):
         if not as_json:
             r = event.result
             verb = "Pushed" if r.created else "Already on the Hub:"
