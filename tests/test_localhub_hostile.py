@@ -25,13 +25,14 @@ import httpx2
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
+from conftest import local_hub, reporting_bugs
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import BadRequestError, EntryNotFoundError, RepositoryNotFoundError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubsync.cli import cli
-from hubsync.localhub import RunningHub, Store, running_hub
+from hubsync.localhub import RunningHub, Store
 from hubsync.localhub import server as server_module
 from hubsync.localhub.store import check_path_in_repo
 
@@ -97,7 +98,7 @@ def test_everything_the_store_writes_is_the_owners_alone(
     """tokens.json, blobs, commit records, refs: 0600; folders 0700, whatever the umask (0644/0755 before)."""
     old = os.umask(umask)
     try:
-        with running_hub(tmp_path / "root") as hub:
+        with local_hub(tmp_path / "root") as hub:
             api = HfApi(endpoint=hub.endpoint, token=hub.token)
             api.create_repo("me/m", private=True)
             api.upload_file(path_or_fileobj=WEIGHTS, path_in_repo="w.bin", repo_id="me/m")
@@ -360,9 +361,10 @@ def test_a_configured_public_url_is_what_links_name(tmp_path: Path) -> None:
     token = store.ensure_user("me", "hf_me_token_0001")
     server = server_module.LocalHubServer(store, public_url="https://hub.example/").start_background()
     try:
-        host, port = server.server_address[:2]
-        with httpx2.Client(base_url=f"http://{host}:{port}", headers={"authorization": f"Bearer {token}"}) as c:
-            assert c.post("/api/repos/create", json={"name": "p"}).json()["url"] == "https://hub.example/me/p"
+        with reporting_bugs(server):
+            host, port = server.server_address[:2]
+            with httpx2.Client(base_url=f"http://{host}:{port}", headers={"authorization": f"Bearer {token}"}) as c:
+                assert c.post("/api/repos/create", json={"name": "p"}).json()["url"] == "https://hub.example/me/p"
     finally:
         server.stop()
 
@@ -393,7 +395,7 @@ benign_part = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,11}", fullmatch=True)
 
 @pytest.fixture(scope="module")
 def path_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    with running_hub(tmp_path_factory.mktemp("paths") / "root") as running:
+    with local_hub(tmp_path_factory.mktemp("paths") / "root") as running:
         HfApi(endpoint=running.endpoint, token=running.token).create_repo("me/paths")
         yield running
 

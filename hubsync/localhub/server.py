@@ -20,10 +20,12 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -66,6 +68,7 @@ IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next req
 MAX_HEADER_BLOCK = 256 * 1024  # a longer request head is answered 431 (http.server allows 64 KiB a line)
 MAX_WAITING = 512  # connections waiting for a request head; the one waiting longest is closed past it
 MAX_ACTIVE = 64  # requests served at once; past it, 503 with Retry-After
+MAX_HANDLER_ERRORS = 100  # handler bugs kept for check_handler_errors; past it they are only counted
 _RESERVED_NAMESPACES = {"api", "datasets", "spaces", "_lfs", "models"}
 _CHUNK = 1024 * 1024
 
@@ -142,6 +145,62 @@ class Fault:
     cut_request: int | None = None
     cut_response: int | None = None
     arrived: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class HandlerError:
+    """An exception the local Hub did not expect while it served a request: a bug of its own (answered 500).
+
+    Neither a deliberate error answer (404, 401, 413, ...: a `StoreError`), nor an injected `Fault`, nor a
+    connection that the client reset or let stall."""
+
+    method: str
+    path: str  # the request's path, without its query
+    exception_type: str
+    message: str
+    traceback: str
+    where: str  # the innermost line of hubsync that raised it, as `hubsync/...py:LINE in FUNCTION`
+
+    @classmethod
+    def of(cls, method: str, path: str, exc: BaseException) -> HandlerError:
+        frames = traceback.extract_tb(exc.__traceback__)
+        package = Path(__file__).resolve().parents[1]  # hubsync/
+        where = "?"
+        for frame in reversed(frames):
+            file = Path(frame.filename)
+            if file.is_relative_to(package):
+                where = f"{file.relative_to(package.parent).as_posix()}:{frame.lineno} in {frame.name}"
+                break
+        else:
+            if frames:
+                where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"
+        return cls(
+            method,
+            path,
+            type(exc).__qualname__,
+            str(exc),
+            "".join(traceback.format_exception(exc)),
+            where,
+        )
+
+    @property
+    def summary(self) -> str:
+        """One line that names no token, path or value the request carried: what raised, and where."""
+        return f"{self.exception_type} at {self.where} (a {self.method} request, answered 500)"
+
+
+class HandlerErrors(AssertionError):
+    """What `LocalHubServer.check_handler_errors` raises: the local Hub's own bugs, each with its traceback."""
+
+    def __init__(self, errors: list[HandlerError], more: int = 0) -> None:
+        self.errors = errors
+        count = len(errors) + more
+        lines = [f"the local Hub raised an unexpected exception serving {count} request(s) (answered 500):"]
+        for error in errors:
+            lines += ["", f"{error.method} {error.path}: {error.exception_type}: {error.message}", error.traceback]
+        if more:
+            lines.append(f"... and {more} more")
+        super().__init__("\n".join(lines).rstrip())
 
 
 def _type_of(match: re.Match[str]) -> str:
@@ -277,7 +336,7 @@ def _url_prefix(repo_type: str) -> str:
 class _Connection:
     """An accepted connection and the bytes of its next request read so far."""
 
-    __slots__ = ("address", "buffer", "deadline", "keep", "sock")
+    __slots__ = ("address", "asked", "broken", "buffer", "deadline", "keep", "sock")
 
     def __init__(self, sock: socket.socket, address: Any, buffer: bytes = b"") -> None:
         self.sock = sock
@@ -285,6 +344,20 @@ class _Connection:
         self.buffer = bytearray(buffer)
         self.deadline = 0.0
         self.keep = False
+        self.broken: OSError | None = None  # what the socket raised while a request was read or answered
+        self.asked = ("-", "")  # the method and path of the request being served
+
+    def io_failed(self, exc: BaseException) -> bool:
+        """Whether `exc` is (or was raised while handling) the socket's failure: the client's doing (a reset, a
+        stall past the timeout), not a bug of the local Hub."""
+        seen: BaseException | None = exc
+        for _ in range(16):
+            if seen is None:
+                return False
+            if seen is self.broken:
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
 
     def head_complete(self) -> bool:
         return b"\r\n\r\n" in self.buffer or b"\n\n" in self.buffer
@@ -295,15 +368,19 @@ class _Reader:
 
     closed = False
 
-    def __init__(self, sock: socket.socket, buffer: bytearray) -> None:
-        self.sock = sock
-        self.buffer = buffer
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.buffer = conn.buffer
         self.eof = False
 
     def _fill(self) -> bool:
         if self.eof:
             return False
-        data = self.sock.recv(_CHUNK)
+        try:
+            data = self.conn.sock.recv(_CHUNK)
+        except OSError as exc:
+            self.conn.broken = exc
+            raise
         self.eof = not data
         self.buffer += data
         return bool(data)
@@ -342,11 +419,15 @@ class _Reader:
 class _Writer:
     closed = False
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
 
     def write(self, data: bytes) -> int:
-        self.sock.sendall(data)
+        try:
+            self.conn.sock.sendall(data)
+        except OSError as exc:
+            self.conn.broken = exc
+            raise
         return len(data)
 
     def flush(self) -> None:
@@ -361,8 +442,9 @@ class _WaitingRoom:
     connection to a thread of its own once it has. Bounded in count (MAX_WAITING) and in time (HEADER_TIMEOUT,
     IDLE_TIMEOUT)."""
 
-    def __init__(self, ready: Callable[[_Connection], None]) -> None:
+    def __init__(self, ready: Callable[[_Connection], None], failed: Callable[[BaseException], None]) -> None:
         self._ready = ready
+        self._failed = failed
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -412,6 +494,12 @@ class _WaitingRoom:
         self._ready(conn)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # a bug: no connection would be served any more; say so
+            self._failed(exc)
+
+    def _loop(self) -> None:
         next_sweep = 0.0
         while not self._closed:
             events = self._selector.select(timeout=0.5)
@@ -493,12 +581,17 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     # -- plumbing ----------------------------------------------------------------------
     def setup(self) -> None:
         conn: _Connection = self.request
+        conn.broken = None
         self.connection = conn.sock
-        self.connection.settimeout(self.timeout)
-        if self.disable_nagle_algorithm:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self.rfile = _Reader(conn.sock, conn.buffer)  # type: ignore[assignment]
-        self.wfile = _Writer(conn.sock)  # type: ignore[assignment]
+        try:
+            self.connection.settimeout(self.timeout)
+            if self.disable_nagle_algorithm:
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        except OSError as exc:
+            conn.broken = exc
+            raise
+        self.rfile = _Reader(conn)  # type: ignore[assignment]
+        self.wfile = _Writer(conn)  # type: ignore[assignment]
 
     def handle(self) -> None:
         """One request; a connection kept alive goes back to the waiting room for its next one."""
@@ -538,6 +631,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             except ValueError:
                 self._body_left = -1
         url = urlsplit(self.path)
+        self.request.asked = (method, url.path)
         self.query = parse_qs(url.query, keep_blank_values=True)
         fault = self.server.take_fault(method, url.path)
         if fault is not None:
@@ -557,8 +651,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             response = handler(match)
         except StoreError as err:
             response = self._error(err.status, err.code, err.message)
-        except Exception as err:  # a bug: answer 500 rather than drop the connection
-            self.log_error("internal error: %r", err)
+        except Exception as err:  # a bug, unless the connection failed: answer 500 rather than drop the connection
+            if self.request.io_failed(err):
+                self.log_error("connection failed: %r", err)
+            else:
+                self.server.record_handler_error(method, url.path, err)
             response = self._error(500, None, "Internal server error")
         self._send(method, response, cut=fault.cut_response if fault is not None else None)
 
@@ -1405,7 +1502,10 @@ class LocalHubServer(ThreadingHTTPServer):
         port: int = 0,
         verbose: bool = False,
         public_url: str | None = None,
+        on_handler_error: Callable[[HandlerError], None] | None = None,
     ) -> None:
+        """`on_handler_error` hears of each kind of handler bug (its type and place) the first time it happens,
+        from the thread that met it; all of them are kept for `check_handler_errors`."""
         super().__init__((host, port), HubRequestHandler)
         self.store = store
         self.verbose = verbose
@@ -1418,7 +1518,12 @@ class LocalHubServer(ThreadingHTTPServer):
         self._publishers: dict[str, str] = {}  # OIDC id token -> the repository it may publish to
         self._scoped: dict[str, tuple[str, str]] = {}  # exchanged token -> (user, repository); in memory only
         self._active = threading.BoundedSemaphore(MAX_ACTIVE)
-        self._room = _WaitingRoom(self._start_request)
+        self._on_handler_error = on_handler_error
+        self._handler_errors: list[HandlerError] = []
+        self._handler_errors_more = 0
+        self._handler_error_kinds: set[tuple[str, str]] = set()
+        self._handler_errors_lock = threading.Lock()
+        self._room = _WaitingRoom(self._start_request, lambda exc: self.record_handler_error("-", "", exc))
 
     # -- connections: accepted into the waiting room, a thread each once a request head is in ------------
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -1433,7 +1538,9 @@ class LocalHubServer(ThreadingHTTPServer):
     def _serve(self, conn: _Connection) -> None:
         try:
             self.finish_request(conn, conn.address)  # type: ignore[arg-type]
-        except Exception:
+        except Exception as exc:  # raised while an answer was sent (a body streamed), or by the plumbing
+            if not conn.io_failed(exc):
+                self.record_handler_error(*conn.asked, exc)
             self.handle_error(conn, conn.address)
             conn.keep = False
         finally:
@@ -1452,6 +1559,38 @@ class LocalHubServer(ThreadingHTTPServer):
         if self.verbose:
             error = sys.exc_info()[1]
             sys.stderr.write(f"localhub: error serving {client_address[0]}: {printable(repr(error))[:500]}\n")
+
+    # -- the local Hub's own bugs ---------------------------------------------------------------------
+    def record_handler_error(self, method: str, path: str, exc: BaseException) -> None:
+        """Keep `exc`, an exception no handler expected, for `check_handler_errors` (the request is answered 500,
+        which clients retry: without this, a bug of the local Hub would pass unnoticed)."""
+        error = HandlerError.of(method, path, exc)
+        with self._handler_errors_lock:
+            if len(self._handler_errors) < MAX_HANDLER_ERRORS:
+                self._handler_errors.append(error)
+            else:
+                self._handler_errors_more += 1
+            kind = (error.exception_type, error.where)
+            first = kind not in self._handler_error_kinds
+            self._handler_error_kinds.add(kind)
+        if first and self._on_handler_error is not None:
+            with contextlib.suppress(Exception):  # a report that cannot be made must not become a bug of its own
+                self._on_handler_error(error)
+
+    @property
+    def handler_errors(self) -> list[HandlerError]:
+        """The handler bugs met since the last `check_handler_errors`, oldest first."""
+        with self._handler_errors_lock:
+            return list(self._handler_errors)
+
+    def check_handler_errors(self) -> None:
+        """Raise `HandlerErrors` (an AssertionError) listing every handler bug met since the last check, and
+        forget them, so that each is reported once. Tests call it when they are done with the server."""
+        with self._handler_errors_lock:
+            errors, self._handler_errors = self._handler_errors, []
+            more, self._handler_errors_more = self._handler_errors_more, 0
+        if errors or more:
+            raise HandlerErrors(errors, more)
 
     def server_close(self) -> None:
         super().server_close()
