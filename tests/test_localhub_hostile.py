@@ -32,8 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubsync.cli import cli
-from hubsync.localhub import RunningHub, Store
-from hubsync.localhub import server as server_module
+from hubsync.localhub import LocalHubServer, RunningHub, Store, connections, protocol
 from hubsync.localhub.store import check_path_in_repo
 
 WEIGHTS = b"\0weights " * 100  # an LFS file: a NUL among its first bytes
@@ -315,7 +314,7 @@ def test_a_thousand_half_sent_requests_do_not_starve_a_real_client(hub: RunningH
 def test_a_stalled_request_head_is_dropped_after_the_header_timeout(
     hub: RunningHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(connections, "HEADER_TIMEOUT", 0.5)
     host, port = hub.server.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"GET /api/whoami-v2 HTTP/1.1\r\n")
@@ -327,8 +326,8 @@ def test_a_stalled_request_head_is_dropped_after_the_header_timeout(
 def test_a_stalled_body_frees_its_thread(hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
     """A body that stops arriving holds its thread for HubRequestHandler.timeout (30 s, none before), shortened
     here."""
-    assert 0 < server_module.HubRequestHandler.timeout <= 60
-    monkeypatch.setattr(server_module.HubRequestHandler, "timeout", 0.5)
+    assert 0 < protocol.HubRequestHandler.timeout <= 60
+    monkeypatch.setattr(protocol.HubRequestHandler, "timeout", 0.5)
     host, port = hub.server.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"POST /api/validate-yaml HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
@@ -359,7 +358,7 @@ def test_links_never_follow_a_forged_host_header(hub: RunningHub, api: HfApi) ->
 def test_a_configured_public_url_is_what_links_name(tmp_path: Path) -> None:
     store = Store(tmp_path / "root")
     token = store.ensure_user("me", "hf_me_token_0001")
-    server = server_module.LocalHubServer(store, public_url="https://hub.example/").start_background()
+    server = LocalHubServer(store, public_url="https://hub.example/").start_background()
     try:
         with reporting_bugs(server):
             host, port = server.server_address[:2]
