@@ -672,7 +672,7 @@ def test_hf_hub_download_missing_revision(api: HfApi, shared: str, tmp_path: Pat
 def test_commit_id_prefixes_resolve_like_the_hub(
     api: HfApi, hub: RunningHub, rid: str, repo: dict[str, bytes], tmp_path: Path
 ) -> None:
-    """The Hub resolves a unique prefix of 7 or more hex digits of a commit id, as the Hub does."""
+    """The local Hub resolves a unique prefix of 7 or more hex digits of a commit id, as the Hub does."""
     sha = head_sha(api, rid)
     for prefix in (sha[:7], sha[:12], sha[:39]):
         assert api.repo_info(rid, revision=prefix).sha == sha, prefix
