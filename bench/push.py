@@ -62,7 +62,7 @@ from _common import Series as _Series
 from _common import fmt, hf_cmd, hubsync_cmd, human_bytes, loadavg, ratio, settle, work_folder
 
 from hubsync.localhub import RunningHub, running_hub
-from hubsync.localhub.server import HubRequestHandler
+from hubsync.localhub.protocol import Router
 from hubsync.localhub.store import StoreError
 
 PY = sys.executable
@@ -216,20 +216,20 @@ class RequestLog:
         self.lock = threading.Lock()
 
     def install(self) -> None:
-        route = HubRequestHandler._route
+        find = Router.find
         log = self
 
-        def counted(handler: HubRequestHandler, method: str, path: str) -> Any:
+        def counted(router: Router[Any], method: str, path: str) -> Any:
             try:
-                found = route(handler, method, path)
+                found = find(router, method, path)
             except StoreError:
                 parts = path.split("/")
                 log.add(f"{method} no route: {'/'.join(parts[5:6]) or path}")
                 raise
-            log.add(f"{method} {found[0].__name__.removeprefix('h_')}")
+            log.add(f"{method} {found[0].name}")
             return found
 
-        HubRequestHandler._route = counted  # type: ignore[method-assign]
+        Router.find = counted  # type: ignore[method-assign]
 
     def add(self, key: str) -> None:
         with self.lock:

@@ -13,7 +13,9 @@ from click.testing import CliRunner, Result
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import LocalHubServer, RunningHub, running_hub
+
+pytest_plugins = ["pytester"]  # test_localhub_handler_errors runs a test file that meets a bug of the local Hub
 
 
 @pytest.fixture(autouse=True)
@@ -71,10 +73,44 @@ def push(hub: RunningHub, *args: str, env: dict[str, str] | None = None) -> Resu
     )
 
 
+# The local Hub's own bugs (an exception a handler did not expect, answered 500 and retried by the client) fail the
+# test that met them: every local Hub a test or fixture starts goes through `local_hub` or `reporting_bugs`, and
+# `local_hub_bugs_fail_the_test` checks the live ones after each test (a module's shared Hub included).
+_live_hubs: list[LocalHubServer] = []
+
+
+@contextmanager
+def reporting_bugs(server: LocalHubServer) -> Iterator[LocalHubServer]:
+    """Check `server` for handler bugs after each test while the block runs, and when it ends."""
+    _live_hubs.append(server)
+    try:
+        yield server
+    finally:
+        _live_hubs.remove(server)
+    server.check_handler_errors()
+
+
+@contextmanager
+def local_hub(root: Path, **options: Any) -> Iterator[RunningHub]:
+    """`hubsync.localhub.running_hub(root, **options)` whose handler bugs fail the test that met them (tests use
+    it, never running_hub or LocalHubServer alone)."""
+    with running_hub(root, **options) as running, reporting_bugs(running.server):
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def local_hub_bugs_fail_the_test() -> Iterator[None]:
+    """After each test, raise the handler bugs that the local Hubs still running met during it: pytest reports
+    them as an error of that test, with each traceback."""
+    yield
+    for server in list(_live_hubs):
+        server.check_handler_errors()
+
+
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[RunningHub]:
-    """A local Hub on a free loopback port, user `me`, storing under tmp_path."""
-    with running_hub(tmp_path / "hub-root") as running:
+    """A local Hub on a free loopback port, user `me`, storing under tmp_path; its handler bugs fail the test."""
+    with local_hub(tmp_path / "hub-root") as running:
         yield running
 
 

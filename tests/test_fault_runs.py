@@ -33,7 +33,7 @@ from hubsync.hub.client import HubClient
 from hubsync.hub.pull import execute_pull
 from hubsync.hub.push import execute_push
 from hubsync.localhub import RunningHub
-from hubsync.localhub.server import Fault
+from hubsync.localhub.protocol import Fault
 
 RUNS = int(os.environ.get("HUBSYNC_FAULT_RUNS", "50"))
 SEED = int(os.environ.get("HUBSYNC_FAULT_SEED") or random.SystemRandom().randrange(2**32))

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from conftest import local_hub
 from huggingface_hub import HfApi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +39,7 @@ from hubsync.convert.state import encode_state, rebuild_state, safe_names
 from hubsync.convert.torchzip import read_torch_archive
 from hubsync.convert.writer import find_aliases, write_verified
 from hubsync.core.errors import HubsyncError
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import RunningHub
 
 MARKER = Path(tempfile.mkdtemp(prefix="hubsync-marker-")) / "MARKER"
 
@@ -884,7 +885,7 @@ def test_training_args_bombs_are_read_in_bounded_memory(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def module_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    with running_hub(tmp_path_factory.mktemp("gen-hub") / "root") as running:
+    with local_hub(tmp_path_factory.mktemp("gen-hub") / "root") as running:
         yield running
 
 

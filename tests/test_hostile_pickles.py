@@ -25,10 +25,11 @@ import huggingface_hub.constants
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from conftest import local_hub
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import RunningHub
 
 # -- payloads: each runs `touch MARKER` (or the like) when unpickled ---------------------------------------------
 
@@ -128,7 +129,7 @@ CASES = list(itertools.product(ALL_FILES, PAYLOAD_KINDS, CONTAINERS))
 
 @pytest.fixture(scope="module")
 def module_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    with running_hub(tmp_path_factory.mktemp("hostile-hub") / "root") as running:
+    with local_hub(tmp_path_factory.mktemp("hostile-hub") / "root") as running:
         yield running
 
 

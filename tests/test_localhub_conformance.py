@@ -28,6 +28,7 @@ from typing import Any
 import httpx2
 import huggingface_hub.constants
 import pytest
+from conftest import local_hub
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -38,7 +39,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import RunningHub
 
 BIG_SIZE = 10 * 1024 * 1024 + 123  # over the 10 MB threshold: LFS by size, whatever its name
 README = b"---\nlicense: apache-2.0\ntags:\n- hubsync\n- test\n---\n\n# A model card\n\nHello.\n"
@@ -84,7 +85,7 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     """Overrides conftest's `hub`: one local Hub, user `me`, for the whole module."""
-    with running_hub(tmp_path_factory.mktemp("conformance") / "hub-root") as running:
+    with local_hub(tmp_path_factory.mktemp("conformance") / "hub-root") as running:
         yield running
 
 
@@ -671,7 +672,7 @@ def test_hf_hub_download_missing_revision(api: HfApi, shared: str, tmp_path: Pat
 def test_commit_id_prefixes_resolve_like_the_hub(
     api: HfApi, hub: RunningHub, rid: str, repo: dict[str, bytes], tmp_path: Path
 ) -> None:
-    """The Hub resolves a unique prefix of 7 or more hex digits of a commit id (hub-protocol.md, Commit ids)."""
+    """The local Hub resolves a unique prefix of 7 or more hex digits of a commit id, as the Hub does."""
     sha = head_sha(api, rid)
     for prefix in (sha[:7], sha[:12], sha[:39]):
         assert api.repo_info(rid, revision=prefix).sha == sha, prefix
@@ -868,7 +869,7 @@ def test_writes_without_token_are_refused(api: HfApi, anonymous: HfApi, rid: str
 def test_everything_survives_a_restart(tmp_path: Path) -> None:
     root = tmp_path / "persistent-hub"
     files = small_files()
-    with running_hub(root) as first:
+    with local_hub(root) as first:
         api = HfApi(endpoint=first.endpoint, token=first.token)
         api.create_repo("me/kept", private=True)
         api.upload_folder(repo_id="me/kept", folder_path=write_files(tmp_path / "src", files))
@@ -878,7 +879,7 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
         refs = api.list_repo_refs("me/kept")
         entries = [(e.path, getattr(e, "blob_id", None)) for e in api.list_repo_tree("me/kept", recursive=True)]
         commits = [c.commit_id for c in api.list_repo_commits("me/kept")]
-    with running_hub(root) as second:
+    with local_hub(root) as second:
         assert second.token == token
         api = HfApi(endpoint=second.endpoint, token=token)
         assert api.whoami()["name"] == "me"

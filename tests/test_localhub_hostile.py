@@ -25,14 +25,14 @@ import httpx2
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
+from conftest import local_hub, reporting_bugs
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import BadRequestError, EntryNotFoundError, RepositoryNotFoundError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubsync.cli import cli
-from hubsync.localhub import RunningHub, Store, running_hub
-from hubsync.localhub import server as server_module
+from hubsync.localhub import LocalHubServer, RunningHub, Store, connections, protocol
 from hubsync.localhub.store import check_path_in_repo
 
 WEIGHTS = b"\0weights " * 100  # an LFS file: a NUL among its first bytes
@@ -97,7 +97,7 @@ def test_everything_the_store_writes_is_the_owners_alone(
     """tokens.json, blobs, commit records, refs: 0600; folders 0700, whatever the umask (0644/0755 before)."""
     old = os.umask(umask)
     try:
-        with running_hub(tmp_path / "root") as hub:
+        with local_hub(tmp_path / "root") as hub:
             api = HfApi(endpoint=hub.endpoint, token=hub.token)
             api.create_repo("me/m", private=True)
             api.upload_file(path_or_fileobj=WEIGHTS, path_in_repo="w.bin", repo_id="me/m")
@@ -314,7 +314,7 @@ def test_a_thousand_half_sent_requests_do_not_starve_a_real_client(hub: RunningH
 def test_a_stalled_request_head_is_dropped_after_the_header_timeout(
     hub: RunningHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(connections, "HEADER_TIMEOUT", 0.5)
     host, port = hub.server.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"GET /api/whoami-v2 HTTP/1.1\r\n")
@@ -326,8 +326,8 @@ def test_a_stalled_request_head_is_dropped_after_the_header_timeout(
 def test_a_stalled_body_frees_its_thread(hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
     """A body that stops arriving holds its thread for HubRequestHandler.timeout (30 s, none before), shortened
     here."""
-    assert 0 < server_module.HubRequestHandler.timeout <= 60
-    monkeypatch.setattr(server_module.HubRequestHandler, "timeout", 0.5)
+    assert 0 < protocol.HubRequestHandler.timeout <= 60
+    monkeypatch.setattr(protocol.HubRequestHandler, "timeout", 0.5)
     host, port = hub.server.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"POST /api/validate-yaml HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
@@ -358,11 +358,12 @@ def test_links_never_follow_a_forged_host_header(hub: RunningHub, api: HfApi) ->
 def test_a_configured_public_url_is_what_links_name(tmp_path: Path) -> None:
     store = Store(tmp_path / "root")
     token = store.ensure_user("me", "hf_me_token_0001")
-    server = server_module.LocalHubServer(store, public_url="https://hub.example/").start_background()
+    server = LocalHubServer(store, public_url="https://hub.example/").start_background()
     try:
-        host, port = server.server_address[:2]
-        with httpx2.Client(base_url=f"http://{host}:{port}", headers={"authorization": f"Bearer {token}"}) as c:
-            assert c.post("/api/repos/create", json={"name": "p"}).json()["url"] == "https://hub.example/me/p"
+        with reporting_bugs(server):
+            host, port = server.server_address[:2]
+            with httpx2.Client(base_url=f"http://{host}:{port}", headers={"authorization": f"Bearer {token}"}) as c:
+                assert c.post("/api/repos/create", json={"name": "p"}).json()["url"] == "https://hub.example/me/p"
     finally:
         server.stop()
 
@@ -393,7 +394,7 @@ benign_part = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,11}", fullmatch=True)
 
 @pytest.fixture(scope="module")
 def path_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    with running_hub(tmp_path_factory.mktemp("paths") / "root") as running:
+    with local_hub(tmp_path_factory.mktemp("paths") / "root") as running:
         HfApi(endpoint=running.endpoint, token=running.token).create_repo("me/paths")
         yield running
 

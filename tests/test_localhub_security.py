@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx2
 import pytest
+from conftest import local_hub
 
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import RunningHub
 
 OTHER_TOKEN = "hf_other_user_token_0001"
 WRONG_TOKEN = "hf_not_a_token_of_anyone"
@@ -30,7 +31,7 @@ PUBLIC_FILE = b"public weights " * 10
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     """One Hub for the module: `me` owns me/public and me/private (both with files), `other` owns other/own."""
-    with running_hub(tmp_path_factory.mktemp("security") / "root") as running:
+    with local_hub(tmp_path_factory.mktemp("security") / "root") as running:
         running.server.store.ensure_user("other", OTHER_TOKEN)
         me = client(running, running.token)
         for name, private in (("public", False), ("private", True)):

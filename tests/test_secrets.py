@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from conftest import push
+from conftest import local_hub, push
 from huggingface_hub import HfApi
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from hubsync.cli import cli
 from hubsync.core.errors import HubsyncError
 from hubsync.hub.client import HubClient
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import RunningHub
 
 CANARY = "hf_SECRETcanary0a1b2c3d4e5f60718293"
 WRONG = "hf_SECRETcanaryWRONG00000000000000"
@@ -46,7 +46,7 @@ WRONG = "hf_SECRETcanaryWRONG00000000000000"
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[RunningHub]:
     """Overrides conftest's: a local Hub whose user `me` has the canary token."""
-    with running_hub(tmp_path / "hub-root", token=CANARY) as running:
+    with local_hub(tmp_path / "hub-root", token=CANARY) as running:
         yield running
 
 

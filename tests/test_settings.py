@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import hub_state, push
+from conftest import hub_state, local_hub, push
 from huggingface_hub import HfApi
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -24,7 +24,7 @@ from hubsync.core.config import FALSE, PUSH_SETTINGS, SETTINGS, TRUE, FileConfig
 from hubsync.core.errors import SettingError, WiderExposureError
 from hubsync.core.plan import check_branch_name, check_tag_name
 from hubsync.core.selection import revision_name
-from hubsync.localhub import RunningHub, running_hub
+from hubsync.localhub import RunningHub
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
     ["", " ", "Keep", "kep", "{step", "{step}}", "{steps}", "main", "a..b", "me/x", "TRUE", "0", "last:0", "\x00"]
@@ -264,7 +264,7 @@ ARBITRARY = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max
 @pytest.fixture(scope="module")
 def fuzz_hub(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Iterator[tuple[RunningHub, Path]]:
     work = tmp_path_factory.mktemp("fuzz")
-    with running_hub(work / "hub") as hub:
+    with local_hub(work / "hub") as hub:
         env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
         run = Path(shutil.copytree(tiny_run, work / "out" / "tiny"))
         done = CliRunner().invoke(cli, ["push", str(run), "--repo", "me/tiny", "--training-state", "keep"], env=env)

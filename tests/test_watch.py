@@ -18,7 +18,7 @@ from unittest.mock import ANY
 
 import pytest
 from click.testing import CliRunner
-from conftest import SummaryLines
+from conftest import SummaryLines, local_hub
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
@@ -328,8 +328,6 @@ def test_recorded_pushes_that_the_hub_does_not_hold_are_pushed_again(
 ) -> None:
     import shutil
 
-    from hubsync.localhub import running_hub
-
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     copy_run(tiny_run, run, [10, 20])
@@ -348,7 +346,7 @@ def test_recorded_pushes_that_the_hub_does_not_hold_are_pushed_again(
     assert_each_on_the_hub_exactly_once(api, [10, 20])
 
     # Another Hub, where the repository does not exist: the first Hub's record does not count there.
-    with running_hub(tmp_path / "hub2") as other:
+    with local_hub(tmp_path / "hub2") as other:
         there = CliRunner().invoke(cli, args, env={"HF_ENDPOINT": other.endpoint, "HF_TOKEN": other.token})
         assert there.exit_code == 0, there.stderr
         assert there.stdout.count("Pushed checkpoint-") == 2 and there.stderr == ""

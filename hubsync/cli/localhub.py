@@ -51,7 +51,14 @@ def localhub(
         token = store.ensure_user(user, token)
         if public_url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+(?::[0-9]+)?/?", public_url):
             raise click.BadParameter("give a URL such as http://hub.example:8000", param_hint="--public-url")
-        server = LocalHubServer(store, host, port, verbose=verbose, public_url=public_url)
+        server = LocalHubServer(
+            store,
+            host,
+            port,
+            verbose=verbose,
+            public_url=public_url,
+            on_handler_error=lambda error: echo(f"localhub: internal error, a bug: {error.summary}", err=True),
+        )
     except StoreError as exc:
         raise click.UsageError(exc.message) from exc
     except OSError as exc:

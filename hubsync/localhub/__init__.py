@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .server import LocalHubServer
+from .server import HandlerError, HandlerErrors, LocalHubServer
 from .store import Store
 
 DEFAULT_USER = "me"
@@ -30,14 +30,24 @@ def running_hub(
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> Iterator[RunningHub]:
-    """Serve a local Hub in a background thread for the duration of the block."""
+    """Serve a local Hub in a background thread for the duration of the block.
+
+    The local Hub's own bugs met meanwhile (see `LocalHubServer.check_handler_errors`) are raised as
+    `HandlerErrors` when the block ends, or added as a note to the exception that ends it."""
     store = Store(root)
     token = store.ensure_user(user, token)
     server = LocalHubServer(store, host, port).start_background()
     try:
         yield RunningHub(server.url, token, user, server)
+    except BaseException as exc:
+        try:
+            server.check_handler_errors()
+        except HandlerErrors as bugs:
+            exc.add_note(str(bugs))
+        raise
     finally:
         server.stop()
+    server.check_handler_errors()
 
 
-__all__ = ["DEFAULT_USER", "LocalHubServer", "RunningHub", "Store", "running_hub"]
+__all__ = ["DEFAULT_USER", "HandlerError", "HandlerErrors", "LocalHubServer", "RunningHub", "Store", "running_hub"]
