@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ def main() -> None:
                 if run.returncode != 0:
                     print(f"  {name} run {i + 1} failed:\n{run.stderr.strip()[-2000:]}", file=sys.stderr)
                 elif not args.keep:
-                    subprocess.run(["rm", "-rf", str(work / f"{name}-{i}")], check=True)
+                    shutil.rmtree(work / f"{name}-{i}")
     print(f"load average at end:   {loadavg()}")
     print(f"\npip install --no-cache-dir into a fresh venv, median of {args.repeat} (interleaved):")
     print(f"  {'':6} {'wall s':>7} {'spread':>13} {'venv on disk':>13} {'dists':>6}")

@@ -277,7 +277,7 @@ def test_a_missing_package_of_the_extra_is_one_error_naming_the_extra(
     )
 
 
-def test_a_package_missing_that_is_no_extras_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_package_that_is_not_the_extras_is_raised_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sympy", None)  # torch's own dependency: a broken install, not a light one
     with pytest.raises(ModuleNotFoundError), needs_extra("training"):
         import sympy  # noqa: F401
@@ -303,6 +303,18 @@ class NotInstalled:
 
 sys.meta_path.insert(0, NotInstalled())
 """
+
+
+def without_extras(site: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment of a light install of the wheel's files in `site`: the extras' packages blocked."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=sorted(EXTRAS["train"])))
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(blocker), str(site)]),
+        "BLOCKED_LOG": str(tmp_path / "blocked.log"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -391,18 +403,9 @@ class Light:
 
 @pytest.fixture
 def light(site: Path, hub: RunningHub, tmp_path: Path) -> Iterator[Light]:
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=sorted(EXTRAS["train"])))
     work = tmp_path / "work"
     work.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(blocker), str(site)]),
-        "HF_ENDPOINT": hub.endpoint,
-        "HF_TOKEN": hub.token,
-        "BLOCKED_LOG": str(tmp_path / "blocked.log"),
-    }
+    env = {**without_extras(site, tmp_path), "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
     run = Light(env, work, tmp_path / "blocked.log")
     where = subprocess.run(
         [sys.executable, "-c", "import hubsync, sys; print(hubsync.__file__); import torch"],
@@ -471,14 +474,7 @@ def test_the_light_install_pushes_converts_cards_lists_pulls_watches_and_prunes(
 
 
 def test_the_light_install_serves_a_local_hub(site: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=sorted(EXTRAS["train"])))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(blocker), str(site)]),
-        "BLOCKED_LOG": str(tmp_path / "blocked.log"),
-    }
+    env = without_extras(site, tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubsync", "localhub", "--root", str(tmp_path / "hub")],
         stdout=subprocess.PIPE,
@@ -496,3 +492,28 @@ def test_the_light_install_serves_a_local_hub(site: Path, tmp_path: Path) -> Non
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     assert not (tmp_path / "blocked.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "feature"),
+    [
+        (["hubsync.tinyrun", "out/run"], "the tiny training run (hubsync.tinyrun)"),
+        (["hubsync.demo"], "the tiny training run (hubsync.tinyrun)"),  # the demo's first step
+    ],
+)
+def test_the_training_tools_say_which_extra_they_need(
+    args: list[str], feature: str, site: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        env=without_extras(site, tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith(f"Error: {feature} needs ")
+    assert done.stderr.splitlines()[-1].endswith(" Install hubsync's train extra: pip install 'hubsync[train]'.")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
