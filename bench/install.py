@@ -17,8 +17,8 @@ median of each is reported): the wall time of `python -m pip install --no-cache-
 and the number of distributions in it. hubsync itself is left out of both (a wheel of a few hundred kB).
 
 pip answers from whatever indexes this machine's pip configuration names; on a GitHub runner the download from
-PyPI adds to both, to the old set far more (torch's CPU wheel alone is 183 MB). About 3 minutes with --repeat 2.
-Only reports; never asserts. Exit code 0 unless the benchmark itself cannot run.
+PyPI adds to both, to the old set far more (torch's CPU wheel alone is 183 MB). 3 to 4 minutes with --repeat 2 on
+2 cores. Only reports; never asserts. Exit code 0 unless the benchmark itself cannot run.
 """
 
 from __future__ import annotations
