@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hubsync.extras import needs_extra
+
+DEMO = "the demo (make demo)"
 OUT = Path("demo-out")
 REPO = "me/tiny-llama-lora"
 
@@ -61,7 +64,8 @@ def _local_hub(root: Path) -> Iterator[dict[str, str]]:
 
 
 def _same_adapter(a: Path, b: Path) -> bool:
-    from safetensors.torch import load_file
+    with needs_extra(DEMO):
+        from safetensors.torch import load_file
 
     x, y = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
     return x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x)
@@ -126,4 +130,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hubsync.cli.errors import message_for
+    from hubsync.core.errors import MissingExtraError
+
+    try:
+        main()
+    except MissingExtraError as exc:
+        raise SystemExit(message_for(exc)) from None

@@ -8,8 +8,9 @@ adapter_model.safetensors (or adapter_model.bin), adapter_config.json,
 README.md, trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt
 and rng_state.pth.
 
-torch / transformers / peft are imported inside the function only, so this
-module can be imported without pulling in torch.
+torch / transformers / peft (hubsync's train extra) are imported inside the
+functions only, so this module can be imported without them; a function
+that needs one raises MissingExtraError when it is not installed.
 
 Command line::
 
@@ -25,6 +26,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from hubsync.extras import needs_extra
+
 __all__ = ["BASE_MODEL_ID", "tiny_llama_config", "train_tiny_lora"]
 
 #: What ends up as ``base_model_name_or_path`` in every ``adapter_config.json``.
@@ -39,6 +42,8 @@ _N_EVAL = 16
 
 # Warnings the libraries emit during this run that we know about and that say
 # nothing useful here.  Anything else is left visible.
+TINY_RUN = "the tiny training run (hubsync.tinyrun)"
+
 _KNOWN_NOISE = (
     # peft 0.21 reads model.is_gradient_checkpointing, deprecated in transformers 5.
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
@@ -51,7 +56,8 @@ _KNOWN_NOISE = (
 
 def tiny_llama_config() -> Any:
     """The tiny Llama's configuration; the same every time, so a base model can be rebuilt to load an adapter."""
-    from transformers import LlamaConfig
+    with needs_extra(TINY_RUN):
+        from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=_VOCAB_SIZE,
@@ -71,7 +77,8 @@ def tiny_llama_config() -> Any:
 
 def _make_examples(n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` deterministic causal-LM examples: arithmetic sequences of token ids, which a tiny model can learn."""
-    import torch
+    with needs_extra(TINY_RUN):
+        import torch
 
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, _VOCAB_SIZE, (n, 1), generator=gen)
@@ -108,7 +115,8 @@ def _hub_offline() -> Iterator[None]:
 
 
 def _bin_adapter_callback() -> Any:
-    from transformers import TrainerCallback
+    with needs_extra(TINY_RUN):
+        from transformers import TrainerCallback
 
     class BinAdapterCallback(TrainerCallback):
         """Rewrite each checkpoint's adapter as adapter_model.bin (see below)."""
@@ -128,7 +136,8 @@ def _bin_adapter_callback() -> Any:
 def _slow_callback(seconds: float) -> Any:
     import time
 
-    from transformers import TrainerCallback
+    with needs_extra(TINY_RUN):
+        from transformers import TrainerCallback
 
     class SlowCallback(TrainerCallback):
         """Sleep after every step: a tiny run then takes about as long as a watcher needs to see it."""
@@ -173,14 +182,15 @@ def train_tiny_lora(
     trained (a full fine-tune): checkpoints hold model.safetensors and a
     config.json naming ``LlamaForCausalLM``, and no adapter.
     """
-    import transformers
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        LlamaForCausalLM,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-    )
+    with needs_extra(TINY_RUN):
+        import transformers
+        from peft import LoraConfig, get_peft_model
+        from transformers import (
+            LlamaForCausalLM,
+            PrinterCallback,
+            Trainer,
+            TrainingArguments,
+        )
 
     output_dir = pathlib.Path(output_dir)
 
@@ -317,4 +327,10 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    from hubsync.cli.errors import message_for
+    from hubsync.core.errors import MissingExtraError
+
+    try:
+        raise SystemExit(_main())
+    except MissingExtraError as exc:
+        raise SystemExit(message_for(exc)) from None

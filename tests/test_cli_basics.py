@@ -1,11 +1,10 @@
-"""The command line as a newcomer meets it: help, version, lazy imports, `hubsync localhub`, the packaged wheel."""
+"""The command line as a newcomer meets it: help, version, lazy imports, `hubsync localhub` (the packaged wheel:
+test_install.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,6 @@ from click.testing import CliRunner
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))
@@ -99,39 +96,3 @@ def test_localhub_on_a_busy_port_is_a_usage_error(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, ["localhub", "--root", str(tmp_path / "hub"), "--port", str(port)])
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-
-
-def test_templates_ship_inside_the_wheel_and_load_from_it(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("hubsync-*.whl")
-    with zipfile.ZipFile(wheel) as zf:
-        assert "hubsync/templates/commit_description.md.j2" in zf.namelist()
-        zf.extractall(tmp_path / "site")
-    code = (
-        "import hubsync.core.render as r\n"
-        "print(r.templates_dir())\n"
-        "print(r.render('commit_description.md.j2', version='v', checkpoint='c', step=1, epoch=None,"
-        " eval_metrics={}, git_commit=None, files=1, bytes=2).splitlines()[0])\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=tmp_path
-    )
-    where, first_line = done.stdout.splitlines()
-    assert Path(where) == tmp_path / "site" / "hubsync" / "templates"
-    assert first_line == "Pushed by hubsync v from `c`."

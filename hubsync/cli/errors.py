@@ -185,6 +185,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.MissingExtraError,
+        lambda err: (
+            f"{err.feature} needs {err.module}, which `pip install hubsync` leaves out. "
+            f"Install hubsync's {err.extra} extra: pip install 'hubsync[{err.extra}]'."
+        ),
+    ),
+    (
         e.RenderedTooLargeError,
         lambda err: (
             f"cannot write {err.what}: {err.reason.rstrip('.')}, so a value it shows (a metric's name, a field of "

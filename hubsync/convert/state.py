@@ -13,12 +13,14 @@ import base64
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from hubsync.core.checkpoint import Checkpoint, loads_json
 from hubsync.core.conversion import STATE_FILE_RE
 from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
 from hubsync.core.plan import PushPlan, with_sizes
+from hubsync.extras import needs_extra
 from hubsync.files import write_file_atomic
 
 from .torchzip import NumpyArray, TensorRef, TorchArchive, read_torch_archive
@@ -159,15 +161,24 @@ def is_state_document(path: Path) -> bool:
     return isinstance(head, dict) and head.get("format") == FORMAT
 
 
+def load_torch(feature: str) -> ModuleType:
+    """torch, which writes training state back for `feature`; MissingExtraError when it is not installed.
+
+    Only writing needs torch: the Trainer loads optimizer.pt & co. with torch.load, so they have to be what
+    torch.save writes (a second writer of that format would be one more to keep in step with torch's). Reading
+    (push, convert, the already-pulled check) never imports it."""
+    with needs_extra(feature):
+        import torch
+    return torch
+
+
 def rebuild_state(json_path: Path) -> Path:
     """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
 
     The document comes from a Hub: DamagedStateError when it is not what push wrote, and it writes only the one
     file its own name says (optimizer.json -> optimizer.pt), never a path the document chooses."""
     import numpy as np
-    import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         document = loads_json(json_path.read_bytes())
@@ -179,6 +190,9 @@ def rebuild_state(json_path: Path) -> Path:
     if not isinstance(name, str) or not STATE_FILE_RE.match(name) or name.rsplit(".", 1)[0] != json_path.stem:
         raise DamagedStateError(json_path.name, f"it names the file {name!r:.80}, not the one beside it")
     target = json_path.with_name(name)
+    with needs_extra(f"writing {name} back from its pickle-free form"):
+        import torch
+        from safetensors.torch import load_file
 
     made: dict[str, Any] = {}  # one tensor a name, however often the document refers to it (as the pickle shared it)
 

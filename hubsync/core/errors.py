@@ -519,3 +519,13 @@ class NotARunFolderError(HubsyncError):
         self.path = path
         self.reason = reason
         self.parent = parent
+
+
+class MissingExtraError(HubsyncError):
+    """A feature that needs a package the light install leaves out (torch, transformers, ...): one of an extra's."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(f"{feature} needs {module}, from hubsync's {extra} extra, which is not installed")
+        self.feature = feature
+        self.extra = extra
+        self.module = module

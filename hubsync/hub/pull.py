@@ -87,6 +87,17 @@ def check_space(plan: PullPlan) -> None:
         raise NotEnoughSpaceError(display_path(plan.target.parent), plan.total_bytes, free)
 
 
+def check_rebuild(plan: PullPlan) -> None:
+    """Refuse, before anything is fetched, a revision whose training state was pushed pickle-free when torch is
+    missing: optimizer.pt & co. are written back with torch.save, and torch is the train extra's."""
+    if plan.rebuilt:
+        from hubsync.convert.state import load_torch
+
+        names = [r.path for r in plan.rebuilt]
+        shown = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+        load_torch(f"pulling {plan.repo_id} @ {plan.revision} (it writes {shown} back from their pickle-free form)")
+
+
 def already_pulled(plan: PullPlan) -> bool:
     """Whether the target holds exactly what pulling `plan` would write, checked by hash against the Hub's tree:
     each file placed as it is by its sha256 (LFS) or git blob id, and each rebuilt training-state file by
@@ -139,6 +150,7 @@ def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: 
     signal (KeyboardInterrupt) or a failed file ends every download at once and removes the staging folder."""
     check_target(plan, force)
     check_space(plan)
+    check_rebuild(plan)
     parent = plan.target.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parent)
