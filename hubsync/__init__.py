@@ -31,13 +31,11 @@ if TYPE_CHECKING:
         render_card,
         write_card,
     )
-    from hubsync.callback import HubsyncCallback
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
 
 __all__ = [
     "Conversion",
-    "HubsyncCallback",
     "PruneOutcome",
     "PushJob",
     "PushResult",
@@ -57,7 +55,6 @@ __all__ = [
 ]
 
 _HOMES = {
-    "HubsyncCallback": "hubsync.callback",  # needs transformers (hubsync[train])
     "PushResult": "hubsync.hub.push",
     "RevisionInfo": "hubsync.hub.revisions",
 }
