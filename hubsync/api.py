@@ -416,14 +416,14 @@ def write_card(
 
 @dataclass(frozen=True)
 class Conversion:
-    """What convert() wrote: each converted file, and the folder."""
+    """What convert_checkpoint() wrote: each converted file, and the folder."""
 
     files: tuple[ConvertedFile, ...]
     output: Path | None  # None: the checkpoint holds no pickled weights, nothing was written
     total_bytes: int = 0  # the pickled weights' size, read to convert them
 
 
-def convert(
+def convert_checkpoint(
     checkpoint: str | Path,
     output: str | Path | None = None,
     *,
@@ -447,7 +447,7 @@ def convert(
 
 
 def conversion_size(checkpoint: str | Path) -> int:
-    """The bytes convert() reads: the pickled weights' size (for a progress bar)."""
+    """The bytes convert_checkpoint() reads: the pickled weights' size (for a progress bar)."""
     from hubsync.core.conversion import plan_conversion
 
     ckpt = read_checkpoint(checkpoint)

@@ -95,6 +95,18 @@ def test_import_hubsync_is_light_and_names_its_api() -> None:
         hubsync.no_such_function  # noqa: B018
 
 
+def test_no_public_name_is_shadowed_by_a_subpackage() -> None:
+    """`hubsync.X` must stay the API's X after any hubsync module is imported (a function named like a subpackage
+    turns into that subpackage once something imports it)."""
+    import pkgutil
+
+    subpackages = {m.name for m in pkgutil.iter_modules(hubsync.__path__)}
+    assert not subpackages & set(hubsync.__all__)
+    code = "import hubsync.convert, hubsync.api, hubsync; print(callable(hubsync.convert_checkpoint))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
 def test_hubsync_errors_names_every_error() -> None:
     import inspect
 
