@@ -317,6 +317,7 @@ def plan_prune(
     from hubsync.hub.prune import prune_inputs
 
     check_repo_id(repo_id)
+    _check_prune_options(keep, keep_best, keep_tagged)
     hub = client or _client(endpoint, token, report)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
     found = prune_inputs(hub, repo_id)
@@ -329,6 +330,19 @@ def plan_prune(
         tags=found.tags,
         best_step=found.best_step,
     )
+
+
+def _check_prune_options(keep: object, keep_best: object, keep_tagged: object) -> None:
+    """keep= a whole number of 0 or more, the others True or False: a SettingError before the Hub is asked."""
+    from hubsync.core.errors import SettingError
+
+    if keep is None:
+        raise SettingError("keep=", "keep", keep, "must be given: the number of newest checkpoint branches to keep")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise SettingError("keep=", "keep", keep, "must be a whole number of 0 or more")
+    for name, value in (("keep_best", keep_best), ("keep_tagged", keep_tagged)):
+        if not isinstance(value, bool):
+            raise SettingError(f"{name}=", name, value, "must be True or False")
 
 
 def prune(
@@ -353,8 +367,8 @@ def prune(
     if isinstance(repo_id, PrunePlan):
         plan = repo_id
     else:
-        if keep is None:
-            raise TypeError("prune() needs keep=N, the number of newest checkpoint branches to keep")
+        _check_prune_options(keep, keep_best, keep_tagged)
+        assert keep is not None
         plan = plan_prune(repo_id, keep, keep_best=keep_best, keep_tagged=keep_tagged, client=hub)
     return PruneOutcome(plan, None if dry_run else execute_prune(plan, hub))
 

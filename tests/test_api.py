@@ -212,3 +212,19 @@ def test_write_card_writes_whole_files_and_never_into_the_checkpoint(checkpoint:
     with pytest.raises(hubsync.errors.OutputInsideCheckpointError):
         hubsync.write_card(checkpoint, checkpoint / "README.md")
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()} == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keep=st.one_of(
+        st.none(), st.booleans(), st.integers(max_value=-1), st.floats(), st.text(max_size=5), st.lists(st.integers())
+    ),
+    keep_best=st.one_of(st.booleans(), st.integers(), st.text(max_size=3)),
+)
+def test_prune_refuses_a_bad_keep_before_it_asks_the_hub(keep: object, keep_best: object) -> None:
+    """A value that is not a whole number of 0 or more is a SettingError naming keep=, raised before any Hub call
+    (the endpoint here answers nothing: reaching it would be a HubUnreachableError)."""
+    with pytest.raises(hubsync.errors.SettingError) as refused:
+        hubsync.prune("me/model", keep, keep_best=keep_best, endpoint="http://127.0.0.1:9", token="hf_x")  # type: ignore[arg-type]
+    assert str(refused.value).startswith(("keep=", "keep_best="))
+    assert "\n" not in str(refused.value)

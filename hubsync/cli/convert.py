@@ -30,8 +30,7 @@ def convert(checkpoint: str, output: str | None, force: bool) -> None:
     Example:
       hubsync convert out/my-run/checkpoint-1000
     """
-    from hubsync.api import conversion_size
-    from hubsync.api import convert_checkpoint
+    from hubsync.api import conversion_size, convert_checkpoint
     from hubsync.core.paths import display_path
 
     with progress(conversion_size(checkpoint), "Converting") as advance:

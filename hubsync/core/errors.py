@@ -343,6 +343,8 @@ class SettingError(ConfigError):
         named = label or setting  # `tag "x"` for one item of `tags`
         said = f"{named} {reason}, not {shown}" if reason.startswith("must") else f"{named} {shown} {reason}"
         super().__init__(source, said)
+        if source.endswith("="):  # a keyword argument of the library: `keep= must be ..., not -1`
+            self.args = (f"{source} {said[len(named) + 1 :]}",)
         self.setting = setting
         self.value = value
 
