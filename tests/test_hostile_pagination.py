@@ -3,7 +3,8 @@
 The hostile Hub is a proxy in front of the local Hub. It sends `Link: <...>; rel="next"` for ever on tree listings
 or commit histories (pages of made-up entries, or empty ones), a next link it already sent, or a body a few bytes
 at a time. So that the code before the bounds still ends, the proxy gives up after GIVE_UP seconds (the listing
-ends, the rest of a body comes at once): a command that is still running then has no bound."""
+ends, the rest of a body comes at once): a command that is still running then has no bound, and the test fails on
+that, not on a time (a loaded machine makes the bounded code slower, never unbounded)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ from hubsync.hub import client
 from hubsync.hub.watch import retryable
 from hubsync.localhub import RunningHub
 
-GIVE_UP = 25.0  # seconds after which the proxy ends its listings and trickles: the original code then finishes
-QUICK = 10.0  # what "within seconds" means on a loaded two-core machine
+GIVE_UP = 60.0  # seconds after which the proxy ends its listings and trickles: unbounded code then finishes
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Hostile:
     trickle: str = ""  # GET answers whose path holds this come a byte every 0.2 s
     pages: int = 0  # pages the proxy sent beyond the first
     started: float = 0.0
+    gave_up: bool = False  # the proxy ended a listing or a trickle: the command did not stop on its own
 
 
 def _fake_entries(kind: str, page: int, size: int) -> list[dict[str, Any]]:
@@ -67,6 +68,7 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
             url = urlsplit(self.path)
             page = int(parse_qs(url.query).get("cursor", ["0"])[0])
             giving_up = time.monotonic() - state.started > GIVE_UP
+            state.gave_up |= giving_up
             kind = next((k for k in ("tree", "commits") if f"/{k}/" in url.path), "")
             listing = self.command == "GET" and url.path.startswith("/api/") and kind == state.endless
             if listing and page:  # a made-up page, never asked of the local Hub
@@ -93,6 +95,7 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
             try:
                 for i, byte in enumerate(data):
                     if time.monotonic() - state.started > GIVE_UP:
+                        state.gave_up = True
                         self.wfile.write(data[i:])
                         break
                     self.wfile.write(bytes([byte]))
@@ -107,15 +110,17 @@ def hostile(hub: RunningHub) -> Iterator[Hostile]:
         yield state
 
 
-def invoke(state: Hostile, hub: RunningHub, *args: str) -> tuple[Result, float]:
-    state.started = time.monotonic()
+def invoke(state: Hostile, hub: RunningHub, *args: str) -> Result:
+    state.started, state.gave_up = time.monotonic(), False
     result = CliRunner().invoke(cli, list(args), env={"HF_ENDPOINT": state.endpoint, "HF_TOKEN": hub.token})
-    return result, time.monotonic() - state.started
+    took = time.monotonic() - state.started
+    assert not state.gave_up, f"ran {took:.0f} s, until the hostile Hub gave up: no bound stopped it"
+    return result
 
 
-def refused(result: Result, took: float, *fragments: str) -> str:
-    """Exit 1 within seconds, no traceback, stderr one `Error:` line holding each fragment."""
-    assert took < QUICK, (took, result.output)
+def refused(result: Result, *fragments: str) -> str:
+    """Exit 1 on hubsync's own bound (invoke checked that), no traceback, stderr one `Error:` line holding each
+    fragment."""
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, result.output)
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("Hub: ")]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.stderr
@@ -151,16 +156,16 @@ def test_an_endless_tree_listing_is_refused_by_pull_push_and_ls(
     bound = "100,000 entries" if page_size else "1,000 pages"
     before = hub_state(api)
     target = tmp_path / "pulled"
-    result, took = invoke(hostile, hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(target))
-    refused(result, took, "tree listing for me/tiny at checkpoint-20", bound, "read no further")
+    result = invoke(hostile, hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(target))
+    refused(result, "tree listing for me/tiny at checkpoint-20", bound, "read no further")
     assert not target.exists()
     # an existing branch: its tree is read before anything changes; a new one: the tree of its starting commit
     for checkpoint in ("checkpoint-20", "checkpoint-10"):
-        result, took = invoke(hostile, hub, "push", str(pushed / checkpoint), "--repo", "me/tiny")
-        refused(result, took, "tree listing for me/tiny", bound)
+        result = invoke(hostile, hub, "push", str(pushed / checkpoint), "--repo", "me/tiny")
+        refused(result, "tree listing for me/tiny", bound)
         assert hub_state(api) == before
-    result, took = invoke(hostile, hub, "ls", "me/tiny")
-    refused(result, took, "tree listing for me/tiny at checkpoint-30", bound)
+    result = invoke(hostile, hub, "ls", "me/tiny")
+    refused(result, "tree listing for me/tiny at checkpoint-30", bound)
     assert hub_state(api) == before
 
 
@@ -169,13 +174,13 @@ def test_an_endless_commit_history_is_refused_by_push_and_cut_short_by_ls(
 ) -> None:
     hostile.endless, hostile.page_size = "commits", 50  # as the real Hub pages them
     before = hub_state(api)
-    result, took = invoke(hostile, hub, "push", str(pushed / "checkpoint-10"), "--repo", "me/tiny")
-    refused(result, took, "commit history for me/tiny at main", "went on past 10,000 entries")
+    result = invoke(hostile, hub, "push", str(pushed / "checkpoint-10"), "--repo", "me/tiny")
+    refused(result, "commit history for me/tiny at main", "went on past 10,000 entries")
     assert hub_state(api) == before
     # ls needs only the date of each revision's own commit: the first page
     hostile.pages = 0
-    result, took = invoke(hostile, hub, "ls", "me/tiny")
-    assert result.exit_code == 0 and took < QUICK, (took, result.output)
+    result = invoke(hostile, hub, "ls", "me/tiny")
+    assert result.exit_code == 0, result.output
     assert "checkpoint-20" in result.output and "checkpoint-30" in result.output
     assert hostile.pages == 0
     assert hub_state(api) == before
@@ -190,8 +195,8 @@ def test_a_next_page_sent_twice_is_refused(
     args = ["push", str(pushed / "checkpoint-10"), "--repo", "me/tiny"]
     if kind == "tree":
         args = ["pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "pulled")]
-    result, took = invoke(hostile, hub, *args)
-    refused(result, took, "one it had already sent (page 2)")
+    result = invoke(hostile, hub, *args)
+    refused(result, "one it had already sent (page 2)")
     assert hub_state(api) == before
     assert hostile.pages == 1  # the first made-up page, which names itself as the next
 
@@ -221,8 +226,8 @@ def test_a_next_page_on_another_host_is_refused_and_gets_no_token(
             ["pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "pulled")],
             ["push", str(pushed / "checkpoint-10"), "--repo", "me/tiny"],
         ):
-            result, took = invoke(hostile, hub, *args)
-            refused(result, took, "one on another host (page 1)")
+            result = invoke(hostile, hub, *args)
+            refused(result, "one on another host (page 1)")
         assert asked == [] and hub_state(api) == before  # the token never left for the other host
     finally:
         sink.shutdown()
@@ -237,11 +242,11 @@ def test_a_trickling_main_index_is_too_slow_for_ls_and_push(
     monkeypatch.setattr(client, "ANSWER_DEADLINE", 1.0)
     hostile.trickle = ".hubsync/index.json"
     before = hub_state(api)
-    result, took = invoke(hostile, hub, "ls", "me/tiny")
-    refused(result, took, "is too slow", "me/tiny at main (.hubsync/index.json) took more than 1 s", "Try again later")
+    result = invoke(hostile, hub, "ls", "me/tiny")
+    refused(result, "is too slow", "me/tiny at main (.hubsync/index.json) took more than 1 s", "Try again later")
     assert hub_state(api) == before
-    result, took = invoke(hostile, hub, "push", str(pushed / "checkpoint-10"), "--repo", "me/tiny")
-    refused(result, took, "is too slow", ".hubsync/index.json", "landed on checkpoint-10")
+    result = invoke(hostile, hub, "push", str(pushed / "checkpoint-10"), "--repo", "me/tiny")
+    refused(result, "is too slow", ".hubsync/index.json", "landed on checkpoint-10")
     main = [c.commit_id for c in api.list_repo_commits("me/tiny")]
     assert main[0] == before[1][0][2][0]  # main's index is untouched
 
@@ -253,8 +258,8 @@ def test_a_trickling_tree_page_is_too_slow(
     hostile.trickle = "/api/models/me/tiny/tree/"
     before = hub_state(api)
     target = tmp_path / "pulled"
-    result, took = invoke(hostile, hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(target))
-    refused(result, took, "is too slow", "(tree listing) took more than 1 s")
+    result = invoke(hostile, hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(target))
+    refused(result, "is too slow", "(tree listing) took more than 1 s")
     assert not target.exists() and hub_state(api) == before
 
 
