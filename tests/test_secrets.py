@@ -594,3 +594,34 @@ def test_a_token_in_a_name_the_card_shows_is_scrubbed_from_the_card(
     for name in ("README.md", "trainer_state.json"):
         published = Path(api.hf_hub_download("me/card", name, revision="checkpoint-30")).read_text()
         assert secret not in published and "<redacted>" in published, name
+
+
+@pytest.mark.parametrize("unit", ["TOKEN", "secret", "password: ", "PASSWORD=", "https://u:", "://a:", "a:"])
+def test_scrubbing_takes_linear_time_on_repeated_secret_words(unit: str) -> None:
+    """A published text of a secret's name said 40,000 times (as a trainer_state.json's trial_name can hold) is
+    scrubbed in one pass: with nested repetitions in the patterns, 'TOKEN' * 40000 took hours. The guard is a
+    hang bound, not a speed target: linear code takes about a second here."""
+    from hubsync.core.secrets import redact
+
+    done: list[str] = []
+    worker = threading.Thread(target=lambda: done.append(redact(unit * 40_000)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done, f"scrubbing {unit!r} * 40000 ran past 60 s"
+    assert "hunter2" not in redact(unit * 3 + "DB_PASSWORD=hunter22 " + unit * 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.text(alphabet="=: x_TOKENpasword'\"\n", max_size=30),
+    name=st.sampled_from(["HF_TOKEN", "DB_PASSWORD", "api_key", "AWS_SECRET_ACCESS_KEY", "my_credentials"]),
+    gap=st.sampled_from(["=", ": ", " = ", ":"]),
+    value=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789!#%&", min_size=8, max_size=20),
+)
+def test_a_value_assigned_to_a_secret_name_never_survives_scrubbing(
+    before: str, name: str, gap: str, value: str
+) -> None:
+    from hubsync.core.secrets import redact
+
+    text = f"{before} {name}{gap}{value}\n"
+    assert value not in redact(text), text

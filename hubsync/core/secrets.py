@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +54,53 @@ PLACEHOLDER_RE = re.compile(r"<[A-Z_]+>")
 # case only, as variables are: a chat template's `{% set eos_token = ... %}` is left alone).
 # The password runs to the last `@` before the host: people write `/` and `@` in it unescaped; the user may be empty
 # (`redis://:pw@cache`).
-URL_PASSWORD_RE = re.compile(r"(?<=://)([^/\s:@]*:)(?!<redacted>@)\S+@(?=[^\s@/]+)")
+URL_PASSWORD_RE = re.compile(r"(?<=://)([^/\s:@]{0,256}:)(?!<redacted>@)\S{1,1024}@(?=[^\s@/]+)")  # bounded: linear
 _VALUE = r"""(?:"[^"\n]{4,}"|'[^'\n]{4,}'|(?!<redacted>)[^\s"']{4,})"""  # quoted (spaces and all) or one word
-SECRET_VARIABLE_RE = re.compile(
-    r"(?<![A-Za-z0-9_])("
-    r"[A-Z0-9_]*(?:SECRET|PASSWORD|PASSWD|PASSPHRASE|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)[A-Z0-9_]*"
-    # in lower case too, but not `token`: `{% set eos_token = "</s>" %}` is a chat template's
-    r"|(?i:[a-z0-9_]*(?:secret|password|passwd|passphrase|api_?key|access_key|private_key|credentials?)[a-z0-9_]*)"
-    r")(\s*[=:]\s*)" + _VALUE
+# Every name before `=` or `:` (a whole identifier, taken atomically so that a long one is read once: linear
+# time); the name decides whether the value after it is a secret (secret_variable_name).
+_ASSIGNED_NAME_RE = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_]++(?=\s*+[=:])")
+_ASSIGNED_VALUE_RE = re.compile(r"\s*+[=:]\s*+(" + _VALUE + ")")
+_UPPER_SECRET_WORDS = (
+    *("SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "APIKEY", "API_KEY", "ACCESS_KEY", "PRIVATE_KEY"),
+    "CREDENTIAL",
 )
+# in lower case too, but not `token`: `{% set eos_token = "</s>" %}` is a chat template's
+_ANY_CASE_SECRET_WORDS = (
+    *("secret", "password", "passwd", "passphrase", "apikey", "api_key", "access_key", "private_key"),
+    "credential",
+)
+_UPPER_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def secret_variable_name(name: str) -> bool:
+    """An environment variable named as a secret: `AWS_SECRET_ACCESS_KEY`, `DB_PASSWORD`, `api_key`; upper case
+    only for a token (`HF_TOKEN`, not a chat template's `eos_token`)."""
+    if set(name) <= _UPPER_NAME and any(w in name for w in _UPPER_SECRET_WORDS):
+        return True
+    lowered = name.lower()
+    return any(w in lowered for w in _ANY_CASE_SECRET_WORDS)
+
+
+def _secret_values(text: str) -> Iterator[tuple[int, int]]:
+    """Where the values of variables named as secrets lie in `text`, in order, each (start, end)."""
+    end = 0
+    for name in _ASSIGNED_NAME_RE.finditer(text):
+        if name.start() < end or not secret_variable_name(name.group()):
+            continue
+        value = _ASSIGNED_VALUE_RE.match(text, name.end())
+        if value is not None:
+            end = value.end()
+            yield value.start(1), end
+
+
+def _redact_secret_variables(text: str) -> str:
+    out, done = [], 0
+    for start, end in _secret_values(text):
+        out += [text[done:start], REDACTED]
+        done = end
+    return "".join([*out, text[done:]])
+
+
 # wandb's API key: 40 hexadecimal digits, after its name in a text: `WANDB_API_KEY=...`, `wandb login ...`.
 WANDB_IN_TEXT_RE = re.compile(r"(?i)(wandb[\w-]*(?:\s+login)?(?:\s*[=:]\s*|\s+)[\"']?)[0-9a-f]{40}(?![0-9a-f])")
 
@@ -120,7 +158,7 @@ def redact(text: str, tokens: Iterable[str] = ()) -> str:
     """`text` with every known token and everything shaped like a token replaced by <redacted>."""
     text = TOKEN_RE.sub(REDACTED, WANDB_IN_TEXT_RE.sub(lambda m: m.group(1) + REDACTED, text))
     text = URL_PASSWORD_RE.sub(lambda m: m.group(1) + REDACTED + "@", text)
-    text = SECRET_VARIABLE_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    text = _redact_secret_variables(text)
     for token in sorted({t for t in tokens if len(t) >= 8}, key=len, reverse=True):
         text = text.replace(token, REDACTED)
     return text
@@ -205,8 +243,10 @@ def file_holds_token(path: Path, tokens: Iterable[str] = ()) -> bool:
 def might_hold_secrets(text: str, who: Identity) -> bool:
     """A quick look at a file's text: False when nothing in it could need scrubbing (most files)."""
     needles = [*who.tokens, *(f for f in (*who.runs, who.home) if len(f) > 1), *who.words()]
-    return any(n in text for n in needles) or any(
-        rule.search(text) is not None for rule in (TOKEN_RE, URL_PASSWORD_RE, SECRET_VARIABLE_RE, _NAMED_IN_TEXT)
+    return (
+        any(n in text for n in needles)
+        or any(rule.search(text) is not None for rule in (TOKEN_RE, URL_PASSWORD_RE, _NAMED_IN_TEXT))
+        or next(_secret_values(text), None) is not None
     )
 
 
