@@ -118,7 +118,7 @@ def lies_within(path: Path, folder: Path) -> bool:
     probe = path
     while not probe.exists() and probe != probe.parent:  # resolve what exists; the rest cannot be a link
         probe = probe.parent
-    resolved = probe.resolve() / path.relative_to(probe)
+    resolved = Path(os.path.normpath(probe.resolve() / path.relative_to(probe)))  # `new/../ckpt`: the ckpt
     return resolved == real or resolved.is_relative_to(real)
 
 

@@ -193,3 +193,36 @@ def test_pull_refuses_a_revision_that_names_a_path_outside(
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
     assert not os.path.exists("/tmp/escaped.txt")
+
+
+def test_lies_within_agrees_with_the_folders_once_made(tmp_path: Path) -> None:
+    """lies_within(target, ckpt) says, before anything is made, whether the file that a write to `target` makes
+    (parents created) lands in ckpt: `new/../run/ckpt/x.md`, whose `new/` does not exist yet, is inside."""
+    from hypothesis import example, given, settings
+    from hypothesis import strategies as st
+
+    from hubsync.files import lies_within
+
+    base = tmp_path / "base"
+    (base / "run" / "ckpt").mkdir(parents=True)
+    (base / "link").symlink_to("run")  # relative: the copy below keeps it, pointing into the copy
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(["new", "..", ".", "run", "ckpt", "link", "other"]), min_size=1, max_size=6))
+    @example(["new", "..", "run", "ckpt"])
+    @example(["link", "new", "..", "ckpt"])
+    def check(parts: list[str]) -> None:
+        target = base.joinpath(*parts, "card.md")
+        said = lies_within(target, base / "run" / "ckpt")
+        made = tmp_path / "made"
+        shutil.rmtree(made, ignore_errors=True)
+        shutil.copytree(base, made, symlinks=True)  # a scratch copy to make the folders in
+        mirror = made.joinpath(*parts, "card.md")
+        try:
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            return
+        lands = Path(os.path.realpath(mirror))
+        assert said == lands.is_relative_to((made / "run" / "ckpt").resolve()), parts
+
+    check()
