@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         pull_checkpoint,
         push,
         render_card,
+        watcher,
         write_card,
     )
     from hubsync.hub.push import PushResult
@@ -51,6 +52,7 @@ __all__ = [
     "pull_checkpoint",
     "push",
     "render_card",
+    "watcher",
     "write_card",
 ]
 

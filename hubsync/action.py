@@ -160,8 +160,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     try:
         inputs = read_inputs(environ)
-    except ActionInputError as exc:
-        print(f"Error: {exc}.", file=sys.stderr)
+    except ActionInputError as exc:  # a value can be the token, put in the wrong input
+        from hubsync.cli.output import one_line
+        from hubsync.core.secrets import redact
+
+        print(one_line(redact(f"Error: {exc}.", [environ.get("INPUT_TOKEN", "")])), file=sys.stderr)
         return 1
     env = push_environment(inputs, environ)
     if not has_credentials(env):
@@ -184,9 +187,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         environ.get("GITHUB_REPOSITORY", ""),
         environ.get("GITHUB_RUN_ID", ""),
     )
-    _append(environ.get("GITHUB_STEP_SUMMARY", ""), text)
-    _append(environ.get("GITHUB_OUTPUT", ""), output_lines(outputs(report), f"hubsync_{secrets.token_hex(16)}"))
     print(text)
+    for variable, content in (
+        ("GITHUB_STEP_SUMMARY", text),
+        ("GITHUB_OUTPUT", output_lines(outputs(report), f"hubsync_{secrets.token_hex(16)}")),
+    ):
+        try:
+            _append(environ.get(variable, ""), content)
+        except OSError as exc:
+            print(
+                f"Error: the push landed, but {variable} could not be written ({exc.strerror or type(exc).__name__})"
+                ". Check the runner; the Hub holds what the summary above says.",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

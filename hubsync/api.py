@@ -11,15 +11,25 @@ is retried, a note on visibility) is passed to `report`, if given, as one of the
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from hubsync.core.checkpoint import Checkpoint, read_checkpoint
 from hubsync.core.config import CARD_SETTINGS, Resolved
-from hubsync.core.errors import CheckpointPushError, HubError, HubsyncError, IncompletePushError, TagExistsError
+from hubsync.core.errors import (
+    CheckpointPushError,
+    HubError,
+    HubsyncError,
+    IncompletePushError,
+    SettingError,
+    TagExistsError,
+)
 from hubsync.core.options import card_settings, given_settings, keyword_label, push_options, resolve_for
 from hubsync.core.plan import PushPlan, check_branch_name, check_distinct_branches, check_repo_id
 from hubsync.core.plan import plan_push as plan_one_push
@@ -99,11 +109,79 @@ class PruneOutcome:
         return {"plan": self.plan.to_json(), **({} if self.result is None else {"result": self.result.to_json()})}
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _public(function: Callable[P, R]) -> Callable[P, R]:
+    """A public function: what it raises names no token (a token passed in the wrong argument, as a repo id, is
+    quoted by the message that refuses it)."""
+
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except HubsyncError as exc:
+            _redact(exc, kwargs.get("token"))
+            raise
+
+    return call
+
+
+def _redact(exc: BaseException, token: object) -> None:
+    from hubsync.core.secrets import redact, saved_tokens
+
+    tokens = [t for t in (token if isinstance(token, str) else "", *saved_tokens()) if t]
+    seen: BaseException | None = exc
+    while seen is not None:  # and what it wraps: CheckpointPushError carries the failure it reports
+        seen.args = tuple(redact(a, tokens) if isinstance(a, str) else a for a in seen.args)
+        seen = seen.__cause__
+
+
 def settings_for(path: str | Path, options: Mapping[str, Any]) -> Resolved:
     """The push settings for `path` from keyword `options` (None: not given), variables and the configuration."""
     return resolve_for(Path(path), given_settings(options), label=keyword_label)
 
 
+def _flags(**flags: object) -> None:
+    """Each flag True or False: `force="false"` must not force."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise SettingError(f"{name}=", name, value, "must be True or False")
+
+
+def _seconds(name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SettingError(f"{name}=", name, value, "must be a number of seconds above 0")
+
+
+def _repo(repo_id: object) -> str:
+    if not isinstance(repo_id, str):
+        raise SettingError("repo_id=", "repo_id", repo_id, "must be a string: NAMESPACE/NAME")
+    return check_repo_id(repo_id)
+
+
+def _revision(revision: object) -> str | None:
+    """A revision to read: a branch, a tag or a commit id, sent to the Hub as it is (a name the Hub would turn
+    into another, or a control character, is refused here)."""
+    if revision is None:
+        return None
+    if not isinstance(revision, str) or not revision or revision != revision.strip():
+        raise SettingError("revision=", "revision", revision, "must be a branch, a tag or a commit id")
+    if any(ord(c) < 32 or ord(c) == 127 for c in revision) or ".." in revision or revision.startswith("/"):
+        raise SettingError("revision=", "revision", revision, "must be a branch, a tag or a commit id")
+    return revision
+
+
+def _path(name: str, value: object) -> Path:
+    if not isinstance(value, str | os.PathLike) or "\0" in os.fspath(value):
+        raise SettingError(f"{name}=", name, value, "must be a path (str or pathlib.Path) without a NUL")
+    return Path(value)
+
+
+@_public
 def plan_push(
     path: str | Path,
     repo_id: str | None = None,
@@ -120,7 +198,7 @@ def plan_push(
     from hubsync.convert import check_weights
     from hubsync.convert.state import measured_plan
 
-    path = Path(path)
+    path = _path("path", path)
     if settings is None:
         settings = settings_for(path, {"repo_id": repo_id, **options})
     push = push_options(settings, (token,) if token else ())
@@ -136,6 +214,7 @@ def plan_push(
     return PushJob(tuple(plans), checkpoints, settings, dict(targets.passed_over))
 
 
+@_public
 def preview_push(
     job: PushJob,
     *,
@@ -162,13 +241,16 @@ def preview_push(
             if isinstance(exc, TagExistsError):
                 raise
     previews: list[HubPreview] = []
-    for plan, checkpoint in pairs:
-        previews.append(preview_one(plan, checkpoint, hub) if not previews or previews[-1].looked else previews[-1])
+    with _quiet():
+        for plan, checkpoint in pairs:
+            looked = not previews or previews[-1].looked
+            previews.append(preview_one(plan, checkpoint, hub) if looked else previews[-1])
     if previews and previews[0].looked and previews[0].private is not None:
         _visibility(job, job.plans[0].repo_id, previews[0].private, report)
     return previews
 
 
+@_public
 def push(
     path: str | Path | PushJob,
     repo_id: str | None = None,
@@ -186,10 +268,16 @@ def push(
     huggingface_hub's progress bars are off unless `progress_bars`."""
     from hubsync.hub.push import execute_push, preflight
 
+    _flags(progress_bars=progress_bars)
+    if isinstance(path, PushJob):
+        if options:
+            raise TypeError(f"push() of a PushJob takes no options ({', '.join(options)}): give them to plan_push()")
+        if repo_id is not None and any(p.repo_id != repo_id for p in path.plans):
+            raise SettingError("repo_id=", "repo_id", repo_id, "must be the PushJob's repository, or left out")
     job = path if isinstance(path, PushJob) else plan_push(path, repo_id, token=token, **options)
     hub = client or _client(endpoint, token, report)
     pairs = list(zip(job.plans, job.checkpoints, strict=True))
-    with _quiet_progress(not progress_bars):
+    with _quiet(progress_bars):
         facts = preflight(hub, pairs)  # every refusal the Hub could make, first
         for repo in facts.values():
             if repo.exists:
@@ -214,6 +302,7 @@ def push(
     return results
 
 
+@_public
 def watcher(
     run_dir: str | Path,
     repo_id: str | None = None,
@@ -235,16 +324,22 @@ def watcher(
     checked now, not hours later. What happens is passed to `report` (hubsync.hub.watch's events)."""
     from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
 
-    run = Path(run_dir)
+    run = _path("run_dir", run_dir)
+    _seconds("interval", interval)
+    _seconds("idle_timeout", idle_timeout, optional=True)
+    _seconds("retry_max", retry_max)
+    if not callable(should_stop):
+        raise SettingError("should_stop=", "should_stop", should_stop, "must be a function of no arguments")
     if settings is None:  # the configuration is looked up from inside the run folder
         settings = settings_for(run / "checkpoint", {"repo_id": repo_id, **options})
     push = push_options(settings, (token,) if token else ())
     hub = client or _client(endpoint, token, report, retry_delays=CLIENT_RETRY_DELAYS)
     hub.require_token()
     watch = WatchSettings(run, push, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
-    return Watcher(watch, hub, report or (lambda event: None), should_stop)
+    return Watcher(watch, hub, report or (lambda event: None), should_stop, quiet=_quiet)
 
 
+@_public
 def pull_checkpoint(
     repo_id: str,
     revision: str | None = None,
@@ -260,12 +355,29 @@ def pull_checkpoint(
     """pull(), with what it did: the plan (commit, files, resumable) and whether the folder was there already."""
     from hubsync.hub.pull import pull_revision
 
-    check_repo_id(repo_id)
+    _repo(repo_id)
+    revision = _revision(revision)
+    _flags(force=force, progress_bars=progress_bars)
+    target = None if to is None else _path("to", to)
+    if target is not None:
+        _refuse_inside_a_checkpoint(target)
     hub = client or _client(endpoint, token, report)
-    with _quiet_progress(not progress_bars):
-        return pull_revision(hub, repo_id, revision, None if to is None else Path(to), force=force)
+    with _quiet(progress_bars):
+        return pull_revision(hub, repo_id, revision, target, force=force)
 
 
+def _refuse_inside_a_checkpoint(target: Path) -> None:
+    """A pull into a checkpoint folder (a folder holding trainer_state.json, itself or above) would change the
+    user's checkpoint, and its next push would publish the pulled one inside it."""
+    from hubsync.core.errors import OutputInsideCheckpointError
+    from hubsync.core.paths import display_path
+
+    for folder in (target, *target.absolute().parents):
+        if (folder / "trainer_state.json").is_file():
+            raise OutputInsideCheckpointError(display_path(target))
+
+
+@_public
 def pull(
     repo_id: str,
     revision: str | None = None,
@@ -286,6 +398,7 @@ def pull(
     ).path
 
 
+@_public
 def list_revisions(
     repo_id: str,
     *,
@@ -297,10 +410,12 @@ def list_revisions(
     """The repository's checkpoint revisions, by step: step, epoch, metrics, resumable, commit, date."""
     from hubsync.hub.revisions import checkpoint_revisions
 
-    check_repo_id(repo_id)
-    return checkpoint_revisions(client or _client(endpoint, token, report), repo_id)
+    _repo(repo_id)
+    with _quiet():
+        return checkpoint_revisions(client or _client(endpoint, token, report), repo_id)
 
 
+@_public
 def plan_prune(
     repo_id: str,
     keep: int,
@@ -316,11 +431,12 @@ def plan_prune(
     from hubsync.core.prune import plan_prune as plan
     from hubsync.hub.prune import prune_inputs
 
-    check_repo_id(repo_id)
+    _repo(repo_id)
     _check_prune_options(keep, keep_best, keep_tagged)
     hub = client or _client(endpoint, token, report)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
-    found = prune_inputs(hub, repo_id)
+    with _quiet():
+        found = prune_inputs(hub, repo_id)
     return plan(
         repo_id,
         found.revisions,
@@ -334,17 +450,14 @@ def plan_prune(
 
 def _check_prune_options(keep: object, keep_best: object, keep_tagged: object) -> None:
     """keep= a whole number of 0 or more, the others True or False: a SettingError before the Hub is asked."""
-    from hubsync.core.errors import SettingError
-
     if keep is None:
         raise SettingError("keep=", "keep", keep, "must be given: the number of newest checkpoint branches to keep")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise SettingError("keep=", "keep", keep, "must be a whole number of 0 or more")
-    for name, value in (("keep_best", keep_best), ("keep_tagged", keep_tagged)):
-        if not isinstance(value, bool):
-            raise SettingError(f"{name}=", name, value, "must be True or False")
+    _flags(keep_best=keep_best, keep_tagged=keep_tagged)
 
 
+@_public
 def prune(
     repo_id: str | PrunePlan,
     keep: int | None = None,
@@ -363,6 +476,7 @@ def prune(
     from hubsync.core.prune import PrunePlan
     from hubsync.hub.prune import execute_prune
 
+    _flags(dry_run=dry_run)
     hub = client or _client(endpoint, token, report)
     if isinstance(repo_id, PrunePlan):
         plan = repo_id
@@ -370,9 +484,11 @@ def prune(
         _check_prune_options(keep, keep_best, keep_tagged)
         assert keep is not None
         plan = plan_prune(repo_id, keep, keep_best=keep_best, keep_tagged=keep_tagged, client=hub)
-    return PruneOutcome(plan, None if dry_run else execute_prune(plan, hub))
+    with _quiet():
+        return PruneOutcome(plan, None if dry_run else execute_prune(plan, hub))
 
 
+@_public
 def render_card(
     checkpoint: str | Path,
     repo_id: str | None = None,
@@ -386,19 +502,22 @@ def render_card(
     from hubsync.core.card import card_files
     from hubsync.core.metadata import check_card_metadata
 
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = read_checkpoint(_path("checkpoint", checkpoint))
     if settings is None:
         unknown = sorted(set(options) - {n.replace("-", "_") for n in CARD_SETTINGS})
         if unknown:
             raise TypeError(f"unexpected option {unknown[0]!r} for a card")
         settings = resolve_for(ckpt.path, given_settings(options), names=CARD_SETTINGS, label=keyword_label)
     card = card_settings(settings)
-    repo = check_repo_id(repo_id or f"your-namespace/{ckpt.run_name or ckpt.name}")
+    repo = _repo(f"your-namespace/{ckpt.run_name or ckpt.name}" if repo_id is None else repo_id)
+    if revision is not None and not isinstance(revision, str):
+        raise SettingError("revision=", "revision", revision, "must be a branch name")
     files = card_files(ckpt, card, repo, check_branch_name(revision or ckpt.name))
     check_card_metadata(files["README.md"], card.template_name or "the packaged card template")  # as push does
     return files
 
 
+@_public
 def write_card(
     checkpoint: str | Path,
     output: str | Path,
@@ -414,8 +533,8 @@ def write_card(
     from hubsync.core.paths import display_path
     from hubsync.files import lies_within, write_file_atomic
 
-    ckpt = read_checkpoint(checkpoint)
-    target = Path(output)
+    ckpt = read_checkpoint(_path("checkpoint", checkpoint))
+    target = _path("output", output)
     if lies_within(target, ckpt.path):
         raise OutputInsideCheckpointError(display_path(target))
     files = render_card(ckpt.path, repo_id, revision, settings=settings, **options)
@@ -437,6 +556,7 @@ class Conversion:
     total_bytes: int = 0  # the pickled weights' size, read to convert them
 
 
+@_public
 def convert_checkpoint(
     checkpoint: str | Path,
     output: str | Path | None = None,
@@ -450,11 +570,12 @@ def convert_checkpoint(
     from hubsync.convert import convert_checkpoint, default_output_dir
     from hubsync.core.conversion import plan_conversion
 
-    ckpt = read_checkpoint(checkpoint)
+    _flags(force=force)
+    ckpt = read_checkpoint(_path("checkpoint", checkpoint))
     plan = plan_conversion(ckpt)
     if not plan.conversions:
         return Conversion((), None)
-    out_dir = Path(output) if output else default_output_dir(ckpt)
+    out_dir = _path("output", output) if output else default_output_dir(ckpt)
     done = convert_checkpoint(ckpt, plan, out_dir, force=force, progress=progress or (lambda n: None))
     sources = {c.source for c in plan.conversions}
     return Conversion(tuple(done), out_dir, sum(f.size for f in ckpt.files if f.relpath in sources))
@@ -499,18 +620,22 @@ def _visibility(job: PushJob, repo_id: str, private: bool, report: Report | None
 
 
 @contextmanager
-def _quiet_progress(quiet: bool = True) -> Iterator[None]:
-    """huggingface_hub's progress bars off while hubsync moves files (a library prints nothing; a push from a
-    training run would draw over the Trainer's own bar), as they were afterwards."""
+def _quiet(progress_bars: bool = False) -> Iterator[None]:
+    """huggingface_hub silent while hubsync calls it (a library prints nothing; a push from a training run would
+    draw over the Trainer's own bar): its notices, and its progress bars unless `progress_bars`; as they were
+    afterwards."""
+    import logging
+
     from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    if not quiet:
-        yield
-        return
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
+    hub_logger = logging.getLogger("huggingface_hub")
+    level, was_disabled = hub_logger.level, are_progress_bars_disabled()
+    hub_logger.setLevel(logging.ERROR)  # "No files have been modified since last commit", and the like
+    if not progress_bars:
+        disable_progress_bars()
     try:
         yield
     finally:
+        hub_logger.setLevel(level)
         if not was_disabled:
             enable_progress_bars()

@@ -3,6 +3,7 @@ a revision). Catch HubsyncError for all of them."""
 
 from hubsync.core.errors import (
     BaseModelError,
+    BranchNamedLikeTagError,
     CheckpointFileError,
     CheckpointPushError,
     CommitConflictError,
@@ -65,6 +66,7 @@ from hubsync.core.errors import (
 
 __all__ = [
     "BaseModelError",
+    "BranchNamedLikeTagError",
     "CheckpointFileError",
     "CheckpointPushError",
     "CommitConflictError",

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from huggingface_hub import HfApi
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hubsync import action
 from hubsync.localhub import RunningHub
@@ -487,3 +489,26 @@ def test_an_exchanged_token_writes_to_its_repository_only(hub: RunningHub) -> No
         with pytest.raises(HfHubHTTPError) as denied:
             attempt()
         assert denied.value.response.status_code == 403
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["PRIVATE", "TRAINING_STATE", "RELEASE", "PUBLIC", "ALLOW_PUBLIC_STATE"]))
+def test_a_token_put_in_the_wrong_input_is_not_shown(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    token = "hf_" + "WrongInputToken0" * 2
+    environ = {"INPUT_PATH": "x", "INPUT_REPO": "me/model", "INPUT_TOKEN": token, f"INPUT_{name}": token}
+    assert action.main(environ=environ) == 1
+    err = capsys.readouterr().err
+    assert token not in err and err.startswith("Error: ") and err.count("\n") == 1
+
+
+def test_an_unwritable_step_output_is_one_line_after_the_push_landed(
+    github_env: dict[str, str], hub: RunningHub, tmp_path: Path
+) -> None:
+    (tmp_path / "output").mkdir()  # GITHUB_OUTPUT names a folder
+    code, stdout, stderr = run_entry_step(publish_run_inputs(github_env, hub), github_env, tmp_path)
+    assert code == 1 and "Traceback" not in stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("Error: the push landed, but GITHUB_OUTPUT"), stderr
+    branches = {
+        b.name for b in HfApi(endpoint=hub.endpoint, token=hub.token).list_repo_refs(f"{hub.user}/tiny-model").branches
+    }
+    assert "checkpoint-30" in branches and "checkpoint-30" in stdout  # the summary says what landed

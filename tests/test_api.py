@@ -228,3 +228,86 @@ def test_prune_refuses_a_bad_keep_before_it_asks_the_hub(keep: object, keep_best
         hubsync.prune("me/model", keep, keep_best=keep_best, endpoint="http://127.0.0.1:9", token="hf_x")  # type: ignore[arg-type]
     assert str(refused.value).startswith(("keep=", "keep_best="))
     assert "\n" not in str(refused.value)
+
+
+NOT_BOOL = st.one_of(st.none(), st.integers(), st.text(max_size=6), st.floats(allow_nan=False))
+NOWHERE = {"endpoint": "http://127.0.0.1:9", "token": "hf_x"}  # reaching it would be a HubUnreachableError
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=NOT_BOOL)
+def test_a_flag_that_is_not_a_bool_is_refused_before_anything_happens(
+    value: object, checkpoint: Path, tmp_path: Path
+) -> None:
+    """force="false" must not force: every flag of the API takes True or False only, checked before the Hub is
+    asked or a file is touched."""
+    mine = tmp_path / "pulls" / "checkpoint-10" / "mine.txt"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text("keep me")
+    calls = [
+        lambda: hubsync.pull("me/model", "checkpoint-10", tmp_path / "pulls", force=value, **NOWHERE),
+        lambda: hubsync.pull_checkpoint("me/model", to=tmp_path / "pulls", progress_bars=value, **NOWHERE),
+        lambda: hubsync.prune("me/model", keep=1, dry_run=value, **NOWHERE),
+        lambda: hubsync.prune("me/model", keep=1, keep_tagged=value, **NOWHERE),
+        lambda: hubsync.convert_checkpoint(checkpoint, tmp_path / "converted", force=value),
+        lambda: hubsync.push(checkpoint, "me/model", progress_bars=value, **NOWHERE),
+    ]
+    for call in calls:
+        with pytest.raises(hubsync.errors.SettingError, match=r"^\w+= must be True or False"):
+            call()  # type: ignore[no-untyped-call]
+    assert mine.read_text() == "keep me" and not (tmp_path / "converted").exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(["interval", "idle_timeout", "retry_max"]),
+    value=st.one_of(st.integers(max_value=0), st.floats(max_value=0), st.just(float("nan")), st.text(max_size=3)),
+)
+def test_a_watch_with_bad_timing_is_refused_when_made_not_hours_later(name: str, value: object, run: Path) -> None:
+    with pytest.raises(hubsync.errors.SettingError, match=f"^{name}= must be a number of seconds above 0"):
+        hubsync.watcher(run, "me/model", **{name: value}, **NOWHERE)  # type: ignore[arg-type]
+
+
+def test_a_push_of_a_job_takes_no_other_repository_and_no_options(checkpoint: Path) -> None:
+    job = hubsync.plan_push(checkpoint, "me/model")
+    with pytest.raises(hubsync.errors.SettingError, match=r"^repo_id= must be the PushJob's repository"):
+        hubsync.push(job, "me/other", **NOWHERE)
+    with pytest.raises(TypeError, match="bogus"):
+        hubsync.push(job, bogus=1, **NOWHERE)
+
+
+def test_a_pull_into_a_checkpoint_folder_is_refused(run: Path) -> None:
+    """It would change the user's checkpoint, and the next push of it would publish the pulled one inside."""
+    for into in (run / "checkpoint-20", run / "checkpoint-20" / "sub"):
+        with pytest.raises(hubsync.errors.OutputInsideCheckpointError):
+            hubsync.pull("me/model", "checkpoint-10", into, **NOWHERE)
+    assert not (run / "checkpoint-20" / "checkpoint-10").exists() and not (run / "checkpoint-20" / "sub").exists()
+
+
+def test_a_token_given_in_the_wrong_argument_is_not_quoted_by_the_refusal(checkpoint: Path) -> None:
+    token = "hf_" + "Secr3tTokenValue" * 3
+    refusals = [
+        lambda: hubsync.pull(token, token=token),
+        lambda: hubsync.list_revisions(token, token=token),
+        lambda: hubsync.plan_push(checkpoint, "me/model", revision=token + "!", token=token),
+        lambda: hubsync.plan_push(checkpoint, "me/model", tags=[token + " x"]),
+        lambda: hubsync.prune("me/model", keep=token, token=token),  # type: ignore[arg-type]
+    ]
+    for refusal in refusals:
+        with pytest.raises(hubsync.errors.HubsyncError) as refused:
+            refusal()  # type: ignore[no-untyped-call]
+        assert token not in str(refused.value) and "<redacted>" in str(refused.value)
+
+
+def test_a_branch_named_like_a_tag_is_refused_before_the_hub_changes(
+    run: Path, hub: RunningHub, api: HfApi, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Pulling the name would get the branch, not the tagged release."""
+    env = {"endpoint": hub.endpoint, "token": hub.token}
+    hubsync.push(run / "checkpoint-10", "me/model", tags=["v1"], **env)
+    hubsync.push(run / "checkpoint-10", "me/model", **env)  # unchanged: no commit, and no notice printed
+    refs = api.list_repo_refs("me/model")
+    with pytest.raises(hubsync.errors.BranchNamedLikeTagError, match="v1"):
+        hubsync.push(run / "checkpoint-20", "me/model", revision="v1", **env)
+    assert api.list_repo_refs("me/model") == refs
+    assert capfd.readouterr() == ("", "")

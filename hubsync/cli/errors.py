@@ -360,6 +360,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.BranchNamedLikeTagError,
+        lambda err: (
+            f"refused in {err.repo_id}: {err.detail}, and a name for two commits pulls either. Choose another "
+            "--revision; nothing was pushed."
+        ),
+    ),
+    (
         e.TagExistsError,
         lambda err: (
             f"the tag {err.revision} already exists in {err.repo_id} ({err.detail}), and tags never move. "

@@ -377,6 +377,11 @@ class TagExistsError(HubError):
     """A tag of that name already points to another commit; tags never move."""
 
 
+class BranchNamedLikeTagError(HubError):
+    """A push to a branch named like an existing tag: the name would mean two commits, and a pull of it could get
+    either (the Hub resolves the branch first)."""
+
+
 class UnpublishableNameError(HubsyncError):
     """A file of the checkpoint whose name the remote path rule refuses: a revision holding it could not be pulled."""
 

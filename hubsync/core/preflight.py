@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import PicklesInPublicRepoError, PublicTrainingStateError, TagExistsError
+from .errors import BranchNamedLikeTagError, PicklesInPublicRepoError, PublicTrainingStateError, TagExistsError
 from .plan import PushPlan
 
 
@@ -46,6 +46,10 @@ def check_tags(plan: PushPlan, repo: RepoFacts, unchanged: bool = True) -> None:
     push must leave that head as it is (`unchanged`: the branch already holds exactly the planned files). A tag
     elsewhere is refused even when that commit holds the same files: it is another commit."""
     head = repo.branches.get(plan.revision)
+    if head is None and plan.revision in repo.tags:
+        tagged = repo.tags[plan.revision][:12]
+        detail = f"the branch {plan.revision} would be named like the tag {plan.revision}, at {tagged}"
+        raise BranchNamedLikeTagError(repo.endpoint, detail, repo_id=plan.repo_id, revision=plan.revision)
     for tag in plan.tags:
         existing = repo.tags.get(tag)
         if existing is None:

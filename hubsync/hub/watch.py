@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -185,8 +186,10 @@ class Watcher:
         report: Callable[[object], None],
         should_stop: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        quiet: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.settings = settings
+        self.quiet = quiet  # around run(): the library silences huggingface_hub there
         self.hub = hub
         self.report = report
         self.should_stop = should_stop
@@ -202,6 +205,10 @@ class Watcher:
     def run(self) -> WatchSummary:
         """Look at the run folder every interval and push what is complete, until the run's final checkpoint is
         pushed, the idle timeout runs out, or should_stop() says so. The state is saved whatever happens."""
+        with self.quiet():
+            return self._run()
+
+    def _run(self) -> WatchSummary:
         settings = self.settings
         self._refuse_checkpoint_folder()
         state = self._load()
