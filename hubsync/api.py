@@ -115,7 +115,8 @@ R = TypeVar("R")
 
 def _public(function: Callable[P, R]) -> Callable[P, R]:
     """A public function: what it raises names no token (a token passed in the wrong argument, as a repo id, is
-    quoted by the message that refuses it)."""
+    quoted by the message that refuses it), and a file that cannot be read or written is a LocalFileError that
+    shows the path as given, not an OSError with the absolute one."""
 
     @functools.wraps(function)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -124,6 +125,15 @@ def _public(function: Callable[P, R]) -> Callable[P, R]:
         except HubsyncError as exc:
             _redact(exc, kwargs.get("token"))
             raise
+        except OSError as exc:
+            if exc.filename is None:  # not a file's: a socket's, say
+                raise
+            from hubsync.core.errors import LocalFileError
+            from hubsync.core.paths import display_path
+
+            shown = display_path(os.fsdecode(exc.filename))
+            shown = shown if len(shown) <= 200 else f"{shown[:120]}…{shown[-60:]}"  # a name can be 4,000 long
+            raise LocalFileError(shown, exc.strerror or type(exc).__name__) from exc
 
     return call
 

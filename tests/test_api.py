@@ -311,3 +311,17 @@ def test_a_branch_named_like_a_tag_is_refused_before_the_hub_changes(
         hubsync.push(run / "checkpoint-20", "me/model", revision="v1", **env)
     assert api.list_repo_refs("me/model") == refs
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_path_the_system_refuses_is_a_local_file_error_showing_the_path_as_given(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pulls").write_text("a file, not a folder")
+    with pytest.raises(hubsync.errors.LocalFileError) as refused:
+        hubsync.write_card(run / "checkpoint-10", "x" * 5000 + ".md")
+    assert str(tmp_path) not in str(refused.value) and len(str(refused.value)) < 300
+    with pytest.raises(hubsync.errors.SettingError, match="NUL"):
+        hubsync.pull("me/model", to="pulls\0x", **NOWHERE)
+    with pytest.raises(hubsync.errors.TemplateError, match="file of the system"):
+        hubsync.render_card(run / "checkpoint-10", template="/proc/self/environ")

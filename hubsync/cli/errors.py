@@ -360,6 +360,10 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.LocalFileError,
+        lambda err: f"{err.path}: {err.reason.rstrip('.')}. Check the path, then run the command again.",
+    ),
+    (
         e.BranchNamedLikeTagError,
         lambda err: (
             f"refused in {err.repo_id}: {err.detail}, and a name for two commits pulls either. Choose another "

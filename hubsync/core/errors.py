@@ -466,6 +466,15 @@ class PullTargetExistsError(HubsyncError):
         self.path = path
 
 
+class LocalFileError(HubsyncError):
+    """A file or folder on this machine that the call could not read or write (the OSError it met is the cause)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class OutputInsideCheckpointError(HubsyncError):
     """Output asked for inside the checkpoint folder, which hubsync never modifies."""
 

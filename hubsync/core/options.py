@@ -3,6 +3,7 @@ a push or a card uses. The one place that turns settings into PushOptions and Ca
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable, Mapping
 from importlib import metadata
@@ -97,6 +98,8 @@ def card_settings(settings: Resolved) -> CardSettings:
 
 def read_template(path: Path) -> str:
     """A card template: a regular file of text, at most 1 MiB (a device such as /dev/zero never ends)."""
+    if Path(os.path.realpath(path)).parts[1:2] in (("proc",), ("sys",), ("dev",)):  # the system's, not a file's
+        raise TemplateError(display_path(path), "it is a file of the system (/proc, /sys, /dev), not a template")
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # before opening: a FIFO would block the open itself
             raise TemplateError(display_path(path), "it is not a regular file")
