@@ -31,11 +31,13 @@ if TYPE_CHECKING:
         render_card,
         write_card,
     )
+    from hubsync.callback import HubsyncCallback
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
 
 __all__ = [
     "Conversion",
+    "HubsyncCallback",
     "PruneOutcome",
     "PushJob",
     "PushResult",
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "HubsyncCallback": "hubsync.callback",
     "PushResult": "hubsync.hub.push",
     "RevisionInfo": "hubsync.hub.revisions",
 }
