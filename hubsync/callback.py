@@ -78,6 +78,7 @@ class HubsyncCallback(TrainerCallback):
         self._run: Path | None = None
         self._thread: threading.Thread | None = None
         self._process: subprocess.Popen[str] | None = None
+        self._relay_thread: threading.Thread | None = None
         self._finish = threading.Event()
         self._now = threading.Event()
         self._error: str | None = None
@@ -167,7 +168,8 @@ class HubsyncCallback(TrainerCallback):
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(self._job) + "\n")  # the token travels by pipe, never in argv
         self._process.stdin.flush()
-        threading.Thread(target=self._relay, name="hubsync-callback-log", daemon=True).start()
+        self._relay_thread = threading.Thread(target=self._relay, name="hubsync-callback-log", daemon=True)
+        self._relay_thread.start()
 
     def _work_in_thread(self) -> None:
         staging.lower_priority(threading.get_native_id())
@@ -213,6 +215,10 @@ class HubsyncCallback(TrainerCallback):
             except subprocess.TimeoutExpired:
                 self._process.terminate()
                 self._process.wait(timeout=10)
+            if self._relay_thread is not None:
+                self._relay_thread.join(timeout=5)  # what it said last, logged
+            if self._process.stdout is not None:
+                self._process.stdout.close()
 
 
 def _is_main(args: Any, state: Any) -> bool:
