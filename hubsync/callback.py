@@ -69,6 +69,7 @@ class HubsyncCallback(TrainerCallback):
             "token": token,
             "interval": interval,
             "retry_max": retry_max,
+            "wait": float(wait),
             "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
         }
         # Every check a watch makes, now: the configuration found from here (the run's own is looked up again

@@ -6,7 +6,8 @@ pushed; the worker is a hubsync.hub.watch.Watcher of that folder whose record is
 (`<run>/.hubsync/watch.json`, shared with `hubsync watch <run>` and a restarted training run), and each staged copy
 is removed once its push is recorded. The worker runs as a thread or as this module's own process
 (`python -m hubsync.hub.staging`, at nice 19), which reads its job as one JSON line on stdin, then `finish` or
-`now`, and writes what happens as JSON lines on stdout. No transformers here: the child process stays light.
+`now` (the end of its input, a training process gone: finish, then now after job["wait"] seconds), and writes
+what happens as JSON lines on stdout. No transformers here: the child process stays light.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def _main() -> int:
     def listen() -> None:
         for line in sys.stdin:
             (now if line.strip() == "now" else finish).set()
-        finish.set()  # the training process ended: push what is left, then end
+        # The training process ended, or was killed: push what is left, for as long as it would have waited.
+        finish.set()
+        now.wait(float(job.get("wait", 600.0)))
+        now.set()
 
     threading.Thread(target=listen, daemon=True).start()
     try:
