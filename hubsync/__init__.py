@@ -32,11 +32,13 @@ if TYPE_CHECKING:
         watcher,
         write_card,
     )
+    from hubsync.callback import HubsyncCallback
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
 
 __all__ = [
     "Conversion",
+    "HubsyncCallback",
     "PruneOutcome",
     "PushJob",
     "PushResult",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "HubsyncCallback": "hubsync.callback",
     "PushResult": "hubsync.hub.push",
     "RevisionInfo": "hubsync.hub.revisions",
 }

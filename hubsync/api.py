@@ -326,12 +326,14 @@ def watcher(
     client: WatchTarget | None = None,
     report: Report | None = None,
     settings: Resolved | None = None,
+    checkpoints_dir: str | Path | None = None,
     **options: Any,
 ) -> Watcher:
     """A watch of the training run in `run_dir` (it may not exist yet): `.run()` pushes each checkpoint once it
     is complete, with push's `options`, until the run's final checkpoint is pushed, `idle_timeout` seconds pass
     without change, or `should_stop()`; it keeps its record in run_dir/.hubsync/watch.json. Every option is
-    checked now, not hours later. What happens is passed to `report` (hubsync.hub.watch's events)."""
+    checked now, not hours later. What happens is passed to `report` (hubsync.hub.watch's events). With
+    `checkpoints_dir`, the checkpoint-N folders are read there instead (the record stays in run_dir)."""
     from hubsync.hub.watch import CLIENT_RETRY_DELAYS, Watcher, WatchSettings
 
     run = _path("run_dir", run_dir)
@@ -345,7 +347,10 @@ def watcher(
     push = push_options(settings, (token,) if token else ())
     hub = client or _client(endpoint, token, report, retry_delays=CLIENT_RETRY_DELAYS)
     hub.require_token()
-    watch = WatchSettings(run, push, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout)
+    source = None if checkpoints_dir is None else _path("checkpoints_dir", checkpoints_dir)
+    watch = WatchSettings(
+        run, push, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout, checkpoints_dir=source
+    )
     return Watcher(watch, hub, report or (lambda event: None), should_stop, quiet=_quiet)
 
 

@@ -23,7 +23,7 @@ import contextlib
 import os
 import pathlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hubsync.extras import needs_extra
@@ -164,6 +164,7 @@ def train_tiny_lora(
     greater_is_better: bool | None = None,
     step_sleep: float = 0.0,
     lora: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> pathlib.Path:
     """Run a tiny LoRA fine-tune on CPU and return ``output_dir`` as a Path.
 
@@ -180,7 +181,8 @@ def train_tiny_lora(
     seconds are slept after each step, so that a process watching the run
     sees each checkpoint appear.  With ``lora=False`` the whole model is
     trained (a full fine-tune): checkpoints hold model.safetensors and a
-    config.json naming ``LlamaForCausalLM``, and no adapter.
+    config.json naming ``LlamaForCausalLM``, and no adapter.  ``callbacks``
+    go to the Trainer after tinyrun's own (a HubsyncCallback, say).
     """
     with needs_extra(TINY_RUN):
         import transformers
@@ -250,7 +252,7 @@ def train_tiny_lora(
                 dataloader_num_workers=0,
             )
 
-            callbacks = []
+            all_callbacks = []
             if not safe_serialization:
                 # transformers 5.x has no TrainingArguments.save_safetensors any
                 # more, and Trainer._save() calls PeftModel.save_pretrained()
@@ -263,16 +265,17 @@ def train_tiny_lora(
                 # the folder looks like an older PEFT checkpoint.  Resuming
                 # from such a folder works: Trainer/PEFT fall back to
                 # adapter_model.bin when there is no safetensors file.
-                callbacks.append(_bin_adapter_callback())
+                all_callbacks.append(_bin_adapter_callback())
             if step_sleep > 0:
-                callbacks.append(_slow_callback(step_sleep))
+                all_callbacks.append(_slow_callback(step_sleep))
+            all_callbacks.extend(callbacks)
 
             trainer = Trainer(
                 model=model,
                 args=args,
                 train_dataset=_make_examples(_N_TRAIN, seed),
                 eval_dataset=_make_examples(_N_EVAL, seed + 1) if eval_steps else None,
-                callbacks=callbacks,
+                callbacks=all_callbacks,
             )
             # With disable_tqdm=True the Trainer prints every log dict instead
             # of drawing progress bars; drop that printer to stay quiet.  The

@@ -193,7 +193,8 @@ def light_modules_importing_extras(
                 continue
             seen.add(module)
             parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
-            targets = [i.module for i in found[module] if follow_functions or i.top_level]
+            # An import under `if TYPE_CHECKING:` never runs (hubsync's own of hubsync.callback, say).
+            targets = [i.module for i in found[module] if (follow_functions or i.top_level) and not i.type_checking]
             todo += [m for m in parents + targets if m in found]
         return seen
 

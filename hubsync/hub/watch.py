@@ -92,6 +92,13 @@ class WatchSettings:
     interval: float = 5.0  # seconds between looks at the run folder
     retry_max: float = 60.0  # the longest pause before pushing again after the Hub failed
     idle_timeout: float | None = None  # stop when nothing changed for this long and everything seen is pushed
+    # Where the checkpoint-N folders are read, when not in run_dir (HubsyncCallback's staged copies); the record
+    # stays in run_dir, so that a watch of run_dir and a restarted training run share it.
+    checkpoints_dir: Path | None = None
+
+    @property
+    def source(self) -> Path:
+        return self.run_dir if self.checkpoints_dir is None else self.checkpoints_dir
 
 
 # What the watch reports while it runs (the CLI prints them).
@@ -239,7 +246,7 @@ class Watcher:
                     if not checked:
                         self._pause(settings.interval)
                         continue
-                current = observe_run(settings.run_dir, skip=state.pushed)
+                current = observe_run(settings.source, skip=state.pushed)
                 step = next_step(previous, current, state)
                 if current != previous or step.push:
                     last_change = self.clock()
@@ -294,7 +301,7 @@ class Watcher:
                 branches, tags = self.hub.refs(repo_id)
             except RepoNotFoundError:  # deleted, or never on this Hub
                 branches, tags = {}, {}
-            present = {s for s, files in observe_run(self.settings.run_dir, skip=()).items() if files != ()}
+            present = {s for s, files in observe_run(self.settings.source, skip=()).items() if files != ()}
             check = check_against_hub(state, branches, present)
             if check.push_again or check.forgotten:
                 self.report(NotOnHub(check.push_again, check.forgotten))
@@ -327,7 +334,7 @@ class Watcher:
         for step in steps:
             if self.should_stop() or self.clock() < self._retry_at:
                 break
-            folder = self.settings.run_dir / f"checkpoint-{step}"
+            folder = self.settings.source / f"checkpoint-{step}"
             self.busy = f"the push of checkpoint-{step}"
             try:
                 result, final = self._push(folder)
