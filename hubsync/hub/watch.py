@@ -18,11 +18,7 @@ from typing import Any, Protocol
 from hubsync.core.checkpoint import Checkpoint, read_checkpoint
 from hubsync.core.errors import (
     CheckpointFileError,
-    CommitConflictError,
-    HubError,
     HubsyncError,
-    HubTooSlowError,
-    HubUnreachableError,
     IncompleteCheckpointError,
     LinkOutsideCheckpointError,
     NotACheckpointError,
@@ -37,6 +33,7 @@ from hubsync.core.errors import (
 from hubsync.core.index import INDEX_FILE, parse_index
 from hubsync.core.paths import display_path
 from hubsync.core.plan import PushOptions, PushPlan, plan_push
+from hubsync.core.transient import transient_failure
 from hubsync.core.watch import (
     STATE_FILE,
     PushedCheckpoint,
@@ -167,14 +164,6 @@ class WatchSummary:
         }
 
 
-def retryable(exc: BaseException) -> bool:
-    """A failure of the Hub that may pass (outage, 5xx, 408, 429, a branch that kept moving), not of the request:
-    a 400, 409 or 422 would only be refused again."""
-    if isinstance(exc, (HubUnreachableError, HubTooSlowError, CommitConflictError)):
-        return True
-    return type(exc) is HubError and exc.status is not None and (exc.status >= 500 or exc.status in (408, 429))
-
-
 class Watcher:
     """One watch of one run folder, pushing to one repository through `hub`."""
 
@@ -300,7 +289,7 @@ class Watcher:
                         self.hub.ensure_tag(repo_id, tag, final.commit)
                 self._tagged = True
         except HubsyncError as exc:
-            if not retryable(exc):
+            if not transient_failure(exc):
                 raise
             self.report(PushFailed(None, exc, self._failed()))
             return False, state
@@ -335,7 +324,7 @@ class Watcher:
                     self._save(state)
                     self.report(Skipped(step, skipped.reason))
                     continue
-                if not retryable(exc):
+                if not transient_failure(exc):
                     raise
                 assert isinstance(exc, HubsyncError)
                 self.report(PushFailed(step, exc, self._failed()))
