@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx2
+import huggingface_hub
 import pytest
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubsync.core.errors import HubError, PermissionDeniedError, RepoNotFoundError
+from hubsync.core.checkpoint import MAX_STEP, checkpoint_name, checkpoint_step, list_checkpoints, parse_trainer_state
+from hubsync.core.errors import HubError, InvalidTagError, PermissionDeniedError, RepoNotFoundError
+from hubsync.core.plan import check_tag_name
+from hubsync.core.pull import step_of
+from hubsync.core.selection import best_step_of
 from hubsync.core.transient import NEVER_PASSES, transient_failure, transient_status
-from hubsync.hub.client import with_retries
+from hubsync.hub.client import HubClient, with_retries
+from hubsync.hub.pull import plan_revision_pull
+from hubsync.localhub import RunningHub
 
 STATUSES = st.integers(min_value=100, max_value=599)
 
@@ -53,3 +63,67 @@ def test_statuses_that_never_pass_and_errors_of_the_request_are_not_transient() 
     assert not transient_failure(PermissionDeniedError("http://hub.test", "no", status=403))
     assert not transient_failure(RepoNotFoundError("http://hub.test", "gone", status=503))
     assert not transient_failure(ValueError("not a Hub's failure"))
+
+
+# The checkpoint-N name: one pattern, one parser, one writer.
+STEPS = st.integers(min_value=0, max_value=MAX_STEP)
+
+
+@given(STEPS)
+def test_a_step_and_its_checkpoint_name_round_trip(step: int) -> None:
+    assert checkpoint_step(checkpoint_name(step)) == step
+    assert best_step_of(f"out/run/{checkpoint_name(step)}") == step
+    assert step_of(f"run-a/{checkpoint_name(step)}") == step
+
+
+@given(st.text(max_size=30) | st.from_regex(r"checkpoint-[0-9]{1,40}", fullmatch=True))
+def test_only_a_checkpoint_name_has_a_step(name: str) -> None:
+    step = checkpoint_step(name)
+    digits = name.removeprefix("checkpoint-")
+    is_name = name.startswith("checkpoint-") and digits.isascii() and digits.isdigit() and len(digits) <= 18
+    assert (step is not None) is is_name
+    if step is not None:
+        assert step == int(digits) and 0 <= step <= MAX_STEP
+
+
+@given(st.integers(min_value=MAX_STEP + 1) | st.integers(max_value=-1))
+def test_a_step_out_of_range_has_no_checkpoint_name(step: int) -> None:
+    with pytest.raises(ValueError, match="not a step number"):
+        checkpoint_name(step)
+
+
+def test_a_name_with_thousands_of_digits_is_not_a_checkpoint(tmp_path: Path) -> None:
+    huge = "9" * 5000  # int() of it raises past 4,300 digits
+    assert checkpoint_step(f"checkpoint-{huge}") is None and step_of(f"checkpoint-{huge}") is None
+    assert best_step_of(f"out/checkpoint-{huge}") is None
+    (tmp_path / "checkpoint-7").mkdir()
+    (tmp_path / f"checkpoint-{'9' * 19}").mkdir()
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [7]
+    with pytest.raises(InvalidTagError):
+        check_tag_name("checkpoint-12", "checkpoint-7")
+
+
+def test_a_huge_global_step_is_a_damaged_trainer_state() -> None:
+    with pytest.raises(ValueError, match="more than 18 digits"):
+        parse_trainer_state({"global_step": 10**30})
+    assert parse_trainer_state({"global_step": MAX_STEP}).global_step == MAX_STEP
+
+
+def test_a_pulled_revision_whose_global_step_is_huge_is_named_by_its_branch(
+    tiny_run: Path, hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the local Hub has no Xet
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo("me/hostile")
+    api.create_branch("me/hostile", branch="checkpoint-5")
+    source = tiny_run / "checkpoint-10"
+    operations = [
+        CommitOperationAdd(name, source / name) for name in ("adapter_model.safetensors", "adapter_config.json")
+    ]
+    state = b'{"global_step": ' + b"9" * 400 + b"}"  # a folder of that name: "File name too long"
+    operations.append(CommitOperationAdd("trainer_state.json", state))
+    api.create_commit("me/hostile", operations, commit_message="hostile", revision="checkpoint-5")
+
+    plan = plan_revision_pull(HubClient(hub.endpoint, hub.token), "me/hostile", "checkpoint-5", tmp_path / "to")
+
+    assert plan.target == tmp_path / "to" / "checkpoint-5"

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import MAX_JSON_BYTES, Checkpoint, TrainerState, check_complete, looks_pickled
+from .checkpoint import (
+    MAX_JSON_BYTES,
+    Checkpoint,
+    TrainerState,
+    check_complete,
+    checkpoint_step,
+    looks_pickled,
+)
 from .conversion import (
     PICKLE_SUFFIXES,
     STATE_FILE_RE,
@@ -146,7 +153,7 @@ def check_branch_name(name: str) -> str:
 def check_tag_name(name: str, branch: str) -> str:
     """A tag follows the rules of a branch name, and may not take the name of main, of the branch it is pushed
     to, or of a checkpoint-N branch: a ref named both ways is ambiguous. (Other branches are not looked up.)"""
-    if name in ("main", "HEAD", branch) or re.fullmatch(r"checkpoint-[0-9]+", name):
+    if name in ("main", "HEAD", branch) or checkpoint_step(name) is not None:
         raise InvalidTagError(name, "a branch has, or a checkpoint branch may have, that name")
     try:
         return check_branch_name(name)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from hubsync.core.checkpoint import loads_json, parse_trainer_state
+from hubsync.core.checkpoint import checkpoint_step, loads_json, parse_trainer_state
 from hubsync.core.conversion import is_resumable
 from hubsync.core.errors import RemoteFileTooLargeError, UnsafeRemotePathError
 from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
 from hubsync.core.pull import step_of
 
 from .client import HubClient
-
-_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
     """Revisions recorded in main's index, and branches named like checkpoint-N; ordered by step."""
     branches, _tags = hub.refs(repo_id)
     indexed = {e["revision"]: e for e in parse_index(hub.read_file(repo_id, "main", INDEX_FILE))}
-    names = [b for b in branches if b in indexed or _CHECKPOINT_BRANCH.search(b)]
+    names = [b for b in branches if b in indexed or checkpoint_step(b.rsplit("/", 1)[-1]) is not None]
     out = []
     for name in names:
         commit = branches[name]

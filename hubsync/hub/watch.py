@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hubsync.core.checkpoint import Checkpoint, read_checkpoint
+from hubsync.core.checkpoint import Checkpoint, checkpoint_name, read_checkpoint
 from hubsync.core.errors import (
     CheckpointFileError,
     HubsyncError,
@@ -309,8 +309,8 @@ class Watcher:
         for step in steps:
             if self.should_stop() or self.clock() < self._retry_at:
                 break
-            folder = self.settings.run_dir / f"checkpoint-{step}"
-            self.busy = f"the push of checkpoint-{step}"
+            folder = self.settings.run_dir / checkpoint_name(step)
+            self.busy = f"the push of {folder.name}"
             try:
                 result, final = self._push(folder)
             except (HubsyncError, OSError) as exc:
