@@ -13,6 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hubsync.core.checkpoint import MAX_STEP, checkpoint_name, checkpoint_step, list_checkpoints, parse_trainer_state
+from hubsync.core.conversion import (
+    STATE_DOCUMENT_RE,
+    STATE_FILE_RE,
+    TRAINING_STATE_FILES,
+    StateFile,
+    is_training_state,
+    pickled_state_name,
+)
 from hubsync.core.errors import HubError, InvalidTagError, PermissionDeniedError, RepoNotFoundError
 from hubsync.core.plan import check_tag_name
 from hubsync.core.pull import step_of
@@ -127,3 +135,23 @@ def test_a_pulled_revision_whose_global_step_is_huge_is_named_by_its_branch(
     plan = plan_revision_pull(HubClient(hub.endpoint, hub.token), "me/hostile", "checkpoint-5", tmp_path / "to")
 
     assert plan.target == tmp_path / "to" / "checkpoint-5"
+
+
+# Training-state file names: one table, from which every pattern is derived.
+@pytest.mark.parametrize("entry", TRAINING_STATE_FILES, ids=lambda f: f.stem)
+def test_every_training_state_file_of_the_table_is_known_in_both_forms(entry: StateFile) -> None:
+    stems = [entry.stem, *([f"{entry.stem}_3"] if entry.per_process else [])]
+    for stem in stems:
+        pickled = f"{stem}{entry.suffix}"
+        assert STATE_FILE_RE.match(pickled) and is_training_state(pickled)
+        assert STATE_DOCUMENT_RE.match(f"{stem}.json") and is_training_state(f"{stem}.safetensors")
+        assert pickled_state_name(stem) == pickled
+    assert pickled_state_name(f"{entry.stem}_3") == (f"{entry.stem}_3{entry.suffix}" if entry.per_process else None)
+
+
+def test_the_trainers_own_state_files_are_those_of_the_table(tiny_run: Path) -> None:
+    names = {p.name for p in (tiny_run / "checkpoint-20").iterdir()}
+    pickled = {n for n in names if STATE_FILE_RE.match(n)}
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= pickled
+    assert {n for n in names if is_training_state(n)} == pickled | {"training_args.bin"}
+    assert not any(STATE_FILE_RE.match(n) for n in ("optimizer.pth", "rng_state.pt", "model.pt", "rng_state_x.pth"))

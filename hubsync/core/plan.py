@@ -11,6 +11,7 @@ from typing import Any
 from .card import CardSettings, card_context, card_files
 from .checkpoint import (
     MAX_JSON_BYTES,
+    TRAINING_ARGS,
     Checkpoint,
     TrainerState,
     check_complete,
@@ -20,6 +21,7 @@ from .checkpoint import (
 from .conversion import (
     PICKLE_SUFFIXES,
     STATE_FILE_RE,
+    TRAINING_ARGS_DOCUMENT,
     ConversionPlan,
     check_no_outside_links,
     is_training_state,
@@ -273,10 +275,10 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
                 Upload(tensors_name, tensors_name, f.size, f.relpath),
             ]
         safe = {f.relpath for f in state_files}
-        if "training_args.bin" in sizes:
-            safe.add("training_args.bin")
+        if TRAINING_ARGS in sizes:
+            safe.add(TRAINING_ARGS)
             if checkpoint.training_args is not None:
-                generated["training_args.json"] = training_args_json(checkpoint.training_args, who)
+                generated[TRAINING_ARGS_DOCUMENT] = training_args_json(checkpoint.training_args, who)
     else:
         safe = set()
     replaced = conversion.sources | set(generated) | set(dropped) | safe

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import STEP_DIGITS, checkpoint_name, has_weights
-from .conversion import STATE_DOCUMENT_RE, is_resumable
+from .conversion import STATE_DOCUMENT_RE, is_resumable, pickled_state_name
 from .errors import HostileListingError, NoCheckpointRevisionError, NotACheckpointRevisionError
 from .remote_paths import check_remote_path, shown_remote_path
 
@@ -54,7 +54,8 @@ class PullPlan:
         for path, document in sorted(by_path.items()):
             stem = path.removesuffix(".json")
             if STATE_DOCUMENT_RE.match(path) and f"{stem}.safetensors" in by_path:
-                name = f"{stem}.pth" if stem.startswith("rng_state") else f"{stem}.pt"
+                name = pickled_state_name(stem)
+                assert name is not None  # STATE_DOCUMENT_RE names only the table's stems
                 out.append(RebuiltFile(name, document, by_path[f"{stem}.safetensors"]))
         return tuple(out)
 
