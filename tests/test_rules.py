@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import httpx2
@@ -21,14 +22,18 @@ from hubsync.core.conversion import (
     is_training_state,
     pickled_state_name,
 )
-from hubsync.core.errors import HubError, InvalidTagError, PermissionDeniedError, RepoNotFoundError
-from hubsync.core.plan import check_tag_name
+from hubsync.core.errors import HubError, InvalidRepoIdError, InvalidTagError, PermissionDeniedError, RepoNotFoundError
+from hubsync.core.plan import check_repo_id, check_tag_name
 from hubsync.core.pull import step_of
+from hubsync.core.repo_id import is_repo_id
 from hubsync.core.selection import best_step_of
 from hubsync.core.transient import NEVER_PASSES, transient_failure, transient_status
+from hubsync.files import git_blob_hasher, git_blob_id
 from hubsync.hub.client import HubClient, with_retries
 from hubsync.hub.pull import plan_revision_pull
+from hubsync.hub.push import local_hashes
 from hubsync.localhub import RunningHub
+from hubsync.localhub.store import StoreError, check_repo_name
 
 STATUSES = st.integers(min_value=100, max_value=599)
 
@@ -155,3 +160,48 @@ def test_the_trainers_own_state_files_are_those_of_the_table(tiny_run: Path) -> 
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= pickled
     assert {n for n in names if is_training_state(n)} == pickled | {"training_args.bin"}
     assert not any(STATE_FILE_RE.match(n) for n in ("optimizer.pth", "rng_state.pt", "model.pt", "rng_state_x.pth"))
+
+
+# The repository id and the git blob id: one definition each, for hubsync and its local Hub alike.
+REPO_PARTS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,12}", fullmatch=True) | st.text(max_size=8)
+
+
+@given(REPO_PARTS, REPO_PARTS)
+def test_the_local_hub_and_the_library_agree_on_a_repo_id(namespace: str, name: str) -> None:
+    repo_id = f"{namespace}/{name}"
+    try:
+        check_repo_id(repo_id)
+        library = True
+    except InvalidRepoIdError:
+        library = False
+    try:
+        local_hub = check_repo_name(repo_id) == (namespace, name)
+    except StoreError:
+        local_hub = False
+    assert library is local_hub is is_repo_id(repo_id)
+
+
+@given(st.binary(max_size=2000))
+def test_a_git_blob_id_is_gits(data: bytes) -> None:
+    expected = hashlib.sha1(b"blob " + str(len(data)).encode() + b"\0" + data).hexdigest()
+    assert git_blob_id(data) == expected
+    hasher = git_blob_hasher(len(data))
+    hasher.update(data)
+    assert hasher.hexdigest() == expected
+
+
+def test_the_local_hub_lists_the_git_blob_id_that_push_computes(
+    hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo("me/blobs")
+    small, large = tmp_path / "notes.txt", tmp_path / "weights.safetensors"
+    small.write_bytes(b"hello\n" * 100)
+    large.write_bytes(bytes(range(256)) * 64)
+    api.create_commit(
+        "me/blobs", [CommitOperationAdd(p.name, p) for p in (small, large)], commit_message="files", revision="main"
+    )
+    listed = {f.path: f for f in HubClient(hub.endpoint, hub.token).tree("me/blobs", "main")}
+    assert listed["notes.txt"].git_oid == local_hashes(small).git_oid == git_blob_id(small.read_bytes())
+    assert listed["weights.safetensors"].sha256 == local_hashes(large).sha256  # LFS: its id is the pointer's

@@ -39,6 +39,7 @@ from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .remote_paths import remote_path_problem
 from .render import render
+from .repo_id import is_repo_id
 from .secrets import (
     Identity,
     file_holds_token,
@@ -50,7 +51,6 @@ from .secrets import (
 )
 from .selection import DEFAULT_REVISION, revision_name
 
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
 
 
@@ -125,13 +125,7 @@ class PushPlan:
 
 def check_repo_id(repo_id: str) -> str:
     """NAMESPACE/NAME as the Hub accepts it (huggingface_hub's own rules: no '--' or '..', no '-' or '.' at an end)."""
-    parts = repo_id.split("/")
-    if (
-        not _REPO_ID_RE.match(repo_id)
-        or any(bad in repo_id for bad in ("..", "--"))
-        or any(p.startswith(("-", ".")) or p.endswith(("-", ".")) for p in parts)
-        or repo_id.endswith(".git")
-    ):
+    if not is_repo_id(repo_id):
         raise InvalidRepoIdError(repo_id)
     return repo_id
 

@@ -18,7 +18,7 @@ from hubsync.core.conversion import STATE_DOCUMENT_RE
 from hubsync.core.errors import HubsyncError, NotEnoughSpaceError, PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile, newest_revision, plan_pull, step_of
-from hubsync.files import hash_file, remove_stale_temps, system_temp_dir, temp_dir
+from hubsync.files import git_blob_hasher, hash_file, remove_stale_temps, system_temp_dir, temp_dir
 from hubsync.hub.download import DownloadCancelled, Transfers
 
 CANCEL_GRACE_S = 2.0  # how long a cancelled pull waits for its downloads to notice, before it cleans up anyway
@@ -141,7 +141,7 @@ def _matches(local: Path, remote: RemoteFile) -> bool:
         return False
     if remote.sha256 is not None:
         return hash_file(local, hashlib.sha256()) == [remote.sha256]
-    return hash_file(local, hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)) == [remote.git_oid]
+    return hash_file(local, git_blob_hasher(size)) == [remote.git_oid]
 
 
 def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8) -> Path:
@@ -240,7 +240,7 @@ def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging
         if hash_file(local, hashlib.sha256()) != [remote.sha256]:
             raise PullVerificationError(remote.path, "does not match the sha256 the Hub lists")
     else:
-        if hash_file(local, hashlib.sha1(b"blob %d\0" % size)) != [remote.git_oid]:
+        if hash_file(local, git_blob_hasher(size)) != [remote.git_oid]:
             raise PullVerificationError(remote.path, "does not match the git blob id the Hub lists")
 
 

@@ -30,7 +30,7 @@ from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import LocalHashes, holds_exactly
-from hubsync.files import hash_file, system_temp_dir
+from hubsync.files import git_blob_hasher, git_blob_id, hash_file, system_temp_dir
 
 from .client import CommitResult
 
@@ -131,10 +131,9 @@ def _check_tags(hub: PushTarget, plan: PushPlan, repo: RepoFacts, local: Mapping
 def local_hashes(source: Path | bytes) -> LocalHashes:
     """sha256 and git blob id of a file (in one read) or of bytes: what the Hub's tree lists for it."""
     if isinstance(source, bytes):
-        git = hashlib.sha1(b"blob %d\0" % len(source) + source, usedforsecurity=False).hexdigest()
-        return LocalHashes(len(source), hashlib.sha256(source).hexdigest(), git)
+        return LocalHashes(len(source), hashlib.sha256(source).hexdigest(), git_blob_id(source))
     size = source.stat().st_size
-    sha256, git = hash_file(source, hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False))
+    sha256, git = hash_file(source, hashlib.sha256(), git_blob_hasher(size))
     return LocalHashes(size, sha256, git)
 
 
