@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import httpx2
 import huggingface_hub
 import pytest
+from click.testing import CliRunner
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hubsync.cli import cli
 from hubsync.core.checkpoint import MAX_STEP, checkpoint_name, checkpoint_step, list_checkpoints, parse_trainer_state
 from hubsync.core.conversion import (
     STATE_DOCUMENT_RE,
@@ -205,3 +209,47 @@ def test_the_local_hub_lists_the_git_blob_id_that_push_computes(
     listed = {f.path: f for f in HubClient(hub.endpoint, hub.token).tree("me/blobs", "main")}
     assert listed["notes.txt"].git_oid == local_hashes(small).git_oid == git_blob_id(small.read_bytes())
     assert listed["weights.safetensors"].sha256 == local_hashes(large).sha256  # LFS: its id is the pointer's
+
+
+# "Already on the Hub": one rule, for `hubsync push` and for a watch restarted without its record.
+def _history(api: HfApi, repo_id: str) -> dict[str, list[str]]:
+    return {
+        b.name: [c.commit_id for c in api.list_repo_commits(repo_id, revision=b.name)]
+        for b in api.list_repo_refs(repo_id).branches
+    }
+
+
+def test_an_unchanged_push_uploads_nothing_and_commits_nothing_by_push_or_watch(
+    tiny_run: Path, hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    push = ["push", "run", "--repo", "me/again", "--select", "all", "--training-state", "keep", "--json"]
+    first = CliRunner().invoke(cli, push, env=env)
+    assert first.exit_code == 0, first.stderr
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    before = _history(api, "me/again")
+    assert set(before) == {"main", "checkpoint-10", "checkpoint-20", "checkpoint-30"}
+    converted: list[Path] = []  # what the push converts (the training state, to its pickle-free form)
+    monkeypatch.setattr("hubsync.hub.push.encode_state", lambda source, *rest: converted.append(source))
+
+    again = CliRunner().invoke(cli, push, env=env)
+    assert again.exit_code == 0, again.stderr
+    assert [r["created"] for r in json.loads(again.stdout)["results"]] == [False, False, False]
+    assert _history(api, "me/again") == before and converted == []
+
+    watch = ["watch", "run", "--repo", "me/again", "--training-state", "keep", "--interval", "0.05", "--nice", "0"]
+    watched = CliRunner().invoke(cli, [*watch, "--json"], env=env)  # no record: it asks the Hub
+    assert watched.exit_code == 0, watched.stderr
+    summary = json.loads(watched.stdout)
+    assert [(p["step"], p["created"]) for p in summary["pushed"]] == [(10, False), (20, False), (30, False)]
+    assert _history(api, "me/again") == before
+
+    monkeypatch.undo()
+    # A changed file is pushed: the rule says "unchanged", not "pushed once".
+    (run / "checkpoint-30" / "notes.txt").write_text("added by hand\n")
+    changed = CliRunner().invoke(cli, ["push", str(run / "checkpoint-30"), *push[2:4], *push[6:8]], env=env)
+    assert changed.exit_code == 0, changed.stderr
+    after = _history(api, "me/again")
+    assert len(after["checkpoint-30"]) == len(before["checkpoint-30"]) + 1

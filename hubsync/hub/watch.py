@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hubsync.core.checkpoint import Checkpoint, checkpoint_name, read_checkpoint
+from hubsync.core.checkpoint import checkpoint_name, read_checkpoint
 from hubsync.core.errors import (
     CheckpointFileError,
     HubsyncError,
@@ -30,9 +30,8 @@ from hubsync.core.errors import (
     UnsafePickleError,
     VerificationError,
 )
-from hubsync.core.index import INDEX_FILE, parse_index
 from hubsync.core.paths import display_path
-from hubsync.core.plan import PushOptions, PushPlan, plan_push
+from hubsync.core.plan import PushOptions, plan_push
 from hubsync.core.transient import transient_failure
 from hubsync.core.watch import (
     STATE_FILE,
@@ -43,7 +42,6 @@ from hubsync.core.watch import (
     check_against_hub,
     dump_state,
     has_pending,
-    holds_exactly,
     is_final,
     next_step,
     observe_run,
@@ -52,7 +50,7 @@ from hubsync.core.watch import (
 )
 from hubsync.files import remove_stale_temps, write_file_atomic
 
-from .push import PushResult, PushTarget, execute_push, local_hashes
+from .push import PushResult, PushTarget, execute_push
 
 SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
 # The watch tries a failed push again itself, with growing pauses; the client's own retries of one call stay
@@ -344,40 +342,9 @@ class Watcher:
         final = trainer is not None and is_final(trainer.global_step, trainer.settings.get("max_steps"))
         options = self.settings.options if final else dataclasses.replace(self.settings.options, tags=())
         plan = plan_push(checkpoint, options)
-        result = self._already_pushed(plan, checkpoint) or execute_push(plan, checkpoint, self.hub)
+        result = execute_push(plan, checkpoint, self.hub)
         self._tagged = self._tagged or (final and bool(plan.tags))
         return result, final
-
-    def _already_pushed(self, plan: PushPlan, checkpoint: Checkpoint) -> PushResult | None:
-        """The branch's head, when it holds exactly what pushing `plan` would commit and main's index names it
-        (a watch restarted without its record). Pushing again would commit nothing to the branch, but main's
-        README would take this checkpoint's metrics again, one commit for each checkpoint."""
-        try:
-            head = self.hub.branch_head(plan.repo_id, plan.revision)
-        except RepoNotFoundError:  # not created yet: the push creates it
-            return None
-        if head is None:
-            return None
-        index = parse_index(self.hub.read_file(plan.repo_id, "main", INDEX_FILE))
-        indexed = any(e["revision"] == plan.revision and e.get("commit") == head for e in index)
-        as_is = [u for u in plan.uploads if not u.converted_from and not u.generated]
-        local = {u.path_in_repo: local_hashes(checkpoint.path / u.source) for u in as_is} if indexed else {}
-        if not holds_exactly(self.hub.tree(plan.repo_id, head), [u.path_in_repo for u in plan.uploads], local, indexed):
-            return None
-        for tag in plan.tags:
-            self.hub.ensure_tag(plan.repo_id, tag, head)
-        return PushResult(
-            repo_id=plan.repo_id,
-            revision=plan.revision,
-            commit=head,
-            commit_url=f"{self.hub.web_url(plan.repo_id)}/commit/{head}",
-            url=self.hub.web_url(plan.repo_id, plan.revision),
-            created=False,
-            files=len(plan.uploads),
-            bytes=plan.total_bytes,
-            tags=plan.tags,
-            released=bool(plan.release),
-        )
 
     def _pause(self, seconds: float) -> None:
         end = self.clock() + seconds
