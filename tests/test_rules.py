@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import huggingface_hub
@@ -27,13 +29,16 @@ from hubsync.core.conversion import (
     pickled_state_name,
 )
 from hubsync.core.errors import HubError, InvalidRepoIdError, InvalidTagError, PermissionDeniedError, RepoNotFoundError
+from hubsync.core.index import INDEX_FILE, dump_index, index_entry, parse_index
 from hubsync.core.plan import check_repo_id, check_tag_name
-from hubsync.core.pull import step_of
+from hubsync.core.prune import plan_prune
+from hubsync.core.pull import RemoteFile, step_of
 from hubsync.core.repo_id import is_repo_id
 from hubsync.core.selection import best_step_of
 from hubsync.core.transient import NEVER_PASSES, transient_failure, transient_status
 from hubsync.files import git_blob_hasher, git_blob_id
-from hubsync.hub.client import HubClient, with_retries
+from hubsync.hub.client import CommitResult, HubClient, with_retries
+from hubsync.hub.prune import PruneTarget, execute_prune, prune_inputs
 from hubsync.hub.pull import plan_revision_pull
 from hubsync.hub.push import local_hashes
 from hubsync.localhub import RunningHub
@@ -253,3 +258,95 @@ def test_an_unchanged_push_uploads_nothing_and_commits_nothing_by_push_or_watch(
     assert changed.exit_code == 0, changed.stderr
     after = _history(api, "me/again")
     assert len(after["checkpoint-30"]) == len(before["checkpoint-30"]) + 1
+
+
+# Effects take Protocols: a small Hub of its own, in memory, that records what it is asked, stands in for HubClient.
+class RecordingHub:
+    """A repository in memory implementing PruneTarget (hub/prune.py): branches -> {path: bytes}, one commit each."""
+
+    endpoint = "http://fake.test"
+
+    def __init__(self, branches: dict[str, dict[str, bytes]]) -> None:
+        self.files = branches
+        self.heads = {name: f"{i + 1:040x}" for i, name in enumerate(branches)}
+        self.calls: list[tuple[str, ...]] = []
+
+    def require_token(self) -> None:
+        self.calls.append(("require_token",))
+
+    def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        self.calls.append(("refs", repo_id))
+        return dict(self.heads), {}
+
+    def _branch_of(self, revision: str) -> str:
+        return next((b for b, c in self.heads.items() if c == revision), revision)
+
+    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None:
+        self.calls.append(("read_file", revision, path))
+        return self.files[self._branch_of(revision)].get(path)
+
+    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]:
+        self.calls.append(("tree", commit))
+        files = self.files[self._branch_of(commit)]
+        return [RemoteFile(p, len(d), None, git_blob_id(d)) for p, d in sorted(files.items())]
+
+    def commit_dates(self, repo_id: str, revision: str, newest: int | None = None) -> list[tuple[str, str]]:
+        return [(revision, "2026-01-01T00:00:00+00:00")]
+
+    def delete_branch(self, repo_id: str, branch: str) -> bool:
+        self.calls.append(("delete_branch", branch))
+        del self.files[branch], self.heads[branch]
+        return True
+
+    def branch_head(self, repo_id: str, branch: str) -> str | None:
+        return self.heads.get(branch)
+
+    def commit_files(
+        self,
+        repo_id: str,
+        branch: str,
+        files: Any,
+        message: str,
+        description: str = "",
+        parent_commit: str | None = None,
+        delete: Sequence[str] = (),
+    ) -> CommitResult:
+        assert parent_commit == self.heads[branch]
+        self.calls.append(("commit_files", branch, message))
+        for source, path in files:
+            self.files[branch][path] = source if isinstance(source, bytes) else Path(source).read_bytes()
+        self.heads[branch] = f"{int(self.heads[branch], 16) + 100:040x}"
+        return CommitResult(self.heads[branch], f"{self.endpoint}/commit/{self.heads[branch]}", True)
+
+    def web_url(self, repo_id: str, revision: str | None = None) -> str:
+        return f"{self.endpoint}/{repo_id}"
+
+
+def test_a_prune_is_planned_and_carried_out_through_the_protocol_alone() -> None:
+    checkpoint = {"adapter_model.safetensors": b"w", "adapter_config.json": b"{}"}
+    entries = [
+        {**index_entry(checkpoint_name(s), s, None, {}, list(checkpoint), commit=f"{i + 2:040x}"), "tags": []}
+        for i, s in enumerate((10, 20, 30))
+    ]
+    hub: PruneTarget = RecordingHub(
+        {"main": {INDEX_FILE: dump_index(entries)}, **{checkpoint_name(s): dict(checkpoint) for s in (10, 20, 30)}}
+    )
+    assert isinstance(hub, RecordingHub)
+
+    found = prune_inputs(hub, "me/fake")
+    plan = plan_prune("me/fake", found.revisions, keep=1, tags=found.tags, best_step=found.best_step)
+    assert [d.revision for d in plan.delete] == ["checkpoint-20", "checkpoint-10"]
+    assert not any(call[0] in ("delete_branch", "commit_files") for call in hub.calls)  # planning only reads
+
+    result = execute_prune(plan, hub)
+
+    assert result.deleted == ("checkpoint-20", "checkpoint-10")
+    changes = [c for c in hub.calls if c[0] in ("require_token", "delete_branch", "commit_files")]
+    assert changes == [
+        ("require_token",),
+        ("delete_branch", "checkpoint-20"),
+        ("delete_branch", "checkpoint-10"),
+        ("commit_files", "main", "hubsync: prune checkpoint-10, checkpoint-20"),
+    ]
+    assert [e["revision"] for e in parse_index(hub.files["main"][INDEX_FILE])] == ["checkpoint-30"]
+    assert result.index_commit == hub.heads["main"]
