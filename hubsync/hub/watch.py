@@ -150,9 +150,9 @@ class WatchSummary:
                 for p in sorted(self.state.pushed.values(), key=lambda p: p.step)
             ],
             "on_hub_checked": self.checked,
-            "lost": [{"step": s, "checkpoint": f"checkpoint-{s}"} for s in self.state.lost],
+            "lost": [{"step": s, "checkpoint": checkpoint_name(s)} for s in self.state.lost],
             "skipped": [
-                {"step": k.step, "checkpoint": f"checkpoint-{k.step}", "reason": k.reason}
+                {"step": k.step, "checkpoint": checkpoint_name(k.step), "reason": k.reason}
                 for k in sorted(self.state.skipped.values(), key=lambda k: k.step)
             ],
             "untagged": list(self.untagged),
