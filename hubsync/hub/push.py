@@ -16,7 +16,7 @@ from hubsync.convert.compare import check_superseded
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
-from hubsync.core.errors import CommitConflictError, HubsyncError, IncompletePushError, RepoNotFoundError
+from hubsync.core.errors import CommitConflictError, HubError, HubsyncError, IncompletePushError, RepoNotFoundError
 from hubsync.core.index import (
     FALLBACK_FRONT_MATTER,
     INDEX_FILE,
@@ -156,11 +156,6 @@ def already_pushed(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> P
         return None
     if head is None:
         return None
-    if plan.index_entry is not None:
-        entry = {**plan.index_entry, "commit": head, "tags": list(plan.tags)}
-        index = parse_index(hub.read_file(plan.repo_id, "main", INDEX_FILE))
-        if not any({k: v for k, v in e.items() if k != "released"} == entry for e in index):
-            return None
     known: dict[str, Path | bytes] = {
         u.path_in_repo: plan.generated[u.path_in_repo] if u.generated else checkpoint.path / u.source
         for u in plan.uploads
@@ -169,6 +164,14 @@ def already_pushed(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> P
     remote = hub.tree(plan.repo_id, head, plan.revision)
     if not holds_exactly(remote, [u.path_in_repo for u in plan.uploads], _LazyHashes(known), indexed=True):
         return None
+    if plan.index_entry is not None:
+        entry = {**plan.index_entry, "commit": head, "tags": list(plan.tags)}
+        try:
+            index = parse_index(hub.read_file(plan.repo_id, "main", INDEX_FILE))
+        except HubError:  # the push itself then commits nothing to the branch, and says what main's index lacks
+            return None
+        if not any({k: v for k, v in e.items() if k != "released"} == entry for e in index):
+            return None
     for tag in plan.tags:
         hub.ensure_tag(plan.repo_id, tag, head)
     return PushResult(
