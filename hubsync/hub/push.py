@@ -215,10 +215,10 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
     it was."""
     if not checked:
         preflight(hub, [(plan, checkpoint)])
-    done = already_pushed(plan, checkpoint, hub)
-    if done is not None:
-        return done
-    with system_temp_dir("push") as staging:
+    with system_temp_dir("push") as staging:  # entered first: it removes what killed pushes left behind
+        done = already_pushed(plan, checkpoint, hub)
+        if done is not None:
+            return done
         check_superseded(checkpoint, plan.conversion)  # a .bin left out must say what its safetensors file says
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
