@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hubsync.core.checkpoint import checkpoint_name
 from hubsync.core.paths import display_path
 from hubsync.extras import needs_extra
 from hubsync.hub import staging
@@ -95,7 +96,7 @@ class HubsyncCallback(TrainerCallback):
             return control
         run = Path(args.output_dir)
         self._start(run)
-        checkpoint = run / f"checkpoint-{state.global_step}"
+        checkpoint = run / checkpoint_name(state.global_step)  # as the Trainer names it
         if checkpoint.is_dir():
             try:
                 staging.stage(checkpoint, staging.staged_dir(run))
@@ -117,7 +118,7 @@ class HubsyncCallback(TrainerCallback):
                 len(left),
                 self.repo_id,
                 self.wait_seconds,
-                ", ".join(f"checkpoint-{s}" for s in left),
+                ", ".join(map(checkpoint_name, left)),
                 folder,
                 display_path(self._run),
                 folder,

@@ -78,10 +78,11 @@ def main() -> None:
     run_dir = OUT / "run"
 
     _step("Training a tiny LoRA adapter on a randomly initialised Llama (CPU, transformers Trainer + PEFT)")
+    from hubsync.core.checkpoint import list_checkpoints
     from hubsync.tinyrun import train_tiny_lora
 
     train_tiny_lora(run_dir, max_steps=30, save_steps=10)
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = [path for _, path in list_checkpoints(run_dir)]
     for ckpt in checkpoints:
         print(f"    {ckpt}: {', '.join(sorted(p.name for p in ckpt.iterdir()))}")
     latest = checkpoints[-1]

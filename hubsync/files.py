@@ -125,6 +125,19 @@ def lies_within(path: Path, folder: Path) -> bool:
 HASH_CHUNK = 4 * 1024 * 1024
 
 
+def git_blob_hasher(size: int) -> hashlib._Hash:
+    """A sha1 fed git's blob header for `size` bytes: fed the content next, its digest is the git blob id that a
+    Hub's tree lists for a file (of the content for a regular file, of the pointer for an LFS one)."""
+    return hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+
+
+def git_blob_id(data: bytes) -> str:
+    """The git blob id of `data`."""
+    hasher = git_blob_hasher(len(data))
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
 def hash_file(path: Path, *hashers: hashlib._Hash) -> list[str]:
     """Feed the file to every hasher in one read; their hex digests, in order."""
     with path.open("rb", buffering=0) as f:

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from hubsync.cli import cli
 from hubsync.cli.errors import message_for
 from hubsync.core.errors import EndlessListingError, HubTooSlowError
+from hubsync.core.transient import transient_failure as retryable
 from hubsync.hub import client
-from hubsync.hub.watch import retryable
 from hubsync.localhub import RunningHub
 
 GIVE_UP = 60.0  # seconds after which the proxy ends its listings and trickles: unbounded code then finishes

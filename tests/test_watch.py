@@ -743,7 +743,7 @@ def test_a_bad_tag_is_refused_before_the_watch_starts(hub: Any, tmp_path: Path) 
 
 def test_only_failures_that_may_pass_are_retried() -> None:
     from hubsync.core.errors import CommitConflictError, HubError, HubUnreachableError, PermissionDeniedError
-    from hubsync.hub.watch import retryable
+    from hubsync.core.transient import transient_failure as retryable
 
     assert retryable(HubUnreachableError("e", "ConnectError")) and retryable(CommitConflictError("e", "moved"))
     assert all(retryable(HubError("e", "busy", status=s)) for s in (408, 429, 500, 503))

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from hubsync.core.checkpoint import checkpoint_name
 from hubsync.core.paths import display_path
 
 from .app import cli
@@ -175,7 +176,7 @@ def _untagged(summary: Any, run_dir: str) -> str:
     line += "that was pushed."
     if summary.state.pushed:
         newest = max(summary.state.pushed)
-        folder = display_path(Path(run_dir) / f"checkpoint-{newest}")
+        folder = display_path(Path(run_dir) / checkpoint_name(newest))
         line += (
             f" To tag checkpoint-{newest} instead: hubsync push {folder} --repo {summary.repo_id} {names} "
             "(with the watch's other options; nothing new is committed to its branch)"
@@ -208,7 +209,9 @@ def _report_watch(event: object, as_json: bool) -> None:
         err = event.error
         why = f"{err.endpoint}: {err.detail}" if isinstance(err, HubError) else str(err)
         later = f"trying again in {event.retry_in:g} s"
-        what = "the record not checked against it" if event.step is None else f"checkpoint-{event.step} not pushed"
+        what = (
+            "the record not checked against it" if event.step is None else f"{checkpoint_name(event.step)} not pushed"
+        )
         echo(one_line(f"Hub unavailable ({why}): {what} yet; {later}."), err=True)
     elif isinstance(event, Skipped):
         echo(

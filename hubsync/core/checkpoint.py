@@ -18,7 +18,27 @@ from .errors import CheckpointFileError, IncompleteCheckpointError, NotACheckpoi
 from .ghostpickle import read_torch_pickle
 from .paths import display_path
 
-CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-([0-9]+)\Z")
+# A step number: at most 18 digits, so that every step fits in an int64 and in a file name, and a hostile name
+# or trainer_state.json never reaches int() with thousands of digits (which raises past 4,300).
+MAX_STEP_DIGITS = 18
+MAX_STEP = 10**MAX_STEP_DIGITS - 1
+STEP_DIGITS = rf"[0-9]{{1,{MAX_STEP_DIGITS}}}"
+CHECKPOINT_NAME = re.compile(rf"checkpoint-({STEP_DIGITS})")  # the Trainer's folder (and branch) name; fullmatch
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a `checkpoint-N` name (a folder's, a branch's last part), None when it is not one."""
+    m = CHECKPOINT_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_name(step: int) -> str:
+    """`checkpoint-N`, the name the Trainer gives the folder of step N; ValueError for a step that is not one."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"not a step number (0 to {MAX_STEP_DIGITS} digits)")
+    return f"checkpoint-{step}"
+
+
 TRAINER_STATE = "trainer_state.json"
 TRAINING_ARGS = "training_args.bin"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -96,6 +116,8 @@ def parse_trainer_state(data: Any) -> TrainerState:
     step = data.get("global_step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise ValueError(f"global_step is {step!r}, not a step number")
+    if step is not None and step > MAX_STEP:  # a hostile record: its repr alone may be thousands of digits
+        raise ValueError(f"global_step has more than {MAX_STEP_DIGITS} digits, more than any run takes")
     history = data.get("log_history", [])
     if not isinstance(history, list):
         raise ValueError("log_history is not a list")
@@ -294,9 +316,9 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """The `checkpoint-N` folders of a run folder, by step."""
     found = []
     for child in run_dir.iterdir():
-        m = CHECKPOINT_DIR_RE.match(child.name)
-        if m and child.is_dir():
-            found.append((int(m.group(1)), child))
+        step = checkpoint_step(child.name)
+        if step is not None and child.is_dir():
+            found.append((step, child))
     return sorted(found)
 
 
@@ -329,8 +351,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             state = parse_trainer_state(raw_state)
         except ValueError as exc:
             raise CheckpointFileError(state_shown, str(exc)) from exc
-    m = CHECKPOINT_DIR_RE.match(root.name)
-    step = state.global_step if state and state.global_step is not None else (int(m.group(1)) if m else None)
+    step = state.global_step if state and state.global_step is not None else checkpoint_step(root.name)
     return Checkpoint(
         root,
         shown,
@@ -343,7 +364,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         model_config=_json_object(root, "config.json", names, shown),
         training_args=_training_args(root, names),
         git_commit=git_commit_of(root),
-        run_name=_run_name(root) if m else None,
+        run_name=_run_name(root) if checkpoint_step(root.name) is not None else None,
         outside_links=tuple(outside),
         trainer_state_json=raw_state,
     )

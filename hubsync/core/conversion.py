@@ -5,17 +5,54 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .checkpoint import Checkpoint, missing_parts
+from .checkpoint import TRAINING_ARGS, Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
 
 _SHARD_RE = re.compile(r"^pytorch_model-([0-9]+)-of-([0-9]+)\.bin\Z")
 _SAFETENSORS_SHARD_RE = re.compile(r"^model-[0-9]+-of-[0-9]+\.safetensors\Z")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-# Training-only state: optimizer, scheduler, RNG, AMP scaler and the pickled TrainingArguments.
-TRAINING_STATE_RE = re.compile(
-    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_[0-9]+)?\.pth|training_args\.bin"
-    r"|(optimizer|scheduler|scaler|rng_state(_[0-9]+)?)\.(json|safetensors)|training_args\.json)\Z"
+
+
+@dataclass(frozen=True)
+class StateFile:
+    """A training-state file the Trainer writes with torch.save: `<stem><suffix>`, and `<stem>_<rank><suffix>` one
+    a process when `per_process`. hubsync's pickle-free form of it is <name>.json + <name>.safetensors."""
+
+    stem: str
+    suffix: str
+    per_process: bool = False
+
+    @property
+    def pattern(self) -> str:
+        return re.escape(self.stem) + ("(_[0-9]{1,9})?" if self.per_process else "")
+
+
+# The one table of the Trainer's training state (optimizer, LR scheduler, AMP scaler, RNG); the names below and
+# the folders and shards of DeepSpeed and FSDP (NESTED_STATE_RE) are all derived from, or beside, it.
+TRAINING_STATE_FILES = (
+    StateFile("optimizer", ".pt"),
+    StateFile("scheduler", ".pt"),
+    StateFile("scaler", ".pt"),
+    StateFile("rng_state", ".pth", per_process=True),
 )
+TRAINING_ARGS_DOCUMENT = "training_args.json"  # the pickled TrainingArguments (training_args.bin) as JSON
+_STEMS = "|".join(f.pattern for f in TRAINING_STATE_FILES)
+_PICKLED = "|".join(f"{f.pattern}{re.escape(f.suffix)}" for f in TRAINING_STATE_FILES)
+STATE_FILE_RE = re.compile(rf"^({_PICKLED})\Z")  # the pickles pushed in the pickle-free form
+STATE_DOCUMENT_RE = re.compile(rf"^({_STEMS})\.json\Z")  # their pickle-free form's document
+# Training-only state: the above in either form, and the TrainingArguments.
+TRAINING_STATE_RE = re.compile(
+    rf"^({_PICKLED}|({_STEMS})\.(json|safetensors)|{re.escape(TRAINING_ARGS)}|{re.escape(TRAINING_ARGS_DOCUMENT)})\Z"
+)
+
+
+def pickled_state_name(stem: str) -> str | None:
+    """The file torch.save wrote for a training-state stem (optimizer -> optimizer.pt, rng_state_1 ->
+    rng_state_1.pth), None when the stem is not one of TRAINING_STATE_FILES."""
+    for f in TRAINING_STATE_FILES:
+        if re.fullmatch(f.pattern, stem):
+            return stem + f.suffix
+    return None
 
 
 @dataclass(frozen=True)
@@ -109,10 +146,6 @@ def plan_conversion(checkpoint: Checkpoint) -> ConversionPlan:
     return ConversionPlan(tuple(conversions), index, tuple(superseded), tuple(compared))
 
 
-STATE_FILE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_[0-9]+)?\.pth)\Z")
-STATE_DOCUMENT_RE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_[0-9]+)?)\.json\Z")  # their pickle-free form
-
-
 def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:
     """What a revision lacks for Trainer.train(resume_from_checkpoint=...) to carry on from it once pulled:
     trainer_state.json and weights (missing_parts: without them resuming fails), and the optimizer and
@@ -121,7 +154,7 @@ def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:
     only logs that its random draws (dropout) differ from those of an uninterrupted run."""
 
     def has(stem: str) -> bool:
-        return f"{stem}.pt" in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
+        return pickled_state_name(stem) in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
 
     return (*missing_parts(paths), *(f"{stem} state" for stem in ("optimizer", "scheduler") if not has(stem)))
 

@@ -9,10 +9,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .card import CardSettings, card_context, card_files
-from .checkpoint import MAX_JSON_BYTES, Checkpoint, TrainerState, check_complete, looks_pickled
+from .checkpoint import (
+    MAX_JSON_BYTES,
+    TRAINING_ARGS,
+    Checkpoint,
+    TrainerState,
+    check_complete,
+    checkpoint_step,
+    looks_pickled,
+)
 from .conversion import (
     PICKLE_SUFFIXES,
     STATE_FILE_RE,
+    TRAINING_ARGS_DOCUMENT,
     ConversionPlan,
     check_no_outside_links,
     is_training_state,
@@ -30,6 +39,7 @@ from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
 from .remote_paths import remote_path_problem
 from .render import render
+from .repo_id import is_repo_id
 from .secrets import (
     Identity,
     file_holds_token,
@@ -41,7 +51,6 @@ from .secrets import (
 )
 from .selection import DEFAULT_REVISION, revision_name
 
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
 
 
@@ -116,13 +125,7 @@ class PushPlan:
 
 def check_repo_id(repo_id: str) -> str:
     """NAMESPACE/NAME as the Hub accepts it (huggingface_hub's own rules: no '--' or '..', no '-' or '.' at an end)."""
-    parts = repo_id.split("/")
-    if (
-        not _REPO_ID_RE.match(repo_id)
-        or any(bad in repo_id for bad in ("..", "--"))
-        or any(p.startswith(("-", ".")) or p.endswith(("-", ".")) for p in parts)
-        or repo_id.endswith(".git")
-    ):
+    if not is_repo_id(repo_id):
         raise InvalidRepoIdError(repo_id)
     return repo_id
 
@@ -146,7 +149,7 @@ def check_branch_name(name: str) -> str:
 def check_tag_name(name: str, branch: str) -> str:
     """A tag follows the rules of a branch name, and may not take the name of main, of the branch it is pushed
     to, or of a checkpoint-N branch: a ref named both ways is ambiguous. (Other branches are not looked up.)"""
-    if name in ("main", "HEAD", branch) or re.fullmatch(r"checkpoint-[0-9]+", name):
+    if name in ("main", "HEAD", branch) or checkpoint_step(name) is not None:
         raise InvalidTagError(name, "a branch has, or a checkpoint branch may have, that name")
     try:
         return check_branch_name(name)
@@ -266,10 +269,10 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
                 Upload(tensors_name, tensors_name, f.size, f.relpath),
             ]
         safe = {f.relpath for f in state_files}
-        if "training_args.bin" in sizes:
-            safe.add("training_args.bin")
+        if TRAINING_ARGS in sizes:
+            safe.add(TRAINING_ARGS)
             if checkpoint.training_args is not None:
-                generated["training_args.json"] = training_args_json(checkpoint.training_args, who)
+                generated[TRAINING_ARGS_DOCUMENT] = training_args_json(checkpoint.training_args, who)
     else:
         safe = set()
     replaced = conversion.sources | set(generated) | set(dropped) | safe

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import has_weights
-from .conversion import STATE_DOCUMENT_RE, is_resumable
+from .checkpoint import STEP_DIGITS, checkpoint_name, has_weights
+from .conversion import STATE_DOCUMENT_RE, is_resumable, pickled_state_name
 from .errors import HostileListingError, NoCheckpointRevisionError, NotACheckpointRevisionError
 from .remote_paths import check_remote_path, shown_remote_path
 
@@ -54,7 +54,8 @@ class PullPlan:
         for path, document in sorted(by_path.items()):
             stem = path.removesuffix(".json")
             if STATE_DOCUMENT_RE.match(path) and f"{stem}.safetensors" in by_path:
-                name = f"{stem}.pth" if stem.startswith("rng_state") else f"{stem}.pt"
+                name = pickled_state_name(stem)
+                assert name is not None  # STATE_DOCUMENT_RE names only the table's stems
                 out.append(RebuiltFile(name, document, by_path[f"{stem}.safetensors"]))
         return tuple(out)
 
@@ -89,7 +90,9 @@ def check_checkpoint_revision(repo_id: str, revision: str, paths: Sequence[str])
 
 
 def step_of(revision: str) -> int | None:
-    m = re.search(r"([0-9]+)\Z", revision)
+    """The number a revision's name ends with (checkpoint-1000, run-a/step-1000), None when it ends with none or
+    with more digits than a step has."""
+    m = re.search(rf"(?<![0-9])({STEP_DIGITS})\Z", revision)
     return int(m.group(1)) if m else None
 
 
@@ -127,7 +130,7 @@ def plan_pull(
         )
     )
     check_checkpoint_revision(repo_id, revision, [f.path for f in files])
-    name = f"checkpoint-{step}" if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
+    name = checkpoint_name(step) if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
     return PullPlan(repo_id, revision, commit, to / name, files)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import checkpoint_step
 from .errors import InvalidRevisionError, SelectionError
 
 DEFAULT_REVISION = "checkpoint-{step}"
@@ -84,8 +85,7 @@ def best_step_of(best_model_checkpoint: object) -> int | None:
     """The step of trainer_state.json's best_model_checkpoint (a path ending in checkpoint-N)."""
     if not isinstance(best_model_checkpoint, str) or not best_model_checkpoint:  # a hostile record may hold anything
         return None
-    m = re.fullmatch(r"checkpoint-([0-9]+)", Path(best_model_checkpoint.replace("\\", "/")).name)
-    return int(m.group(1)) if m else None
+    return checkpoint_step(Path(best_model_checkpoint.replace("\\", "/")).name)
 
 
 def check_select(select: str) -> str:

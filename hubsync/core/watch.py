@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT_DIR_RE, TRAINER_STATE, loads_json
+from .checkpoint import TRAINER_STATE, checkpoint_step, loads_json
 from .errors import WatchStateError
 from .pull import RemoteFile
 
@@ -177,10 +177,9 @@ def observe_run(run_dir: Path, skip: Container[int]) -> dict[int, Signature]:
     except FileNotFoundError:
         return found
     for child in children:
-        m = CHECKPOINT_DIR_RE.match(child.name)
-        if not m or not child.is_dir(follow_symlinks=False):
+        step = checkpoint_step(child.name)
+        if step is None or not child.is_dir(follow_symlinks=False):
             continue
-        step = int(m.group(1))
         found[step] = None if step in skip else _signature(Path(child.path))
     return found
 
@@ -193,9 +192,9 @@ def run_folder_problem(run_dir: Path) -> str | None:
         children = [c.name for c in os.scandir(run_dir) if c.is_dir(follow_symlinks=False)]
     except (FileNotFoundError, NotADirectoryError):
         children = None
-    if children is not None and any(CHECKPOINT_DIR_RE.match(name) for name in children):
+    if children is not None and any(checkpoint_step(name) is not None for name in children):
         return None
-    if CHECKPOINT_DIR_RE.match(run_dir.name):
+    if checkpoint_step(run_dir.name) is not None:
         return "its name is that of a checkpoint"
     if children is not None and (run_dir / TRAINER_STATE).is_file():
         return f"it holds {TRAINER_STATE} and no checkpoint-N folders"

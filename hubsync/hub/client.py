@@ -48,13 +48,13 @@ from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
+from hubsync.core.transient import transient_status
 from hubsync.hub.download import Transfers, download_seconds, fetch_over_http
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then give up: five attempts in all
 MAX_RETRY_AFTER = 60.0
 MAX_REMOTE_READ_BYTES = MAX_JSON_BYTES  # a file read from a Hub into memory: the bound of a local JSON file
@@ -90,7 +90,7 @@ def with_retries(
             return call()
         except HfHubHTTPError as exc:
             response = exc.response
-            if response is None or response.status_code not in RETRY_STATUSES or attempt == len(delays):
+            if response is None or not transient_status(response.status_code) or attempt == len(delays):
                 raise
             wait = _retry_after(response.headers.get("Retry-After"))
             reason = f"the Hub answered {response.status_code}"

@@ -5,17 +5,26 @@ would delete, and whether the revision stops being resumable."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import is_resumable, resume_missing
 from hubsync.core.errors import HubError, HubsyncError, HubUnreachableError
 from hubsync.core.plan import PushPlan, branch_deletions
+from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import same_content
 
-from .client import HubClient
 from .push import local_hashes
+
+
+class PreviewSource(Protocol):
+    """What a dry run asks of a Hub (HubClient provides it): read only."""
+
+    @property
+    def token(self) -> str | None: ...
+    def repo_facts(self, repo_id: str) -> RepoFacts: ...
+    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class HubPreview:
         }
 
 
-def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: HubClient) -> HubPreview:
+def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: PreviewSource) -> HubPreview:
     """Ask the Hub what a push of `plan` would find. Never raises for the Hub's sake: a dry run still prints."""
     if not hub.token:
         return HubPreview(looked=False, reason="no token, so the Hub was not asked")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.prune import PruneCandidate, PrunePlan
 from hubsync.core.selection import best_step_of
 
-from .client import HubClient
-from .push import drop_from_index
-from .revisions import checkpoint_revisions
+from .push import IndexTarget, drop_from_index
+from .revisions import RevisionSource, checkpoint_revisions
+
+
+class PruneTarget(RevisionSource, IndexTarget, Protocol):
+    """What a prune needs from a Hub (HubClient provides it): the revisions, main's index, and deleting branches."""
+
+    def require_token(self) -> None: ...
+    def delete_branch(self, repo_id: str, branch: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class PruneResult:
         return {"deleted": list(self.deleted), "index_commit": self.index_commit}
 
 
-def prune_inputs(hub: HubClient, repo_id: str) -> PruneInputs:
+def prune_inputs(hub: RevisionSource, repo_id: str) -> PruneInputs:
     """The repository's checkpoint branches (as `hubsync ls` lists them), its tags, and the best step."""
     revisions = checkpoint_revisions(hub, repo_id)
     _branches, tags = hub.refs(repo_id)
@@ -49,7 +55,7 @@ def prune_inputs(hub: HubClient, repo_id: str) -> PruneInputs:
     return PruneInputs(candidates, tags, best)
 
 
-def execute_prune(plan: PrunePlan, hub: HubClient) -> PruneResult:
+def execute_prune(plan: PrunePlan, hub: PruneTarget) -> PruneResult:
     """Delete the plan's branches (one already gone is fine), then commit main's index without every revision
     whose branch no longer exists: a re-run after a failure in between finishes the job."""
     hub.require_token()

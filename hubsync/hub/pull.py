@@ -18,14 +18,23 @@ from hubsync.core.conversion import STATE_DOCUMENT_RE
 from hubsync.core.errors import HubsyncError, NotEnoughSpaceError, PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile, newest_revision, plan_pull, step_of
-from hubsync.files import hash_file, remove_stale_temps, system_temp_dir, temp_dir
+from hubsync.files import git_blob_hasher, hash_file, remove_stale_temps, system_temp_dir, temp_dir
 from hubsync.hub.download import DownloadCancelled, Transfers
+from hubsync.hub.revisions import RevisionSource
 
 CANCEL_GRACE_S = 2.0  # how long a cancelled pull waits for its downloads to notice, before it cleans up anyway
 
 
 class PullSource(Protocol):
+    """What fetching a planned pull needs from a Hub (HubClient provides it)."""
+
     def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, transfers: Transfers) -> None: ...
+
+
+class RevisionPullSource(PullSource, RevisionSource, Protocol):
+    """What planning and carrying out the pull of a revision needs: its commit, its listing and files."""
+
+    def resolve_commit(self, repo_id: str, revision: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class PullOutcome:
         return {**self.plan.to_json(), "path": display_path(self.path), "already_there": self.already_there}
 
 
-def plan_revision_pull(hub: Any, repo_id: str, revision: str | None, to: Path | None) -> PullPlan:
+def plan_revision_pull(hub: RevisionPullSource, repo_id: str, revision: str | None, to: Path | None) -> PullPlan:
     """The plan of pulling `revision` (default: the newest checkpoint revision) into `to` (default:
     out/<repo name>): the revision resolved to one commit, its listing checked, the folder named by its step
     (trainer_state.json's global_step, else the revision's number)."""
@@ -61,7 +70,9 @@ def plan_revision_pull(hub: Any, repo_id: str, revision: str | None, to: Path | 
     return plan_pull(repo_id, revision, commit, entries, target, step)
 
 
-def pull_revision(hub: Any, repo_id: str, revision: str | None, to: Path | None, force: bool = False) -> PullOutcome:
+def pull_revision(
+    hub: RevisionPullSource, repo_id: str, revision: str | None, to: Path | None, force: bool = False
+) -> PullOutcome:
     """Plan the pull, then carry it out unless the folder already holds exactly that revision."""
     plan = plan_revision_pull(hub, repo_id, revision, to)
     if already_pulled(plan):
@@ -141,7 +152,7 @@ def _matches(local: Path, remote: RemoteFile) -> bool:
         return False
     if remote.sha256 is not None:
         return hash_file(local, hashlib.sha256()) == [remote.sha256]
-    return hash_file(local, hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)) == [remote.git_oid]
+    return hash_file(local, git_blob_hasher(size)) == [remote.git_oid]
 
 
 def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8) -> Path:
@@ -240,7 +251,7 @@ def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging
         if hash_file(local, hashlib.sha256()) != [remote.sha256]:
             raise PullVerificationError(remote.path, "does not match the sha256 the Hub lists")
     else:
-        if hash_file(local, hashlib.sha1(b"blob %d\0" % size)) != [remote.git_oid]:
+        if hash_file(local, git_blob_hasher(size)) != [remote.git_oid]:
             raise PullVerificationError(remote.path, "does not match the git blob id the Hub lists")
 
 

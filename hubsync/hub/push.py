@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +16,7 @@ from hubsync.convert.compare import check_superseded
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
-from hubsync.core.errors import CommitConflictError, HubsyncError, IncompletePushError
+from hubsync.core.errors import CommitConflictError, HubError, HubsyncError, IncompletePushError, RepoNotFoundError
 from hubsync.core.index import (
     FALLBACK_FRONT_MATTER,
     INDEX_FILE,
@@ -30,7 +30,7 @@ from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import LocalHashes, holds_exactly
-from hubsync.files import hash_file, system_temp_dir
+from hubsync.files import git_blob_hasher, git_blob_id, hash_file, system_temp_dir
 
 from .client import CommitResult
 
@@ -39,16 +39,11 @@ Files = Sequence[tuple[Path | bytes, str]]
 T = TypeVar("T")
 
 
-class PushTarget(Protocol):
-    """What executing a push needs from a Hub (HubClient provides it)."""
+class IndexTarget(Protocol):
+    """What keeping main's index needs from a Hub (HubClient provides it): read it, commit it."""
 
-    def require_token(self) -> None: ...
-    def repo_facts(self, repo_id: str) -> RepoFacts: ...
-    def ensure_repo(self, repo_id: str, private: bool) -> bool: ...
-    def ensure_branch(self, repo_id: str, branch: str) -> bool: ...
-    def delete_branch(self, repo_id: str, branch: str) -> bool: ...
-    def ensure_tag(self, repo_id: str, tag: str, commit: str) -> None: ...
     def branch_head(self, repo_id: str, branch: str) -> str | None: ...
+    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
     def commit_files(
         self,
         repo_id: str,
@@ -59,9 +54,19 @@ class PushTarget(Protocol):
         parent_commit: str | None = None,
         delete: Sequence[str] = (),
     ) -> CommitResult: ...
-    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]: ...
-    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
+
+
+class PushTarget(IndexTarget, Protocol):
+    """What executing a push needs from a Hub (HubClient provides it)."""
+
+    def require_token(self) -> None: ...
+    def repo_facts(self, repo_id: str) -> RepoFacts: ...
+    def ensure_repo(self, repo_id: str, private: bool) -> bool: ...
+    def ensure_branch(self, repo_id: str, branch: str) -> bool: ...
+    def delete_branch(self, repo_id: str, branch: str) -> bool: ...
+    def ensure_tag(self, repo_id: str, tag: str, commit: str) -> None: ...
+    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]: ...
 
 
 @dataclass(frozen=True)
@@ -131,21 +136,89 @@ def _check_tags(hub: PushTarget, plan: PushPlan, repo: RepoFacts, local: Mapping
 def local_hashes(source: Path | bytes) -> LocalHashes:
     """sha256 and git blob id of a file (in one read) or of bytes: what the Hub's tree lists for it."""
     if isinstance(source, bytes):
-        git = hashlib.sha1(b"blob %d\0" % len(source) + source, usedforsecurity=False).hexdigest()
-        return LocalHashes(len(source), hashlib.sha256(source).hexdigest(), git)
+        return LocalHashes(len(source), hashlib.sha256(source).hexdigest(), git_blob_id(source))
     size = source.stat().st_size
-    sha256, git = hash_file(source, hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False))
+    sha256, git = hash_file(source, hashlib.sha256(), git_blob_hasher(size))
     return LocalHashes(size, sha256, git)
 
 
+def already_pushed(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> PushResult | None:
+    """The push of `plan` as the Hub already holds it (its tags applied now), or None when pushing would change
+    something: the branch's head holds exactly the planned paths, each file uploaded as it is or generated with the
+    same content (converted ones are derived from those), and main's index already says of this revision what the
+    push would write (or the plan writes no index). The one rule of `hubsync push` and of a watch restarted without
+    its record: an unchanged push converts, uploads and commits nothing. A --release is always carried out."""
+    if plan.release:
+        return None
+    try:
+        head = hub.branch_head(plan.repo_id, plan.revision)
+    except RepoNotFoundError:  # not created yet: the push creates it
+        return None
+    if head is None:
+        return None
+    known: dict[str, Path | bytes] = {
+        u.path_in_repo: plan.generated[u.path_in_repo] if u.generated else checkpoint.path / u.source
+        for u in plan.uploads
+        if not u.converted_from
+    }
+    remote = hub.tree(plan.repo_id, head, plan.revision)
+    if not holds_exactly(remote, [u.path_in_repo for u in plan.uploads], _LazyHashes(known), indexed=True):
+        return None
+    if plan.index_entry is not None:
+        entry = {**plan.index_entry, "commit": head, "tags": list(plan.tags)}
+        try:
+            index = parse_index(hub.read_file(plan.repo_id, "main", INDEX_FILE))
+        except HubError:  # the push itself then commits nothing to the branch, and says what main's index lacks
+            return None
+        if not any({k: v for k, v in e.items() if k != "released"} == entry for e in index):
+            return None
+    for tag in plan.tags:
+        hub.ensure_tag(plan.repo_id, tag, head)
+    return PushResult(
+        repo_id=plan.repo_id,
+        revision=plan.revision,
+        commit=head,
+        commit_url=f"{hub.web_url(plan.repo_id)}/commit/{head}",
+        url=hub.web_url(plan.repo_id, plan.revision),
+        created=False,
+        files=len(plan.uploads),
+        bytes=plan.total_bytes,
+        tags=plan.tags,
+        released=False,
+    )
+
+
+class _LazyHashes(Mapping[str, LocalHashes]):
+    """local_hashes of each source, computed when holds_exactly first asks (it stops at the first difference)."""
+
+    def __init__(self, sources: Mapping[str, Path | bytes]) -> None:
+        self._sources = sources
+        self._done: dict[str, LocalHashes] = {}
+
+    def __getitem__(self, path: str) -> LocalHashes:
+        if path not in self._done:
+            self._done[path] = local_hashes(self._sources[path])
+        return self._done[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+
 def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checked: bool = False) -> PushResult:
-    """Check what the Hub must allow (preflight, unless `checked` says it was just done), convert pickled weights
-    and training state (verified) into a temp folder, make sure the repository exists, commit the planned files
-    to the branch in one commit, tag it, and record it in main's index. A refusal, or a file that cannot be
-    converted, leaves the Hub as it was."""
+    """Check what the Hub must allow (preflight, unless `checked` says it was just done); when the Hub already holds
+    this push (already_pushed), apply its tags and stop there. Else convert pickled weights and training state
+    (verified) into a temp folder, make sure the repository exists, commit the planned files to the branch in one
+    commit, tag it, and record it in main's index. A refusal, or a file that cannot be converted, leaves the Hub as
+    it was."""
     if not checked:
         preflight(hub, [(plan, checkpoint)])
-    with system_temp_dir("push") as staging:
+    with system_temp_dir("push") as staging:  # entered first: it removes what killed pushes left behind
+        done = already_pushed(plan, checkpoint, hub)
+        if done is not None:
+            return done
         check_superseded(checkpoint, plan.conversion)  # a .bin left out must say what its safetensors file says
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
@@ -267,7 +340,7 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
     retry_conflicts(commit)
 
 
-def drop_from_index(hub: PushTarget, repo_id: str, branches: Callable[[], Collection[str]]) -> CommitResult | None:
+def drop_from_index(hub: IndexTarget, repo_id: str, branches: Callable[[], Collection[str]]) -> CommitResult | None:
     """Make main's index (.hubsync/index.json and its README.md) list only revisions that `branches()` still
     names, in one commit; None when main has no index or it lists nothing that is gone."""
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from hubsync.core.checkpoint import loads_json, parse_trainer_state
+from hubsync.core.checkpoint import checkpoint_step, loads_json, parse_trainer_state
 from hubsync.core.conversion import is_resumable
 from hubsync.core.errors import RemoteFileTooLargeError, UnsafeRemotePathError
 from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
-from hubsync.core.pull import step_of
+from hubsync.core.pull import RemoteFile, step_of
 
-from .client import HubClient
 
-_CHECKPOINT_BRANCH = re.compile(r"(^|/)checkpoint-[0-9]+\Z")
+class RevisionSource(Protocol):
+    """What listing a repository's checkpoint revisions needs from a Hub (HubClient provides it): read only."""
+
+    def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]: ...
+    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
+    def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]: ...
+    def commit_dates(self, repo_id: str, revision: str, newest: int | None = None) -> list[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -39,11 +43,11 @@ class RevisionInfo:
         }
 
 
-def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
+def checkpoint_revisions(hub: RevisionSource, repo_id: str) -> list[RevisionInfo]:
     """Revisions recorded in main's index, and branches named like checkpoint-N; ordered by step."""
     branches, _tags = hub.refs(repo_id)
     indexed = {e["revision"]: e for e in parse_index(hub.read_file(repo_id, "main", INDEX_FILE))}
-    names = [b for b in branches if b in indexed or _CHECKPOINT_BRANCH.search(b)]
+    names = [b for b in branches if b in indexed or checkpoint_step(b.rsplit("/", 1)[-1]) is not None]
     out = []
     for name in names:
         commit = branches[name]
@@ -67,7 +71,7 @@ def checkpoint_revisions(hub: HubClient, repo_id: str) -> list[RevisionInfo]:
     return sorted(out, key=lambda r: (r.step if r.step is not None else -1, r.revision))
 
 
-def _describe(hub: HubClient, repo_id: str, revision: str, commit: str) -> dict[str, Any] | None:
+def _describe(hub: RevisionSource, repo_id: str, revision: str, commit: str) -> dict[str, Any] | None:
     """What the index would say of a revision that it does not know (pushed by hand, or moved since); None for
     a branch that holds nothing but what the repository's first commit made."""
     try:

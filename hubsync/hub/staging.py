@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubsync.core.checkpoint import CHECKPOINT_DIR_RE
+from hubsync.core.checkpoint import checkpoint_name, checkpoint_step
 from hubsync.core.paths import display_path
 from hubsync.core.watch import parse_state
 
@@ -47,7 +47,7 @@ def staged_steps(folder: Path) -> list[int]:
         names = [e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return []
-    return sorted(int(m.group(1)) for m in map(CHECKPOINT_DIR_RE.match, names) if m)
+    return sorted(step for step in map(checkpoint_step, names) if step is not None)
 
 
 def stage(checkpoint: Path, folder: Path) -> bool:
@@ -87,7 +87,7 @@ def work(job: Mapping[str, Any], finish: threading.Event, now: threading.Event, 
     source = staged_dir(run)
 
     def done(step: int) -> None:
-        shutil.rmtree(source / f"checkpoint-{step}", ignore_errors=True)
+        shutil.rmtree(source / checkpoint_name(step), ignore_errors=True)
 
     def report(event: object) -> None:
         if isinstance(event, Pushed):
@@ -95,7 +95,7 @@ def work(job: Mapping[str, Any], finish: threading.Event, now: threading.Event, 
             say("info", f"pushed checkpoint-{event.step} to {event.result.repo_id} @ {event.result.revision}")
         elif isinstance(event, Skipped):
             done(event.step)
-            say("warning", f"checkpoint-{event.step} is not pushed: {event.reason}")
+            say("warning", f"{checkpoint_name(event.step)} is not pushed: {event.reason}")
         elif isinstance(event, PushFailed):
             what = "the check of the record" if event.step is None else f"the push of checkpoint-{event.step}"
             say("warning", f"{what} failed ({event.error}); trying again in {event.retry_in:.0f} s")
@@ -141,7 +141,7 @@ def _drop_recorded(record: Path, endpoint: str, repo_id: str, source: Path) -> N
     state = parse_state(raw, endpoint, repo_id, display_path(record))
     for step in staged_steps(source):
         if step in state.pushed:
-            shutil.rmtree(source / f"checkpoint-{step}", ignore_errors=True)
+            shutil.rmtree(source / checkpoint_name(step), ignore_errors=True)
 
 
 def lower_priority(native_id: int = 0) -> None:

@@ -16,14 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hubsync.core.checkpoint import Checkpoint, read_checkpoint
+from hubsync.core.checkpoint import checkpoint_name, read_checkpoint
 from hubsync.core.errors import (
     CheckpointFileError,
-    CommitConflictError,
-    HubError,
     HubsyncError,
-    HubTooSlowError,
-    HubUnreachableError,
     IncompleteCheckpointError,
     LinkOutsideCheckpointError,
     NotACheckpointError,
@@ -35,9 +31,9 @@ from hubsync.core.errors import (
     UnsafePickleError,
     VerificationError,
 )
-from hubsync.core.index import INDEX_FILE, parse_index
 from hubsync.core.paths import display_path
-from hubsync.core.plan import PushOptions, PushPlan, plan_push
+from hubsync.core.plan import PushOptions, plan_push
+from hubsync.core.transient import transient_failure
 from hubsync.core.watch import (
     STATE_FILE,
     PushedCheckpoint,
@@ -47,7 +43,6 @@ from hubsync.core.watch import (
     check_against_hub,
     dump_state,
     has_pending,
-    holds_exactly,
     is_final,
     next_step,
     observe_run,
@@ -56,7 +51,7 @@ from hubsync.core.watch import (
 )
 from hubsync.files import remove_stale_temps, write_file_atomic
 
-from .push import PushResult, PushTarget, execute_push, local_hashes
+from .push import PushResult, PushTarget, execute_push
 
 SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
 # The watch tries a failed push again itself, with growing pauses; the client's own retries of one call stay
@@ -163,9 +158,9 @@ class WatchSummary:
                 for p in sorted(self.state.pushed.values(), key=lambda p: p.step)
             ],
             "on_hub_checked": self.checked,
-            "lost": [{"step": s, "checkpoint": f"checkpoint-{s}"} for s in self.state.lost],
+            "lost": [{"step": s, "checkpoint": checkpoint_name(s)} for s in self.state.lost],
             "skipped": [
-                {"step": k.step, "checkpoint": f"checkpoint-{k.step}", "reason": k.reason}
+                {"step": k.step, "checkpoint": checkpoint_name(k.step), "reason": k.reason}
                 for k in sorted(self.state.skipped.values(), key=lambda k: k.step)
             ],
             "untagged": list(self.untagged),
@@ -173,14 +168,6 @@ class WatchSummary:
             "stopped": self.stopped,
             "idle": self.idle,
         }
-
-
-def retryable(exc: BaseException) -> bool:
-    """A failure of the Hub that may pass (outage, 5xx, 408, 429, a branch that kept moving), not of the request:
-    a 400, 409 or 422 would only be refused again."""
-    if isinstance(exc, (HubUnreachableError, HubTooSlowError, CommitConflictError)):
-        return True
-    return type(exc) is HubError and exc.status is not None and (exc.status >= 500 or exc.status in (408, 429))
 
 
 class Watcher:
@@ -314,7 +301,7 @@ class Watcher:
                         self.hub.ensure_tag(repo_id, tag, final.commit)
                 self._tagged = True
         except HubsyncError as exc:
-            if not retryable(exc):
+            if not transient_failure(exc):
                 raise
             self.report(PushFailed(None, exc, self._failed()))
             return False, state
@@ -334,8 +321,8 @@ class Watcher:
         for step in steps:
             if self.should_stop() or self.clock() < self._retry_at:
                 break
-            folder = self.settings.source / f"checkpoint-{step}"
-            self.busy = f"the push of checkpoint-{step}"
+            folder = self.settings.source / checkpoint_name(step)
+            self.busy = f"the push of {folder.name}"
             try:
                 result, final = self._push(folder)
             except (HubsyncError, OSError) as exc:
@@ -349,7 +336,7 @@ class Watcher:
                     self._save(state)
                     self.report(Skipped(step, skipped.reason))
                     continue
-                if not retryable(exc):
+                if not transient_failure(exc):
                     raise
                 assert isinstance(exc, HubsyncError)
                 self.report(PushFailed(step, exc, self._failed()))
@@ -369,40 +356,9 @@ class Watcher:
         final = trainer is not None and is_final(trainer.global_step, trainer.settings.get("max_steps"))
         options = self.settings.options if final else dataclasses.replace(self.settings.options, tags=())
         plan = plan_push(checkpoint, options)
-        result = self._already_pushed(plan, checkpoint) or execute_push(plan, checkpoint, self.hub)
+        result = execute_push(plan, checkpoint, self.hub)
         self._tagged = self._tagged or (final and bool(plan.tags))
         return result, final
-
-    def _already_pushed(self, plan: PushPlan, checkpoint: Checkpoint) -> PushResult | None:
-        """The branch's head, when it holds exactly what pushing `plan` would commit and main's index names it
-        (a watch restarted without its record). Pushing again would commit nothing to the branch, but main's
-        README would take this checkpoint's metrics again, one commit for each checkpoint."""
-        try:
-            head = self.hub.branch_head(plan.repo_id, plan.revision)
-        except RepoNotFoundError:  # not created yet: the push creates it
-            return None
-        if head is None:
-            return None
-        index = parse_index(self.hub.read_file(plan.repo_id, "main", INDEX_FILE))
-        indexed = any(e["revision"] == plan.revision and e.get("commit") == head for e in index)
-        as_is = [u for u in plan.uploads if not u.converted_from and not u.generated]
-        local = {u.path_in_repo: local_hashes(checkpoint.path / u.source) for u in as_is} if indexed else {}
-        if not holds_exactly(self.hub.tree(plan.repo_id, head), [u.path_in_repo for u in plan.uploads], local, indexed):
-            return None
-        for tag in plan.tags:
-            self.hub.ensure_tag(plan.repo_id, tag, head)
-        return PushResult(
-            repo_id=plan.repo_id,
-            revision=plan.revision,
-            commit=head,
-            commit_url=f"{self.hub.web_url(plan.repo_id)}/commit/{head}",
-            url=self.hub.web_url(plan.repo_id, plan.revision),
-            created=False,
-            files=len(plan.uploads),
-            bytes=plan.total_bytes,
-            tags=plan.tags,
-            released=bool(plan.release),
-        )
 
     def _pause(self, seconds: float) -> None:
         end = self.clock() + seconds

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from hubsync.files import git_blob_id
+
 from .call import Call
 from .connections import CHUNK
 from .protocol import MAX_LIST_BODY, Response
-from .store import Commit, FileEntry, Store, StoreError, bad_request, git_blob_sha1
+from .store import Commit, FileEntry, Store, StoreError, bad_request
 
 
 def resolve(call: Call, match: re.Match[str]) -> Response:
@@ -148,7 +150,7 @@ def _file_json(entry: FileEntry, last: Commit | None = None) -> dict[str, Any]:
 
 def _dir_json(commit: Commit, path: str) -> dict[str, Any]:
     inside = sorted(e.oid + p for p, e in commit.files.items() if p.startswith(path + "/"))
-    return {"type": "directory", "oid": git_blob_sha1("\n".join(inside).encode()), "size": 0, "path": path}
+    return {"type": "directory", "oid": git_blob_id("\n".join(inside).encode()), "size": 0, "path": path}
 
 
 def _entries(

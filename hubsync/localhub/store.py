@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from hubsync.core.paths import display_path
-from hubsync.files import write_file_atomic
+from hubsync.core.repo_id import REPO_PART, is_repo_id
+from hubsync.files import git_blob_id, write_file_atomic
 
 REPO_TYPES = ("model", "dataset", "space")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+_NAME_RE = re.compile(REPO_PART)  # a user: a namespace; fullmatch
 _REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)\Z")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}\Z")
 _SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
@@ -71,10 +72,6 @@ def not_found_revision(revision: str) -> StoreError:
 
 def bad_request(message: str) -> StoreError:
     return StoreError(400, "BadRequest", message)
-
-
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
@@ -131,10 +128,10 @@ def check_ref_name(name: str) -> str:
 
 
 def check_repo_name(repo_id: str) -> tuple[str, str]:
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_NAME_RE.match(p) for p in parts) or ".." in repo_id:
+    if not is_repo_id(repo_id):
         raise bad_request(f"Invalid repository id: {repo_id!r} (expected 'namespace/name')")
-    return parts[0], parts[1]
+    namespace, name = repo_id.split("/")
+    return namespace, name
 
 
 @dataclass(frozen=True)
@@ -354,7 +351,7 @@ class Store:
 
     def ensure_user(self, user: str, token: str | None = None) -> str:
         """Return a token for `user`: `token` when given (registered if new), else the stored or a new one."""
-        if not _NAME_RE.match(user):
+        if not _NAME_RE.fullmatch(user):
             raise bad_request(f"Invalid user name: {user!r}")
         if token is not None and not _TOKEN_RE.fullmatch(token):
             raise bad_request("A token is 8 to 200 letters, digits, '_', '-' or '.'")
@@ -428,7 +425,7 @@ class Store:
             staged = folder / str(count)
             write_atomic(staged, content)
             sha256 = hashlib.sha256(content).hexdigest()
-            return AddStaged(path, staged, len(content), sha256, git_blob_sha1(content))
+            return AddStaged(path, staged, len(content), sha256, git_blob_id(content))
 
         try:
             yield stage
@@ -474,7 +471,7 @@ class Store:
                     len(INITIAL_GITATTRIBUTES),
                     gitattributes,
                     False,
-                    git_blob_sha1(INITIAL_GITATTRIBUTES),
+                    git_blob_id(INITIAL_GITATTRIBUTES),
                 )
                 commit = self._make_commit((), "initial commit", "", owner, {entry.path: entry}, now)
                 write_atomic(staging / "commits" / f"{commit.id}.json", _dump(commit.to_json()))
@@ -693,7 +690,7 @@ class Store:
                 if isinstance(op, AddRegular):
                     sha256 = hashlib.sha256(op.content).hexdigest()  # stored below, once the whole commit is valid
                     pending[sha256] = op.content
-                    files[op.path] = FileEntry(op.path, len(op.content), sha256, False, git_blob_sha1(op.content))
+                    files[op.path] = FileEntry(op.path, len(op.content), sha256, False, git_blob_id(op.content))
                 elif isinstance(op, AddStaged):
                     pending[op.sha256] = op.staged
                     files[op.path] = FileEntry(op.path, op.size, op.sha256, False, op.oid)
@@ -706,7 +703,7 @@ class Store:
                     if op.size is not None and op.size != size:
                         raise bad_request(f"LFS object {op.sha256} has {size} bytes, not {op.size}")
                     pointer = lfs_pointer(op.sha256, size)
-                    files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_sha1(pointer))
+                    files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_id(pointer))
             kept = {e.sha256 for e in files.values()}
             for sha256, content in pending.items():  # a refused commit leaves no blob behind
                 if sha256 not in kept or self.has_blob(sha256):
