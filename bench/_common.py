@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -92,3 +93,17 @@ class Series:
             return "-"
         walls = sorted(r.wall for r in self.runs)
         return f"{walls[0]:.2f}..{walls[-1]:.2f}"
+
+
+def start_hub(root: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """A `hubsync localhub` at nice 19 (a stand-in for a remote Hub, out of the measured process's way); its
+    HF_ENDPOINT and HF_TOKEN."""
+    hub = subprocess.Popen(
+        ["nice", "-n", "19", *hubsync_cmd(), "localhub", "--root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert hub.stdout is not None
+    env = dict(line.strip().split("=", 1) for line in (hub.stdout.readline(), hub.stdout.readline()))
+    return hub, env

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PY, fmt, hubsync_cmd, loadavg, ratio
+from _common import PY, fmt, loadavg, ratio, start_hub
 
 CASES = ("alone", "process", "thread")
 
@@ -60,18 +60,6 @@ class Run:
     total: float
     left_at_end: int
     returncode: int
-
-
-def start_hub(root: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    hub = subprocess.Popen(
-        ["nice", "-n", "19", *hubsync_cmd(), "localhub", "--root", str(root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert hub.stdout is not None
-    env = dict(line.strip().split("=", 1) for line in (hub.stdout.readline(), hub.stdout.readline()))
-    return hub, env
 
 
 def one_run(work: Path, case: str, steps: int, save_steps: int, env: dict[str, str], repo: str) -> Run:

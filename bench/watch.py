@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PY, fmt, hubsync_cmd, loadavg, ratio
+from _common import PY, fmt, hubsync_cmd, loadavg, ratio, start_hub
 
 
 @dataclass
@@ -40,18 +40,6 @@ class Run:
     returncode: int
     pushed_during: int = 0  # checkpoints on the Hub when the training process exited
     watch_after: float | None = None  # seconds the watch ran on after training ended
-
-
-def start_hub(root: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    hub = subprocess.Popen(
-        ["nice", "-n", "19", *hubsync_cmd(), "localhub", "--root", str(root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert hub.stdout is not None
-    env = dict(line.strip().split("=", 1) for line in (hub.stdout.readline(), hub.stdout.readline()))
-    return hub, env
 
 
 def train(out: Path, steps: int, save_steps: int) -> list[str]:
