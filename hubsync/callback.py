@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ class HubsyncCallback(TrainerCallback):
     (or `hubsync watch <run>`) pushes nothing twice. At the end of training the callback waits at most `wait`
     seconds for the pushes, then logs what is left (a warning of the "hubsync" logger). Every option is checked
     when the callback is made, before training starts; a bad one raises a hubsync.errors error (TypeError for a
-    keyword that is no option, ValueError for a bad worker or wait)."""
+    keyword that is no option, and for select=: every save is pushed)."""
 
     def __init__(
         self,
@@ -56,11 +57,21 @@ class HubsyncCallback(TrainerCallback):
         **options: Any,
     ) -> None:
         import hubsync.api
+        from hubsync.core.errors import SettingError
 
+        if "select" in options:  # a push of a run folder picks checkpoints; the callback pushes every save
+            raise TypeError("HubsyncCallback() takes no select=: it pushes every checkpoint the Trainer saves")
         if worker not in WORKERS:
-            raise ValueError(f"worker={worker!r}: it is one of {', '.join(map(repr, WORKERS))}")
-        if not wait >= 0 or not interval > 0 or not retry_max > 0:
-            raise ValueError("wait= must be 0 or more seconds, interval= and retry_max= more than 0")
+            raise SettingError("worker=", "worker", worker, f"must be {' or '.join(WORKERS)}")
+        for name, value, may_be_zero in (
+            ("wait", wait, True),
+            ("interval", interval, False),
+            ("retry_max", retry_max, False),
+        ):
+            number = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+            if not number or value < 0 or (value == 0 and not may_be_zero):
+                said = "0 or more" if may_be_zero else "above 0"
+                raise SettingError(f"{name}=", name, value, f"must be a number of seconds, {said}")
         self.worker = worker
         self.wait_seconds = float(wait)
         self._job: dict[str, Any] = {
@@ -114,7 +125,7 @@ class HubsyncCallback(TrainerCallback):
             folder = display_path(staging.staged_dir(self._run))
             logger.warning(
                 "hubsync: %d checkpoint(s) not pushed to %s after %.0f s (%s): they stay in %s, pushed by the next "
-                "training run of %s with HubsyncCallback, or by `hubsync push %s --select all`",
+                "training run of %s with HubsyncCallback, or by `hubsync push %s --repo %s --select all`",
                 len(left),
                 self.repo_id,
                 self.wait_seconds,
@@ -122,6 +133,7 @@ class HubsyncCallback(TrainerCallback):
                 folder,
                 display_path(self._run),
                 folder,
+                self.repo_id,
             )
         if self._error:
             logger.warning("hubsync: %s", self._error)

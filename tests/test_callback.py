@@ -19,7 +19,7 @@ import pytest
 from huggingface_hub import HfApi
 
 import hubsync
-from hubsync.core.errors import ConfigError, HubsyncError, MissingRepoError, TokenMissingError
+from hubsync.core.errors import ConfigError, HubsyncError, MissingRepoError, SettingError, TokenMissingError
 from hubsync.core.paths import display_path
 from hubsync.hub import staging
 from hubsync.localhub import RunningHub
@@ -135,7 +135,7 @@ def test_the_end_of_training_waits_at_most_wait_seconds_then_says_what_is_left(
     assert left == [
         "hubsync: 2 checkpoint(s) not pushed to me/trained after 1 s (checkpoint-10, checkpoint-20): they stay "
         f"in {staged}, pushed by the next training run of {display_path(run)} with HubsyncCallback, or by "
-        f"`hubsync push {staged} --select all`"
+        f"`hubsync push {staged} --repo {REPO} --select all`"
     ]
     assert on_hub.token not in caplog.text and str(tmp_path) not in caplog.text
     # nothing pushed: the repository not even made (its worker at nice 19 on a busy machine), or only main
@@ -172,7 +172,10 @@ def test_a_process_other_than_the_main_one_pushes_nothing(
         (REPO, {"revision": "bad..name"}, HubsyncError),
         (None, {}, MissingRepoError),
         (REPO, {"no_such_option": 1}, TypeError),
-        (REPO, {"worker": "fork"}, ValueError),
+        (REPO, {"worker": "fork"}, SettingError),
+        (REPO, {"wait": "10"}, SettingError),
+        (REPO, {"interval": float("nan")}, SettingError),
+        (REPO, {"select": "best"}, TypeError),
     ],
 )
 def test_a_bad_option_is_refused_when_the_callback_is_made(

@@ -37,7 +37,8 @@ def localhub(
 ) -> None:
     """Serve a Hub-compatible server on this machine, storing everything under --root.
 
-    Prints HF_ENDPOINT=... and HF_TOKEN=..., one per line, for `eval`.
+    Prints HF_ENDPOINT=... and HF_TOKEN=..., one per line, then serves in the foreground: send them to a
+    file and read it from another shell (`hubsync localhub > hub.env &`, then `export $(cat hub.env)`).
 
     \b
     Example:

@@ -221,7 +221,8 @@ class HubClient:
 
     def require_token(self) -> None:
         if not self.token:
-            raise errors.TokenMissingError(self.endpoint)
+            detail = f"no Hugging Face token for {self.endpoint}: pass token=, set HF_TOKEN, or run `hf auth login`"
+            raise errors.TokenMissingError(self.endpoint, detail)
 
     def ensure_repo(self, repo_id: str, private: bool) -> bool:
         """Create the repository when it is missing (an existing one is left as it is); whether it is private."""
