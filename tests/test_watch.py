@@ -790,3 +790,25 @@ def test_a_checkpoint_holding_a_name_pull_would_refuse_is_skipped_and_the_watch_
     assert result.stderr.startswith("Skipped checkpoint-20: run/checkpoint-20/con.txt: "), result.stderr
     branches = {b.name for b in api.list_repo_refs(REPO).branches}
     assert {"checkpoint-10", "checkpoint-30"} <= branches and "checkpoint-20" not in branches
+
+
+def test_a_watch_that_leaves_out_what_the_branch_held_says_so(
+    tiny_run: Path, tmp_path: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A branch pushed with its training state, watched again without it, stops being resumable: the watch says
+    how many files it deleted, as push does."""
+    import shutil
+
+    from conftest import push
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "checkpoint-30", run / "checkpoint-30")
+    assert push(hub, str(run / "checkpoint-30"), "--repo", REPO, "--training-state", "keep").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
+    args = ["watch", "run", "--repo", REPO, "--interval", "0.05", "--idle-timeout", "0.5", "--nice", "0"]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.stderr
+    files = api.list_repo_files(REPO, revision="checkpoint-30")
+    gone = [line for line in result.stdout.splitlines() if line.startswith("  deleted: ")]
+    assert "optimizer.safetensors" not in files and gone and int(gone[0].split()[1]) >= 1

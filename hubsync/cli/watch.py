@@ -198,7 +198,9 @@ def _report_watch(event: object, as_json: bool) -> None:
         if not as_json:
             r = event.result
             verb = "Pushed" if r.created else "Already on the Hub:"
-            echo(f"{verb} checkpoint-{event.step} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
+            echo(f"{verb} {checkpoint_name(event.step)} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
+            if r.deleted:  # as push says it: a branch that held training state can stop being resumable
+                echo(f"  deleted: {r.deleted} files the branch held (this push leaves them out)")
     elif isinstance(event, Lost):
         echo(
             f"Lost: {checkpoints(event.steps)} deleted from the run folder before it was pushed "
