@@ -31,6 +31,9 @@ with needs_extra("HubsyncCallback"):
 logger = logging.getLogger("hubsync")
 
 WORKERS = ("process", "thread")
+MAX_SECONDS = 7 * 24 * 3600  # wait= and the pauses: a bound a timer takes (1e300 s overflows it)
+# The watch's own parameters, which the callback sets itself.
+WATCHER_ONLY = frozenset({"should_stop", "report", "client", "settings", "checkpoints_dir", "idle_timeout"})
 
 
 class HubsyncCallback(TrainerCallback):
@@ -61,6 +64,10 @@ class HubsyncCallback(TrainerCallback):
 
         if "select" in options:  # a push of a run folder picks checkpoints; the callback pushes every save
             raise TypeError("HubsyncCallback() takes no select=: it pushes every checkpoint the Trainer saves")
+        for name in sorted(set(options) & WATCHER_ONLY):
+            raise TypeError(f"HubsyncCallback() got an unexpected keyword argument {name!r}")
+        if token is not None and not isinstance(token, str):
+            raise SettingError("token=", "token", "<redacted>", "must be a string")
         if worker not in WORKERS:
             raise SettingError("worker=", "worker", worker, f"must be {' or '.join(WORKERS)}")
         for name, value, may_be_zero in (
@@ -69,8 +76,8 @@ class HubsyncCallback(TrainerCallback):
             ("retry_max", retry_max, False),
         ):
             number = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-            if not number or value < 0 or (value == 0 and not may_be_zero):
-                said = "0 or more" if may_be_zero else "above 0"
+            if not number or value < 0 or (value == 0 and not may_be_zero) or value > MAX_SECONDS:
+                said = f"{'0 or more' if may_be_zero else 'above 0'}, at most {MAX_SECONDS:,} (a week)"
                 raise SettingError(f"{name}=", name, value, f"must be a number of seconds, {said}")
         self.worker = worker
         self.wait_seconds = float(wait)
@@ -98,8 +105,8 @@ class HubsyncCallback(TrainerCallback):
 
     # -- what the Trainer calls ------------------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if _is_main(args, state):
-            self._start(Path(args.output_dir))
+        if _is_main(args, state):  # state.global_step: where this run starts (0, or the step it resumes from)
+            self._start(Path(args.output_dir), resumed_at=state.global_step)
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -156,16 +163,19 @@ class HubsyncCallback(TrainerCallback):
         return not self.pending
 
     # -- the worker --------------------------------------------------------------------------------------------------
-    def _start(self, run: Path) -> None:
+    def _start(self, run: Path, resumed_at: int | None = None) -> None:
         if self._run is not None:
             return
         import hubsync.api
 
         job = {k: v for k, v in self._job.items() if k != "hf_hub_offline"}
-        # Checked again with the run folder's configuration, before the first training step.
+        # Checked again with the run folder's configuration, before the first training step; and the folders
+        # hubsync keeps there.
         hubsync.api.watcher(run, job["repo_id"], endpoint=job["endpoint"], token=job["token"], **job["options"])
+        staging.check_staging(run)
         self._run = run
         self._job["run_dir"] = str(run)
+        self._job["resumed_at"] = resumed_at if isinstance(resumed_at, int) else None
         if self.worker == "thread":
             self._thread = threading.Thread(target=self._work_in_thread, name="hubsync-callback", daemon=True)
             self._thread.start()

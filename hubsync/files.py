@@ -114,11 +114,10 @@ def copy_file_atomic(source: Path, target: Path) -> None:
 
 def lies_within(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies within it, links followed (a link must not lead writes into it)."""
-    real = folder.resolve()
-    probe = path
-    while not probe.exists() and probe != probe.parent:  # resolve what exists; the rest cannot be a link
-        probe = probe.parent
-    resolved = Path(os.path.normpath(probe.resolve() / path.relative_to(probe)))  # `new/../ckpt`: the ckpt
+    real = Path(os.path.realpath(folder))
+    # realpath reads the path part by part: links followed where they exist, `new/..` (a folder still to be made)
+    # back where it started, and a link after it followed again
+    resolved = Path(os.path.realpath(path))
     return resolved == real or resolved.is_relative_to(real)
 
 

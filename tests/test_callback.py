@@ -218,3 +218,50 @@ def test_the_readmes_callback_example_runs_with_the_real_trainer(tmp_path: Path,
     branches = {b.name for b in api.list_repo_refs("me/my-model").branches}
     assert branches == {"main", "checkpoint-10", "checkpoint-20"}
     assert "optimizer.safetensors" in api.list_repo_files("me/my-model", revision="checkpoint-20")
+
+
+def test_a_link_in_the_staging_folders_is_refused_before_training_and_nothing_outside_is_touched(
+    on_hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    """A link at <run>/.hubsync/staged/<run> would have the worker push, then delete, checkpoints elsewhere."""
+    from hubsync.core.errors import WatchStateError
+
+    elsewhere = tmp_path / "precious" / "checkpoint-5"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "PRECIOUS.txt").write_text("mine")
+    run = tmp_path / "out" / "run"
+    (run / ".hubsync" / "staged").mkdir(parents=True)
+    (run / ".hubsync" / "staged" / "run").symlink_to(tmp_path / "precious")
+    with pytest.raises(WatchStateError, match="a link or a file"):
+        train_tiny_lora(run, max_steps=10, save_steps=10, callbacks=[hubsync.HubsyncCallback(REPO)])
+    assert (elsewhere / "PRECIOUS.txt").read_text() == "mine" and not api.repo_exists(REPO)
+
+
+def test_a_file_where_a_staged_copy_goes_does_not_make_the_checkpoint_skipped(
+    on_hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    run = tmp_path / "out" / "run"
+    staging.staged_dir(run).mkdir(parents=True)
+    (staging.staged_dir(run) / "checkpoint-10").write_text("not a checkpoint")
+    callback = hubsync.HubsyncCallback(REPO, worker="thread")
+    train_tiny_lora(run, max_steps=20, save_steps=10, callbacks=[callback])
+    assert callback.pending == []
+    assert_each_on_the_hub_exactly_once(api, [10, 20])
+
+
+def test_a_run_trained_again_from_scratch_into_the_same_folder_pushes_its_own_checkpoints(
+    on_hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    """The record holds the first run's pushes of the same steps; the second run's checkpoints are others and are
+    pushed (a new commit on each branch), not taken for pushed."""
+    run = tmp_path / "out" / "run"
+    train_tiny_lora(run, max_steps=20, save_steps=10, callbacks=[hubsync.HubsyncCallback(REPO, worker="thread")])
+    first = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
+    shutil.rmtree(run / "checkpoint-10")
+    shutil.rmtree(run / "checkpoint-20")
+    callback = hubsync.HubsyncCallback(REPO, worker="thread")
+    train_tiny_lora(run, max_steps=20, save_steps=10, seed=7, callbacks=[callback])
+    assert callback.pending == []
+    second = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
+    assert all(second[f"checkpoint-{s}"] != first[f"checkpoint-{s}"] for s in (10, 20)), (first, second)
+    assert recorded(run) == [10, 20]

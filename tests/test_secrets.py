@@ -613,7 +613,7 @@ def test_scrubbing_takes_linear_time_on_repeated_secret_words(unit: str) -> None
 
 @settings(max_examples=200, deadline=None)
 @given(
-    before=st.text(alphabet="=: x_TOKENpasword'\"\n", max_size=30),
+    before=st.text(alphabet="=: _TOKENPASWRD'\"\n", max_size=30),  # nothing the value is made of
     name=st.sampled_from(["HF_TOKEN", "DB_PASSWORD", "api_key", "AWS_SECRET_ACCESS_KEY", "my_credentials"]),
     gap=st.sampled_from(["=", ": ", " = ", ":"]),
     value=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789!#%&", min_size=8, max_size=20),

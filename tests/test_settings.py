@@ -4,6 +4,7 @@ sources named in refusals, and no traceback from any text given to any option of
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -379,6 +380,9 @@ def test_a_template_named_by_a_file_stays_in_that_files_folder(
 
 def test_a_template_that_never_ends_is_refused(run: Path, hub: RunningHub, api: HfApi) -> None:
     result = push(hub, str(run), "--repo", "me/tiny", "--template", "/dev/zero")
+    assert result.exit_code == 1 and "it is a file of the system (/proc, /sys, /dev)" in result.stderr
+    os.mkfifo(run.parent / "fifo.j2")  # would block the open itself
+    result = push(hub, str(run), "--repo", "me/tiny", "--template", str(run.parent / "fifo.j2"))
     assert result.exit_code == 1 and "it is not a regular file" in result.stderr
     (run.parent / "big.j2").write_bytes(b"x" * (1024 * 1024 + 1))
     result = push(hub, str(run), "--repo", "me/tiny", "--template", str(run.parent / "big.j2"))

@@ -13,6 +13,7 @@ what happens as JSON lines on stdout. No transformers here: the child process st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -41,11 +42,27 @@ def staged_dir(run_dir: Path) -> Path:
     return run_dir / STAGED_DIR / run_dir.name
 
 
+def check_staging(run_dir: Path) -> None:
+    """The folders hubsync keeps in the run folder are folders of its own: a link there (to a folder elsewhere,
+    whose checkpoints the worker would push, then delete) or a file is refused, as is a record that cannot be
+    read, before training starts. WatchStateError names the path."""
+    from hubsync.core.errors import WatchStateError
+
+    for folder in (run_dir / ".hubsync", run_dir / ".hubsync" / "staged", staged_dir(run_dir)):
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise WatchStateError(display_path(folder), "it is a link or a file, not a folder hubsync made")
+    record = run_dir / ".hubsync" / "watch.json"
+    if record.is_symlink() or (record.exists() and not record.is_file()):
+        raise WatchStateError(display_path(record), "it is a link or a folder, not the record hubsync wrote")
+    if record.exists():
+        parse_state(record.read_bytes(), "", "", display_path(record))  # any record: damaged or not
+
+
 def staged_steps(folder: Path) -> list[int]:
-    """The steps of the staged checkpoint-N folders, oldest first."""
+    """The steps of the staged checkpoint-N folders, oldest first (links and files are no staged copies)."""
     try:
         names = [e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(step for step in map(checkpoint_step, names) if step is not None)
 
@@ -55,8 +72,10 @@ def stage(checkpoint: Path, folder: Path) -> bool:
     made under a temporary name and renamed whole, so that a watch never sees it half made. Whether it was
     staged now (False: already staged)."""
     target = folder / checkpoint.name
-    if target.exists():
+    if target.is_dir() and not target.is_symlink():
         return False
+    if target.is_symlink() or target.exists():  # a file or a link where a staged copy goes: not one of hubsync's
+        target.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".tmp-{checkpoint.name}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -117,6 +136,8 @@ def work(job: Mapping[str, Any], finish: threading.Event, now: threading.Event, 
         checkpoints_dir=source,
         **job.get("options", {}),
     )
+    check_staging(run)
+    _forget_after(watcher, job.get("resumed_at"))
     _drop_recorded(watcher.state_path, watcher.hub.endpoint, watcher.settings.options.repo_id, source)
     _push_until(watcher, source, should_stop, done)  # the watcher keeps huggingface_hub's bars off the Trainer's
 
@@ -130,6 +151,19 @@ def _push_until(watcher: Watcher, source: Path, should_stop: Callable[[], bool],
         if summary.finished:  # the run's final checkpoint is pushed: wait for another to be staged, or the end
             while not should_stop() and not set(staged_steps(source)) - set(summary.state.pushed):
                 time.sleep(watcher.settings.interval)
+
+
+def _forget_after(watcher: Watcher, step: int | None) -> None:
+    """A training run that starts at `step` (0: from scratch) saves its own checkpoints past it: the record's
+    pushes of later steps are another run's (one trained before into this folder), so they are forgotten, and
+    this run's checkpoints of those steps are pushed, not taken for pushed."""
+    if not isinstance(step, int):
+        return
+    state = watcher._load()
+    kept = {s: p for s, p in state.pushed.items() if s <= step}
+    if len(kept) < len(state.pushed):
+        final = state.final_step if state.final_step is not None and state.final_step <= step else None
+        watcher._save(dataclasses.replace(state, pushed=kept, final_step=final))
 
 
 def _drop_recorded(record: Path, endpoint: str, repo_id: str, source: Path) -> None:
@@ -163,7 +197,7 @@ def _main() -> int:
     lock = threading.Lock()
 
     def say(level: str, message: str) -> None:
-        with lock:
+        with lock, contextlib.suppress(OSError, ValueError):  # no one reads any more: the training process is gone
             sys.stdout.write(json.dumps({"level": level, "message": message}) + "\n")
             sys.stdout.flush()
 
