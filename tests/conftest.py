@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -152,3 +153,18 @@ def hub_state(api: HfApi) -> Any:
         named = sorted((r.name, r.target_commit) for r in (*refs.branches, *refs.tags))
         listed.append((repo, named, [c.commit_id for c in api.list_repo_commits(repo)]))
     return repos, listed
+
+
+def each_on_the_hub_exactly_once(api: HfApi, repo: str, steps: list[int], other_main_commits: int = 0) -> None:
+    """One commit on each checkpoint branch beyond the root it starts from, one index entry each, and one index
+    commit on main for each (beyond main's first commit, and `other_main_commits`)."""
+    branches = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+    assert set(branches) == {"main", *(f"checkpoint-{s}" for s in steps)}
+    root = api.list_repo_commits(repo, revision="main")[-1].commit_id
+    for step in steps:
+        history = [c.commit_id for c in api.list_repo_commits(repo, revision=f"checkpoint-{step}")]
+        assert len(history) == 2 and history[-1] == root, (step, history)
+    index = json.loads(Path(api.hf_hub_download(repo, ".hubsync/index.json")).read_text())
+    assert [e["revision"] for e in index["revisions"]] == [f"checkpoint-{s}" for s in steps]
+    assert [e["commit"] for e in index["revisions"]] == [branches[f"checkpoint-{s}"] for s in steps]
+    assert len(api.list_repo_commits(repo, revision="main")) == 1 + len(steps) + other_main_commits

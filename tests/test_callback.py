@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import each_on_the_hub_exactly_once
 from huggingface_hub import HfApi
 
 import hubsync
@@ -38,18 +39,7 @@ def on_hub(hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> RunningHub:
 
 
 def assert_each_on_the_hub_exactly_once(api: HfApi, steps: list[int], other_main_commits: int = 0) -> None:
-    """One commit on each checkpoint branch beyond the root it starts from, one index entry each, and one index
-    commit on main for each (beyond main's first commit)."""
-    branches = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
-    assert set(branches) == {"main", *(f"checkpoint-{s}" for s in steps)}
-    root = api.list_repo_commits(REPO, revision="main")[-1].commit_id
-    for step in steps:
-        history = [c.commit_id for c in api.list_repo_commits(REPO, revision=f"checkpoint-{step}")]
-        assert len(history) == 2 and history[-1] == root, (step, history)
-    index = json.loads(Path(api.hf_hub_download(REPO, ".hubsync/index.json")).read_text())
-    assert [e["revision"] for e in index["revisions"]] == [f"checkpoint-{s}" for s in steps]
-    assert [e["commit"] for e in index["revisions"]] == [branches[f"checkpoint-{s}"] for s in steps]
-    assert len(api.list_repo_commits(REPO, revision="main")) == 1 + len(steps) + other_main_commits
+    each_on_the_hub_exactly_once(api, REPO, steps, other_main_commits)
 
 
 def recorded(run: Path) -> list[int]:

@@ -18,7 +18,7 @@ from unittest.mock import ANY
 
 import pytest
 from click.testing import CliRunner
-from conftest import SummaryLines, local_hub
+from conftest import SummaryLines, each_on_the_hub_exactly_once, local_hub
 from huggingface_hub import HfApi
 
 from hubsync.cli import cli
@@ -507,18 +507,7 @@ def pushed_steps(tmp_path: Path) -> list[int]:
 
 
 def assert_each_on_the_hub_exactly_once(api: HfApi, steps: list[int], other_main_commits: int = 0) -> None:
-    """One commit on each checkpoint branch beyond the root it starts from, one index entry each, and one index
-    commit on main for each (beyond main's first commit, and `other_main_commits`)."""
-    branches = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
-    assert set(branches) == {"main", *(f"checkpoint-{s}" for s in steps)}
-    root = api.list_repo_commits(REPO, revision="main")[-1].commit_id
-    for step in steps:
-        history = [c.commit_id for c in api.list_repo_commits(REPO, revision=f"checkpoint-{step}")]
-        assert len(history) == 2 and history[-1] == root, (step, history)
-    index = json.loads(Path(api.hf_hub_download(REPO, ".hubsync/index.json")).read_text())
-    assert [e["revision"] for e in index["revisions"]] == [f"checkpoint-{s}" for s in steps]
-    assert [e["commit"] for e in index["revisions"]] == [branches[f"checkpoint-{s}"] for s in steps]
-    assert len(api.list_repo_commits(REPO, revision="main")) == 1 + len(steps) + other_main_commits
+    each_on_the_hub_exactly_once(api, REPO, steps, other_main_commits)
 
 
 @pytest.mark.slow
