@@ -108,10 +108,24 @@ def local_hub_bugs_fail_the_test() -> Iterator[None]:
         server.check_handler_errors()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `xet_and_lfs` runs twice: against a local Hub with Xet storage, as huggingface.co (where
+    huggingface_hub uploads and downloads through hf_xet), and against one with git-LFS only, as most self-hosted
+    Hubs. Any other test meets a Hub with Xet."""
+    if "hub_transfer" in metafunc.fixturenames and metafunc.definition.get_closest_marker("xet_and_lfs"):
+        metafunc.parametrize("hub_transfer", ["xet", "lfs"], indirect=True)
+
+
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[RunningHub]:
+def hub_transfer(request: pytest.FixtureRequest) -> str:
+    """How the `hub` fixture's local Hub takes files: "xet" (the default) or "lfs" (see pytest_generate_tests)."""
+    return str(getattr(request, "param", "xet"))
+
+
+@pytest.fixture
+def hub(tmp_path: Path, hub_transfer: str) -> Iterator[RunningHub]:
     """A local Hub on a free loopback port, user `me`, storing under tmp_path; its handler bugs fail the test."""
-    with local_hub(tmp_path / "hub-root") as running:
+    with local_hub(tmp_path / "hub-root", xet=hub_transfer == "xet") as running:
         yield running
 
 

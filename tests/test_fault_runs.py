@@ -35,6 +35,8 @@ from hubsync.hub.push import execute_push
 from hubsync.localhub import RunningHub
 from hubsync.localhub.protocol import Fault
 
+pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
+
 RUNS = int(os.environ.get("HUBSYNC_FAULT_RUNS", "50"))
 SEED = int(os.environ.get("HUBSYNC_FAULT_SEED") or random.SystemRandom().randrange(2**32))
 QUICK_RETRIES = (0.01, 0.02, 0.04, 0.08)  # as many attempts as by default, without the waits

@@ -13,6 +13,8 @@ from hubsync.cli import cli
 from hubsync.core.prune import PruneCandidate, plan_prune
 from hubsync.localhub import RunningHub
 
+pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
+
 
 def candidates(*steps: int | None) -> list[PruneCandidate]:
     return [

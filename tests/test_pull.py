@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx2
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,6 +17,8 @@ from hubsync.cli import cli
 from hubsync.core.errors import UnsafeRemotePathError
 from hubsync.core.pull import RemoteFile, plan_pull
 from hubsync.localhub import RunningHub
+
+pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
 
 
 def run_cli(hub: RunningHub, *args: str):  # type: ignore[no-untyped-def]
@@ -99,6 +102,8 @@ def test_an_existing_checkpoint_folder_is_kept_unless_forced(pushed: Path, hub: 
 
 def test_a_corrupted_download_fails_and_places_nothing(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     info = api.get_paths_info("me/tiny", ["optimizer.pt"], revision="checkpoint-30")[0]
+    url = f"{hub.endpoint}/me/tiny/resolve/checkpoint-30/optimizer.pt"
+    httpx2.get(url, headers={"Authorization": f"Bearer {hub.token}"}).raise_for_status()  # rebuilt if in Xet
     blob = hub.server.store.blob_path(info.lfs.sha256)
     data = bytearray(blob.read_bytes())
     data[100] ^= 0xFF  # same size, other bytes: only a hash check sees it

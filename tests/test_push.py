@@ -16,6 +16,8 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from hubsync.cli import cli
 from hubsync.localhub import RunningHub
 
+pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
+
 
 def push(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(cli, ["push", *args], env=env, catch_exceptions=False)

@@ -37,6 +37,8 @@ from hubsync.core.watch import (
 )
 from hubsync.localhub import RunningHub
 
+pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
+
 REPO = "me/watched"
 STEPS = [10, 20, 30]
 

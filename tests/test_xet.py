@@ -8,10 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from huggingface_hub import constants
+from conftest import local_hub
+from huggingface_hub import HfApi, constants
 
 from hubsync.hub.client import HubClient, _xet
-from hubsync.localhub import RunningHub
 
 
 class XetTokenHandler(BaseHTTPRequestHandler):
@@ -56,9 +56,11 @@ def test_a_branch_name_with_a_slash_is_quoted_in_the_probe(xet_endpoint: str) ->
     assert XetTokenHandler.seen[-1].endswith("/xet-write-token/runs%2Fa")
 
 
-def test_the_local_hub_offers_no_xet(hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]
-    api.create_repo("me/model")
-    assert HubClient(hub.endpoint, hub.token).offers_xet("me/model", "main") is False
+def test_the_local_hub_offers_xet_unless_told_not_to(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for xet in (True, False):
+        with local_hub(tmp_path / str(xet), xet=xet) as hub:
+            HfApi(endpoint=hub.endpoint, token=hub.token).create_repo("me/model")
+            assert HubClient(hub.endpoint, hub.token).offers_xet("me/model", "main") is xet
 
 
 def test_xet_switch_restores_the_setting_even_on_error() -> None:

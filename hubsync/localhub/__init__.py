@@ -29,14 +29,16 @@ def running_hub(
     token: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    xet: bool = True,
 ) -> Iterator[RunningHub]:
     """Serve a local Hub in a background thread for the duration of the block.
 
+    With `xet`, it offers Xet storage as huggingface.co does; without, only git-LFS, as most self-hosted Hubs.
     The local Hub's own bugs met meanwhile (see `LocalHubServer.check_handler_errors`) are raised as
     `HandlerErrors` when the block ends, or added as a note to the exception that ends it."""
     store = Store(root)
     token = store.ensure_user(user, token)
-    server = LocalHubServer(store, host, port).start_background()
+    server = LocalHubServer(store, host, port, xet=xet).start_background()
     try:
         yield RunningHub(server.url, token, user, server)
     except BaseException as exc:

@@ -1,16 +1,13 @@
 """The local Hub's application: which handler answers each route of the Hub's HTTP API, as huggingface_hub's client
 calls it. Each API area is a module of handlers taking a `Call` and the route's match; the HTTP plumbing
 (`protocol.py`) parses, routes with this table and answers.
-
-An area to come is one module and its lines here: Xet (hf_xet's storage and the xet read/write token endpoints,
-issue 17) goes next to `lfs`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import auth, commits, lfs, refs, repo_files, repos
+from . import auth, commits, lfs, refs, repo_files, repos, xet
 from .call import Call, Handler
 from .protocol import Request, Response, Router
 
@@ -52,6 +49,9 @@ ROUTES = Router[Handler](
         ("PUT", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_upload", lfs.lfs_upload),
         ("GET", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_download", lfs.lfs_download),
         ("POST", r"^/_lfs/(?P<oid>[0-9a-f]{64})/verify$", "lfs_verify", lfs.lfs_verify),
+        # Xet: tokens for hf_xet and the address of the repository's Xet storage
+        ("GET", _API_REPO + r"/xet-write-token/(?P<rev>[^/]+)$", "xet_write_token", xet.write_token),
+        ("GET", _API_REPO + r"/xet-read-token/(?P<rev>[^/]+)$", "xet_read_token", xet.read_token),
         # downloads
         ("GET", _GIT_REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve", repo_files.resolve),
         ("HEAD", _GIT_REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve", repo_files.resolve),

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, unquote
 
 from hubsync.files import git_blob_id
 
+from . import xet
 from .call import Call
 from .connections import CHUNK
 from .protocol import MAX_LIST_BODY, Response
@@ -32,6 +33,9 @@ def resolve(call: Call, match: re.Match[str]) -> Response:
     if entry.lfs:
         headers["X-Linked-Etag"] = headers["ETag"]
         headers["X-Linked-Size"] = str(entry.size)
+    if entry.xet_hash is not None and call.hub.xet is not None:  # hf_xet downloads it; others get it over HTTP
+        headers["X-Xet-Hash"] = entry.xet_hash
+        headers["Link"] = xet.read_token_link(call, repo_type, repo_id, sha)
     start, end = 0, entry.size - 1
     status = 200
     range_header = call.headers.get("Range")
@@ -51,6 +55,8 @@ def resolve(call: Call, match: re.Match[str]) -> Response:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
     length = max(end - start + 1, 0)
+    if call.request.method != "HEAD":
+        call.store.ensure_blob(repo_type, repo_id, entry)
     return Response(
         status,
         stream_blob(call.store, entry.sha256, start, length),
@@ -143,6 +149,8 @@ def _file_json(entry: FileEntry, last: Commit | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "file", "oid": entry.oid, "size": entry.size, "path": entry.path}
     if entry.lfs:
         out["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
+    if entry.xet_hash is not None:
+        out["xetHash"] = entry.xet_hash
     if last is not None:
         out["lastCommit"] = {"id": last.id, "title": last.title, "date": last.date}
     return out

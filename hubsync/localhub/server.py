@@ -105,11 +105,14 @@ class LocalHubServer(ThreadingHTTPServer):
         verbose: bool = False,
         public_url: str | None = None,
         on_handler_error: Callable[[HandlerError], None] | None = None,
+        xet: bool = True,
     ) -> None:
         """`on_handler_error` hears of each kind of handler bug (its type and place) the first time it happens,
         from the thread that met it; all of them are kept for `check_handler_errors`."""
         super().__init__((host, port), HubRequestHandler)
         self.store = store
+        self.xet = store.xet if xet else None  # None: a Hub without Xet, whose clients upload through git-LFS
+        self.xet_cas_url: str | None = None  # for tests of clients: the Xet storage address handed out instead
         self.verbose = verbose
         self.public_url = public_url.rstrip("/") if public_url else None
         self.secret = secrets.token_bytes(32)

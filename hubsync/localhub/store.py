@@ -38,6 +38,8 @@ from hubsync.core.paths import display_path
 from hubsync.core.repo_id import REPO_PART, is_repo_id
 from hubsync.files import git_blob_id, write_file_atomic
 
+from .xet_storage import XetFile, XetStorage, XetStorageError
+
 REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(REPO_PART)  # a user: a namespace; fullmatch
 _REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)\Z")
@@ -141,13 +143,15 @@ class FileEntry:
     sha256: str
     lfs: bool
     oid: str  # git blob id: of the content, or of the LFS pointer for LFS files
+    xet_hash: str | None = None  # an LFS file uploaded through Xet: its Xet hash (its bytes lie in Xet storage)
 
     def to_json(self) -> dict[str, Any]:
-        return {"size": self.size, "sha256": self.sha256, "lfs": self.lfs, "oid": self.oid}
+        data = {"size": self.size, "sha256": self.sha256, "lfs": self.lfs, "oid": self.oid}
+        return data if self.xet_hash is None else {**data, "xetHash": self.xet_hash}
 
     @classmethod
     def from_json(cls, path: str, data: dict[str, Any]) -> FileEntry:
-        return cls(path=path, size=data["size"], sha256=data["sha256"], lfs=data["lfs"], oid=data["oid"])
+        return cls(path, data["size"], data["sha256"], data["lfs"], data["oid"], data.get("xetHash"))
 
     @property
     def pointer_size(self) -> int:
@@ -333,6 +337,7 @@ class Store:
         self.tightened = tighten(self.root)  # entries an older version left readable by others
         self._lock = threading.RLock()
         self._tokens_path = self.root / "tokens.json"
+        self.xet = XetStorage(self.root / "xet")
 
     # -- users and tokens ------------------------------------------------------------
     def tokens(self) -> dict[str, str]:
@@ -435,6 +440,17 @@ class Store:
     def open_blob(self, sha256: str) -> IO[bytes]:
         return self.blob_path(sha256).open("rb")
 
+    def ensure_blob(self, repo_type: str, repo_id: str, entry: FileEntry) -> None:
+        """Make sure the blob of a file of the repository lies in the store: a file uploaded through Xet is
+        rebuilt from the repository's Xet storage the first time a client downloads it without Xet."""
+        if entry.xet_hash is None or self.has_blob(entry.sha256, entry.size):
+            return
+        file = XetFile(entry.xet_hash, entry.size, entry.sha256)
+        try:
+            self.xet.rebuild(repo_type, repo_id, file, self.blob_path(entry.sha256))
+        except XetStorageError as exc:
+            raise StoreError(502, None, str(exc)) from exc
+
     # -- repositories ------------------------------------------------------------------
     def _repo_dir(self, repo_type: str, repo_id: str) -> Path:
         if repo_type not in REPO_TYPES:
@@ -495,6 +511,9 @@ class Store:
             # Renaming first makes the deletion atomic for readers.
             graveyard = private_temp_dir(self.root / "repos", ".deleted-")
             os.replace(repo_dir, graveyard / "repo")
+            xet_folder = self.xet.folder(repo_type, repo_id)
+            if xet_folder.exists():
+                os.replace(xet_folder, graveyard / "xet")
             shutil.rmtree(graveyard, ignore_errors=True)
 
     def set_private(self, repo_type: str, repo_id: str, private: bool) -> None:
@@ -522,6 +541,14 @@ class Store:
         for record in (repo_dir / "commits").glob("*.json"):
             granted.update(e["sha256"] for e in json.loads(record.read_text())["files"].values() if e["lfs"])
         return granted
+
+    def xet_entry(self, repo_type: str, repo_id: str, sha256: str) -> FileEntry | None:
+        """A file of the repository's commits with this sha256 that was uploaded through Xet, if any."""
+        for record in (self._repo_dir(repo_type, repo_id) / "commits").glob("*.json"):
+            for path, data in json.loads(record.read_text())["files"].items():
+                if data["sha256"] == sha256 and data.get("xetHash"):
+                    return FileEntry.from_json(path, data)
+        return None
 
     def grant_lfs(self, repo_type: str, repo_id: str, sha256: str) -> None:
         """Record that `sha256` was uploaded, content checked, for this repository."""
@@ -671,6 +698,7 @@ class Store:
             files = dict(self.commit(repo_type, repo_id, head).files)
             pending: dict[str, bytes | Path] = {}
             lfs_objects: set[str] | None = None
+            xet_files: dict[str, XetFile] | None = None
             for op in ops:
                 if isinstance(op, Delete):
                     prefix = op.path.rstrip("/") + "/"
@@ -695,15 +723,24 @@ class Store:
                     pending[op.sha256] = op.staged
                     files[op.path] = FileEntry(op.path, op.size, op.sha256, False, op.oid)
                 else:
+                    # An LFS file: uploaded through git-LFS (a blob granted to the repository), or through Xet
+                    # (described by a shard in the repository's Xet storage).
                     if lfs_objects is None:
                         lfs_objects = self.lfs_objects(repo_type, repo_id)
-                    if not self.has_blob(op.sha256) or op.sha256 not in lfs_objects:
-                        raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
-                    size = self.blob_path(op.sha256).stat().st_size
+                    xet_hash = None
+                    if self.has_blob(op.sha256) and op.sha256 in lfs_objects:
+                        size = self.blob_path(op.sha256).stat().st_size
+                    else:
+                        if xet_files is None:
+                            xet_files = self.xet.files(repo_type, repo_id)
+                        found = xet_files.get(op.sha256)
+                        if found is None:
+                            raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
+                        size, xet_hash = found.size, found.xet_hash
                     if op.size is not None and op.size != size:
                         raise bad_request(f"LFS object {op.sha256} has {size} bytes, not {op.size}")
                     pointer = lfs_pointer(op.sha256, size)
-                    files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_id(pointer))
+                    files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_id(pointer), xet_hash)
             kept = {e.sha256 for e in files.values()}
             for sha256, content in pending.items():  # a refused commit leaves no blob behind
                 if sha256 not in kept or self.has_blob(sha256):

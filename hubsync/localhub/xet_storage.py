@@ -1,0 +1,204 @@
+"""The local Hub's Xet storage: hf_xet's own `local://DIR` storage, a folder per repository, and the files its
+shards describe. The routes that send clients there are in `xet.py`.
+
+Each repository gets a folder of its own, so that a commit finds only what was uploaded with a write token of its
+repository: hf_xet's local storage checks no token, and without this a user who knew the sha256 of another's
+private file could commit it to a repository of theirs and download it. (So Xet deduplicates within a repository
+here, not across repositories as huggingface.co does.) A plain-HTTP download of a Xet file is served from the file
+rebuilt by hf_xet from that storage, checked against its sha256 first.
+
+Shard layout (xet-core `metadata_shard/shard_format.rs`, hub-docs `xet/shard.md`): a 48-byte header (a 32-byte
+tag, version 2, footer size), the file-info section at the footer's `file_info_offset`, then the footer at the end
+(version 1, then `file_info_offset`, `xorb_info_offset`, ...). A file info is a 48-byte header (Xet hash, flags,
+number of entries, unused), its entries (48 bytes each), as many verification entries when flag 1<<31 is set, and a
+48-byte metadata extension (sha256 first) when flag 1<<30 is set; a header whose hash is all 0xff ends the
+section. Hashes are four little-endian 64-bit words, and their hex is each word printed as a number: the bytes of
+every 8-byte group reversed, the byte-order quirk of Xet hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN_LIFETIME = 3600  # seconds a Xet token is valid; hf_xet asks for a new one before it expires
+SHARD_TAG = b"HFRepoMetaData\x00\x55\x69\x67\x45\x6a\x7b\x81\x57\x83\xa5\xbd\xd9\x5c\xcd\xd1\x4a\xa9"
+ENTRY = 48  # every header and entry of a shard's file-info section
+BOOKEND = b"\xff" * 32
+WITH_VERIFICATION = 1 << 31
+WITH_METADATA_EXT = 1 << 30
+MAX_SHARD_BYTES = 256 * 1024 * 1024  # hf_xet cuts shards at 64 MiB; a larger file there is no shard of its
+MAX_SEGMENTS = 10_000_000
+XORB_NAME = re.compile(r"default\.[0-9a-f]{64}")  # a xorb as hf_xet's local storage names it
+
+
+class XetStorageError(Exception):
+    """The Xet storage could not give a file back."""
+
+
+class ShardError(ValueError):
+    """A file in the Xet storage's shard folder that is no shard hf_xet writes."""
+
+
+@dataclass(frozen=True)
+class XetFile:
+    """One file a shard describes: its Xet hash, its size, and its sha256 (None when the shard gives none)."""
+
+    xet_hash: str
+    size: int
+    sha256: str | None
+
+
+def hash_hex(raw: bytes) -> str:
+    """A Xet hash's hex: each little-endian 64-bit word printed as a number."""
+    return "".join(f"{word:016x}" for word in struct.unpack("<4Q", raw))
+
+
+def shard_files(data: bytes) -> list[XetFile]:
+    """The files a shard describes, read with every offset and count checked: a shard is a client's upload."""
+    if len(data) < 2 * ENTRY or data[:32] != SHARD_TAG:
+        raise ShardError("no shard tag")
+    version, footer_size = struct.unpack_from("<QQ", data, 32)
+    if version != 2 or not 24 <= footer_size <= len(data) - ENTRY:
+        raise ShardError("unknown shard version or footer size")
+    footer_version, offset, xorb_info = struct.unpack_from("<QQQ", data, len(data) - footer_size)
+    end = min(xorb_info, len(data) - footer_size)
+    if footer_version != 1 or not ENTRY <= offset <= end:
+        raise ShardError("unknown footer version or file-info offset")
+    files: list[XetFile] = []
+    while True:
+        if offset + ENTRY > end:
+            raise ShardError("the file-info section has no end")
+        raw_hash = data[offset : offset + 32]
+        flags, count = struct.unpack_from("<II", data, offset + 32)
+        offset += ENTRY
+        if raw_hash == BOOKEND:
+            return files
+        if count > MAX_SEGMENTS:
+            raise ShardError("a file of more segments than any shard holds")
+        segments = data[offset : offset + count * ENTRY]
+        if len(segments) != count * ENTRY:
+            raise ShardError("a file's segments run past the section")
+        size = sum(struct.unpack_from("<I", segments, i * ENTRY + 36)[0] for i in range(count))
+        offset += count * ENTRY * (2 if flags & WITH_VERIFICATION else 1)
+        sha256 = None
+        if flags & WITH_METADATA_EXT:
+            if offset + ENTRY > end:
+                raise ShardError("a file's metadata runs past the section")
+            sha256 = hash_hex(data[offset : offset + 32])
+            offset += ENTRY
+        files.append(XetFile(hash_hex(raw_hash), size, sha256))
+
+
+class XetStorage:
+    """The local Hub's Xet storage: one hf_xet `local://` folder per repository, under `root`. Thread-safe."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._known: dict[Path, tuple[float, list[XetFile]]] = {}  # shard -> (mtime, its files)
+        self._tokens: dict[str, tuple[str, str, str, int]] = {}  # token -> (operation, repo type, repo, expiry)
+
+    def folder(self, repo_type: str, repo_id: str) -> Path:
+        """The repository's storage folder, named by a hash of its type and id (ids hold characters that no
+        folder name should)."""
+        return self.root / hashlib.sha256(f"{repo_type}:{repo_id}".encode()).hexdigest()[:32]
+
+    def cas_url(self, repo_type: str, repo_id: str) -> str:
+        folder = self.folder(repo_type, repo_id)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return f"local://{folder}"
+
+    def new_token(self, operation: str, repo_type: str, repo_id: str) -> tuple[str, int]:
+        """A token for one operation ("read" or "write") on one repository, and when it expires."""
+        token = f"xet_{secrets.token_urlsafe(24)}"
+        expiry = int(time.time()) + TOKEN_LIFETIME
+        with self._lock:
+            now = time.time()
+            self._tokens = {t: v for t, v in self._tokens.items() if v[3] > now}
+            self._tokens[token] = (operation, repo_type, repo_id, expiry)
+        return token, expiry
+
+    def token_allows(self, token: str, operation: str, repo_type: str, repo_id: str) -> bool:
+        with self._lock:
+            held = self._tokens.get(token)
+        return held is not None and held[:3] == (operation, repo_type, repo_id) and held[3] > time.time()
+
+    def files(self, repo_type: str, repo_id: str) -> dict[str, XetFile]:
+        """Every file the repository's shards describe with a sha256, by sha256 (each shard is read once)."""
+        shards = self.folder(repo_type, repo_id) / "xet" / "xorbs" / "shards"
+        found: dict[str, XetFile] = {}
+        try:
+            paths = sorted(p for p in shards.iterdir() if p.suffix == ".mdb")
+        except FileNotFoundError:
+            return found
+        for path in paths:
+            for file in self._shard(path):
+                if file.sha256 is not None:
+                    found.setdefault(file.sha256, file)
+        return found
+
+    def _shard(self, path: Path) -> list[XetFile]:
+        try:
+            stat = path.stat()
+            with self._lock:
+                known = self._known.get(path)
+            if known is not None and known[0] == stat.st_mtime:
+                return known[1]
+            if stat.st_size > MAX_SHARD_BYTES:
+                raise ShardError("larger than any shard")
+            files = shard_files(path.read_bytes())
+        except (OSError, ShardError, struct.error):
+            return []  # not a shard of hf_xet's: describes nothing
+        with self._lock:
+            self._known[path] = (stat.st_mtime, files)
+        return files
+
+    def stored_bytes(self, repo_type: str, repo_id: str) -> int:
+        """The bytes of chunk data (xorbs) the repository's Xet storage holds: what uploads through Xet sent."""
+        xorbs = self.folder(repo_type, repo_id) / "xet" / "xorbs" / "xorbs"
+        try:
+            return sum(p.stat().st_size for p in xorbs.iterdir() if XORB_NAME.fullmatch(p.name))
+        except FileNotFoundError:
+            return 0
+
+    def rebuild(self, repo_type: str, repo_id: str, file: XetFile, target: Path) -> None:
+        """Write the file `file` names to `target` (atomically), rebuilt by hf_xet from the repository's storage,
+        checked against its sha256 and size first: what the Hub sends to a client that does not speak Xet."""
+        import hf_xet  # the local Hub starts without it; only a Xet file's plain download needs it
+
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".xet-")
+        os.close(fd)
+        try:
+            token, expiry = self.new_token("read", repo_type, repo_id)
+            session = hf_xet.XetSession()
+            endpoint = self.cas_url(repo_type, repo_id)
+            with session.new_file_download_group(
+                endpoint=endpoint, token=token, token_expiry_unix_secs=expiry
+            ) as group:
+                group.start_download_file(hf_xet.XetFileInfo(file.xet_hash, file.size), tmp)
+            os.chmod(tmp, 0o600)
+            digest = hashlib.sha256()
+            size = 0
+            with open(tmp, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            if size != file.size or digest.hexdigest() != file.sha256:
+                raise XetStorageError("A file in Xet storage does not match the sha256 its shard gives")
+            os.replace(tmp, target)
+        except XetStorageError:
+            raise
+        except Exception as exc:  # hf_xet's own errors: the storage lacks a chunk, a xorb is damaged, ...
+            raise XetStorageError(f"The Xet storage could not rebuild a file ({type(exc).__name__})") from exc
+        finally:
+            Path(tmp).unlink(missing_ok=True)
