@@ -28,12 +28,26 @@ from .output import echo
 @click.option("--token", help="Token to accept [default: the one stored under --root, else a new one].")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
 @click.option(
+    "--xet/--no-xet",
+    default=True,
+    show_default=True,
+    help="Offer Xet storage, as huggingface.co does (clients with hf_xet upload and download through it); "
+    "--no-xet serves git-LFS only, as most self-hosted Hubs.",
+)
+@click.option(
     "--public-url",
     help="Address clients reach the server at through a proxy in front of it, for the links it hands out (the "
     "listening address is then printed on stderr) [default: http://HOST:PORT].",
 )
 def localhub(
-    root: str, host: str, port: int, user: str, token: str | None, verbose: bool, public_url: str | None
+    root: str,
+    host: str,
+    port: int,
+    user: str,
+    token: str | None,
+    verbose: bool,
+    xet: bool,
+    public_url: str | None,
 ) -> None:
     """Serve a Hub-compatible server on this machine, storing everything under --root.
 
@@ -59,6 +73,7 @@ def localhub(
             verbose=verbose,
             public_url=public_url,
             on_handler_error=lambda error: echo(f"localhub: internal error, a bug: {error.summary}", err=True),
+            xet=xet,
         )
     except StoreError as exc:
         raise click.UsageError(exc.message) from exc
