@@ -525,3 +525,58 @@ def test_localhub_help_names_the_org_option() -> None:
     result = CliRunner().invoke(cli, ["localhub", "--help"])
     assert result.exit_code == 0
     assert "--org NAME" in result.output and "--org my-team" in result.output
+
+
+@given(name=st.lists(st.sampled_from([*"ab09._-/", "lock", "HEAD", "main"]), min_size=1, max_size=30).map("".join))
+@settings(max_examples=300, deadline=None)
+def test_every_branch_name_hubsync_accepts_the_hub_accepts(name: str) -> None:
+    """hubsync's own check of --revision and --tag names (core.plan) is no looser than the Hub's."""
+    from hubsync.core.errors import InvalidRevisionError
+    from hubsync.core.plan import check_branch_name
+
+    try:
+        check_branch_name(name)
+    except InvalidRevisionError:
+        return
+    assert validation.ref_name(name, "branch") == name
+    assert validation.ref_name(name, "tag") == name
+
+
+def test_the_pipeline_types_hubsync_writes_are_the_hubs() -> None:
+    from hubsync.core.card import ARCHITECTURE_HEADS, PIPELINE_TAGS
+
+    written = set(PIPELINE_TAGS.values()) | {tag for _, _, tag in ARCHITECTURE_HEADS if tag is not None}
+    assert written <= set(validation.PIPELINE_TYPES)
+
+
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=4),
+    st.sampled_from(["custom", "org/data", "a b", "x"]),
+)
+_METRIC = st.fixed_dictionaries({}, optional={"type": _ANY, "value": _ANY}) | _ANY
+_RESULT = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "task": st.fixed_dictionaries({}, optional={"type": _ANY}) | _ANY,
+            "dataset": st.fixed_dictionaries({}, optional={"type": _ANY, "name": _ANY}) | _ANY,
+            "metrics": st.lists(_METRIC, max_size=2) | _ANY,
+        },
+    )
+    | _ANY
+)
+_MODEL = st.fixed_dictionaries({}, optional={"name": _ANY, "results": st.lists(_RESULT, max_size=2) | _ANY}) | _ANY
+
+
+@given(model_index=st.lists(_MODEL, max_size=2) | _ANY)
+@settings(max_examples=400, deadline=None)
+def test_hubsync_and_the_local_hub_agree_on_model_index(model_index: Any) -> None:
+    """Two rules written apart, hubsync's pre-flight (core.metadata) and the local Hub's: one refuses what the other
+    does."""
+    from hubsync.core.metadata import model_index_problem
+
+    assert (model_index_problem(model_index) is None) == (validation.model_index_errors(model_index) == [])

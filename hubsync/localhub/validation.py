@@ -4,8 +4,8 @@ Hub's size limit, and branch and tag names.
 
 Each rule is a pure function that answers with the Hub's own words for what is wrong (or nothing); the handlers turn
 them into the Hub's answers. The rules are written here apart from hubsync's own checks of what it pushes
-(`hubsync.core.metadata`): a local Hub that shared them would agree with any mistake in them. Only the license list,
-a table of the Hub's identifiers, is shared.
+(`hubsync.core.metadata`): a local Hub that shared them would agree with any mistake in them. Only the tables of the
+Hub's identifiers (licenses, pipeline types) are shared.
 """
 
 from __future__ import annotations
@@ -16,26 +16,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from hubsync.core.metadata import HUB_LICENSES
+from hubsync.core.metadata import HUB_LICENSES, PIPELINE_TYPES
 
 from .front_matter import MAX_FRONT_MATTER, FrontMatterError, load_front_matter
 
-# The Hub's pipeline types: huggingface.js packages/tasks/src/pipelines.ts (PIPELINE_DATA's keys), without
-# text2text-generation, which the Hub folded into text-generation in July 2025 (huggingface.js#1590).
-PIPELINE_TYPES: tuple[str, ...] = (
-    "biology", "text-classification", "token-classification", "table-question-answering", "question-answering",
-    "zero-shot-classification", "translation", "summarization", "feature-extraction", "text-generation",
-    "fill-mask", "sentence-similarity", "text-to-speech", "text-to-audio", "automatic-speech-recognition",
-    "audio-to-audio", "audio-classification", "audio-text-to-text", "voice-activity-detection", "depth-estimation",
-    "image-classification", "object-detection", "image-segmentation", "text-to-image", "image-to-text",
-    "image-to-image", "image-to-video", "unconditional-image-generation", "video-classification",
-    "reinforcement-learning", "robotics", "tabular-classification", "tabular-regression", "tabular-to-text",
-    "table-to-text", "multiple-choice", "text-ranking", "text-retrieval", "time-series-forecasting", "text-to-video",
-    "image-text-to-text", "visual-question-answering", "document-question-answering",
-    "zero-shot-image-classification", "graph-ml", "mask-generation", "zero-shot-object-detection", "text-to-3d",
-    "image-to-3d", "image-feature-extraction", "video-text-to-text", "keypoint-detection",
-    "visual-document-retrieval", "any-to-any", "other",
-)  # fmt: skip
 _LICENSES = frozenset(HUB_LICENSES)
 _PIPELINES = frozenset(PIPELINE_TYPES)
 # The pattern the Hub's schema gives a model-index dataset type (its message quotes it, e.g. mteb issue #1111).
