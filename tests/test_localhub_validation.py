@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -527,6 +528,22 @@ def test_localhub_help_names_the_org_option() -> None:
     assert "--org NAME" in result.output and "--org my-team" in result.output
 
 
+def test_hubsync_localhub_org_makes_the_user_a_member(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "hubsync", "localhub", "--root", str(tmp_path / "hub"), "--org", "lab"]
+    proc = subprocess.Popen([*command, "--org", "crew"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        settings = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(2))
+        api = HfApi(endpoint=settings["HF_ENDPOINT"], token=settings["HF_TOKEN"])
+        assert [org["name"] for org in api.whoami()["orgs"]] == ["crew", "lab"]
+        assert api.create_repo("lab/model").repo_id == "lab/model"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    refused = CliRunner().invoke(cli, ["localhub", "--root", str(tmp_path / "hub"), "--org", "me"])
+    assert refused.exit_code == 2 and "'me' is a user, not an organization" in refused.stderr
+
+
 @given(name=st.lists(st.sampled_from([*"ab09._-/", "lock", "HEAD", "main"]), min_size=1, max_size=30).map("".join))
 @settings(max_examples=300, deadline=None)
 def test_every_branch_name_hubsync_accepts_the_hub_accepts(name: str) -> None:
@@ -580,3 +597,28 @@ def test_hubsync_and_the_local_hub_agree_on_model_index(model_index: Any) -> Non
     from hubsync.core.metadata import model_index_problem
 
     assert (model_index_problem(model_index) is None) == (validation.model_index_errors(model_index) == [])
+
+
+# -- hubsync's own pushes, to an organization, on this stricter Hub ------------------------------------------------
+
+
+def test_hubsync_pushes_a_card_the_hub_takes_to_an_organization(
+    hub: RunningHub, api: HfApi, outsider: HfApi, checkpoint: Path
+) -> None:
+    from conftest import push
+
+    from hubsync.tinyrun import BASE_MODEL_ID
+
+    result = push(hub, str(checkpoint), "--repo", "team/tiny", "--license", "apache-2.0")
+    assert result.exit_code == 0, result.output
+    info = api.model_info("team/tiny", revision="checkpoint-30")
+    assert info.card_data is not None and info.card_data.base_model == BASE_MODEL_ID
+    assert info.library_name == "peft" and info.pipeline_tag == "text-generation"
+    assert info.tags is not None
+    assert {"peft", f"base_model:{BASE_MODEL_ID}", f"base_model:adapter:{BASE_MODEL_ID}", "license:apache-2.0"} <= set(
+        info.tags
+    )
+    # someone outside the organization cannot push there
+    refused = push(hub, str(checkpoint), "--repo", "team/tiny", env={"HF_TOKEN": outsider.token})  # type: ignore[dict-item]
+    assert refused.exit_code == 1, refused.output
+    assert refused.stderr.startswith("Error: the token may not write to team/tiny ") and "(403: " in refused.stderr
