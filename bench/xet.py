@@ -470,7 +470,8 @@ def main() -> int:
         choices=["safe", "pickle"],
         default="safe",
         help="hubsync push's --training-state-format: safe (safetensors + JSON, hubsync's default; then pull "
-        "rebuilds optimizer.pt etc. with torch) or pickle (the files as they are, as hf uploads them)",
+        "rebuilds optimizer.pt etc. with torch) or pickle (the files as they are, as hf uploads them; hubsync then "
+        "reads every pickle whole for tokens on every push, re-pushes included)",
     )
     args = parser.parse_args()
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
