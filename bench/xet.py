@@ -51,8 +51,7 @@ alternates every repetition, so that a slow spell of the shared machine hits bot
 Pushes of one side (hubsync or hf) on one Hub share a HF_HOME for a repetition (a user's machine: hf_xet keeps a
 cache there); every pull gets a fresh one. --quick (~10 MB checkpoints, one repetition) is a smoke test; the full
 run (~120 MB checkpoints, 3 repetitions) takes about 2 minutes on 2 cores (with --state-format pickle, 2.5 minutes
-a repetition: see the help). Only reports; never asserts. Exit
-code 0 unless the benchmark itself cannot run.
+a repetition: see the help). Only reports; never asserts. Exit code 0 unless the benchmark itself cannot run.
 """
 
 from __future__ import annotations
