@@ -625,3 +625,29 @@ def test_a_value_assigned_to_a_secret_name_never_survives_scrubbing(
 
     text = f"{before} {name}{gap}{value}\n"
     assert value not in redact(text), text
+
+
+_SECRET_PIECES = [
+    "hf_" + "a1" * 12,
+    "ghp_" + "B" * 36,
+    "sk-proj-" + "x" * 24,
+    "AKIA" + "A" * 16,
+    "Authorization: Bearer abcdefgh1234",
+    "https://user:hunter2@example.com/x",
+    "DB_PASSWORD=swordfish",
+    "api_key: 'abcdefgh'",
+    "WANDB_API_KEY=" + "0" * 40,
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+    "eyJabcdefghij.eyJabcdefghij.abcdefghijk",
+]
+_NOISE = st.text(alphabet=st.characters(codec="latin-1"), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_NOISE, st.sampled_from(_SECRET_PIECES)), max_size=8), st.integers(0, 20_000))
+def test_the_clue_scan_finds_what_redact_finds(parts: list[str], padding: int) -> None:
+    """holds_token looks only around clues; it must agree with redact on the whole text (large files use it)."""
+    from hubsync.core.secrets import holds_token, redact
+
+    text = ("\x00" * padding).join(parts)
+    assert holds_token(text) == (redact(text) != text)

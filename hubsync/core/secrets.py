@@ -204,16 +204,47 @@ def scrub_value(value: Any, who: Identity, key: str = "") -> Any:
 _NAMED_IN_TEXT = re.compile(rf"(?i)wandb|{_SECRET_NAMES}|\"token\"")  # a key SECRET_KEY_RE may match
 
 
+# What every secret `redact` finds begins with or holds, lower-cased: a piece of a large file with none of these
+# (nor a token in use) holds none, and the regular expressions run only around each of them.
+_CLUES = re.compile(
+    r"hf_|api_org_|gh[pousr]_|github_pat_|sk-|akia|asia|xox[abposr]-|glpat-|aiza|ya29\.|npm_|pypi-|_live_|_test_"
+    r"|eyj|-----begin|bearer |basic |://|wandb|token|secret|passw|passphrase|api_?key|access_key|private_key"
+    r"|credential"
+)
+_CLUE_BEFORE = 4096  # the part of an assignment or URL that comes before its clue: a name, a URL's user
+_CLUE_AFTER = 8192  # what follows a clue: a value (at most 1 KiB), a private key block
+
+
+def holds_token(text: str, tokens: Iterable[str] = ()) -> bool:
+    """Whether `redact` would change `text`, looked at only around the clues that every secret has."""
+    known = [t for t in tokens if len(t) >= 8]
+    if any(t in text for t in known):
+        return True
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a character whose lower case is two (İ): offsets differ, look at it whole
+        return redact(text, known) != text
+    window_end = -1
+    for clue in _CLUES.finditer(lowered):
+        if clue.start() < window_end - _CLUE_AFTER // 2:
+            continue  # inside the window just looked at
+        start, window_end = max(clue.start() - _CLUE_BEFORE, 0), clue.end() + _CLUE_AFTER
+        window = text[start:window_end]
+        if redact(window, known) != window:
+            return True
+    return False
+
+
 def large_file_holds_token(path: Path, tokens: Iterable[str] = (), chunk: int = 8 << 20) -> bool:
     """Whether a file too large to parse holds a token of a known shape or one in use, read piece by piece (the
     pieces overlap, so a token across two is found)."""
     overlap = 4096
     tail = ""
+    tokens = list(tokens)
     try:
         with path.open("rb") as f:
             while piece := f.read(chunk):
-                text = tail + piece.decode("utf-8", "replace")
-                if redact(text, tokens) != text:
+                text = tail + piece.decode("latin-1")
+                if holds_token(text, tokens):
                     return True
                 tail = text[-overlap:]
     except OSError:
