@@ -16,7 +16,16 @@ from hubsync.core.paths import display_path
 
 from .app import cli
 from .options import endpoint_option, flag_settings, push_options, seconds, token_option
-from .output import checkpoints, count, echo, one_line, quiet_huggingface_hub, report_retry, scrub
+from .output import (
+    checkpoints,
+    count,
+    echo,
+    one_line,
+    quiet_huggingface_hub,
+    report_rate_limit,
+    report_retry,
+    scrub,
+)
 
 
 @cli.command()
@@ -188,12 +197,14 @@ def _untagged(summary: Any, run_dir: str) -> str:
 
 def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
-    from hubsync.api import Retrying
+    from hubsync.api import RateLimited, Retrying
     from hubsync.core.errors import HubError
-    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, Skipped, WaitingForRun
+    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, RateLimitPause, Skipped, WaitingForRun
 
     if isinstance(event, Retrying):
         report_retry(event.reason, event.pause)
+    elif isinstance(event, RateLimited | RateLimitPause):
+        report_rate_limit(event.pause)
     elif isinstance(event, Pushed):
         if not as_json:
             r = event.result
