@@ -252,6 +252,25 @@ def test_pull_waits_out_a_rate_limit(call: str, pushed: tuple[RunningHub, Path],
     assert (pulled / "adapter_model.safetensors").read_bytes() == original.read_bytes()
 
 
+@pytest.mark.parametrize("route", [PULLS["download"], PULLS["tree"]])
+def test_a_wait_for_the_rate_limit_is_not_taken_from_a_downloads_or_a_listings_deadline(
+    route: tuple[str, str], pushed: tuple[RunningHub, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download has a deadline for its size, a listing one for all its pages: a wait the Hub asks for is not
+    the Hub being slow (with the real deadlines, a minute and more, a 5-minute window would fail the same way)."""
+    from hubsync.hub import client, download
+
+    monkeypatch.setattr(download, "DOWNLOAD_GRACE_S", 1.0)  # the minute, shortened
+    monkeypatch.setattr(client, "LISTING_DEADLINE", 1.0)
+    hub, _ = pushed
+    fault = hub.server.inject_fault(*route, rate_limit=2)
+
+    result, _ = run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-10", "--to", str(tmp_path / "pulled"))
+
+    assert result.exit_code == 0, result.output
+    assert fault.times == 0 and waits_said(result) == [3]
+
+
 @pytest.mark.parametrize(
     ("command", "route"),
     [

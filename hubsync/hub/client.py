@@ -203,6 +203,13 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: rare enough to treat as unknown
 
 
+@dataclass
+class RateLimitPauses:
+    """The seconds a call has waited for the Hub's rate limit: not the Hub's slowness, so not in its deadline."""
+
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class CommitResult:
     oid: str
@@ -251,8 +258,22 @@ class HubClient:
         self._xet: dict[str, bool] = {}
         self._root_commit: dict[str, str] = {}
 
-    def _call(self, call: Callable[[], T], repo_id: str | None = None, revision: str | None = None) -> T:
-        """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError."""
+    def _call(
+        self,
+        call: Callable[[], T],
+        repo_id: str | None = None,
+        revision: str | None = None,
+        paused: RateLimitPauses | None = None,
+    ) -> T:
+        """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError. Its waits for the
+        Hub's rate limit are added to `paused`, for a call whose deadline they must not use up."""
+
+        def rate_limited(pause: float) -> None:
+            if paused is not None:
+                paused.seconds += pause
+            if self.on_rate_limit is not None:
+                self.on_rate_limit(pause)
+
         with self._errors(repo_id, revision):
             return with_retries(
                 call,
@@ -260,7 +281,7 @@ class HubClient:
                 self.on_retry,
                 self.max_pause,
                 max_wait=self.max_wait,
-                on_rate_limit=self.on_rate_limit,
+                on_rate_limit=rate_limited,
             )
 
     @property
@@ -508,6 +529,7 @@ class HubClient:
         it goes on past `most` entries, MAX_LISTING_PAGES pages or MAX_LISTING_BYTES, or names as the next page
         one it already sent; HubTooSlowError when a page takes over ANSWER_DEADLINE, or all over LISTING_DEADLINE."""
         start = time.monotonic()
+        paused = RateLimitPauses()  # waits for the Hub's rate limit: they move the deadline of the whole listing
         seen = {str(httpx2.URL(url, params=params))}
         entries: list[Any] = []
         read = 0
@@ -516,8 +538,9 @@ class HubClient:
             return errors.EndlessListingError(self.endpoint, what, told, repo_id, revision)
 
         def page(at: str, query: dict[str, Any] | None) -> tuple[bytes, str | None]:
-            deadline = min(time.monotonic() + ANSWER_DEADLINE, start + LISTING_DEADLINE)
-            seconds = ANSWER_DEADLINE if deadline < start + LISTING_DEADLINE else LISTING_DEADLINE
+            end = start + paused.seconds + LISTING_DEADLINE
+            deadline = min(time.monotonic() + ANSWER_DEADLINE, end)
+            seconds = ANSWER_DEADLINE if deadline < end else LISTING_DEADLINE
             return self._get_bounded(
                 at,
                 query,
@@ -529,7 +552,7 @@ class HubClient:
 
         at, query = url, params
         for pages in range(1, MAX_LISTING_PAGES + 1):
-            body, following = self._call(partial(page, at, query), repo_id, revision)
+            body, following = self._call(partial(page, at, query), repo_id, revision, paused)
             read += len(body)
             with self._errors(repo_id, revision):
                 found = loads_json(body)
@@ -596,16 +619,22 @@ class HubClient:
         headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
         deadline = time.monotonic() + download_seconds(remote.size)
         where = (self.endpoint, repo_id, commit[:12])
+        paused = RateLimitPauses()  # waits for the Hub's rate limit move the deadline: they are no slow download
         if remote.xet_hash is not None and is_xet_available() and not constants.HF_HUB_DISABLE_XET:
 
             def over_xet() -> None:
                 storage = self.xet_read_access(repo_id, commit)
-                fetch_over_xet(storage, remote, dest, deadline, transfers, where)
+                fetch_over_xet(storage, remote, dest, deadline + paused.seconds, transfers, where)
 
-            self._call(over_xet, repo_id, commit)
+            self._call(over_xet, repo_id, commit, paused)
             return
         url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=self.endpoint)
-        self._call(lambda: fetch_over_http(url, headers, remote, dest, deadline, transfers, where), repo_id, commit)
+        self._call(
+            lambda: fetch_over_http(url, headers, remote, dest, deadline + paused.seconds, transfers, where),
+            repo_id,
+            commit,
+            paused,
+        )
 
     def xet_read_access(self, repo_id: str, commit: str) -> XetAccess:
         """A token to read the commit's files from the Hub's Xet storage, and that storage's address, asked of the
