@@ -227,7 +227,8 @@ def plan_push(
     all, last:N or STEP[,STEP...]), with every check a push makes before it reaches the Hub: names, tokens in
     files, what converting the weights would refuse. `options` are push's: revision, private, training_state,
     training_state_format, allow_public_state, tags, release, git_commit, template, license, base_model,
-    datasets, languages. `settings` (already resolved, as the command line does) replaces repo_id and options."""
+    datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit). `settings`
+    (already resolved, as the command line does) replaces repo_id and options."""
     from hubsync.convert import check_weights
     from hubsync.convert.state import measured_plan
 

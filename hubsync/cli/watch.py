@@ -87,7 +87,8 @@ def watch(
     pushed (as `hubsync push` would, with the same options) once its trainer_state.json is written and no
     file in it changed between two looks. It only reads the run folder, keeping its own record in
     RUN_DIR/.hubsync/watch.json, so a restarted watch pushes nothing twice. When the Hub fails, it says so
-    in one line and tries again later. It stops, with exit code 0, once the run's final checkpoint
+    in one line and tries again later; when it rate-limits the requests, the watch pauses as long as it asks
+    (up to --max-wait in a row), which counts as no failure. It stops, with exit code 0, once the run's final checkpoint
     (global_step = max_steps) is pushed, or after --idle-timeout; on Ctrl-C or SIGTERM it finishes the
     push in progress, saves its record and exits with 130 (press Ctrl-C again to abandon the push: nothing
     is half-committed). A checkpoint that the Trainer deleted (save_total_limit) before it could be pushed
