@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from hubsync.core.checkpoint import Checkpoint, read_checkpoint
-from hubsync.core.config import CARD_SETTINGS, DEFAULT_MAX_WAIT, Resolved, find_config, resolve_settings
+from hubsync.core.config import (
+    CARD_SETTINGS,
+    DEFAULT_MAX_WAIT,
+    FileConfig,
+    Resolved,
+    find_config,
+    resolve_settings,
+)
 from hubsync.core.errors import (
     CheckpointPushError,
     HubError,
@@ -168,7 +175,10 @@ def _max_wait(max_wait: object) -> float:
     """The max-wait setting of a call that pushes nothing: `max_wait` over HUBSYNC_MAX_WAIT over the configuration
     file that applies to the current folder (hubsync.toml, [tool.hubsync]) over its default."""
     given = {} if max_wait is None else {"max-wait": max_wait}
-    config = find_config(Path.cwd())
+    try:
+        config = find_config(Path.cwd())
+    except FileNotFoundError:  # the current folder was deleted: no configuration applies
+        config = FileConfig()
     return float(resolve_settings(given, config, names=("max-wait",), label=keyword_label)["max-wait"])
 
 

@@ -371,7 +371,7 @@ def test_a_watch_keeps_its_rate_limit_pauses_within_max_wait_in_all(run: Path, h
 
 
 def test_the_library_takes_max_wait(pushed: tuple[RunningHub, Path], tmp_path: Path) -> None:
-    hub, _ = pushed
+    hub, work = pushed
     events: list[Any] = []
     hub.server.inject_fault(*READS["refs"], rate_limit=1)
     revisions = hubsync.list_revisions("me/tiny", endpoint=hub.endpoint, token=hub.token, report=events.append)
@@ -382,6 +382,13 @@ def test_the_library_takes_max_wait(pushed: tuple[RunningHub, Path], tmp_path: P
     with pytest.raises(RateLimitedError) as info:
         hubsync.pull("me/tiny", "checkpoint-10", tmp_path, endpoint=hub.endpoint, token=hub.token, max_wait=2)
     assert (info.value.asked, info.value.max_wait) == (9, 2)
+    hub.server.clear_faults()
+
+    hub.server.inject_fault("POST", r"^/api/repos/create$", rate_limit=7)  # a push option, as push's others
+    source = work / "out" / "tiny" / "checkpoint-10"
+    with pytest.raises(RateLimitedError) as info:
+        hubsync.push(source, "me/library", endpoint=hub.endpoint, token=hub.token, max_wait=1.5)
+    assert (info.value.asked, info.value.max_wait, info.value.repo_id) == (7, 1.5, "me/library")
     hub.server.clear_faults()
 
     with pytest.raises(SettingError, match=r"^max_wait= must be a number of seconds"):
