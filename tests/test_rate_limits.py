@@ -234,7 +234,8 @@ def test_ls_waits_out_a_rate_limit(call: str, pushed: tuple[RunningHub, Path]) -
 PULLS = {
     "revision": ("GET", r"^/api/models/me/tiny/revision/"),
     "tree": ("GET", r"^/api/models/me/tiny/tree/"),
-    "download": ("GET", r"^/me/tiny/resolve/[0-9a-f]{40}/adapter_model\.safetensors$"),
+    "download": ("GET", r"^/me/tiny/resolve/[0-9a-f]{40}/adapter_config\.json$"),  # hubsync's own, over HTTP
+    "xet_token": ("GET", r"^/api/models/me/tiny/xet-read-token/"),  # for the weights, read through hf_xet
 }
 
 
@@ -248,8 +249,8 @@ def test_pull_waits_out_a_rate_limit(call: str, pushed: tuple[RunningHub, Path],
     assert result.exit_code == 0, result.output
     assert fault.times == 0 and waits_said(result) == [3] and took >= 2
     pulled = tmp_path / "pulled" / "checkpoint-20"
-    original = work / "out" / "tiny" / "checkpoint-20" / "adapter_model.safetensors"
-    assert (pulled / "adapter_model.safetensors").read_bytes() == original.read_bytes()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (pulled / name).read_bytes() == (work / "out" / "tiny" / "checkpoint-20" / name).read_bytes()
 
 
 @pytest.mark.parametrize("route", [PULLS["download"], PULLS["tree"]])
