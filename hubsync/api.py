@@ -4,8 +4,11 @@ Each function takes the options its command takes, as keyword arguments (`traini
 `--training-state keep`), resolved the same way: an argument over its HUBSYNC_* variable over the configuration
 file (hubsync.toml or [tool.hubsync]) over the default. The Hub is reached at `endpoint` (default HF_ENDPOINT,
 else https://huggingface.co) with `token` (default HF_TOKEN, else the saved login), or through `client`, any
-object with the methods a HubClient has that the call uses. What happens on the way (a push landed, a Hub call
-is retried, a note on visibility) is passed to `report`, if given, as one of the event classes below.
+object with the methods a HubClient has that the call uses. When the Hub rate-limits the requests (a 429 saying
+when its window resets), each call waits as it says, up to `max_wait` seconds in all (the max-wait setting,
+HUBSYNC_MAX_WAIT; default 600), and fails at once with RateLimitedError when it asks for longer. What happens on
+the way (a push landed, a Hub call is retried or waits out a rate limit, a note on visibility) is passed to
+`report`, if given, as one of the event classes below.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from hubsync.core.checkpoint import Checkpoint, read_checkpoint
-from hubsync.core.config import CARD_SETTINGS, Resolved
+from hubsync.core.config import (
+    CARD_SETTINGS,
+    DEFAULT_MAX_WAIT,
+    FileConfig,
+    Resolved,
+    find_config,
+    resolve_settings,
+)
 from hubsync.core.errors import (
     CheckpointPushError,
     HubError,
@@ -70,6 +80,14 @@ class Retrying:
     """A Hub call failed in a way that may pass; it is tried again after `pause` seconds."""
 
     reason: str
+    pause: float
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """The Hub rate-limited a call; it is tried again after `pause` seconds (the Hub's reset time and a little
+    jitter). Not a failure: it uses up none of the retries meant for outages."""
+
     pause: float
 
 
@@ -153,6 +171,21 @@ def settings_for(path: str | Path, options: Mapping[str, Any]) -> Resolved:
     return resolve_for(Path(path), given_settings(options), label=keyword_label)
 
 
+def _max_wait(max_wait: object) -> float:
+    """The max-wait setting of a call that pushes nothing: `max_wait` over HUBSYNC_MAX_WAIT over the configuration
+    file that applies to the current folder (hubsync.toml, [tool.hubsync]) over its default."""
+    given = {} if max_wait is None else {"max-wait": max_wait}
+    try:
+        config = find_config(Path.cwd())
+    except FileNotFoundError:  # the current folder was deleted: no configuration applies
+        config = FileConfig()
+    return float(resolve_settings(given, config, names=("max-wait",), label=keyword_label)["max-wait"])
+
+
+def _job_max_wait(settings: Resolved) -> float:
+    return float(settings.values.get("max-wait", DEFAULT_MAX_WAIT))
+
+
 def _flags(**flags: object) -> None:
     """Each flag True or False: `force="false"` must not force."""
     for name, value in flags.items():
@@ -204,7 +237,8 @@ def plan_push(
     all, last:N or STEP[,STEP...]), with every check a push makes before it reaches the Hub: names, tokens in
     files, what converting the weights would refuse. `options` are push's: revision, private, training_state,
     training_state_format, allow_public_state, tags, release, git_commit, template, license, base_model,
-    datasets, languages. `settings` (already resolved, as the command line does) replaces repo_id and options."""
+    datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit). `settings`
+    (already resolved, as the command line does) replaces repo_id and options."""
     from hubsync.convert import check_weights
     from hubsync.convert.state import measured_plan
 
@@ -242,7 +276,10 @@ def preview_push(
 
     for plan, checkpoint in zip(job.plans, job.checkpoints, strict=True):
         check_superseded(checkpoint, plan.conversion)  # as the push would, before it converts anything
-    hub = client or _client(endpoint, token, report, retry_delays=(0.5,), max_wait=2.0)  # a dry run waits little
+    # A dry run waits little for a Hub that fails; a rate limit says when it serves again, and is waited out.
+    hub = client or _client(
+        endpoint, token, report, retry_delays=(0.5,), max_pause=2.0, max_wait=_job_max_wait(job.settings)
+    )
     pairs = list(zip(job.plans, job.checkpoints, strict=True))
     if hub.token:
         try:
@@ -285,7 +322,7 @@ def push(
         if repo_id is not None and any(p.repo_id != repo_id for p in path.plans):
             raise SettingError("repo_id=", "repo_id", repo_id, "must be the PushJob's repository, or left out")
     job = path if isinstance(path, PushJob) else plan_push(path, repo_id, token=token, **options)
-    hub = client or _client(endpoint, token, report)
+    hub = client or _client(endpoint, token, report, max_wait=_job_max_wait(job.settings))
     pairs = list(zip(job.plans, job.checkpoints, strict=True))
     with _quiet(progress_bars):
         facts = preflight(hub, pairs)  # every refusal the Hub could make, first
@@ -345,11 +382,18 @@ def watcher(
     if settings is None:  # the configuration is looked up from inside the run folder
         settings = settings_for(run / "checkpoint", {"repo_id": repo_id, **options})
     push = push_options(settings, (token,) if token else ())
-    hub = client or _client(endpoint, token, report, retry_delays=CLIENT_RETRY_DELAYS)
+    # The watch waits out a rate limit itself, as a pause that Ctrl-C ends: its client waits for none.
+    hub = client or _client(endpoint, token, report, retry_delays=CLIENT_RETRY_DELAYS, max_wait=0.0)
     hub.require_token()
     source = None if checkpoints_dir is None else _path("checkpoints_dir", checkpoints_dir)
     watch = WatchSettings(
-        run, push, interval=interval, retry_max=retry_max, idle_timeout=idle_timeout, checkpoints_dir=source
+        run,
+        push,
+        interval=interval,
+        retry_max=retry_max,
+        idle_timeout=idle_timeout,
+        checkpoints_dir=source,
+        max_wait=_job_max_wait(settings),
     )
     return Watcher(watch, hub, report or (lambda event: None), should_stop, quiet=_quiet)
 
@@ -366,6 +410,7 @@ def pull_checkpoint(
     client: HubClient | None = None,
     report: Report | None = None,
     progress_bars: bool = False,
+    max_wait: float | None = None,
 ) -> PullOutcome:
     """pull(), with what it did: the plan (commit, files, resumable) and whether the folder was there already."""
     from hubsync.hub.pull import pull_revision
@@ -376,7 +421,8 @@ def pull_checkpoint(
     target = None if to is None else _path("to", to)
     if target is not None:
         _refuse_inside_a_checkpoint(target)
-    hub = client or _client(endpoint, token, report)
+    wait = _max_wait(max_wait)
+    hub = client or _client(endpoint, token, report, max_wait=wait)
     with _quiet(progress_bars):
         return pull_revision(hub, repo_id, revision, target, force=force)
 
@@ -403,13 +449,22 @@ def pull(
     token: str | None = None,
     client: HubClient | None = None,
     report: Report | None = None,
+    max_wait: float | None = None,
 ) -> Path:
     """Restore `revision` (default: the newest checkpoint revision) into `to`/checkpoint-<step> (default
     out/<repo name>), each file verified against the Hub's hashes; the folder, ready for
     `trainer.train(resume_from_checkpoint=...)`. A folder that already holds exactly that revision is left as it is;
     one that holds something else is refused unless `force`."""
     return pull_checkpoint(
-        repo_id, revision, to, force=force, endpoint=endpoint, token=token, client=client, report=report
+        repo_id,
+        revision,
+        to,
+        force=force,
+        endpoint=endpoint,
+        token=token,
+        client=client,
+        report=report,
+        max_wait=max_wait,
     ).path
 
 
@@ -421,13 +476,15 @@ def list_revisions(
     token: str | None = None,
     client: HubClient | None = None,
     report: Report | None = None,
+    max_wait: float | None = None,
 ) -> list[RevisionInfo]:
     """The repository's checkpoint revisions, by step: step, epoch, metrics, resumable, commit, date."""
     from hubsync.hub.revisions import checkpoint_revisions
 
     _repo(repo_id)
+    wait = _max_wait(max_wait)
     with _quiet():
-        return checkpoint_revisions(client or _client(endpoint, token, report), repo_id)
+        return checkpoint_revisions(client or _client(endpoint, token, report, max_wait=wait), repo_id)
 
 
 @_public
@@ -441,6 +498,7 @@ def plan_prune(
     token: str | None = None,
     client: HubClient | None = None,
     report: Report | None = None,
+    max_wait: float | None = None,
 ) -> PrunePlan:
     """Which checkpoint branches a prune keeping the `keep` newest would delete (and why each is kept)."""
     from hubsync.core.prune import plan_prune as plan
@@ -448,7 +506,8 @@ def plan_prune(
 
     _repo(repo_id)
     _check_prune_options(keep, keep_best, keep_tagged)
-    hub = client or _client(endpoint, token, report)
+    wait = _max_wait(max_wait)
+    hub = client or _client(endpoint, token, report, max_wait=wait)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
     with _quiet():
         found = prune_inputs(hub, repo_id)
@@ -484,6 +543,7 @@ def prune(
     token: str | None = None,
     client: HubClient | None = None,
     report: Report | None = None,
+    max_wait: float | None = None,
 ) -> PruneOutcome:
     """Delete the checkpoint branches beyond the `keep` newest (by step), never main, the best one with
     keep_best, a tagged one with keep_tagged; then drop them from main's index in one commit. `repo_id` may be a
@@ -492,7 +552,7 @@ def prune(
     from hubsync.hub.prune import execute_prune
 
     _flags(dry_run=dry_run)
-    hub = client or _client(endpoint, token, report)
+    hub = client or _client(endpoint, token, report, max_wait=_max_wait(max_wait))
     if isinstance(repo_id, PrunePlan):
         plan = repo_id
     else:
@@ -610,7 +670,8 @@ def _client(
     token: str | None,
     report: Report | None,
     retry_delays: Sequence[float] | None = None,
-    max_wait: float | None = None,
+    max_pause: float | None = None,
+    max_wait: float = DEFAULT_MAX_WAIT,
 ) -> HubClient:
     from hubsync.hub.client import HubClient
 
@@ -618,12 +679,16 @@ def _client(
         if report is not None:
             report(Retrying(reason, pause))
 
+    def on_rate_limit(pause: float) -> None:
+        if report is not None:
+            report(RateLimited(pause))
+
     extra: dict[str, Any] = {}
     if retry_delays is not None:
         extra["retry_delays"] = retry_delays
-    if max_wait is not None:
-        extra["max_wait"] = max_wait
-    return HubClient(endpoint, token, on_retry=on_retry, **extra)
+    if max_pause is not None:
+        extra["max_pause"] = max_pause
+    return HubClient(endpoint, token, on_retry=on_retry, max_wait=max_wait, on_rate_limit=on_rate_limit, **extra)
 
 
 def _visibility(job: PushJob, repo_id: str, private: bool, report: Report | None) -> None:

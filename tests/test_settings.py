@@ -47,6 +47,8 @@ def accepted(setting: Setting, value: Any) -> None:
     """What an accepted value must be, by the setting's meaning (not by the table's own check)."""
     if setting.kind is bool:
         assert isinstance(value, bool)
+    elif setting.kind is float:  # seconds
+        assert isinstance(value, float) and 0 <= value <= 86400
     elif setting.choices:
         assert value in setting.choices
     elif setting.name == "revision":

@@ -385,6 +385,15 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.RateLimitedError,
+        lambda err: (
+            f"rate-limited by the Hub at {err.endpoint}{' for' + _hub(err) if err.repo_id else ''}: it asks to wait "
+            f"{err.asked} s{f' more, after {err.waited:.0f} s' if err.waited >= 0.5 else ''}, longer than --max-wait "
+            f"allows ({err.max_wait:g} s). Raise --max-wait (or HUBSYNC_MAX_WAIT, or max-wait in hubsync.toml) to "
+            "wait it out, or run the command again later."
+        ),
+    ),
+    (
         e.HubUnreachableError,
         lambda err: (
             f"cannot reach the Hub at {err.endpoint} ({err.detail}). "

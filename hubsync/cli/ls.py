@@ -9,7 +9,7 @@ import click
 from hubsync.core.escape import one_line
 
 from .app import cli
-from .options import endpoint_option, token_option
+from .options import endpoint_option, max_wait_option, token_option
 from .output import echo, quiet_huggingface_hub, report
 
 
@@ -18,7 +18,8 @@ from .output import echo, quiet_huggingface_hub, report
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @endpoint_option
 @token_option
-def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | None) -> None:
+@max_wait_option
+def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | None, max_wait: float | None) -> None:
     """List a repository's checkpoint revisions: step, epoch, metrics, resumable or not, commit, date.
 
     \b
@@ -28,7 +29,7 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
     from hubsync.api import list_revisions
 
     quiet_huggingface_hub(show_progress=False)
-    revisions = list_revisions(repo_id, endpoint=endpoint, token=token, report=report)
+    revisions = list_revisions(repo_id, endpoint=endpoint, token=token, report=report, max_wait=max_wait)
     if as_json:
         echo(json.dumps([r.to_json() for r in revisions], indent=2))
         return

@@ -59,6 +59,17 @@ def bad_flag_values(ctx: click.Context, param: click.Parameter, value: Any) -> A
         raise click.BadParameter(exc.reason) from exc
 
 
+# Every command that talks to a Hub; a setting (max-wait), checked by the settings table's rule.
+max_wait_option = click.option(
+    "--max-wait",
+    "max_wait",
+    metavar="SECONDS",
+    callback=bad_flag_values,
+    help="Longest one Hub call waits out the Hub's rate limit, in all; a longer wait asked fails at once "
+    "[default: HUBSYNC_MAX_WAIT, else max-wait in hubsync.toml, else 600: two of the Hub's 5-minute windows].",
+)
+
+
 def _clear_option(name: str, what: str) -> Any:
     return click.option(f"--no-{name}", f"no_{name.replace('-', '_')}", is_flag=True, help=f"Clear {what}.")
 
@@ -169,6 +180,7 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="The training code's git commit, recorded in the card and the commit message "
                 "[default: HEAD of the git work tree holding the checkpoint].",
             ),
+            max_wait_option,
         ]
     ):
         f = option(f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -80,10 +81,12 @@ def checkpoints(steps: object) -> str:
 
 def report(event: object) -> None:
     """What the library reports while a command runs, for every command: a retried Hub call, a visibility note."""
-    from hubsync.api import Retrying, VisibilityNote
+    from hubsync.api import RateLimited, Retrying, VisibilityNote
 
     if isinstance(event, Retrying):
         report_retry(event.reason, event.pause)
+    elif isinstance(event, RateLimited):
+        report_rate_limit(event.pause)
     elif isinstance(event, VisibilityNote):
         asked = "--private" if event.asked_private else "--public"
         chosen = asked if event.source == "--private" else event.source
@@ -97,6 +100,11 @@ def report(event: object) -> None:
 def report_retry(reason: str, pause: float) -> None:
     """A Hub call that will be tried again: said on stderr, so that a wait is never silent."""
     echo(f"Hub: {reason}; retrying in {pause:.2g} s", err=True)
+
+
+def report_rate_limit(pause: float) -> None:
+    """A wait the Hub's rate limit asks for: said on stderr, in whole seconds (never fewer than are waited)."""
+    echo(f"rate-limited by the Hub, waiting {math.ceil(pause)} s", err=True)
 
 
 def quiet_huggingface_hub(show_progress: bool = True) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import cli
-from .options import endpoint_option, token_option
+from .options import endpoint_option, max_wait_option, token_option
 from .output import echo, quiet_huggingface_hub, report
 
 
@@ -25,6 +25,7 @@ from .output import echo, quiet_huggingface_hub, report
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plan, then the result.")
 @endpoint_option
 @token_option
+@max_wait_option
 def prune(
     repo_id: str,
     keep: int,
@@ -34,6 +35,7 @@ def prune(
     as_json: bool,
     endpoint: str | None,
     token: str | None,
+    max_wait: float | None,
 ) -> None:
     """Delete a repository's checkpoint branches beyond the newest N.
 
@@ -51,11 +53,18 @@ def prune(
 
     quiet_huggingface_hub(show_progress=False)
     plan = plan_prune(
-        repo_id, keep, keep_best=keep_best, keep_tagged=keep_tagged, endpoint=endpoint, token=token, report=report
+        repo_id,
+        keep,
+        keep_best=keep_best,
+        keep_tagged=keep_tagged,
+        endpoint=endpoint,
+        token=token,
+        report=report,
+        max_wait=max_wait,
     )
     if not as_json:
         _print_prune_plan(plan, keep_best, dry_run)
-    outcome = execute(plan, dry_run=dry_run, endpoint=endpoint, token=token, report=report)
+    outcome = execute(plan, dry_run=dry_run, endpoint=endpoint, token=token, report=report, max_wait=max_wait)
     if as_json:
         echo(json.dumps(outcome.to_json(), indent=2))
         return

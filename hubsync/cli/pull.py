@@ -7,7 +7,7 @@ import json
 import click
 
 from .app import cli
-from .options import endpoint_option, token_option
+from .options import endpoint_option, max_wait_option, token_option
 from .output import echo, progress_bars, quiet_huggingface_hub, report, size
 
 
@@ -24,6 +24,7 @@ from .output import echo, progress_bars, quiet_huggingface_hub, report, size
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @endpoint_option
 @token_option
+@max_wait_option
 def pull(
     repo_id: str,
     revision: str | None,
@@ -32,6 +33,7 @@ def pull(
     as_json: bool,
     endpoint: str | None,
     token: str | None,
+    max_wait: float | None,
 ) -> None:
     """Restore a checkpoint revision so that training resumes from it.
 
@@ -56,6 +58,7 @@ def pull(
         token=token,
         report=report,
         progress_bars=not as_json and progress_bars(),
+        max_wait=max_wait,
     )
     plan, shown = outcome.plan, display_path(outcome.path)
     if as_json:

@@ -16,7 +16,16 @@ from hubsync.core.paths import display_path
 
 from .app import cli
 from .options import endpoint_option, flag_settings, push_options, seconds, token_option
-from .output import checkpoints, count, echo, one_line, quiet_huggingface_hub, report_retry, scrub
+from .output import (
+    checkpoints,
+    count,
+    echo,
+    one_line,
+    quiet_huggingface_hub,
+    report_rate_limit,
+    report_retry,
+    scrub,
+)
 
 
 @cli.command()
@@ -78,7 +87,8 @@ def watch(
     pushed (as `hubsync push` would, with the same options) once its trainer_state.json is written and no
     file in it changed between two looks. It only reads the run folder, keeping its own record in
     RUN_DIR/.hubsync/watch.json, so a restarted watch pushes nothing twice. When the Hub fails, it says so
-    in one line and tries again later. It stops, with exit code 0, once the run's final checkpoint
+    in one line and tries again later; when it rate-limits the requests, the watch pauses as long as it asks
+    (up to --max-wait in a row), which counts as no failure. It stops, with exit code 0, once the run's final checkpoint
     (global_step = max_steps) is pushed, or after --idle-timeout; on Ctrl-C or SIGTERM it finishes the
     push in progress, saves its record and exits with 130 (press Ctrl-C again to abandon the push: nothing
     is half-committed). A checkpoint that the Trainer deleted (save_total_limit) before it could be pushed
@@ -188,12 +198,14 @@ def _untagged(summary: Any, run_dir: str) -> str:
 
 def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
-    from hubsync.api import Retrying
+    from hubsync.api import RateLimited, Retrying
     from hubsync.core.errors import HubError
-    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, Skipped, WaitingForRun
+    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, RateLimitPause, Skipped, WaitingForRun
 
     if isinstance(event, Retrying):
         report_retry(event.reason, event.pause)
+    elif isinstance(event, RateLimited | RateLimitPause):
+        report_rate_limit(event.pause)
     elif isinstance(event, Pushed):
         if not as_json:
             r = event.result

@@ -9,6 +9,7 @@ Read when a command runs, never at import.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -37,6 +38,12 @@ _HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*\Z")
 _GIT_COMMIT_RE = re.compile(r"^[0-9a-fA-F]{7,64}\Z")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# How long one Hub call waits out the Hub's rate limit, in all. huggingface.co counts requests in fixed 5-minute
+# windows and says when the window resets (`RateLimit: ...;t=<seconds>`): a burst that meets the limit early in a
+# window is asked to wait up to 300 s, and a call whose retry lands just as the next window fills again up to 300
+# more. 600 s waits out both; a rate limit on commits (counted by the hour) asks for more, which the user can allow.
+DEFAULT_MAX_WAIT = 600.0
+MOST_MAX_WAIT = 86400.0  # a day: a wait longer than that is no wait but a hang
 
 
 def _hub_id(value: str) -> str:
@@ -75,7 +82,7 @@ def _tag(value: str) -> str:
 class Setting:
     name: str  # the key in a configuration file, and how messages name the setting
     param: str  # the Click parameter that holds its flag's value
-    kind: type  # str, bool or list (of str)
+    kind: type  # str, bool, list (of str) or float (seconds)
     default: Any = None
     choices: tuple[str, ...] = ()
     check: Callable[[str], str] | None = None  # each string (each item of a list): normalised, or ValueError
@@ -111,6 +118,7 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("base-model", "base_model", str, check=_hub_id),
     Setting("datasets", "dataset", list, (), check=_hub_id),
     Setting("languages", "language", list, (), check=_language),
+    Setting("max-wait", "max_wait", float, DEFAULT_MAX_WAIT),
 )
 SETTINGS = {s.name: s for s in PUSH_SETTINGS}
 # Values that publish more than the default: only their flag, given on the command line, may choose them. A file
@@ -247,6 +255,8 @@ def _from_variable(setting: Setting, raw: str) -> Any:
 
 def check_value(setting: Setting, raw: Any, source: str) -> Any:
     """`raw` (from a flag, a variable or a file) as a valid value of `setting`; SettingError naming `source`."""
+    if setting.kind is float:
+        return _seconds(setting, raw, source)
     if setting.kind is list and isinstance(raw, str):
         raw = [raw]
     if setting.kind is list and isinstance(raw, tuple):
@@ -271,6 +281,23 @@ def check_value(setting: Setting, raw: Any, source: str) -> Any:
         except (ValueError, HubsyncError) as exc:
             raise SettingError(source, setting.name, item, _reason(exc), setting.label) from exc
     return tuple(out) if setting.kind is list else out[0]
+
+
+def _seconds(setting: Setting, raw: Any, source: str) -> float:
+    """A number of seconds from 0 to MOST_MAX_WAIT: a number (a file's, a keyword's) or its text (a flag's, a
+    variable's), such as 600 or 1.5."""
+    wanted = f"must be a number of seconds from 0 to {MOST_MAX_WAIT:g}, such as {DEFAULT_MAX_WAIT:g}"
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise SettingError(source, setting.name, raw, wanted)
+    if isinstance(raw, int) and raw.bit_length() > 64:  # TOML's integers have no bound, and repr() has one
+        raise SettingError(source, setting.name, "a number of over 19 digits", wanted)
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
+        raise SettingError(source, setting.name, raw, wanted) from None
+    if not math.isfinite(value) or not 0 <= value <= MOST_MAX_WAIT:
+        raise SettingError(source, setting.name, raw, wanted)
+    return value
 
 
 def _reason(exc: Exception) -> str:

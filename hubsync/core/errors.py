@@ -143,6 +143,30 @@ class HubTooSlowError(HubError):
         self.took = f"took more than {shown} s"
 
 
+class RateLimitedError(HubError):
+    """The Hub rate-limited the requests and asked for a longer wait (`asked` seconds, after `waited` already)
+    than the max-wait setting allows (`max_wait` seconds in all for one call)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        asked: int,
+        waited: float,
+        max_wait: float,
+        repo_id: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        after = f" more, after {waited:.0f} s" if waited >= 0.5 else ""
+        detail = (
+            f"rate-limited by the Hub, which asks to wait {asked} s{after}: longer than max-wait allows "
+            f"({max_wait:g} s; raise max_wait=, HUBSYNC_MAX_WAIT or max-wait in hubsync.toml)"
+        )
+        super().__init__(endpoint, detail, repo_id, revision, status=429)
+        self.asked = asked
+        self.waited = waited
+        self.max_wait = max_wait
+
+
 class HubUnreachableError(HubError):
     """No answer from the endpoint at all (refused, DNS, timeout)."""
 

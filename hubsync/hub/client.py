@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import random
@@ -36,14 +37,14 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils._datetime import parse_datetime
 from huggingface_hub.utils._headers import build_hf_headers
-from huggingface_hub.utils._http import hf_raise_for_status
+from huggingface_hub.utils._http import hf_raise_for_status, parse_ratelimit_headers
 from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
 from hubsync import __version__
 from hubsync.core import errors
 from hubsync.core.checkpoint import MAX_JSON_BYTES, loads_json
-from hubsync.core.config import check_endpoint, is_token_text
+from hubsync.core.config import DEFAULT_MAX_WAIT, check_endpoint, is_token_text
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
@@ -71,26 +72,104 @@ T = TypeVar("T")
 
 
 RetryReporter = Callable[[str, float], None]  # (what went wrong, seconds until the next try): the CLI prints it
+RateLimitReporter = Callable[[float], None]  # seconds of a wait the Hub's rate limit asks for: the CLI prints it
+RATE_LIMIT_JITTER = (0.2, 1.0)  # seconds added to the Hub's reset time: clocks differ, and clients in step collide
+
+
+class RateLimitTooLong(Exception):
+    """The Hub's rate limit asks for a longer wait than a call may spend (`max_wait`, in total): no retry.
+    HubClient turns it into errors.RateLimitedError."""
+
+    def __init__(self, asked: int, waited: float, max_wait: float, answer: Exception) -> None:
+        super().__init__(f"rate-limited by the Hub for {asked} s, over the {max_wait:g} s allowed")
+        self.asked = asked
+        self.waited = waited
+        self.max_wait = max_wait
+        self.answer = answer
+
+
+class RateLimitAnswer(Exception):
+    """A rate-limited answer (`rate_limit_reset` not None), raised as it arrives while with_retries runs a call.
+    huggingface_hub retries some requests itself (preupload, LFS batch and verify, Xet tokens, paged reads): it
+    would wait as long as the Hub asks, five times, without a word and past any bound. Raised from the session's
+    response hook, this ends its retries (it retries only network errors), so that with_retries waits, says so,
+    and keeps to max_wait, for those calls as for the others."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        super().__init__(f"rate-limited by the Hub ({response.request.method} {response.request.url.path})")
+        self.response = response
+
+
+_WAITS_FOR_RATE_LIMITS: contextvars.ContextVar[bool] = contextvars.ContextVar("hubsync_rate_limits", default=False)
+
+
+def _rate_limit_hook(response: httpx2.Response) -> None:
+    """huggingface_hub's shared session's response hook: a no-op but inside with_retries (in the thread that
+    runs it: huggingface_hub's own worker threads, for LFS uploads, keep its own waits)."""
+    if _WAITS_FOR_RATE_LIMITS.get() and rate_limit_reset(response) is not None:
+        raise RateLimitAnswer(response)
+
+
+def _hook_rate_limits() -> None:
+    """Put _rate_limit_hook on huggingface_hub's session (made anew after set_client_factory or close_session)."""
+    hooks = get_session().event_hooks["response"]
+    if _rate_limit_hook not in hooks:
+        hooks.append(_rate_limit_hook)
+
+
+def rate_limit_reset(response: httpx2.Response) -> int | None:
+    """The seconds until the Hub's rate-limit window resets, when `response` is a 429 that says the window is
+    used up (`RateLimit: "api";r=0;t=<seconds>`, hub-docs docs/hub/rate-limits.md, often without Retry-After);
+    None otherwise. Read as huggingface_hub reads it (its parse_ratelimit_headers, used by its http_backoff)."""
+    if response.status_code != 429:
+        return None
+    info = parse_ratelimit_headers(response.headers)
+    return info.reset_in_seconds if info is not None and info.remaining == 0 else None
 
 
 def with_retries(
     call: Callable[[], T],
     delays: Sequence[float] = RETRY_DELAYS,
     on_retry: RetryReporter | None = None,
-    max_wait: float = MAX_RETRY_AFTER,
+    max_pause: float = MAX_RETRY_AFTER,
+    *,
+    max_wait: float = DEFAULT_MAX_WAIT,
+    on_rate_limit: RateLimitReporter | None = None,
 ) -> T:
     """Run `call`, again after a pause when the Hub is busy or slow (429, 5xx, timeouts, dropped connections).
 
     huggingface_hub retries uploads and paged reads itself, but not commits, refs, branches, tags or repository
-    creation. A server's Retry-After is honoured (up to a minute). A connection that is refused (or a host that
+    creation. A server's Retry-After is honoured (up to `max_pause`). A connection that is refused (or a host that
     does not resolve) is not a busy Hub: nobody listens there, and waiting 16 s would only hide that, so it is
-    raised at once. Every pause is reported to `on_retry` first, so that a person sees why nothing happens."""
-    for attempt in range(len(delays) + 1):
+    raised at once. Every pause is reported to `on_retry` first, so that a person sees why nothing happens.
+
+    A 429 whose RateLimit header says the window is used up is no failure: the Hub says when it serves again. It
+    is waited out (its reset time and a little jitter, reported to `on_rate_limit`) without using up an attempt
+    of `delays`, for at most `max_wait` seconds in all; a wait that would go past that raises RateLimitTooLong
+    at once."""
+    attempt = 0
+    waited = 0.0
+    _hook_rate_limits()
+    while True:
+        waits = _WAITS_FOR_RATE_LIMITS.set(True)
         try:
             return call()
-        except HfHubHTTPError as exc:
+        except (HfHubHTTPError, RateLimitAnswer) as exc:
             response = exc.response
-            if response is None or not transient_status(response.status_code) or attempt == len(delays):
+            if response is None or not transient_status(response.status_code):
+                raise
+            asked = rate_limit_reset(response)
+            if asked is not None:
+                left = max_wait - waited
+                if asked > left or left <= 0:
+                    raise RateLimitTooLong(asked, waited, max_wait, exc) from exc
+                pause = min(asked + random.uniform(*RATE_LIMIT_JITTER), left)
+                if on_rate_limit is not None:
+                    on_rate_limit(pause)
+                time.sleep(pause)
+                waited += pause
+                continue
+            if attempt == len(delays):
                 raise
             wait = _retry_after(response.headers.get("Retry-After"))
             reason = f"the Hub answered {response.status_code}"
@@ -100,11 +179,13 @@ def with_retries(
             if attempt == len(delays):
                 raise
             wait, reason = None, _transport_reason(exc)
-        pause = min(wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2), max_wait)
+        finally:
+            _WAITS_FOR_RATE_LIMITS.reset(waits)
+        pause = min(wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2), max_pause)
+        attempt += 1
         if on_retry is not None:
             on_retry(reason, pause)
         time.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def _transport_reason(exc: httpx2.TransportError) -> str:
@@ -120,6 +201,13 @@ def _retry_after(value: str | None) -> float | None:
         return min(max(float(value), 0.0), MAX_RETRY_AFTER)
     except ValueError:
         return None  # an HTTP date: rare enough to treat as unknown
+
+
+@dataclass
+class RateLimitPauses:
+    """The seconds a call has waited for the Hub's rate limit: not the Hub's slowness, so not in its deadline."""
+
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +236,10 @@ class HubClient:
         token: str | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         on_retry: RetryReporter | None = None,
-        max_wait: float = MAX_RETRY_AFTER,  # the longest pause, whatever the Hub's Retry-After says
+        max_pause: float = MAX_RETRY_AFTER,  # the longest pause after a failure, whatever the Hub's Retry-After says
+        *,
+        max_wait: float = DEFAULT_MAX_WAIT,  # the longest one call waits out the Hub's rate limit, in all
+        on_rate_limit: RateLimitReporter | None = None,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         for source, raw in (("--token", token), ("HF_TOKEN", os.environ.get("HF_TOKEN"))):
@@ -158,17 +249,40 @@ class HubClient:
         self._token = token
         self.retry_delays = retry_delays
         self.on_retry = on_retry
+        self.max_pause = max_pause
         self.max_wait = max_wait
+        self.on_rate_limit = on_rate_limit
         self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync", library_version=__version__)
         # What one process learns once per repository: each is a round trip to a remote Hub.
         self._private: dict[str, bool] = {}
         self._xet: dict[str, bool] = {}
         self._root_commit: dict[str, str] = {}
 
-    def _call(self, call: Callable[[], T], repo_id: str | None = None, revision: str | None = None) -> T:
-        """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError."""
+    def _call(
+        self,
+        call: Callable[[], T],
+        repo_id: str | None = None,
+        revision: str | None = None,
+        paused: RateLimitPauses | None = None,
+    ) -> T:
+        """One Hub call: retried when the Hub is busy, its failure translated to a HubsyncError. Its waits for the
+        Hub's rate limit are added to `paused`, for a call whose deadline they must not use up."""
+
+        def rate_limited(pause: float) -> None:
+            if paused is not None:
+                paused.seconds += pause
+            if self.on_rate_limit is not None:
+                self.on_rate_limit(pause)
+
         with self._errors(repo_id, revision):
-            return with_retries(call, self.retry_delays, self.on_retry, self.max_wait)
+            return with_retries(
+                call,
+                self.retry_delays,
+                self.on_retry,
+                self.max_pause,
+                max_wait=self.max_wait,
+                on_rate_limit=rate_limited,
+            )
 
     @property
     def token(self) -> str | None:
@@ -185,6 +299,8 @@ class HubClient:
             except Exception as exc:  # a Hub may quote the Authorization header: no token in any traceback
                 _redact_in_place(exc, self._known_tokens())
                 raise
+        except RateLimitTooLong as exc:
+            raise errors.RateLimitedError(self.endpoint, exc.asked, exc.waited, exc.max_wait, **where) from exc
         except OIDCError as exc:
             raise errors.TrustedPublishingError(self.endpoint, str(exc).split(". ")[0], **where) from exc
         except RevisionNotFoundError as exc:
@@ -413,6 +529,7 @@ class HubClient:
         it goes on past `most` entries, MAX_LISTING_PAGES pages or MAX_LISTING_BYTES, or names as the next page
         one it already sent; HubTooSlowError when a page takes over ANSWER_DEADLINE, or all over LISTING_DEADLINE."""
         start = time.monotonic()
+        paused = RateLimitPauses()  # waits for the Hub's rate limit: they move the deadline of the whole listing
         seen = {str(httpx2.URL(url, params=params))}
         entries: list[Any] = []
         read = 0
@@ -421,8 +538,9 @@ class HubClient:
             return errors.EndlessListingError(self.endpoint, what, told, repo_id, revision)
 
         def page(at: str, query: dict[str, Any] | None) -> tuple[bytes, str | None]:
-            deadline = min(time.monotonic() + ANSWER_DEADLINE, start + LISTING_DEADLINE)
-            seconds = ANSWER_DEADLINE if deadline < start + LISTING_DEADLINE else LISTING_DEADLINE
+            end = start + paused.seconds + LISTING_DEADLINE
+            deadline = min(time.monotonic() + ANSWER_DEADLINE, end)
+            seconds = ANSWER_DEADLINE if deadline < end else LISTING_DEADLINE
             return self._get_bounded(
                 at,
                 query,
@@ -434,7 +552,7 @@ class HubClient:
 
         at, query = url, params
         for pages in range(1, MAX_LISTING_PAGES + 1):
-            body, following = self._call(partial(page, at, query), repo_id, revision)
+            body, following = self._call(partial(page, at, query), repo_id, revision, paused)
             read += len(body)
             with self._errors(repo_id, revision):
                 found = loads_json(body)
@@ -501,16 +619,22 @@ class HubClient:
         headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
         deadline = time.monotonic() + download_seconds(remote.size)
         where = (self.endpoint, repo_id, commit[:12])
+        paused = RateLimitPauses()  # waits for the Hub's rate limit move the deadline: they are no slow download
         if remote.xet_hash is not None and is_xet_available() and not constants.HF_HUB_DISABLE_XET:
 
             def over_xet() -> None:
                 storage = self.xet_read_access(repo_id, commit)
-                fetch_over_xet(storage, remote, dest, deadline, transfers, where)
+                fetch_over_xet(storage, remote, dest, deadline + paused.seconds, transfers, where)
 
-            self._call(over_xet, repo_id, commit)
+            self._call(over_xet, repo_id, commit, paused)
             return
         url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=self.endpoint)
-        self._call(lambda: fetch_over_http(url, headers, remote, dest, deadline, transfers, where), repo_id, commit)
+        self._call(
+            lambda: fetch_over_http(url, headers, remote, dest, deadline + paused.seconds, transfers, where),
+            repo_id,
+            commit,
+            paused,
+        )
 
     def xet_read_access(self, repo_id: str, commit: str) -> XetAccess:
         """A token to read the commit's files from the Hub's Xet storage, and that storage's address, asked of the

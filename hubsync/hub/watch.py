@@ -9,6 +9,7 @@ could be pushed is reported. What to push is decided by hubsync.core.watch; this
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hubsync.core.checkpoint import checkpoint_name, read_checkpoint
+from hubsync.core.config import DEFAULT_MAX_WAIT
 from hubsync.core.errors import (
     CheckpointFileError,
     HubsyncError,
     IncompleteCheckpointError,
+    IncompletePushError,
     LinkOutsideCheckpointError,
     NotACheckpointError,
     NotARunFolderError,
+    RateLimitedError,
     RepoNotFoundError,
     UnpublishableNameError,
     UnreadableWeightsError,
@@ -51,6 +55,7 @@ from hubsync.core.watch import (
 )
 from hubsync.files import remove_stale_temps, write_file_atomic
 
+from .client import RATE_LIMIT_JITTER
 from .push import PushResult, PushTarget, execute_push
 
 SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
@@ -90,6 +95,8 @@ class WatchSettings:
     # Where the checkpoint-N folders are read, when not in run_dir (HubsyncCallback's staged copies); the record
     # stays in run_dir, so that a watch of run_dir and a restarted training run share it.
     checkpoints_dir: Path | None = None
+    # The longest the watch waits out the Hub's rate limit between two calls that succeed (the max-wait setting).
+    max_wait: float = DEFAULT_MAX_WAIT
 
     @property
     def source(self) -> Path:
@@ -113,6 +120,15 @@ class PushFailed:
     step: int | None  # None: checking the record against the Hub failed
     error: HubsyncError
     retry_in: float
+
+
+@dataclass(frozen=True)
+class RateLimitPause:
+    """The Hub rate-limited the watch's requests: it pauses `pause` seconds (the Hub's reset time and a little
+    jitter), then goes on. Not a failed push: the pauses after failures do not grow from it."""
+
+    step: int | None  # None: while checking the record against the Hub
+    pause: float
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,7 @@ class Watcher:
         self._tagged = False
         self._failures = 0
         self._retry_at = 0.0
+        self._rate_limited = 0.0  # seconds paused for rate limits since a call last succeeded
 
     def run(self) -> WatchSummary:
         """Look at the run folder every interval and push what is complete, until the run's final checkpoint is
@@ -301,6 +318,10 @@ class Watcher:
                         self.hub.ensure_tag(repo_id, tag, final.commit)
                 self._tagged = True
         except HubsyncError as exc:
+            limited = _rate_limit_of(exc)
+            if limited is not None:
+                self.report(RateLimitPause(None, self._rate_limit_pause(limited)))
+                return False, state
             if not transient_failure(exc):
                 raise
             self.report(PushFailed(None, exc, self._failed()))
@@ -308,7 +329,26 @@ class Watcher:
         finally:
             self.busy = None
         self._failures = 0
+        self._rate_limited = 0.0
         return True, state
+
+    def _rate_limit_pause(self, limited: RateLimitedError) -> float:
+        """The pause the Hub's rate limit asks for (its reset time and a little jitter), not counted as a failure;
+        RateLimitedError at once when it would take the pauses since the last call that succeeded past max-wait."""
+        left = self.settings.max_wait - self._rate_limited
+        if limited.asked > left or left <= 0:
+            raise RateLimitedError(
+                limited.endpoint,
+                limited.asked,
+                self._rate_limited,
+                self.settings.max_wait,
+                limited.repo_id,
+                limited.revision,
+            ) from limited
+        pause = min(limited.asked + random.uniform(*RATE_LIMIT_JITTER), left)
+        self._rate_limited += pause
+        self._retry_at = self.clock() + pause
+        return pause
 
     def _failed(self) -> float:
         """The pause before the Hub is tried again, doubling with each failure in a row."""
@@ -336,6 +376,10 @@ class Watcher:
                     self._save(state)
                     self.report(Skipped(step, skipped.reason))
                     continue
+                limited = _rate_limit_of(exc)
+                if limited is not None:  # pushed again after the pause: a push that landed commits nothing new
+                    self.report(RateLimitPause(step, self._rate_limit_pause(limited)))
+                    break
                 if not transient_failure(exc):
                     raise
                 assert isinstance(exc, HubsyncError)
@@ -344,6 +388,7 @@ class Watcher:
             finally:
                 self.busy = None
             self._failures = 0
+            self._rate_limited = 0.0
             self.pushed.append((step, result))
             state = state.with_pushed(PushedCheckpoint(step, result.revision, result.commit), final)
             self._save(state)
@@ -394,3 +439,10 @@ def _reason(exc: HubsyncError | OSError) -> str:
         return str(exc)
     what = exc.strerror or type(exc).__name__
     return f"{display_path(exc.filename)}: {what}" if exc.filename else what
+
+
+def _rate_limit_of(exc: BaseException) -> RateLimitedError | None:
+    """The Hub's rate limit that a push met, also after its commit landed (then tags or main's index were left)."""
+    if isinstance(exc, IncompletePushError):
+        exc = exc.cause
+    return exc if isinstance(exc, RateLimitedError) else None

@@ -59,6 +59,9 @@ class Fault:
 
     One kind a fault:
     - `status`: answer with that HTTP status (and `Retry-After` when `retry_after` is set), without serving;
+    - `rate_limit`: answer 429 as huggingface.co does when a client exhausts its window (hub-docs
+      docs/hub/rate-limits.md): `RateLimit: "api";r=0;t=<rate_limit>` (seconds until the window resets) and
+      `RateLimit-Policy: "fixed window";"api";q=500;w=300`, and no `Retry-After` (unless `retry_after` is set);
     - `cut_request`: read that many bytes of the request body (all of a shorter one), then close the connection
       without an answer: an upload that breaks off; nothing of it is kept;
     - `cut_response`: serve the request (a commit lands, an upload is kept) but send only the headers and that many
@@ -73,9 +76,23 @@ class Fault:
     times: int = 1
     retry_after: float | None = None
     delay: float = 0.0
+    rate_limit: int | None = None
     cut_request: int | None = None
     cut_response: int | None = None
     arrived: threading.Event = field(default_factory=threading.Event)
+
+
+RATE_LIMIT_POLICY = '"fixed window";"api";q=500;w=300'  # huggingface.co's: 500 API calls a 5-minute window
+
+
+def fault_response(fault: Fault) -> Response:
+    """The answer of a `status` or `rate_limit` fault."""
+    headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+    if fault.rate_limit is not None:
+        headers |= {"RateLimit": f'"api";r=0;t={fault.rate_limit}', "RateLimit-Policy": RATE_LIMIT_POLICY}
+        message = "You have exceeded our hourly quotas for action: api. We invite you to retry later."
+        return error_response(429, None, message) | headers
+    return error_response(fault.status or 500, None, f"Injected fault {fault.status}") | headers
 
 
 def printable(text: str) -> str:
@@ -272,9 +289,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             if fault.cut_request is not None:
                 self._drop_request(fault.cut_request)
                 return
-            if fault.status is not None:
-                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                self._send(method, error_response(fault.status, None, f"Injected fault {fault.status}") | headers)
+            if fault.status is not None or fault.rate_limit is not None:
+                self._send(method, fault_response(fault))
                 return
         try:
             if self.body.left is not None and self.body.left < 0:

@@ -241,13 +241,29 @@ class LocalHubServer(ThreadingHTTPServer):
         delay: float = 0.0,
         cut_request: int | None = None,
         cut_response: int | None = None,
+        rate_limit: int | None = None,
     ) -> Fault:
         """Make the next `times` requests of `method` whose path matches the regex `path` fail: see `Fault` for
-        the kinds (`status`, `cut_request`, `cut_response`, or only `delay`). Returns the fault, to watch."""
-        kinds = [k for k in (status, cut_request, cut_response) if k is not None]
+        the kinds (`status`, `rate_limit`, `cut_request`, `cut_response`, or only `delay`). Returns the fault, to
+        watch."""
+        kinds = [k for k in (status, rate_limit, cut_request, cut_response) if k is not None]
         if len(kinds) > 1 or (not kinds and delay <= 0):
-            raise ValueError("a fault is one of status, cut_request or cut_response, or a delay alone")
-        fault = Fault(method, re.compile(path), status, times, retry_after, delay, cut_request, cut_response)
+            raise ValueError("a fault is one of status, rate_limit, cut_request or cut_response, or a delay alone")
+        if rate_limit is not None and (
+            isinstance(rate_limit, bool) or not isinstance(rate_limit, int) or rate_limit < 0
+        ):
+            raise ValueError("rate_limit is the whole seconds until the window resets, 0 or more")
+        fault = Fault(
+            method,
+            re.compile(path),
+            status,
+            times,
+            retry_after,
+            delay,
+            cut_request=cut_request,
+            cut_response=cut_response,
+            rate_limit=rate_limit,
+        )
         with self._faults_lock:
             self._faults.append(fault)
         return fault
