@@ -63,6 +63,7 @@ from hubsync.core.errors import (
     VerificationError,
     WatchStateError,
     WiderExposureError,
+    XetStorageError,
 )
 
 __all__ = [
@@ -127,4 +128,5 @@ __all__ = [
     "VerificationError",
     "WatchStateError",
     "WiderExposureError",
+    "XetStorageError",
 ]

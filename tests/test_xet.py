@@ -1,17 +1,37 @@
-"""hubsync asks the endpoint whether it offers Xet, and uploads through plain LFS when it does not."""
+"""hubsync asks the endpoint whether it offers Xet (plain LFS when it does not), names failures of the Xet storage
+for what they are, within seconds, hands hf_xet only the files that changed, and says how many bytes a push sent.
+
+Until the local Hub serves Xet itself, a proxy in front of it answers the token routes, handing out a casUrl that
+is either `local://DIR` (hf_xet then really uploads into DIR) or a tiny storage stand-in that fails."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import pytest
+from click.testing import CliRunner
 from conftest import local_hub
+from hostile_proxy import ProxyHandler, serve
 from huggingface_hub import HfApi, constants
 
-from hubsync.hub.client import HubClient, _xet
+from hubsync.cli import cli
+from hubsync.cli.errors import message_for
+from hubsync.core.pull import RemoteFile
+from hubsync.errors import HubError, PermissionDeniedError, TokenRejectedError, XetStorageError
+from hubsync.hub.client import XET_LIMITS, HubClient, _xet, xet_config
+from hubsync.hub.push import changed_files, local_hashes
+from hubsync.localhub import RunningHub
 
 
 class XetTokenHandler(BaseHTTPRequestHandler):
@@ -75,3 +95,323 @@ def test_a_user_who_disabled_xet_keeps_it_disabled(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     with _xet(enabled=True):
         assert constants.HF_HUB_DISABLE_XET is True
+
+
+# -- a Hub that offers Xet: the local Hub behind a proxy that answers the Xet token routes, as huggingface.co does --
+
+
+class XetHub(ProxyHandler):
+    """Answers `GET .../xet-{write,read}-token/{rev}` itself, handing out `cas_url` (None: 404, a Hub without Xet)
+    with a token valid for `expires_in` seconds, after answering `first` statuses in turn; forwards the rest to the
+    local Hub and notes the paths of each preupload (the files a commit hands to huggingface_hub)."""
+
+    cas_url: ClassVar[str | None] = None
+    expires_in: ClassVar[int] = 3600
+    first: ClassVar[list[int]] = []
+    token_asks: ClassVar[int] = 0
+    preuploads: ClassVar[list[tuple[str, list[str]]]] = []  # (revision, paths)
+
+    def do_GET(self) -> None:
+        if re.search(r"/xet-(write|read)-token/", self.path):
+            return self.token_route()
+        self.forward()
+
+    def token_route(self) -> None:
+        type(self).token_asks += 1
+        if self.first:
+            return self.answer(self.first.pop(0), [], b"")
+        if self.cas_url is None:
+            return self.answer(404, [], b"")
+        exp = int(time.time()) + self.expires_in
+        body = json.dumps({"accessToken": "xet-access-token", "exp": exp, "casUrl": self.cas_url}).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("X-Xet-Cas-Url", self.cas_url),
+            ("X-Xet-Access-Token", "xet-access-token"),
+            ("X-Xet-Token-Expiration", str(exp)),
+        ]
+        self.answer(200, headers, body)
+
+    def forward(self) -> None:
+        body = self.request_body()
+        if "/preupload/" in self.path:
+            self.preuploads.append((self.path.rsplit("/", 1)[1], [f["path"] for f in json.loads(body)["files"]]))
+        self.answer(*self.ask_upstream(body))
+
+    do_POST = do_PUT = do_DELETE = do_HEAD = forward
+
+
+@dataclass
+class XetStandIn:
+    endpoint: str
+    token: str
+    handler: type[XetHub]
+    storage: Path  # where hf_xet writes, for casUrl local://
+
+
+@pytest.fixture
+def xet_hub(hub: RunningHub, tmp_path: Path) -> Iterator[XetStandIn]:
+    storage = tmp_path / "xet-storage"
+    storage.mkdir()
+    handler = cast(
+        type[XetHub],
+        type("XetHubHere", (XetHub,), {"cas_url": f"local://{storage}", "first": [], "preuploads": []}),
+    )
+    with serve(handler, hub.endpoint) as endpoint:
+        yield XetStandIn(endpoint, hub.token, handler, storage)
+
+
+@contextmanager
+def storage_server(behaviour: str) -> Iterator[str]:
+    """A stand-in Xet storage (casUrl) that fails: "401" answers 401 to everything, "500" a server error, "cut"
+    closes every connection it takes without an answer, "closed" is a port nobody listens on."""
+    if behaviour == "closed":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+        return
+
+    class Storage(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def fail(self) -> None:
+            if behaviour == "cut":
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            self.send_response(int(behaviour))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = do_HEAD = fail
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Storage)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def weights(tmp_path: Path, name: str = "model.safetensors", size: int = 2_000_000) -> Path:
+    path = tmp_path / "files" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def fast(endpoint: str, token: str) -> HubClient:
+    return HubClient(endpoint, token, retry_delays=(0.01, 0.01, 0.01, 0.01))
+
+
+# -- the probe --
+
+
+def test_a_busy_probe_is_asked_again_and_its_answer_kept(xet_hub: XetStandIn) -> None:
+    xet_hub.handler.first = [503, 429]
+    client = fast(xet_hub.endpoint, xet_hub.token)
+
+    assert client.offers_xet("me/model", "main") is True
+    assert client.offers_xet("me/model", "main") is True
+    assert xet_hub.handler.token_asks == 3  # twice busy, then the answer, remembered
+
+
+def test_a_probe_that_stays_busy_fails_as_the_hub_and_is_not_remembered(xet_hub: XetStandIn) -> None:
+    xet_hub.handler.first = [503] * 5
+    client = fast(xet_hub.endpoint, xet_hub.token)
+
+    with pytest.raises(HubError) as failed:
+        client.offers_xet("me/model", "main")
+    assert failed.value.status == 503
+    assert client.offers_xet("me/model", "main") is True  # no LFS for the rest of the run for one outage
+
+
+@pytest.mark.parametrize(("status", "error"), [(401, TokenRejectedError), (403, PermissionDeniedError)])
+def test_a_refused_probe_is_raised(xet_hub: XetStandIn, status: int, error: type[HubError]) -> None:
+    xet_hub.handler.first = [status]
+    with pytest.raises(error):
+        fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main")
+
+
+def test_a_hub_without_the_route_takes_plain_lfs(xet_hub: XetStandIn) -> None:
+    xet_hub.handler.cas_url = None
+    assert fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main") is False
+
+
+def test_an_expired_token_is_named_at_once(xet_hub: XetStandIn) -> None:
+    xet_hub.handler.expires_in = -120
+    with pytest.raises(XetStorageError) as failed:
+        fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main")
+    assert failed.value.kind == "expired"
+    line = message_for(failed.value)
+    assert "already expired" in line and "clock" in line
+    assert str(xet_hub.storage) not in line and "xet-access-token" not in line
+
+
+# -- failures of the Xet storage: named for what failed, within seconds --
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "kind", "said"),
+    [
+        ("closed", "unreachable", "cannot reach the Xet storage"),
+        ("401", "refused", "refused its upload token"),
+        ("cut", "broken", "broke off the upload"),
+        ("500", "broken", "broke off the upload (it answered 500)"),
+    ],
+)
+def test_a_failing_xet_storage_is_named_within_seconds(
+    xet_hub: XetStandIn, api: HfApi, tmp_path: Path, behaviour: str, kind: str, said: str
+) -> None:
+    api.create_repo("me/model")
+    client = fast(xet_hub.endpoint, xet_hub.token)
+    with storage_server(behaviour) as cas:
+        xet_hub.handler.cas_url = cas
+        start = time.monotonic()
+        with pytest.raises(XetStorageError) as failed:
+            client.commit_files("me/model", "main", [(weights(tmp_path), "model.safetensors")], "add")
+        took = time.monotonic() - start
+    print(f"[xet {behaviour}] failed in {took:.1f} s")
+    assert took < 30
+    assert failed.value.kind == kind
+    line = message_for(failed.value)
+    assert said in line and cas in line and "\n" not in line
+    assert "cannot reach the Hub" not in line and "xet-access-token" not in line
+    assert api.list_repo_commits("me/model")[0].title == "initial commit"  # nothing committed
+
+
+def test_a_push_whose_xet_storage_does_not_answer_says_so_in_one_line(
+    checkpoint: Path, xet_hub: XetStandIn, tmp_path: Path
+) -> None:
+    with storage_server("closed") as cas:
+        xet_hub.handler.cas_url = cas
+        start = time.monotonic()
+        result = CliRunner().invoke(
+            cli,
+            ["push", str(checkpoint), "--repo", "me/tiny"],
+            env={"HF_ENDPOINT": xet_hub.endpoint, "HF_TOKEN": xet_hub.token},
+            catch_exceptions=False,
+        )
+        took = time.monotonic() - start
+    print(f"[xet closed] hubsync push failed in {took:.1f} s")
+    assert result.exit_code == 1
+    assert took < 30
+    assert result.stderr.startswith(f"Error: cannot reach the Xet storage ({cas}) that the Hub at")
+    assert result.stderr.count("\n") == 1 and xet_hub.token not in result.stderr
+
+
+def test_a_local_storage_folder_is_never_shown(xet_hub: XetStandIn) -> None:
+    error = XetStorageError(xet_hub.endpoint, "a local folder", "broken", "OSError", "me/model", "main")
+    assert "(a local folder)" in message_for(error)
+
+
+def test_xet_limits_bound_hf_xets_retries_unless_the_user_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = xet_config()
+    assert config.get("client.retry_max_attempts") == XET_LIMITS["client.retry_max_attempts"]
+    assert config.get("client.retry_max_duration") == XET_LIMITS["client.retry_max_duration"]
+    monkeypatch.setenv("HF_XET_CLIENT_RETRY_MAX_ATTEMPTS", "7")  # read when a commit runs, not at import
+    assert xet_config().get("client.retry_max_attempts") == 7
+
+
+# -- what each push sent; unchanged files never handed to huggingface_hub --
+
+
+def push_json(stand_in: XetStandIn, checkpoint: Path, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(
+        cli,
+        ["push", str(checkpoint), "--repo", "me/tiny", "--json", *args],
+        env={"HF_ENDPOINT": stand_in.endpoint, "HF_TOKEN": stand_in.token},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    return cast(dict[str, Any], json.loads(result.stdout)["results"][0])
+
+
+def test_a_push_says_what_it_sent_after_xets_deduplication(checkpoint: Path, xet_hub: XetStandIn) -> None:
+    cas = xet_hub.handler.cas_url
+    # The local Hub takes a commit's LFS files only once they reached it through LFS: a first push by plain LFS
+    # (the same bytes: what a Xet push then sends is what Xet's own storage lacks).
+    xet_hub.handler.cas_url = None
+    seed = push_json(xet_hub, checkpoint, "--revision", "seed")
+    assert seed["via_xet"] is False
+    assert seed["sent_bytes"] == seed["checkpoint_bytes"]  # every file new to the repository
+    lfs_again = push_json(xet_hub, checkpoint, "--revision", "lfs-again")
+    assert lfs_again["via_xet"] is False and lfs_again["sent_bytes"] < seed["checkpoint_bytes"]
+
+    xet_hub.handler.cas_url = cas
+    first = push_json(xet_hub, checkpoint, "--revision", "first")
+    again = push_json(xet_hub, checkpoint, "--revision", "again")  # the same files, another branch
+    size = first["checkpoint_bytes"]
+    print(
+        f"[xet sent] LFS {seed['sent_bytes']} then {lfs_again['sent_bytes']} of {size}; "
+        f"Xet {first['sent_bytes']} then {again['sent_bytes']} of {size}"
+    )
+    assert first["via_xet"] is True and again["via_xet"] is True
+    assert 0.5 * size < first["sent_bytes"] <= 1.05 * size
+    # Only the regular files again (their README names its revision): Xet's storage held the weights already.
+    assert abs(again["sent_bytes"] - lfs_again["sent_bytes"]) < 0.01 * size
+    assert any(xet_hub.storage.rglob("*"))  # hf_xet really wrote there
+
+
+def test_a_commit_of_files_xet_storage_holds_sends_nothing(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
+    api.create_repo("me/model")
+    api.create_branch("me/model", branch="seed")
+    model = weights(tmp_path, size=3_000_000)
+    with _xet(enabled=False):  # the local Hub takes the commit's LFS file once it reached it by LFS (see above)
+        api.upload_file(path_or_fileobj=model, path_in_repo="model.safetensors", repo_id="me/model", revision="seed")
+    client = HubClient(xet_hub.endpoint, xet_hub.token)
+    client.ensure_branch("me/model", "again")
+
+    first = client.commit_files("me/model", "main", [(model, "model.safetensors")], "add")
+    again = client.commit_files("me/model", "again", [(model, "model.safetensors")], "add")
+
+    print(f"[xet sent] {first.sent_bytes} then {again.sent_bytes} of {model.stat().st_size}")
+    assert first.xet and again.xet and first.created and again.created
+    assert 0.99 * 3_000_000 <= (first.sent_bytes or 0) <= 1.01 * 3_000_000  # random bytes: nothing to deduplicate
+    assert again.sent_bytes is not None and again.sent_bytes < 0.01 * 3_000_000
+
+
+def test_the_human_output_says_what_was_sent(checkpoint: Path, xet_hub: XetStandIn) -> None:
+    def push(*args: str) -> str:
+        env = {"HF_ENDPOINT": xet_hub.endpoint, "HF_TOKEN": xet_hub.token}
+        result = CliRunner().invoke(cli, ["push", str(checkpoint), "--repo", "me/tiny", *args], env=env)
+        assert result.exit_code == 0, result.stderr
+        return result.stdout
+
+    cas, xet_hub.handler.cas_url = xet_hub.handler.cas_url, None
+    assert re.search(r"^  sent:   [\d.]+ KB of [\d.]+ KB$", push("--revision", "seed"), re.MULTILINE)
+    xet_hub.handler.cas_url = cas
+    assert re.search(r"^  sent:   [\d.]+ KB of [\d.]+ KB \(Xet dedup\)$", push(), re.MULTILINE)
+
+
+def test_a_partly_changed_push_hands_over_only_what_changed(checkpoint: Path, xet_hub: XetStandIn) -> None:
+    xet_hub.handler.cas_url = None  # plain LFS: the local Hub takes no Xet commit yet (see above)
+    first = push_json(xet_hub, checkpoint)
+    handed = [paths for revision, paths in xet_hub.handler.preuploads if revision == "checkpoint-30"]
+    assert "adapter_model.safetensors" in handed[-1]
+    state = checkpoint / "trainer_state.json"
+    state.write_text(state.read_text().replace("\n", "\n ", 1))  # the same run, one file rewritten
+
+    second = push_json(xet_hub, checkpoint)
+
+    assert second["created"] is True
+    handed = [paths for revision, paths in xet_hub.handler.preuploads if revision == "checkpoint-30"]
+    assert handed[-1] == ["trainer_state.json"]
+    assert second["sent_bytes"] == state.stat().st_size < first["sent_bytes"]
+
+
+def test_unchanged_files_are_left_out_before_huggingface_hub_sees_them(tmp_path: Path) -> None:
+    same = weights(tmp_path, "same.safetensors", 1000)
+    other = weights(tmp_path, "other.safetensors", 1000)
+    held = [
+        RemoteFile("same.safetensors", 1000, local_hashes(same).sha256, "ignored"),
+        RemoteFile("other.safetensors", 1000, "0" * 64, "ignored"),
+        RemoteFile("config.json", 2, None, local_hashes(b"{}").git_oid),
+    ]
+    files = [(same, "same.safetensors"), (other, "other.safetensors"), (b"{}", "config.json"), (b"[]", "new.json")]
+
+    assert changed_files(files, held) == [(other, "other.safetensors"), (b"[]", "new.json")]
