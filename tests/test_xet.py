@@ -28,6 +28,7 @@ from huggingface_hub import HfApi, constants
 from hubsync.cli import cli
 from hubsync.cli.errors import message_for
 from hubsync.core.pull import RemoteFile
+from hubsync.core.transient import transient_failure
 from hubsync.errors import HubError, PermissionDeniedError, TokenRejectedError, XetStorageError
 from hubsync.hub.client import XET_LIMITS, HubClient, _xet, xet_config
 from hubsync.hub.push import changed_files, local_hashes
@@ -102,8 +103,8 @@ def test_a_user_who_disabled_xet_keeps_it_disabled(monkeypatch: pytest.MonkeyPat
 
 class XetHub(ProxyHandler):
     """Answers `GET .../xet-{write,read}-token/{rev}` itself, handing out `cas_url` (None: 404, a Hub without Xet)
-    with a token valid for `expires_in` seconds, after answering `first` statuses in turn; forwards the rest to the
-    local Hub and notes the paths of each preupload (the files a commit hands to huggingface_hub)."""
+    with a token valid for `expires_in` seconds, after answering `first` statuses in turn (0: as usual); forwards
+    the rest to the local Hub and notes the paths of each preupload (the files a commit hands to huggingface_hub)."""
 
     cas_url: ClassVar[str | None] = None
     expires_in: ClassVar[int] = 3600
@@ -118,8 +119,9 @@ class XetHub(ProxyHandler):
 
     def token_route(self) -> None:
         type(self).token_asks += 1
-        if self.first:
-            return self.answer(self.first.pop(0), [], b"")
+        status = self.first.pop(0) if self.first else 0  # 0: answer as usual
+        if status:
+            return self.answer(status, [], b"")
         if self.cas_url is None:
             return self.answer(404, [], b"")
         exp = int(time.time()) + self.expires_in
@@ -284,6 +286,56 @@ def test_a_failing_xet_storage_is_named_within_seconds(
     assert api.list_repo_commits("me/model")[0].title == "initial commit"  # nothing committed
 
 
+def test_a_token_that_expires_during_the_run_is_named_so(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
+    api.create_repo("me/model")
+    client = fast(xet_hub.endpoint, xet_hub.token)
+    assert client.offers_xet("me/model", "main")
+    with storage_server("401") as cas:  # as a storage refuses an expired token
+        xet_hub.handler.cas_url = cas
+        xet_hub.handler.expires_in = -120  # from now on the Hub hands out expired tokens
+        start = time.monotonic()
+        with pytest.raises(XetStorageError) as failed:
+            client.commit_files("me/model", "main", [(weights(tmp_path), "model.safetensors")], "add")
+        took = time.monotonic() - start
+    print(f"[xet expired] failed in {took:.1f} s")
+    assert failed.value.kind == "expired" and took < 30
+    assert "have already expired" in message_for(failed.value)
+
+
+def test_storage_that_is_down_may_come_back_for_a_watch_a_refusal_does_not() -> None:
+    def failure(kind: str) -> XetStorageError:
+        return XetStorageError("http://hub", "http://cas", kind, "why", "me/model", "main")
+
+    assert [transient_failure(failure(k)) for k in ("unreachable", "broken", "refused", "expired")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_a_local_storage_that_fails_never_shows_its_folder(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
+    api.create_repo("me/model")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where hf_xet wants its folder")
+    xet_hub.handler.cas_url = f"local://{blocker}"
+    with pytest.raises(XetStorageError) as failed:
+        fast(xet_hub.endpoint, xet_hub.token).commit_files("me/model", "main", [(weights(tmp_path), "m.bin")], "add")
+    assert failed.value.storage == "a local folder"
+    line = message_for(failed.value)
+    print(f"[xet local] {line}")
+    assert "(a local folder)" in line and str(tmp_path) not in line
+    assert str(tmp_path) not in str(failed.value.__cause__)  # nor in the traceback HUBSYNC_DEBUG shows
+
+
+def test_a_token_route_that_fails_under_hf_xet_is_the_hubs(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
+    api.create_repo("me/model")
+    xet_hub.handler.first = [0, 401]  # the probe is answered, hf_xet's own ask for a token refused
+    with pytest.raises(TokenRejectedError) as failed:
+        fast(xet_hub.endpoint, xet_hub.token).commit_files("me/model", "main", [(weights(tmp_path), "m.bin")], "add")
+    assert "Xet token route" in failed.value.detail
+
+
 def test_a_push_whose_xet_storage_does_not_answer_says_so_in_one_line(
     checkpoint: Path, xet_hub: XetStandIn, tmp_path: Path
 ) -> None:
@@ -297,16 +349,11 @@ def test_a_push_whose_xet_storage_does_not_answer_says_so_in_one_line(
             catch_exceptions=False,
         )
         took = time.monotonic() - start
-    print(f"[xet closed] hubsync push failed in {took:.1f} s")
+    print(f"[xet closed] hubsync push failed in {took:.1f} s: {result.stderr.strip()}")
     assert result.exit_code == 1
     assert took < 30
     assert result.stderr.startswith(f"Error: cannot reach the Xet storage ({cas}) that the Hub at")
     assert result.stderr.count("\n") == 1 and xet_hub.token not in result.stderr
-
-
-def test_a_local_storage_folder_is_never_shown(xet_hub: XetStandIn) -> None:
-    error = XetStorageError(xet_hub.endpoint, "a local folder", "broken", "OSError", "me/model", "main")
-    assert "(a local folder)" in message_for(error)
 
 
 def test_xet_limits_bound_hf_xets_retries_unless_the_user_set_them(monkeypatch: pytest.MonkeyPatch) -> None:

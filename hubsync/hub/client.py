@@ -313,7 +313,8 @@ class HubClient:
         """Whether this endpoint hands out Xet write tokens; a Hub without Xet (404: no such route) takes plain LFS
         uploads. A busy Hub (429, 5xx, a timeout) is asked again as any call is; any other failure is raised, and
         only an answer is remembered for the rest of the run. XetStorageError when the token handed out has
-        already expired (hf_xet would only fail later, and for another reason)."""
+        already expired (a clock that is off, or a broken Hub): hf_xet would go on with it and fail later, if at
+        all, for another reason."""
         return self._xet_info(repo_id, revision) is not None
 
     def _xet_info(self, repo_id: str, revision: str) -> XetConnectionInfo | None:
@@ -326,7 +327,7 @@ class HubClient:
 
         def probe() -> XetConnectionInfo | None:
             timeout = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
-            response = get_session().get(url, headers=headers, timeout=timeout, follow_redirects=True)
+            response = get_session().get(url, headers=headers, timeout=timeout)
             if response.status_code == 404 and response.headers.get("X-Error-Code") not in _NAMED_MISSING:
                 return None  # a Hub without the route (the real Hub has it for every repository it can see)
             hf_raise_for_status(response)
@@ -381,7 +382,11 @@ class HubClient:
                     )
                 except Exception as exc:
                     if xet_info is not None and sent.in_xet:  # raised while hf_xet ran: its storage's failure
-                        _redact_in_place(exc, self._known_tokens())
+                        # its text may name the storage's token, or its folder (HUBSYNC_DEBUG shows the cause)
+                        secrets = [*self._known_tokens(), xet_info.access_token]
+                        if not xet_info.endpoint.startswith(("http://", "https://")):
+                            secrets.append(xet_info.endpoint.split("://", 1)[-1])
+                        _redact_in_place(exc, secrets)
                         raise self._xet_failure(exc, xet_info, repo_id, branch) from exc
                     raise
             return info, sent
@@ -414,6 +419,13 @@ class HubClient:
             return errors.XetStorageError(self.endpoint, storage, kind, detail, **where, status=status)
 
         if status in (401, 403) or isinstance(exc, PermissionError):
+            self._xet.pop(repo_id, None)  # asked again: a token that expired meanwhile is said to be so
+            try:
+                self._xet_info(repo_id, revision)
+            except errors.XetStorageError as expired:
+                return expired
+            except errors.HubsyncError:
+                pass  # the refusal is what failed first
             return failed("refused", f"it answered {status}" if status else "authentication failed")
         if status is not None:
             return failed("broken", f"it answered {status}")
@@ -622,17 +634,19 @@ class _Sent:
     counted: bool = True
 
     def total(self) -> int | None:
+        """Regular files (sent inside the commit, unless huggingface_hub found them unchanged), LFS uploads, and
+        what hf_xet's upload commits sent over the network (after deduplication and compression)."""
         if not self.counted:
             return None
-        regular = 0
-        for op in self.operations:
-            if getattr(op, "_upload_mode", None) == "regular" and not (
-                op._remote_oid is not None and op._remote_oid == op._local_oid
-            ):
-                regular += op.upload_info.size
         try:
+            regular = sum(
+                int(op.upload_info.size)
+                for op in self.operations
+                if getattr(op, "_upload_mode", None) == "regular"
+                and not (op._remote_oid is not None and op._remote_oid == op._local_oid)
+            )
             stored = sum(int(c.progress().total_transfer_bytes_completed) for c in self.commits)
-        except Exception:  # an hf_xet that reports otherwise: not counted rather than wrong
+        except Exception:  # a huggingface_hub or hf_xet that keeps these otherwise: not counted rather than wrong
             return None
         return regular + self.lfs + stored
 
