@@ -632,6 +632,7 @@ class _Sent:
     in_xet: bool = False  # hf_xet is at work (from its upload commit's start to its successful end)
     commits: list[Any] = field(default_factory=list)
     counted: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)  # huggingface_hub uploads LFS files on threads
 
     def total(self) -> int | None:
         """Regular files (sent inside the commit, unless huggingface_hub found them unchanged), LFS uploads, and
@@ -735,7 +736,8 @@ def _xet(enabled: bool, operations: Sequence[Any] = ()) -> Iterator[_Sent]:
             done = own_upload(*args, **kwargs)  # type: ignore[misc]
             operation = kwargs.get("operation", args[0] if args else None)
             if id(operation) in ours:
-                sent.lfs += operation.upload_info.size  # type: ignore[union-attr]
+                with sent.lock:
+                    sent.lfs += operation.upload_info.size  # type: ignore[union-attr]
             return done
 
         if own_session is not None and own_upload is not None:
