@@ -1,8 +1,9 @@
 """hubsync asks the endpoint whether it offers Xet (plain LFS when it does not), names failures of the Xet storage
 for what they are, within seconds, hands hf_xet only the files that changed, and says how many bytes a push sent.
 
-Until the local Hub serves Xet itself, a proxy in front of it answers the token routes, handing out a casUrl that
-is either `local://DIR` (hf_xet then really uploads into DIR) or a tiny storage stand-in that fails."""
+The local Hub serves Xet through the real hf_xet (local:// storage); tests point its `xet_cas_url` at tiny storage
+stand-ins that fail, and a proxy in front of it plays a busy, refusing or Xet-less token route and notes what each
+commit hands to huggingface_hub."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from hubsync.cli import cli
 from hubsync.cli.errors import message_for
 from hubsync.core.pull import RemoteFile
 from hubsync.core.transient import transient_failure
-from hubsync.errors import HubError, PermissionDeniedError, TokenRejectedError, XetStorageError
+from hubsync.errors import HubError, PermissionDeniedError, RepoNotFoundError, TokenRejectedError, XetStorageError
 from hubsync.hub.client import XET_LIMITS, HubClient, _xet, xet_config
 from hubsync.hub.push import changed_files, local_hashes
 from hubsync.localhub import RunningHub
@@ -102,37 +103,30 @@ def test_a_user_who_disabled_xet_keeps_it_disabled(monkeypatch: pytest.MonkeyPat
 
 
 class XetHub(ProxyHandler):
-    """Answers `GET .../xet-{write,read}-token/{rev}` itself, handing out `cas_url` (None: 404, a Hub without Xet)
-    with a token valid for `expires_in` seconds, after answering `first` statuses in turn (0: as usual); forwards
-    the rest to the local Hub and notes the paths of each preupload (the files a commit hands to huggingface_hub)."""
+    """The local Hub behind a proxy that changes its Xet token routes: answers `first` statuses in turn (0: the
+    local Hub's answer), 404 when not `offers_xet` (a Hub without Xet), the expiry moved by `shift` seconds;
+    notes the paths of each preupload (the files a commit hands to huggingface_hub), by revision."""
 
-    cas_url: ClassVar[str | None] = None
-    expires_in: ClassVar[int] = 3600
+    offers_xet: ClassVar[bool] = True
+    shift: ClassVar[int] = 0
     first: ClassVar[list[int]] = []
     token_asks: ClassVar[int] = 0
-    preuploads: ClassVar[list[tuple[str, list[str]]]] = []  # (revision, paths)
+    preuploads: ClassVar[list[tuple[str, list[str]]]] = []
 
     def do_GET(self) -> None:
-        if re.search(r"/xet-(write|read)-token/", self.path):
-            return self.token_route()
-        self.forward()
-
-    def token_route(self) -> None:
+        if not re.search(r"/xet-(write|read)-token/", self.path):
+            return self.forward()
         type(self).token_asks += 1
-        status = self.first.pop(0) if self.first else 0  # 0: answer as usual
-        if status:
-            return self.answer(status, [], b"")
-        if self.cas_url is None:
-            return self.answer(404, [], b"")
-        exp = int(time.time()) + self.expires_in
-        body = json.dumps({"accessToken": "xet-access-token", "exp": exp, "casUrl": self.cas_url}).encode()
-        headers = [
-            ("Content-Type", "application/json"),
-            ("X-Xet-Cas-Url", self.cas_url),
-            ("X-Xet-Access-Token", "xet-access-token"),
-            ("X-Xet-Token-Expiration", str(exp)),
-        ]
-        self.answer(200, headers, body)
+        status = self.first.pop(0) if self.first else 0
+        if status or not self.offers_xet:
+            return self.answer(status or 404, [], b"")
+        status, headers, body = self.ask_upstream(b"")
+        if status == 200 and self.shift:
+            answer = json.loads(body)
+            answer["exp"] += self.shift
+            body = json.dumps(answer).encode()
+            headers = [(k, str(answer["exp"]) if k.lower() == "x-xet-token-expiration" else v) for k, v in headers]
+        self.answer(status, headers, body)
 
     def forward(self) -> None:
         body = self.request_body()
@@ -148,19 +142,14 @@ class XetStandIn:
     endpoint: str
     token: str
     handler: type[XetHub]
-    storage: Path  # where hf_xet writes, for casUrl local://
+    hub: RunningHub  # hub.server.xet_cas_url: the storage its token routes hand out instead of its own
 
 
 @pytest.fixture
-def xet_hub(hub: RunningHub, tmp_path: Path) -> Iterator[XetStandIn]:
-    storage = tmp_path / "xet-storage"
-    storage.mkdir()
-    handler = cast(
-        type[XetHub],
-        type("XetHubHere", (XetHub,), {"cas_url": f"local://{storage}", "first": [], "preuploads": []}),
-    )
+def xet_hub(hub: RunningHub) -> Iterator[XetStandIn]:
+    handler = cast(type[XetHub], type("XetHubHere", (XetHub,), {"first": [], "preuploads": []}))
     with serve(handler, hub.endpoint) as endpoint:
-        yield XetStandIn(endpoint, hub.token, handler, storage)
+        yield XetStandIn(endpoint, hub.token, handler, hub)
 
 
 @contextmanager
@@ -213,7 +202,8 @@ def fast(endpoint: str, token: str) -> HubClient:
 # -- the probe --
 
 
-def test_a_busy_probe_is_asked_again_and_its_answer_kept(xet_hub: XetStandIn) -> None:
+def test_a_busy_probe_is_asked_again_and_its_answer_kept(xet_hub: XetStandIn, api: HfApi) -> None:
+    api.create_repo("me/model")
     xet_hub.handler.first = [503, 429]
     client = fast(xet_hub.endpoint, xet_hub.token)
 
@@ -222,7 +212,8 @@ def test_a_busy_probe_is_asked_again_and_its_answer_kept(xet_hub: XetStandIn) ->
     assert xet_hub.handler.token_asks == 3  # twice busy, then the answer, remembered
 
 
-def test_a_probe_that_stays_busy_fails_as_the_hub_and_is_not_remembered(xet_hub: XetStandIn) -> None:
+def test_a_probe_that_stays_busy_fails_as_the_hub_and_is_not_remembered(xet_hub: XetStandIn, api: HfApi) -> None:
+    api.create_repo("me/model")
     xet_hub.handler.first = [503] * 5
     client = fast(xet_hub.endpoint, xet_hub.token)
 
@@ -239,19 +230,25 @@ def test_a_refused_probe_is_raised(xet_hub: XetStandIn, status: int, error: type
         fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main")
 
 
+def test_a_missing_repository_is_not_a_hub_without_xet(xet_hub: XetStandIn) -> None:
+    with pytest.raises(RepoNotFoundError):  # the route is there: the repository is not (nothing remembered)
+        fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/nothing", "main")
+
+
 def test_a_hub_without_the_route_takes_plain_lfs(xet_hub: XetStandIn) -> None:
-    xet_hub.handler.cas_url = None
+    xet_hub.handler.offers_xet = False
     assert fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main") is False
 
 
 def test_an_expired_token_is_named_at_once(xet_hub: XetStandIn) -> None:
-    xet_hub.handler.expires_in = -120
+    HfApi(endpoint=xet_hub.endpoint, token=xet_hub.token).create_repo("me/model")
+    xet_hub.handler.shift = -2 * 86400  # a token the Hub hands out, expired two days ago
     with pytest.raises(XetStorageError) as failed:
         fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main")
     assert failed.value.kind == "expired"
     line = message_for(failed.value)
     assert "already expired" in line and "clock" in line
-    assert str(xet_hub.storage) not in line and "xet-access-token" not in line
+    assert "local://" not in line and "hub-root" not in line
 
 
 # -- failures of the Xet storage: named for what failed, within seconds --
@@ -272,7 +269,7 @@ def test_a_failing_xet_storage_is_named_within_seconds(
     api.create_repo("me/model")
     client = fast(xet_hub.endpoint, xet_hub.token)
     with storage_server(behaviour) as cas:
-        xet_hub.handler.cas_url = cas
+        xet_hub.hub.server.xet_cas_url = cas
         start = time.monotonic()
         with pytest.raises(XetStorageError) as failed:
             client.commit_files("me/model", "main", [(weights(tmp_path), "model.safetensors")], "add")
@@ -282,7 +279,7 @@ def test_a_failing_xet_storage_is_named_within_seconds(
     assert failed.value.kind == kind
     line = message_for(failed.value)
     assert said in line and cas in line and "\n" not in line
-    assert "cannot reach the Hub" not in line and "xet-access-token" not in line
+    assert "cannot reach the Hub" not in line and xet_hub.token not in line
     assert api.list_repo_commits("me/model")[0].title == "initial commit"  # nothing committed
 
 
@@ -291,8 +288,8 @@ def test_a_token_that_expires_during_the_run_is_named_so(xet_hub: XetStandIn, ap
     client = fast(xet_hub.endpoint, xet_hub.token)
     assert client.offers_xet("me/model", "main")
     with storage_server("401") as cas:  # as a storage refuses an expired token
-        xet_hub.handler.cas_url = cas
-        xet_hub.handler.expires_in = -120  # from now on the Hub hands out expired tokens
+        xet_hub.hub.server.xet_cas_url = cas
+        xet_hub.handler.shift = -2 * 86400  # from now on the Hub hands out tokens expired two days ago
         start = time.monotonic()
         with pytest.raises(XetStorageError) as failed:
             client.commit_files("me/model", "main", [(weights(tmp_path), "model.safetensors")], "add")
@@ -318,7 +315,7 @@ def test_a_local_storage_that_fails_never_shows_its_folder(xet_hub: XetStandIn, 
     api.create_repo("me/model")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where hf_xet wants its folder")
-    xet_hub.handler.cas_url = f"local://{blocker}"
+    xet_hub.hub.server.xet_cas_url = f"local://{blocker}"
     with pytest.raises(XetStorageError) as failed:
         fast(xet_hub.endpoint, xet_hub.token).commit_files("me/model", "main", [(weights(tmp_path), "m.bin")], "add")
     assert failed.value.storage == "a local folder"
@@ -340,7 +337,7 @@ def test_a_push_whose_xet_storage_does_not_answer_says_so_in_one_line(
     checkpoint: Path, xet_hub: XetStandIn, tmp_path: Path
 ) -> None:
     with storage_server("closed") as cas:
-        xet_hub.handler.cas_url = cas
+        xet_hub.hub.server.xet_cas_url = cas
         start = time.monotonic()
         result = CliRunner().invoke(
             cli,
@@ -379,39 +376,32 @@ def push_json(stand_in: XetStandIn, checkpoint: Path, *args: str) -> dict[str, A
 
 
 def test_a_push_says_what_it_sent_after_xets_deduplication(checkpoint: Path, xet_hub: XetStandIn) -> None:
-    cas = xet_hub.handler.cas_url
-    # The local Hub takes a commit's LFS files only once they reached it through LFS: a first push by plain LFS
-    # (the same bytes: what a Xet push then sends is what Xet's own storage lacks).
-    xet_hub.handler.cas_url = None
-    seed = push_json(xet_hub, checkpoint, "--revision", "seed")
-    assert seed["via_xet"] is False
-    assert seed["sent_bytes"] == seed["checkpoint_bytes"]  # every file new to the repository
-    lfs_again = push_json(xet_hub, checkpoint, "--revision", "lfs-again")
-    assert lfs_again["via_xet"] is False and lfs_again["sent_bytes"] < seed["checkpoint_bytes"]
+    xet_hub.handler.offers_xet = False  # plain LFS first: what LFS sends, to compare
+    lfs = push_json(xet_hub, checkpoint, "--revision", "lfs")
+    lfs_again = push_json(xet_hub, checkpoint, "--revision", "lfs-again")  # the same files, another branch
+    assert lfs["via_xet"] is False and lfs_again["via_xet"] is False
+    assert lfs["sent_bytes"] == lfs["checkpoint_bytes"]  # every file new to the repository
+    assert lfs_again["sent_bytes"] < lfs["sent_bytes"]  # the LFS objects are there: only the regular files
 
-    xet_hub.handler.cas_url = cas
-    first = push_json(xet_hub, checkpoint, "--revision", "first")
-    again = push_json(xet_hub, checkpoint, "--revision", "again")  # the same files, another branch
+    xet_hub.handler.offers_xet = True
+    first = push_json(xet_hub, checkpoint, "--revision", "first")  # a repository whose Xet storage is still empty
+    again = push_json(xet_hub, checkpoint, "--revision", "again")
     size = first["checkpoint_bytes"]
     print(
-        f"[xet sent] LFS {seed['sent_bytes']} then {lfs_again['sent_bytes']} of {size}; "
+        f"[xet sent] LFS {lfs['sent_bytes']} then {lfs_again['sent_bytes']} of {size}; "
         f"Xet {first['sent_bytes']} then {again['sent_bytes']} of {size}"
     )
     assert first["via_xet"] is True and again["via_xet"] is True
     assert 0.5 * size < first["sent_bytes"] <= 1.05 * size
     # Only the regular files again (their README names its revision): Xet's storage held the weights already.
     assert abs(again["sent_bytes"] - lfs_again["sent_bytes"]) < 0.01 * size
-    assert any(xet_hub.storage.rglob("*"))  # hf_xet really wrote there
 
 
-def test_a_commit_of_files_xet_storage_holds_sends_nothing(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
-    api.create_repo("me/model")
-    api.create_branch("me/model", branch="seed")
-    model = weights(tmp_path, size=3_000_000)
-    with _xet(enabled=False):  # the local Hub takes the commit's LFS file once it reached it by LFS (see above)
-        api.upload_file(path_or_fileobj=model, path_in_repo="model.safetensors", repo_id="me/model", revision="seed")
+def test_a_commit_of_files_xet_storage_holds_sends_nothing(xet_hub: XetStandIn, tmp_path: Path) -> None:
     client = HubClient(xet_hub.endpoint, xet_hub.token)
+    client.ensure_repo("me/model", private=True)
     client.ensure_branch("me/model", "again")
+    model = weights(tmp_path, size=3_000_000)
 
     first = client.commit_files("me/model", "main", [(model, "model.safetensors")], "add")
     again = client.commit_files("me/model", "again", [(model, "model.safetensors")], "add")
@@ -429,14 +419,16 @@ def test_the_human_output_says_what_was_sent(checkpoint: Path, xet_hub: XetStand
         assert result.exit_code == 0, result.stderr
         return result.stdout
 
-    cas, xet_hub.handler.cas_url = xet_hub.handler.cas_url, None
-    assert re.search(r"^  sent:   [\d.]+ KB of [\d.]+ KB$", push("--revision", "seed"), re.MULTILINE)
-    xet_hub.handler.cas_url = cas
     assert re.search(r"^  sent:   [\d.]+ KB of [\d.]+ KB \(Xet dedup\)$", push(), re.MULTILINE)
+    xet_hub.handler.offers_xet = False
+    assert re.search(r"^  sent:   [\d.]+ KB of [\d.]+ KB$", push("--revision", "lfs"), re.MULTILINE)
 
 
-def test_a_partly_changed_push_hands_over_only_what_changed(checkpoint: Path, xet_hub: XetStandIn) -> None:
-    xet_hub.handler.cas_url = None  # plain LFS: the local Hub takes no Xet commit yet (see above)
+@pytest.mark.parametrize("offers_xet", [True, False], ids=["xet", "lfs"])
+def test_a_partly_changed_push_hands_over_only_what_changed(
+    checkpoint: Path, xet_hub: XetStandIn, offers_xet: bool
+) -> None:
+    xet_hub.handler.offers_xet = offers_xet
     first = push_json(xet_hub, checkpoint)
     handed = [paths for revision, paths in xet_hub.handler.preuploads if revision == "checkpoint-30"]
     assert "adapter_model.safetensors" in handed[-1]
@@ -449,6 +441,7 @@ def test_a_partly_changed_push_hands_over_only_what_changed(checkpoint: Path, xe
     handed = [paths for revision, paths in xet_hub.handler.preuploads if revision == "checkpoint-30"]
     assert handed[-1] == ["trainer_state.json"]
     assert second["sent_bytes"] == state.stat().st_size < first["sent_bytes"]
+    assert second["via_xet"] is False  # a regular file: hf_xet was not even started
 
 
 def test_unchanged_files_are_left_out_before_huggingface_hub_sees_them(tmp_path: Path) -> None:
