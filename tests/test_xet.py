@@ -31,6 +31,7 @@ from hubsync.cli.errors import message_for
 from hubsync.core.pull import RemoteFile
 from hubsync.core.transient import transient_failure
 from hubsync.errors import HubError, PermissionDeniedError, RepoNotFoundError, TokenRejectedError, XetStorageError
+from hubsync.hub import client as client_module
 from hubsync.hub.client import XET_LIMITS, HubClient, _xet, xet_config
 from hubsync.hub.push import changed_files, local_hashes
 from hubsync.localhub import RunningHub
@@ -155,7 +156,7 @@ def xet_hub(hub: RunningHub) -> Iterator[XetStandIn]:
 @contextmanager
 def storage_server(behaviour: str) -> Iterator[str]:
     """A stand-in Xet storage (casUrl) that fails: "401" answers 401 to everything, "500" a server error, "cut"
-    closes every connection it takes without an answer, "closed" is a port nobody listens on."""
+    closes every connection it takes without an answer, "hang" never answers, "closed" is a port nobody listens on."""
     if behaviour == "closed":
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -163,11 +164,16 @@ def storage_server(behaviour: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
         return
 
+    released = threading.Event()
+
     class Storage(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
 
         def fail(self) -> None:
+            if behaviour == "hang":
+                released.wait(60)
+                return
             if behaviour == "cut":
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
@@ -184,6 +190,7 @@ def storage_server(behaviour: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        released.set()
         server.shutdown()
         server.server_close()
 
@@ -281,6 +288,24 @@ def test_a_failing_xet_storage_is_named_within_seconds(
     assert said in line and cas in line and "\n" not in line
     assert "cannot reach the Hub" not in line and xet_hub.token not in line
     assert api.list_repo_commits("me/model")[0].title == "initial commit"  # nothing committed
+
+
+def test_a_storage_that_never_answers_is_given_up_on(
+    xet_hub: XetStandIn, api: HfApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "XET_STALL_SECONDS", 3.0)  # 60 s in earnest
+    api.create_repo("me/model")
+    with storage_server("hang") as cas:
+        xet_hub.hub.server.xet_cas_url = cas
+        start = time.monotonic()
+        with pytest.raises(XetStorageError) as failed:
+            fast(xet_hub.endpoint, xet_hub.token).commit_files(
+                "me/model", "main", [(weights(tmp_path), "model.safetensors")], "add"
+            )
+        took = time.monotonic() - start
+    print(f"[xet hang] failed in {took:.1f} s")
+    assert failed.value.kind == "broken" and took < 15
+    assert "no byte read or sent for 3 s" in message_for(failed.value)
 
 
 def test_a_token_that_expires_during_the_run_is_named_so(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:

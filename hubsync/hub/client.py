@@ -83,6 +83,9 @@ XET_LIMITS: dict[str, int | timedelta] = {
     "client.max_xorb_grant_attempts": 2,
 }
 XET_CHECK_SECONDS = 3.0  # after a failed transfer: whether the storage takes connections at all
+# A storage that takes connections and never answers is retried at 30 s a read, request after request (245 s seen
+# for a 2 MB file): an upload in which hf_xet neither reads nor sends a byte for this long is stopped.
+XET_STALL_SECONDS = 60.0
 T = TypeVar("T")
 
 
@@ -387,6 +390,12 @@ class HubClient:
                         if not xet_info.endpoint.startswith(("http://", "https://")):
                             secrets.append(xet_info.endpoint.split("://", 1)[-1])
                         _redact_in_place(exc, secrets)
+                        if sent.stalled is not None:
+                            detail = f"no byte read or sent for {sent.stalled:g} s"
+                            storage = _storage_name(xet_info.endpoint)
+                            raise errors.XetStorageError(
+                                self.endpoint, storage, "broken", detail, repo_id, branch
+                            ) from exc
                         raise self._xet_failure(exc, xet_info, repo_id, branch) from exc
                     raise
             return info, sent
@@ -632,6 +641,7 @@ class _Sent:
     in_xet: bool = False  # hf_xet is at work (from its upload commit's start to its successful end)
     commits: list[Any] = field(default_factory=list)
     counted: bool = True
+    stalled: float | None = None  # the seconds an upload went without progress before it was stopped
     lock: threading.Lock = field(default_factory=threading.Lock)  # huggingface_hub uploads LFS files on threads
 
     def total(self) -> int | None:
@@ -653,17 +663,39 @@ class _Sent:
 
 
 class _RecordedUpload:
-    """hf_xet's upload commit as huggingface_hub enters it, telling _Sent when hf_xet works and is done."""
+    """hf_xet's upload commit as huggingface_hub enters it, telling _Sent when hf_xet works and is done, and
+    stopped (abort, from a watching thread) when it makes no progress for XET_STALL_SECONDS."""
 
     def __init__(self, commit: Any, sent: _Sent) -> None:
         self._commit = commit
         self._sent = sent
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, args=(XET_STALL_SECONDS,), daemon=True).start()
+
+    def _watch(self, stall: float) -> None:
+        last, since = None, time.monotonic()
+        while not self._done.wait(min(1.0, stall / 4)):
+            try:
+                report = self._commit.progress()
+                now = (report.total_bytes_completed, report.total_transfer_bytes_completed)
+            except Exception:
+                return  # an hf_xet that reports otherwise: its own timeouts only
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > stall:
+                self._sent.stalled = stall
+                with suppress(Exception):
+                    self._commit.abort()
+                return
 
     def __enter__(self) -> Any:
         return self._commit.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:
-        done = self._commit.__exit__(*exc)
+        try:
+            done = self._commit.__exit__(*exc)
+        finally:
+            self._done.set()
         if exc[0] is None:
             self._sent.in_xet = False
         return done
