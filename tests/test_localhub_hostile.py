@@ -247,7 +247,7 @@ def test_a_commit_body_is_streamed_not_held(hub: RunningHub, api: HfApi) -> None
     """A 300 MiB commit body took 1.8 GB; one of 96 MiB (24 files of 3 MiB, base64) now peaks at a few of its
     lines. Every file lands, checked through the client."""
     api.create_repo("me/big")
-    content = [bytes([i]) * (3 * 1024 * 1024) for i in range(24)]
+    content = [bytes([ord("A") + i]) * (3 * 1024 * 1024) for i in range(24)]  # text: binary ones must be LFS
 
     def body() -> Iterator[bytes]:
         yield json.dumps(header("big")).encode() + b"\n"

@@ -294,10 +294,13 @@ def test_branches_and_tags_are_managed(store: Store) -> None:
     with pytest.raises(StoreError) as info:
         store.create_branch("model", REPO, "from-nowhere", "no-such-rev")
     assert info.value.code == "RevisionNotFound"
-    for bad in ("", "a..b", "/x", "x/", "a//b", "x.lock", "refs/heads/x", "a b", "0" * 40):
+    for bad in ("", "a..b", "/x", "x/", "a//b", "x.lock", "refs/pr/1", "refs/tags/x", "a b", "0" * 40):
         with pytest.raises(StoreError) as info:
             store.create_branch("model", REPO, bad, None)
         assert info.value.status == 400, bad
+    store.create_branch("model", REPO, "refs/heads/full", None)  # a full ref name stands for the branch
+    assert "full" in store.refs("model", REPO)["branches"]
+    store.delete_branch("model", REPO, "full")
     with pytest.raises(StoreError) as info:
         store.delete_branch("model", REPO, "main")
     assert info.value.status == 400

@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-import httpx2
 import pytest
 import torch
 from click.testing import CliRunner
@@ -17,6 +16,7 @@ from hubsync.cli import cli
 from hubsync.core.errors import UnsafeRemotePathError
 from hubsync.core.pull import RemoteFile, plan_pull
 from hubsync.localhub import RunningHub
+from hubsync.localhub.xet_storage import XORB_NAME
 
 pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
 
@@ -102,17 +102,24 @@ def test_an_existing_checkpoint_folder_is_kept_unless_forced(pushed: Path, hub: 
 
 def test_a_corrupted_download_fails_and_places_nothing(pushed: Path, hub: RunningHub, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     info = api.get_paths_info("me/tiny", ["optimizer.pt"], revision="checkpoint-30")[0]
-    url = f"{hub.endpoint}/me/tiny/resolve/checkpoint-30/optimizer.pt"
-    httpx2.get(url, headers={"Authorization": f"Bearer {hub.token}"}).raise_for_status()  # rebuilt if in Xet
-    blob = hub.server.store.blob_path(info.lfs.sha256)
-    data = bytearray(blob.read_bytes())
-    data[100] ^= 0xFF  # same size, other bytes: only a hash check sees it
-    blob.write_bytes(bytes(data))
+    if info.xet_hash is None:  # a git-LFS file: its blob
+        stored = [hub.server.store.blob_path(info.lfs.sha256)]
+    else:  # a Xet file: the chunk data (xorbs) of the repository's Xet storage
+        assert hub.server.xet is not None
+        xorbs = hub.server.xet.folder("model", "me/tiny") / "xet" / "xorbs" / "xorbs"
+        stored = [p for p in xorbs.iterdir() if XORB_NAME.fullmatch(p.name)]
+    for path in stored:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size, other bytes: only a hash check sees it
+        path.write_bytes(bytes(data))
 
     result = run_cli(hub, "pull", "me/tiny", "--to", str(tmp_path / "out"))
 
     assert result.exit_code == 1
-    assert "optimizer.pt does not match the sha256 the Hub lists" in result.stderr
+    if info.xet_hash is None:
+        assert "optimizer.pt does not match the sha256 the Hub lists" in result.stderr
+    else:  # whichever file meets the damage first: a hash that does not match, or chunks Xet cannot decode
+        assert "does not match the sha256 the Hub lists" in result.stderr or "Xet storage" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -350,3 +357,52 @@ def test_a_commit_id_as_ls_prints_it_pulls(pushed: Path, hub: RunningHub, api, t
     commit = {b.name: b.target_commit for b in api.list_repo_refs("me/tiny").branches}["checkpoint-20"]
     assert json.loads(result.stdout)["commit"] == commit
     assert (tmp_path / "out" / "checkpoint-20" / "optimizer.pt").exists()
+
+
+def test_a_pull_downloads_as_huggingface_hub_does_through_xet_when_the_hub_keeps_the_file_there(
+    pushed: Path,
+    hub: RunningHub,
+    api,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """With Xet, hf_xet fetches the chunks from the Xet storage (the local Hub rebuilds nothing for a plain
+    download); without (a Hub with git-LFS only, or HF_HUB_DISABLE_XET), every file comes over HTTP."""
+    import huggingface_hub.constants
+
+    files = [f for f in api.list_repo_tree("me/tiny", revision="checkpoint-20", recursive=True) if f.lfs]
+    assert files
+    xet_files = [f for f in files if getattr(f, "xet_hash", None)]
+    assert bool(xet_files) == (hub.server.xet is not None)
+    store = hub.server.store
+    assert run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "a")).exit_code == 0
+    assert not any(store.has_blob(f.lfs.sha256) for f in xet_files)  # came through hf_xet
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    assert run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "b")).exit_code == 0
+    assert all(store.has_blob(f.lfs.sha256) for f in files)  # over HTTP: rebuilt from Xet storage for it
+    pulled = [
+        sorted((p.relative_to(d), p.read_bytes()) for p in d.rglob("*") if p.is_file())
+        for d in (tmp_path / "a", tmp_path / "b")
+    ]
+    assert pulled[0] == pulled[1] and len(pulled[0]) > len(files)
+
+
+@pytest.mark.parametrize(
+    ("cas_url", "endpoint", "allowed"),
+    [
+        ("https://cas-server.xethub.hf.co", "https://huggingface.co", True),
+        ("http://cas.internal:8080", "http://hub.internal", True),
+        ("http://cas.example", "https://huggingface.co", False),  # a Hub on https never sends hf_xet to plain http
+        ("local:///srv/hub/xet", "http://127.0.0.1:8000", True),  # the local Hub, on this machine
+        ("local:///home/someone", "https://huggingface.co", False),  # a remote Hub may not name this machine's disk
+        ("local:///srv/x", "http://hub.example", False),
+        ("local://relative/x", "http://127.0.0.1:8000", False),
+        ("file:///etc", "http://127.0.0.1:8000", False),
+        ("https://", "https://huggingface.co", False),
+    ],
+)
+def test_a_hub_may_send_hf_xet_only_to_storage_it_could_own(cas_url: str, endpoint: str, allowed: bool) -> None:
+    from hubsync.hub.client import _storage_allowed
+
+    assert _storage_allowed(cas_url, endpoint) is allowed

@@ -231,6 +231,32 @@ def test_a_template_whose_front_matter_is_not_valid_yaml_is_refused_before_anyth
     assert on_hub(api, "me/tiny") is None
 
 
+@pytest.mark.parametrize(
+    ("front_matter", "expected"),
+    [
+        ("pipeline_tag: text2text-generation", "its pipeline_tag 'text2text-generation' is not one of the Hub's"),
+        ("model-index: {name: x}", "its model-index is not of the shape the Hub takes: not a list"),
+        (
+            "model-index:\n- name: x\n  results:\n  - task: {type: other}\n    metrics: []",
+            "result 0 of entry 0 needs a dataset with a name and a type",
+        ),
+    ],
+)
+def test_a_template_with_metadata_the_hub_refuses_is_refused_before_anything(
+    run: Path, hub: RunningHub, api: HfApi, tmp_path: Path, front_matter: str, expected: str
+) -> None:
+    """The Hub refuses these at validate-yaml; found by the local Hub validating like huggingface.co, where the push
+    used to fail only then, with advice to run it again."""
+    template = tmp_path / "card.md.j2"
+    template.write_text(f"---\n{front_matter}\n---\n# card\n")
+
+    refused = push(hub, str(run), "--repo", "me/tiny", "--template", str(template))
+
+    assert refused.exit_code == 1
+    assert expected in refused.stderr and "Fix the template, or leave out --template." in refused.stderr
+    assert on_hub(api, "me/tiny") is None
+
+
 def test_a_template_that_sets_an_unlisted_license_itself_is_refused(
     run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
 ) -> None:

@@ -308,12 +308,31 @@ def test_a_storage_that_never_answers_is_given_up_on(
     assert "no byte read or sent for 3 s" in message_for(failed.value)
 
 
+def test_hf_xet_uploads_to_the_storage_hubsync_was_handed_and_checked(
+    xet_hub: XetStandIn, api: HfApi, tmp_path: Path
+) -> None:
+    api.create_repo("me/model")
+    client = fast(xet_hub.endpoint, xet_hub.token)
+    assert client.offers_xet("me/model", "main")  # the local Hub's own storage
+    with storage_server("closed") as elsewhere:
+        xet_hub.hub.server.xet_cas_url = elsewhere  # what the token route names from now on, to hf_xet too
+        done = client.commit_files("me/model", "main", [(weights(tmp_path), "model.safetensors")], "add")
+    assert done.created and done.xet
+
+
+def test_storage_a_hub_may_not_name_is_refused(xet_hub: XetStandIn, api: HfApi) -> None:
+    api.create_repo("me/model")
+    xet_hub.hub.server.xet_cas_url = "ftp://cas.example/storage"
+    with pytest.raises(HubError, match="Xet token answer is not what a Hub sends"):
+        fast(xet_hub.endpoint, xet_hub.token).offers_xet("me/model", "main")
+
+
 def test_a_token_that_expires_during_the_run_is_named_so(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
     api.create_repo("me/model")
     client = fast(xet_hub.endpoint, xet_hub.token)
-    assert client.offers_xet("me/model", "main")
     with storage_server("401") as cas:  # as a storage refuses an expired token
         xet_hub.hub.server.xet_cas_url = cas
+        assert client.offers_xet("me/model", "main")  # a token valid for an hour
         xet_hub.handler.shift = -2 * 86400  # from now on the Hub hands out tokens expired two days ago
         start = time.monotonic()
         with pytest.raises(XetStorageError) as failed:
@@ -352,8 +371,9 @@ def test_a_local_storage_that_fails_never_shows_its_folder(xet_hub: XetStandIn, 
 
 def test_a_token_route_that_fails_under_hf_xet_is_the_hubs(xet_hub: XetStandIn, api: HfApi, tmp_path: Path) -> None:
     api.create_repo("me/model")
-    xet_hub.handler.first = [0, 401]  # the probe is answered, hf_xet's own ask for a token refused
-    with pytest.raises(TokenRejectedError) as failed:
+    xet_hub.handler.first = [0] + [401] * 9  # the probe is answered, hf_xet's own asks for a token refused
+    with storage_server("500") as cas, pytest.raises(TokenRejectedError) as failed:
+        xet_hub.hub.server.xet_cas_url = cas  # storage that needs a token (local:// takes none)
         fast(xet_hub.endpoint, xet_hub.token).commit_files("me/model", "main", [(weights(tmp_path), "m.bin")], "add")
     assert "Xet token route" in failed.value.detail
 

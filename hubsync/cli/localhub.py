@@ -26,6 +26,14 @@ from .output import echo
 )
 @click.option("--user", default="me", show_default=True, help="The user the token belongs to.")
 @click.option("--token", help="Token to accept [default: the one stored under --root, else a new one].")
+@click.option(
+    "--org",
+    "orgs",
+    multiple=True,
+    metavar="NAME",
+    help="Make --user a member of organization NAME (created when missing), which it may then create repositories "
+    "in and push to (e.g. --repo NAME/model); repeat for more. Only members write in an organization.",
+)
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
 @click.option(
     "--xet/--no-xet",
@@ -45,6 +53,7 @@ def localhub(
     port: int,
     user: str,
     token: str | None,
+    orgs: tuple[str, ...],
     verbose: bool,
     xet: bool,
     public_url: str | None,
@@ -57,6 +66,7 @@ def localhub(
     \b
     Example:
       hubsync localhub --root /tmp/hub --port 8000
+      hubsync localhub --root /tmp/hub --org my-team
     """
     from hubsync.localhub import LocalHubServer, Store
     from hubsync.localhub.store import StoreError
@@ -64,6 +74,8 @@ def localhub(
     try:
         store = Store(root)
         token = store.ensure_user(user, token)
+        for org in orgs:
+            store.create_org(org, [user])
         if public_url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+(?::[0-9]+)?/?", public_url):
             raise click.BadParameter("give a URL such as http://hub.example:8000", param_hint="--public-url")
         server = LocalHubServer(

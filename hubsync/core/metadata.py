@@ -1,8 +1,11 @@
-"""A model card's metadata checked locally as the Hub checks it (POST /api/validate-yaml), before anything is pushed."""
+"""A model card's metadata checked locally as the Hub checks it (POST /api/validate-yaml), before anything is pushed:
+a YAML mapping, a `license` and a `pipeline_tag` from the Hub's lists, a `model-index` of the Hub's shape."""
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from typing import Any
 
 import yaml
@@ -26,6 +29,25 @@ HUB_LICENSES: tuple[str, ...] = (
     "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
 )  # fmt: skip
 _KNOWN = frozenset(HUB_LICENSES)
+
+# The Hub's pipeline types, the only values it takes for a model card's `pipeline_tag`: huggingface.js
+# packages/tasks/src/pipelines.ts (PIPELINE_DATA's keys), without text2text-generation, which the Hub folded into
+# text-generation in July 2025 (huggingface.js#1590).
+PIPELINE_TYPES: tuple[str, ...] = (
+    "biology", "text-classification", "token-classification", "table-question-answering", "question-answering",
+    "zero-shot-classification", "translation", "summarization", "feature-extraction", "text-generation",
+    "fill-mask", "sentence-similarity", "text-to-speech", "text-to-audio", "automatic-speech-recognition",
+    "audio-to-audio", "audio-classification", "audio-text-to-text", "voice-activity-detection", "depth-estimation",
+    "image-classification", "object-detection", "image-segmentation", "text-to-image", "image-to-text",
+    "image-to-image", "image-to-video", "unconditional-image-generation", "video-classification",
+    "reinforcement-learning", "robotics", "tabular-classification", "tabular-regression", "tabular-to-text",
+    "table-to-text", "multiple-choice", "text-ranking", "text-retrieval", "time-series-forecasting", "text-to-video",
+    "image-text-to-text", "visual-question-answering", "document-question-answering",
+    "zero-shot-image-classification", "graph-ml", "mask-generation", "zero-shot-object-detection", "text-to-3d",
+    "image-to-3d", "image-feature-extraction", "video-text-to-text", "keypoint-detection",
+    "visual-document-retrieval", "any-to-any", "other",
+)  # fmt: skip
+_PIPELINES = frozenset(PIPELINE_TYPES)
 
 
 def license_problem(value: Any) -> str | None:
@@ -68,6 +90,55 @@ def check_card_metadata(card: bytes, template: str) -> None:
     if "license" in meta and license_problem(meta["license"]) is not None:
         found = meta["license"]
         check_license(found if isinstance(found, str) else repr(found), f"set in {template}")
+    if "pipeline_tag" in meta and meta["pipeline_tag"] not in _PIPELINES:
+        close = difflib.get_close_matches(str(meta["pipeline_tag"]), PIPELINE_TYPES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TemplateError(
+            template, f"its pipeline_tag {meta['pipeline_tag']!r} is not one of the Hub's pipeline types{hint}"
+        )
+    if "model-index" in meta and (problem := model_index_problem(meta["model-index"])) is not None:
+        raise TemplateError(template, f"its model-index is not of the shape the Hub takes: {problem}")
+
+
+def model_index_problem(value: Any) -> str | None:
+    """What the Hub would refuse in a card's `model-index`, or None: it takes a list of {name, results: [{task:
+    {type}, dataset: {type, name}, metrics: [{type, value}]}]} (hub-docs modelcard.md, the fields marked Required),
+    a metric's value a finite number or a string."""
+    if not isinstance(value, list):
+        return "not a list"
+    for i, model in enumerate(value):
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            return f"entry {i} needs a name"
+        results = model.get("results")
+        if not isinstance(results, list):
+            return f"entry {i} needs a list of results"
+        for j, result in enumerate(results):
+            where = f"result {j} of entry {i}"
+            if not isinstance(result, dict):
+                return f"{where} is not a mapping"
+            task, dataset, metrics = result.get("task"), result.get("dataset"), result.get("metrics")
+            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+                return f"{where} needs a task with a type"
+            if not (
+                isinstance(dataset, dict)
+                and isinstance(dataset.get("name"), str)
+                and isinstance(dataset.get("type"), str)
+                and re.fullmatch(r"(?:[\w-]+/)?[\w\-.]+", dataset["type"])
+            ):
+                return f"{where} needs a dataset with a name and a type (a Hub dataset id)"
+            if not isinstance(metrics, list):
+                return f"{where} needs a list of metrics"
+            for metric in metrics:
+                number = metric.get("value") if isinstance(metric, dict) else None
+                if (
+                    not isinstance(metric, dict)
+                    or not isinstance(metric.get("type"), str)
+                    or isinstance(number, bool)
+                    or not isinstance(number, (int, float, str))
+                    or (isinstance(number, float) and not math.isfinite(number))
+                ):
+                    return f"each metric of {where} needs a type and a value (a finite number or a string)"
+    return None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -25,6 +25,7 @@ class RemoteFile:
     size: int
     sha256: str | None  # LFS files
     git_oid: str  # the git blob id (of the content for regular files)
+    xet_hash: str | None = None  # an LFS file the Hub keeps in Xet storage: hf_xet can download it
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
 from hubsync.core.transient import transient_status
-from hubsync.hub.download import Transfers, download_seconds, fetch_over_http
+from hubsync.hub.download import Transfers, XetAccess, download_seconds, fetch_over_http, fetch_over_xet
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -335,8 +335,8 @@ class HubClient:
                 return None  # a Hub without the route (the real Hub has it for every repository it can see)
             hf_raise_for_status(response)
             found = parse_xet_connection_info_from_headers(response.headers) or _xet_info_of_body(response)
-            if found is None:
-                raise self._malformed("Xet token", repo_id)
+            if found is None or not _storage_allowed(found.endpoint, self.endpoint):
+                raise self._malformed("Xet token", repo_id)  # a remote Hub naming local:// storage included
             return found
 
         info = self._call(probe, repo_id, revision)
@@ -373,7 +373,7 @@ class HubClient:
         def commit() -> tuple[Any, _Sent]:
             operations: list[Any] = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
             operations += [CommitOperationDelete(path_in_repo=path) for path in delete]
-            with _xet(xet_info is not None, operations) as sent:
+            with _xet(xet_info is not None, operations, xet_info.endpoint if xet_info else None) as sent:
                 try:
                     info = self.api.create_commit(
                         repo_id,
@@ -587,7 +587,7 @@ class HubClient:
         found = self._listing(url, params, "tree listing", MAX_TREE_ENTRIES, repo_id, revision or commit[:12])
         with self._errors(repo_id):
             files = [
-                RemoteFile(e["path"], e["size"], e["lfs"]["oid"] if e.get("lfs") else None, e["oid"])
+                RemoteFile(e["path"], e["size"], e["lfs"]["oid"] if e.get("lfs") else None, e["oid"], e.get("xetHash"))
                 for e in found
                 if e["type"] == "file"
             ]
@@ -599,6 +599,7 @@ class HubClient:
                 and f.size >= 0
                 and (f.sha256 is None or (isinstance(f.sha256, str) and _SHA256.fullmatch(f.sha256)))
                 and isinstance(f.git_oid, str)
+                and (f.xet_hash is None or (isinstance(f.xet_hash, str) and _SHA256.fullmatch(f.xet_hash)))
             ):
                 raise self._malformed("tree", repo_id)
         for f in files:
@@ -606,13 +607,50 @@ class HubClient:
         return files
 
     def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, transfers: Transfers) -> None:
-        """Fetch one file of a commit to `dest`, no larger than its tree lists and within a deadline for its size
-        (hub/download.py), retried when the Hub is busy. (A Xet-backed file will get its own fetch beside this.)"""
-        url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=self.endpoint)
+        """Fetch one file of a commit to `dest`, within a deadline for its size (hub/download.py), retried when
+        the Hub is busy: through hf_xet when the Hub keeps it in Xet storage (as huggingface_hub downloads it),
+        else over HTTP, never more bytes than its tree lists."""
         headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
         deadline = time.monotonic() + download_seconds(remote.size)
         where = (self.endpoint, repo_id, commit[:12])
+        if remote.xet_hash is not None and is_xet_available() and not constants.HF_HUB_DISABLE_XET:
+
+            def over_xet() -> None:
+                storage = self.xet_read_access(repo_id, commit)
+                fetch_over_xet(storage, remote, dest, deadline, transfers, where)
+
+            self._call(over_xet, repo_id, commit)
+            return
+        url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=self.endpoint)
         self._call(lambda: fetch_over_http(url, headers, remote, dest, deadline, transfers, where), repo_id, commit)
+
+    def xet_read_access(self, repo_id: str, commit: str) -> XetAccess:
+        """A token to read the commit's files from the Hub's Xet storage, and that storage's address, asked of the
+        Hub by hubsync itself (hf_xet is given both, never the Hub's route): a Hub's answer names where hf_xet
+        goes, and one that named a `local://` folder would have it read from this machine's disk. Only a Hub on
+        this machine (loopback) may name local storage; any other, an https address (or http, as the Hub is)."""
+        url = f"{self.endpoint}/api/models/{repo_id}/xet-read-token/{quote(commit, safe='')}"
+        body = self._get_bounded(
+            url,
+            None,
+            65536,
+            time.monotonic() + ANSWER_DEADLINE,
+            lambda *_: self._malformed("xet-read-token", repo_id),
+            lambda: errors.HubTooSlowError(self.endpoint, "xet-read-token", ANSWER_DEADLINE, repo_id, commit[:12]),
+        )[0]
+        with self._errors(repo_id, commit):
+            answer = loads_json(body)
+            token, expiry, cas_url = answer["accessToken"], answer["exp"], answer["casUrl"]
+        if not (
+            isinstance(token, str)
+            and is_token_text(token)
+            and isinstance(expiry, int)
+            and not isinstance(expiry, bool)
+            and isinstance(cas_url, str)
+            and _storage_allowed(cas_url, self.endpoint)
+        ):
+            raise self._malformed("xet-read-token", repo_id)
+        return XetAccess(cas_url, token, expiry)
 
     def commit_dates(self, repo_id: str, revision: str, newest: int | None = None) -> list[tuple[str, str]]:
         """(commit id, ISO date) of a revision's history, newest first: all of it, or the `newest` few (read from
@@ -705,12 +743,15 @@ class _RecordedSession:
     """The hf_xet session huggingface_hub gets for one of hubsync's commits: one made with XET_LIMITS, whose
     upload commits are kept to read what they sent."""
 
-    def __init__(self, session: Any, sent: _Sent) -> None:
+    def __init__(self, session: Any, sent: _Sent, storage: str | None) -> None:
         self._session = session
         self._sent = sent
+        self._storage = storage
 
     def new_upload_commit(self, **kwargs: Any) -> Any:
         self._sent.in_xet = self._sent.xet = True
+        if self._storage is not None:
+            kwargs.setdefault("endpoint", self._storage)
         commit = self._session.new_upload_commit(**kwargs)
         self._sent.commits.append(commit)
         return _RecordedUpload(commit, self._sent)
@@ -729,8 +770,21 @@ def xet_config() -> Any:
     return config.with_config(ours) if ours else config
 
 
+def _storage_allowed(cas_url: str, endpoint: str) -> bool:
+    """Whether a Hub at `endpoint` may send hf_xet to the Xet storage at `cas_url`."""
+    scheme, _, rest = cas_url.partition("://")
+    hub = httpx2.URL(endpoint)
+    if scheme == "local":
+        return hub.host in ("127.0.0.1", "localhost", "::1") and rest.startswith("/")
+    try:
+        storage = httpx2.URL(cas_url)
+    except httpx2.InvalidURL:
+        return False
+    return bool(storage.host) and storage.scheme in ("https", hub.scheme)
+
+
 @contextmanager
-def _xet(enabled: bool, operations: Sequence[Any] = ()) -> Iterator[_Sent]:
+def _xet(enabled: bool, operations: Sequence[Any] = (), storage: str | None = None) -> Iterator[_Sent]:
     """Let huggingface_hub use Xet for uploads only when the endpoint offers it (it reads this at call time), and
     count what the commit of `operations` sends.
 
@@ -742,7 +796,8 @@ def _xet(enabled: bool, operations: Sequence[Any] = ()) -> Iterator[_Sent]:
     That session is a fresh one with XET_LIMITS (cheap: hf_xet's runtime starts with its first upload); the bytes
     are read from its upload commits' progress once they are done, which counts what went over the network after
     deduplication, with or without progress bars. Where huggingface_hub no longer has these names, the commit
-    goes on with its defaults and what it sent is not counted (None)."""
+    goes on with its defaults and what it sent is not counted (None). `storage` (the casUrl hubsync was handed
+    and checked) is the one hf_xet uploads to, whatever a later answer of the token route names."""
     with _XET_SWITCH:
         sent = _Sent(operations)
         before = constants.HF_HUB_DISABLE_XET
@@ -761,7 +816,7 @@ def _xet(enabled: bool, operations: Sequence[Any] = ()) -> Iterator[_Sent]:
             if session is None:
                 import hf_xet
 
-                session = _RecordedSession(hf_xet.XetSession(xet_config()), sent)
+                session = _RecordedSession(hf_xet.XetSession(xet_config()), sent, storage)
             return session
 
         def lfs_upload(*args: Any, **kwargs: Any) -> Any:

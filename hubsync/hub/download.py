@@ -6,8 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -43,6 +44,7 @@ class Transfers:
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._aborts: list[Callable[[], object]] = []
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -50,6 +52,24 @@ class Transfers:
             for sock in self._sockets:
                 with suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            aborts = list(self._aborts)
+        for abort in aborts:
+            with suppress(Exception):
+                abort()
+
+    @contextmanager
+    def aborting(self, abort: Callable[[], object]) -> Iterator[None]:
+        """While the block runs, `cancel()` also calls `abort` (which stops a transfer that is no socket of ours,
+        such as hf_xet's)."""
+        with self._lock:
+            self._aborts.append(abort)
+        try:
+            if self.cancelled.is_set():
+                abort()
+            yield
+        finally:
+            with self._lock:
+                self._aborts.remove(abort)
 
     def check(self) -> None:
         if self.cancelled.is_set():
@@ -120,6 +140,62 @@ def fetch_over_http(
         finally:
             response.close()
     raise httpx2.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
+
+
+@dataclass(frozen=True)
+class XetAccess:
+    """Where a Hub keeps its Xet storage, and a token to read from it until `expiry` (Unix seconds)."""
+
+    cas_url: str
+    token: str
+    expiry: int
+
+
+def fetch_over_xet(
+    storage: XetAccess,
+    remote: RemoteFile,
+    dest: Path,
+    deadline: float,
+    transfers: Transfers,
+    where: tuple[str, str, str],
+) -> None:
+    """Download a Xet-backed file into `dest` through hf_xet, as huggingface_hub does when the Hub lists a Xet
+    hash, from `storage` (asked of the Hub by the caller). A cancelled pull, or the deadline passing, aborts it.
+    hf_xet's own failures are raised as they are, for the caller's translation; the caller checks the file's size
+    and sha256, as after an HTTP download."""
+    import hf_xet
+    from huggingface_hub.utils._xet import get_xet_session
+
+    transfers.check()
+    endpoint, repo_id, revision = where
+    started = deadline - download_seconds(remote.size)
+    group = get_xet_session().new_file_download_group(  # type: ignore[no-untyped-call]
+        endpoint=storage.cas_url, token=storage.token, token_expiry_unix_secs=storage.expiry
+    )
+    late = threading.Event()
+
+    def too_late() -> None:
+        late.set()
+        group.abort()
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), too_late)
+    timer.daemon = True
+    try:
+        with transfers.aborting(group.abort):
+            timer.start()
+            group.start_download_file(hf_xet.XetFileInfo(remote.xet_hash, remote.size), str(dest))
+            group.wait_to_finish()  # hf_xet downloads only while this waits
+    except Exception as exc:
+        transfers.check()  # aborted by cancel(): the cancel, not a failure of the storage
+        if late.is_set():
+            done = dest.stat().st_size if dest.exists() else 0
+            took = round(time.monotonic() - started)
+            raise errors.DownloadTooSlowError(
+                endpoint, remote.path, remote.size, done, took, repo_id, revision
+            ) from exc
+        raise
+    finally:
+        timer.cancel()
 
 
 def _write_capped(

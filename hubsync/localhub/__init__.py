@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,14 +30,18 @@ def running_hub(
     host: str = "127.0.0.1",
     port: int = 0,
     xet: bool = True,
+    orgs: Iterable[str] = (),
 ) -> Iterator[RunningHub]:
-    """Serve a local Hub in a background thread for the duration of the block.
+    """Serve a local Hub in a background thread for the duration of the block; `user` is a member of each of
+    `orgs`, organizations created when missing.
 
     With `xet`, it offers Xet storage as huggingface.co does; without, only git-LFS, as most self-hosted Hubs.
     The local Hub's own bugs met meanwhile (see `LocalHubServer.check_handler_errors`) are raised as
     `HandlerErrors` when the block ends, or added as a note to the exception that ends it."""
     store = Store(root)
     token = store.ensure_user(user, token)
+    for org in orgs:
+        store.create_org(org, [user])
     server = LocalHubServer(store, host, port, xet=xet).start_background()
     try:
         yield RunningHub(server.url, token, user, server)

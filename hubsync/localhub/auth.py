@@ -1,5 +1,5 @@
-"""Who is asking: whoami, and Trusted Publishing's exchange of a CI job's OIDC id token for a token scoped to one
-repository (RFC 8693)."""
+"""Who is asking: whoami (with the organizations the user is a member of), and Trusted Publishing's exchange of a
+CI job's OIDC id token for a token scoped to one repository (RFC 8693)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,16 @@ def whoami(call: Call, match: re.Match[str]) -> Response:
             "id": hashlib.sha1(user.encode()).hexdigest()[:24],
             "name": user,
             "fullname": user,
-            "orgs": [],
+            "orgs": [
+                {
+                    "type": "org",
+                    "id": hashlib.sha1(org.encode()).hexdigest()[:24],
+                    "name": org,
+                    "fullname": org,
+                    "roleInOrg": "write",
+                }
+                for org in call.store.orgs_of(user)
+            ],
             "isPro": False,
             "canPay": False,
             "auth": {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write"}},

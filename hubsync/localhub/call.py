@@ -19,7 +19,9 @@ RESERVED_NAMESPACES = {"api", "datasets", "spaces", "_lfs", "models"}
 
 class Call:
     """One request to the application: its query, headers and body, the Hub it asks (`hub`, its `store`), and who
-    asks: `user()` reads the token, `readable` and `writable` check the caller's rights on a repository."""
+    asks: `user()` reads the token, `readable` and `writable` check the caller's rights on a repository (a user
+    writes in their own namespace and in those of the organizations they are members of; only those who write in
+    a namespace see its private repositories)."""
 
     def __init__(self, hub: LocalHubServer, request: Request) -> None:
         self.hub = hub
@@ -49,7 +51,7 @@ class Call:
     def readable(self, repo_type: str, repo_id: str) -> RepoMeta:
         user = self.user()
         meta = self.store.repo(repo_type, repo_id)
-        if meta is None or (meta.private and meta.owner != user):
+        if meta is None or (meta.private and not self.store.may_write(user, repo_id.split("/")[0])):
             err = not_found_repo(repo_id)
             if user is None:
                 err.status = 401
@@ -62,7 +64,7 @@ class Call:
             self.readable(repo_type, repo_id)
             raise StoreError(401, None, "You must be authenticated to write to a repository")
         meta = self.readable(repo_type, repo_id)
-        if meta.owner != user or self.scope not in (None, repo_id):
+        if not self.store.may_write(user, repo_id.split("/")[0]) or self.scope not in (None, repo_id):
             raise StoreError(403, None, f"You don't have the rights to write to {repo_id}")
         return meta
 

@@ -11,9 +11,21 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
+from . import validation
 from .call import Call, url_prefix
+from .front_matter import MAX_YAML_BODY
 from .protocol import MAX_LIST_BODY, Response
-from .store import AddLfs, AddStaged, CommitOp, Delete, StoreError, bad_request, check_path_in_repo, is_lfs
+from .store import (
+    AddLfs,
+    AddStaged,
+    CommitOp,
+    Delete,
+    StoreError,
+    bad_request,
+    check_path_in_repo,
+    check_ref_name,
+    is_lfs,
+)
 
 MAX_COMMIT_BODY = 1024 * 1024 * 1024  # streamed to disk a line at a time: bounds disk use, not memory
 MAX_COMMIT_LINE = 16 * 1024 * 1024  # a regular file is under 10 MB (larger ones are LFS), base64 adds a third
@@ -24,7 +36,13 @@ def preupload(call: Call, match: re.Match[str]) -> Response:
     repo_type, repo_id = call.repo_write(match)
     if call.query.get("create_pr"):
         raise bad_request("Pull requests are not supported by the local Hub")
-    commit = call.store.commit(repo_type, repo_id, call.store.resolve(repo_type, repo_id, unquote(match["rev"])))
+    revision = unquote(match["rev"])
+    try:
+        commit = call.store.commit(repo_type, repo_id, call.store.resolve(repo_type, repo_id, revision))
+    except StoreError as err:
+        if err.code == "RevisionNotFound":
+            check_ref_name(revision, "branch")  # a name the Hub refuses is a bad request, not a missing branch
+        raise
     data = call.body.json_object(MAX_LIST_BODY)
     files = data.get("files")
     if not isinstance(files, list):
@@ -38,6 +56,8 @@ def preupload(call: Call, match: re.Match[str]) -> Response:
             size = int(item.get("size") or 0)
         except (binascii.Error, ValueError, TypeError):
             raise bad_request(f"Malformed sample or size for {item['path']!r}") from None
+        if too_large := validation.file_size_error(item["path"], size):
+            raise bad_request(too_large)
         lfs = is_lfs(item["path"], size, sample)
         existing = commit.files.get(item["path"])
         oid = None
@@ -56,6 +76,7 @@ def create_commit(call: Call, match: re.Match[str]) -> Response:
     assert user is not None
     with call.store.staging() as stage:  # files go to disk as their lines arrive; what is not kept goes
         header, ops = _parse_commit(_body_lines(call), stage)
+        _check_readme(ops, repo_type)
         if not isinstance(header.get("description") or "", str) or not isinstance(
             header.get("parentCommit") or "", str
         ):
@@ -72,6 +93,18 @@ def create_commit(call: Call, match: re.Match[str]) -> Response:
         )
     url = f"{call.base_url}/{url_prefix(repo_type)}{repo_id}/commit/{commit.id}"
     return Response(body={"commitUrl": url, "commitOid": commit.id, "pullRequestUrl": None})
+
+
+def _check_readme(ops: list[CommitOp], repo_type: str) -> None:
+    """A commit that adds the root README.md is refused, as on the Hub, when its metadata would be refused by
+    validate-yaml."""
+    readme = next((op for op in reversed(ops) if op.path == "README.md"), None)
+    if not isinstance(readme, AddStaged):  # an LFS README is not read as a card
+        return
+    with readme.staged.open("rb") as f:
+        content = f.read(MAX_YAML_BODY).decode("utf-8", errors="replace")
+    if errors := validation.card_metadata_errors(content, repo_type):
+        raise bad_request(validation.readme_commit_error(errors))
 
 
 def _body_lines(call: Call) -> Iterator[bytes]:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 from urllib.parse import quote, unquote
 
+from . import validation
 from .call import Call
 from .protocol import MAX_LIST_BODY, Response
 from .repo_files import stream_blob
@@ -102,6 +103,9 @@ def lfs_batch(call: Call, match: re.Match[str]) -> Response:
             out.append({"oid": str(oid), "size": size, "error": {"code": 422, "message": "Invalid object"}})
             continue
         item: dict[str, Any] = {"oid": oid, "size": size}
+        if operation == "upload" and (too_large := validation.file_size_error(oid, size)):
+            out.append({**item, "error": {"code": 422, "message": too_large}})
+            continue
         held = oid in known and call.store.has_blob(oid, size)
         if (
             operation == "download"

@@ -3,6 +3,7 @@
 Layout under the root folder (everything is JSON or raw bytes, written whole):
 
     tokens.json                         {token: user}
+    orgs.json                           {organization: [member, ...]}
     blobs/<sha256[:2]>/<sha256>         file contents, content-addressed
     repos/<type>s/<ns>/<name>/repo.json {"owner", "private", "createdAt"}
     repos/<type>s/<ns>/<name>/refs.json {"branches": {name: sha}, "tags": {name: sha}}
@@ -38,11 +39,11 @@ from hubsync.core.paths import display_path
 from hubsync.core.repo_id import REPO_PART, is_repo_id
 from hubsync.files import git_blob_id, write_file_atomic
 
+from . import validation
 from .xet_storage import XetFile, XetStorage, XetStorageError
 
 REPO_TYPES = ("model", "dataset", "space")
 _NAME_RE = re.compile(REPO_PART)  # a user: a namespace; fullmatch
-_REF_RE = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)\Z")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}\Z")
 _SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.-]{8,200}")
@@ -81,8 +82,9 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 
 def is_lfs(path: str, size: int, sample: bytes) -> bool:
-    """The local Hub's rule for which files are stored through LFS."""
-    return path.endswith(LFS_SUFFIXES) or size >= LFS_SIZE_THRESHOLD or b"\0" in sample
+    """The local Hub's rule for which files are stored through LFS: every file the Hub would refuse as a regular
+    one (validation.regular_file_error) is LFS, and a few more."""
+    return path.endswith(LFS_SUFFIXES) or size >= LFS_SIZE_THRESHOLD or validation.looks_binary(sample)
 
 
 # Names that git acts on inside a work tree, or that the client itself refuses at any depth
@@ -123,10 +125,12 @@ def check_path_in_repo(path: str) -> str:
     return path
 
 
-def check_ref_name(name: str) -> str:
-    if not _REF_RE.match(name) or name.startswith("refs/") or _SHA_RE.match(name):
-        raise bad_request(f"Invalid reference name: {name!r}")
-    return name
+def check_ref_name(name: str, kind: str = "branch") -> str:
+    """The branch (or tag) name `name` stands for (`refs/heads/x` is `x`); 400 when the Hub refuses it."""
+    checked = validation.ref_name(name, kind)
+    if checked is None:
+        raise bad_request(validation.ref_name_error(name, kind))
+    return checked
 
 
 def check_repo_name(repo_id: str) -> tuple[str, str]:
@@ -236,6 +240,17 @@ class Delete:
 CommitOp = AddRegular | AddStaged | AddLfs | Delete
 
 
+def _check_regular(op: AddRegular | AddStaged) -> None:
+    """400 for a file added as a regular (git) file that the Hub wants through LFS/Xet."""
+    if isinstance(op, AddRegular):
+        size, head = len(op.content), op.content[: validation.BINARY_SNIFF]
+    else:
+        with op.staged.open("rb") as f:
+            size, head = op.size, f.read(validation.BINARY_SNIFF)
+    if problem := validation.regular_file_error(op.path, size, head):
+        raise bad_request(problem)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -291,8 +306,8 @@ def check_root(root: Path) -> None:
 def tighten(root: Path) -> int:
     """Make the store's own entries under `root` 0600 (files) and 0700 (folders); the number changed.
 
-    Only what the store writes is touched (the root, tokens.json, blobs/, repos/): --root may be a folder that
-    holds other things too. Links are left alone (never followed)."""
+    Only what the store writes is touched (the root, tokens.json, orgs.json, blobs/, repos/): --root may be a
+    folder that holds other things too. Links are left alone (never followed)."""
     changed = 0
     uid = os.getuid() if hasattr(os, "getuid") else None
 
@@ -314,6 +329,8 @@ def tighten(root: Path) -> int:
     fix(root, FOLDER_MODE)
     if (root / "tokens.json").exists():
         fix(root / "tokens.json", FILE_MODE)
+    if (root / "orgs.json").exists():
+        fix(root / "orgs.json", FILE_MODE)
     for top in ("blobs", "repos"):
         for folder, _dirs, files in os.walk(root / top):
             fix(Path(folder), FOLDER_MODE)
@@ -338,6 +355,7 @@ class Store:
         self._lock = threading.RLock()
         self._tokens_path = self.root / "tokens.json"
         self.xet = XetStorage(self.root / "xet")
+        self._orgs_path = self.root / "orgs.json"
 
     # -- users and tokens ------------------------------------------------------------
     def tokens(self) -> dict[str, str]:
@@ -358,6 +376,8 @@ class Store:
         """Return a token for `user`: `token` when given (registered if new), else the stored or a new one."""
         if not _NAME_RE.fullmatch(user):
             raise bad_request(f"Invalid user name: {user!r}")
+        if user in self.orgs():
+            raise bad_request(f"{user!r} is an organization, not a user")
         if token is not None and not _TOKEN_RE.fullmatch(token):
             raise bad_request("A token is 8 to 200 letters, digits, '_', '-' or '.'")
         with self._lock:
@@ -370,6 +390,47 @@ class Store:
                 tokens[token] = user
                 write_atomic(self._tokens_path, _dump(tokens))
             return token
+
+    # -- organizations -----------------------------------------------------------------
+    def orgs(self) -> dict[str, list[str]]:
+        """Every organization and its members."""
+        try:
+            data = json.loads(self._orgs_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(500, None, f"{self._orgs_path.name} under the root is damaged ({exc})") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(m, str) for m in v) for k, v in data.items()
+        ):
+            raise StoreError(500, None, f"{self._orgs_path.name} under the root is damaged (not org: [members])")
+        return data
+
+    def create_org(self, org: str, members: Iterable[str] = ()) -> None:
+        """Create organization `org` (kept when it exists) and make `members`, users, members of it."""
+        if not _NAME_RE.fullmatch(org):
+            raise bad_request(f"Invalid organization name: {org!r}")
+        members = list(members)
+        with self._lock:
+            if org in self.tokens().values():
+                raise bad_request(f"{org!r} is a user, not an organization")
+            for member in members:
+                if not _NAME_RE.fullmatch(member):
+                    raise bad_request(f"Invalid user name: {member!r}")
+            orgs = self.orgs()
+            if member_orgs := [m for m in members if m in orgs or m == org]:
+                raise bad_request(f"{member_orgs[0]!r} is an organization, not a user")
+            known = orgs.get(org, [])
+            orgs[org] = known + [m for m in dict.fromkeys(members) if m not in known]
+            write_atomic(self._orgs_path, _dump(orgs))
+
+    def orgs_of(self, user: str) -> list[str]:
+        """The organizations `user` is a member of, by name."""
+        return sorted(org for org, members in self.orgs().items() if user in members)
+
+    def may_write(self, user: str | None, namespace: str) -> bool:
+        """Whether `user` writes in `namespace`: their own, or an organization they are a member of."""
+        return user is not None and (user == namespace or user in self.orgs().get(namespace, ()))
 
     # -- blobs -------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -614,7 +675,7 @@ class Store:
 
     def create_branch(self, repo_type: str, repo_id: str, branch: str, starting_point: str | None) -> None:
         with self._lock:
-            check_ref_name(branch)
+            branch = check_ref_name(branch, "branch")
             refs = self.refs(repo_type, repo_id)
             if branch in refs["branches"]:
                 raise StoreError(409, None, f"Reference already exists: refs/heads/{branch}")
@@ -634,7 +695,7 @@ class Store:
 
     def create_tag(self, repo_type: str, repo_id: str, tag: str, revision: str) -> None:
         with self._lock:
-            check_ref_name(tag)
+            tag = check_ref_name(tag, "tag")
             sha = self.resolve(repo_type, repo_id, revision)
             refs = self.refs(repo_type, repo_id)
             if tag in refs["tags"]:
@@ -687,6 +748,7 @@ class Store:
             refs = self.refs(repo_type, repo_id)
             head = refs["branches"].get(branch)
             if head is None:
+                check_ref_name(branch, "branch")  # a name the Hub refuses is a bad request, not a missing branch
                 raise not_found_revision(branch)
             if parent_commit is not None and parent_commit != head:
                 raise StoreError(
@@ -715,6 +777,8 @@ class Store:
                 for i in range(1, len(parents) + 1):
                     if "/".join(parents[:i]) in files:
                         raise bad_request(f"A file with this name already exists: {'/'.join(parents[:i])}")
+                if isinstance(op, AddRegular | AddStaged):
+                    _check_regular(op)
                 if isinstance(op, AddRegular):
                     sha256 = hashlib.sha256(op.content).hexdigest()  # stored below, once the whole commit is valid
                     pending[sha256] = op.content
@@ -741,6 +805,8 @@ class Store:
                         raise bad_request(f"LFS object {op.sha256} has {size} bytes, not {op.size}")
                     pointer = lfs_pointer(op.sha256, size)
                     files[op.path] = FileEntry(op.path, size, op.sha256, True, git_blob_id(pointer), xet_hash)
+            if crowded := validation.crowded_folder_error(files):
+                raise bad_request(crowded)
             kept = {e.sha256 for e in files.values()}
             for sha256, content in pending.items():  # a refused commit leaves no blob behind
                 if sha256 not in kept or self.has_blob(sha256):

@@ -40,6 +40,17 @@ MAX_SEGMENTS = 10_000_000
 XORB_NAME = re.compile(r"default\.[0-9a-f]{64}")  # a xorb as hf_xet's local storage names it
 
 
+# hf_xet's local storage keeps an index that one process at a time may open (a lock file): while a client's
+# transfer in another process has it open, the local Hub waits for it.
+BUSY_RETRIES = 150
+BUSY_PAUSE = 0.2  # seconds: 30 s in all
+
+
+def storage_busy(exc: BaseException) -> bool:
+    """Whether hf_xet failed because another process has the local storage's index open."""
+    return "Database already open" in str(exc)
+
+
 class XetStorageError(Exception):
     """The Xet storage could not give a file back."""
 
@@ -182,10 +193,17 @@ class XetStorage:
             token, expiry = self.new_token("read", repo_type, repo_id)
             session = hf_xet.XetSession()
             endpoint = self.cas_url(repo_type, repo_id)
-            with session.new_file_download_group(
-                endpoint=endpoint, token=token, token_expiry_unix_secs=expiry
-            ) as group:
-                group.start_download_file(hf_xet.XetFileInfo(file.xet_hash, file.size), tmp)
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    with session.new_file_download_group(
+                        endpoint=endpoint, token=token, token_expiry_unix_secs=expiry
+                    ) as group:
+                        group.start_download_file(hf_xet.XetFileInfo(file.xet_hash, file.size), tmp)
+                    break
+                except RuntimeError as exc:
+                    if not storage_busy(exc) or attempt == BUSY_RETRIES:
+                        raise
+                    time.sleep(BUSY_PAUSE)
             os.chmod(tmp, 0o600)
             digest = hashlib.sha256()
             size = 0
