@@ -64,6 +64,7 @@ from hubsync.core.errors import (
     VerificationError,
     WatchStateError,
     WiderExposureError,
+    XetStorageError,
 )
 
 __all__ = [
@@ -129,4 +130,5 @@ __all__ = [
     "VerificationError",
     "WatchStateError",
     "WiderExposureError",
+    "XetStorageError",
 ]

@@ -384,6 +384,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
             "Run the command again; nothing was half-written."
         ),
     ),
+    (e.XetStorageError, lambda err: _xet_failed(err)),
     (
         e.RateLimitedError,
         lambda err: (
@@ -458,6 +459,28 @@ def _bad_setting(err: e.SettingError) -> str:
     else:  # a flag would not help: every value is checked, also one that a flag overrides
         step = f"Fix it in {err.source}"
     return f"{err.source}: {err.reason}{'' if err.reason.endswith('?') else '.'} {step}."
+
+
+def _xet_failed(err: e.XetStorageError) -> str:
+    """What failed is the Xet storage the Hub hands out for uploads, not the Hub: say which, and what to do."""
+    storage = f"the Xet storage ({err.storage}) that the Hub at {err.endpoint} hands out for{_hub(err)}"
+    lfs = "or push through plain LFS with HF_HUB_DISABLE_XET=1"
+    if err.kind == "unreachable":
+        return f"cannot reach {storage} ({err.detail}). Check the network to it and run the command again, {lfs}."
+    if err.kind == "refused":
+        return (
+            f"{storage} refused its upload token ({err.detail}). Run the command again for a fresh token; if it "
+            f"fails the same way, ask the Hub's operator, {lfs}."
+        )
+    if err.kind == "expired":
+        return (
+            f"the Hub at {err.endpoint} hands out Xet storage tokens for{_hub(err)} that have already expired "
+            f"({err.detail}). Check this machine's clock, then run the command again, {lfs}."
+        )
+    return (
+        f"{storage} broke off the upload ({err.detail}); nothing was committed. Run the command again (it sends "
+        f"only what the storage lacks), {lfs}."
+    )
 
 
 def _push_failed(err: e.CheckpointPushError) -> str:

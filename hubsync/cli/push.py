@@ -115,6 +115,9 @@ def _print_result(plan: Any, result: Any) -> None:
     verb = "Pushed" if result.created else "Already up to date:"
     echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
     echo(f"  files:  {result.files} ({size(result.bytes)})")
+    if result.sent_bytes is not None:
+        how = " (Xet dedup)" if result.xet else ""
+        echo(f"  sent:   {size(result.sent_bytes)} of {size(result.bytes)}{how}")
     if result.deleted:
         echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
     for skipped in plan.skipped:

@@ -171,6 +171,27 @@ class HubUnreachableError(HubError):
     """No answer from the endpoint at all (refused, DNS, timeout)."""
 
 
+class XetStorageError(HubError):
+    """The Xet storage a Hub hands out for uploads (its casUrl) failed, not the Hub: `kind` is "unreachable" (no
+    connection to it), "refused" (it answered 401/403 to the upload token), "expired" (the Hub's token had expired
+    when it was handed out) or "broken" (a transfer it cut off or answered with a server error). `storage` names it
+    for people: its scheme and host, or "a local folder" (a local:// path is never shown)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        storage: str,
+        kind: str,
+        detail: str,
+        repo_id: str | None = None,
+        revision: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(endpoint, detail, repo_id, revision, status)
+        self.storage = storage
+        self.kind = kind
+
+
 class TokenMissingError(HubError):
     """A write needs a token and none was found."""
 

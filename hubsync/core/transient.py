@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubsync.core.errors import CommitConflictError, HubError, HubTooSlowError, HubUnreachableError
+from hubsync.core.errors import CommitConflictError, HubError, HubTooSlowError, HubUnreachableError, XetStorageError
 
 # 5xx says the server failed, not the request, but for these: the server says it will never do it (501 Not
 # Implemented, 505 HTTP Version Not Supported) or that a proxy wants a login (511), which waiting will not give.
@@ -24,4 +24,6 @@ def transient_failure(exc: BaseException) -> bool:
     transient_status to the raw answer before it becomes a HubsyncError."""
     if isinstance(exc, (HubUnreachableError, HubTooSlowError, CommitConflictError)):
         return True
+    if isinstance(exc, XetStorageError):  # a storage that is down or cut a transfer off may come back
+        return exc.kind in ("unreachable", "broken")
     return type(exc) is HubError and transient_status(exc.status)

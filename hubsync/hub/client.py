@@ -7,11 +7,13 @@ import json
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
     HfApi,
+    _commit_api,
     constants,
     get_session,
     get_token,
@@ -35,11 +38,12 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import _xet as hf_xet_glue
 from huggingface_hub.utils._datetime import parse_datetime
 from huggingface_hub.utils._headers import build_hf_headers
 from huggingface_hub.utils._http import hf_raise_for_status, parse_ratelimit_headers
 from huggingface_hub.utils._runtime import is_xet_available
-from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
+from huggingface_hub.utils._xet import XetConnectionInfo, parse_xet_connection_info_from_headers
 
 from hubsync import __version__
 from hubsync.core import errors
@@ -68,6 +72,21 @@ MAX_LISTING_PAGES = 1_000  # the real Hub sends 1,000 tree entries a page (50 wi
 MAX_TREE_ENTRIES = 100_000  # a checkpoint revision holds tens of files; the real Hub allows 10,000 a folder
 MAX_COMMITS = 10_000  # main's history: about one commit a push
 MAX_LISTING_BYTES = MAX_JSON_BYTES
+# hf_xet's own retries (5 attempts from a 3 s pause, for up to 360 s, 60 s to connect, 300 s a read) let a Xet
+# storage that does not answer hold a push for over five minutes (332 s seen), and then the failure read as the
+# Hub's. Bounded here for the hf_xet session of each commit, unless the user set the HF_XET_* variable herself.
+XET_LIMITS: dict[str, int | timedelta] = {
+    "client.retry_max_attempts": 3,
+    "client.retry_base_delay": timedelta(seconds=1),
+    "client.retry_max_duration": timedelta(seconds=20),
+    "client.connect_timeout": timedelta(seconds=10),
+    "client.read_timeout": timedelta(seconds=30),
+    "client.max_xorb_grant_attempts": 2,
+}
+XET_CHECK_SECONDS = 3.0  # after a failed transfer: whether the storage takes connections at all
+# A storage that takes connections and never answers is retried at 30 s a read, request after request (245 s seen
+# for a 2 MB file): an upload in which hf_xet neither reads nor sends a byte for this long is stopped.
+XET_STALL_SECONDS = 60.0
 T = TypeVar("T")
 
 
@@ -215,6 +234,10 @@ class CommitResult:
     oid: str
     url: str
     created: bool  # False when the Hub already held exactly these files and no commit was made
+    # The bytes this commit sent: the regular files in the commit, plus what went to LFS (files the Hub lacked)
+    # or to Xet storage (after Xet's deduplication). None when huggingface_hub did not let hubsync count them.
+    sent_bytes: int | None = 0
+    xet: bool = False  # uploaded through Xet
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -255,7 +278,7 @@ class HubClient:
         self.api = HfApi(endpoint=self.endpoint, token=token, library_name="hubsync", library_version=__version__)
         # What one process learns once per repository: each is a round trip to a remote Hub.
         self._private: dict[str, bool] = {}
-        self._xet: dict[str, bool] = {}
+        self._xet: dict[str, XetConnectionInfo | None] = {}  # None: no Xet there, plain LFS
         self._root_commit: dict[str, str] = {}
 
     def _call(
@@ -406,18 +429,45 @@ class HubClient:
         self._call(lambda: self.api.create_tag(repo_id, tag=tag, revision=commit), repo_id, tag)
 
     def offers_xet(self, repo_id: str, revision: str) -> bool:
-        """Whether this endpoint hands out Xet write tokens; a Hub without Xet takes plain LFS uploads."""
+        """Whether this endpoint hands out Xet write tokens; a Hub without Xet (404: no such route) takes plain LFS
+        uploads. A busy Hub (429, 5xx, a timeout) is asked again as any call is; any other failure is raised, and
+        only an answer is remembered for the rest of the run. XetStorageError when the token handed out has
+        already expired (a clock that is off, or a broken Hub): hf_xet would go on with it and fail later, if at
+        all, for another reason."""
+        return self._xet_info(repo_id, revision) is not None
+
+    def _xet_info(self, repo_id: str, revision: str) -> XetConnectionInfo | None:
         if not is_xet_available():
-            return False
+            return None
         if repo_id in self._xet:
             return self._xet[repo_id]
         url = f"{self.endpoint}/api/models/{repo_id}/xet-write-token/{quote(revision, safe='')}"
         headers = build_hf_headers(token=self.token, library_name="hubsync", library_version=__version__)
-        response = self._call(lambda: get_session().get(url, headers=headers), repo_id, revision)
-        self._xet[repo_id] = (
-            response.is_success and parse_xet_connection_info_from_headers(response.headers) is not None
-        )
-        return self._xet[repo_id]
+
+        def probe() -> XetConnectionInfo | None:
+            timeout = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+            response = get_session().get(url, headers=headers, timeout=timeout)
+            if response.status_code == 404 and response.headers.get("X-Error-Code") not in _NAMED_MISSING:
+                return None  # a Hub without the route (the real Hub has it for every repository it can see)
+            hf_raise_for_status(response)
+            found = parse_xet_connection_info_from_headers(response.headers) or _xet_info_of_body(response)
+            if found is None or not _storage_allowed(found.endpoint, self.endpoint):
+                raise self._malformed("Xet token", repo_id)  # a remote Hub naming local:// storage included
+            return found
+
+        info = self._call(probe, repo_id, revision)
+        if info is not None and info.expiration_unix_epoch <= time.time():
+            ago = int(time.time() - info.expiration_unix_epoch)
+            raise errors.XetStorageError(
+                self.endpoint,
+                _storage_name(info.endpoint),
+                "expired",
+                f"it expired {ago} s before it was handed out",
+                repo_id,
+                revision,
+            )
+        self._xet[repo_id] = info
+        return info
 
     def commit_files(
         self,
@@ -430,24 +480,86 @@ class HubClient:
         delete: Sequence[str] = (),
     ) -> CommitResult:
         """Upload `(local file or bytes, path in repo)` pairs to `branch`, whose head is `parent_commit`, and
-        delete the paths in `delete`, as one commit. CommitConflictError when the branch has moved since."""
-        use_xet = self.offers_xet(repo_id, branch)
+        delete the paths in `delete`, as one commit. CommitConflictError when the branch has moved since;
+        XetStorageError when the Xet storage the Hub hands out fails. Nothing to add or delete: no commit."""
+        if not files and not delete and parent_commit is not None:
+            return CommitResult(parent_commit, f"{self.web_url(repo_id)}/commit/{parent_commit}", created=False)
+        xet_info = self._xet_info(repo_id, branch)
 
-        def commit() -> Any:
+        def commit() -> tuple[Any, _Sent]:
             operations: list[Any] = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
             operations += [CommitOperationDelete(path_in_repo=path) for path in delete]
-            with _xet(use_xet):
-                return self.api.create_commit(
-                    repo_id,
-                    operations,
-                    commit_message=message,
-                    commit_description=description,
-                    revision=branch,
-                    parent_commit=parent_commit,
-                )
+            with _xet(xet_info is not None, operations, xet_info.endpoint if xet_info else None) as sent:
+                try:
+                    info = self.api.create_commit(
+                        repo_id,
+                        operations,
+                        commit_message=message,
+                        commit_description=description,
+                        revision=branch,
+                        parent_commit=parent_commit,
+                    )
+                except Exception as exc:
+                    if xet_info is not None and sent.in_xet:  # raised while hf_xet ran: its storage's failure
+                        # its text may name the storage's token, or its folder (HUBSYNC_DEBUG shows the cause)
+                        secrets = [*self._known_tokens(), xet_info.access_token]
+                        if not xet_info.endpoint.startswith(("http://", "https://")):
+                            secrets.append(xet_info.endpoint.split("://", 1)[-1])
+                        _redact_in_place(exc, secrets)
+                        if sent.stalled is not None:
+                            detail = f"no byte read or sent for {sent.stalled:g} s"
+                            storage = _storage_name(xet_info.endpoint)
+                            raise errors.XetStorageError(
+                                self.endpoint, storage, "broken", detail, repo_id, branch
+                            ) from exc
+                        raise self._xet_failure(exc, xet_info, repo_id, branch) from exc
+                    raise
+            return info, sent
 
-        info = self._call(commit, repo_id, branch)
-        return CommitResult(oid=info.oid, url=info.commit_url, created=info.oid != parent_commit)
+        info, sent = self._call(commit, repo_id, branch)
+        created = info.oid != parent_commit
+        return CommitResult(
+            oid=info.oid, url=info.commit_url, created=created, sent_bytes=sent.total() if created else 0, xet=sent.xet
+        )
+
+    def _xet_failure(self, exc: BaseException, info: XetConnectionInfo, repo_id: str, revision: str) -> Exception:
+        """The HubsyncError for what hf_xet raised. hf_xet 1.8 raises a ConnectionError for nearly everything
+        (its text names the HTTP status and the URL), XetAuthenticationError (a PermissionError) for some refusals:
+        its text is read, never shown (it holds the storage's URL). A failure of the Hub's own token route (which
+        hf_xet calls to refresh its token) is the Hub's."""
+        text = str(exc)
+        found = re.search(r"\((\d{3}) [^)]*\)", text)
+        status = int(found.group(1)) if found else None
+        where: dict[str, Any] = {"repo_id": repo_id, "revision": revision}
+        if re.search(r"/xet-(?:write|read)-token", text):
+            detail = f"{status}: its Xet token route, asked by hf_xet" if status else "its Xet token route failed"
+            if status == 401:
+                return errors.TokenRejectedError(self.endpoint, detail, **where)
+            if status == 403:
+                return errors.PermissionDeniedError(self.endpoint, detail, **where)
+            return errors.HubError(self.endpoint, detail, **where, status=status)
+        storage = _storage_name(info.endpoint)
+
+        def failed(kind: str, detail: str) -> Exception:
+            return errors.XetStorageError(self.endpoint, storage, kind, detail, **where, status=status)
+
+        if status in (401, 403) or isinstance(exc, PermissionError):
+            self._xet.pop(repo_id, None)  # asked again: a token that expired meanwhile is said to be so
+            try:
+                self._xet_info(repo_id, revision)
+            except errors.XetStorageError as expired:
+                return expired
+            except errors.HubsyncError:
+                pass  # the refusal is what failed first
+            return failed("refused", f"it answered {status}" if status else "authentication failed")
+        if status is not None:
+            return failed("broken", f"it answered {status}")
+        if not info.endpoint.startswith(("http://", "https://")):
+            return failed("broken", type(exc).__name__)
+        why = _unreachable(info.endpoint)
+        if why is not None:
+            return failed("unreachable", why)
+        return failed("broken", "the connection broke" if "timed out" not in text.lower() else "it did not answer")
 
     def read_file(self, repo_id: str, revision: str, path: str, limit: int = MAX_REMOTE_READ_BYTES) -> bytes | None:
         """A file of a revision, read into memory, or None when the revision has no such file. At most `limit`
@@ -677,6 +789,111 @@ class HubClient:
         return f"{url}/tree/{quote(revision, safe='')}" if revision else url
 
 
+_NAMED_MISSING = ("RepoNotFound", "RevisionNotFound")  # a 404 of a Hub that has the route
+
+
+@dataclass
+class _Sent:
+    """What one commit sends, counted while huggingface_hub carries it out (see _xet)."""
+
+    operations: Sequence[Any]
+    owner: int = field(default_factory=threading.get_ident)
+    lfs: int = 0
+    xet: bool = False
+    in_xet: bool = False  # hf_xet is at work (from its upload commit's start to its successful end)
+    commits: list[Any] = field(default_factory=list)
+    counted: bool = True
+    stalled: float | None = None  # the seconds an upload went without progress before it was stopped
+    lock: threading.Lock = field(default_factory=threading.Lock)  # huggingface_hub uploads LFS files on threads
+
+    def total(self) -> int | None:
+        """Regular files (sent inside the commit, unless huggingface_hub found them unchanged), LFS uploads, and
+        what hf_xet's upload commits sent over the network (after deduplication and compression)."""
+        if not self.counted:
+            return None
+        try:
+            regular = sum(
+                int(op.upload_info.size)
+                for op in self.operations
+                if getattr(op, "_upload_mode", None) == "regular"
+                and not (op._remote_oid is not None and op._remote_oid == op._local_oid)
+            )
+            stored = sum(int(c.progress().total_transfer_bytes_completed) for c in self.commits)
+        except Exception:  # a huggingface_hub or hf_xet that keeps these otherwise: not counted rather than wrong
+            return None
+        return regular + self.lfs + stored
+
+
+class _RecordedUpload:
+    """hf_xet's upload commit as huggingface_hub enters it, telling _Sent when hf_xet works and is done, and
+    stopped (abort, from a watching thread) when it makes no progress for XET_STALL_SECONDS."""
+
+    def __init__(self, commit: Any, sent: _Sent) -> None:
+        self._commit = commit
+        self._sent = sent
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, args=(XET_STALL_SECONDS,), daemon=True).start()
+
+    def _watch(self, stall: float) -> None:
+        last, since = None, time.monotonic()
+        while not self._done.wait(min(1.0, stall / 4)):
+            try:
+                report = self._commit.progress()
+                now = (report.total_bytes_completed, report.total_transfer_bytes_completed)
+            except Exception:
+                return  # an hf_xet that reports otherwise: its own timeouts only
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > stall:
+                self._sent.stalled = stall
+                with suppress(Exception):
+                    self._commit.abort()
+                return
+
+    def __enter__(self) -> Any:
+        return self._commit.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            done = self._commit.__exit__(*exc)
+        finally:
+            self._done.set()
+        if exc[0] is None:
+            self._sent.in_xet = False
+        return done
+
+
+class _RecordedSession:
+    """The hf_xet session huggingface_hub gets for one of hubsync's commits: one made with XET_LIMITS, whose
+    upload commits are kept to read what they sent."""
+
+    def __init__(self, session: Any, sent: _Sent, storage: str | None) -> None:
+        self._session = session
+        self._sent = sent
+        self._storage = storage
+
+    def new_upload_commit(self, **kwargs: Any) -> Any:
+        self._sent.in_xet = self._sent.xet = True
+        if self._storage is not None:
+            kwargs.setdefault("endpoint", self._storage)
+        commit = self._session.new_upload_commit(**kwargs)
+        self._sent.commits.append(commit)
+        return _RecordedUpload(commit, self._sent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def xet_config() -> Any:
+    """hf_xet's settings for hubsync's uploads: its own (HF_XET_* variables read now), with XET_LIMITS for those
+    the user left unset."""
+    import hf_xet
+
+    config = hf_xet.XetConfig()
+    ours = {k: v for k, v in XET_LIMITS.items() if "HF_XET_" + k.replace(".", "_").upper() not in os.environ}
+    return config.with_config(ours) if ours else config
+
+
 def _storage_allowed(cas_url: str, endpoint: str) -> bool:
     """Whether a Hub at `endpoint` may send hf_xet to the Xet storage at `cas_url`."""
     scheme, _, rest = cas_url.partition("://")
@@ -691,15 +908,105 @@ def _storage_allowed(cas_url: str, endpoint: str) -> bool:
 
 
 @contextmanager
-def _xet(enabled: bool) -> Iterator[None]:
-    """Let huggingface_hub use Xet for uploads only when the endpoint offers it (it reads this at call time)."""
+def _xet(enabled: bool, operations: Sequence[Any] = (), storage: str | None = None) -> Iterator[_Sent]:
+    """Let huggingface_hub use Xet for uploads only when the endpoint offers it (it reads this at call time), and
+    count what the commit of `operations` sends.
+
+    huggingface_hub drops hf_xet's commit report, and passes hf_xet a progress callback only while progress bars
+    show; it takes its hf_xet session from `utils._xet.get_xet_session` at each upload, and LFS uploads go through
+    `_commit_api.lfs_upload`. Both are replaced while this commit runs (under _XET_SWITCH: one commit at a time),
+    and answer for this commit only: the session for the thread that commits (huggingface_hub calls it there), the
+    LFS count for these operations (it uploads on worker threads); any other caller gets huggingface_hub's own.
+    That session is a fresh one with XET_LIMITS (cheap: hf_xet's runtime starts with its first upload); the bytes
+    are read from its upload commits' progress once they are done, which counts what went over the network after
+    deduplication, with or without progress bars. Where huggingface_hub no longer has these names, the commit
+    goes on with its defaults and what it sent is not counted (None). `storage` (the casUrl hubsync was handed
+    and checked) is the one hf_xet uploads to, whatever a later answer of the token route names."""
     with _XET_SWITCH:
+        sent = _Sent(operations)
         before = constants.HF_HUB_DISABLE_XET
         constants.HF_HUB_DISABLE_XET = before or not enabled
+        own_session = getattr(hf_xet_glue, "get_xet_session", None)
+        own_upload = getattr(_commit_api, "lfs_upload", None)
+        if own_session is None or own_upload is None:
+            sent.counted = False
+        ours = {id(op) for op in operations}
+        session: Any = None
+
+        def get_xet_session() -> Any:
+            nonlocal session
+            if threading.get_ident() != sent.owner:
+                return own_session()  # type: ignore[misc]
+            if session is None:
+                import hf_xet
+
+                session = _RecordedSession(hf_xet.XetSession(xet_config()), sent, storage)
+            return session
+
+        def lfs_upload(*args: Any, **kwargs: Any) -> Any:
+            done = own_upload(*args, **kwargs)  # type: ignore[misc]
+            operation = kwargs.get("operation", args[0] if args else None)
+            if id(operation) in ours:
+                with sent.lock:
+                    sent.lfs += operation.upload_info.size  # type: ignore[union-attr]
+            return done
+
+        if own_session is not None and own_upload is not None:
+            setattr(hf_xet_glue, "get_xet_session", get_xet_session)  # noqa: B010 (names huggingface_hub hides)
+            setattr(_commit_api, "lfs_upload", lfs_upload)  # noqa: B010
         try:
-            yield
+            yield sent
+        except KeyboardInterrupt:
+            if session is not None:
+                with suppress(Exception):
+                    session.sigint_abort()
+            raise
         finally:
             constants.HF_HUB_DISABLE_XET = before
+            if own_session is not None and own_upload is not None:
+                setattr(hf_xet_glue, "get_xet_session", own_session)  # noqa: B010
+                setattr(_commit_api, "lfs_upload", own_upload)  # noqa: B010
+
+
+def _xet_info_of_body(response: Any) -> XetConnectionInfo | None:
+    """The Xet connection a token route's JSON answer gives (`{accessToken, exp, casUrl}`), for a Hub that sends
+    it only there."""
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            token, exp, cas = body.get("accessToken"), body.get("exp"), body.get("casUrl")
+            if isinstance(token, str) and isinstance(cas, str) and isinstance(exp, int) and not isinstance(exp, bool):
+                return XetConnectionInfo(access_token=token, expiration_unix_epoch=exp, endpoint=cas)
+    except ValueError:
+        pass
+    return None
+
+
+def _storage_name(cas_url: str) -> str:
+    """A Xet storage's address as people may read it: scheme and host of a URL, never a local folder's path."""
+    if cas_url.startswith(("http://", "https://")):
+        with suppress(Exception):
+            parsed = httpx2.URL(cas_url)
+            port = f":{parsed.port}" if parsed.port else ""
+            return f"{parsed.scheme}://{parsed.host}{port}"
+    return "a local folder"
+
+
+def _unreachable(cas_url: str) -> str | None:
+    """Why a Xet storage takes no connection (refused, no such host, no answer), or None when it does."""
+    try:
+        parsed = httpx2.URL(cas_url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        with socket.create_connection((parsed.host, port), timeout=XET_CHECK_SECONDS):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused"
+    except socket.gaierror:
+        return "its host name does not resolve"
+    except TimeoutError:
+        return f"no answer in {XET_CHECK_SECONDS:g} s"
+    except OSError as exc:
+        return type(exc).__name__
 
 
 def _announced_size(headers: Any) -> int | None:

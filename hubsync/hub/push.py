@@ -29,7 +29,7 @@ from hubsync.core.index import (
 from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
-from hubsync.core.watch import LocalHashes, holds_exactly
+from hubsync.core.watch import LocalHashes, holds_exactly, same_content
 from hubsync.files import git_blob_hasher, git_blob_id, hash_file, system_temp_dir
 
 from .client import CommitResult
@@ -83,6 +83,8 @@ class PushResult:
     released: bool
     complete: bool = True  # False: the commit landed, but its tags or main's index did not all follow
     deleted: int = 0  # files of an earlier push that the commit deleted from the branch
+    sent_bytes: int | None = 0  # what the commit sent (after Xet's deduplication); None: not counted
+    xet: bool = False  # sent through Xet storage
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,9 @@ class PushResult:
             "released": self.released,
             "complete": self.complete,
             "deleted": self.deleted,
+            "sent_bytes": self.sent_bytes,
+            "checkpoint_bytes": self.bytes,
+            "via_xet": self.xet,
         }
 
 
@@ -272,6 +277,8 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
         released=False,
         complete=False,
         deleted=deleted,
+        sent_bytes=result.sent_bytes,
+        xet=result.xet,
     )
     try:
         for tag in plan.tags:
@@ -295,12 +302,28 @@ def _commit_to_head(
 
     def commit() -> tuple[CommitResult, int]:
         head = hub.branch_head(repo_id, branch)
-        stale = [f.path for f in hub.tree(repo_id, head, branch)] if head else []
-        delete = branch_deletions(stale, [dest for _, dest in files])
-        result = hub.commit_files(repo_id, branch, files, message, description, parent_commit=head, delete=delete)
+        held = hub.tree(repo_id, head, branch) if head else []
+        delete = branch_deletions([f.path for f in held], [dest for _, dest in files])
+        changed = changed_files(files, held)
+        result = hub.commit_files(repo_id, branch, changed, message, description, parent_commit=head, delete=delete)
         return result, len(delete) if result.created else 0
 
     return retry_conflicts(commit)
+
+
+def changed_files(files: Files, held: Sequence[RemoteFile]) -> Files:
+    """The files whose content the branch (whose files are `held`) does not already hold at their path. The others
+    are never handed to huggingface_hub: with Xet it gives every LFS file of a commit to hf_xet (which reads and
+    chunks it) before it drops the unchanged ones. Only a file of the same size as the one held is read to compare
+    (sha256 for an LFS file, the git blob id for the others, as the tree lists them)."""
+    by_path = {f.path: f for f in held}
+    changed: list[tuple[Path | bytes, str]] = []
+    for source, dest in files:
+        theirs = by_path.get(dest)
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        if theirs is None or theirs.size != size or not same_content(theirs, local_hashes(source)):
+            changed.append((source, dest))
+    return changed
 
 
 def retry_conflicts(commit: Callable[[], T]) -> T:
@@ -333,7 +356,9 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
         if merged == entries and not released:
             return  # main already lists this revision at this commit; its README may describe a newer one
         readme = render_index_readme(merged, plan.repo_id, front_matter, hub.web_url(plan.repo_id))
-        files: list[tuple[Path | bytes, str]] = [(dump_index(merged), INDEX_FILE), (readme, "README.md"), *released]
+        files: Files = [(dump_index(merged), INDEX_FILE), (readme, "README.md"), *released]
+        if released and head is not None:  # main may hold these weights already, from an earlier release
+            files = changed_files(files, hub.tree(plan.repo_id, head, "main"))
         message = f"hubsync: {'release' if released else 'index'} {plan.revision}"
         hub.commit_files(plan.repo_id, "main", files, message, parent_commit=head)  # no change: no commit
 
