@@ -305,7 +305,10 @@ def test_a_refused_download_says_what_the_hub_said(tiny_run: Path, hub: RunningH
     """huggingface_hub reports a failed file lookup as a file missing from its local cache; hubsync reports the
     Hub's answer (here: no permission), not a local disk problem."""
     assert cli(hub, "push", str(tiny_run / "checkpoint-10"), "--repo", REPO).exit_code == 0
-    hub.server.inject_fault("GET", r"/resolve/[0-9a-f]{40}/adapter_model\.safetensors$", 403, times=99)
+    if hub.server.xet is None:  # the weights come over HTTP
+        hub.server.inject_fault("GET", r"/resolve/[0-9a-f]{40}/adapter_model\.safetensors$", 403, times=99)
+    else:  # through hf_xet, with a token the Hub hands out for the commit
+        hub.server.inject_fault("GET", r"/xet-read-token/[0-9a-f]{40}$", 403, times=99)
 
     result = cli(hub, "pull", REPO, "--revision", "checkpoint-10", "--to", str(tmp_path / "pulled"))
 

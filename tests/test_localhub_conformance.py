@@ -169,11 +169,17 @@ def download(api: HfApi, repo_id: str, filename: str, cache: Path, **kwargs: Any
 # -- Xet ---------------------------------------------------------------------------------------
 
 
-def test_upload_folder_without_disabling_xet_fails(
-    api: HfApi, rid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_upload_folder_without_disabling_xet_fails_on_a_hub_without_xet(
+    rid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Why hubsync handles Xet itself: the client's default upload path needs a Xet server."""
+    """Why hubsync asks a Hub whether it offers Xet: the client's default upload path needs a Hub with Xet (this
+    local Hub offers it unless started with xet=False, as most self-hosted Hubs: tests/test_localhub_xet.py)."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", False)
+    with local_hub(tmp_path / "no-xet", xet=False) as hub:
+        _upload_without_xet_fails(HfApi(endpoint=hub.endpoint, token=hub.token), rid, tmp_path)
+
+
+def _upload_without_xet_fails(api: HfApi, rid: str, tmp_path: Path) -> None:
     api.create_repo(rid)
     before = head_sha(api, rid)
     folder = write_files(tmp_path / "src", {"a.txt": b"a\n", "w.safetensors": SAFETENSORS})

@@ -472,6 +472,11 @@ def _xet_failed(err: e.XetStorageError) -> str:
             f"{storage} refused its upload token ({err.detail}). Run the command again for a fresh token; if it "
             f"fails the same way, ask the Hub's operator, {lfs}."
         )
+    if err.kind == "busy":
+        return (
+            f"{storage} stayed busy with another transfer ({err.detail}); nothing was committed. Run the command "
+            f"again when the other transfer is done, {lfs}."
+        )
     if err.kind == "expired":
         return (
             f"the Hub at {err.endpoint} hands out Xet storage tokens for{_hub(err)} that have already expired "

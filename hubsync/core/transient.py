@@ -25,5 +25,12 @@ def transient_failure(exc: BaseException) -> bool:
     if isinstance(exc, (HubUnreachableError, HubTooSlowError, CommitConflictError)):
         return True
     if isinstance(exc, XetStorageError):  # a storage that is down or cut a transfer off may come back
-        return exc.kind in ("unreachable", "broken")
+        return exc.kind in ("unreachable", "broken", "busy")
     return type(exc) is HubError and transient_status(exc.status)
+
+
+def xet_storage_busy(text: str) -> bool:
+    """Whether hf_xet failed because another process has its local storage open: hf_xet's `local://` storage
+    (the local Hub's) keeps an index that one process at a time may open, so two transfers at once to one
+    repository from two processes meet this; the other's transfer ends, and waiting passes it."""
+    return "Database already open" in text

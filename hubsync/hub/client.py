@@ -53,7 +53,7 @@ from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
-from hubsync.core.transient import transient_status
+from hubsync.core.transient import transient_status, xet_storage_busy
 from hubsync.hub.download import Transfers, XetAccess, download_seconds, fetch_over_http, fetch_over_xet
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -198,6 +198,10 @@ def with_retries(
             if attempt == len(delays):
                 raise
             wait, reason = None, _transport_reason(exc)
+        except errors.XetStorageError as exc:
+            if exc.kind != "busy" or attempt == len(delays):
+                raise
+            wait, reason = None, "the Xet storage is busy with another transfer"
         finally:
             _WAITS_FOR_RATE_LIMITS.reset(waits)
         pause = min(wait if wait is not None else delays[attempt] * random.uniform(0.8, 1.2), max_pause)
@@ -531,6 +535,10 @@ class HubClient:
         found = re.search(r"\((\d{3}) [^)]*\)", text)
         status = int(found.group(1)) if found else None
         where: dict[str, Any] = {"repo_id": repo_id, "revision": revision}
+        if xet_storage_busy(text):
+            return errors.XetStorageError(
+                self.endpoint, _storage_name(info.endpoint), "busy", "another transfer has it open", **where
+            )
         if re.search(r"/xet-(?:write|read)-token", text):
             detail = f"{status}: its Xet token route, asked by hf_xet" if status else "its Xet token route failed"
             if status == 401:

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubsync.core.transient import xet_storage_busy
+
 TOKEN_LIFETIME = 3600  # seconds a Xet token is valid; hf_xet asks for a new one before it expires
 SHARD_TAG = b"HFRepoMetaData\x00\x55\x69\x67\x45\x6a\x7b\x81\x57\x83\xa5\xbd\xd9\x5c\xcd\xd1\x4a\xa9"
 ENTRY = 48  # every header and entry of a shard's file-info section
@@ -40,15 +42,10 @@ MAX_SEGMENTS = 10_000_000
 XORB_NAME = re.compile(r"default\.[0-9a-f]{64}")  # a xorb as hf_xet's local storage names it
 
 
-# hf_xet's local storage keeps an index that one process at a time may open (a lock file): while a client's
-# transfer in another process has it open, the local Hub waits for it.
+# While a client's transfer in another process has hf_xet's local storage open, the local Hub waits for it
+# (core/transient.py xet_storage_busy).
 BUSY_RETRIES = 150
 BUSY_PAUSE = 0.2  # seconds: 30 s in all
-
-
-def storage_busy(exc: BaseException) -> bool:
-    """Whether hf_xet failed because another process has the local storage's index open."""
-    return "Database already open" in str(exc)
 
 
 class XetStorageError(Exception):
@@ -201,7 +198,7 @@ class XetStorage:
                         group.start_download_file(hf_xet.XetFileInfo(file.xet_hash, file.size), tmp)
                     break
                 except RuntimeError as exc:
-                    if not storage_busy(exc) or attempt == BUSY_RETRIES:
+                    if not xet_storage_busy(str(exc)) or attempt == BUSY_RETRIES:
                         raise
                     time.sleep(BUSY_PAUSE)
             os.chmod(tmp, 0o600)
