@@ -239,3 +239,66 @@ def test_random_bytes_after_a_shard_tag_are_refused_or_read_within_bounds(data: 
     except ShardError:
         return
     assert len(files) <= len(damaged) // ENTRY
+
+
+def test_a_store_under_a_relative_root_hands_out_an_absolute_storage_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hubsync localhub --root hub` (the demo's `demo-out/hub`): hf_xet must not resolve the storage against
+    the client's own working folder."""
+    monkeypatch.chdir(tmp_path)
+    with local_hub(Path("relative-root")) as hub:
+        HfApi(endpoint=hub.endpoint, token=hub.token).create_repo("me/model")
+        answer = httpx2.get(
+            f"{hub.endpoint}/api/models/me/model/xet-write-token/main",
+            headers={"Authorization": f"Bearer {hub.token}"},
+        ).json()
+        assert answer["casUrl"].startswith(f"local://{tmp_path}/relative-root/")
+        monkeypatch.chdir(tmp_path.parent)  # a client elsewhere uploads into the Hub's storage all the same
+        (tmp_path / "w.bin").write_bytes(os.urandom(1_100_000))
+        HfApi(endpoint=hub.endpoint, token=hub.token).upload_file(
+            path_or_fileobj=str(tmp_path / "w.bin"), path_in_repo="w.bin", repo_id="me/model"
+        )
+        assert hub.server.xet is not None and hub.server.xet.stored_bytes("model", "me/model") > 1_000_000
+
+
+def test_xet_is_offered_only_to_clients_on_this_machine(tmp_path: Path) -> None:
+    from hubsync.localhub import LocalHubServer, Store
+
+    store = Store(tmp_path / "hub")
+    for public_url, offered in (("http://localhost:8000", True), ("https://hub.example", False)):
+        server = LocalHubServer(store, public_url=public_url)
+        try:
+            assert (server.xet is not None) is offered
+        finally:
+            server.server_close()
+    with pytest.raises(ValueError, match="folder on this machine"):
+        LocalHubServer(store, public_url="https://hub.example", xet=True)
+    from click.testing import CliRunner
+
+    from hubsync.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["localhub", "--root", str(tmp_path / "h2"), "--public-url", "https://x.example", "--xet"]
+    )
+    assert result.exit_code == 2 and "drop --xet, or serve on 127.0.0.1" in result.stderr
+
+
+def test_files_uploaded_through_xet_are_served_over_http_once_the_hub_runs_without_xet(
+    tmp_path: Path,
+) -> None:
+    """A store served with Xet, then with `--no-xet`: its trees no longer list Xet hashes (whose token routes are
+    gone), so every client downloads over HTTP, hubsync pull and `hf download` alike."""
+    data = os.urandom(1_300_000)
+    (tmp_path / "w.bin").write_bytes(data)
+    with local_hub(tmp_path / "hub") as hub:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo("me/model")
+        api.upload_file(path_or_fileobj=str(tmp_path / "w.bin"), path_in_repo="w.bin", repo_id="me/model")
+        assert next(iter(api.list_repo_tree("me/model", path_in_repo="w.bin"))).xet_hash  # type: ignore[union-attr]
+    with local_hub(tmp_path / "hub", xet=False) as hub:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        assert getattr(next(iter(api.list_repo_tree("me/model", path_in_repo="w.bin"))), "xet_hash", None) is None
+        result = hf(hub, "download", "me/model", "--local-dir", str(tmp_path / "out"), home=tmp_path / "home")
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out" / "w.bin").read_bytes() == data

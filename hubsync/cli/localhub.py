@@ -37,10 +37,10 @@ from .output import echo
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
 @click.option(
     "--xet/--no-xet",
-    default=True,
-    show_default=True,
+    default=None,
     help="Offer Xet storage, as huggingface.co does (clients with hf_xet upload and download through it); "
-    "--no-xet serves git-LFS only, as most self-hosted Hubs.",
+    "--no-xet serves git-LFS only, as most self-hosted Hubs. The storage is a folder on this machine, so Xet "
+    "needs clients on it [default: on when clients reach the Hub at a loopback address, else off].",
 )
 @click.option(
     "--public-url",
@@ -55,7 +55,7 @@ def localhub(
     token: str | None,
     orgs: tuple[str, ...],
     verbose: bool,
-    xet: bool,
+    xet: bool | None,
     public_url: str | None,
 ) -> None:
     """Serve a Hub-compatible server on this machine, storing everything under --root.
@@ -89,12 +89,16 @@ def localhub(
         )
     except StoreError as exc:
         raise click.UsageError(exc.message) from exc
+    except ValueError as exc:  # --xet where clients are not on this machine
+        raise click.UsageError(f"{exc}: drop --xet, or serve on 127.0.0.1") from exc
     except OSError as exc:
         if exc.filename:
             raise click.UsageError(f"cannot use --root {display_path(root)} ({exc.strerror})") from exc
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     if store.tightened:
         echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
+    if xet is None and server.xet is None:
+        echo("localhub: no Xet storage (a folder on this machine): clients elsewhere upload through git-LFS", err=True)
     if public_url is not None:  # HF_ENDPOINT names the proxy; where to point it is said here, off stdout
         echo(f"localhub: listening on http://{server.url_host} (clients use {server.url})", err=True)
     echo(f"HF_ENDPOINT={server.url}")

@@ -309,6 +309,16 @@ def _reason(exc: Exception) -> str:
     return text if text.startswith(("must", "is ")) else f"is not valid: {text}"
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` names this machine (loopback): only a Hub there may hand out `local://` Xet storage, a
+    folder on this machine, which clients elsewhere could not reach (and a remote Hub must not name)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in LOOPBACK_HOSTS
+
+
 def is_token_text(token: str) -> bool:
     """Whether a token can go into an HTTP header as a Hub token: printable ASCII without spaces, not empty."""
     return bool(token) and all(33 <= ord(c) <= 126 for c in token)

@@ -48,7 +48,7 @@ from huggingface_hub.utils._xet import XetConnectionInfo, parse_xet_connection_i
 from hubsync import __version__
 from hubsync.core import errors
 from hubsync.core.checkpoint import MAX_JSON_BYTES, loads_json
-from hubsync.core.config import DEFAULT_MAX_WAIT, check_endpoint, is_token_text
+from hubsync.core.config import DEFAULT_MAX_WAIT, check_endpoint, is_loopback_url, is_token_text
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
@@ -907,7 +907,7 @@ def _storage_allowed(cas_url: str, endpoint: str) -> bool:
     scheme, _, rest = cas_url.partition("://")
     hub = httpx2.URL(endpoint)
     if scheme == "local":
-        return hub.host in ("127.0.0.1", "localhost", "::1") and rest.startswith("/")
+        return is_loopback_url(endpoint) and rest.startswith("/")
     try:
         storage = httpx2.URL(cas_url)
     except httpx2.InvalidURL:

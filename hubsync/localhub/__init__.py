@@ -29,13 +29,14 @@ def running_hub(
     token: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
-    xet: bool = True,
+    xet: bool | None = None,
     orgs: Iterable[str] = (),
 ) -> Iterator[RunningHub]:
     """Serve a local Hub in a background thread for the duration of the block; `user` is a member of each of
     `orgs`, organizations created when missing.
 
-    With `xet`, it offers Xet storage as huggingface.co does; without, only git-LFS, as most self-hosted Hubs.
+    With `xet` (the default on loopback) it offers Xet storage as huggingface.co does; with xet=False, only
+    git-LFS, as most self-hosted Hubs.
     The local Hub's own bugs met meanwhile (see `LocalHubServer.check_handler_errors`) are raised as
     `HandlerErrors` when the block ends, or added as a note to the exception that ends it."""
     store = Store(root)

@@ -97,7 +97,7 @@ def list_tree(call: Call, match: re.Match[str]) -> Response:
         if base and not found:
             raise StoreError(404, "EntryNotFound", f"{base} does not exist on {unquote(match['rev'])}")
         paths = sorted(found)
-    return Response(body=_entries(call.store, commit, paths, expand, (repo_type, repo_id)))
+    return Response(body=_entries(call.store, commit, paths, expand, (repo_type, repo_id), call.hub.xet is not None))
 
 
 def paths_info(call: Call, match: re.Match[str]) -> Response:
@@ -122,7 +122,7 @@ def paths_info(call: Call, match: re.Match[str]) -> Response:
     for path in dict.fromkeys(p.strip("/") for p in paths):
         if path in commit.files or any(p.startswith(path + "/") for p in commit.files):
             existing.append(path)
-    return Response(body=_entries(call.store, commit, existing, expand, (repo_type, repo_id)))
+    return Response(body=_entries(call.store, commit, existing, expand, (repo_type, repo_id), call.hub.xet is not None))
 
 
 def _commit_at(call: Call, match: re.Match[str]) -> tuple[str, str, Commit]:
@@ -145,11 +145,11 @@ def _last_commits(store: Store, repo_type: str, repo_id: str, commit: Commit) ->
     return last
 
 
-def _file_json(entry: FileEntry, last: Commit | None = None) -> dict[str, Any]:
+def _file_json(entry: FileEntry, last: Commit | None = None, xet: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "file", "oid": entry.oid, "size": entry.size, "path": entry.path}
     if entry.lfs:
         out["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
-    if entry.xet_hash is not None:
+    if entry.xet_hash is not None and xet:  # a Hub serving without Xet sends such a file over HTTP only
         out["xetHash"] = entry.xet_hash
     if last is not None:
         out["lastCommit"] = {"id": last.id, "title": last.title, "date": last.date}
@@ -162,11 +162,11 @@ def _dir_json(commit: Commit, path: str) -> dict[str, Any]:
 
 
 def _entries(
-    store: Store, commit: Commit, paths: list[str], expand: bool, repo: tuple[str, str]
+    store: Store, commit: Commit, paths: list[str], expand: bool, repo: tuple[str, str], xet: bool
 ) -> list[dict[str, Any]]:
     last = _last_commits(store, *repo, commit) if expand else {}
     out = []
     for path in paths:
         entry = commit.files.get(path)
-        out.append(_file_json(entry, last.get(path)) if entry else _dir_json(commit, path))
+        out.append(_file_json(entry, last.get(path), xet) if entry else _dir_json(commit, path))
     return out

@@ -21,6 +21,8 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from hubsync.core.config import is_loopback_url
+
 from . import app
 from .connections import Connection, WaitingRoom, answer_and_close
 from .lfs import token_digest
@@ -105,16 +107,23 @@ class LocalHubServer(ThreadingHTTPServer):
         verbose: bool = False,
         public_url: str | None = None,
         on_handler_error: Callable[[HandlerError], None] | None = None,
-        xet: bool = True,
+        xet: bool | None = None,
     ) -> None:
         """`on_handler_error` hears of each kind of handler bug (its type and place) the first time it happens,
         from the thread that met it; all of them are kept for `check_handler_errors`."""
+        # The Xet storage is hf_xet's local:// folder on this machine: offered (by default) only when clients reach
+        # the Hub on this machine; refused (before the port is taken) when asked for another address.
+        reached_at = public_url or (f"http://[{host}]" if ":" in host else f"http://{host}")
+        if xet is None:
+            xet = is_loopback_url(reached_at)
+        elif xet and not is_loopback_url(reached_at):
+            raise ValueError(f"Xet storage is a folder on this machine, which clients of {reached_at} cannot reach")
         super().__init__((host, port), HubRequestHandler)
         self.store = store
-        self.xet = store.xet if xet else None  # None: a Hub without Xet, whose clients upload through git-LFS
         self.xet_cas_url: str | None = None  # for tests of clients: the Xet storage address handed out instead
         self.verbose = verbose
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.xet = store.xet if xet else None  # None: a Hub without Xet, whose clients upload through git-LFS
         self.secret = secrets.token_bytes(32)
         self._thread: threading.Thread | None = None
         self._faults: list[Fault] = []

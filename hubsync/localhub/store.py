@@ -347,7 +347,7 @@ class Store:
     """All the local Hub's state under one root folder. Thread-safe."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # what it hands out (Xet storage addresses) must not depend on the cwd
         check_root(self.root)
         make_folders(self.root / "blobs")
         make_folders(self.root / "repos")
