@@ -398,3 +398,38 @@ def test_a_dry_run_waits_little_for_a_busy_hub(run: Path, hub: RunningHub) -> No
     assert time.monotonic() - started < 20  # the Hub asked for 60 s a retry; a dry run waits at most 2 s a pause
     assert result.exit_code == 0 and "retrying in 2 s" in result.stderr
     assert "not known whether it exists (the Hub answered an error 503)" in result.stdout
+
+
+# -- what the Hub cannot hold ---------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_with_a_folder_the_hub_would_refuse_is_refused_before_the_hub_changes(
+    tiny_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    """The Hub refuses a commit with more than 10,000 entries in one folder, but only when it commits: after the
+    repository and the branch were made. hubsync refuses it first."""
+    checkpoint = tmp_path / "checkpoint-10"
+    shutil.copytree(tiny_run / "checkpoint-10", checkpoint)
+    (checkpoint / "samples").mkdir()
+    for i in range(10_001):
+        (checkpoint / "samples" / f"{i}.txt").write_text("x\n")
+
+    refused = push(hub, str(checkpoint), "--repo", "me/crowded")
+
+    assert refused.exit_code == 1
+    assert (
+        "samples" in refused.stderr and "at most 10,000" in refused.stderr and "Nothing was uploaded" in refused.stderr
+    )
+    assert on_hub(api, "me/crowded") is None
+
+
+@given(st.lists(st.sampled_from(["a", "b", "a/x", "a/y", "b/z/w"]), max_size=30), st.integers(0, 3))
+def test_crowded_folder_counts_each_folders_direct_entries(paths: list[str], extra: int) -> None:
+    from hubsync.core import remote_paths
+
+    many = [f"d/{i}" for i in range(remote_paths.MAX_FOLDER_ENTRIES + extra)]
+    files = sorted(set(paths) - {"a", "b"}) + many  # a path is a file or a folder, not both
+    found = remote_paths.crowded_folder(files)
+    assert (found is not None) == (extra > 0)
+    if found is not None:
+        assert found == ("d", remote_paths.MAX_FOLDER_ENTRIES + extra)

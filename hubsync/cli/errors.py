@@ -215,6 +215,14 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.HubLimitError,
+        lambda err: (
+            f"refused {shown_remote_path(err.path)} in {err.checkpoint}: it {err.reason}, so the Hub would refuse the "
+            "commit. Nothing was uploaded; split it into smaller files or folders in a copy of the checkpoint and "
+            "push the copy."
+        ),
+    ),
+    (
         e.UnsafeRemotePathError,
         lambda err: (
             f"refused: {err.revision or 'the revision'} holds the path {shown_remote_path(err.path)} ({err.reason}), "

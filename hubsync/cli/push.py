@@ -116,8 +116,10 @@ def _print_result(plan: Any, result: Any) -> None:
     echo(f"{verb} {plan.checkpoint} -> {result.repo_id} @ {result.revision}")
     echo(f"  files:  {result.files} ({size(result.bytes)})")
     if result.sent_bytes is not None:
-        how = " (Xet dedup)" if result.xet else ""
-        echo(f"  sent:   {size(result.sent_bytes)} of {size(result.bytes)}{how}")
+        how = ["through Xet"] if result.xet else []
+        if result.sent_bytes < result.bytes:  # unchanged files, or chunks Xet found on the Hub already
+            how.append("the rest the Hub already held")
+        echo(f"  sent:   {size(result.sent_bytes)} of {size(result.bytes)}" + (f" ({'; '.join(how)})" if how else ""))
     if result.deleted:
         echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
     for skipped in plan.skipped:

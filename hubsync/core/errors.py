@@ -438,6 +438,16 @@ class UnpublishableNameError(HubsyncError):
         self.reason = reason
 
 
+class HubLimitError(HubsyncError):
+    """A checkpoint the Hub could not hold: a file over its size limit, a folder of more entries than it takes."""
+
+    def __init__(self, checkpoint: str, path: str, reason: str) -> None:
+        super().__init__(f"{checkpoint}/{path}: {reason}")
+        self.checkpoint = checkpoint
+        self.path = path
+        self.reason = reason
+
+
 class UnscrubbableFileError(HubsyncError):
     """A file that holds something shaped like a token (or the token in use) and that hubsync does not scrub: not
     JSON, or JSON too large to parse. `why` says which."""

@@ -28,6 +28,7 @@ from .conversion import (
     plan_conversion,
 )
 from .errors import (
+    HubLimitError,
     InvalidRepoIdError,
     InvalidRevisionError,
     InvalidTagError,
@@ -37,7 +38,7 @@ from .errors import (
 )
 from .index import index_entry, revision_metrics
 from .metadata import check_card_metadata, check_license
-from .remote_paths import remote_path_problem
+from .remote_paths import MAX_FILE_SIZE, MAX_FOLDER_ENTRIES, crowded_folder, remote_path_problem
 from .render import render
 from .repo_id import is_repo_id
 from .secrets import (
@@ -293,6 +294,15 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     for upload in uploads:  # what pull would refuse is never published: a refusal before the Hub changes
         if problem := remote_path_problem(upload.path_in_repo):
             raise UnpublishableNameError(checkpoint.display, upload.converted_from or upload.path_in_repo, problem)
+    if crowded := crowded_folder(u.path_in_repo for u in uploads):  # refused by the Hub only when it commits
+        folder, count = crowded
+        reason = f"holds {count:,} files and folders; a folder on the Hub holds at most {MAX_FOLDER_ENTRIES:,}"
+        raise HubLimitError(checkpoint.display, folder or ".", reason)
+    for upload in uploads:
+        if upload.size > MAX_FILE_SIZE:
+            size = f"{upload.size / 1000**3:.1f} GB"
+            reason = f"is {size}; a file on the Hub is at most {MAX_FILE_SIZE // 1000**3} GB"
+            raise HubLimitError(checkpoint.display, upload.converted_from or upload.path_in_repo, reason)
     for upload in kept:  # published byte for byte: JSON is scrubbed (generated above), any other file looked through
         if not upload.path_in_repo.lower().endswith(".json") and file_holds_token(
             checkpoint.path / upload.source, who.tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from .errors import UnsafeRemotePathError
 
@@ -110,3 +111,20 @@ def shown_remote_path(path: str, limit: int = 80) -> str:
     if len(text) > limit:
         text = f"{text[: limit // 2]}…{text[-(limit // 2 - 1) :]}"
     return f'"{text}"'
+
+
+# What the Hub holds at most (hub-docs, repository limits): a file of 50 GB, 10,000 entries in one folder. A push
+# past either is refused when it commits, after the repository and branch were made: hubsync refuses it first.
+MAX_FILE_SIZE = 50 * 1000**3
+MAX_FOLDER_ENTRIES = 10_000  # files and folders directly in one folder
+
+
+def crowded_folder(paths: Iterable[str]) -> tuple[str, int] | None:
+    """A folder ("" for the root) of a tree of these file paths that holds more than MAX_FOLDER_ENTRIES files and
+    folders directly, and how many; None when none does."""
+    entries: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(len(parts)):  # each folder on the way, and the file, is an entry of its parent
+            entries.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    return next(((folder, len(held)) for folder, held in entries.items() if len(held) > MAX_FOLDER_ENTRIES), None)

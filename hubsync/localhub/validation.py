@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from hubsync.core.metadata import HUB_LICENSES, PIPELINE_TYPES
+from hubsync.core.remote_paths import MAX_FILE_SIZE, MAX_FOLDER_ENTRIES, crowded_folder
 
 from .front_matter import MAX_FRONT_MATTER, FrontMatterError, load_front_matter
 
@@ -28,8 +28,6 @@ _DATASET_TYPE_RE = re.compile(r"^(?:[\w-]+/)?[\w\-.]+\Z")
 # Sizes the Hub holds files to (hub-docs, "Storage limits"; the Hub's own messages say MiB).
 MAX_BINARY_REGULAR = 1024 * 1024  # a binary file over this goes through LFS/Xet
 MAX_REGULAR = 10 * 1024 * 1024  # any file over this goes through LFS/Xet
-MAX_FILE_SIZE = 50 * 1000**3  # 50 GB: no file larger
-MAX_FOLDER_ENTRIES = 10_000  # files and folders directly in one folder
 BINARY_SNIFF = 512  # bytes read for the binary sniff: the sample a client sends to preupload
 
 
@@ -163,22 +161,15 @@ def file_size_error(path: str, size: int) -> str | None:
 
 def crowded_folder_error(paths: Iterable[str]) -> str | None:
     """The Hub's refusal of a tree with more than MAX_FOLDER_ENTRIES files and folders directly in one folder."""
-    entries: dict[str, set[str]] = {}
-    files: Counter[str] = Counter()
-    for path in paths:
-        parts = path.split("/")
-        for depth in range(len(parts) - 1):  # the folders on the way: each is an entry of its parent
-            entries.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
-        files["/".join(parts[:-1])] += 1
-    for folder in set(entries) | set(files):
-        count = len(entries.get(folder, ())) + files[folder]
-        if count > MAX_FOLDER_ENTRIES:
-            shown = folder or "the repository's root"
-            return (
-                f"Too many files and folders in {shown} ({count}): a folder on the Hub holds at most "
-                f"{MAX_FOLDER_ENTRIES:,} entries. Please split it into subfolders."
-            )
-    return None
+    crowded = crowded_folder(paths)
+    if crowded is None:
+        return None
+    folder, count = crowded
+    shown = folder or "the repository's root"
+    return (
+        f"Too many files and folders in {shown} ({count}): a folder on the Hub holds at most "
+        f"{MAX_FOLDER_ENTRIES:,} entries. Please split it into subfolders."
+    )
 
 
 # -- branch and tag names ------------------------------------------------------------------------------------------
