@@ -220,3 +220,13 @@ def test_a_pickle_whose_shared_references_explode_is_refused_quickly() -> None:
     with pytest.raises(pickle.UnpicklingError, match="too large"):
         load_plain(data)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("status", "again"), [(400, False), (422, False), (409, False), (503, True), (None, True)])
+def test_a_refusal_of_what_was_sent_does_not_say_that_running_again_helps(status: int | None, again: bool) -> None:
+    from hubsync.cli.errors import message_for
+    from hubsync.core import errors
+
+    text = message_for(errors.HubError("http://hub", f"{status}: no", "me/m", status=status))
+    assert ("Run the command again" in text) is again
+    assert ("will fail the same way" in text) is not again
