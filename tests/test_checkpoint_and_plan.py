@@ -230,3 +230,22 @@ def test_a_refusal_of_what_was_sent_does_not_say_that_running_again_helps(status
     text = message_for(errors.HubError("http://hub", f"{status}: no", "me/m", status=status))
     assert ("Run the command again" in text) is again
     assert ("will fail the same way" in text) is not again
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("x.lock", "'.lock'"),
+        ("runs/a.lock/b", "'.lock'"),
+        ("HEAD", "HEAD names"),
+        ("main", "main holds"),
+        (".x", "'.'"),
+    ],
+)
+def test_a_refused_branch_name_says_its_own_reason(name: str, reason: str) -> None:
+    from hubsync.core import errors
+    from hubsync.core.plan import check_branch_name
+
+    with pytest.raises(errors.InvalidRevisionError) as info:
+        check_branch_name(name)
+    assert reason in info.value.reason

@@ -137,9 +137,11 @@ def check_branch_name(name: str) -> str:
     problems = [
         (not _BRANCH_RE.match(name), "use letters, digits, '.', '_', '-' and '/'"),
         (".." in name or "//" in name or name.endswith(("/", ".")), "no '..', '//' or trailing '/', '.'"),
-        (any(p.startswith((".", "-")) or p.endswith(".lock") for p in parts), "no part may start with '.' or '-'"),
+        (any(p.startswith((".", "-")) for p in parts), "no part may start with '.' or '-'"),
+        (any(p.endswith(".lock") for p in parts), "no part may end in '.lock' (git's lock files)"),
         (name.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", name) is not None, "it looks like a ref or commit"),
-        (name in ("main", "HEAD"), "main holds the index of checkpoint revisions; pick a name of its own"),
+        (name == "HEAD", "HEAD names the current branch in git; pick a name of its own"),
+        (name == "main", "main holds the index of checkpoint revisions; pick a name of its own"),
     ]
     for bad, reason in problems:
         if bad:
