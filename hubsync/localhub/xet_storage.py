@@ -122,7 +122,8 @@ class XetStorage:
 
     def cas_url(self, repo_type: str, repo_id: str) -> str:
         folder = self.folder(repo_type, repo_id)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)  # hf_xet writes inside with the client's umask: these keep it ours
+        folder.mkdir(mode=0o700, exist_ok=True)
         return f"local://{folder}"
 
     def new_token(self, operation: str, repo_type: str, repo_id: str) -> tuple[str, int]:
