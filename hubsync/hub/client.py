@@ -108,7 +108,8 @@ class RateLimitTooLong(Exception):
 
 
 class RateLimitAnswer(Exception):
-    """A rate-limited answer (`rate_limit_reset` not None), raised as it arrives while with_retries runs a call.
+    """A rate-limited answer (`rate_limit_reset` not None), or a busy one naming a Retry-After, raised as it arrives
+    while with_retries runs a call.
     huggingface_hub retries some requests itself (preupload, LFS batch and verify, Xet tokens, paged reads): it
     would wait as long as the Hub asks, five times, without a word and past any bound. Raised from the session's
     response hook, this ends its retries (it retries only network errors), so that with_retries waits, says so,
@@ -125,8 +126,12 @@ _WAITS_FOR_RATE_LIMITS: contextvars.ContextVar[bool] = contextvars.ContextVar("h
 def _rate_limit_hook(response: httpx2.Response) -> None:
     """huggingface_hub's shared session's response hook: a no-op but inside with_retries (in the thread that
     runs it: huggingface_hub's own worker threads, for LFS uploads, keep its own waits)."""
-    if _WAITS_FOR_RATE_LIMITS.get() and rate_limit_reset(response) is not None:
+    if not _WAITS_FOR_RATE_LIMITS.get():
+        return
+    if rate_limit_reset(response) is not None:
         raise RateLimitAnswer(response)
+    if transient_status(response.status_code) and "Retry-After" in response.headers:
+        raise RateLimitAnswer(response)  # huggingface_hub would sleep it out in full: with_retries bounds it
 
 
 def _hook_rate_limits() -> None:
@@ -450,7 +455,18 @@ class HubClient:
 
         def probe() -> XetConnectionInfo | None:
             timeout = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
-            response = get_session().get(url, headers=headers, timeout=timeout)
+            deadline = time.monotonic() + ANSWER_DEADLINE  # as every answer read whole: a trickle is given up on
+            with get_session().stream("GET", url, headers=headers, timeout=timeout) as streamed:
+                body = bytearray()
+                for chunk in streamed.iter_bytes():
+                    body += chunk
+                    if len(body) > 65536:
+                        raise self._malformed("Xet token", repo_id)
+                    if time.monotonic() > deadline:
+                        raise errors.HubTooSlowError(self.endpoint, "Xet token", ANSWER_DEADLINE, repo_id, revision)
+                response = httpx2.Response(
+                    streamed.status_code, headers=streamed.headers, content=bytes(body), request=streamed.request
+                )
             if response.status_code == 404 and response.headers.get("X-Error-Code") not in _NAMED_MISSING:
                 return None  # a Hub without the route (the real Hub has it for every repository it can see)
             hf_raise_for_status(response)
@@ -778,6 +794,7 @@ class HubClient:
             and is_token_text(token)
             and isinstance(expiry, int)
             and not isinstance(expiry, bool)
+            and 0 <= expiry < 2**63  # hf_xet takes a 64-bit time
             and isinstance(cas_url, str)
             and _storage_allowed(cas_url, self.endpoint)
         ):

@@ -98,13 +98,13 @@ def create_commit(call: Call, match: re.Match[str]) -> Response:
 def _check_readme(ops: list[CommitOp], repo_type: str) -> None:
     """A commit that adds the root README.md is refused, as on the Hub, when its metadata would be refused by
     validate-yaml."""
-    readme = next((op for op in reversed(ops) if op.path == "README.md"), None)
-    if not isinstance(readme, AddStaged):  # an LFS README is not read as a card
-        return
-    with readme.staged.open("rb") as f:
-        content = f.read(MAX_YAML_BODY).decode("utf-8", errors="replace")
-    if errors := validation.card_metadata_errors(content, repo_type):
-        raise bad_request(validation.readme_commit_error(errors))
+    for readme in ops:  # every one added: a later line (a folder deleted by that name) may leave one in place
+        if readme.path != "README.md" or not isinstance(readme, AddStaged):  # an LFS README is not read as a card
+            continue
+        with readme.staged.open("rb") as f:
+            content = f.read(MAX_YAML_BODY).decode("utf-8", errors="replace")
+        if errors := validation.card_metadata_errors(content, repo_type):
+            raise bad_request(validation.readme_commit_error(errors))
 
 
 def _body_lines(call: Call) -> Iterator[bytes]:

@@ -603,6 +603,23 @@ class Store:
             granted.update(e["sha256"] for e in json.loads(record.read_text())["files"].values() if e["lfs"])
         return granted
 
+    def _uploaded_through_xet(self, repo_type: str, repo_id: str, ops: list[CommitOp]) -> dict[str, XetFile]:
+        """The LFS files of a commit that came through Xet: each found in the repository's Xet storage and
+        checked against its sha256 by rebuilding it into the blob store (sha256 -> the file). A file the
+        repository already holds through git-LFS is not looked for."""
+        found: dict[str, XetFile] = {}
+        wanted = {op.sha256 for op in ops if isinstance(op, AddLfs) and _SHA256_RE.match(op.sha256)}
+        if not wanted or self.repo(repo_type, repo_id) is None:
+            return found
+        held = self.lfs_objects(repo_type, repo_id)
+        for sha256 in sorted(wanted):
+            if sha256 in held and self.has_blob(sha256):
+                continue
+            file = self.xet.verified(repo_type, repo_id, sha256, self.blob_path(sha256))
+            if file is not None:
+                found[sha256] = file
+        return found
+
     def xet_entry(self, repo_type: str, repo_id: str, sha256: str) -> FileEntry | None:
         """A file of the repository's commits with this sha256 that was uploaded through Xet, if any."""
         for record in (self._repo_dir(repo_type, repo_id) / "commits").glob("*.json"):
@@ -744,6 +761,7 @@ class Store:
         parent_commit: str | None,
     ) -> Commit:
         """Apply `ops` to the head of `branch` as one new commit: all of it lands, or none."""
+        xet_files = self._uploaded_through_xet(repo_type, repo_id, ops)  # slow (files are rebuilt): before the lock
         with self._lock:
             refs = self.refs(repo_type, repo_id)
             head = refs["branches"].get(branch)
@@ -760,7 +778,6 @@ class Store:
             files = dict(self.commit(repo_type, repo_id, head).files)
             pending: dict[str, bytes | Path] = {}
             lfs_objects: set[str] | None = None
-            xet_files: dict[str, XetFile] | None = None
             for op in ops:
                 if isinstance(op, Delete):
                     prefix = op.path.rstrip("/") + "/"
@@ -788,19 +805,19 @@ class Store:
                     files[op.path] = FileEntry(op.path, op.size, op.sha256, False, op.oid)
                 else:
                     # An LFS file: uploaded through git-LFS (a blob granted to the repository), or through Xet
-                    # (described by a shard in the repository's Xet storage).
+                    # (described by a shard in the repository's Xet storage, its bytes checked: _uploaded_through_xet).
                     if lfs_objects is None:
                         lfs_objects = self.lfs_objects(repo_type, repo_id)
-                    xet_hash = None
-                    if self.has_blob(op.sha256) and op.sha256 in lfs_objects:
-                        size = self.blob_path(op.sha256).stat().st_size
-                    else:
-                        if xet_files is None:
-                            xet_files = self.xet.files(repo_type, repo_id)
-                        found = xet_files.get(op.sha256)
-                        if found is None:
-                            raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
+                    found = xet_files.get(op.sha256)
+                    xet_hash: str | None = None
+                    if found is not None:
                         size, xet_hash = found.size, found.xet_hash
+                    elif self.has_blob(op.sha256) and op.sha256 in lfs_objects:
+                        size = self.blob_path(op.sha256).stat().st_size
+                        held = next((e for e in files.values() if e.sha256 == op.sha256 and e.xet_hash), None)
+                        xet_hash = held.xet_hash if held is not None else None
+                    else:
+                        raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
                     if op.size is not None and op.size != size:
                         raise bad_request(f"LFS object {op.sha256} has {size} bytes, not {op.size}")
                     pointer = lfs_pointer(op.sha256, size)

@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 import struct
 import tempfile
 import threading
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubsync.core.remote_paths import MAX_FILE_SIZE
 from hubsync.core.transient import xet_storage_busy
 
 TOKEN_LIFETIME = 3600  # seconds a Xet token is valid; hf_xet asks for a new one before it expires
@@ -112,7 +114,7 @@ class XetStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
-        self._known: dict[Path, tuple[float, list[XetFile]]] = {}  # shard -> (mtime, its files)
+        self._known: dict[Path, tuple[tuple[int, int], list[XetFile]]] = {}  # shard -> ((mtime, size), its files)
         self._tokens: dict[str, tuple[str, str, str, int]] = {}  # token -> (operation, repo type, repo, expiry)
 
     def folder(self, repo_type: str, repo_id: str) -> Path:
@@ -141,34 +143,74 @@ class XetStorage:
             held = self._tokens.get(token)
         return held is not None and held[:3] == (operation, repo_type, repo_id) and held[3] > time.time()
 
-    def files(self, repo_type: str, repo_id: str) -> dict[str, XetFile]:
-        """Every file the repository's shards describe with a sha256, by sha256 (each shard is read once)."""
-        shards = self.folder(repo_type, repo_id) / "xet" / "xorbs" / "shards"
-        found: dict[str, XetFile] = {}
+    def candidates(self, repo_type: str, repo_id: str, sha256: str) -> list[XetFile]:
+        """The files the repository's shards describe with this sha256 (each shard read once). Claims only: a
+        shard is a client's upload, and anyone handed the storage may write one (see `verified`)."""
+        shards = self._storage_part(repo_type, repo_id, "shards")
+        if shards is None:
+            return []
         try:
             paths = sorted(p for p in shards.iterdir() if p.suffix == ".mdb")
-        except FileNotFoundError:
-            return found
-        for path in paths:
-            for file in self._shard(path):
-                if file.sha256 is not None:
-                    found.setdefault(file.sha256, file)
-        return found
+        except OSError:
+            return []
+        found = {f.xet_hash: f for path in paths for f in self._shard(path) if f.sha256 == sha256}
+        return list(found.values())
+
+    def verified(self, repo_type: str, repo_id: str, sha256: str, target: Path) -> XetFile | None:
+        """The file of the repository's Xet storage whose bytes have this sha256, rebuilt to `target` (the blob
+        every plain download is then served from), or None when none does. A shard's claim is checked against
+        the bytes its Xet hash rebuilds to, as huggingface.co checks an upload: a reader of a public repository,
+        who is handed the same storage, could otherwise claim one of its files with bytes of her own, and a
+        client any sha256 it knows without the file behind it."""
+        for file in self.candidates(repo_type, repo_id, sha256):
+            if file.size > MAX_FILE_SIZE or self._storage_part(repo_type, repo_id, "xorbs") is None:
+                continue
+            try:
+                self.rebuild(repo_type, repo_id, file, target)
+            except XetStorageError:
+                continue
+            return file
+        return None
+
+    def _storage_part(self, repo_type: str, repo_id: str, part: str) -> Path | None:
+        """The repository's shard or xorb folder, when it is a folder of its own: None when a link on the way
+        leads elsewhere (to another repository's storage), or it is not there."""
+        folder = self.folder(repo_type, repo_id)
+        path = folder / "xet" / "xorbs" / part
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return None
+            if os.path.realpath(path) != os.path.join(os.path.realpath(self.root), folder.name, "xet", "xorbs", part):
+                return None
+        except OSError:
+            return None
+        return path
 
     def _shard(self, path: Path) -> list[XetFile]:
+        """The files a shard describes; none for anything else there: a link, a FIFO or device (never opened
+        for reading, which could block or never end), a file larger than any shard."""
         try:
-            stat = path.stat()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            return []
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SHARD_BYTES:
+                return []
+            key = (info.st_mtime_ns, info.st_size)
             with self._lock:
                 known = self._known.get(path)
-            if known is not None and known[0] == stat.st_mtime:
+            if known is not None and known[0] == key:
                 return known[1]
-            if stat.st_size > MAX_SHARD_BYTES:
-                raise ShardError("larger than any shard")
-            files = shard_files(path.read_bytes())
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(MAX_SHARD_BYTES + 1)
+            files = shard_files(data)
         except (OSError, ShardError, struct.error):
-            return []  # not a shard of hf_xet's: describes nothing
+            return []
+        finally:
+            os.close(fd)
         with self._lock:
-            self._known[path] = (stat.st_mtime, files)
+            self._known[path] = (key, files)
         return files
 
     def stored_bytes(self, repo_type: str, repo_id: str) -> int:
@@ -183,6 +225,9 @@ class XetStorage:
         """Write the file `file` names to `target` (atomically), rebuilt by hf_xet from the repository's storage,
         checked against its sha256 and size first: what the Hub sends to a client that does not speak Xet."""
         import hf_xet  # the local Hub starts without it; only a Xet file's plain download needs it
+
+        if self._storage_part(repo_type, repo_id, "xorbs") is None:
+            raise XetStorageError("The repository's Xet storage is not a folder of its own")
 
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".xet-")
