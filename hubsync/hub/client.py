@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -826,7 +827,7 @@ class _Sent:
     lfs: int = 0
     xet: bool = False
     in_xet: bool = False  # hf_xet is at work (from its upload commit's start to its successful end)
-    commits: list[Any] = field(default_factory=list)
+    stored: int = 0  # what hf_xet's upload commits sent, read from each as it ends
     counted: bool = True
     stalled: float | None = None  # the seconds an upload went without progress before it was stopped
     lock: threading.Lock = field(default_factory=threading.Lock)  # huggingface_hub uploads LFS files on threads
@@ -843,10 +844,9 @@ class _Sent:
                 if getattr(op, "_upload_mode", None) == "regular"
                 and not (op._remote_oid is not None and op._remote_oid == op._local_oid)
             )
-            stored = sum(int(c.progress().total_transfer_bytes_completed) for c in self.commits)
         except Exception:  # a huggingface_hub or hf_xet that keeps these otherwise: not counted rather than wrong
             return None
-        return regular + self.lfs + stored
+        return regular + self.lfs + self.stored
 
 
 class _RecordedUpload:
@@ -885,6 +885,13 @@ class _RecordedUpload:
             self._done.set()
         if exc[0] is None:
             self._sent.in_xet = False
+            try:
+                self._sent.stored += int(self._commit.progress().total_transfer_bytes_completed)
+            except Exception:  # an hf_xet that reports otherwise: not counted rather than wrong
+                self._sent.counted = False
+        # Let go of it now: while it lives, hf_xet keeps its storage open, and a local:// storage (the local
+        # Hub's) takes one process at a time, which the Hub's own check of the commit needs next.
+        self._commit = None
         return done
 
 
@@ -901,9 +908,7 @@ class _RecordedSession:
         self._sent.in_xet = self._sent.xet = True
         if self._storage is not None:
             kwargs.setdefault("endpoint", self._storage)
-        commit = self._session.new_upload_commit(**kwargs)
-        self._sent.commits.append(commit)
-        return _RecordedUpload(commit, self._sent)
+        return _RecordedUpload(self._session.new_upload_commit(**kwargs), self._sent)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
@@ -956,16 +961,16 @@ def _xet(enabled: bool, operations: Sequence[Any] = (), storage: str | None = No
         if own_session is None or own_upload is None:
             sent.counted = False
         ours = {id(op) for op in operations}
-        session: Any = None
+        sessions: weakref.WeakSet[_RecordedSession] = weakref.WeakSet()  # held by huggingface_hub while it uploads
 
         def get_xet_session() -> Any:
-            nonlocal session
             if threading.get_ident() != sent.owner:
                 return own_session()  # type: ignore[misc]
-            if session is None:
-                import hf_xet
+            import hf_xet
 
-                session = _RecordedSession(hf_xet.XetSession(xet_config()), sent, storage)
+            # A new one each time, let go of with huggingface_hub's upload (see _RecordedUpload.__exit__).
+            session = _RecordedSession(hf_xet.XetSession(xet_config()), sent, storage)
+            sessions.add(session)
             return session
 
         def lfs_upload(*args: Any, **kwargs: Any) -> Any:
@@ -982,7 +987,7 @@ def _xet(enabled: bool, operations: Sequence[Any] = (), storage: str | None = No
         try:
             yield sent
         except KeyboardInterrupt:
-            if session is not None:
+            for session in list(sessions):
                 with suppress(Exception):
                     session.sigint_abort()
             raise
