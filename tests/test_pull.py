@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -366,21 +367,27 @@ def test_a_pull_downloads_as_huggingface_hub_does_through_xet_when_the_hub_keeps
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
-    """With Xet, hf_xet fetches the chunks from the Xet storage (the local Hub rebuilds nothing for a plain
-    download); without (a Hub with git-LFS only, or HF_HUB_DISABLE_XET), every file comes over HTTP."""
+    """With Xet, hf_xet fetches the chunks from the Xet storage: the Hub's plain downloads of those files may all
+    be refused and the pull still completes; without (a Hub with git-LFS only, or HF_HUB_DISABLE_XET), every
+    file comes over HTTP. Both give the same files."""
     import huggingface_hub.constants
 
     files = [f for f in api.list_repo_tree("me/tiny", revision="checkpoint-20", recursive=True) if f.lfs]
     assert files
     xet_files = [f for f in files if getattr(f, "xet_hash", None)]
     assert bool(xet_files) == (hub.server.xet is not None)
-    store = hub.server.store
+    for f in xet_files:  # hf_xet never asks for them here
+        hub.server.inject_fault("GET", rf"/resolve/[0-9a-f]{{40}}/{re.escape(f.path)}$", 403, times=99)
     assert run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "a")).exit_code == 0
-    assert not any(store.has_blob(f.lfs.sha256) for f in xet_files)  # came through hf_xet
+    hub.server.clear_faults()
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    for f in xet_files:  # now they come over HTTP: refused, the pull fails
+        hub.server.inject_fault("GET", rf"/resolve/[0-9a-f]{{40}}/{re.escape(f.path)}$", 403, times=99)
+    refused = run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "r"))
+    assert refused.exit_code == (1 if xet_files else 0)
+    hub.server.clear_faults()
     assert run_cli(hub, "pull", "me/tiny", "--revision", "checkpoint-20", "--to", str(tmp_path / "b")).exit_code == 0
-    assert all(store.has_blob(f.lfs.sha256) for f in files)  # over HTTP: rebuilt from Xet storage for it
     pulled = [
         sorted((p.relative_to(d), p.read_bytes()) for p in d.rglob("*") if p.is_file())
         for d in (tmp_path / "a", tmp_path / "b")

@@ -451,7 +451,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
             f"the Hub at {err.endpoint} refused the request for{_hub(err)} ({err.detail}). "
             "It refuses what was sent, so running it again will fail the same way: change what the Hub names, or "
             "run it with HUBSYNC_DEBUG=1 and report the output."
-            if err.status is not None and 400 <= err.status < 500 and err.status not in (408, 429)
+            if isinstance(err.status, int) and 400 <= err.status < 500 and err.status not in (408, 429)
             else f"the Hub at {err.endpoint} refused the request for{_hub(err)} ({err.detail}). "
             "Run the command again; if it fails the same way, run it with HUBSYNC_DEBUG=1 and report the output."
         ),

@@ -97,10 +97,10 @@ def localhub(
         raise click.UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     if store.tightened:
         echo(f"localhub: made {store.tightened} entries under --root private to this account", err=True)
-    if xet is None and server.xet is None:
-        echo("localhub: no Xet storage (a folder on this machine): clients elsewhere upload through git-LFS", err=True)
     if public_url is not None:  # HF_ENDPOINT names the proxy; where to point it is said here, off stdout
         echo(f"localhub: listening on http://{server.url_host} (clients use {server.url})", err=True)
+    if xet is None and server.xet is None:
+        echo("localhub: no Xet storage (a folder on this machine): clients elsewhere upload through git-LFS", err=True)
     echo(f"HF_ENDPOINT={server.url}")
     echo(f"HF_TOKEN={token}")
     sys.stdout.flush()

@@ -195,6 +195,8 @@ def with_retries(
                 waited += pause
                 continue
             if attempt == len(delays):
+                if isinstance(exc, RateLimitAnswer):  # raised by the hook in place of huggingface_hub's own error
+                    raise HfHubHTTPError(str(exc), response=response) from exc
                 raise
             wait = _retry_after(response.headers.get("Retry-After"))
             reason = f"the Hub answered {response.status_code}"

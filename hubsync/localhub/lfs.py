@@ -107,14 +107,9 @@ def lfs_batch(call: Call, match: re.Match[str]) -> Response:
             out.append({**item, "error": {"code": 422, "message": too_large}})
             continue
         held = oid in known and call.store.has_blob(oid, size)
-        if (
-            operation == "download"
-            and oid in known
-            and not held
-            and (entry := call.store.xet_entry(repo_type, repo_id, oid))
-        ):
+        if operation == "download" and not held and (entry := call.store.xet_entry(repo_type, repo_id, oid)):
             call.store.ensure_blob(repo_type, repo_id, entry)  # uploaded through Xet: rebuilt for git-LFS
-            held = call.store.has_blob(oid, size)
+            held = call.store.has_blob(oid, size) and oid in call.store.lfs_objects(repo_type, repo_id)
         if operation == "upload" and not held:  # even when stored for another repository: send it
             item["actions"] = {
                 "upload": {"href": _link(call, "upload", oid, size, repo_type, repo_id)},

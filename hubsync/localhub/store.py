@@ -504,13 +504,18 @@ class Store:
     def ensure_blob(self, repo_type: str, repo_id: str, entry: FileEntry) -> None:
         """Make sure the blob of a file of the repository lies in the store: a file uploaded through Xet is
         rebuilt from the repository's Xet storage the first time a client downloads it without Xet."""
-        if entry.xet_hash is None or self.has_blob(entry.sha256, entry.size):
+        if entry.xet_hash is None:
             return
+        if self.has_blob(entry.sha256, entry.size) and entry.sha256 in self.lfs_objects(repo_type, repo_id):
+            return  # checked before (or uploaded through git-LFS as well)
+        # Rebuilt from this repository's own storage even when the blob store holds these bytes: its claim is
+        # checked, and a shard claiming another repository's file gets nothing.
         file = XetFile(entry.xet_hash, entry.size, entry.sha256)
         try:
             self.xet.rebuild(repo_type, repo_id, file, self.blob_path(entry.sha256))
         except XetStorageError as exc:
             raise StoreError(502, None, str(exc)) from exc
+        self.grant_lfs(repo_type, repo_id, entry.sha256)
 
     # -- repositories ------------------------------------------------------------------
     def _repo_dir(self, repo_type: str, repo_id: str) -> Path:
@@ -600,13 +605,14 @@ class Store:
         except FileNotFoundError:
             granted = set()
         for record in (repo_dir / "commits").glob("*.json"):
-            granted.update(e["sha256"] for e in json.loads(record.read_text())["files"].values() if e["lfs"])
-        return granted
+            files = json.loads(record.read_text())["files"].values()
+            granted.update(e["sha256"] for e in files if e["lfs"] and not e.get("xetHash"))
+        return granted  # not the files uploaded through Xet: their bytes are checked first (ensure_blob)
 
     def _uploaded_through_xet(self, repo_type: str, repo_id: str, ops: list[CommitOp]) -> dict[str, XetFile]:
-        """The LFS files of a commit that came through Xet: each found in the repository's Xet storage and
-        checked against its sha256 by rebuilding it into the blob store (sha256 -> the file). A file the
-        repository already holds through git-LFS is not looked for."""
+        """The LFS files of a commit that came through Xet, as the repository's Xet storage describes them
+        (sha256 -> the file; XetStorage.described). A file the repository holds through git-LFS is not looked
+        for."""
         found: dict[str, XetFile] = {}
         wanted = {op.sha256 for op in ops if isinstance(op, AddLfs) and _SHA256_RE.match(op.sha256)}
         if not wanted or self.repo(repo_type, repo_id) is None:
@@ -615,7 +621,7 @@ class Store:
         for sha256 in sorted(wanted):
             if sha256 in held and self.has_blob(sha256):
                 continue
-            file = self.xet.verified(repo_type, repo_id, sha256, self.blob_path(sha256))
+            file = self.xet.described(repo_type, repo_id, sha256)
             if file is not None:
                 found[sha256] = file
         return found
@@ -805,7 +811,7 @@ class Store:
                     files[op.path] = FileEntry(op.path, op.size, op.sha256, False, op.oid)
                 else:
                     # An LFS file: uploaded through git-LFS (a blob granted to the repository), or through Xet
-                    # (described by a shard in the repository's Xet storage, its bytes checked: _uploaded_through_xet).
+                    # (described by a shard in the repository's Xet storage: _uploaded_through_xet).
                     if lfs_objects is None:
                         lfs_objects = self.lfs_objects(repo_type, repo_id)
                     found = xet_files.get(op.sha256)
@@ -814,8 +820,8 @@ class Store:
                         size, xet_hash = found.size, found.xet_hash
                     elif self.has_blob(op.sha256) and op.sha256 in lfs_objects:
                         size = self.blob_path(op.sha256).stat().st_size
-                        held = next((e for e in files.values() if e.sha256 == op.sha256 and e.xet_hash), None)
-                        xet_hash = held.xet_hash if held is not None else None
+                    elif held := next((e for e in files.values() if e.sha256 == op.sha256 and e.xet_hash), None):
+                        size, xet_hash = held.size, held.xet_hash  # the branch holds it already, from Xet
                     else:
                         raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
                     if op.size is not None and op.size != size:

@@ -65,6 +65,7 @@ class XetFile:
     xet_hash: str
     size: int
     sha256: str | None
+    xorbs: tuple[str, ...] = ()  # the xorbs (chunk data) its segments lie in, by hash
 
 
 def hash_hex(raw: bytes) -> str:
@@ -105,7 +106,8 @@ def shard_files(data: bytes) -> list[XetFile]:
                 raise ShardError("a file's metadata runs past the section")
             sha256 = hash_hex(data[offset : offset + 32])
             offset += ENTRY
-        files.append(XetFile(hash_hex(raw_hash), size, sha256))
+        xorbs = tuple(dict.fromkeys(hash_hex(segments[i * ENTRY : i * ENTRY + 32]) for i in range(count)))
+        files.append(XetFile(hash_hex(raw_hash), size, sha256, xorbs))
 
 
 class XetStorage:
@@ -145,7 +147,7 @@ class XetStorage:
 
     def candidates(self, repo_type: str, repo_id: str, sha256: str) -> list[XetFile]:
         """The files the repository's shards describe with this sha256 (each shard read once). Claims only: a
-        shard is a client's upload, and anyone handed the storage may write one (see `verified`)."""
+        shard is a client's upload, and anyone handed the storage may write one (see `described`)."""
         shards = self._storage_part(repo_type, repo_id, "shards")
         if shards is None:
             return []
@@ -156,21 +158,25 @@ class XetStorage:
         found = {f.xet_hash: f for path in paths for f in self._shard(path) if f.sha256 == sha256}
         return list(found.values())
 
-    def verified(self, repo_type: str, repo_id: str, sha256: str, target: Path) -> XetFile | None:
-        """The file of the repository's Xet storage whose bytes have this sha256, rebuilt to `target` (the blob
-        every plain download is then served from), or None when none does. A shard's claim is checked against
-        the bytes its Xet hash rebuilds to, as huggingface.co checks an upload: a reader of a public repository,
-        who is handed the same storage, could otherwise claim one of its files with bytes of her own, and a
-        client any sha256 it knows without the file behind it."""
-        for file in self.candidates(repo_type, repo_id, sha256):
-            if file.size > MAX_FILE_SIZE or self._storage_part(repo_type, repo_id, "xorbs") is None:
-                continue
+    def described(self, repo_type: str, repo_id: str, sha256: str) -> XetFile | None:
+        """The file of the repository's Xet storage that has this sha256, as its shards say: the one claim (a
+        shard is a client's upload) of a size the Hub takes, whose chunk data (every xorb it names) is there.
+        None when there is none, or when several files claim it (anyone handed the storage, a reader of a public
+        repository included, may write a shard: which bytes are meant is then unknown). The bytes are checked
+        against the sha256 when the local Hub rebuilds the file for a plain download (`rebuild`); it cannot
+        check them at the commit, because hf_xet's local storage takes one process at a time and a client
+        (`hf upload`) keeps it open meanwhile."""
+        claims = [f for f in self.candidates(repo_type, repo_id, sha256) if f.size <= MAX_FILE_SIZE]
+        xorbs = self._storage_part(repo_type, repo_id, "xorbs")
+        if len(claims) != 1 or xorbs is None:
+            return None
+        for xorb in claims[0].xorbs:
             try:
-                self.rebuild(repo_type, repo_id, file, target)
-            except XetStorageError:
-                continue
-            return file
-        return None
+                if not stat.S_ISREG(os.lstat(xorbs / f"default.{xorb}").st_mode):
+                    return None
+            except OSError:
+                return None
+        return claims[0]
 
     def _storage_part(self, repo_type: str, repo_id: str, part: str) -> Path | None:
         """The repository's shard or xorb folder, when it is a folder of its own: None when a link on the way
