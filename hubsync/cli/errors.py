@@ -484,6 +484,11 @@ def _xet_failed(err: e.XetStorageError) -> str:
             f"{storage} refused its upload token ({err.detail}). Run the command again for a fresh token; if it "
             f"fails the same way, ask the Hub's operator, {lfs}."
         )
+    if err.kind == "unreadable":
+        return (
+            f"{storage} could not give back a file ({err.detail}); nothing was placed. Run the command again; if it "
+            "fails the same way, pull over plain HTTP with HF_HUB_DISABLE_XET=1."
+        )
     if err.kind == "busy":
         return (
             f"{storage} stayed busy with another transfer ({err.detail}); nothing was committed. Run the command "

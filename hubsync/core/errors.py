@@ -172,11 +172,12 @@ class HubUnreachableError(HubError):
 
 
 class XetStorageError(HubError):
-    """The Xet storage a Hub hands out for uploads (its casUrl) failed, not the Hub: `kind` is "unreachable" (no
-        connection to it), "refused" (it answered 401/403 to the upload token), "expired" (the Hub's token had expired
-        when it was handed out), "broken" (a transfer it cut off or answered with a server error) or "busy" (another
-    process holds hf_xet's local storage: core/transient.py xet_storage_busy; retried). `storage` names it
-        for people: its scheme and host, or "a local folder" (a local:// path is never shown)."""
+    """The Xet storage a Hub hands out (its casUrl) failed, not the Hub: `kind` is "unreachable" (no connection to
+    it), "refused" (it answered 401/403 to the upload token), "expired" (the Hub's token had expired when it was
+    handed out), "broken" (an upload it cut off or answered with a server error), "unreadable" (a file it could
+    not give back to a download) or "busy" (another process holds hf_xet's local storage: core/transient.py
+    xet_storage_busy; retried). `storage` names it for people: its scheme and host, or "a local folder" (a
+    local:// path is never shown)."""
 
     def __init__(
         self,

@@ -55,7 +55,14 @@ from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
 from hubsync.core.transient import transient_status, xet_storage_busy
-from hubsync.hub.download import Transfers, XetAccess, download_seconds, fetch_over_http, fetch_over_xet
+from hubsync.hub.download import (
+    DownloadCancelled,
+    Transfers,
+    XetAccess,
+    download_seconds,
+    fetch_over_http,
+    fetch_over_xet,
+)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _XET_SWITCH = threading.Lock()
@@ -142,6 +149,20 @@ def _hook_rate_limits() -> None:
         hooks.append(_rate_limit_hook)
 
 
+def _unwrapped_answer(call: Callable[[], T]) -> T:
+    """`call()`, with a RateLimitAnswer that huggingface_hub wrapped (its LFS upload raises `RuntimeError("Error
+    while uploading ...")` from whatever stopped it) raised as itself, for with_retries to wait out."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, RateLimitAnswer):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from exc
+
+
 def rate_limit_reset(response: httpx2.Response) -> int | None:
     """The seconds until the Hub's rate-limit window resets, when `response` is a 429 that says the window is
     used up (`RateLimit: "api";r=0;t=<seconds>`, hub-docs docs/hub/rate-limits.md, often without Retry-After);
@@ -178,7 +199,7 @@ def with_retries(
     while True:
         waits = _WAITS_FOR_RATE_LIMITS.set(True)
         try:
-            return call()
+            return _unwrapped_answer(call)
         except (HfHubHTTPError, RateLimitAnswer) as exc:
             response = exc.response
             if response is None or not transient_status(response.status_code):
@@ -763,7 +784,17 @@ class HubClient:
 
             def over_xet() -> None:
                 storage = self.xet_read_access(repo_id, commit)
-                fetch_over_xet(storage, remote, dest, deadline + paused.seconds, transfers, where)
+                try:
+                    fetch_over_xet(storage, remote, dest, deadline + paused.seconds, transfers, where)
+                except (errors.HubsyncError, DownloadCancelled, HfHubHTTPError, httpx2.TransportError):
+                    raise
+                except Exception as exc:  # hf_xet's own: a chunk it could not fetch or decode
+                    secrets = [*self._known_tokens(), storage.token, storage.cas_url.split("://", 1)[-1]]
+                    _redact_in_place(exc, secrets)
+                    name = _storage_name(storage.cas_url)
+                    raise errors.XetStorageError(
+                        self.endpoint, name, "unreadable", type(exc).__name__, repo_id, commit[:12]
+                    ) from exc
 
             self._call(over_xet, repo_id, commit, paused)
             return
