@@ -17,14 +17,14 @@ from .store import StoreError, check_ref_name
 
 
 def _token_route(call: Call, match: re.Match[str], operation: str) -> Response:
+    if call.hub.xet is None:
+        raise StoreError(404, None, "Not Found")  # a Hub without Xet has no such route, for anyone
     repo_type, repo_id = call.repo_write(match) if operation == "write" else call.repo_read(match)
     revision = unquote(match["rev"])
     if operation == "read":
         call.store.resolve(repo_type, repo_id, revision)  # a revision that is not there gets no token
     elif revision != "None":  # "None": a token for a pull request's ref, not known yet
         check_ref_name(revision)
-    if call.hub.xet is None:
-        raise StoreError(404, None, "Not Found")  # a Hub without Xet has no such route
     token, expiry = call.hub.xet.new_token(operation, repo_type, repo_id)
     cas_url = call.hub.xet_cas_url or call.hub.xet.cas_url(repo_type, repo_id)
     headers = {"X-Xet-Cas-Url": cas_url, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(expiry)}
