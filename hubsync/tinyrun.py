@@ -165,6 +165,7 @@ def train_tiny_lora(
     step_sleep: float = 0.0,
     lora: bool = True,
     callbacks: Sequence[Any] = (),
+    deepspeed_stage: int | None = None,
 ) -> pathlib.Path:
     """Run a tiny LoRA fine-tune on CPU and return ``output_dir`` as a Path.
 
@@ -183,6 +184,10 @@ def train_tiny_lora(
     trained (a full fine-tune): checkpoints hold model.safetensors and a
     config.json naming ``LlamaForCausalLM``, and no adapter.  ``callbacks``
     go to the Trainer after tinyrun's own (a HubsyncCallback, say).
+    With ``deepspeed_stage`` (1, 2 or 3) the run trains under DeepSpeed ZeRO
+    on CPU (gloo): launch it with torchrun and DS_ACCELERATOR=cpu, one process
+    a rank; checkpoints then hold DeepSpeed's global_stepN/ folder, ``latest``
+    and ``zero_to_fp32.py`` instead of optimizer.pt.
     """
     with needs_extra(TINY_RUN):
         import transformers
@@ -250,6 +255,7 @@ def train_tiny_lora(
                 metric_for_best_model=metric_for_best_model,
                 greater_is_better=greater_is_better,
                 dataloader_num_workers=0,
+                deepspeed=_deepspeed_config(deepspeed_stage) if deepspeed_stage else None,
             )
 
             all_callbacks = []
@@ -288,6 +294,17 @@ def train_tiny_lora(
     return output_dir
 
 
+def _deepspeed_config(stage: int) -> dict[str, Any]:
+    """The smallest DeepSpeed config the Trainer takes: ZeRO at `stage`, the rest from TrainingArguments."""
+    return {
+        "zero_optimization": {"stage": stage},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+    }
+
+
 def _checkpoint_dirs(output_dir: pathlib.Path) -> list[pathlib.Path]:
     found = []
     for p in output_dir.glob("checkpoint-*"):
@@ -312,6 +329,14 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--best-metric", help="metric_for_best_model, such as eval_loss")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step")
     parser.add_argument("--full", action="store_true", help="train the whole model, without LoRA (a full fine-tune)")
+    parser.add_argument("--no-eval", action="store_true", help="do not evaluate during training")
+    parser.add_argument("--resume", help="a checkpoint folder to resume training from")
+    parser.add_argument(
+        "--deepspeed-stage",
+        type=int,
+        choices=(1, 2, 3),
+        help="train under DeepSpeed ZeRO at this stage (launch with torchrun, DS_ACCELERATOR=cpu)",
+    )
     ns = parser.parse_args(argv)
 
     out = train_tiny_lora(
@@ -323,6 +348,9 @@ def _main(argv: list[str] | None = None) -> int:
         metric_for_best_model=ns.best_metric,
         step_sleep=ns.step_sleep,
         lora=not ns.full,
+        eval_steps=None if ns.no_eval else 10,
+        resume_from_checkpoint=ns.resume,
+        deepspeed_stage=ns.deepspeed_stage,
     )
     for p in _checkpoint_dirs(out):
         print(p)

@@ -4,7 +4,14 @@
 Reading never runs code from the file (the restricted reader of torchzip). The JSON tree spells what JSON
 lacks: {"__tensor__": name}, {"__ndarray__": base64, "dtype", "shape"}, {"__tuple__": [...]},
 {"__dict__": [[key, value], ...]} (keys that are not strings), {"__float__": "nan" | "inf" | "-inf"},
-{"__bytes__": base64}.
+{"__bytes__": base64}, {"__set__": [...]} (of numbers and strings), and the objects of objects.ALLOWED_OBJECTS
+(DeepSpeed's torch.Size, ZeroStageEnum, LossScaler, fragment_address): {"__object__": "module.name", "args": [...]}
+for one made by calling its class, {"__object__": "module.name", "state": {attribute: number}} for one made empty
+and given attributes. A document naming any other object, or other arguments or attributes, is refused.
+
+Besides the Trainer's files, every pickle of DeepSpeed's global_stepN/ folder (conversion.STATE_FILE_RE) takes
+this form, beside it: global_step10/mp_rank_00_model_states.pt -> global_step10/mp_rank_00_model_states.json
+and .safetensors.
 """
 
 from __future__ import annotations
@@ -12,22 +19,24 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from hubsync.core.checkpoint import Checkpoint, loads_json
-from hubsync.core.conversion import STATE_FILE_RE
+from hubsync.core.conversion import DEEPSPEED_FOLDER, STATE_FILE_RE
 from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
 from hubsync.core.plan import PushPlan, with_sizes
 from hubsync.extras import needs_extra
 from hubsync.files import write_file_atomic
 
+from .objects import PickledObject, PickledSet, make_object
 from .torchzip import NumpyArray, TensorRef, TorchArchive, read_torch_archive
 from .writer import find_aliases, plan_layout, write_verified
 
 FORMAT = "hubsync-training-state"
-_MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__")
+_MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__", "__set__", "__object__")
 # The Trainer's state nests a few levels (optimizer: state -> parameter -> moment); far deeper is no state.
 MAX_DEPTH = 100
 MAX_NODES = 1_000_000  # optimizer state of the largest models has a few hundred thousand entries at most
@@ -142,6 +151,12 @@ def _encode(
         if all(isinstance(k, str) and k not in _MARKERS for k in value):
             return {k: inner(v) for k, v in value.items()}
         return {"__dict__": [[inner(k), inner(v)] for k, v in value.items()]}
+    if isinstance(value, PickledSet):
+        return {"__set__": [inner(v) for v in value.items]}
+    if isinstance(value, PickledObject):
+        if value.state is None:
+            return {"__object__": value.kind.qualname, "args": [inner(v) for v in value.args]}
+        return {"__object__": value.kind.qualname, "state": {k: inner(v) for k, v in value.state.items()}}
     if isinstance(value, float) and not math.isfinite(value):
         return {"__float__": repr(value)}
     if isinstance(value, (bytes, bytearray)):
@@ -172,6 +187,13 @@ def load_torch(feature: str) -> ModuleType:
     return torch
 
 
+def decode_set(items: list[Any]) -> set[Any]:
+    """A set of a document: of numbers and strings only, as the reader admits (PickledSet)."""
+    if not all(v is None or type(v) in (bool, int, float, str) for v in items):
+        raise ValueError("a set of something other than numbers and strings")
+    return set(items)
+
+
 def rebuild_state(json_path: Path) -> Path:
     """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
 
@@ -187,7 +209,9 @@ def rebuild_state(json_path: Path) -> Path:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise DamagedStateError(json_path.name, f"it is not a {FORMAT} document")
     name = document.get("file")
-    if not isinstance(name, str) or not STATE_FILE_RE.match(name) or name.rsplit(".", 1)[0] != json_path.stem:
+    folder = json_path.parent.name  # DeepSpeed's files are named as they lie in their global_step<N>/ folder
+    relative = f"{folder}/{name}" if re.fullmatch(DEEPSPEED_FOLDER, folder) else str(name)
+    if not isinstance(name, str) or not STATE_FILE_RE.match(relative) or name.rsplit(".", 1)[0] != json_path.stem:
         raise DamagedStateError(json_path.name, f"it names the file {name!r:.80}, not the one beside it")
     target = json_path.with_name(name)
     with needs_extra(f"writing {name} back from its pickle-free form"):
@@ -220,6 +244,11 @@ def rebuild_state(json_path: Path) -> Path:
             return float(value["__float__"])
         if "__bytes__" in value:
             return base64.b64decode(value["__bytes__"], validate=True)
+        if "__set__" in value:
+            return decode_set([decode(v) for v in value["__set__"]])
+        if "__object__" in value:
+            args = tuple(decode(v) for v in value["args"]) if "args" in value else None
+            return make_object(value["__object__"], args, decode(value["state"]) if "state" in value else None)
         return {k: decode(v) for k, v in value.items()}
 
     try:

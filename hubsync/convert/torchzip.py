@@ -31,6 +31,8 @@ from hubsync.core.torchfile import (
     torch_records,
 )
 
+from .objects import ALLOWED_OBJECTS, ObjectKind, PickledObject, PickledSet
+
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state dict's data.pkl holds only names and tensor records: KBs to a few MBs
 MAX_BYTEORDER_BYTES = 16  # "little" or "big"
 _INT64 = 1 << 63
@@ -357,11 +359,45 @@ def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-class _StateUnpickler(_SafeUnpickler):
-    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes (torch reads
-    training state with weights_only=False: every opcode that builds plain data is allowed)."""
+class _ObjectClass(_Inert):
+    """An inert stand-in for a class of objects.ALLOWED_OBJECTS: called (REDUCE), it checks the arguments and
+    gives a record of them; one made empty and given attributes is built by NEWOBJ and BUILD instead."""
 
-    refused: ClassVar[frozenset[int]] = _NEVER_WRITTEN
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: ObjectKind) -> None:
+        self.kind = kind
+
+    def __call__(self, *args: Any) -> PickledObject:
+        self.kind.check_args(args)
+        return PickledObject(self.kind, args)
+
+
+def _object_globals() -> dict[tuple[str, str], Any]:
+    found: dict[tuple[str, str], Any] = {(k.module, k.name): _ObjectClass(k) for k in ALLOWED_OBJECTS.values()}
+    for module in ("builtins", "__builtin__"):  # protocol 2 pickles spell builtins as __builtin__
+        found[(module, "set")] = _Stub("set", PickledSet)
+    return found
+
+
+class _StateUnpickler(_SafeUnpickler):
+    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes, sets, and the
+    objects of objects.ALLOWED_OBJECTS as records (torch reads training state with weights_only=False: every
+    opcode that builds plain data is allowed, and NEWOBJ only for an allowed class, with no arguments)."""
+
+    refused: ClassVar[frozenset[int]] = _NEVER_WRITTEN - {pickle.NEWOBJ[0]}
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if not isinstance(cls, _ObjectClass) or cls.kind.args is not None or args != ():
+            raise pickle.UnpicklingError("NEWOBJ of something other than an allowed object")
+        self.append(PickledObject(cls.kind))
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
+        **_SafeUnpickler.dispatch,
+        pickle.NEWOBJ[0]: load_newobj,
+    }
 
     def load(self) -> Any:
         token = _reading.set(self.shown)
@@ -376,6 +412,7 @@ class _StateUnpickler(_SafeUnpickler):
         ("numpy", "ndarray"): "numpy.ndarray",
         ("numpy", "dtype"): _Stub("dtype", _NumpyDtype),
         ("_codecs", "encode"): _Stub("encode", _latin1),
+        **_object_globals(),
     }
 
     def find_class(self, module: str, name: str) -> Any:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .checkpoint import TRAINING_ARGS, Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
+from .layouts import state_layout
 
 _SHARD_RE = re.compile(r"^pytorch_model-([0-9]+)-of-([0-9]+)\.bin\Z")
 _SAFETENSORS_SHARD_RE = re.compile(r"^model-[0-9]+-of-[0-9]+\.safetensors\Z")
@@ -38,8 +39,12 @@ TRAINING_STATE_FILES = (
 TRAINING_ARGS_DOCUMENT = "training_args.json"  # the pickled TrainingArguments (training_args.bin) as JSON
 _STEMS = "|".join(f.pattern for f in TRAINING_STATE_FILES)
 _PICKLED = "|".join(f"{f.pattern}{re.escape(f.suffix)}" for f in TRAINING_STATE_FILES)
-STATE_FILE_RE = re.compile(rf"^({_PICKLED})\Z")  # the pickles pushed in the pickle-free form
-STATE_DOCUMENT_RE = re.compile(rf"^({_STEMS})\.json\Z")  # their pickle-free form's document
+# DeepSpeed's engine state: every torch.save() file of its global_step<N>/ folder (the model states of each model
+# parallel rank, the ZeRO optimizer shard of each rank), pushed in the pickle-free form beside itself.
+DEEPSPEED_FOLDER = r"global_step[0-9]{1,12}"
+_DEEPSPEED_STEM = rf"{DEEPSPEED_FOLDER}/[A-Za-z0-9][A-Za-z0-9_-]{{0,120}}"
+STATE_FILE_RE = re.compile(rf"^({_PICKLED}|{_DEEPSPEED_STEM}\.pt)\Z")  # the pickles pushed in the pickle-free form
+STATE_DOCUMENT_RE = re.compile(rf"^({_STEMS}|{_DEEPSPEED_STEM})\.json\Z")  # their pickle-free form's document
 # Training-only state: the above in either form, and the TrainingArguments.
 TRAINING_STATE_RE = re.compile(
     rf"^({_PICKLED}|({_STEMS})\.(json|safetensors)|{re.escape(TRAINING_ARGS)}|{re.escape(TRAINING_ARGS_DOCUMENT)})\Z"
@@ -52,6 +57,8 @@ def pickled_state_name(stem: str) -> str | None:
     for f in TRAINING_STATE_FILES:
         if re.fullmatch(f.pattern, stem):
             return stem + f.suffix
+    if re.fullmatch(_DEEPSPEED_STEM, stem):
+        return stem + ".pt"
     return None
 
 
@@ -76,10 +83,13 @@ class ConversionPlan:
         return frozenset(c.source for c in self.conversions) | frozenset(self.superseded) | index
 
 
-# DeepSpeed and FSDP write their optimizer state into folders and files of their own.
+# The scripts DeepSpeed writes beside its state (engine._copy_recovery_script: zero_to_fp32.py alone, in 0.19): they
+# read that state, so they go where it goes (kept with it, dropped with it).
+DEEPSPEED_SCRIPTS = ("zero_to_fp32.py",)
+# DeepSpeed and FSDP write their optimizer state into folders and files of their own; `latest` names DeepSpeed's.
 NESTED_STATE_RE = re.compile(
-    r"^(global_step[0-9]+/.*|optimizer_[0-9]+/.*|pytorch_model_fsdp_[0-9]+/.*|latest|zero_to_fp32\.py"
-    r"|.*optim_states\.pt|.*_optim_states\.pt)\Z"
+    r"^(global_step[0-9]+/.*|optimizer_[0-9]+/.*|pytorch_model_fsdp_[0-9]+/.*|latest"
+    rf"|{'|'.join(re.escape(s) for s in DEEPSPEED_SCRIPTS)}|.*optim_states\.pt)\Z"
 )
 
 
@@ -151,12 +161,17 @@ def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:
     trainer_state.json and weights (missing_parts: without them resuming fails), and the optimizer and
     scheduler state, as pickles or in hubsync's pickle-free form (<name>.json + <name>.safetensors), without
     which the Trainer restarts them silently. RNG state is not required: the Trainer resumes without it and
-    only logs that its random draws (dropout) differ from those of an uninterrupted run."""
+    only logs that its random draws (dropout) differ from those of an uninterrupted run.
+
+    A distributed engine's optimizer state (DeepSpeed ZeRO's, layouts.state_layout) takes optimizer.pt's place:
+    then what that engine's resume needs is what is required."""
 
     def has(stem: str) -> bool:
         return pickled_state_name(stem) in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
 
-    return (*missing_parts(paths), *(f"{stem} state" for stem in ("optimizer", "scheduler") if not has(stem)))
+    layout = state_layout(paths)
+    optimizer = layout.missing if layout is not None else () if has("optimizer") else ("optimizer state",)
+    return (*missing_parts(paths), *optimizer, *(() if has("scheduler") else ("scheduler state",)))
 
 
 def is_resumable(paths: set[str] | frozenset[str]) -> bool:

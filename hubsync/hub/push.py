@@ -229,7 +229,8 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             convert_weights(checkpoint, plan.conversion, staging)
         for source in dict.fromkeys(u.converted_from for u in plan.uploads):
             if source is not None and STATE_FILE_RE.match(source):
-                encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", staging)
+                (staging / source).parent.mkdir(parents=True, exist_ok=True)  # global_step<N>/ of DeepSpeed
+                encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", (staging / source).parent)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)

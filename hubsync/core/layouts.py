@@ -1,0 +1,83 @@
+"""Which distributed training layout a checkpoint's optimizer state has (DeepSpeed ZeRO, ...), from file names. Pure.
+
+The Trainer writes optimizer.pt when one process holds the optimizer; a distributed engine writes its own files,
+one a rank. `state_layout` names the engine, how many ranks the state is split into, and what its resume lacks.
+Another layout (FSDP's pytorch_model_fsdp_0/ and optimizer_0/ folders) is one more function in _LAYOUTS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+_DS_FILE_RE = re.compile(
+    r"^(?P<tag>global_step[0-9]{1,12})/(?P<name>(?:bf16_)?(?:zero_pp_rank_(?P<rank>[0-9]{1,6})_)?"
+    r"mp_rank_(?P<mp>[0-9]{2,6})_(?P<what>model|optim)_states)\.(?:pt|json|safetensors)\Z"
+)
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    kind: str  # "deepspeed"
+    label: str  # what a person reads: "DeepSpeed ZeRO-1/2"
+    ranks: int  # the data parallel processes the state is split into; resuming takes as many
+    missing: tuple[str, ...] = ()  # what its resume needs and the files lack, in the words of a sentence
+
+    def describe(self) -> str:
+        """`DeepSpeed ZeRO-1/2, 2 ranks`."""
+        return f"{self.label}, {self.ranks} rank{'s' if self.ranks != 1 else ''}"
+
+
+def has_state_file(paths: Collection[str], pickle_name: str) -> bool:
+    """Whether a torch.save() file is there, as itself or in hubsync's pickle-free form (<stem>.json +
+    <stem>.safetensors beside it)."""
+    stem = pickle_name.rsplit(".", 1)[0]
+    return pickle_name in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
+
+
+def _deepspeed(paths: Collection[str]) -> StateLayout | None:
+    """DeepSpeed's engine state (DeepSpeedEngine.load_checkpoint): `latest` names the global_step<N>/ folder that
+    holds mp_rank_00_model_states.pt (ZeRO-3: one zero_pp_rank_<r>_mp_rank_00_model_states.pt a rank) and one
+    ZeRO optimizer shard a rank, zero_pp_rank_<r>_mp_rank_00_optim_states.pt (bf16_ in front with bf16)."""
+    found = [m for p in paths if (m := _DS_FILE_RE.match(p))]
+    if not found and "latest" not in paths:
+        return None
+    tags = sorted({m["tag"] for m in found}, key=lambda t: int(t.removeprefix("global_step")))
+    tag = tags[-1] if tags else None  # the Trainer saves one a checkpoint; `latest` names the newest
+    names = {m["name"]: m for m in found if m["tag"] == tag}
+    optim = {int(m["rank"]) for m in names.values() if m["what"] == "optim" and m["rank"] and m["mp"] == "00"}
+    zero3 = any(m["what"] == "model" and m["rank"] is not None for m in names.values())
+    ranks = max(optim) + 1 if optim else 0
+    missing = [] if "latest" in paths else ["DeepSpeed `latest` file"]
+    if tag is None:
+        missing.append("DeepSpeed global_step folder")
+    else:
+
+        def lacks(name: str) -> bool:
+            return not has_state_file(paths, f"{tag}/{name}.pt")
+
+        prefix = "bf16_" if any(n.startswith("bf16_") for n in names) else ""
+        if not zero3 and lacks("mp_rank_00_model_states"):
+            missing.append("DeepSpeed model states (mp_rank_00_model_states.pt)")
+        if not optim:
+            missing.append("DeepSpeed ZeRO optimizer state")
+        for rank in range(ranks):
+            if lacks(f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states"):
+                missing.append(f"DeepSpeed ZeRO optimizer state of rank {rank}")
+            if zero3 and lacks(f"zero_pp_rank_{rank}_mp_rank_00_model_states"):
+                missing.append(f"DeepSpeed model states of rank {rank}")
+    label = "DeepSpeed ZeRO-3" if zero3 else "DeepSpeed ZeRO-1/2"  # stages 1 and 2 write the same names
+    return StateLayout("deepspeed", label, ranks, tuple(missing))
+
+
+_LAYOUTS: tuple[Callable[[Collection[str]], StateLayout | None], ...] = (_deepspeed,)
+
+
+def state_layout(paths: Collection[str]) -> StateLayout | None:
+    """The distributed layout of a checkpoint's optimizer state, from its file names (a folder's or a
+    revision's); None when its optimizer state is the Trainer's own optimizer.pt, or there is none."""
+    for layout in _LAYOUTS:
+        if (found := layout(paths)) is not None:
+            return found
+    return None
