@@ -46,6 +46,7 @@ def pull(
     """
     from hubsync.api import pull_checkpoint
     from hubsync.core.conversion import resume_missing
+    from hubsync.core.layouts import state_layout
     from hubsync.core.paths import display_path
 
     quiet_huggingface_hub()
@@ -68,6 +69,9 @@ def pull(
     else:
         echo(f"Pulled {repo_id} @ {plan.revision} ({plan.commit[:12]}) -> {shown}")
         echo(f"  files: {len(plan.files)} ({size(plan.total_bytes)}), each verified against the Hub's hashes")
+        layout = state_layout(frozenset(f.path for f in plan.files))
+        if layout is not None:
+            echo(f"  optimizer state: {layout.describe()}; resume with as many processes")
         if plan.resumable:
             echo(f'  resume: Trainer.train(resume_from_checkpoint="{shown}")')
         else:
