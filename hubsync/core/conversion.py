@@ -11,7 +11,9 @@ from .layouts import state_layout
 
 _SHARD_RE = re.compile(r"^pytorch_model-([0-9]+)-of-([0-9]+)\.bin\Z")
 _SAFETENSORS_SHARD_RE = re.compile(r"^model-[0-9]+-of-[0-9]+\.safetensors\Z")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+# .distcp: torch.distributed.checkpoint's files (FSDP), torch.save() archives laid end to end, which no zip reader
+# that looks for one archive recognises.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".distcp")
 
 
 @dataclass(frozen=True)
