@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_state import same
 
 from hubsync.cli import cli
 from hubsync.localhub import RunningHub
@@ -48,20 +49,6 @@ def _cli(hub: RunningHub, *args: str) -> Any:
     return CliRunner().invoke(cli, list(args), env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token})
 
 
-def _same(a: Any, b: Any) -> bool:
-    import torch
-
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if hasattr(a, "__dict__") and not isinstance(a, type):
-        return type(a) is type(b) and _same(vars(a), vars(b))
-    return bool(a == b)
-
-
 def test_a_zero2_checkpoint_goes_through_the_hub_pickle_free_and_resumes_the_same(
     zero2_run: Path, hub: RunningHub, api: Any, tmp_path: Path
 ) -> None:
@@ -88,7 +75,7 @@ def test_a_zero2_checkpoint_goes_through_the_hub_pickle_free_and_resumes_the_sam
     for pt in sorted(local.glob("global_step10/*.pt")):
         mine = torch.load(pulled / pt.relative_to(local), weights_only=False)
         theirs = torch.load(pt, weights_only=False)
-        assert _same(theirs, mine), pt.name
+        assert same(theirs, mine), pt.name
 
     _torchrun(tmp_path / "from-local", 20, resume=local)
     _torchrun(tmp_path / "from-pulled", 20, resume=pulled)
