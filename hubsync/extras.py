@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from hubsync.core.errors import MissingExtraError
 
 # The top-level modules of each extra's distributions, as pyproject.toml's [project.optional-dependencies] has them.
-EXTRAS = {"train": frozenset({"torch", "transformers", "peft", "accelerate"})}
+_TRAIN = frozenset({"torch", "transformers", "peft", "accelerate"})
+EXTRAS = {"train": _TRAIN, "deepspeed": _TRAIN | {"deepspeed"}}  # deepspeed: hubsync[train] and deepspeed
 
 
 @contextmanager

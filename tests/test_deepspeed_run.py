@@ -83,3 +83,16 @@ def test_a_zero2_checkpoint_goes_through_the_hub_pickle_free_and_resumes_the_sam
     b = load_file(tmp_path / "from-pulled" / "checkpoint-20" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], load_file(local / "adapter_model.safetensors")[k]) for k in a)  # it trained on
+
+
+def test_pulling_deepspeed_state_without_deepspeed_names_the_extra_before_fetching(
+    zero2_run: Path, hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pushed = _cli(hub, "push", str(zero2_run / "checkpoint-10"), "--repo", "me/zero2", "--training-state", "keep")
+    assert pushed.exit_code == 0, pushed.output
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed now fails, as where it is not installed
+    result = _cli(hub, "pull", "me/zero2", "--revision", "checkpoint-10", "--to", str(tmp_path / "pulled"))
+    assert result.exit_code == 1
+    assert "writes DeepSpeed's state back) needs deepspeed" in result.output
+    assert "pip install 'hubsync[deepspeed]'" in result.output
+    assert not (tmp_path / "pulled").exists()

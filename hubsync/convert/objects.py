@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from hubsync.extras import needs_extra
+
 _SCALARS = (bool, int, float)
 
 
@@ -127,7 +129,8 @@ def make_object(qualname: Any, args: tuple[Any, ...] | None, state: Any) -> Any:
             kind.check_state(state)
     except pickle.UnpicklingError as exc:
         raise ValueError(str(exc)) from exc
-    cls = getattr(importlib.import_module(kind.module), kind.name)
+    with needs_extra(f"writing {kind.qualname} back", "deepspeed" if kind.module.startswith("deepspeed") else "train"):
+        cls = getattr(importlib.import_module(kind.module), kind.name)
     if kind.args is not None:
         return cls(*(args or ()))
     obj = cls.__new__(cls)

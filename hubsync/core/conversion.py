@@ -45,6 +45,7 @@ _PICKLED = "|".join(f"{f.pattern}{re.escape(f.suffix)}" for f in TRAINING_STATE_
 # parallel rank, the ZeRO optimizer shard of each rank), pushed in the pickle-free form beside itself.
 DEEPSPEED_FOLDER = r"global_step[0-9]{1,12}"
 _DEEPSPEED_STEM = rf"{DEEPSPEED_FOLDER}/[A-Za-z0-9][A-Za-z0-9_-]{{0,120}}"
+DEEPSPEED_STATE_RE = re.compile(rf"^{_DEEPSPEED_STEM}\.pt\Z")
 STATE_FILE_RE = re.compile(rf"^({_PICKLED}|{_DEEPSPEED_STEM}\.pt)\Z")  # the pickles pushed in the pickle-free form
 STATE_DOCUMENT_RE = re.compile(rf"^({_STEMS}|{_DEEPSPEED_STEM})\.json\Z")  # their pickle-free form's document
 # Training-only state: the above in either form, and the TrainingArguments.

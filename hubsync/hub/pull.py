@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hubsync.core.checkpoint import loads_json, parse_trainer_state
-from hubsync.core.conversion import STATE_DOCUMENT_RE
+from hubsync.core.conversion import DEEPSPEED_STATE_RE, STATE_DOCUMENT_RE
 from hubsync.core.errors import HubsyncError, NotEnoughSpaceError, PullTargetExistsError, PullVerificationError
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile, newest_revision, plan_pull, step_of
+from hubsync.extras import needs_extra
 from hubsync.files import git_blob_hasher, hash_file, remove_stale_temps, system_temp_dir, temp_dir
 from hubsync.hub.download import DownloadCancelled, Transfers
 from hubsync.hub.revisions import RevisionSource
@@ -107,6 +108,11 @@ def check_rebuild(plan: PullPlan) -> None:
         names = [r.path for r in plan.rebuilt]
         shown = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
         load_torch(f"pulling {plan.repo_id} @ {plan.revision} (it writes {shown} back from their pickle-free form)")
+        if any(DEEPSPEED_STATE_RE.match(name) for name in names):  # they hold a few of DeepSpeed's own objects
+            with needs_extra(
+                f"pulling {plan.repo_id} @ {plan.revision} (it writes DeepSpeed's state back)", "deepspeed"
+            ):
+                import deepspeed  # noqa: F401
 
 
 def already_pulled(plan: PullPlan) -> bool:
