@@ -26,6 +26,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HF_TOKEN", "HF_ENDPOINT", "HUGGING_FACE_HUB_TOKEN", "HUBSYNC_DEBUG", "HF_HUB_DISABLE_XET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # deepspeed (a test dependency), which transformers imports whenever it is installed, prints a warning to
+    # stdout when it finds no GPU, unless told the accelerator: these machines have none.
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
 
 
 @pytest.fixture(scope="session")
