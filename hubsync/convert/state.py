@@ -194,31 +194,12 @@ def decode_set(items: list[Any]) -> set[Any]:
     return set(items)
 
 
-def rebuild_state(json_path: Path) -> Path:
-    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
-
-    The document comes from a Hub: DamagedStateError when it is not what push wrote, and it writes only the one
-    file its own name says (optimizer.json -> optimizer.pt), never a path the document chooses."""
+def decode_tree(value: Any, tensors: dict[str, Any], made: dict[str, Any] | None = None) -> Any:
+    """The object a document's tree stands for: tensors from `tensors` (one tensor a name, however often the
+    document refers to it, as the pickle shared it), objects only of objects.ALLOWED_OBJECTS."""
     import numpy as np
-    from safetensors import SafetensorError
 
-    try:
-        document = loads_json(json_path.read_bytes())
-    except ValueError as exc:
-        raise DamagedStateError(json_path.name, str(exc)) from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise DamagedStateError(json_path.name, f"it is not a {FORMAT} document")
-    name = document.get("file")
-    folder = json_path.parent.name  # DeepSpeed's files are named as they lie in their global_step<N>/ folder
-    relative = f"{folder}/{name}" if re.fullmatch(DEEPSPEED_FOLDER, folder) else str(name)
-    if not isinstance(name, str) or not STATE_FILE_RE.match(relative) or name.rsplit(".", 1)[0] != json_path.stem:
-        raise DamagedStateError(json_path.name, f"it names the file {name!r:.80}, not the one beside it")
-    target = json_path.with_name(name)
-    with needs_extra(f"writing {name} back from its pickle-free form"):
-        import torch
-        from safetensors.torch import load_file
-
-    made: dict[str, Any] = {}  # one tensor a name, however often the document refers to it (as the pickle shared it)
+    made = {} if made is None else made
 
     def decode(value: Any) -> Any:
         if isinstance(value, list):
@@ -251,9 +232,35 @@ def rebuild_state(json_path: Path) -> Path:
             return make_object(value["__object__"], args, decode(value["state"]) if "state" in value else None)
         return {k: decode(v) for k, v in value.items()}
 
+    return decode(value)
+
+
+def rebuild_state(json_path: Path) -> Path:
+    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
+
+    The document comes from a Hub: DamagedStateError when it is not what push wrote, and it writes only the one
+    file its own name says (optimizer.json -> optimizer.pt), never a path the document chooses."""
+    from safetensors import SafetensorError
+
+    try:
+        document = loads_json(json_path.read_bytes())
+    except ValueError as exc:
+        raise DamagedStateError(json_path.name, str(exc)) from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise DamagedStateError(json_path.name, f"it is not a {FORMAT} document")
+    name = document.get("file")
+    folder = json_path.parent.name  # DeepSpeed's files are named as they lie in their global_step<N>/ folder
+    relative = f"{folder}/{name}" if re.fullmatch(DEEPSPEED_FOLDER, folder) else str(name)
+    if not isinstance(name, str) or not STATE_FILE_RE.match(relative) or name.rsplit(".", 1)[0] != json_path.stem:
+        raise DamagedStateError(json_path.name, f"it names the file {name!r:.80}, not the one beside it")
+    target = json_path.with_name(name)
+    with needs_extra(f"writing {name} back from its pickle-free form"):
+        import torch
+        from safetensors.torch import load_file
+
     try:
         tensors = load_file(json_path.with_suffix(".safetensors"))
-        obj = decode(document["tree"])
+        obj = decode_tree(document["tree"], tensors)
     except (
         SafetensorError,
         KeyError,

@@ -51,6 +51,16 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# FSDP's SHARDED_STATE_DICT: torch.distributed.checkpoint folders, the model's and the optimizer's, each a
+# `.metadata` pickle and one `__<rank>_0.distcp` a rank; hubsync's pickle-free form of a folder is dcp.json and one
+# `__<rank>_0.safetensors` a rank (convert/dcp.py).
+DCP_MODEL_FOLDER = r"pytorch_model_fsdp_[0-9]{1,6}"
+DCP_FOLDER = rf"(?:{DCP_MODEL_FOLDER}|optimizer_[0-9]{{1,6}})"
+DCP_METADATA = ".metadata"
+DCP_DOCUMENT = "dcp.json"
+DCP_METADATA_RE = re.compile(rf"^{DCP_FOLDER}/\.metadata\Z")
+DCP_DOCUMENT_RE = re.compile(rf"^{DCP_FOLDER}/dcp\.json\Z")
+_DCP_MODEL_RE = re.compile(rf"^{DCP_MODEL_FOLDER}/(?:\.metadata|dcp\.json)\Z")
 MAX_JSON_BYTES = 64 * 1024 * 1024
 EVAL_TIMINGS = frozenset({"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"})
 
@@ -234,6 +244,8 @@ def _scan_files(root: Path) -> tuple[list[CheckpointFile], list[str], list[tuple
             dirnames.remove(name)
             skipped.append(f"{(here / name).relative_to(root).as_posix()}/ (hidden: left out)")
         for name in [n for n in filenames if n.startswith(".")]:
+            if DCP_METADATA_RE.match((here / name).relative_to(root).as_posix()):
+                continue  # a needed file, whatever its name says: DCP reads nothing without it
             filenames.remove(name)
             skipped.append(f"{(here / name).relative_to(root).as_posix()} (hidden: left out)")
         for name in list(dirnames):
@@ -286,8 +298,12 @@ def looks_pickled(path: Path) -> bool:
 
 def has_weights(paths: Collection[str]) -> bool:
     """Whether a checkpoint's files hold weights that Trainer._load_from_checkpoint loads: an adapter, a model, a
-    sharded model's index, or adapters in subfolders (several adapters)."""
-    return any(p in WEIGHT_FILES or (p.count("/") == 1 and p.split("/")[1] in ADAPTER_WEIGHTS) for p in paths)
+    sharded model's index, adapters in subfolders (several adapters), or FSDP's sharded model folder
+    (pytorch_model_fsdp_0/, as DCP wrote it or in hubsync's pickle-free form)."""
+    return any(
+        p in WEIGHT_FILES or (p.count("/") == 1 and p.split("/")[1] in ADAPTER_WEIGHTS) or _DCP_MODEL_RE.match(p)
+        for p in paths
+    )
 
 
 def missing_parts(paths: Collection[str]) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .checkpoint import TRAINING_ARGS, Checkpoint, missing_parts
+from .checkpoint import DCP_DOCUMENT, DCP_METADATA_RE, TRAINING_ARGS, Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
 from .layouts import state_layout
 
@@ -52,6 +52,23 @@ STATE_DOCUMENT_RE = re.compile(rf"^({_STEMS}|{_DEEPSPEED_STEM})\.json\Z")  # the
 TRAINING_STATE_RE = re.compile(
     rf"^({_PICKLED}|({_STEMS})\.(json|safetensors)|{re.escape(TRAINING_ARGS)}|{re.escape(TRAINING_ARGS_DOCUMENT)})\Z"
 )
+
+
+DISTCP_FILE_RE = re.compile(r"^(?P<folder>[^/]+)/__[0-9]{1,6}_[0-9]{1,6}\.distcp\Z")
+
+
+def dcp_conversions(names: set[str] | frozenset[str]) -> list[tuple[str, str]]:
+    """(pickled file, pickle-free file) of each FSDP torch.distributed.checkpoint folder: <folder>/.metadata ->
+    <folder>/dcp.json, <folder>/__<rank>_0.distcp -> <folder>/__<rank>_0.safetensors. Folders without their
+    .metadata are left alone (nothing reads their .distcp files)."""
+    folders = {n.rsplit("/", 1)[0] for n in names if DCP_METADATA_RE.match(n)}
+    out = []
+    for name in sorted(names):
+        if DCP_METADATA_RE.match(name):
+            out.append((name, f"{name.rsplit('/', 1)[0]}/{DCP_DOCUMENT}"))
+        elif (m := DISTCP_FILE_RE.match(name)) and m["folder"] in folders:
+            out.append((name, name.removesuffix(".distcp") + ".safetensors"))
+    return out
 
 
 def pickled_state_name(stem: str) -> str | None:

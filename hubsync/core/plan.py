@@ -24,6 +24,7 @@ from .conversion import (
     TRAINING_ARGS_DOCUMENT,
     ConversionPlan,
     check_no_outside_links,
+    dcp_conversions,
     is_training_state,
     plan_conversion,
 )
@@ -272,6 +273,9 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
                 Upload(tensors_name, tensors_name, f.size, f.relpath),
             ]
         safe = {f.relpath for f in state_files}
+        for source, target in dcp_conversions(set(sizes)):  # FSDP's folders: measured when converted
+            converted.append(Upload(target, target, 0 if target.endswith(".json") else sizes[source], source))
+            safe.add(source)
         if TRAINING_ARGS in sizes:
             safe.add(TRAINING_ARGS)
             if checkpoint.training_args is not None:

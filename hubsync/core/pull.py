@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import STEP_DIGITS, checkpoint_name, has_weights
+from .checkpoint import DCP_DOCUMENT_RE, DCP_METADATA, STEP_DIGITS, checkpoint_name, has_weights
 from .conversion import STATE_DOCUMENT_RE, is_resumable, pickled_state_name
 from .errors import HostileListingError, NoCheckpointRevisionError, NotACheckpointRevisionError
 from .remote_paths import check_remote_path, shown_remote_path
@@ -33,6 +33,27 @@ class RebuiltFile:
     path: str  # optimizer.pt, rng_state.pth, ...
     document: RemoteFile  # optimizer.json
     tensors: RemoteFile  # optimizer.safetensors
+
+
+@dataclass(frozen=True)
+class RebuiltFolder:
+    """An FSDP torch.distributed.checkpoint folder pull writes back (its .metadata and .distcp files) from dcp.json
+    and one __<rank>_0.safetensors a .distcp file."""
+
+    folder: str  # pytorch_model_fsdp_0, optimizer_0
+    document: RemoteFile  # <folder>/dcp.json
+    tensors: tuple[RemoteFile, ...]  # <folder>/__<rank>_0.safetensors
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """What pull writes: <folder>/.metadata and <folder>/__<rank>_0.distcp."""
+        return (
+            f"{self.folder}/{DCP_METADATA}",
+            *(t.path.removesuffix(".safetensors") + ".distcp" for t in self.tensors),
+        )
+
+
+_DCP_TENSORS_RE = re.compile(r"^(?P<folder>[^/]+)/__[0-9]{1,6}_[0-9]{1,6}\.safetensors\Z")
 
 
 @dataclass(frozen=True)
@@ -61,9 +82,21 @@ class PullPlan:
         return tuple(out)
 
     @property
+    def rebuilt_folders(self) -> tuple[RebuiltFolder, ...]:
+        """The FSDP folders pull writes back from their pickle-free form (dcp.json + safetensors)."""
+        out = []
+        for f in self.files:
+            if DCP_DOCUMENT_RE.match(f.path):
+                folder = f.path.rsplit("/", 1)[0]
+                tensors = tuple(t for t in self.files if (m := _DCP_TENSORS_RE.match(t.path)) and m["folder"] == folder)
+                out.append(RebuiltFolder(folder, f, tensors))
+        return tuple(out)
+
+    @property
     def written(self) -> tuple[RemoteFile, ...]:
         """The files of the revision that pull places as they are (not those it rebuilds training state from)."""
         sources = {f.path for r in self.rebuilt for f in (r.document, r.tensors)}
+        sources |= {f.path for r in self.rebuilt_folders for f in (r.document, *r.tensors)}
         return tuple(f for f in self.files if f.path not in sources)
 
     @property

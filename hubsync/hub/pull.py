@@ -102,10 +102,10 @@ def check_space(plan: PullPlan) -> None:
 def check_rebuild(plan: PullPlan) -> None:
     """Refuse, before anything is fetched, a revision whose training state was pushed pickle-free when torch is
     missing: optimizer.pt & co. are written back with torch.save, and torch is the train extra's."""
-    if plan.rebuilt:
+    if plan.rebuilt or plan.rebuilt_folders:
         from hubsync.convert.state import load_torch
 
-        names = [r.path for r in plan.rebuilt]
+        names = [r.path for r in plan.rebuilt] + [f"{r.folder}/" for r in plan.rebuilt_folders]
         shown = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
         load_torch(f"pulling {plan.repo_id} @ {plan.revision} (it writes {shown} back from their pickle-free form)")
         if any(DEEPSPEED_STATE_RE.match(name) for name in names):  # they hold a few of DeepSpeed's own objects
@@ -126,15 +126,27 @@ def already_pulled(plan: PullPlan) -> bool:
     found = set()
     for dirpath, _dirnames, filenames in os.walk(target):
         found |= {(Path(dirpath) / name).relative_to(target).as_posix() for name in filenames}
-    if found != {f.path for f in plan.written} | {r.path for r in plan.rebuilt}:
+    remade = {r.path for r in plan.rebuilt} | {p for r in plan.rebuilt_folders for p in r.paths}
+    if found != {f.path for f in plan.written} | remade:
         return False
     if not all(_matches(target / f.path, f) for f in plan.written):
         return False
-    if not plan.rebuilt:
+    if not plan.rebuilt and not plan.rebuilt_folders:
         return True
+    from hubsync.convert.dcp import encode_dcp
     from hubsync.convert.state import encode_state, safe_names
 
     with system_temp_dir("pull-check") as scratch:
+        for folder in plan.rebuilt_folders:
+            out = scratch / folder.folder
+            out.mkdir(parents=True)
+            try:
+                encode_dcp(target / folder.folder, folder.folder, out)
+            except (HubsyncError, OSError):
+                return False
+            for remote in (folder.document, *folder.tensors):
+                if not _matches(out / remote.path.rsplit("/", 1)[1], remote):
+                    return False
         for rebuilt in plan.rebuilt:
             local = target / rebuilt.path
             if local.is_symlink() or not local.is_file():
@@ -232,8 +244,15 @@ def _fetch_all(fetch: Callable[[RemoteFile, Transfers], None], files: tuple[Remo
 
 def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
     """Turn pickle-free training state (<name>.json + <name>.safetensors) back into the files the Trainer loads."""
+    for folder in plan.rebuilt_folders:  # FSDP's torch.distributed.checkpoint folders
+        from hubsync.convert.dcp import rebuild_dcp
+
+        rebuild_dcp(staging / folder.document.path)
+        for remote in (folder.document, *folder.tensors):
+            (staging / remote.path).unlink()
     names = {f.path for f in plan.files}
     documents = [n for n in names if n.endswith(".json") and n.removesuffix(".json") + ".safetensors" in names]
+    documents = [n for n in documents if n not in {r.document.path for r in plan.rebuilt_folders}]
     if not documents:
         return
     from hubsync.convert.state import is_state_document, rebuild_state

@@ -13,8 +13,9 @@ from typing import Any, Protocol, TypeVar
 
 from hubsync.convert import convert_weights
 from hubsync.convert.compare import check_superseded
+from hubsync.convert.dcp import encode_dcp
 from hubsync.convert.state import encode_state
-from hubsync.core.checkpoint import Checkpoint
+from hubsync.core.checkpoint import DCP_METADATA_RE, Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
 from hubsync.core.errors import CommitConflictError, HubError, HubsyncError, IncompletePushError, RepoNotFoundError
 from hubsync.core.index import (
@@ -231,6 +232,10 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             if source is not None and STATE_FILE_RE.match(source):
                 (staging / source).parent.mkdir(parents=True, exist_ok=True)  # global_step<N>/ of DeepSpeed
                 encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", (staging / source).parent)
+            elif source is not None and DCP_METADATA_RE.match(source):  # the whole folder: its .distcp files too
+                folder = source.rsplit("/", 1)[0]
+                (staging / folder).mkdir(parents=True, exist_ok=True)
+                encode_dcp(checkpoint.path / folder, f"{checkpoint.display}/{folder}", staging / folder)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)
