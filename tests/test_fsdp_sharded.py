@@ -109,8 +109,11 @@ def test_an_fsdp_sharded_checkpoint_round_trips_pickle_free(hub: RunningHub, api
     published = set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
     assert {"pytorch_model_fsdp_0/dcp.json", "optimizer_0/__0_0.safetensors", "scheduler.json"} <= published
     assert not [p for p in published if p.endswith((".distcp", ".metadata", ".pt", ".pth", ".bin"))]
+    listed = _cli(hub, "ls", "me/fsdp")
+    assert listed.exit_code == 0 and "yes (FSDP sharded state, 1 rank)" in listed.output, listed.output
     result = _cli(hub, "pull", "me/fsdp", "--revision", "checkpoint-10", "--to", str(tmp_path / "pulled"))
     assert result.exit_code == 0, result.output
+    assert "optimizer state: FSDP sharded state, 1 rank" in result.output and "resume: Trainer.train" in result.output
     pulled = tmp_path / "pulled" / "checkpoint-10"
     for name in ("pytorch_model_fsdp_0", "optimizer_0"):
         assert sorted(p.name for p in (pulled / name).iterdir()) == [".metadata", "__0_0.distcp"]
@@ -133,3 +136,60 @@ def test_the_metadata_file_is_not_left_out_for_its_name() -> None:
 
     names = {f.relpath for f in read_checkpoint(FIXTURE).files}
     assert {"pytorch_model_fsdp_0/.metadata", "optimizer_0/.metadata"} <= names
+
+
+FSDP_FILES = {
+    "trainer_state.json",
+    "scheduler.pt",
+    "rng_state.pth",
+    "pytorch_model_fsdp_0/.metadata",
+    "pytorch_model_fsdp_0/__0_0.distcp",
+    "optimizer_0/.metadata",
+    "optimizer_0/__0_0.distcp",
+}
+
+
+def _pickle_free(names: set[str]) -> set[str]:
+    out = set()
+    for n in names:
+        if n.endswith(".metadata"):
+            out.add(n.replace(".metadata", "dcp.json"))
+        elif n.endswith(".distcp"):
+            out.add(n.replace(".distcp", ".safetensors"))
+        elif n.endswith((".pt", ".pth")):
+            stem = n.rsplit(".", 1)[0]
+            out |= {f"{stem}.json", f"{stem}.safetensors"}
+        else:
+            out.add(n)
+    return out
+
+
+@pytest.mark.parametrize("form", ["as written", "pickle-free"])
+def test_an_fsdp_checkpoint_is_resumable_with_its_ranks(form: str) -> None:
+    from hubsync.core.conversion import is_resumable, resume_missing
+    from hubsync.core.layouts import state_layout
+
+    names = FSDP_FILES if form == "as written" else _pickle_free(FSDP_FILES)
+    layout = state_layout(names)
+    assert layout is not None and layout.describe() == "FSDP sharded state, 1 rank"
+    assert is_resumable(names)
+    two = names | {n.replace("__0_0", "__1_0") for n in names if "__0_0" in n}
+    assert state_layout(two).describe() == "FSDP sharded state, 2 ranks"  # type: ignore[union-attr]
+    assert resume_missing(two - {"optimizer_0/__1_0.distcp", "optimizer_0/__1_0.safetensors"}) == (
+        "FSDP optimizer state of rank 1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("gone", "said"),
+    [
+        ("optimizer_0/", "FSDP optimizer state (optimizer_0/)"),
+        ("optimizer_0/.metadata", "FSDP optimizer state's metadata (optimizer_0/.metadata)"),
+        ("scheduler.pt", "scheduler state"),
+        ("pytorch_model_fsdp_0/", "model weights"),
+    ],
+)
+def test_what_an_fsdp_resume_lacks_is_named(gone: str, said: str) -> None:
+    from hubsync.core.conversion import resume_missing
+
+    assert said in resume_missing({n for n in FSDP_FILES if not n.startswith(gone)})

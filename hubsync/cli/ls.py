@@ -44,7 +44,7 @@ def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | N
             "" if r.step is None else str(r.step),
             "" if r.epoch is None else f"{r.epoch:.2f}",
             *[f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in names],
-            "yes" if r.resumable else "no",
+            ("yes" if r.resumable else "no") + (f" ({r.layout})" if r.layout else ""),
             r.commit[:12],
             (r.date or "")[:19].replace("T", " "),
         ]

@@ -13,6 +13,7 @@ import yaml
 from .checkpoint import EVAL_TIMINGS, TrainerState, finite_number, loads_json
 from .conversion import is_resumable
 from .escape import clean_front_matter
+from .layouts import state_layout
 from .render import render
 
 INDEX_FILE = ".hubsync/index.json"
@@ -42,12 +43,14 @@ def index_entry(
 ) -> dict[str, Any]:
     """What the index says of one pushed revision."""
     resumable = is_resumable(set(files))
+    layout = state_layout(set(files))
     return {
         "revision": revision,
         "step": step,
         "epoch": epoch,
         "metrics": {k: float(f"{v:.6g}") for k, v in sorted(metrics.items())},
         "resumable": resumable,
+        **({"layout": layout.describe()} if layout is not None else {}),  # DeepSpeed's, FSDP's: how many ranks
         "commit": commit,
     }
 
@@ -97,6 +100,9 @@ def _checked_entry(entry: Any) -> dict[str, Any] | None:
     for key in ("resumable", "released"):
         if isinstance(entry.get(key), bool):
             out[key] = entry[key]
+    layout = entry.get("layout")
+    if isinstance(layout, str) and re.fullmatch(r"[A-Za-z0-9 ,/()_.-]{1,80}", layout):
+        out["layout"] = layout
     if isinstance(entry.get("commit"), str) and _COMMIT.fullmatch(entry["commit"]):
         out["commit"] = entry["commit"]
     tags = entry.get("tags")

@@ -2,7 +2,8 @@
 
 The Trainer writes optimizer.pt when one process holds the optimizer; a distributed engine writes its own files,
 one a rank. `state_layout` names the engine, how many ranks the state is split into, and what its resume lacks.
-Another layout (FSDP's pytorch_model_fsdp_0/ and optimizer_0/ folders) is one more function in _LAYOUTS.
+FSDP's SHARDED_STATE_DICT (torch.distributed.checkpoint folders pytorch_model_fsdp_0/ and optimizer_0/) is the
+other function in _LAYOUTS.
 """
 
 from __future__ import annotations
@@ -71,7 +72,40 @@ def _deepspeed(paths: Collection[str]) -> StateLayout | None:
     return StateLayout("deepspeed", label, ranks, tuple(missing))
 
 
-_LAYOUTS: tuple[Callable[[Collection[str]], StateLayout | None], ...] = (_deepspeed,)
+_FSDP_FILE_RE = re.compile(
+    r"^(?P<folder>(?P<what>pytorch_model_fsdp|optimizer)_(?P<n>[0-9]{1,6}))/"
+    r"(?:\.metadata|dcp\.json|__(?P<rank>[0-9]{1,6})_0\.(?:distcp|safetensors))\Z"
+)
+
+
+def _fsdp(paths: Collection[str]) -> StateLayout | None:
+    """FSDP's SHARDED_STATE_DICT (accelerate's save_fsdp_model / save_fsdp_optimizer under the Trainer): the
+    folders pytorch_model_fsdp_0/ and optimizer_0/, each torch.distributed.checkpoint's `.metadata` and one
+    `__<rank>_0.distcp` a rank, or hubsync's pickle-free form of them (dcp.json and __<rank>_0.safetensors)."""
+    found = [m for p in paths if (m := _FSDP_FILE_RE.match(p))]
+    if not found:
+        return None
+    ranks_of: dict[str, set[int]] = {}
+    described: set[str] = set()
+    for m in found:
+        ranks_of.setdefault(m["folder"], set())
+        if m["rank"] is None:
+            described.add(m["folder"])
+        else:
+            ranks_of[m["folder"]].add(int(m["rank"]))
+    ranks = max((max(r) + 1 for r in ranks_of.values() if r), default=0)
+    missing = []
+    for folder, what in (("pytorch_model_fsdp_0", "FSDP model state"), ("optimizer_0", "FSDP optimizer state")):
+        if folder not in ranks_of:
+            missing.append(f"{what} ({folder}/)")
+            continue
+        if folder not in described:
+            missing.append(f"{what}'s metadata ({folder}/.metadata)")
+        missing += [f"{what} of rank {r}" for r in range(ranks) if r not in ranks_of[folder]]
+    return StateLayout("fsdp", "FSDP sharded state", ranks, tuple(missing))
+
+
+_LAYOUTS: tuple[Callable[[Collection[str]], StateLayout | None], ...] = (_deepspeed, _fsdp)
 
 
 def state_layout(paths: Collection[str]) -> StateLayout | None:

@@ -9,6 +9,7 @@ from hubsync.core.checkpoint import checkpoint_step, loads_json, parse_trainer_s
 from hubsync.core.conversion import is_resumable
 from hubsync.core.errors import RemoteFileTooLargeError, UnsafeRemotePathError
 from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
+from hubsync.core.layouts import state_layout
 from hubsync.core.pull import RemoteFile, step_of
 
 
@@ -30,6 +31,7 @@ class RevisionInfo:
     resumable: bool
     commit: str
     date: str | None
+    layout: str | None = None  # a distributed engine's state: "FSDP sharded state, 2 ranks"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class RevisionInfo:
             "resumable": self.resumable,
             "commit": self.commit,
             "date": self.date,
+            **({"layout": self.layout} if self.layout is not None else {}),
         }
 
 
@@ -66,6 +69,7 @@ def checkpoint_revisions(hub: RevisionSource, repo_id: str) -> list[RevisionInfo
                 resumable=bool(entry.get("resumable")),
                 commit=commit,
                 date=dates[0][1] if dates else None,
+                layout=entry.get("layout") if isinstance(entry.get("layout"), str) else None,
             )
         )
     return sorted(out, key=lambda r: (r.step if r.step is not None else -1, r.revision))
@@ -80,8 +84,10 @@ def _describe(hub: RevisionSource, repo_id: str, revision: str, commit: str) -> 
         return {"resumable": False}  # listed, never pulled: pull refuses it and says why
     if not names - {".gitattributes"}:
         return None
+    layout = state_layout(names)
     entry: dict[str, Any] = {
         "resumable": is_resumable(names),
+        **({"layout": layout.describe()} if layout is not None else {}),
     }
     if "trainer_state.json" in names:
         try:
