@@ -193,3 +193,66 @@ def test_what_an_fsdp_resume_lacks_is_named(gone: str, said: str) -> None:
     from hubsync.core.conversion import resume_missing
 
     assert said in resume_missing({n for n in FSDP_FILES if not n.startswith(gone)})
+
+
+def _base_model() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(  # make_run.py's
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _lora_config(folder: Path) -> Path:
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    config.base_model_name_or_path = str(folder / "a" / "local" / "path")  # what a run beside the base model writes
+    config.save_pretrained(str(folder))
+    return folder / "adapter_config.json"
+
+
+def test_the_lora_weights_are_published_loadable_with_the_run_folders_config(
+    hub: RunningHub, api: Any, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    _lora_config(tmp_path / "run")
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", *BASE)
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    published = set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= published
+    assert not [p for p in published if p.startswith(("pytorch_model_fsdp_0/", "optimizer_0/"))]  # state dropped
+    local = Path(api.snapshot_download("me/fsdp", revision="checkpoint-10", local_dir=tmp_path / "download"))
+    config = (local / "adapter_config.json").read_text()
+    assert '"base_model_name_or_path": "meta-llama/Llama-3.1-8B-Instruct"' in config and str(tmp_path) not in config
+    model = PeftModel.from_pretrained(_base_model(), str(local))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    expected = dcp_state(FIXTURE / "pytorch_model_fsdp_0", tmp_path)["model"]
+    assert len(loaded) == len(expected) == 8
+    for key, tensor in expected.items():  # base_model....lora_A.weight -> base_model....lora_A.default.weight
+        assert torch.equal(loaded[key.replace(".weight", ".default.weight")], tensor)
+
+
+def test_lora_weights_without_a_config_are_published_with_a_warning(hub: RunningHub, api: Any, tmp_path: Path) -> None:
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", *BASE)
+    assert result.exit_code == 0, result.output
+    assert "warning: adapter_model.safetensors is published without adapter_config.json" in result.output
+    assert "--adapter-config FILE" in result.output
+    assert "adapter_config.json" not in set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+    config = _lora_config(tmp_path / "elsewhere")
+    again = push(hub, str(checkpoint), "--repo", "me/fsdp", "--adapter-config", str(config), *BASE)
+    assert again.exit_code == 0 and "warning" not in again.output, again.output
+    assert "adapter_config.json" in set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))

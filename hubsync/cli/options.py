@@ -180,6 +180,12 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="The training code's git commit, recorded in the card and the commit message "
                 "[default: HEAD of the git work tree holding the checkpoint].",
             ),
+            click.option(
+                "--adapter-config",
+                type=click.Path(dir_okay=False, path_type=str),
+                help="The adapter_config.json to publish with the LoRA weights of an FSDP sharded checkpoint, "
+                "which holds none [default: the run folder's adapter_config.json].",
+            ),
             max_wait_option,
         ]
     ):

@@ -124,6 +124,8 @@ def _print_result(plan: Any, result: Any) -> None:
         echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
     for skipped in plan.skipped:
         echo(f"  skipped: {skipped}")
+    for warning in plan.warnings:
+        echo(f"  warning: {warning}")
     echo(f"  commit: {result.commit}")
     if result.tags:
         echo(f"  tags:   {', '.join(result.tags)}")
@@ -164,6 +166,8 @@ def _print_plan(plan: Any, preview: Any) -> None:
         echo(f"  drop    {dropped}  (training state; --training-state keep uploads it)")
     for skipped in plan.skipped:
         echo(f"  skip    {skipped}")
+    for warning in plan.warnings:
+        echo(f"  warning: {warning}")
     for pickled in plan.conversion.superseded:
         echo(f"  skip    {pickled}  (the safetensors file beside it holds the same tensors)")
     for path in preview.delete:

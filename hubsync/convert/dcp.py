@@ -414,63 +414,116 @@ class _Tensor:
     key: str
     dtype: DType
     shape: tuple[int, ...]
-    start: int  # in the .distcp file
-    nbytes: int
+    pieces: tuple[tuple[Path, int, int], ...]  # (.distcp file, start, bytes), laid end to end
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, _, n in self.pieces)
 
 
 def dcp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if DISTCP_RE.match(p.name))
 
 
-def encode_dcp(folder: Path, shown: str, out_dir: Path) -> list[str]:
-    """Write dcp.json and one <stem>.safetensors a .distcp of the DCP `folder` into `out_dir`: the names written."""
+def _read_entry(folder: Path, shown: str, meta: DcpMetadata, entry: Entry, scratch: Path) -> Any:
+    """Where an entry's tensor lies in its .distcp file (a _Tensor), or its value as a JSON tree; the entry's
+    torch.save() archive read by torchzip's restricted reader, from a copy of its bytes in `scratch`."""
     from .state import _encode, check_tree
 
+    where = f"{shown}/{entry.file}"
+    path = folder / entry.file
+    if entry.start + entry.length > path.stat().st_size:
+        raise _bad(where, f"the entry {entry.fqn[:80]!r} reaches past the end of the file (truncated?)")
+    fd, tmp = temp_file(scratch, ".item")
+    try:
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            src.seek(entry.start)
+            left = entry.length
+            while left:
+                chunk = src.read(min(left, 8 << 20))
+                if not chunk:
+                    raise _bad(where, "the file ends early")
+                out.write(chunk)
+                left -= len(chunk)
+        archive = read_torch_archive(tmp, f"{where} ({entry.fqn[:80]})", state=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if entry.offset is None:
+        if archive.tensors:
+            raise UnrepresentableStateError(where, f"tensor inside the value {entry.fqn[:80]!r}")
+        check_tree(archive.root, where)
+        return _encode(archive.root, {}, where)
+    spec = meta.tensors[entry.fqn]
+    chunk = next(c for c in spec["chunks"] if c["offsets"] == list(entry.offset))
+    ref = archive.root
+    if not isinstance(ref, TensorRef):
+        raise _bad(where, f"the entry {entry.fqn[:80]!r} does not hold a tensor")
+    if ref.dtype != _TORCH_DTYPES[spec["dtype"]] or list(ref.shape) != chunk["sizes"]:
+        raise _bad(where, f"the tensor {entry.fqn[:80]!r} is not the dtype and shape its metadata says")
+    if not ref.is_contiguous:
+        raise UnrepresentableStateError(where, "non-contiguous tensor chunk")
+    storage = archive.storages[ref.storage.key]
+    start = entry.start + storage.file_offset + ref.offset * ref.dtype.itemsize
+    return _Tensor(entry.key, ref.dtype, ref.shape, ((path, start, ref.nbytes),))
+
+
+def consolidate_dcp(folder: Path, shown: str, target: Path) -> int:
+    """Write the whole tensors of a DCP model folder (pytorch_model_fsdp_0/) as one safetensors file, named as
+    the model loads them: the state dict's own keys (planner data: ("model", key) -> key), each tensor from its
+    chunks, which FSDP splits along the first dimension (Shard(0)); UnrepresentableStateError for another split.
+    The number of tensors written."""
+    meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
+    pieces: dict[str, dict[tuple[int, ...], _Tensor]] = {}
+    for entry in meta.entries:
+        if entry.offset is not None:
+            found = _read_entry(folder, shown, meta, entry, target.parent)
+            pieces.setdefault(entry.fqn, {})[entry.offset] = found
+    whole = []
+    for fqn, spec in meta.tensors.items():
+        path = (meta.planner_data or {}).get(fqn)
+        name = ".".join(map(str, path[1:])) if path and len(path) > 1 and path[0] == "model" else fqn
+        name = name if path else name.removeprefix("model.")
+        chunks = sorted(spec["chunks"], key=lambda c: c["offsets"])
+        size = spec["size"]
+        rows = 0
+        for c in chunks:
+            if (
+                c["offsets"][1:] != [0] * (len(size) - 1)
+                or c["sizes"][1:] != size[1:]
+                or (size and c["offsets"][0] != rows)
+            ):
+                raise UnrepresentableStateError(
+                    f"{shown}/{DCP_METADATA}", f"tensor {fqn[:80]!r} split other than by rows"
+                )
+            rows += c["sizes"][0] if size else 1
+        if (size and rows != size[0]) or tuple(tuple(c["offsets"]) for c in chunks) != tuple(
+            sorted(pieces.get(fqn, {}))
+        ):
+            raise _bad(f"{shown}/{DCP_METADATA}", f"the chunks of {fqn[:80]!r} do not make the whole tensor")
+        parts = [pieces[fqn][tuple(c["offsets"])] for c in chunks]
+        whole.append(_Tensor(name, parts[0].dtype, tuple(size), tuple(p for t in parts for p in t.pieces)))
+    if len({t.key for t in whole}) != len(whole):
+        raise _bad(f"{shown}/{DCP_METADATA}", "two tensors of one name")
+    _write_safetensors(whole, target, shown)
+    return len(whole)
+
+
+def encode_dcp(folder: Path, shown: str, out_dir: Path) -> list[str]:
+    """Write dcp.json and one <stem>.safetensors a .distcp of the DCP `folder` into `out_dir`: the names written."""
     meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
     files: dict[str, list[dict[str, Any]]] = {name: [] for name in dcp_files(folder)}
     tensors: dict[str, list[_Tensor]] = {name: [] for name in files}
     for entry in meta.entries:
-        where = f"{shown}/{entry.file}"
         if entry.file not in files:
             raise _bad(f"{shown}/{DCP_METADATA}", f"it names {entry.file}, which the folder lacks")
-        path = folder / entry.file
-        if entry.start + entry.length > path.stat().st_size:
-            raise _bad(where, f"the entry {entry.fqn[:80]!r} reaches past the end of the file (truncated?)")
-        fd, tmp = temp_file(out_dir, ".item")
-        try:
-            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
-                src.seek(entry.start)
-                left = entry.length
-                while left:
-                    chunk = src.read(min(left, 8 << 20))
-                    if not chunk:
-                        raise _bad(where, "the file ends early")
-                    out.write(chunk)
-                    left -= len(chunk)
-            archive = read_torch_archive(tmp, f"{where} ({entry.fqn[:80]})", state=True)
-        finally:
-            tmp.unlink(missing_ok=True)
         record: dict[str, Any] = {"fqn": entry.fqn, "index": entry.index}
-        if entry.offset is not None:
-            spec = meta.tensors[entry.fqn]
-            chunk = next(c for c in spec["chunks"] if c["offsets"] == list(entry.offset))
-            ref = archive.root
-            if not isinstance(ref, TensorRef):
-                raise _bad(where, f"the entry {entry.fqn[:80]!r} does not hold a tensor")
-            if ref.dtype != _TORCH_DTYPES[spec["dtype"]] or list(ref.shape) != chunk["sizes"]:
-                raise _bad(where, f"the tensor {entry.fqn[:80]!r} is not the dtype and shape its metadata says")
-            if not ref.is_contiguous:
-                raise UnrepresentableStateError(where, "non-contiguous tensor chunk")
-            storage = archive.storages[ref.storage.key]
-            start = entry.start + storage.file_offset + ref.offset * ref.dtype.itemsize
-            tensors[entry.file].append(_Tensor(entry.key, ref.dtype, ref.shape, start, ref.nbytes))
-            record["offset"] = list(entry.offset)
+        found = _read_entry(folder, shown, meta, entry, out_dir)
+        if isinstance(found, _Tensor):
+            tensors[entry.file].append(found)
+            record["offset"] = list(entry.offset or ())
             record["tensor"] = entry.key
         else:
-            if archive.tensors:
-                raise UnrepresentableStateError(where, f"tensor inside the value {entry.fqn[:80]!r}")
-            check_tree(archive.root, where)
-            record["value"] = _encode(archive.root, {}, where)
+            record["value"] = found
         files[entry.file].append(record)
     document = {
         "format": FORMAT,
@@ -485,13 +538,13 @@ def encode_dcp(folder: Path, shown: str, out_dir: Path) -> list[str]:
     written = []
     for name, found in tensors.items():
         target = out_dir / (name.removesuffix(".distcp") + ".safetensors")
-        _write_safetensors(folder / name, found, target, f"{shown}/{name}")
+        _write_safetensors(found, target, f"{shown}/{name}")
         written.append(target.name)
     write_file_atomic(out_dir / DCP_DOCUMENT, (json.dumps(document, indent=1) + "\n").encode())
     return [DCP_DOCUMENT, *written]
 
 
-def _write_safetensors(source: Path, tensors: list[_Tensor], target: Path, shown: str) -> None:
+def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     ordered = sorted(tensors, key=lambda t: t.key)
@@ -502,17 +555,18 @@ def _write_safetensors(source: Path, tensors: list[_Tensor], target: Path, shown
     encoded += b" " * (-len(encoded) % 8)
     fd, tmp = temp_file(target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+        with os.fdopen(fd, "wb") as out:
             out.write(struct.pack("<Q", len(encoded)) + encoded)
-            for t in ordered:
-                src.seek(t.start)
-                left = t.nbytes
-                while left:
-                    chunk = src.read(min(left, 8 << 20))
-                    if not chunk:
-                        raise _bad(shown, "the file ends early")
-                    out.write(chunk)
-                    left -= len(chunk)
+            for source, start, count in (p for t in ordered for p in t.pieces):
+                with source.open("rb") as src:
+                    src.seek(start)
+                    left = count
+                    while left:
+                        chunk = src.read(min(left, 8 << 20))
+                        if not chunk:
+                            raise _bad(shown, "the file ends early")
+                        out.write(chunk)
+                        left -= len(chunk)
             out.flush()
             os.fsync(out.fileno())
         from safetensors import safe_open

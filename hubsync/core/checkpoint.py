@@ -106,6 +106,11 @@ class Checkpoint:
     run_name: str | None = None  # the folder holding the checkpoint-N folders
     outside_links: tuple[tuple[str, str], ...] = ()  # (path, where it leads): never followed, refused by uploads
     trainer_state_json: Mapping[str, Any] | None = None  # trainer_state.json as it is, for a publishable copy
+    # FSDP's sharded model folder (pytorch_model_fsdp_0/): the loadable file its tensors make, consolidated
+    # (adapter_model.safetensors for LoRA weights, else model.safetensors), and the adapter_config.json the
+    # Trainer wrote beside the checkpoints (FSDP's checkpoints hold none)
+    fsdp_weights: str | None = None
+    run_adapter_config: Mapping[str, Any] | None = None
 
 
 def finite_number(value: Any) -> float | None:
@@ -368,6 +373,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         except ValueError as exc:
             raise CheckpointFileError(state_shown, str(exc)) from exc
     step = state.global_step if state and state.global_step is not None else checkpoint_step(root.name)
+    fsdp_weights, run_adapter_config = _fsdp_model(root, names, shown)
     return Checkpoint(
         root,
         shown,
@@ -383,7 +389,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         run_name=_run_name(root) if checkpoint_step(root.name) is not None else None,
         outside_links=tuple(outside),
         trainer_state_json=raw_state,
+        fsdp_weights=fsdp_weights,
+        run_adapter_config=run_adapter_config,
     )
+
+
+def _fsdp_model(root: Path, names: set[str], shown: str) -> tuple[str | None, Mapping[str, Any] | None]:
+    """What FSDP's sharded model folder consolidates to, from its tensor names (its .metadata read by the
+    restricted reader, which refuses a hostile one), and the run folder's adapter_config.json for LoRA weights."""
+    folder = "pytorch_model_fsdp_0"
+    if f"{folder}/{DCP_METADATA}" not in names or names & {"adapter_model.safetensors", "model.safetensors"}:
+        return None, None
+    from hubsync.convert.dcp import read_metadata  # the reader of DCP's pickle, which nothing here runs
+
+    meta = read_metadata(root / folder / DCP_METADATA, f"{shown}/{folder}/{DCP_METADATA}")
+    if not any(".lora_A." in k or ".lora_B." in k for k in meta.tensors):
+        return "model.safetensors", None
+    config = None
+    if ADAPTER_CONFIG not in names and (root.parent / ADAPTER_CONFIG).is_file():
+        config = read_json_file(root.parent / ADAPTER_CONFIG, f"{display_path(root.parent)}/{ADAPTER_CONFIG}")
+        config = config if isinstance(config, dict) else None
+    return "adapter_model.safetensors", config
 
 
 def _json_object(root: Path, name: str, names: set[str], shown: str) -> Mapping[str, Any] | None:

@@ -114,6 +114,7 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("release", "release", bool, False),
     Setting("git-commit", "git_commit", str, check=_git_commit),
     Setting("template", "template", str, path=True),
+    Setting("adapter-config", "adapter_config", str, path=True),
     Setting("license", "license_", str, check=_license),
     Setting("base-model", "base_model", str, check=_hub_id),
     Setting("datasets", "dataset", list, (), check=_hub_id),

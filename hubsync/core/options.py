@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .card import CardSettings
+from .checkpoint import read_json_file
 from .config import PUSH_SETTINGS, Resolved, Setting, find_config, resolve_settings
-from .errors import MissingRepoError, TemplateError
+from .errors import CheckpointFileError, MissingRepoError, TemplateError
 from .paths import display_path
 from .plan import PushOptions
 from .runs import project_folder
@@ -73,7 +74,19 @@ def push_options(settings: Resolved, secret_tokens: tuple[str, ...] = ()) -> Pus
         revision_pattern=True,
         git_commit=settings["git-commit"],
         secret_tokens=tuple(t for t in secret_tokens if t),
+        adapter_config=_adapter_config(settings["adapter-config"]),
     )
+
+
+def _adapter_config(path: str | None) -> dict[str, Any] | None:
+    """--adapter-config: a JSON object (CheckpointFileError naming the file otherwise)."""
+    if path is None:
+        return None
+    shown = display_path(path)
+    data = read_json_file(Path(path), shown)
+    if not isinstance(data, dict):
+        raise CheckpointFileError(shown, "expected a JSON object (an adapter_config.json)")
+    return data
 
 
 def card_settings(settings: Resolved) -> CardSettings:

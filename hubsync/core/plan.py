@@ -10,6 +10,8 @@ from typing import Any
 
 from .card import CardSettings, card_context, card_files
 from .checkpoint import (
+    ADAPTER_CONFIG,
+    DCP_METADATA,
     MAX_JSON_BYTES,
     TRAINING_ARGS,
     Checkpoint,
@@ -53,6 +55,7 @@ from .secrets import (
 )
 from .selection import DEFAULT_REVISION, revision_name
 
+FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's save_fsdp_model, for the Trainer's one model
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
 
 
@@ -89,6 +92,7 @@ class PushPlan:
     release: tuple[str, ...] = ()  # with --release: the paths that main gets too (the inference files)
     metrics: Mapping[str, float] = field(default_factory=dict)  # epoch, train loss, newest eval metrics
     git_commit: str | None = None  # of the training repository, recorded in the card and the commit message
+    warnings: tuple[str, ...] = ()  # what the push publishes in a form that falls short, and how to mend it
 
     @property
     def total_bytes(self) -> int:
@@ -215,6 +219,7 @@ class PushOptions:
     revision_pattern: bool = False  # `revision` is a pattern with {step}, {epoch}, {run}
     git_commit: str | None = None  # the training code's commit, given; default: the checkpoint's git work tree
     secret_tokens: tuple[str, ...] = ()  # tokens never to publish beside those of HF_TOKEN and the saved login
+    adapter_config: Mapping[str, Any] | None = None  # --adapter-config: for FSDP's LoRA weights, which have none
 
 
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
@@ -224,6 +229,12 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     check_complete(checkpoint)
     if options.git_commit:
         checkpoint = replace(checkpoint, git_commit=options.git_commit)
+    lora_fsdp = checkpoint.fsdp_weights == "adapter_model.safetensors"
+    outside_config = (options.adapter_config or checkpoint.run_adapter_config) if lora_fsdp else None
+    if outside_config is not None and checkpoint.adapter_config is None:  # the card reads the base model from it
+        checkpoint = replace(checkpoint, adapter_config=outside_config)
+    else:
+        outside_config = None
     state = checkpoint.trainer_state
     if options.revision_pattern:
         name = revision_name(
@@ -243,6 +254,22 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     if conversion.index is not None:
         source, target = conversion.index
         converted.append(Upload(target, target, sizes[source], source))
+    warnings = []
+    if checkpoint.fsdp_weights is not None:  # FSDP's sharded model folder, consolidated into one loadable file
+        model_files = [n for n in sizes if n.startswith(f"{FSDP_MODEL_FOLDER}/") and n.endswith(".distcp")]
+        converted.append(
+            Upload(
+                checkpoint.fsdp_weights,
+                checkpoint.fsdp_weights,
+                sum(sizes[n] for n in model_files),
+                f"{FSDP_MODEL_FOLDER}/{DCP_METADATA}",
+            )
+        )
+        if lora_fsdp and checkpoint.adapter_config is None:
+            warnings.append(
+                "adapter_model.safetensors is published without adapter_config.json, which PEFT needs to load it: "
+                "push again with --adapter-config FILE (the adapter_config.json of the run's LoraConfig)"
+            )
     if options.card is not None:
         check_license(options.card.license)
     context = card_context(checkpoint, options.card, repo_id, branch) if options.card is not None else None
@@ -258,6 +285,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     for path, data in publishable_configs(checkpoint, context["base_model"] if context else None, who).items():
         if path in names:
             generated[path] = data
+    if outside_config is not None:
+        generated[ADAPTER_CONFIG] = adapter_config_json(outside_config, context["base_model"] if context else None, who)
     dropped = tuple(
         f.relpath for f in checkpoint.files if options.training_state == "drop" and is_training_state(f.relpath)
     )
@@ -347,7 +376,17 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         release=tuple(u.path_in_repo for u in uploads if options.release and is_inference_file(u.path_in_repo)),
         metrics=checkpoint_metrics(state),
         git_commit=checkpoint.git_commit,
+        warnings=tuple(warnings),
     )
+
+
+def adapter_config_json(config: Mapping[str, Any], base_model: str | None, who: Identity) -> bytes:
+    """An adapter_config.json from outside the checkpoint as published: its local base model path made the
+    Hub id (or null), then scrubbed as every published JSON file is."""
+    if is_local_path(config.get("base_model_name_or_path")):
+        config = {**config, "base_model_name_or_path": base_model}
+    raw = (json.dumps(dict(config), indent=2, sort_keys=True) + "\n").encode()
+    return scrubbed_json(ADAPTER_CONFIG, raw, who) or raw
 
 
 def with_sizes(plan: PushPlan, sizes: Mapping[str, int]) -> PushPlan:

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from hubsync.convert import convert_weights
 from hubsync.convert.compare import check_superseded
-from hubsync.convert.dcp import encode_dcp
+from hubsync.convert.dcp import consolidate_dcp, encode_dcp
 from hubsync.convert.state import encode_state
 from hubsync.core.checkpoint import DCP_METADATA_RE, Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
@@ -36,6 +36,7 @@ from hubsync.files import git_blob_hasher, git_blob_id, hash_file, system_temp_d
 from .client import CommitResult
 
 CONFLICT_RETRIES = 8
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors")  # what FSDP's sharded model folder consolidates to
 Files = Sequence[tuple[Path | bytes, str]]
 T = TypeVar("T")
 
@@ -228,14 +229,24 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
         check_superseded(checkpoint, plan.conversion)  # a .bin left out must say what its safetensors file says
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging)
-        for source in dict.fromkeys(u.converted_from for u in plan.uploads):
-            if source is not None and STATE_FILE_RE.match(source):
+        made: set[tuple[str, bool]] = set()  # (source, consolidated weights): each conversion once
+        for upload in plan.uploads:
+            source = upload.converted_from
+            weights = upload.path_in_repo in WEIGHTS
+            if source is None or (source, weights) in made:
+                continue
+            made.add((source, weights))
+            if STATE_FILE_RE.match(source):
                 (staging / source).parent.mkdir(parents=True, exist_ok=True)  # global_step<N>/ of DeepSpeed
                 encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", (staging / source).parent)
-            elif source is not None and DCP_METADATA_RE.match(source):  # the whole folder: its .distcp files too
+            elif DCP_METADATA_RE.match(source):  # FSDP's folder: its .distcp files too, or its consolidated weights
                 folder = source.rsplit("/", 1)[0]
-                (staging / folder).mkdir(parents=True, exist_ok=True)
-                encode_dcp(checkpoint.path / folder, f"{checkpoint.display}/{folder}", staging / folder)
+                shown = f"{checkpoint.display}/{folder}"
+                if weights:
+                    consolidate_dcp(checkpoint.path / folder, shown, staging / upload.path_in_repo)
+                else:
+                    (staging / folder).mkdir(parents=True, exist_ok=True)
+                    encode_dcp(checkpoint.path / folder, shown, staging / folder)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)
