@@ -256,3 +256,66 @@ def test_lora_weights_without_a_config_are_published_with_a_warning(hub: Running
     again = push(hub, str(checkpoint), "--repo", "me/fsdp", "--adapter-config", str(config), *BASE)
     assert again.exit_code == 0 and "warning" not in again.output, again.output
     assert "adapter_config.json" in set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+
+
+def _saved(folder: Path, state: dict[str, Any]) -> Path:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # "torch.distributed is disabled ...": one process, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(state, checkpoint_id=str(folder), no_dist=True)
+    return folder
+
+
+def test_a_value_of_a_foreign_class_in_a_distcp_is_refused(tmp_path: Path) -> None:
+    import datetime
+
+    from hubsync.core.errors import UnsafePickleError
+
+    folder = _saved(tmp_path / "optimizer_0", {"t": torch.ones(3), "bad": datetime.timedelta(days=1)})
+    with pytest.raises(UnsafePickleError, match=r"datetime\.timedelta"):
+        encode_dcp(folder, "optimizer_0", tmp_path)
+
+
+def test_a_dcp_folder_of_tensors_and_values_round_trips(tmp_path: Path) -> None:
+    state = {
+        "w": torch.arange(12, dtype=torch.bfloat16).reshape(3, 4),
+        "step": torch.tensor(7),
+        "groups": [{"lr": 0.1, "betas": (0.9, 0.99), "name": "a"}],
+        "flag": True,
+    }
+    folder = _saved(tmp_path / "optimizer_0", state)
+    out = tmp_path / "out" / "optimizer_0"
+    out.mkdir(parents=True)
+    encode_dcp(folder, "optimizer_0", out)
+    assert not list(out.glob("*.distcp"))
+    rebuild_dcp(out / "dcp.json")
+    assert same(dcp_state(folder, tmp_path), dcp_state(out, tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda d: d["files"].update({"../evil.distcp": d["files"].pop("__0_0.distcp")}), "evil"),
+        (lambda d: d.update(format="other"), "not a hubsync-dcp document"),
+        (lambda d: next(iter(d["tensors"].values())).update(dtype="complex64"), "complex64"),
+        (lambda d: d["files"]["__0_0.distcp"][0].update(fqn="unknown"), "no described name"),
+    ],
+    ids=["path", "format", "dtype", "name"],
+)
+def test_a_damaged_document_is_refused_by_pull(tmp_path: Path, change: Any, said: str) -> None:
+    import json
+
+    from hubsync.core.errors import DamagedStateError
+
+    out = tmp_path / "optimizer_0"
+    out.mkdir()
+    encode_dcp(FIXTURE / "optimizer_0", "optimizer_0", out)
+    document = json.loads((out / "dcp.json").read_text())
+    change(document)
+    (out / "dcp.json").write_text(json.dumps(document))
+    with pytest.raises(DamagedStateError, match=said):
+        rebuild_dcp(out / "dcp.json")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["__0_0.safetensors", "dcp.json"]

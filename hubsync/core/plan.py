@@ -268,7 +268,7 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         if lora_fsdp and checkpoint.adapter_config is None:
             warnings.append(
                 "adapter_model.safetensors is published without adapter_config.json, which PEFT needs to load it: "
-                "push again with --adapter-config FILE (the adapter_config.json of the run's LoraConfig)"
+                "pass --adapter-config FILE (the adapter_config.json of the run's LoraConfig)"
             )
     if options.card is not None:
         check_license(options.card.license)
@@ -302,8 +302,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
                 Upload(tensors_name, tensors_name, f.size, f.relpath),
             ]
         safe = {f.relpath for f in state_files}
-        for source, target in dcp_conversions(set(sizes)):  # FSDP's folders: measured when converted
-            converted.append(Upload(target, target, 0 if target.endswith(".json") else sizes[source], source))
+        for source, target in dcp_conversions(set(sizes)):  # FSDP's folders: about the size of their source
+            converted.append(Upload(target, target, sizes[source], source))
             safe.add(source)
         if TRAINING_ARGS in sizes:
             safe.add(TRAINING_ARGS)
