@@ -319,3 +319,46 @@ def test_a_damaged_document_is_refused_by_pull(tmp_path: Path, change: Any, said
     with pytest.raises(DamagedStateError, match=said):
         rebuild_dcp(out / "dcp.json")
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["__0_0.safetensors", "dcp.json"]
+
+
+def test_a_model_sharded_over_two_ranks_is_consolidated_whole(tmp_path: Path) -> None:
+    """Two ranks' row chunks (FSDP's Shard(0)), written by pull's rebuild from a document: DCP loads the whole
+    tensor from them, and the consolidated file holds it under the state dict's own name."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from hubsync.convert.dcp import consolidate_dcp
+    from hubsync.core.layouts import state_layout
+
+    full = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    spec = {"dtype": "float32", "requires_grad": False, "pin_memory": False, "memory_format": "contiguous_format"}
+    chunks = [{"offsets": [0, 0], "sizes": [2, 3]}, {"offsets": [2, 0], "sizes": [2, 3]}]
+    document = {
+        "format": "hubsync-dcp",
+        "version": 1,
+        "tensors": {"model.w": {**spec, "size": [4, 3], "chunks": chunks}},
+        "values": [],
+        "planner_data": {"model.w": ["model", "w"]},
+        "storage_meta": None,
+        "dcp_version": "1.0.0",
+        "files": {
+            f"__{rank}_0.distcp": [
+                {"fqn": "model.w", "index": 0, "offset": [2 * rank, 0], "tensor": f"model.w@{2 * rank},0"}
+            ]
+            for rank in (0, 1)
+        },
+    }
+    folder = tmp_path / "pytorch_model_fsdp_0"
+    folder.mkdir()
+    (folder / "dcp.json").write_text(json.dumps(document))
+    for rank in (0, 1):
+        save_file({f"model.w@{2 * rank},0": full[2 * rank : 2 * rank + 2].clone()}, folder / f"__{rank}_0.safetensors")
+    rebuild_dcp(folder / "dcp.json")
+    assert torch.equal(dcp_state(folder, tmp_path)["model"]["w"], full)
+    names = {f"pytorch_model_fsdp_0/{p.name}" for p in folder.iterdir()}
+    assert state_layout(names).describe() == "FSDP sharded state, 2 ranks"  # type: ignore[union-attr]
+    for name in ("dcp.json", "__0_0.safetensors", "__1_0.safetensors"):
+        (folder / name).unlink()
+    assert consolidate_dcp(folder, "pytorch_model_fsdp_0", tmp_path / "model.safetensors") == 1
+    assert torch.equal(load_file(tmp_path / "model.safetensors")["w"], full)
