@@ -362,3 +362,13 @@ def test_a_model_sharded_over_two_ranks_is_consolidated_whole(tmp_path: Path) ->
         (folder / name).unlink()
     assert consolidate_dcp(folder, "pytorch_model_fsdp_0", tmp_path / "model.safetensors") == 1
     assert torch.equal(load_file(tmp_path / "model.safetensors")["w"], full)
+
+
+def test_values_that_unfold_into_too_much_together_are_refused(tmp_path: Path) -> None:
+    """Each value a pickle sharing one list under many names: within the limit alone, over it together."""
+    from hubsync.core.errors import UnrepresentableStateError
+
+    shared = [[0] * 600] * 1000  # about 600,000 entries unfolded, from a few KB
+    folder = _saved(tmp_path / "optimizer_0", {"t": torch.ones(1), "a": shared, "b": shared})
+    with pytest.raises(UnrepresentableStateError, match="more than 1,000,000 entries"):
+        encode_dcp(folder, "optimizer_0", tmp_path)

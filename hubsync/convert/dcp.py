@@ -38,6 +38,7 @@ from hubsync.core.torchfile import BoundedUnpickler, PickleLimitError, PickleLim
 from hubsync.extras import needs_extra
 from hubsync.files import temp_file, write_file_atomic
 
+from .state import MAX_NODES
 from .torchzip import _NEVER_WRITTEN, _TORCH_DTYPES, DType, TensorRef, read_torch_archive
 
 FORMAT = "hubsync-dcp"
@@ -425,9 +426,13 @@ def dcp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if DISTCP_RE.match(p.name))
 
 
-def _read_entry(folder: Path, shown: str, meta: DcpMetadata, entry: Entry, scratch: Path) -> Any:
+def _read_entry(
+    folder: Path, shown: str, meta: DcpMetadata, entry: Entry, scratch: Path, budget: list[int] | None = None
+) -> Any:
     """Where an entry's tensor lies in its .distcp file (a _Tensor), or its value as a JSON tree; the entry's
-    torch.save() archive read by torchzip's restricted reader, from a copy of its bytes in `scratch`."""
+    torch.save() archive read by torchzip's restricted reader, from a copy of its bytes in `scratch`. `budget`:
+    the entries a folder's values may unfold into, all together (each a pickle that may share one list under many
+    names)."""
     from .state import _encode, check_tree
 
     where = f"{shown}/{entry.file}"
@@ -452,7 +457,7 @@ def _read_entry(folder: Path, shown: str, meta: DcpMetadata, entry: Entry, scrat
         if archive.tensors:
             raise UnrepresentableStateError(where, f"tensor inside the value {entry.fqn[:80]!r}")
         check_tree(archive.root, where)
-        return _encode(archive.root, {}, where)
+        return _encode(archive.root, {}, where, left=budget)
     spec = meta.tensors[entry.fqn]
     chunk = next(c for c in spec["chunks"] if c["offsets"] == list(entry.offset))
     ref = archive.root
@@ -513,11 +518,12 @@ def encode_dcp(folder: Path, shown: str, out_dir: Path) -> list[str]:
     meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
     files: dict[str, list[dict[str, Any]]] = {name: [] for name in dcp_files(folder)}
     tensors: dict[str, list[_Tensor]] = {name: [] for name in files}
+    budget = [MAX_NODES]
     for entry in meta.entries:
         if entry.file not in files:
             raise _bad(f"{shown}/{DCP_METADATA}", f"it names {entry.file}, which the folder lacks")
         record: dict[str, Any] = {"fqn": entry.fqn, "index": entry.index}
-        found = _read_entry(folder, shown, meta, entry, out_dir)
+        found = _read_entry(folder, shown, meta, entry, out_dir, budget)
         if isinstance(found, _Tensor):
             tensors[entry.file].append(found)
             record["offset"] = list(entry.offset or ())
