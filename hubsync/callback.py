@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hubsync.core.checkpoint import checkpoint_name
+from hubsync.core.config import debug_wanted
 from hubsync.core.paths import display_path
 from hubsync.extras import needs_extra
 from hubsync.hub import staging
@@ -185,7 +186,7 @@ class HubsyncCallback(TrainerCallback):
             [sys.executable, "-m", "hubsync.hub.staging"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=None if os.environ.get("HUBSYNC_DEBUG") else subprocess.DEVNULL,
+            stderr=None if debug_wanted(os.environ) else subprocess.DEVNULL,
             text=True,
             env=env,
         )

@@ -8,6 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hubsync.convert.state import rebuild_state
 from hubsync.convert.torchzip import read_torch_archive
@@ -50,6 +52,43 @@ def test_a_zero2_checkpoint_in_the_pickle_free_form_is_resumable() -> None:
 )
 def test_what_deepspeed_resume_lacks_is_named(gone: str, said: str) -> None:
     assert said in resume_missing(ZERO2 - {gone})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ranks=st.integers(1, 12),
+    data=st.data(),
+    rng=st.booleans(),
+)
+def test_a_rank_whose_shard_is_gone_is_named_not_counted_away(ranks: int, data: st.DataObject, rng: bool) -> None:
+    """Whichever optimizer shards are gone, the run's size is read from every file that names a rank (its RNG
+    state, ZeRO-3's model states), and each missing shard is named: never a smaller run that reads as whole."""
+    stage3 = data.draw(st.booleans(), label="zero3")
+    files = {"latest", "trainer_state.json", "scheduler.pt", "adapter_model.safetensors"}
+    if not stage3:
+        files.add("global_step10/mp_rank_00_model_states.pt")
+    for r in range(ranks):
+        files.add(f"global_step10/zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+        if stage3:
+            files.add(f"global_step10/zero_pp_rank_{r}_mp_rank_00_model_states.pt")
+        if rng or not stage3:
+            files.add(f"rng_state_{r}.pth")
+    gone = data.draw(st.sets(st.integers(0, ranks - 1), max_size=ranks), label="gone")
+    files -= {f"global_step10/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in gone}
+    layout = state_layout(files)
+    assert layout is not None and layout.ranks == ranks
+    assert is_resumable(files) == (not gone)
+    missing = resume_missing(files)
+    assert all(f"DeepSpeed ZeRO optimizer state of rank {r}" in missing for r in gone if len(gone) < ranks)
+
+
+def test_a_zero2_checkpoint_missing_a_ranks_shard_is_not_resumable() -> None:
+    """What a new user saw: rank 1's shard gone, its RNG state there; this is a 2-rank run lacking a shard."""
+    files = ZERO2 - {"global_step10/zero_pp_rank_1_mp_rank_00_optim_states.pt"} | {"rng_state_0.pth", "rng_state_1.pth"}
+    layout = state_layout(files)
+    assert layout is not None and layout.describe() == "DeepSpeed ZeRO-1/2, 2 ranks"
+    assert "DeepSpeed ZeRO optimizer state of rank 1" in resume_missing(files)
+    assert not is_resumable(files)
 
 
 def test_deepspeed_state_and_script_are_training_state() -> None:

@@ -80,6 +80,8 @@ def test_a_zero2_checkpoint_goes_through_the_hub_pickle_free_and_resumes_the_sam
     result = _cli(hub, "pull", "me/zero2", "--revision", "checkpoint-10", "--to", str(pulled.parent))
     assert result.exit_code == 0, result.output
     assert "DeepSpeed ZeRO-1/2, 2 ranks" in result.output
+    again = _cli(hub, "pull", "me/zero2", "--revision", "checkpoint-10", "--to", str(pulled.parent))
+    assert again.exit_code == 0 and "Already there" in again.output, again.output  # the rebuilt .pt files match
     for pt in sorted(local.glob("global_step10/*.pt")):
         mine = torch.load(pulled / pt.relative_to(local), weights_only=False)
         theirs = torch.load(pt, weights_only=False)

@@ -281,6 +281,14 @@ def test_hubsync_debug_shows_the_traceback(tmp_path: Path, hub: RunningHub) -> N
         push(str(tmp_path / "nowhere"), "--repo", "me/tiny", env={**hub_env(hub), "HUBSYNC_DEBUG": "1"})
 
 
+@pytest.mark.parametrize("off", ["", "0", "false", "No", " off "])
+def test_hubsync_debug_set_false_shows_one_line(tmp_path: Path, hub: RunningHub, off: str) -> None:
+    """HUBSYNC_DEBUG=0 reads as every false boolean variable does: one line, no traceback."""
+    result = push(str(tmp_path / "nowhere"), "--repo", "me/tiny", env={**hub_env(hub), "HUBSYNC_DEBUG": off})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert_one_clear_line(result, "nowhere")
+
+
 def test_pickled_adapter_weights_are_pushed_as_verified_safetensors(
     bin_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
 ) -> None:

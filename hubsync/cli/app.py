@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from hubsync import __version__
+from hubsync.core.config import debug_wanted
 from hubsync.core.errors import HubsyncError
 from hubsync.core.paths import display_path
 
@@ -66,7 +67,7 @@ class HubsyncGroup(click.Group):
             message = f"{said} See `{exc.ctx.command_path} --help`."
             raise click.UsageError(one_line(message)) from None
         except HubsyncError as exc:
-            if os.environ.get("HUBSYNC_DEBUG"):
+            if debug_wanted(os.environ):
                 raise
             echo(one_line(message_for(exc)), err=True)
             ctx.exit(1)
@@ -74,7 +75,7 @@ class HubsyncGroup(click.Group):
             echo("Interrupted: nothing was left half-written.", err=True)
             ctx.exit(130)
         except OSError as exc:  # the machine said no: a full disk, a folder where a file should go, permissions
-            if os.environ.get("HUBSYNC_DEBUG"):
+            if debug_wanted(os.environ):
                 raise
             where = f" ({display_path(exc.filename)})" if exc.filename else ""
             reason = exc.strerror or type(exc).__name__

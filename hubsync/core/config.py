@@ -166,6 +166,12 @@ OTHER_VARIABLES = frozenset(
 )
 
 
+def debug_wanted(environ: Mapping[str, str]) -> bool:
+    """HUBSYNC_DEBUG: tracebacks instead of one line. Off when unset, empty or false ("0", "false", "no", "off"),
+    as every boolean variable reads; any other text turns it on, so that a debugging request is never lost."""
+    return environ.get("HUBSYNC_DEBUG", "").strip().lower() not in ("", *FALSE)
+
+
 def check_variable_names(environ: Mapping[str, str]) -> None:
     """A HUBSYNC_* variable that is a setting's name misspelt (HUBSYNC_TAG for HUBSYNC_TAGS, HUBSYNC_PRIVTE) would
     be ignored, and the push would go on without it: UnknownVariableError. A name that is like none of them may be

@@ -16,6 +16,7 @@ _DS_FILE_RE = re.compile(
     r"^(?P<tag>global_step[0-9]{1,12})/(?P<name>(?:bf16_)?(?:zero_pp_rank_(?P<rank>[0-9]{1,6})_)?"
     r"mp_rank_(?P<mp>[0-9]{2,6})_(?P<what>model|optim)_states)\.(?:pt|json|safetensors)\Z"
 )
+_RNG_FILE_RE = re.compile(r"^rng_state_(?P<rank>[0-9]{1,6})\.(?:pth|json|safetensors)\Z")  # the Trainer's, one a process
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,12 @@ def _deepspeed(paths: Collection[str]) -> StateLayout | None:
     tag = tags[-1] if tags else None  # the Trainer saves one a checkpoint; `latest` names the newest
     names = {m["name"]: m for m in found if m["tag"] == tag}
     optim = {int(m["rank"]) for m in names.values() if m["what"] == "optim" and m["rank"] and m["mp"] == "00"}
-    zero3 = any(m["what"] == "model" and m["rank"] is not None for m in names.values())
-    ranks = max(optim) + 1 if optim else 0
+    # Every file that names its rank counts: a rank whose optimizer shard is gone still left its model states
+    # (ZeRO-3) and its RNG state, so the shards it lacks are named rather than the run read as smaller.
+    model = {int(m["rank"]) for m in names.values() if m["what"] == "model" and m["rank"] is not None}
+    rng = {int(m["rank"]) for p in paths if (m := _RNG_FILE_RE.match(p))}
+    ranks = max(optim | model | rng) + 1 if optim | model | rng else 0
+    zero3 = bool(model)  # ZeRO-3 writes the model states one a rank
     missing = [] if "latest" in paths else ["DeepSpeed `latest` file"]
     if tag is None:
         missing.append("DeepSpeed global_step folder")

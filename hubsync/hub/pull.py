@@ -155,7 +155,7 @@ def already_pulled(plan: PullPlan) -> bool:
                 encode_state(local, rebuilt.path, scratch)
             except (HubsyncError, OSError):
                 return False
-            document, tensors = safe_names(rebuilt.path)
+            document, tensors = safe_names(local.name)  # encode_state writes them by the file's own name
             if not (_matches(scratch / document, rebuilt.document) and _matches(scratch / tensors, rebuilt.tensors)):
                 return False
     return True
