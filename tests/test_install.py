@@ -273,7 +273,7 @@ def test_a_missing_package_of_the_extra_is_one_error_naming_the_extra(
         module,
     )
     assert message_for(raised.value) == (
-        f"Error: pulling me/m @ checkpoint-3 needs {module}, which `pip install hubsync` leaves out. "
+        f"Error: pulling me/m @ checkpoint-3 needs {module}, which is not installed here. "
         "Install hubsync's train extra: pip install 'hubsync[train]'."
     )
 
@@ -455,7 +455,7 @@ def test_the_light_install_pushes_converts_cards_lists_pulls_watches_and_prunes(
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
         "Error: pulling me/light-state @ checkpoint-10 (it writes optimizer.pt, rng_state.pth and scheduler.pt back "
-        "from their pickle-free form) needs torch, which `pip install hubsync` leaves out. Install hubsync's train "
+        "from their pickle-free form) needs torch, which is not installed here. Install hubsync's train "
         "extra: pip install 'hubsync[train]'."
     )
     assert light.blocked() == ["torch"]

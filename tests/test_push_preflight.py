@@ -58,7 +58,9 @@ def test_keep_state_into_a_repo_that_would_be_created_public_is_refused_before_c
     refused = push(hub, str(bin_run / "checkpoint-10"), "--repo", "me/open", "--public", "--training-state", "keep")
 
     assert refused.exit_code == 1
-    assert refused.stderr.startswith("Error: me/open is public, and --training-state keep would publish")
+    assert refused.stderr.startswith(
+        "Error: me/open would be created public (--public), and --training-state keep would publish"
+    )
     assert on_hub(api, "me/open") is None  # not created
 
 
@@ -88,7 +90,8 @@ def test_pickled_state_into_a_public_repo_is_refused_even_when_public_state_is_a
     assert refused.exit_code == 1
     assert refused.stderr.startswith("Error: me/open is public, and pickled training state runs code when loaded")
     assert on_hub(api, "me/open") == before
-    assert push(hub, str(run), "--repo", "me/new", "--public", *args).exit_code == 1
+    created = push(hub, str(run), "--repo", "me/new", "--public", *args)
+    assert created.exit_code == 1 and created.stderr.startswith("Error: me/new would be created public (--public)")
     assert on_hub(api, "me/new") is None
 
 

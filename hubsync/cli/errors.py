@@ -146,8 +146,9 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.PublicTrainingStateError,
         lambda err: (
-            f"{err.repo_id} is public, and --training-state keep would publish the optimizer, scheduler and RNG "
-            "state with it. Push to a private repository, drop the state, or pass --allow-public-state."
+            f"{err.repo_id} {e.public(err.exists)}, and --training-state keep would publish the optimizer, "
+            "scheduler and RNG state with it. Push to a private repository, drop the state, or pass "
+            "--allow-public-state."
         ),
     ),
     (
@@ -187,7 +188,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.MissingExtraError,
         lambda err: (
-            f"{err.feature} needs {err.module}, which `pip install hubsync` leaves out. "
+            f"{err.feature} needs {err.module}, which is not installed here. "
             f"Install hubsync's {err.extra} extra: pip install 'hubsync[{err.extra}]'."
         ),
     ),
@@ -282,8 +283,8 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (
         e.PicklesInPublicRepoError,
         lambda err: (
-            f"{err.repo_id} is public, and pickled training state runs code when loaded, so it goes only into "
-            "private repositories. Use the default --training-state-format safe, or a private repository."
+            f"{err.repo_id} {e.public(err.exists)}, and pickled training state runs code when loaded, so it goes "
+            "only into private repositories. Use the default --training-state-format safe, or a private repository."
         ),
     ),
     (

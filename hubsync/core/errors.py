@@ -324,12 +324,18 @@ class SelectionError(HubsyncError):
         self.reason = reason
 
 
+def public(exists: bool) -> str:
+    """How a public repository is named: one that is, or one that a push would create so (--public)."""
+    return "is public" if exists else "would be created public (--public)"
+
+
 class PublicTrainingStateError(HubsyncError):
     """--training-state keep into a public repository, without --allow-public-state."""
 
-    def __init__(self, repo_id: str) -> None:
-        super().__init__(f"{repo_id} is public and training state was to be kept")
+    def __init__(self, repo_id: str, exists: bool = True) -> None:
+        super().__init__(f"{repo_id} {public(exists)} and training state was to be kept")
         self.repo_id = repo_id
+        self.exists = exists  # False: the push would create it public (--public)
 
 
 class CheckpointPushError(HubsyncError):
@@ -552,9 +558,10 @@ class UnrepresentableStateError(HubsyncError):
 class PicklesInPublicRepoError(HubsyncError):
     """--training-state-format pickle into a public repository: whoever loads those files runs them."""
 
-    def __init__(self, repo_id: str) -> None:
-        super().__init__(f"{repo_id} is public, and pickled training state goes only into private repositories")
+    def __init__(self, repo_id: str, exists: bool = True) -> None:
+        super().__init__(f"{repo_id} {public(exists)}, and pickled training state goes only into private repositories")
         self.repo_id = repo_id
+        self.exists = exists
 
 
 class DamagedStateError(HubsyncError):

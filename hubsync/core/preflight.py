@@ -26,19 +26,19 @@ def check_plans(plans: Sequence[PushPlan], facts: Mapping[str, RepoFacts]) -> No
     """Refuse the whole push when any of its plans would be refused later (`facts` has every plan's repository)."""
     for plan in plans:
         repo = facts[plan.repo_id]
-        check_visibility(plan, private=repo.private if repo.exists else plan.private)
+        check_visibility(plan, private=repo.private if repo.exists else plan.private, exists=repo.exists)
         check_tags(plan, repo)
 
 
-def check_visibility(plan: PushPlan, private: bool) -> None:
+def check_visibility(plan: PushPlan, private: bool, exists: bool = True) -> None:
     """Training state goes into a public repository (one that is, or one that would be created public) only with
     --allow-public-state, and never as pickles."""
     if plan.training_state != "keep" or private:
         return
     if plan.state_format == "pickle":
-        raise PicklesInPublicRepoError(plan.repo_id)
+        raise PicklesInPublicRepoError(plan.repo_id, exists)
     if not plan.allow_public_state:
-        raise PublicTrainingStateError(plan.repo_id)
+        raise PublicTrainingStateError(plan.repo_id, exists)
 
 
 def check_tags(plan: PushPlan, repo: RepoFacts, unchanged: bool = True) -> None:
