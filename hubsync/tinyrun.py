@@ -189,6 +189,9 @@ def train_tiny_lora(
     a rank; checkpoints then hold DeepSpeed's global_stepN/ folder, ``latest``
     and ``zero_to_fp32.py`` instead of optimizer.pt.
     """
+    # The tiny run trains on CPU. DeepSpeed, which transformers imports when it is installed (the test extra
+    # brings it), would otherwise look for a GPU and print a warning line that it found none.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     with needs_extra(TINY_RUN):
         import transformers
         from peft import LoraConfig, get_peft_model
