@@ -21,9 +21,12 @@ from typing import Any, ClassVar
 
 from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnrepresentableStateError, UnsafePickleError
 from hubsync.core.escape import one_line
+from hubsync.core.torchfile import NEVER_WRITTEN as _NEVER_WRITTEN
+from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
 from hubsync.core.torchfile import (
     ArchiveError,
     BoundedUnpickler,
+    DType,
     PickleLimitError,
     check_archive,
     open_archive,
@@ -38,12 +41,6 @@ MAX_BYTEORDER_BYTES = 16  # "little" or "big"
 _INT64 = 1 << 63
 
 
-@dataclass(frozen=True)
-class DType:
-    name: str  # safetensors' name
-    itemsize: int
-
-
 # Legacy typed storages name their dtype; UntypedStorage tensors carry it as a torch dtype (_rebuild_tensor_v3).
 _STORAGE_DTYPES = {
     "DoubleStorage": DType("F64", 8),
@@ -56,23 +53,6 @@ _STORAGE_DTYPES = {
     "CharStorage": DType("I8", 1),
     "ByteStorage": DType("U8", 1),
     "BoolStorage": DType("BOOL", 1),
-}
-_TORCH_DTYPES = {
-    "float64": DType("F64", 8),
-    "float32": DType("F32", 4),
-    "float16": DType("F16", 2),
-    "bfloat16": DType("BF16", 2),
-    "int64": DType("I64", 8),
-    "int32": DType("I32", 4),
-    "int16": DType("I16", 2),
-    "int8": DType("I8", 1),
-    "uint8": DType("U8", 1),
-    "bool": DType("BOOL", 1),
-    "uint16": DType("U16", 2),
-    "uint32": DType("U32", 4),
-    "uint64": DType("U64", 8),
-    "float8_e4m3fn": DType("F8_E4M3", 1),
-    "float8_e5m2": DType("F8_E5M2", 1),
 }
 
 
@@ -250,14 +230,6 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 _ALLOWED = _allowed_globals()
 
 
-# What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg extension
-# registry, text persistent ids.
-_NEVER_WRITTEN = frozenset(
-    op[0]
-    for op in (
-        pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.PERSID,
-    )
-)  # fmt: skip
 # The opcodes torch.load(weights_only=True) reads (torch/_weights_only_unpickler.py), NEWOBJ aside: a weights
 # file with any other (POP, LONG4, SHORT_BINBYTES, FRAME, STACK_GLOBAL, ...) is one torch refuses.
 _TORCH_READS = frozenset(

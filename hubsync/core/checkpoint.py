@@ -400,7 +400,7 @@ def _fsdp_model(root: Path, names: set[str], shown: str) -> tuple[str | None, Ma
     folder = "pytorch_model_fsdp_0"
     if f"{folder}/{DCP_METADATA}" not in names or names & {"adapter_model.safetensors", "model.safetensors"}:
         return None, None
-    from hubsync.convert.dcp import read_metadata  # the reader of DCP's pickle, which nothing here runs
+    from .dcp_metadata import read_metadata  # the reader of DCP's pickle, which nothing here runs
 
     meta = read_metadata(root / folder / DCP_METADATA, f"{shown}/{folder}/{DCP_METADATA}")
     if not any(".lora_A." in k or ".lora_B." in k for k in meta.tensors):

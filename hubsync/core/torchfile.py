@@ -431,3 +431,41 @@ class BoundedUnpickler(pickle._Unpickler):
         pickle.LONG4[0]: load_long4,
         pickle.BUILD[0]: load_build,
     }
+
+
+# --- what the restricted readers share (torchzip, dcp_metadata) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str  # safetensors' name
+    itemsize: int
+
+
+TORCH_DTYPES = {
+    "float64": DType("F64", 8),
+    "float32": DType("F32", 4),
+    "float16": DType("F16", 2),
+    "bfloat16": DType("BF16", 2),
+    "int64": DType("I64", 8),
+    "int32": DType("I32", 4),
+    "int16": DType("I16", 2),
+    "int8": DType("I8", 1),
+    "uint8": DType("U8", 1),
+    "bool": DType("BOOL", 1),
+    "uint16": DType("U16", 2),
+    "uint32": DType("U32", 4),
+    "uint64": DType("U64", 8),
+    "float8_e4m3fn": DType("F8_E4M3", 1),
+    "float8_e5m2": DType("F8_E5M2", 1),
+}
+
+
+# What torch.save() never writes: instances made by calling a class (INST, OBJ, NEWOBJ), the copyreg extension
+# registry, text persistent ids.
+NEVER_WRITTEN = frozenset(
+    op[0]
+    for op in (
+        pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.PERSID,
+    )
+)  # fmt: skip
