@@ -7,6 +7,7 @@ where torch.distributed.checkpoint loads from them what it loads from the fixtur
 from __future__ import annotations
 
 import contextlib
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -104,9 +105,13 @@ def test_a_folder_rebuilt_from_its_pickle_free_form_loads_the_same(tmp_path: Pat
 
 def test_an_fsdp_sharded_checkpoint_round_trips_pickle_free(hub: RunningHub, api: Any, tmp_path: Path) -> None:
     checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
-    result = push(hub, str(checkpoint), "--repo", "me/fsdp", "--training-state", "keep", *BASE)
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", "--training-state", "keep", *BASE, "--json")
     assert result.exit_code == 0, result.output
     published = set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+    tree = [f for f in api.list_repo_tree("me/fsdp", revision="checkpoint-10", recursive=True) if hasattr(f, "size")]
+    pushed = json.loads(result.stdout)["results"][0]
+    # what the push reports is what the Hub holds (the converted files measured, not the dry run's estimates)
+    assert pushed["bytes"] == sum(f.size for f in tree if f.path != ".gitattributes"), (pushed, tree)
     assert {"pytorch_model_fsdp_0/dcp.json", "optimizer_0/__0_0.safetensors", "scheduler.json"} <= published
     assert not [p for p in published if p.endswith((".distcp", ".metadata", ".pt", ".pth", ".bin"))]
     listed = _cli(hub, "ls", "me/fsdp")

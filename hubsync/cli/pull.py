@@ -71,7 +71,7 @@ def pull(
         echo(f"  files: {len(plan.files)} ({size(plan.total_bytes)}), each verified against the Hub's hashes")
         layout = state_layout(frozenset(f.path for f in plan.files))
         if layout is not None:
-            echo(f"  optimizer state: {layout.describe()}; resume with as many processes")
+            echo(f"  optimizer state: {layout.describe()}; {layout.how_to_resume()}")
         if plan.resumable:
             echo(f'  resume: Trainer.train(resume_from_checkpoint="{shown}")')
         else:

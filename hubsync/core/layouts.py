@@ -27,10 +27,17 @@ class StateLayout:
     label: str  # what a person reads: "DeepSpeed ZeRO-1/2"
     ranks: int  # the data parallel processes the state is split into; resuming takes as many
     missing: tuple[str, ...] = ()  # what its resume needs and the files lack, in the words of a sentence
+    reshards: bool = False  # whether its engine loads it into another number of ranks (DCP does; ZeRO does not)
 
     def describe(self) -> str:
         """`DeepSpeed ZeRO-1/2, 2 ranks`."""
         return f"{self.label}, {self.ranks} rank{'s' if self.ranks != 1 else ''}"
+
+    def how_to_resume(self) -> str:
+        """What a person resuming from it needs to know of the number of processes."""
+        if self.reshards:
+            return "resume with as many processes (torch.distributed.checkpoint can also load it into another number)"
+        return "resume with as many processes"
 
 
 def has_state_file(paths: Collection[str], pickle_name: str) -> bool:
@@ -109,7 +116,7 @@ def _fsdp(paths: Collection[str]) -> StateLayout | None:
         if folder not in described:
             missing.append(f"{what}'s metadata ({folder}/.metadata)")
         missing += [f"{what} of rank {r}" for r in range(ranks) if r not in ranks_of[folder]]
-    return StateLayout("fsdp", "FSDP sharded state", ranks, tuple(missing))
+    return StateLayout("fsdp", "FSDP sharded state", ranks, tuple(missing), reshards=True)
 
 
 _LAYOUTS: tuple[Callable[[Collection[str]], StateLayout | None], ...] = (_deepspeed, _fsdp)

@@ -27,7 +27,7 @@ from hubsync.core.index import (
     parse_index,
     render_index_readme,
 )
-from hubsync.core.plan import PushPlan, branch_deletions
+from hubsync.core.plan import PushPlan, branch_deletions, with_sizes
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import LocalHashes, holds_exactly, same_content
@@ -254,6 +254,7 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             u.path_in_repo: (staging if u.converted_from or u.generated else checkpoint.path) / u.source
             for u in plan.uploads
         }
+        plan = with_sizes(plan, {path: source.stat().st_size for path, source in files.items()})  # not estimates
         if plan.tags:  # the converted files too, now that they exist; the Hub may also have moved meanwhile
             _check_tags(hub, plan, hub.repo_facts(plan.repo_id), files)
         private = hub.ensure_repo(plan.repo_id, private=plan.private)
