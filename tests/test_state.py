@@ -29,7 +29,12 @@ def round_trip(obj: object, name: str, tmp_path: Path) -> object:
 
 def same(a: object, b: object) -> bool:
     if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        return (
+            isinstance(b, torch.Tensor)
+            and (a.dtype, a.shape) == (b.dtype, b.shape)
+            and torch.equal(a, b)
+            and same(vars(a), vars(b))  # Python attributes: DeepSpeed ZeRO-3's ds_id
+        )
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
     if isinstance(a, dict):

@@ -100,6 +100,8 @@ def _read_entry(
         raise _bad(where, f"the tensor {entry.fqn[:80]!r} is not the dtype and shape its metadata says")
     if not ref.is_contiguous:
         raise UnrepresentableStateError(where, "non-contiguous tensor chunk")
+    if ref.attributes:  # DCP writes plain chunks; the .safetensors form would drop these
+        raise UnrepresentableStateError(where, "tensor chunk with Python attributes")
     storage = archive.storages[ref.storage.key]
     start = entry.start + storage.file_offset + ref.offset * ref.dtype.itemsize
     return _Tensor(entry.key, ref.dtype, ref.shape, ((path, start, ref.nbytes),))

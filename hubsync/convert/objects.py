@@ -73,6 +73,26 @@ ALLOWED_OBJECTS: dict[str, ObjectKind] = {
 }
 
 
+MAX_TENSOR_ATTRIBUTES = 64
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def tensor_attributes_ok(attributes: Any) -> bool:
+    """Whether a tensor's Python attributes are ones hubsync keeps (torch._tensor._rebuild_from_type_v2's state:
+    DeepSpeed ZeRO-3 gives its flat fp32 groups {'ds_id': '2_20'}): a dict of at most MAX_TENSOR_ATTRIBUTES, each
+    named by an identifier that is not a dunder, each value None, a bool, int, float or str, or a tuple or list of
+    them. The one rule for the reader (a pickle) and for pull (a document)."""
+    return (
+        type(attributes) is dict
+        and len(attributes) <= MAX_TENSOR_ATTRIBUTES
+        and all(type(k) is str and k.isidentifier() and not k.startswith("__") for k in attributes)
+        and all(
+            type(v) in _PLAIN or (type(v) in (tuple, list) and all(type(x) in _PLAIN for x in v))
+            for v in attributes.values()
+        )
+    )
+
+
 class PickledObject:
     """An allowed object as its pickle describes it: its kind, the arguments it is called with, or the attributes
     it is given. Nothing is imported or called; a second BUILD, or one on a called object, is refused."""

@@ -2,9 +2,11 @@
 <name>.safetensors (the tensors) and <name>.json (the structure and scalars); pull rebuilds the files.
 
 Reading never runs code from the file (the restricted reader of torchzip). The JSON tree spells what JSON
-lacks: {"__tensor__": name}, {"__ndarray__": base64, "dtype", "shape"}, {"__tuple__": [...]},
-{"__dict__": [[key, value], ...]} (keys that are not strings), {"__float__": "nan" | "inf" | "-inf"},
-{"__bytes__": base64}, {"__set__": [...]} (of numbers and strings), and the objects of objects.ALLOWED_OBJECTS
+lacks: {"__tensor__": name} (and "attributes": {name: value} for a tensor pickled with Python attributes, as
+DeepSpeed ZeRO-3's flat groups are: objects.tensor_attributes_ok), {"__ndarray__": base64, "dtype", "shape"},
+{"__tuple__": [...]}, {"__dict__": [[key, value], ...]} (keys that are not strings),
+{"__float__": "nan" | "inf" | "-inf"}, {"__bytes__": base64}, {"__set__": [...]} (of numbers and strings), and the
+objects of objects.ALLOWED_OBJECTS
 (DeepSpeed's torch.Size, ZeroStageEnum, LossScaler, fragment_address): {"__object__": "module.name", "args": [...]}
 for one made by calling its class, {"__object__": "module.name", "state": {attribute: number}} for one made empty
 and given attributes. A document naming any other object, or other arguments or attributes, is refused.
@@ -31,7 +33,7 @@ from hubsync.core.plan import PushPlan, with_sizes
 from hubsync.extras import needs_extra
 from hubsync.files import write_file_atomic
 
-from .objects import PickledObject, PickledSet, make_object
+from .objects import PickledObject, PickledSet, make_object, tensor_attributes_ok
 from .torchzip import NumpyArray, TensorRef, TorchArchive, read_torch_archive
 from .writer import find_aliases, plan_layout, write_verified
 
@@ -140,6 +142,8 @@ def _encode(
         return _encode(v, name_of, shown, depth + 1, left)
 
     if isinstance(value, TensorRef):
+        if value.attributes:
+            return {"__tensor__": name_of[value], "attributes": {k: inner(v) for k, v in value.attributes}}
         return {"__tensor__": name_of[value]}
     if isinstance(value, NumpyArray):
         return {"__ndarray__": base64.b64encode(value.data).decode(), "dtype": value.dtype, "shape": list(value.shape)}
@@ -194,9 +198,22 @@ def decode_set(items: list[Any]) -> set[Any]:
     return set(items)
 
 
-def decode_tree(value: Any, tensors: dict[str, Any], made: dict[str, Any] | None = None) -> Any:
+def with_attributes(tensor: Any, attributes: Any) -> Any:
+    """A new tensor object on `tensor`'s storage, given a document's attributes: only those the reader keeps
+    (objects.tensor_attributes_ok), and none that torch.Tensor itself has (data, requires_grad, copy_, ...),
+    which setting would change or shadow."""
+    if not tensor_attributes_ok(attributes) or any(hasattr(type(tensor), k) for k in attributes):
+        raise ValueError(f"tensor attributes other than plain values: {str(attributes)[:80]}")
+    out = tensor.detach()
+    for name, v in attributes.items():
+        setattr(out, name, v)
+    return out
+
+
+def decode_tree(value: Any, tensors: dict[str, Any], made: dict[Any, Any] | None = None) -> Any:
     """The object a document's tree stands for: tensors from `tensors` (one tensor a name, however often the
-    document refers to it, as the pickle shared it), objects only of objects.ALLOWED_OBJECTS."""
+    document refers to it, as the pickle shared it; one with attributes a name and attributes, on that tensor's
+    storage), objects only of objects.ALLOWED_OBJECTS."""
     import numpy as np
 
     made = {} if made is None else made
@@ -210,7 +227,15 @@ def decode_tree(value: Any, tensors: dict[str, Any], made: dict[str, Any] | None
             key = value["__tensor__"]
             if key not in made:
                 made[key] = tensors[key].clone()
-            return made[key]
+            if "attributes" not in value:
+                return made[key]
+            attributes = value["attributes"]
+            if not isinstance(attributes, dict):  # a name to a value: its keys are never markers
+                raise ValueError(f"tensor attributes that are not a mapping: {str(attributes)[:80]}")
+            spelled = (key, json.dumps(attributes, sort_keys=True))
+            if spelled not in made:
+                made[spelled] = with_attributes(made[key], {k: decode(v) for k, v in attributes.items()})
+            return made[spelled]
         if "__ndarray__" in value:
             raw = base64.b64decode(value["__ndarray__"], validate=True)
             dtype = np.dtype(value["dtype"])

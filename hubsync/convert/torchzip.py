@@ -15,7 +15,7 @@ import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +34,7 @@ from hubsync.core.torchfile import (
     torch_records,
 )
 
-from .objects import ALLOWED_OBJECTS, ObjectKind, PickledObject, PickledSet
+from .objects import ALLOWED_OBJECTS, ObjectKind, PickledObject, PickledSet, tensor_attributes_ok
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state dict's data.pkl holds only names and tensor records: KBs to a few MBs
 MAX_BYTEORDER_BYTES = 16  # "little" or "big"
@@ -110,6 +110,9 @@ class TensorRef:
     offset: int  # in elements
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    # The Python attributes the tensor was pickled with (objects.tensor_attributes_ok): they belong to this
+    # reference, not to the tensor's data, so two references of one view are one tensor however they differ here.
+    attributes: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def numel(self) -> int:
@@ -206,16 +209,45 @@ def _rebuild_parameter(data: Any, *rest: Any) -> TensorRef:
     return data
 
 
+class _TensorType(_Inert):
+    """torch.Tensor, only as the type that _rebuild_from_type_v2 names; a pickle cannot call it."""
+
+    __slots__ = ()
+
+
+_TENSOR_TYPE = _TensorType()
+_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> TensorRef:
+    """A tensor pickled with Python attributes: torch.save writes _rebuild_from_type_v2(_rebuild_tensor_v2,
+    torch.Tensor, (storage, ...), {'ds_id': '2_20'}) for one (DeepSpeed ZeRO-3's flat fp32 groups). Only that
+    shape is read, the attributes kept in the reference; another rebuild function, a subclass of Tensor, or an
+    attribute holding anything but plain values is refused by name, as the function always was."""
+    if func is not _REBUILD_TENSOR_V2:
+        raise UnsafePickleError(_reading.get(), f"{_FROM_TYPE} of something other than _rebuild_tensor_v2")
+    if new_type is not _TENSOR_TYPE:
+        raise UnsafePickleError(_reading.get(), f"{_FROM_TYPE} of a type other than torch.Tensor")
+    if not tensor_attributes_ok(state):
+        raise UnsafePickleError(_reading.get(), f"{_FROM_TYPE} with attributes other than plain values")
+    if not isinstance(args, tuple):
+        raise pickle.UnpicklingError(f"unexpected arguments to {_FROM_TYPE}")
+    return replace(_rebuild_v2(*args), attributes=tuple(state.items()))
+
+
 def _ordered_dict(*args: Any) -> OrderedDict[Any, Any]:
     if args:
         raise pickle.UnpicklingError("OrderedDict with arguments")
     return OrderedDict()
 
 
+_REBUILD_TENSOR_V2 = _Stub("_rebuild_tensor_v2", _rebuild_v2)
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): _Stub("OrderedDict", _ordered_dict),
-        ("torch._utils", "_rebuild_tensor_v2"): _Stub("_rebuild_tensor_v2", _rebuild_v2),
+        ("torch._utils", "_rebuild_tensor_v2"): _REBUILD_TENSOR_V2,
         ("torch._utils", "_rebuild_tensor_v3"): _Stub("_rebuild_tensor_v3", _rebuild_v3),
         ("torch._utils", "_rebuild_parameter"): _Stub("_rebuild_parameter", _rebuild_parameter),
         ("torch.storage", "UntypedStorage"): "UntypedStorage",
@@ -353,9 +385,10 @@ def _object_globals() -> dict[tuple[str, str], Any]:
 
 
 class _StateUnpickler(_SafeUnpickler):
-    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes, sets, and the
-    objects of objects.ALLOWED_OBJECTS as records (torch reads training state with weights_only=False: every
-    opcode that builds plain data is allowed, and NEWOBJ only for an allowed class, with no arguments)."""
+    """The weights reader, plus the few plain types of training state: numpy arrays, dtypes, bytes, sets, the
+    objects of objects.ALLOWED_OBJECTS as records, and tensors with plain Python attributes (_rebuild_from_type_v2)
+    (torch reads training state with weights_only=False: every opcode that builds plain data is allowed, and NEWOBJ
+    only for an allowed class, with no arguments)."""
 
     refused: ClassVar[frozenset[int]] = _NEVER_WRITTEN - {pickle.NEWOBJ[0]}
 
@@ -384,6 +417,8 @@ class _StateUnpickler(_SafeUnpickler):
         ("numpy", "ndarray"): "numpy.ndarray",
         ("numpy", "dtype"): _Stub("dtype", _NumpyDtype),
         ("_codecs", "encode"): _Stub("encode", _latin1),
+        ("torch._tensor", "_rebuild_from_type_v2"): _Stub("_rebuild_from_type_v2", _rebuild_from_type_v2),
+        ("torch", "Tensor"): _TENSOR_TYPE,
         **_object_globals(),
     }
 
