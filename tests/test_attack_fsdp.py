@@ -58,6 +58,22 @@ def _metadata(tmp_path: Path, metadata: dm.Metadata) -> Path:
 _PROPS = dm.TensorProperties(dtype=torch.float32)
 
 
+def test_a_run_folders_adapter_config_linking_outside_is_not_published(
+    hub: RunningHub, api: Any, tmp_path: Path
+) -> None:
+    secret = tmp_path / "elsewhere" / "config.json"
+    secret.parent.mkdir()
+    secret.write_text('{"auths": {"registry.example.com": {"auth": "c2VjcmV0OnBhc3N3b3Jk"}}}')
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    (tmp_path / "run" / "adapter_config.json").symlink_to("../elsewhere/config.json")
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", *BASE)
+    assert result.exit_code == 0, result.output
+    assert "--adapter-config FILE" in result.output  # published without a config, and said so
+    local = Path(api.snapshot_download("me/fsdp", revision="checkpoint-10", local_dir=tmp_path / "download"))
+    assert not (local / "adapter_config.json").exists()
+    assert not [p for p in local.rglob("*") if p.is_file() and b"c2VjcmV0" in p.read_bytes()]
+
+
 def test_a_metadata_sharing_one_list_of_chunks_under_many_names_is_refused_at_once(tmp_path: Path) -> None:
     """11 KB that would unfold into a million chunk records (a thousand times a thousand): 12 s and 600 MB."""
     chunk = dm.ChunkStorageMetadata(offsets=torch.Size([0]), sizes=torch.Size([1]))
@@ -112,6 +128,14 @@ def test_a_tensor_named_as_the_safetensors_header_is_refused_before_the_hub_chan
     assert result.exit_code == 1, result.output
     assert "a tensor named __metadata__" in result.output and "Traceback" not in result.output
     assert hub_state(api) == before and _tree(checkpoint) == tree
+
+
+def test_an_adapter_config_that_never_ends_is_refused(hub: RunningHub, api: Any, tmp_path: Path) -> None:
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    before = hub_state(api)
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", "--adapter-config", "/dev/zero", *BASE)
+    assert result.exit_code == 1 and "larger than 64 MiB" in result.output, result.output
+    assert hub_state(api) == before
 
 
 @pytest.mark.parametrize(
