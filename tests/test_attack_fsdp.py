@@ -161,3 +161,16 @@ def test_pull_refuses_a_tensor_that_is_not_the_one_described(tmp_path: Path, ten
     with pytest.raises(DamagedStateError, match=said):
         rebuild_dcp(out / "dcp.json")
     assert sorted(p.name for p in out.iterdir()) == ["__0_0.safetensors", "dcp.json"]
+
+
+def test_a_file_named_latest_beside_fsdp_state_leaves_it_fsdp() -> None:
+    """A stray `latest` (DeepSpeed's name for the newest tag) made an FSDP checkpoint read as DeepSpeed's without
+    a global_step folder: not resumable, on push and on ls and pull."""
+    from test_fsdp_sharded import FSDP_FILES
+
+    from hubsync.core.conversion import is_resumable
+    from hubsync.core.layouts import state_layout
+
+    names = FSDP_FILES | {"latest"}
+    assert state_layout(names).describe() == "FSDP sharded state, 1 rank"  # type: ignore[union-attr]
+    assert is_resumable(names)
