@@ -27,6 +27,7 @@ import os
 import pickle
 import re
 import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any, ClassVar
 from hubsync.core.checkpoint import DCP_DOCUMENT, DCP_METADATA, loads_json
 from hubsync.core.errors import DamagedStateError, HubsyncError, UnreadableWeightsError, UnrepresentableStateError
 from hubsync.core.escape import one_line
-from hubsync.core.torchfile import BoundedUnpickler, PickleLimitError, PickleLimits
+from hubsync.core.torchfile import ArchiveError, BoundedUnpickler, PickleLimitError, PickleLimits, open_archive
 from hubsync.extras import needs_extra
 from hubsync.files import temp_file, write_file_atomic
 
@@ -476,6 +477,7 @@ def _read_entry(
                     raise _bad(where, "the file ends early")
                 out.write(chunk)
                 left -= len(chunk)
+        _check_stored(tmp, f"{where} ({entry.fqn[:80]})")
         archive = read_torch_archive(tmp, f"{where} ({entry.fqn[:80]})", state=True)
     finally:
         tmp.unlink(missing_ok=True)
@@ -495,6 +497,18 @@ def _read_entry(
     storage = archive.storages[ref.storage.key]
     start = entry.start + storage.file_offset + ref.offset * ref.dtype.itemsize
     return _Tensor(entry.key, ref.dtype, ref.shape, ((path, start, ref.nbytes),))
+
+
+def _check_stored(path: Path, shown: str) -> None:
+    """An entry's archive holds its records as torch.save() writes them, stored: a deflated pickle of a few KB
+    would unfold into millions of opcodes to read, and a .distcp holds one archive an entry."""
+    try:
+        with path.open("rb") as raw, open_archive(raw) as archive:
+            compressed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (ArchiveError, OSError):
+        return  # the reader says what is wrong with it
+    if compressed:
+        raise _bad(shown, f"its record {compressed[0][:80]!r} is compressed, which torch.save() never writes")
 
 
 def consolidate_dcp(folder: Path, shown: str, target: Path) -> int:
