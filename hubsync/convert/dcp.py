@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from hubsync.core.checkpoint import DCP_DOCUMENT, DCP_METADATA, loads_json
 from hubsync.core.dcp_metadata import _INT64, DISTCP_RE, FORMAT, DcpMetadata, Entry, _bad, read_metadata
 from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
 from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
-from hubsync.core.torchfile import DType
+from hubsync.core.torchfile import ArchiveError, DType, open_archive
 from hubsync.extras import needs_extra
 from hubsync.files import temp_file, write_file_atomic
 
@@ -83,6 +84,7 @@ def _read_entry(
                     raise _bad(where, "the file ends early")
                 out.write(chunk)
                 left -= len(chunk)
+        _check_stored(tmp, f"{where} ({entry.fqn[:80]})")
         archive = read_torch_archive(tmp, f"{where} ({entry.fqn[:80]})", state=True)
     finally:
         tmp.unlink(missing_ok=True)
@@ -92,11 +94,10 @@ def _read_entry(
         check_tree(archive.root, where)
         return _encode(archive.root, {}, where, left=budget)
     spec = meta.tensors[entry.fqn]
-    chunk = next(c for c in spec["chunks"] if c["offsets"] == list(entry.offset))
     ref = archive.root
     if not isinstance(ref, TensorRef):
         raise _bad(where, f"the entry {entry.fqn[:80]!r} does not hold a tensor")
-    if ref.dtype != _TORCH_DTYPES[spec["dtype"]] or list(ref.shape) != chunk["sizes"]:
+    if ref.dtype != _TORCH_DTYPES[spec["dtype"]] or list(ref.shape) != meta.chunk_sizes[(entry.fqn, entry.offset)]:
         raise _bad(where, f"the tensor {entry.fqn[:80]!r} is not the dtype and shape its metadata says")
     if not ref.is_contiguous:
         raise UnrepresentableStateError(where, "non-contiguous tensor chunk")
@@ -105,6 +106,18 @@ def _read_entry(
     storage = archive.storages[ref.storage.key]
     start = entry.start + storage.file_offset + ref.offset * ref.dtype.itemsize
     return _Tensor(entry.key, ref.dtype, ref.shape, ((path, start, ref.nbytes),))
+
+
+def _check_stored(path: Path, shown: str) -> None:
+    """An entry's archive holds its records as torch.save() writes them, stored: a deflated pickle of a few KB
+    would unfold into millions of opcodes to read, and a .distcp holds one archive an entry."""
+    try:
+        with path.open("rb") as raw, open_archive(raw) as archive:
+            compressed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (ArchiveError, OSError):
+        return  # the reader says what is wrong with it
+    if compressed:
+        raise _bad(shown, f"its record {compressed[0][:80]!r} is compressed, which torch.save() never writes")
 
 
 def consolidate_dcp(folder: Path, shown: str, target: Path) -> int:
@@ -189,6 +202,8 @@ def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     ordered = sorted(tensors, key=lambda t: t.key)
+    if any(t.key == "__metadata__" for t in ordered):
+        raise _bad(shown, "a tensor named __metadata__, the name safetensors keeps for its own header")
     for t in ordered:
         header[t.key] = {"dtype": t.dtype.name, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
@@ -253,6 +268,7 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
             "preserve_format": torch.preserve_format,
         }
         state_dict_metadata: dict[str, Any] = {}
+        described: set[tuple[str, tuple[int, ...], tuple[int, ...], Any]] = set()  # (fqn, offsets, sizes, dtype)
         for fqn, spec in specs.items():
             if spec["dtype"] not in _TORCH_DTYPES or not isinstance(fqn, str):
                 raise ValueError(f"a dtype hubsync does not rebuild: {str(spec['dtype'])[:40]!r}")
@@ -270,6 +286,7 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
                 for c in spec["chunks"]
             ]
             state_dict_metadata[fqn] = dm.TensorStorageMetadata(props, torch.Size(_int_list(spec["size"])), chunks)
+            described |= {(fqn, tuple(c.offsets), tuple(c.sizes), props.dtype) for c in chunks}
         for fqn in values:
             if not isinstance(fqn, str) or fqn in state_dict_metadata:
                 raise ValueError("a malformed value entry")
@@ -291,7 +308,10 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
                 start = buffer.tell()
                 if "tensor" in record:
                     offset = torch.Size(_int_list(record["offset"]))
-                    torch.save(tensors[record["tensor"]].clone(), buffer)
+                    tensor = tensors[record["tensor"]]
+                    if (fqn, tuple(offset), tuple(tensor.shape), tensor.dtype) not in described:
+                        raise ValueError(f"the tensor of {fqn[:80]!r} is not the dtype, offset and shape described")
+                    torch.save(tensor.clone(), buffer)
                 else:
                     offset = None
                     torch.save(decode_tree(record["value"], {}), buffer)

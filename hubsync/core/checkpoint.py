@@ -216,7 +216,11 @@ def read_json_file(path: Path, shown: str) -> Any:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointFileError(shown, f"larger than {MAX_JSON_BYTES // 2**20} MiB")
-        return loads_json(path.read_bytes())
+        with path.open("rb") as f:  # read bounded: a device or a pipe (/dev/zero) has no size to trust
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise CheckpointFileError(shown, f"larger than {MAX_JSON_BYTES // 2**20} MiB")
+        return loads_json(data)
     except ValueError as exc:
         raise CheckpointFileError(shown, str(exc)) from exc
     except OSError as exc:
@@ -406,8 +410,10 @@ def _fsdp_model(root: Path, names: set[str], shown: str) -> tuple[str | None, Ma
     if not any(".lora_A." in k or ".lora_B." in k for k in meta.tensors):
         return "model.safetensors", None
     config = None
-    if ADAPTER_CONFIG not in names and (root.parent / ADAPTER_CONFIG).is_file():
-        config = read_json_file(root.parent / ADAPTER_CONFIG, f"{display_path(root.parent)}/{ADAPTER_CONFIG}")
+    beside = root.parent / ADAPTER_CONFIG
+    # never through a link: one that leads out of the run folder would publish whatever JSON it names
+    if ADAPTER_CONFIG not in names and beside.is_file() and not beside.is_symlink():
+        config = read_json_file(beside, f"{display_path(root.parent)}/{ADAPTER_CONFIG}")
         config = config if isinstance(config, dict) else None
     return "adapter_model.safetensors", config
 

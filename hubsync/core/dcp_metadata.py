@@ -10,6 +10,7 @@ consolidates to) needs it; convert/dcp.py encodes and rebuilds the folders with 
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import re
 import struct
@@ -227,6 +228,7 @@ class DcpMetadata:
     storage_meta: dict[str, Any] | None
     version: str | None
     entries: tuple[Entry, ...]  # by file, then by position in it
+    chunk_sizes: dict[tuple[str, tuple[int, ...]], list[int]]  # (fqn, chunk offsets) -> its sizes
 
 
 def _bad(shown: str, reason: str) -> UnreadableWeightsError:
@@ -269,10 +271,21 @@ def read_metadata(path: Path, shown: str) -> DcpMetadata:
         MemoryError,
     ) as exc:
         raise _bad(shown, f"not a DCP metadata file ({one_line(str(exc))[:200]})") from exc
-    return _check_metadata(root, shown)
+    return _check_metadata(root, shown, len(data))
 
 
-def _check_metadata(root: Any, shown: str) -> DcpMetadata:
+def _check_metadata(root: Any, shown: str, budget: int) -> DcpMetadata:
+    """The metadata `root` as plain data, checked. `budget`: the items (entries, chunks, names of planner paths)
+    it may unfold into, the pickle's size in bytes: each costs a pickle at least a byte where nothing is shared,
+    and a pickle that shares one list of chunks (or one path) under many names would otherwise unfold into far
+    more than it holds."""
+    left = [budget]
+
+    def spend(count: int) -> None:
+        left[0] -= count
+        if left[0] < 0:
+            raise _bad(shown, f"it unfolds into more items than its {budget:,} bytes hold (shared lists?)")
+
     if not isinstance(root, _Record) or root.kind != "Metadata" or not isinstance(root.fields, dict):
         raise _bad(shown, "it does not hold a DCP Metadata")
     sdm = root.get("state_dict_metadata")
@@ -301,6 +314,7 @@ def _check_metadata(root: Any, shown: str) -> DcpMetadata:
         if type(requires_grad) is not bool or type(pin_memory) is not bool:
             raise _bad(shown, f"the entry {fqn[:80]!r} has unexpected tensor properties")
         chunks = item.get("chunks")
+        spend(1 + (len(chunks) if isinstance(chunks, list) else 0))
         if not isinstance(chunks, list) or not all(
             isinstance(c, _Record) and c.kind == "ChunkStorageMetadata" for c in chunks
         ):
@@ -329,6 +343,8 @@ def _check_metadata(root: Any, shown: str) -> DcpMetadata:
                 raise _bad(shown, f"a chunk of {fqn[:80]!r} lies outside its tensor")
     planner = root.get("planner_data")
     if planner is not None:
+        if isinstance(planner, dict):
+            spend(len(planner) + sum(len(v) for v in planner.values() if isinstance(v, tuple)))
         if not isinstance(planner, dict) or not all(
             isinstance(k, str)
             and isinstance(v, tuple)
@@ -350,6 +366,7 @@ def _check_metadata(root: Any, shown: str) -> DcpMetadata:
             modules = []
         if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
             raise _bad(shown, "its modules are not a list of names")
+        spend(len(modules))
         storage_meta = {"save_id": save_id, "modules": modules}
     version = root.get("version")
     if version is not None and not isinstance(version, str):
@@ -357,8 +374,13 @@ def _check_metadata(root: Any, shown: str) -> DcpMetadata:
     storage = root.get("storage_data")
     if not isinstance(storage, dict):
         raise _bad(shown, "its storage_data is not a dict")
+    spend(len(storage))
     entries = []
     seen: set[tuple[str, tuple[int, ...] | None]] = set()
+    chunk_sizes: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    for fqn, spec in tensors.items():
+        for c in reversed(spec["chunks"]):  # the first chunk of an offset counts
+            chunk_sizes[(fqn, tuple(c["offsets"]))] = c["sizes"]
     for index, info in storage.items():
         if not isinstance(index, _Record) or index.kind != "MetadataIndex":
             raise _bad(shown, "a storage key that is not a MetadataIndex")
@@ -369,7 +391,7 @@ def _check_metadata(root: Any, shown: str) -> DcpMetadata:
             raise _bad(shown, "a malformed storage key")
         offsets = tuple(_ints(offset, "a storage offset", shown)) if offset is not None else None
         if fqn in tensors:
-            if offsets is None or list(offsets) not in [c["offsets"] for c in tensors[fqn]["chunks"]]:
+            if offsets is None or (fqn, offsets) not in chunk_sizes:
                 raise _bad(shown, f"the stored chunk of {fqn[:80]!r} is none of its chunks")
         elif fqn not in values or offsets is not None:
             raise _bad(shown, f"stored bytes of {fqn[:80]!r}, which the metadata does not describe")
@@ -385,4 +407,8 @@ def _check_metadata(root: Any, shown: str) -> DcpMetadata:
             raise _bad(shown, "a malformed storage range")
         entries.append(Entry(fqn, offsets, position, file, start, length))
     entries.sort(key=lambda e: (e.file, e.start))
-    return DcpMetadata(tensors, tuple(values), planner, storage_meta, version, tuple(entries))
+    for before, after in itertools.pairwise(entries):
+        # DCP's writer lays a file's entries end to end: bytes read as two entries would be published twice
+        if before.file == after.file and after.start < before.start + before.length:
+            raise _bad(shown, f"the entries {before.fqn[:80]!r} and {after.fqn[:80]!r} share bytes of {after.file}")
+    return DcpMetadata(tensors, tuple(values), planner, storage_meta, version, tuple(entries), chunk_sizes)

@@ -118,7 +118,8 @@ def _fsdp(paths: Collection[str]) -> StateLayout | None:
     return StateLayout("fsdp", "FSDP sharded state", ranks, tuple(missing), reshards=True)
 
 
-_LAYOUTS: tuple[Callable[[Collection[str]], StateLayout | None], ...] = (_deepspeed, _fsdp)
+# FSDP's first: its files' names are its own, while DeepSpeed's `latest` is a name any folder may hold.
+_LAYOUTS: tuple[Callable[[Collection[str]], StateLayout | None], ...] = (_fsdp, _deepspeed)
 
 
 def state_layout(paths: Collection[str]) -> StateLayout | None:
