@@ -19,7 +19,7 @@ from hubsync.convert.state import rebuild_state
 from hubsync.convert.torchzip import read_torch_archive
 from hubsync.core.conversion import is_resumable, is_training_state, resume_missing
 from hubsync.core.errors import DamagedStateError, UnsafePickleError
-from hubsync.core.layouts import state_layout
+from hubsync.core.layouts import latest_problem, state_layout
 
 ZERO2 = {
     "adapter_model.safetensors",
@@ -341,3 +341,49 @@ def test_a_tensor_of_a_document_reads_with_and_without_attributes_on_one_storage
     rebuilt = torch.load(rebuild_state(folder / f"{name}.json"), weights_only=False)
     assert vars(rebuilt["x"]) == {} and vars(rebuilt["y"]) == {"ds_id": "2_20"}
     assert rebuilt["x"].data_ptr() == rebuilt["y"].data_ptr()  # one tensor's storage, as the pickle shared it
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.binary(max_size=40) | st.sampled_from([b"global_step10", b"global_step10\n", b"global_step20"]))
+def test_latest_is_accepted_only_naming_a_folder_the_revision_holds(text: bytes) -> None:
+    """DeepSpeed resumes from (and unpickles) whatever folder `latest` names: from a Hub, only global_step<N> of
+    the revision itself passes (`/tmp/evil`, `../x`, `global_step10/../..` do not)."""
+    problem = latest_problem(text, ZERO2)
+    assert (problem is None) == (text.strip() == b"global_step10")
+
+
+def test_a_hub_serving_a_latest_that_leads_elsewhere_is_refused_on_pull(
+    checkpoint: Path, hub: Any, api: Any, tmp_path: Path
+) -> None:
+    """A revision whose `latest` names a folder outside it: pull refuses it and places nothing, before DeepSpeed
+    could ever resume from it."""
+    from click.testing import CliRunner
+
+    from hubsync.cli import cli
+
+    api.create_repo("me/ds", private=True)
+    api.create_branch("me/ds", branch="checkpoint-10")
+    files = {
+        "adapter_model.safetensors": checkpoint / "adapter_model.safetensors",
+        "adapter_config.json": checkpoint / "adapter_config.json",
+        "trainer_state.json": checkpoint / "trainer_state.json",
+        "latest": b"/tmp/evil\n",
+        "global_step10/mp_rank_00_model_states.json": b"{}",
+    }
+    for path, data in files.items():
+        api.upload_file(
+            path_or_fileobj=data if isinstance(data, bytes) else str(data),
+            path_in_repo=path,
+            repo_id="me/ds",
+            revision="checkpoint-10",
+        )
+    result = CliRunner().invoke(
+        cli,
+        ["pull", "me/ds", "--revision", "checkpoint-10", "--to", str(tmp_path / "pulled")],
+        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token},
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        "training state from latest: it says" in result.output and "not the name of a global_step<N>" in result.output
+    )
+    assert not (tmp_path / "pulled").exists() or not any((tmp_path / "pulled").iterdir())

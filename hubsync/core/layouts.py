@@ -85,6 +85,22 @@ def _deepspeed(paths: Collection[str]) -> StateLayout | None:
     return StateLayout("deepspeed", label, ranks, tuple(missing))
 
 
+_LATEST_RE = re.compile(rb"\s*(global_step[0-9]{1,12})\s*\Z")
+
+
+def latest_problem(text: bytes, paths: Collection[str]) -> str | None:
+    """What is wrong with DeepSpeed's `latest` file of a revision (`text`, its bytes), or None. DeepSpeed loads
+    `<checkpoint>/<its text, stripped>/mp_rank_00_model_states.pt` with torch.load(weights_only=False): anything
+    but the name of a global_step<N>/ folder the revision holds would point a resume at a pickle elsewhere."""
+    found = _LATEST_RE.match(text)
+    if found is None:
+        return f"it says {text[:40]!r}, not the name of a global_step<N> folder"
+    tag = found[1].decode()
+    if not any(p.startswith(f"{tag}/") for p in paths):
+        return f"it names {tag}/, which the revision does not hold"
+    return None
+
+
 _FSDP_FILE_RE = re.compile(
     r"^(?P<folder>(?P<what>pytorch_model_fsdp|optimizer)_(?P<n>[0-9]{1,6}))/"
     r"(?:\.metadata|dcp\.json|__(?P<rank>[0-9]{1,6})_0\.(?:distcp|safetensors))\Z"

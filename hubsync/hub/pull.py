@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.conversion import DEEPSPEED_STATE_RE, STATE_DOCUMENT_RE
-from hubsync.core.errors import HubsyncError, NotEnoughSpaceError, PullTargetExistsError, PullVerificationError
+from hubsync.core.errors import (
+    DamagedStateError,
+    HubsyncError,
+    NotEnoughSpaceError,
+    PullTargetExistsError,
+    PullVerificationError,
+)
+from hubsync.core.layouts import latest_problem, state_layout
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile, newest_revision, plan_pull, step_of
 from hubsync.extras import needs_extra
@@ -188,6 +195,7 @@ def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: 
         for folder in sorted({(staging / f.path).parent for f in plan.files}):
             folder.mkdir(parents=True, exist_ok=True)  # here, not in the downloads (see _fetch_all)
         _fetch_all(lambda f, transfers: _fetch_verified(hub, plan, f, staging, transfers), plan.files, workers)
+        _check_latest(plan, staging)
         _rebuild_training_state(plan, staging)
         _place(staging, plan.target)
     except BaseException:
@@ -240,6 +248,20 @@ def _fetch_all(fetch: Callable[[RemoteFile, Transfers], None], files: tuple[Remo
         raise
     if failures:  # what went wrong first, not the cancels it caused
         raise next((f for f in failures if not isinstance(f, DownloadCancelled)), failures[0])
+
+
+def _check_latest(plan: PullPlan, staging: Path) -> None:
+    """DeepSpeed's `latest`, as the Hub served it, names a global_step<N>/ folder of the revision: DeepSpeed
+    resumes from the folder it names, unpickling what lies there, wherever that is."""
+    paths = frozenset(f.path for f in plan.files)
+    layout = state_layout(paths)
+    if "latest" not in paths or layout is None or layout.kind != "deepspeed":
+        return
+    with (staging / "latest").open("rb") as file:
+        text = file.read(257)
+    problem = "it is larger than a folder's name" if len(text) > 256 else latest_problem(text, paths)
+    if problem is not None:
+        raise DamagedStateError("latest", problem)
 
 
 def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
