@@ -239,8 +239,7 @@ def plan_push(
     training_state_format, allow_public_state, tags, release, git_commit, template, license, base_model,
     datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit). `settings`
     (already resolved, as the command line does) replaces repo_id and options."""
-    from hubsync.convert import check_weights
-    from hubsync.convert.state import measured_plan
+    from hubsync.convert import check_weights, measured_push
 
     path = _path("path", path)
     if settings is None:
@@ -252,7 +251,7 @@ def plan_push(
     untagged = dataclasses.replace(push, tags=())
     plans = [plan_one_push(c, push if c is checkpoints[-1] else untagged) for c in checkpoints]
     check_distinct_branches(plans)
-    plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
+    plans = [measured_push(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # converted files, as written
     for plan, checkpoint in zip(plans, checkpoints, strict=True):  # what converting them would refuse, read only
         check_weights(checkpoint, plan.conversion)
     return PushJob(tuple(plans), checkpoints, settings, dict(targets.passed_over))
