@@ -311,3 +311,72 @@ def test_a_pickled_adapter_stays_one_file_that_peft_loads(bin_run: Path, hub: Ru
     original = torch.load(bin_run / "checkpoint-10" / "adapter_model.bin", weights_only=True)
     loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
     assert original and all(torch.equal(loaded[k], v) for k, v in original.items())
+
+
+# -- the sharded form counts, by name alone ----------------------------------------------------------------------------
+
+BASE = {
+    "trainer_state.json",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "scheduler.json",
+    "scheduler.safetensors",
+}
+SHARDED = {
+    "optimizer.json",
+    "optimizer.safetensors.index.json",
+    "optimizer-00001-of-00002.safetensors",
+    "optimizer-00002-of-00002.safetensors",
+}
+
+
+def test_ls_and_pull_count_state_in_shards_only_when_every_shard_and_the_index_are_there() -> None:
+    from hubsync.core.conversion import is_training_state, resume_missing
+    from hubsync.core.layouts import has_state_file, state_layout
+
+    assert resume_missing(BASE | SHARDED) == ()
+    assert resume_missing(BASE | SHARDED - {"optimizer-00002-of-00002.safetensors"}) == ("optimizer state",)
+    assert resume_missing(BASE | SHARDED - {"optimizer.safetensors.index.json"}) == ("optimizer state",)
+    assert resume_missing(BASE | SHARDED - {"optimizer.json"}) == ("optimizer state",)
+    assert all(is_training_state(p) for p in SHARDED)  # dropped with the training state, never released
+    deepspeed = {
+        "latest",
+        "global_step10/mp_rank_00_model_states.json",
+        "global_step10/mp_rank_00_model_states.safetensors",
+        "global_step10/zero_pp_rank_0_mp_rank_00_optim_states.json",
+        "global_step10/zero_pp_rank_0_mp_rank_00_optim_states.safetensors.index.json",
+        "global_step10/zero_pp_rank_0_mp_rank_00_optim_states-00001-of-00001.safetensors",
+    }
+    assert has_state_file(deepspeed, "global_step10/zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    layout = state_layout(deepspeed)
+    assert layout is not None and layout.missing == () and layout.ranks == 1
+
+
+@pytest.mark.parametrize(
+    ("left_out", "added", "lacks"),
+    [
+        ({"optimizer.safetensors.index.json"}, set(), "the index of its shards"),
+        ({"optimizer-00001-of-00002.safetensors"}, set(), "one of its shards"),
+        (set(), {"optimizer-00003-of-00003.safetensors"}, "one of its shards"),
+    ],
+)
+def test_a_listing_without_every_shard_is_refused_before_anything_is_fetched(
+    left_out: set[str], added: set[str], lacks: str, tmp_path: Path
+) -> None:
+    from hubsync.core.errors import DamagedStateError
+    from hubsync.core.pull import RemoteFile, plan_pull
+
+    entries = [RemoteFile(p, 1, None, "0" * 40) for p in sorted(BASE | SHARDED - left_out | added)]
+    with pytest.raises(DamagedStateError, match=lacks):
+        plan_pull("me/x", "checkpoint-10", "0" * 40, entries, tmp_path, 10)
+    plan = plan_pull(
+        "me/x",
+        "checkpoint-10",
+        "0" * 40,
+        [RemoteFile(p, 1, None, "0" * 40) for p in sorted(BASE | SHARDED)],
+        tmp_path,
+        10,
+    )
+    (rebuilt,) = [r for r in plan.rebuilt if r.path == "optimizer.pt"]
+    assert [t.path for t in rebuilt.tensors] == sorted(p for p in SHARDED if "-of-" in p)
+    assert not {f.path for f in plan.written} & SHARDED
