@@ -637,20 +637,27 @@ def convert_checkpoint(
     *,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Conversion:
     """Convert a checkpoint's pickled weights to safetensors in `output` (default: safetensors-<name> beside it),
-    verified bit for bit, with the configs and tokenizer files copied beside them. The pickles are read without
-    running code from them; the checkpoint folder is never modified. `progress` is called with bytes read."""
+    verified bit for bit, with the configs and tokenizer files copied beside them; pytorch_model.bin in shards
+    with an index when its tensors take more than `max_shard_size` (the push setting: "5GB" by default). The
+    pickles are read without running code from them; the checkpoint folder is never modified. `progress` is
+    called with bytes read."""
     from hubsync.convert import convert_checkpoint, default_output_dir
     from hubsync.core.conversion import plan_conversion
 
     _flags(force=force)
     ckpt = read_checkpoint(_path("checkpoint", checkpoint))
+    given = {} if max_shard_size is None else {"max-shard-size": max_shard_size}
+    limit = resolve_for(ckpt.path, given, names=("max-shard-size",), label=keyword_label)["max-shard-size"]
     plan = plan_conversion(ckpt)
     if not plan.conversions:
         return Conversion((), None)
     out_dir = _path("output", output) if output else default_output_dir(ckpt)
-    done = convert_checkpoint(ckpt, plan, out_dir, force=force, progress=progress or (lambda n: None))
+    done = convert_checkpoint(
+        ckpt, plan, out_dir, force=force, progress=progress or (lambda n: None), max_shard_size=limit
+    )
     sources = {c.source for c in plan.conversions}
     return Conversion(tuple(done), out_dir, sum(f.size for f in ckpt.files if f.relpath in sources))
 

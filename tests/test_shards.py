@@ -380,3 +380,21 @@ def test_a_listing_without_every_shard_is_refused_before_anything_is_fetched(
     (rebuilt,) = [r for r in plan.rebuilt if r.path == "optimizer.pt"]
     assert [t.path for t in rebuilt.tensors] == sorted(p for p in SHARDED if "-of-" in p)
     assert not {f.path for f in plan.written} & SHARDED
+
+
+def test_convert_splits_pytorch_model_bin_over_the_limit_as_save_pretrained_does(
+    bin_model: Path, tmp_path: Path
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    out = tmp_path / "converted"
+    result = CliRunner().invoke(cli, ["convert", str(bin_model), "-o", str(out), "--max-shard-size", "20KB"])
+    assert result.exit_code == 0, result.stderr
+    shards = sorted(p.name for p in out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
+    assert f"pytorch_model.bin -> {shards[0]}: " in result.stdout
+    reloaded = LlamaForCausalLM.from_pretrained(out).state_dict()
+    for name, tensor in torch.load(bin_model / "pytorch_model.bin", weights_only=True).items():
+        assert torch.equal(reloaded[name], tensor), name
+    bad = CliRunner().invoke(cli, ["convert", str(bin_model), "-o", str(tmp_path / "x"), "--max-shard-size", "60GB"])
+    assert bad.exit_code == 2 and "max-shard-size must be a size from 1 byte to 50GB" in bad.stderr

@@ -188,6 +188,7 @@ def convert_checkpoint(
     *,
     force: bool = False,
     progress: Progress = lambda n: None,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
 ) -> list[ConvertedFile]:
     """Convert into `out_dir`, which must be new or empty (or `force`). An interrupted run leaves nothing there."""
     out_dir = Path(os.path.abspath(out_dir))
@@ -197,12 +198,12 @@ def convert_checkpoint(
         raise OutputExistsError(display_path(out_dir))
     if out_dir.exists():
         remove_stale_temps(out_dir)
-        return _convert_into(checkpoint, plan, out_dir, progress)
+        return _convert_into(checkpoint, plan, out_dir, progress, max_shard_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent)
     staging = temp_dir(out_dir.parent, out_dir.name)
     try:
-        done = _convert_into(checkpoint, plan, staging, progress)
+        done = _convert_into(checkpoint, plan, staging, progress, max_shard_size)
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -211,9 +212,9 @@ def convert_checkpoint(
 
 
 def _convert_into(
-    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress
+    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress, max_shard_size: int
 ) -> list[ConvertedFile]:
-    done = convert_weights(checkpoint, plan, out_dir, progress)
+    done = convert_weights(checkpoint, plan, out_dir, progress, max_shard_size)
     for relpath in companion_files(checkpoint, plan):
         (out_dir / relpath).parent.mkdir(parents=True, exist_ok=True)
         copy_file_atomic(checkpoint.path / relpath, out_dir / relpath)
