@@ -239,8 +239,7 @@ def plan_push(
     training_state_format, allow_public_state, tags, release, git_commit, template, license, base_model,
     datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit). `settings`
     (already resolved, as the command line does) replaces repo_id and options."""
-    from hubsync.convert import check_weights
-    from hubsync.convert.state import measured_plan
+    from hubsync.convert import check_weights, measured_push
 
     path = _path("path", path)
     if settings is None:
@@ -252,7 +251,7 @@ def plan_push(
     untagged = dataclasses.replace(push, tags=())
     plans = [plan_one_push(c, push if c is checkpoints[-1] else untagged) for c in checkpoints]
     check_distinct_branches(plans)
-    plans = [measured_plan(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # training state's real sizes
+    plans = [measured_push(p, c) for p, c in zip(plans, checkpoints, strict=True)]  # converted files, as written
     for plan, checkpoint in zip(plans, checkpoints, strict=True):  # what converting them would refuse, read only
         check_weights(checkpoint, plan.conversion)
     return PushJob(tuple(plans), checkpoints, settings, dict(targets.passed_over))
@@ -638,20 +637,27 @@ def convert_checkpoint(
     *,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Conversion:
     """Convert a checkpoint's pickled weights to safetensors in `output` (default: safetensors-<name> beside it),
-    verified bit for bit, with the configs and tokenizer files copied beside them. The pickles are read without
-    running code from them; the checkpoint folder is never modified. `progress` is called with bytes read."""
+    verified bit for bit, with the configs and tokenizer files copied beside them; pytorch_model.bin in shards
+    with an index when its tensors take more than `max_shard_size` (the push setting: "5GB" by default). The
+    pickles are read without running code from them; the checkpoint folder is never modified. `progress` is
+    called with bytes read."""
     from hubsync.convert import convert_checkpoint, default_output_dir
     from hubsync.core.conversion import plan_conversion
 
     _flags(force=force)
     ckpt = read_checkpoint(_path("checkpoint", checkpoint))
+    given = {} if max_shard_size is None else {"max-shard-size": max_shard_size}
+    limit = resolve_for(ckpt.path, given, names=("max-shard-size",), label=keyword_label)["max-shard-size"]
     plan = plan_conversion(ckpt)
     if not plan.conversions:
         return Conversion((), None)
     out_dir = _path("output", output) if output else default_output_dir(ckpt)
-    done = convert_checkpoint(ckpt, plan, out_dir, force=force, progress=progress or (lambda n: None))
+    done = convert_checkpoint(
+        ckpt, plan, out_dir, force=force, progress=progress or (lambda n: None), max_shard_size=limit
+    )
     sources = {c.source for c in plan.conversions}
     return Conversion(tuple(done), out_dir, sum(f.size for f in ckpt.files if f.relpath in sources))
 

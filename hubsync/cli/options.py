@@ -186,6 +186,14 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="The adapter_config.json to publish with the LoRA weights of an FSDP sharded checkpoint, "
                 "which holds none [default: the run folder's adapter_config.json].",
             ),
+            click.option(
+                "--max-shard-size",
+                metavar="SIZE",
+                callback=bad_flag_values,
+                help="Split a converted file (weights, training state) whose tensors take more than SIZE into "
+                'shards with an index, as save_pretrained does: "5GB", "500MB", "10GiB" or bytes, up to the '
+                "Hub's 50GB a file [default: 5GB].",
+            ),
             max_wait_option,
         ]
     ):

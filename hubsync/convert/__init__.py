@@ -5,17 +5,35 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hubsync.core.checkpoint import Checkpoint, read_json_file
-from hubsync.core.conversion import PICKLE_SUFFIXES, ConversionPlan, is_training_state, safetensors_name
-from hubsync.core.errors import CheckpointFileError, OutputExistsError, OutputInsideCheckpointError
+from hubsync.core.conversion import (
+    PICKLE_SUFFIXES,
+    ConversionPlan,
+    WeightConversion,
+    is_training_state,
+    safetensors_name,
+)
+from hubsync.core.errors import CheckpointFileError, HubLimitError, OutputExistsError, OutputInsideCheckpointError
 from hubsync.core.paths import display_path
+from hubsync.core.plan import PushPlan, Upload
+from hubsync.core.remote_paths import MAX_FILE_SIZE
+from hubsync.core.shards import (
+    DEFAULT_MAX_SHARD_SIZE,
+    SPLIT_STEM,
+    SPLIT_WEIGHTS,
+    group_shards,
+    index_document,
+    index_name,
+    shard_name,
+    shard_weight_map,
+)
 from hubsync.files import copy_file_atomic, is_temp, lies_within, remove_stale_temps, temp_dir, write_file_atomic
 
-from .torchzip import read_torch_archive
-from .writer import Progress, find_aliases, write_verified
+from .torchzip import TensorRef, read_torch_archive
+from .writer import Progress, find_aliases, plan_layout, write_verified
 
 ALIASES_KEY = "hubsync_aliases"
 
@@ -30,9 +48,14 @@ class ConvertedFile:
 
 
 def convert_weights(
-    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress = lambda n: None
+    checkpoint: Checkpoint,
+    plan: ConversionPlan,
+    out_dir: Path,
+    progress: Progress = lambda n: None,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
 ) -> list[ConvertedFile]:
-    """Write the plan's safetensors files (and rewritten index) into `out_dir`, each whole and verified."""
+    """Write the plan's safetensors files (and rewritten index) into `out_dir`, each whole and verified;
+    pytorch_model.bin in shards of at most `max_shard_size` tensor bytes, with their index, when it holds more."""
     done = []
     for conversion in plan.conversions:
         shown = f"{checkpoint.display}/{conversion.source}"
@@ -41,11 +64,66 @@ def convert_weights(
         metadata = {"format": "pt"}
         if aliases:
             metadata[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
-        written = write_verified(archive, kept, metadata, out_dir / conversion.target, shown, progress)
-        done.append(ConvertedFile(conversion.source, conversion.target, len(kept), written, aliases))
+        for target, tensors in _weight_files(conversion, kept, max_shard_size):
+            if isinstance(tensors, bytes):
+                write_file_atomic(out_dir / target, tensors)
+                continue
+            written = write_verified(archive, tensors, metadata, out_dir / target, shown, progress)
+            done.append(ConvertedFile(conversion.source, target, len(tensors), written, aliases))
     if plan.index is not None:
         _rewrite_index(checkpoint, plan.index, out_dir, done)
     return done
+
+
+def _weight_files(
+    conversion: WeightConversion, kept: dict[str, TensorRef], max_shard_size: int
+) -> list[tuple[str, dict[str, TensorRef] | bytes]]:
+    """(file, its tensors or, for an index, its bytes) that one conversion writes."""
+    groups = group_shards([(n, t.nbytes) for n, t in kept.items()], max_shard_size)
+    if conversion.source != SPLIT_WEIGHTS or len(groups) == 1:
+        return [(conversion.target, kept)]
+    weight_map = shard_weight_map(groups, SPLIT_STEM)
+    files: list[tuple[str, dict[str, TensorRef] | bytes]] = [
+        (shard_name(SPLIT_STEM, i, len(groups)), {n: kept[n] for n in group}) for i, group in enumerate(groups, 1)
+    ]
+    files.append((index_name(SPLIT_STEM), index_document(weight_map, sum(t.nbytes for t in kept.values()))))
+    return files
+
+
+def measured_weights(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
+    """`plan` with pytorch_model.bin's uploads as convert_weights writes them under the plan's max_shard_size:
+    its shards and index, each of its exact size, when its tensors take more (read from the pickle's structure,
+    no tensor bytes)."""
+    conversion = next((c for c in plan.conversion.conversions if c.source == SPLIT_WEIGHTS), None)
+    if conversion is None:
+        return plan
+    shown = f"{checkpoint.display}/{conversion.source}"
+    kept, aliases = find_aliases(read_torch_archive(checkpoint.path / conversion.source, shown).tensors)
+    files = _weight_files(conversion, kept, plan.max_shard_size)
+    if len(files) == 1:
+        return plan
+    metadata = {"format": "pt", **({ALIASES_KEY: json.dumps(aliases, sort_keys=True)} if aliases else {})}
+    uploads = [u for u in plan.uploads if u.converted_from != conversion.source]
+    for target, tensors in files:
+        size = len(tensors) if isinstance(tensors, bytes) else _file_size(tensors, metadata)
+        if size > MAX_FILE_SIZE:  # one tensor larger than the Hub holds: no split helps
+            reason = f"has a tensor of over {MAX_FILE_SIZE // 1000**3} GB, the most a file on the Hub holds"
+            raise HubLimitError(checkpoint.display, conversion.source, reason)
+        uploads.append(Upload(target, target, size, conversion.source))
+    return replace(plan, uploads=tuple(sorted(uploads, key=lambda u: u.path_in_repo)))
+
+
+def measured_push(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
+    """`plan` with its converted files as they will be written: the training state's exact sizes, and the shards
+    and index of weights or state whose tensors take more than the plan's max_shard_size. Reads the pickles'
+    structure only; what execute_push needs of a plan_push plan."""
+    from .state import measured_plan
+
+    return measured_weights(measured_plan(plan, checkpoint), checkpoint)
+
+
+def _file_size(tensors: dict[str, TensorRef], metadata: dict[str, str]) -> int:
+    return len(plan_layout(tensors, metadata).header) + sum(t.nbytes for t in tensors.values())
 
 
 def check_weights(checkpoint: Checkpoint, plan: ConversionPlan) -> None:
@@ -110,6 +188,7 @@ def convert_checkpoint(
     *,
     force: bool = False,
     progress: Progress = lambda n: None,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
 ) -> list[ConvertedFile]:
     """Convert into `out_dir`, which must be new or empty (or `force`). An interrupted run leaves nothing there."""
     out_dir = Path(os.path.abspath(out_dir))
@@ -119,12 +198,12 @@ def convert_checkpoint(
         raise OutputExistsError(display_path(out_dir))
     if out_dir.exists():
         remove_stale_temps(out_dir)
-        return _convert_into(checkpoint, plan, out_dir, progress)
+        return _convert_into(checkpoint, plan, out_dir, progress, max_shard_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent)
     staging = temp_dir(out_dir.parent, out_dir.name)
     try:
-        done = _convert_into(checkpoint, plan, staging, progress)
+        done = _convert_into(checkpoint, plan, staging, progress, max_shard_size)
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -133,9 +212,9 @@ def convert_checkpoint(
 
 
 def _convert_into(
-    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress
+    checkpoint: Checkpoint, plan: ConversionPlan, out_dir: Path, progress: Progress, max_shard_size: int
 ) -> list[ConvertedFile]:
-    done = convert_weights(checkpoint, plan, out_dir, progress)
+    done = convert_weights(checkpoint, plan, out_dir, progress, max_shard_size)
     for relpath in companion_files(checkpoint, plan):
         (out_dir / relpath).parent.mkdir(parents=True, exist_ok=True)
         copy_file_atomic(checkpoint.path / relpath, out_dir / relpath)

@@ -22,14 +22,26 @@ import base64
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from hubsync.core.checkpoint import Checkpoint, loads_json
 from hubsync.core.conversion import DEEPSPEED_FOLDER, STATE_FILE_RE
-from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
-from hubsync.core.plan import PushPlan, with_sizes
+from hubsync.core.errors import DamagedStateError, HubLimitError, UnrepresentableStateError
+from hubsync.core.plan import PushPlan, Upload
+from hubsync.core.remote_paths import MAX_FILE_SIZE
+from hubsync.core.shards import (
+    DEFAULT_MAX_SHARD_SIZE,
+    group_shards,
+    index_document,
+    index_name,
+    parse_shard_index,
+    shard_name,
+    shard_weight_map,
+)
 from hubsync.extras import needs_extra
 from hubsync.files import write_file_atomic
 
@@ -46,38 +58,122 @@ MAX_INT_BITS = 12_000  # about 3,600 digits: JSON (and str()) write out at most 
 
 
 def safe_names(source: str) -> tuple[str, str]:
-    """optimizer.pt -> (optimizer.json, optimizer.safetensors)."""
+    """optimizer.pt -> (optimizer.json, optimizer.safetensors): the document, and the tensors when one file holds
+    them (else state_files names their shards and index)."""
     stem = source.rsplit(".", 1)[0]
     return f"{stem}.json", f"{stem}.safetensors"
 
 
-def encode_state(source: Path, shown: str, out_dir: Path) -> None:
-    """Write <stem>.json and <stem>.safetensors for one training-state file; UnrepresentableStateError on a
-    type this format cannot hold."""
+def state_files(source: str, groups: Sequence[Sequence[str]]) -> list[str]:
+    """The files that hold a state file's tensors, named as `source` (optimizer.pt): optimizer.safetensors when
+    one group holds them all, else one shard a group and the index, as transformers names them."""
+    stem = source.rsplit(".", 1)[0]
+    if len(groups) <= 1:
+        return [f"{stem}.safetensors"]
+    return [shard_name(stem, i, len(groups)) for i in range(1, len(groups) + 1)] + [index_name(stem)]
+
+
+def _tensor_files(
+    source: str, kept: dict[str, TensorRef], max_shard_size: int, like: Sequence[int] | None
+) -> list[tuple[str, dict[str, TensorRef] | bytes]]:
+    """(file name, its tensors or, for the index, its bytes) of a state file's tensors: grouped by max_shard_size,
+    or as an earlier encoding whose tensors files had the sizes `like` (ValueError when none does)."""
+    if like is not None:
+        groups = _groups_like(kept, like)
+    else:
+        groups = group_shards([(name, t.nbytes) for name, t in kept.items()], max_shard_size)
+    names = state_files(source, groups)
+    files: list[tuple[str, dict[str, TensorRef] | bytes]] = [
+        (name, {n: kept[n] for n in group}) for name, group in zip(names, groups, strict=False)
+    ]
+    if len(groups) > 1:
+        weight_map = shard_weight_map(groups, source.rsplit(".", 1)[0])
+        files.append((names[-1], index_document(weight_map, sum(t.nbytes for t in kept.values()))))
+    return files
+
+
+def _groups_like(kept: dict[str, TensorRef], sizes: Sequence[int]) -> list[list[str]]:
+    """The runs of `kept` (in order) whose safetensors files take exactly `sizes` bytes, as an earlier encoding
+    wrote them: each added tensor makes a file longer (its header entry alone is longer than the padding), so at
+    most one run fits each size. ValueError when the tensors do not fit the sizes."""
+    order = list(kept)
+    if not 0 < len(sizes) <= max(len(order), 1):  # a listing of the Hub's: each shard holds a tensor at least
+        raise ValueError("the tensors do not fit the number of files")
+    groups: list[list[str]] = []
+    start = 0
+    for size in sizes:
+        end, found = start, None
+        while True:
+            group = {n: kept[n] for n in order[start:end]}
+            nbytes = sum(t.nbytes for t in group.values())
+            if nbytes + 8 > size:
+                break
+            if len(plan_layout(group, {"format": "pt"}).header) + nbytes == size:
+                found = end
+                break
+            if end == len(order):
+                break
+            end += 1
+        if found is None:
+            raise ValueError("the tensors do not fit the sizes of the files")
+        groups.append(order[start:found])
+        start = found
+    if start != len(order):
+        raise ValueError("the tensors do not fit the sizes of the files")
+    return groups
+
+
+def encode_state(
+    source: Path,
+    shown: str,
+    out_dir: Path,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    like: Sequence[int] | None = None,
+) -> list[str]:
+    """Write <stem>.json and the tensors for one training-state file: <stem>.safetensors, or shards of at most
+    `max_shard_size` tensor bytes and their index (`like`: in the files an earlier encoding wrote, of those sizes).
+    Returns the names written; UnrepresentableStateError on a type this format cannot hold."""
     archive, kept, document = _state_document(source, shown)
-    json_name, tensors_name = safe_names(source.name)
-    write_verified(archive, kept, {"format": "pt"}, out_dir / tensors_name, f"{shown} (tensors)")
+    files = _tensor_files(source.name, kept, max_shard_size, like)
+    for name, content in files:
+        if isinstance(content, bytes):
+            write_file_atomic(out_dir / name, content)
+        else:
+            write_verified(archive, content, {"format": "pt"}, out_dir / name, f"{shown} (tensors)")
+    json_name = safe_names(source.name)[0]
     write_file_atomic(out_dir / json_name, document)
+    return [json_name] + [name for name, _ in files]
 
 
-def encoded_sizes(source: Path, shown: str) -> tuple[int, int]:
-    """The sizes of the <stem>.json and <stem>.safetensors that encode_state writes, exactly, from the pickle's
-    structure alone (no tensor bytes are read): what a dry run shows."""
+def encoded_sizes(source: Path, shown: str, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> dict[str, int]:
+    """The files encode_state writes (named as `source`, without its folder) and their sizes, exactly, from the
+    pickle's structure alone (no tensor bytes are read): what a dry run shows."""
     _archive, kept, document = _state_document(source, shown)
-    layout = plan_layout(kept, {"format": "pt"})
-    return len(document), len(layout.header) + sum(t.nbytes for t in kept.values())
+    sizes = {safe_names(source.name)[0]: len(document)}
+    for name, content in _tensor_files(source.name, kept, max_shard_size, None):
+        if isinstance(content, bytes):
+            sizes[name] = len(content)
+        else:
+            sizes[name] = len(plan_layout(content, {"format": "pt"}).header) + sum(t.nbytes for t in content.values())
+    return sizes
 
 
 def measured_plan(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
-    """`plan` with the exact sizes of the training state's JSON and safetensors files it will convert."""
-    sizes = {}
-    for source in dict.fromkeys(u.converted_from for u in plan.uploads):
-        if source is not None and STATE_FILE_RE.match(source):
-            json_name, tensors_name = safe_names(source)
-            sizes[json_name], sizes[tensors_name] = encoded_sizes(
-                checkpoint.path / source, f"{checkpoint.display}/{source}"
-            )
-    return with_sizes(plan, sizes) if sizes else plan
+    """`plan` with the training state's pickle-free files as they will be converted: their exact sizes, and the
+    shards and index of a file whose tensors take more than the plan's max_shard_size."""
+    state = [s for s in dict.fromkeys(u.converted_from for u in plan.uploads) if s and STATE_FILE_RE.match(s)]
+    if not state:
+        return plan
+    uploads = [u for u in plan.uploads if u.converted_from not in state]
+    for source in state:
+        folder = source.rsplit("/", 1)[0] + "/" if "/" in source else ""
+        sizes = encoded_sizes(checkpoint.path / source, f"{checkpoint.display}/{source}", plan.max_shard_size)
+        for name, size in sizes.items():
+            if size > MAX_FILE_SIZE:  # one tensor larger than the Hub holds: no split helps
+                reason = f"has a tensor of over {MAX_FILE_SIZE // 1000**3} GB, the most a file on the Hub holds"
+                raise HubLimitError(checkpoint.display, source, reason)
+            uploads.append(Upload(folder + name, folder + name, size, source))
+    return replace(plan, uploads=tuple(sorted(uploads, key=lambda u: u.path_in_repo)))
 
 
 def _state_document(source: Path, shown: str) -> tuple[TorchArchive, dict[str, TensorRef], bytes]:
@@ -261,12 +357,11 @@ def decode_tree(value: Any, tensors: dict[str, Any], made: dict[Any, Any] | None
 
 
 def rebuild_state(json_path: Path) -> Path:
-    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
+    """Write the original file (optimizer.pt, ...) beside `json_path` from it and its tensors (<stem>.safetensors,
+    or the shards its <stem>.safetensors.index.json names), with torch.
 
-    The document comes from a Hub: DamagedStateError when it is not what push wrote, and it writes only the one
-    file its own name says (optimizer.json -> optimizer.pt), never a path the document chooses."""
-    from safetensors import SafetensorError
-
+    The files come from a Hub: DamagedStateError when they are not what push wrote, and it writes only the one
+    file its own name says (optimizer.json -> optimizer.pt), never a path the document or the index chooses."""
     try:
         document = loads_json(json_path.read_bytes())
     except ValueError as exc:
@@ -281,23 +376,60 @@ def rebuild_state(json_path: Path) -> Path:
     target = json_path.with_name(name)
     with needs_extra(f"writing {name} back from its pickle-free form"):
         import torch
-        from safetensors.torch import load_file
-
+    tensors = load_state_tensors(json_path.with_suffix(".safetensors"), json_path.with_name(index_name(json_path.stem)))
     try:
-        tensors = load_file(json_path.with_suffix(".safetensors"))
         obj = decode_tree(document["tree"], tensors)
-    except (
-        SafetensorError,
-        KeyError,
-        ValueError,
-        TypeError,
-        IndexError,
-        OverflowError,
-        RecursionError,
-        MemoryError,
-    ) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError, RecursionError, MemoryError) as exc:
         raise DamagedStateError(json_path.name, f"{type(exc).__name__}: {exc}"[:200]) from exc
     tmp = target.with_name(f".{target.name}.rebuilding")
     torch.save(obj, tmp)
     tmp.replace(target)
     return Path(target)
+
+
+def load_state_tensors(single: Path, index: Path) -> dict[str, Any]:
+    """The tensors of a state file in its pickle-free form: `single` (<stem>.safetensors), or the shards that
+    `index` (<stem>.safetensors.index.json) names beside it, checked against it: each shard named as push names
+    them, every tensor in the shard the index says and in no other, the total size the index's."""
+    shown = index.name if index.exists() else single.name
+    if single.exists() and index.exists():
+        raise DamagedStateError(shown, f"both {single.name} and the index of its shards are there")
+    if not index.exists():
+        return load_tensor_files([single])
+    try:
+        weight_map, total = parse_shard_index(index.read_bytes(), index.name.removesuffix(".safetensors.index.json"))
+    except (OSError, ValueError) as exc:
+        raise DamagedStateError(shown, str(exc)) from exc
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise DamagedStateError(shown, f"its shard {missing[0]} is not there")
+    tensors = load_tensor_files([index.parent / s for s in shards], weight_map)
+    if set(tensors) != set(weight_map):
+        absent = sorted(set(weight_map) - set(tensors))[:1] or sorted(set(tensors) - set(weight_map))[:1]
+        raise DamagedStateError(shown, f"the tensor {absent[0]!r:.80} is not where it says")
+    if sum(t.nbytes for t in tensors.values()) != total:
+        raise DamagedStateError(shown, f"its shards hold another number of bytes than its total_size ({total})")
+    return tensors
+
+
+def load_tensor_files(files: Sequence[Path], weight_map: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The tensors of `files` (safetensors), each name in one file only, and in the file `weight_map` says."""
+    from safetensors import SafetensorError
+
+    with needs_extra("writing training state back from its pickle-free form"):
+        from safetensors.torch import load_file
+
+    tensors: dict[str, Any] = {}
+    for path in files:
+        try:
+            found = load_file(path)
+        except (SafetensorError, OSError, ValueError, MemoryError) as exc:
+            raise DamagedStateError(path.name, f"{type(exc).__name__}: {exc}"[:200]) from exc
+        for name, tensor in found.items():
+            if name in tensors:
+                raise DamagedStateError(path.name, f"the tensor {name!r:.80} is also in another shard")
+            if weight_map is not None and weight_map.get(name) != path.name:
+                raise DamagedStateError(path.name, f"it holds {name!r:.80}, which the index puts elsewhere")
+            tensors[name] = tensor
+    return tensors

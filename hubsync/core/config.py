@@ -33,6 +33,7 @@ from .metadata import check_license
 from .paths import display_path
 from .plan import check_repo_id, check_tag_name
 from .selection import check_revision_pattern, check_select
+from .shards import DEFAULT_MAX_SHARD_SIZE, parse_size
 
 _HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*\Z")
@@ -82,7 +83,7 @@ def _tag(value: str) -> str:
 class Setting:
     name: str  # the key in a configuration file, and how messages name the setting
     param: str  # the Click parameter that holds its flag's value
-    kind: type  # str, bool, list (of str) or float (seconds)
+    kind: type  # str, bool, list (of str), float (seconds) or int (bytes)
     default: Any = None
     choices: tuple[str, ...] = ()
     check: Callable[[str], str] | None = None  # each string (each item of a list): normalised, or ValueError
@@ -120,6 +121,7 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("datasets", "dataset", list, (), check=_hub_id),
     Setting("languages", "language", list, (), check=_language),
     Setting("max-wait", "max_wait", float, DEFAULT_MAX_WAIT),
+    Setting("max-shard-size", "max_shard_size", int, DEFAULT_MAX_SHARD_SIZE),
 )
 SETTINGS = {s.name: s for s in PUSH_SETTINGS}
 # Values that publish more than the default: only their flag, given on the command line, may choose them. A file
@@ -264,6 +266,14 @@ def check_value(setting: Setting, raw: Any, source: str) -> Any:
     """`raw` (from a flag, a variable or a file) as a valid value of `setting`; SettingError naming `source`."""
     if setting.kind is float:
         return _seconds(setting, raw, source)
+    if setting.kind is int:
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            shown = raw if isinstance(raw, str | int) and not isinstance(raw, bool) else repr(raw)
+            if isinstance(shown, int) and shown.bit_length() > 64:  # TOML's integers have no bound
+                shown = "a number of over 19 digits"
+            raise SettingError(source, setting.name, shown, str(exc)) from None
     if setting.kind is list and isinstance(raw, str):
         raw = [raw]
     if setting.kind is list and isinstance(raw, tuple):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .checkpoint import DCP_DOCUMENT, DCP_METADATA_RE, TRAINING_ARGS, Checkpoint, missing_parts
 from .errors import LinkOutsideCheckpointError
-from .layouts import state_layout
+from .layouts import has_state_file, state_layout
 
 _SHARD_RE = re.compile(r"^pytorch_model-([0-9]+)-of-([0-9]+)\.bin\Z")
 _SAFETENSORS_SHARD_RE = re.compile(r"^model-[0-9]+-of-[0-9]+\.safetensors\Z")
@@ -48,9 +48,12 @@ _DEEPSPEED_STEM = rf"{DEEPSPEED_FOLDER}/[A-Za-z0-9][A-Za-z0-9_-]{{0,120}}"
 DEEPSPEED_STATE_RE = re.compile(rf"^{_DEEPSPEED_STEM}\.pt\Z")
 STATE_FILE_RE = re.compile(rf"^({_PICKLED}|{_DEEPSPEED_STEM}\.pt)\Z")  # the pickles pushed in the pickle-free form
 STATE_DOCUMENT_RE = re.compile(rf"^({_STEMS}|{_DEEPSPEED_STEM})\.json\Z")  # their pickle-free form's document
+# The files of a state file's tensors split into shards (core/shards): <stem>-00001-of-00002.safetensors, the index.
+_SHARD_SUFFIX = r"-[0-9]{5}-of-[0-9]{5}\.safetensors|\.safetensors\.index\.json"
 # Training-only state: the above in either form, and the TrainingArguments.
 TRAINING_STATE_RE = re.compile(
-    rf"^({_PICKLED}|({_STEMS})\.(json|safetensors)|{re.escape(TRAINING_ARGS)}|{re.escape(TRAINING_ARGS_DOCUMENT)})\Z"
+    rf"^({_PICKLED}|({_STEMS})(\.json|\.safetensors|{_SHARD_SUFFIX})|{re.escape(TRAINING_ARGS)}"
+    rf"|{re.escape(TRAINING_ARGS_DOCUMENT)})\Z"
 )
 
 
@@ -187,7 +190,9 @@ def resume_missing(paths: set[str] | frozenset[str]) -> tuple[str, ...]:
     then what that engine's resume needs is what is required."""
 
     def has(stem: str) -> bool:
-        return pickled_state_name(stem) in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
+        name = pickled_state_name(stem)
+        assert name is not None
+        return has_state_file(paths, name)
 
     layout = state_layout(paths)
     optimizer = layout.missing if layout is not None else () if has("optimizer") else ("optimizer state",)

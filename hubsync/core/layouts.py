@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from .shards import has_sharded
+
 _DS_FILE_RE = re.compile(
     r"^(?P<tag>global_step[0-9]{1,12})/(?P<name>(?:bf16_)?(?:zero_pp_rank_(?P<rank>[0-9]{1,6})_)?"
     r"mp_rank_(?P<mp>[0-9]{2,6})_(?P<what>model|optim)_states)\.(?:pt|json|safetensors)\Z"
@@ -40,10 +42,12 @@ class StateLayout:
 
 
 def has_state_file(paths: Collection[str], pickle_name: str) -> bool:
-    """Whether a torch.save() file is there, as itself or in hubsync's pickle-free form (<stem>.json +
-    <stem>.safetensors beside it)."""
+    """Whether a torch.save() file is there, as itself or in hubsync's pickle-free form (<stem>.json beside
+    <stem>.safetensors, or beside the index of its shards and every shard)."""
     stem = pickle_name.rsplit(".", 1)[0]
-    return pickle_name in paths or (f"{stem}.json" in paths and f"{stem}.safetensors" in paths)
+    return pickle_name in paths or (
+        f"{stem}.json" in paths and (f"{stem}.safetensors" in paths or has_sharded(paths, stem))
+    )
 
 
 def _deepspeed(paths: Collection[str]) -> StateLayout | None:

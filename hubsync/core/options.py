@@ -75,6 +75,7 @@ def push_options(settings: Resolved, secret_tokens: tuple[str, ...] = ()) -> Pus
         git_commit=settings["git-commit"],
         secret_tokens=tuple(t for t in secret_tokens if t),
         adapter_config=_adapter_config(settings["adapter-config"]),
+        max_shard_size=settings["max-shard-size"],
     )
 
 

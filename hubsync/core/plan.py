@@ -54,6 +54,7 @@ from .secrets import (
     this_machine,
 )
 from .selection import DEFAULT_REVISION, revision_name
+from .shards import DEFAULT_MAX_SHARD_SIZE, SPLIT_WEIGHTS
 
 FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's save_fsdp_model, for the Trainer's one model
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
@@ -93,6 +94,7 @@ class PushPlan:
     metrics: Mapping[str, float] = field(default_factory=dict)  # epoch, train loss, newest eval metrics
     git_commit: str | None = None  # of the training repository, recorded in the card and the commit message
     warnings: tuple[str, ...] = ()  # what the push publishes in a form that falls short, and how to mend it
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE  # converted files with more tensor bytes are split (core/shards)
 
     @property
     def total_bytes(self) -> int:
@@ -220,6 +222,7 @@ class PushOptions:
     git_commit: str | None = None  # the training code's commit, given; default: the checkpoint's git work tree
     secret_tokens: tuple[str, ...] = ()  # tokens never to publish beside those of HF_TOKEN and the saved login
     adapter_config: Mapping[str, Any] | None = None  # --adapter-config: for FSDP's LoRA weights, which have none
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE  # the max-shard-size setting, in bytes
 
 
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
@@ -333,8 +336,11 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         folder, count = crowded
         reason = f"holds {count:,} files and folders; a folder on the Hub holds at most {MAX_FOLDER_ENTRIES:,}"
         raise HubLimitError(checkpoint.display, folder or ".", reason)
+    # Converted weights and training state are split into shards of at most max_shard_size (measured_plan).
+    split = {c.source for c in conversion.conversions if c.source == SPLIT_WEIGHTS}
+    split |= {u.converted_from for u in converted if u.converted_from and STATE_FILE_RE.match(u.converted_from)}
     for upload in uploads:
-        if upload.size > MAX_FILE_SIZE:
+        if upload.size > MAX_FILE_SIZE and upload.converted_from not in split:
             size = f"{upload.size / 1000**3:.1f} GB"
             reason = f"is {size}; a file on the Hub is at most {MAX_FILE_SIZE // 1000**3} GB"
             raise HubLimitError(checkpoint.display, upload.converted_from or upload.path_in_repo, reason)
@@ -377,6 +383,7 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         metrics=checkpoint_metrics(state),
         git_commit=checkpoint.git_commit,
         warnings=tuple(warnings),
+        max_shard_size=options.max_shard_size,
     )
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from .checkpoint import DCP_DOCUMENT_RE, DCP_METADATA, STEP_DIGITS, checkpoint_name, has_weights
 from .conversion import STATE_DOCUMENT_RE, is_resumable, pickled_state_name
-from .errors import HostileListingError, NoCheckpointRevisionError, NotACheckpointRevisionError
+from .errors import DamagedStateError, HostileListingError, NoCheckpointRevisionError, NotACheckpointRevisionError
 from .remote_paths import check_remote_path, shown_remote_path
+from .shards import index_name, listed_shards, shard_pattern
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
 NOT_CHECKPOINT = (".gitattributes",)
@@ -32,7 +33,13 @@ class RemoteFile:
 class RebuiltFile:
     path: str  # optimizer.pt, rng_state.pth, ...
     document: RemoteFile  # optimizer.json
-    tensors: RemoteFile  # optimizer.safetensors
+    tensors: tuple[RemoteFile, ...]  # optimizer.safetensors, or its shards optimizer-00001-of-00002.safetensors ...
+    index: RemoteFile | None = None  # optimizer.safetensors.index.json, of the shards
+
+    @property
+    def sources(self) -> tuple[RemoteFile, ...]:
+        """The files of the revision it is rebuilt from."""
+        return (self.document, *self.tensors, *((self.index,) if self.index else ()))
 
 
 @dataclass(frozen=True)
@@ -75,10 +82,17 @@ class PullPlan:
         out = []
         for path, document in sorted(by_path.items()):
             stem = path.removesuffix(".json")
-            if STATE_DOCUMENT_RE.match(path) and f"{stem}.safetensors" in by_path:
-                name = pickled_state_name(stem)
-                assert name is not None  # STATE_DOCUMENT_RE names only the table's stems
-                out.append(RebuiltFile(name, document, by_path[f"{stem}.safetensors"]))
+            if not STATE_DOCUMENT_RE.match(path):
+                continue
+            name = pickled_state_name(stem)
+            assert name is not None  # STATE_DOCUMENT_RE names only the table's stems
+            shards = listed_shards(stem, set(by_path)) or ()
+            index = by_path.get(index_name(stem))
+            if f"{stem}.safetensors" in by_path:  # shards beside it too: rebuild_state refuses both
+                tensors = (by_path[f"{stem}.safetensors"], *(by_path[p] for p in shards))
+                out.append(RebuiltFile(name, document, tensors, index))
+            elif index is not None:
+                out.append(RebuiltFile(name, document, tuple(by_path[p] for p in shards), index))
         return tuple(out)
 
     @property
@@ -95,7 +109,7 @@ class PullPlan:
     @property
     def written(self) -> tuple[RemoteFile, ...]:
         """The files of the revision that pull places as they are (not those it rebuilds training state from)."""
-        sources = {f.path for r in self.rebuilt for f in (r.document, r.tensors)}
+        sources = {f.path for r in self.rebuilt for f in r.sources}
         sources |= {f.path for r in self.rebuilt_folders for f in (r.document, *r.tensors)}
         return tuple(f for f in self.files if f.path not in sources)
 
@@ -149,6 +163,21 @@ def check_listing(entries: Sequence[RemoteFile], revision: str) -> None:
                 )
 
 
+def check_shards(paths: set[str], revision: str) -> None:
+    """Refuse, before anything is fetched, training state whose tensors are split into shards (core/shards) when
+    the revision lacks its index or one of its shards, or lists shards that disagree on how many there are."""
+    for path in sorted(paths):
+        if not STATE_DOCUMENT_RE.match(path):
+            continue
+        stem = path.removesuffix(".json")
+        pattern = shard_pattern(stem)
+        listed = [p for p in paths if pattern.match(p)]
+        has_index = index_name(stem) in paths
+        if (listed or has_index) and (not has_index or listed_shards(stem, paths) is None):
+            lacks = "the index of its shards" if not has_index else "one of its shards, or they disagree on how many"
+            raise DamagedStateError(path, f"{revision} lacks {lacks}")
+
+
 def plan_pull(
     repo_id: str, revision: str, commit: str, entries: Sequence[RemoteFile], to: Path, step: int | None
 ) -> PullPlan:
@@ -164,6 +193,7 @@ def plan_pull(
         )
     )
     check_checkpoint_revision(repo_id, revision, [f.path for f in files])
+    check_shards({f.path for f in files}, revision)
     name = checkpoint_name(step) if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
     return PullPlan(repo_id, revision, commit, to / name, files)
 

@@ -141,7 +141,7 @@ def already_pulled(plan: PullPlan) -> bool:
     if not plan.rebuilt and not plan.rebuilt_folders:
         return True
     from hubsync.convert.dcp import encode_dcp
-    from hubsync.convert.state import encode_state, safe_names
+    from hubsync.convert.state import encode_state
 
     with system_temp_dir("pull-check") as scratch:
         for folder in plan.rebuilt_folders:
@@ -154,16 +154,18 @@ def already_pulled(plan: PullPlan) -> bool:
             for remote in (folder.document, *folder.tensors):
                 if not _matches(out / remote.path.rsplit("/", 1)[1], remote):
                     return False
-        for rebuilt in plan.rebuilt:
+        for number, rebuilt in enumerate(plan.rebuilt):
             local = target / rebuilt.path
             if local.is_symlink() or not local.is_file():
                 return False
-            try:
-                encode_state(local, rebuilt.path, scratch)
-            except (HubsyncError, OSError):
+            out = scratch / f"state-{number}"
+            out.mkdir()
+            try:  # split as the revision's files are (their sizes say where each shard ends)
+                written = encode_state(local, rebuilt.path, out, like=[t.size for t in rebuilt.tensors])
+            except (HubsyncError, OSError, ValueError):
                 return False
-            document, tensors = safe_names(local.name)  # encode_state writes them by the file's own name
-            if not (_matches(scratch / document, rebuilt.document) and _matches(scratch / tensors, rebuilt.tensors)):
+            listed = {f.path.rsplit("/", 1)[-1]: f for f in rebuilt.sources}
+            if set(written) != set(listed) or not all(_matches(out / n, listed[n]) for n in written):
                 return False
     return True
 
@@ -275,17 +277,17 @@ def _rebuild_training_state(plan: PullPlan, staging: Path) -> None:
     names = {f.path for f in plan.files}
     documents = [n for n in names if n.endswith(".json") and n.removesuffix(".json") + ".safetensors" in names]
     documents = [n for n in documents if n not in {r.document.path for r in plan.rebuilt_folders}]
-    if not documents:
+    if not documents and not plan.rebuilt:
         return
     from hubsync.convert.state import is_state_document, rebuild_state
 
+    for rebuilt in plan.rebuilt:  # optimizer.json & co.: always hubsync's, a damaged one is an error
+        rebuild_state(staging / rebuilt.document.path)
+        for remote in rebuilt.sources:
+            (staging / remote.path).unlink()
     for name in documents:
-        document = staging / name
-        # optimizer.json & co. are always hubsync's: a damaged one is an error, not a file to pass on as it is.
-        if STATE_DOCUMENT_RE.match(name) or is_state_document(document):
-            rebuild_state(document)
-            document.unlink()
-            document.with_suffix(".safetensors").unlink()
+        if STATE_DOCUMENT_RE.match(name) is None and is_state_document(staging / name):
+            rebuild_state(staging / name)  # refuses it: it names a file that is no training state
 
 
 def _fetch_verified(hub: PullSource, plan: PullPlan, remote: RemoteFile, staging: Path, transfers: Transfers) -> None:

@@ -228,7 +228,7 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             return done
         check_superseded(checkpoint, plan.conversion)  # a .bin left out must say what its safetensors file says
         if plan.conversion.conversions:
-            convert_weights(checkpoint, plan.conversion, staging)
+            convert_weights(checkpoint, plan.conversion, staging, max_shard_size=plan.max_shard_size)
         made: set[tuple[str, bool]] = set()  # (source, consolidated weights): each conversion once
         for upload in plan.uploads:
             source = upload.converted_from
@@ -238,7 +238,8 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             made.add((source, weights))
             if STATE_FILE_RE.match(source):
                 (staging / source).parent.mkdir(parents=True, exist_ok=True)  # global_step<N>/ of DeepSpeed
-                encode_state(checkpoint.path / source, f"{checkpoint.display}/{source}", (staging / source).parent)
+                shown, out = f"{checkpoint.display}/{source}", (staging / source).parent
+                encode_state(checkpoint.path / source, shown, out, plan.max_shard_size)
             elif DCP_METADATA_RE.match(source):  # FSDP's folder: its .distcp files too, or its consolidated weights
                 folder = source.rsplit("/", 1)[0]
                 shown = f"{checkpoint.display}/{folder}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from hubsync.convert import measured_push
 from hubsync.core.checkpoint import checkpoint_name, read_checkpoint
 from hubsync.core.config import DEFAULT_MAX_WAIT
 from hubsync.core.errors import (
@@ -400,7 +401,7 @@ class Watcher:
         trainer = checkpoint.trainer_state
         final = trainer is not None and is_final(trainer.global_step, trainer.settings.get("max_steps"))
         options = self.settings.options if final else dataclasses.replace(self.settings.options, tags=())
-        plan = plan_push(checkpoint, options)
+        plan = measured_push(plan_push(checkpoint, options), checkpoint)  # converted files, as written
         result = execute_push(plan, checkpoint, self.hub)
         self._tagged = self._tagged or (final and bool(plan.tags))
         return result, final
