@@ -75,15 +75,8 @@ def _read_entry(
         raise _bad(where, f"the entry {entry.fqn[:80]!r} reaches past the end of the file (truncated?)")
     fd, tmp = temp_file(scratch, ".item")
     try:
-        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
-            src.seek(entry.start)
-            left = entry.length
-            while left:
-                chunk = src.read(min(left, 8 << 20))
-                if not chunk:
-                    raise _bad(where, "the file ends early")
-                out.write(chunk)
-                left -= len(chunk)
+        with os.fdopen(fd, "wb") as out:
+            _copy(path, entry.start, entry.length, out, where)
         _check_stored(tmp, f"{where} ({entry.fqn[:80]})")
         archive = read_torch_archive(tmp, f"{where} ({entry.fqn[:80]})", state=True)
     finally:
@@ -106,6 +99,18 @@ def _read_entry(
     storage = archive.storages[ref.storage.key]
     start = entry.start + storage.file_offset + ref.offset * ref.dtype.itemsize
     return _Tensor(entry.key, ref.dtype, ref.shape, ((path, start, ref.nbytes),))
+
+
+def _copy(source: Path, start: int, count: int, out: Any, shown: str) -> None:
+    """Append `count` bytes of `source` from `start` to `out`, 8 MiB at a time; a file that ends early says so."""
+    with source.open("rb") as src:
+        src.seek(start)
+        while count:
+            chunk = src.read(min(count, 8 << 20))
+            if not chunk:
+                raise _bad(shown, "the file ends early")
+            out.write(chunk)
+            count -= len(chunk)
 
 
 def _check_stored(path: Path, shown: str) -> None:
@@ -214,15 +219,7 @@ def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None
         with os.fdopen(fd, "wb") as out:
             out.write(struct.pack("<Q", len(encoded)) + encoded)
             for source, start, count in (p for t in ordered for p in t.pieces):
-                with source.open("rb") as src:
-                    src.seek(start)
-                    left = count
-                    while left:
-                        chunk = src.read(min(left, 8 << 20))
-                        if not chunk:
-                            raise _bad(shown, "the file ends early")
-                        out.write(chunk)
-                        left -= len(chunk)
+                _copy(source, start, count, out, shown)
             out.flush()
             os.fsync(out.fileno())
         from safetensors import safe_open

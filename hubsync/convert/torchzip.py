@@ -21,9 +21,8 @@ from typing import Any, ClassVar
 
 from hubsync.core.errors import HubsyncError, UnreadableWeightsError, UnrepresentableStateError, UnsafePickleError
 from hubsync.core.escape import one_line
-from hubsync.core.torchfile import NEVER_WRITTEN as _NEVER_WRITTEN
-from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
 from hubsync.core.torchfile import (
+    MALFORMED_PICKLE_ERRORS,
     ArchiveError,
     BoundedUnpickler,
     DType,
@@ -33,6 +32,8 @@ from hubsync.core.torchfile import (
     read_entry,
     torch_records,
 )
+from hubsync.core.torchfile import NEVER_WRITTEN as _NEVER_WRITTEN
+from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
 
 from .objects import ALLOWED_OBJECTS, ObjectKind, PickledObject, PickledSet, tensor_attributes_ok
 
@@ -459,18 +460,7 @@ def read_torch_archive(path: Path, shown: str, *, state: bool = False) -> TorchA
                 raise
             except PickleLimitError as exc:
                 raise UnreadableWeightsError(shown, f"its pickle asks for too much ({exc})") from exc
-            except (
-                pickle.UnpicklingError,
-                EOFError,
-                ValueError,
-                TypeError,
-                AttributeError,
-                IndexError,
-                KeyError,
-                RecursionError,
-                ArithmeticError,
-                struct.error,
-            ) as exc:
+            except MALFORMED_PICKLE_ERRORS as exc:
                 raise UnreadableWeightsError(shown, f"malformed pickle ({one_line(str(exc)[:200])})") from exc
             tensors = _tensors_in(obj) if state else _state_dict_of(obj, shown)
             storages: dict[str, StorageRecord] = {}

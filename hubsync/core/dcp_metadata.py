@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import pickle
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,14 @@ from typing import Any, ClassVar
 
 from .errors import HubsyncError, UnreadableWeightsError
 from .escape import one_line
-from .torchfile import NEVER_WRITTEN, TORCH_DTYPES, BoundedUnpickler, PickleLimitError, PickleLimits
+from .torchfile import (
+    MALFORMED_PICKLE_ERRORS,
+    NEVER_WRITTEN,
+    TORCH_DTYPES,
+    BoundedUnpickler,
+    PickleLimitError,
+    PickleLimits,
+)
 
 FORMAT = "hubsync-dcp"
 MAX_METADATA_BYTES = 256 * 1024 * 1024  # a few hundred bytes an entry: millions of entries
@@ -241,6 +247,9 @@ def _ints(value: Any, what: str, shown: str) -> list[int]:
     return list(value.dims)
 
 
+_MALFORMED: tuple[type[BaseException], ...] = (*MALFORMED_PICKLE_ERRORS, MemoryError)
+
+
 def read_metadata(path: Path, shown: str) -> DcpMetadata:
     """Read a DCP `.metadata` pickle without running it: UnreadableWeightsError when it holds anything but DCP's
     metadata classes and plain data, or is truncated or inconsistent."""
@@ -257,19 +266,7 @@ def read_metadata(path: Path, shown: str) -> DcpMetadata:
         raise _bad(shown, f"its pickle asks for too much ({exc})") from exc
     except HubsyncError:
         raise
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        RecursionError,
-        ArithmeticError,
-        struct.error,
-        MemoryError,
-    ) as exc:
+    except _MALFORMED as exc:
         raise _bad(shown, f"not a DCP metadata file ({one_line(str(exc))[:200]})") from exc
     return _check_metadata(root, shown, len(data))
 

@@ -469,3 +469,18 @@ NEVER_WRITTEN = frozenset(
         pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.PERSID,
     )
 )  # fmt: skip
+
+
+# What reading a malformed pickle raises in the restricted readers (besides their own refusals).
+MALFORMED_PICKLE_ERRORS: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    RecursionError,
+    ArithmeticError,
+    struct.error,
+)
