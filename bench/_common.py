@@ -95,11 +95,11 @@ class Series:
         return f"{walls[0]:.2f}..{walls[-1]:.2f}"
 
 
-def start_hub(root: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """A `hubsync localhub` at nice 19 (a stand-in for a remote Hub, out of the measured process's way); its
-    HF_ENDPOINT and HF_TOKEN."""
+def start_hub(root: Path, *options: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """A `hubsync localhub` at nice 19 (a stand-in for a remote Hub, out of the measured process's way), with
+    `options` (such as --no-xet); its HF_ENDPOINT and HF_TOKEN."""
     hub = subprocess.Popen(
-        ["nice", "-n", "19", *hubsync_cmd(), "localhub", "--root", str(root)],
+        ["nice", "-n", "19", *hubsync_cmd(), "localhub", "--root", str(root), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
