@@ -17,8 +17,10 @@ and .safetensors.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
+import mmap
 import re
 from pathlib import Path
 from types import ModuleType
@@ -31,9 +33,10 @@ from hubsync.core.plan import PushPlan, with_sizes
 from hubsync.extras import needs_extra
 from hubsync.files import write_file_atomic
 
+from .compare import safetensors_header
 from .objects import PickledObject, PickledSet, make_object
-from .torchzip import NumpyArray, TensorRef, TorchArchive, read_torch_archive
-from .writer import find_aliases, plan_layout, write_verified
+from .torchzip import _TORCH_DTYPES, NumpyArray, TensorRef, TorchArchive, read_torch_archive
+from .writer import Digest, find_aliases, plan_layout, write_verified
 
 FORMAT = "hubsync-training-state"
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__", "__set__", "__object__")
@@ -49,13 +52,15 @@ def safe_names(source: str) -> tuple[str, str]:
     return f"{stem}.json", f"{stem}.safetensors"
 
 
-def encode_state(source: Path, shown: str, out_dir: Path) -> None:
-    """Write <stem>.json and <stem>.safetensors for one training-state file; UnrepresentableStateError on a
-    type this format cannot hold."""
+def encode_state(source: Path, shown: str, out_dir: Path, digest: Digest = lambda path, sha256: None) -> None:
+    """Write <stem>.json and <stem>.safetensors for one training-state file, telling `digest` each one's sha256
+    (the tensors' hashed as they are read back to verify them); UnrepresentableStateError on a type this format
+    cannot hold."""
     archive, kept, document = _state_document(source, shown)
     json_name, tensors_name = safe_names(source.name)
-    write_verified(archive, kept, {"format": "pt"}, out_dir / tensors_name, f"{shown} (tensors)")
+    write_verified(archive, kept, {"format": "pt"}, out_dir / tensors_name, f"{shown} (tensors)", digest=digest)
     write_file_atomic(out_dir / json_name, document)
+    digest(out_dir / json_name, hashlib.sha256(document).hexdigest())
 
 
 def encoded_sizes(source: Path, shown: str) -> tuple[int, int]:
@@ -195,8 +200,8 @@ def decode_set(items: list[Any]) -> set[Any]:
 
 
 def decode_tree(value: Any, tensors: dict[str, Any], made: dict[str, Any] | None = None) -> Any:
-    """The object a document's tree stands for: tensors from `tensors` (one tensor a name, however often the
-    document refers to it, as the pickle shared it), objects only of objects.ALLOWED_OBJECTS."""
+    """The object a document's tree stands for: tensors from `tensors`, as they are (one tensor a name, however
+    often the document refers to it, as the pickle shared it), objects only of objects.ALLOWED_OBJECTS."""
     import numpy as np
 
     made = {} if made is None else made
@@ -209,7 +214,7 @@ def decode_tree(value: Any, tensors: dict[str, Any], made: dict[str, Any] | None
         if "__tensor__" in value:
             key = value["__tensor__"]
             if key not in made:
-                made[key] = tensors[key].clone()
+                made[key] = tensors[key]
             return made[key]
         if "__ndarray__" in value:
             raw = base64.b64decode(value["__ndarray__"], validate=True)
@@ -235,13 +240,36 @@ def decode_tree(value: Any, tensors: dict[str, Any], made: dict[str, Any] | None
     return decode(value)
 
 
+def _mapped_tensors(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file, each a view of a private memory map of it: nothing is read until used,
+    and what torch.save then reads comes from the page cache, not from memory of this process (a 4 GB
+    optimizer.pt is rebuilt in a few MB). The header is checked as strictly as a pushed file's
+    (compare.safetensors_header: known dtypes, offsets spanning shapes, tensors end to end); ValueError if not."""
+    import torch
+
+    header, data_start = safetensors_header(path)
+    dtypes = {kind.name: getattr(torch, name) for name, kind in _TORCH_DTYPES.items()}
+    with path.open("rb") as f:
+        # ACCESS_COPY: writable for torch.frombuffer (no read-only warning), yet never written back to the file
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if data_start < f.seek(0, 2) else None
+    tensors = {}
+    for name, entry in header.items():
+        if entry["dtype"] not in dtypes:
+            raise ValueError(f"{name} has a dtype torch does not hold: {entry['dtype']}")
+        dtype, (start, end) = dtypes[entry["dtype"]], entry["data_offsets"]
+        if start == end or mapped is None:
+            tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize, offset=data_start + start)
+        tensors[name] = flat.view(entry["shape"])
+    return tensors
+
+
 def rebuild_state(json_path: Path) -> Path:
     """Write the original file (optimizer.pt, ...) beside `json_path` from it and its .safetensors, with torch.
 
     The document comes from a Hub: DamagedStateError when it is not what push wrote, and it writes only the one
     file its own name says (optimizer.json -> optimizer.pt), never a path the document chooses."""
-    from safetensors import SafetensorError
-
     try:
         document = loads_json(json_path.read_bytes())
     except ValueError as exc:
@@ -256,13 +284,12 @@ def rebuild_state(json_path: Path) -> Path:
     target = json_path.with_name(name)
     with needs_extra(f"writing {name} back from its pickle-free form"):
         import torch
-        from safetensors.torch import load_file
 
     try:
-        tensors = load_file(json_path.with_suffix(".safetensors"))
+        tensors = _mapped_tensors(json_path.with_suffix(".safetensors"))
         obj = decode_tree(document["tree"], tensors)
     except (
-        SafetensorError,
+        OSError,
         KeyError,
         ValueError,
         TypeError,

@@ -16,7 +16,8 @@ _DS_FILE_RE = re.compile(
     r"^(?P<tag>global_step[0-9]{1,12})/(?P<name>(?:bf16_)?(?:zero_pp_rank_(?P<rank>[0-9]{1,6})_)?"
     r"mp_rank_(?P<mp>[0-9]{2,6})_(?P<what>model|optim)_states)\.(?:pt|json|safetensors)\Z"
 )
-_RNG_FILE_RE = re.compile(r"^rng_state_(?P<rank>[0-9]{1,6})\.(?:pth|json|safetensors)\Z")  # the Trainer's, one a process
+# the Trainer's, one a process
+_RNG_FILE_RE = re.compile(r"^rng_state_(?P<rank>[0-9]{1,6})\.(?:pth|json|safetensors)\Z")
 
 
 @dataclass(frozen=True)
