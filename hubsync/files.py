@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 TEMP_PREFIX = ".hubsync-tmp-"
@@ -146,3 +147,30 @@ def hash_file(path: Path, *hashers: hashlib._Hash) -> list[str]:
             for hasher in hashers:
                 hasher.update(view[:n])
     return [h.hexdigest() for h in hashers]
+
+
+@dataclass(frozen=True)
+class KnownDigest:
+    """A file's sha256, known from writing it, and what its inode said then: an upload may take the sha256 instead
+    of reading the file again only while the file is still that one (same inode, size, modification and change
+    times). For hubsync's own files in a private temp folder, made read-only once written."""
+
+    sha256: str
+    identity: tuple[int, int, int, int, int]
+
+    @classmethod
+    def seal(cls, path: Path, sha256: str) -> KnownDigest:
+        """Make the just-written `path` read-only and remember its sha256 and identity."""
+        path.chmod(0o444)
+        return cls(sha256, _identity(path))
+
+    def holds(self, path: Path) -> bool:
+        try:
+            return _identity(path) == self.identity
+        except OSError:
+            return False
+
+
+def _identity(path: Path) -> tuple[int, int, int, int, int]:
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -310,6 +310,7 @@ class RecordingHub:
         description: str = "",
         parent_commit: str | None = None,
         delete: Sequence[str] = (),
+        digests: Any = None,
     ) -> CommitResult:
         assert parent_commit == self.heads[branch]
         self.calls.append(("commit_files", branch, message))

@@ -38,7 +38,7 @@ from hubsync.core.torchfile import ArchiveError, DType, open_archive
 from hubsync.extras import needs_extra
 from hubsync.files import temp_file, write_file_atomic
 
-from .state import MAX_NODES
+from .state import MAX_NODES, _mapped_tensors, decode_tree
 from .torchzip import TensorRef, read_torch_archive
 
 # --- encoding ------------------------------------------------------------------------------------------------
@@ -239,8 +239,6 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
     """Write `.metadata` and every .distcp file of a DCP folder back from its dcp.json and safetensors files, with
     torch (DamagedStateError when the document is not what push wrote). Only the names this module allows are
     written, into the document's own folder."""
-    from .state import decode_tree
-
     folder = document_path.parent
     shown = f"{folder.name}/{document_path.name}"
     try:
@@ -251,10 +249,7 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         raise DamagedStateError(shown, f"it is not a {FORMAT} document")
     with needs_extra("writing FSDP's torch.distributed.checkpoint state back from its pickle-free form"):
         import torch
-        from safetensors.torch import load_file
         from torch.distributed.checkpoint import metadata as dm
-        from torch.distributed.checkpoint.filesystem import _StorageInfo
-    import io
 
     written = []
     try:
@@ -292,30 +287,18 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         for name, records in files.items():
             if not isinstance(name, str) or not DISTCP_RE.match(name) or not isinstance(records, list):
                 raise ValueError(f"it names the file {str(name)[:80]!r}")
-            tensors = load_file(folder / (name.removesuffix(".distcp") + ".safetensors"))
-            buffer = io.BytesIO()
-            for record in records:
-                fqn, index = record["fqn"], record["index"]
-                if (
-                    not isinstance(fqn, str)
-                    or fqn not in state_dict_metadata
-                    or not (index is None or type(index) is int)
-                ):
-                    raise ValueError("an entry of no described name")
-                start = buffer.tell()
-                if "tensor" in record:
-                    offset = torch.Size(_int_list(record["offset"]))
-                    tensor = tensors[record["tensor"]]
-                    if (fqn, tuple(offset), tuple(tensor.shape), tensor.dtype) not in described:
-                        raise ValueError(f"the tensor of {fqn[:80]!r} is not the dtype, offset and shape described")
-                    torch.save(tensor.clone(), buffer)
-                else:
-                    offset = None
-                    torch.save(decode_tree(record["value"], {}), buffer)
-                key = dm.MetadataIndex(fqn, offset, index)
-                storage_data[key] = _StorageInfo(name, start, buffer.tell() - start)
+            tensors = _mapped_tensors(folder / (name.removesuffix(".distcp") + ".safetensors"))
             target = folder / name
-            write_file_atomic(target, buffer.getvalue())
+            fd, tmp = temp_file(folder)
+            try:
+                with os.fdopen(fd, "wb") as buffer:  # streamed: each tensor from the page cache, as torch.save reads it
+                    _write_distcp(buffer, name, records, tensors, state_dict_metadata, described, storage_data)
+                    buffer.flush()
+                    os.fsync(buffer.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             written.append(target)
         meta = document["storage_meta"]
         storage_meta = (
@@ -339,6 +322,39 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
     target = folder / DCP_METADATA
     write_file_atomic(target, pickle.dumps(metadata))  # what FileSystemWriter writes: writing a pickle, not reading
     return [target, *written]
+
+
+def _write_distcp(
+    out: Any,
+    name: str,
+    records: Any,
+    tensors: dict[str, Any],
+    entries: dict[str, Any],
+    chunks: set[tuple[str, tuple[int, ...], tuple[int, ...], Any]],
+    storage_data: dict[Any, Any],
+) -> None:
+    """Write one .distcp file's entries (each a torch.save of its own) to `out`, noting where each lies: only
+    entries the metadata names (`entries`), each tensor a chunk it describes (`chunks`: fqn, offsets, sizes,
+    dtype)."""
+    import torch
+    from torch.distributed.checkpoint import metadata as dm
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    for record in records:
+        fqn, index = record["fqn"], record["index"]
+        if not isinstance(fqn, str) or fqn not in entries or not (index is None or type(index) is int):
+            raise ValueError("an entry of no described name")
+        start = out.tell()
+        if "tensor" in record:
+            offset = torch.Size(_int_list(record["offset"]))
+            tensor = tensors[record["tensor"]]
+            if (fqn, tuple(offset), tuple(tensor.shape), tensor.dtype) not in chunks:
+                raise ValueError(f"the tensor of {fqn[:80]!r} is not the dtype, offset and shape described")
+            torch.save(tensor, out)
+        else:
+            offset = None
+            torch.save(decode_tree(record["value"], {}), out)
+        storage_data[dm.MetadataIndex(fqn, offset, index)] = _StorageInfo(name, start, out.tell() - start)
 
 
 def _int_list(value: Any) -> list[int]:

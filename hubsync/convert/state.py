@@ -19,8 +19,10 @@ and .safetensors.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
+import mmap
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -42,12 +44,14 @@ from hubsync.core.shards import (
     shard_name,
     shard_weight_map,
 )
+from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
 from hubsync.extras import needs_extra
 from hubsync.files import write_file_atomic
 
+from .compare import safetensors_header
 from .objects import PickledObject, PickledSet, make_object, tensor_attributes_ok
 from .torchzip import NumpyArray, TensorRef, TorchArchive, read_torch_archive
-from .writer import find_aliases, plan_layout, write_verified
+from .writer import Digest, find_aliases, plan_layout, write_verified
 
 FORMAT = "hubsync-training-state"
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__bytes__", "__set__", "__object__")
@@ -129,19 +133,23 @@ def encode_state(
     out_dir: Path,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     like: Sequence[int] | None = None,
+    digest: Digest = lambda path, sha256: None,
 ) -> list[str]:
     """Write <stem>.json and the tensors for one training-state file: <stem>.safetensors, or shards of at most
     `max_shard_size` tensor bytes and their index (`like`: in the files an earlier encoding wrote, of those sizes).
-    Returns the names written; UnrepresentableStateError on a type this format cannot hold."""
+    Tells `digest` each file's sha256 (the tensors' hashed as they are read back to verify them). Returns the
+    names written; UnrepresentableStateError on a type this format cannot hold."""
     archive, kept, document = _state_document(source, shown)
     files = _tensor_files(source.name, kept, max_shard_size, like)
     for name, content in files:
         if isinstance(content, bytes):
             write_file_atomic(out_dir / name, content)
+            digest(out_dir / name, hashlib.sha256(content).hexdigest())
         else:
-            write_verified(archive, content, {"format": "pt"}, out_dir / name, f"{shown} (tensors)")
+            write_verified(archive, content, {"format": "pt"}, out_dir / name, f"{shown} (tensors)", digest=digest)
     json_name = safe_names(source.name)[0]
     write_file_atomic(out_dir / json_name, document)
+    digest(out_dir / json_name, hashlib.sha256(document).hexdigest())
     return [json_name] + [name for name, _ in files]
 
 
@@ -307,9 +315,9 @@ def with_attributes(tensor: Any, attributes: Any) -> Any:
 
 
 def decode_tree(value: Any, tensors: dict[str, Any], made: dict[Any, Any] | None = None) -> Any:
-    """The object a document's tree stands for: tensors from `tensors` (one tensor a name, however often the
-    document refers to it, as the pickle shared it; one with attributes a name and attributes, on that tensor's
-    storage), objects only of objects.ALLOWED_OBJECTS."""
+    """The object a document's tree stands for: tensors from `tensors`, as they are (one tensor a name, however
+    often the document refers to it, as the pickle shared it; one with attributes a name and attributes, on that
+    tensor's storage), objects only of objects.ALLOWED_OBJECTS."""
     import numpy as np
 
     made = {} if made is None else made
@@ -322,7 +330,7 @@ def decode_tree(value: Any, tensors: dict[str, Any], made: dict[Any, Any] | None
         if "__tensor__" in value:
             key = value["__tensor__"]
             if key not in made:
-                made[key] = tensors[key].clone()
+                made[key] = tensors[key]
             if "attributes" not in value:
                 return made[key]
             attributes = value["attributes"]
@@ -354,6 +362,31 @@ def decode_tree(value: Any, tensors: dict[str, Any], made: dict[Any, Any] | None
         return {k: decode(v) for k, v in value.items()}
 
     return decode(value)
+
+
+def _mapped_tensors(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file, each a view of a private memory map of it: nothing is read until used,
+    and what torch.save then reads comes from the page cache, not from memory of this process (a 4 GB
+    optimizer.pt is rebuilt in a few MB). The header is checked as strictly as a pushed file's
+    (compare.safetensors_header: known dtypes, offsets spanning shapes, tensors end to end); ValueError if not."""
+    import torch
+
+    header, data_start = safetensors_header(path)
+    dtypes = {kind.name: getattr(torch, name) for name, kind in _TORCH_DTYPES.items()}
+    with path.open("rb") as f:
+        # ACCESS_COPY: writable for torch.frombuffer (no read-only warning), yet never written back to the file
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if data_start < f.seek(0, 2) else None
+    tensors = {}
+    for name, entry in header.items():
+        if entry["dtype"] not in dtypes:
+            raise ValueError(f"{name} has a dtype torch does not hold: {entry['dtype']}")
+        dtype, (start, end) = dtypes[entry["dtype"]], entry["data_offsets"]
+        if start == end or mapped is None:
+            tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize, offset=data_start + start)
+        tensors[name] = flat.view(entry["shape"])
+    return tensors
 
 
 def rebuild_state(json_path: Path) -> Path:
@@ -414,17 +447,16 @@ def load_state_tensors(single: Path, index: Path) -> dict[str, Any]:
 
 
 def load_tensor_files(files: Sequence[Path], weight_map: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The tensors of `files` (safetensors), each name in one file only, and in the file `weight_map` says."""
-    from safetensors import SafetensorError
-
+    """The tensors of `files` (safetensors), each name in one file only, and in the file `weight_map` says; each
+    a view of a private memory map of its file (_mapped_tensors)."""
     with needs_extra("writing training state back from its pickle-free form"):
-        from safetensors.torch import load_file
+        import torch  # noqa: F401
 
     tensors: dict[str, Any] = {}
     for path in files:
         try:
-            found = load_file(path)
-        except (SafetensorError, OSError, ValueError, MemoryError) as exc:
+            found = _mapped_tensors(path)
+        except (OSError, ValueError, MemoryError) as exc:
             raise DamagedStateError(path.name, f"{type(exc).__name__}: {exc}"[:200]) from exc
         for name, tensor in found.items():
             if name in tensors:

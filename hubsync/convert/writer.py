@@ -3,11 +3,13 @@
 Contiguous tensors are copied file to file by the kernel (`os.copy_file_range`) where it exists, and in
 bounded chunks elsewhere; nothing holds a whole tensor in memory. The result is read back and compared
 with the source byte for byte, and its header is parsed by the safetensors library itself, before the
-temp file is renamed to its final name.
+temp file is renamed to its final name. The read back is hashed too (sha256, the id a Hub names the file by), so
+an upload need not read the file once more to hash it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -26,6 +28,8 @@ from .torchzip import TensorRef, TorchArchive
 CHUNK = 8 * 1024 * 1024
 VERIFY_CHUNK = 1024 * 1024
 Progress = Callable[[int], None]  # called with bytes done since the last call
+Digest = Callable[[Path, str], None]  # called with a file written and its sha256 (hex)
+Sink = Callable[[bytes | bytearray | memoryview], None]
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,11 @@ def _strided_chunks(archive: TorchArchive, tensor: TensorRef) -> Iterator[bytes]
     del view, storage
 
 
-def _same_bytes(src: RawIOBase, src_offset: int, out: RawIOBase, out_offset: int, count: int) -> bool:
-    """Compare two byte ranges through two reused buffers (bytearray == is a memcmp; slicing would copy)."""
+def _same_bytes(
+    src: RawIOBase, src_offset: int, out: RawIOBase, out_offset: int, count: int, read: Sink | None = None
+) -> bool:
+    """Compare two byte ranges through two reused buffers (bytearray == is a memcmp; slicing would copy); `read`
+    is fed each buffer read from `out`."""
     size = min(VERIFY_CHUNK, count)
     a, b = bytearray(size), bytearray(size)
     while count > 0:
@@ -132,6 +139,8 @@ def _same_bytes(src: RawIOBase, src_offset: int, out: RawIOBase, out_offset: int
         out.seek(out_offset)
         if src.readinto(a) != size or out.readinto(b) != size or a != b:
             return False
+        if read is not None:
+            read(b)
         src_offset, out_offset, count = src_offset + size, out_offset + size, count - size
     return True
 
@@ -161,7 +170,8 @@ def _write(
 class _TensorChecker:
     """Compares each tensor, once written, with its source, in a thread of its own.
 
-    The kernel copies the next tensor on one core while this reads back the last one on the other.
+    The kernel copies the next tensor on one core while this reads back the last one on the other. What it reads
+    back is hashed on the way, header first, then each tensor in the file's order: the file's sha256.
     """
 
     def __init__(self, archive: TorchArchive, layout: Layout, written: Path) -> None:
@@ -169,6 +179,8 @@ class _TensorChecker:
         self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self.mismatch: str | None = None
         self.error: BaseException | None = None
+        self.sha256 = hashlib.sha256()
+        self.hashed = 0  # bytes fed to sha256, read back from the written file
         self.thread = threading.Thread(target=self._run, name="hubsync-verify", daemon=True)
         self.thread.start()
 
@@ -183,10 +195,21 @@ class _TensorChecker:
             raise self.error
         return self.mismatch
 
+    def digest(self) -> str | None:
+        """The written file's sha256, once finish() found every tensor the same; None if it was not read whole."""
+        size = self.written.stat().st_size
+        return self.sha256.hexdigest() if self.mismatch is None and self.hashed == size else None
+
+    def _hash(self, data: bytes | bytearray | memoryview) -> None:
+        self.sha256.update(data)
+        self.hashed += len(data)
+
     def _run(self) -> None:
         try:
             with self.archive.path.open("rb", buffering=0) as src, self.written.open("rb", buffering=0) as out:
                 while (index := self.queue.get()) is not None:
+                    if self.hashed == 0:  # the header is in the file before the first tensor is
+                        self._hash(out.read(len(self.layout.header)))
                     if self.mismatch is None and not self._same(src, out, *self.layout.tensors[index]):
                         self.mismatch = self.layout.tensors[index][0]
         except BaseException as exc:
@@ -197,9 +220,14 @@ class _TensorChecker:
     def _same(self, src: RawIOBase, out: RawIOBase, name: str, tensor: TensorRef, position: int) -> bool:
         if tensor.is_contiguous:
             start = self.archive.storages[tensor.storage.key].file_offset + tensor.offset * tensor.dtype.itemsize
-            return _same_bytes(src, start, out, position, tensor.nbytes)
+            return _same_bytes(src, start, out, position, tensor.nbytes, self._hash)
         out.seek(position)
-        return all(out.read(len(chunk)) == chunk for chunk in _strided_chunks(self.archive, tensor))
+        for chunk in _strided_chunks(self.archive, tensor):
+            back = out.read(len(chunk))
+            if back != chunk:
+                return False
+            self._hash(back)
+        return True
 
 
 def verify_header(layout: Layout, written: Path, shown: str, metadata: dict[str, str]) -> None:
@@ -230,9 +258,11 @@ def write_verified(
     target: Path,
     shown: str,
     progress: Progress = lambda n: None,
+    digest: Digest = lambda path, sha256: None,
 ) -> int:
     """Write `tensors` to `target` as safetensors through a temp file, read back and compared with the source
-    bit for bit; rename it into place only then. Returns the tensor bytes written."""
+    bit for bit; rename it into place only then, and tell `digest` its sha256 (hashed from that read back). Returns
+    the tensor bytes written."""
     layout = plan_layout(tensors, metadata)
     fd, tmp = temp_file(target.parent, ".safetensors")
     try:
@@ -245,8 +275,11 @@ def write_verified(
         if mismatch is not None:
             raise VerificationError(shown, f"the bytes of tensor {mismatch} differ")
         verify_header(layout, tmp, shown, metadata)
+        sha256 = checker.digest()
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if sha256 is not None:
+        digest(target, sha256)
     return sum(t.nbytes for t in tensors.values())

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -55,6 +55,7 @@ from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
 from hubsync.core.transient import transient_status, xet_storage_busy
+from hubsync.files import KnownDigest
 from hubsync.hub.download import (
     DownloadCancelled,
     Transfers,
@@ -522,16 +523,19 @@ class HubClient:
         description: str = "",
         parent_commit: str | None = None,
         delete: Sequence[str] = (),
+        digests: Mapping[Path, KnownDigest] | None = None,
     ) -> CommitResult:
         """Upload `(local file or bytes, path in repo)` pairs to `branch`, whose head is `parent_commit`, and
         delete the paths in `delete`, as one commit. CommitConflictError when the branch has moved since;
-        XetStorageError when the Xet storage the Hub hands out fails. Nothing to add or delete: no commit."""
+        XetStorageError when the Xet storage the Hub hands out fails. Nothing to add or delete: no commit.
+        A file of `digests` that is still the one hashed is given its sha256, so huggingface_hub (LFS) and hf_xet
+        do not hash it again."""
         if not files and not delete and parent_commit is not None:
             return CommitResult(parent_commit, f"{self.web_url(repo_id)}/commit/{parent_commit}", created=False)
         xet_info = self._xet_info(repo_id, branch)
 
         def commit() -> tuple[Any, _Sent]:
-            operations: list[Any] = [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for src, dest in files]
+            operations: list[Any] = [_addition(src, dest, digests or {}) for src, dest in files]
             operations += [CommitOperationDelete(path_in_repo=path) for path in delete]
             with _xet(xet_info is not None, operations, xet_info.endpoint if xet_info else None) as sent:
                 try:
@@ -945,6 +949,15 @@ class _RecordedSession:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
+
+
+def _addition(source: Path | bytes, dest: str, digests: Mapping[Path, KnownDigest]) -> Any:
+    """The CommitOperationAdd of one file: it reads only the first 512 bytes; its sha256 is read lazily, when the
+    upload asks for it, unless it is known here."""
+    operation = CommitOperationAdd(path_in_repo=dest, path_or_fileobj=source)
+    if isinstance(source, Path) and (known := digests.get(source)) is not None and known.holds(source):
+        operation.upload_info.sha256 = bytes.fromhex(known.sha256)
+    return operation
 
 
 def xet_config() -> Any:

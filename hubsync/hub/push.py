@@ -31,7 +31,7 @@ from hubsync.core.plan import PushPlan, branch_deletions, with_sizes
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
 from hubsync.core.watch import LocalHashes, holds_exactly, same_content
-from hubsync.files import git_blob_hasher, git_blob_id, hash_file, system_temp_dir
+from hubsync.files import KnownDigest, git_blob_hasher, git_blob_id, hash_file, system_temp_dir
 
 from .client import CommitResult
 
@@ -55,6 +55,7 @@ class IndexTarget(Protocol):
         description: str = "",
         parent_commit: str | None = None,
         delete: Sequence[str] = (),
+        digests: Mapping[Path, KnownDigest] | None = None,
     ) -> CommitResult: ...
     def web_url(self, repo_id: str, revision: str | None = None) -> str: ...
 
@@ -230,6 +231,11 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
         if plan.conversion.conversions:
             convert_weights(checkpoint, plan.conversion, staging, max_shard_size=plan.max_shard_size)
         made: set[tuple[str, bool]] = set()  # (source, consolidated weights): each conversion once
+        digests: dict[Path, KnownDigest] = {}  # converted state's sha256, hashed while verifying it
+
+        def sealed(path: Path, sha256: str) -> None:
+            digests[path] = KnownDigest.seal(path, sha256)
+
         for upload in plan.uploads:
             source = upload.converted_from
             weights = upload.path_in_repo in WEIGHTS
@@ -239,7 +245,7 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             if STATE_FILE_RE.match(source):
                 (staging / source).parent.mkdir(parents=True, exist_ok=True)  # global_step<N>/ of DeepSpeed
                 shown, out = f"{checkpoint.display}/{source}", (staging / source).parent
-                encode_state(checkpoint.path / source, shown, out, plan.max_shard_size)
+                encode_state(checkpoint.path / source, shown, out, plan.max_shard_size, digest=sealed)
             elif DCP_METADATA_RE.match(source):  # FSDP's folder: its .distcp files too, or its consolidated weights
                 folder = source.rsplit("/", 1)[0]
                 shown = f"{checkpoint.display}/{folder}"
@@ -261,10 +267,12 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
         private = hub.ensure_repo(plan.repo_id, private=plan.private)
         # Checked before anything happened; again in case someone made it public, or created it, since.
         check_visibility(plan, private)
-        return _push(plan, files, hub)
+        return _push(plan, files, hub, digests)
 
 
-def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult:
+def _push(
+    plan: PushPlan, files: dict[str, Path], hub: PushTarget, digests: Mapping[Path, KnownDigest] | None = None
+) -> PushResult:
     created = hub.ensure_branch(plan.repo_id, plan.revision)
     start = hub.branch_head(plan.repo_id, plan.revision) if created else None
     try:
@@ -275,6 +283,7 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
             [(src, dest) for dest, src in files.items()],
             plan.commit_message,
             plan.commit_description,
+            digests,
         )
     except BaseException:
         # The empty branch this push made would look like a checkpoint revision: take it away again, unless
@@ -312,7 +321,13 @@ def _push(plan: PushPlan, files: dict[str, Path], hub: PushTarget) -> PushResult
 
 
 def _commit_to_head(
-    hub: PushTarget, repo_id: str, branch: str, files: Files, message: str, description: str = ""
+    hub: PushTarget,
+    repo_id: str,
+    branch: str,
+    files: Files,
+    message: str,
+    description: str = "",
+    digests: Mapping[Path, KnownDigest] | None = None,
 ) -> tuple[CommitResult, int]:
     """Make the branch hold exactly `files` (and .gitattributes), in one commit on top of its current head; the
     commit and how many files of the branch it deleted. When another push moved the head meanwhile (412), plan
@@ -324,7 +339,9 @@ def _commit_to_head(
         held = hub.tree(repo_id, head, branch) if head else []
         delete = branch_deletions([f.path for f in held], [dest for _, dest in files])
         changed = changed_files(files, held)
-        result = hub.commit_files(repo_id, branch, changed, message, description, parent_commit=head, delete=delete)
+        result = hub.commit_files(
+            repo_id, branch, changed, message, description, parent_commit=head, delete=delete, digests=digests
+        )
         return result, len(delete) if result.created else 0
 
     return retry_conflicts(commit)
