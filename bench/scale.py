@@ -217,6 +217,8 @@ COMPARE = textwrap.dedent(
         for n in names:
             module, _, attr = n.rpartition(".")
             allowed.append(getattr(importlib.import_module(module), attr))
+        if allowed:  # and the classes of numpy's dtypes, which the list leaves out
+            allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, weights_only=True, mmap=True)
 
