@@ -50,7 +50,7 @@ def accepted(setting: Setting, value: Any) -> None:
     elif setting.kind is float:  # seconds
         assert isinstance(value, float) and 0 <= value <= 86400
     elif setting.kind is int:  # bytes
-        assert isinstance(value, int) and 0 < value <= 50 * 10**9
+        assert isinstance(value, int) and 0 < value <= 49 * 10**9
     elif setting.choices:
         assert value in setting.choices
     elif setting.name == "revision":

@@ -39,10 +39,10 @@ def run_cli(hub: RunningHub, *args: str) -> Result:
 def test_a_size_is_read_as_save_pretrained_reads_it(number: int, unit: str, space: str, lower: bool) -> None:
     text = f"{number}{space}{unit.lower() if lower else unit}"
     expected = number * UNITS[unit]
-    if 0 < expected <= 50 * 10**9:
+    if 0 < expected <= 49 * 10**9:
         assert parse_size(text) == expected
     else:
-        with pytest.raises(ValueError, match="from 1 byte to 50GB, such as"):
+        with pytest.raises(ValueError, match="from 1 byte to 49GB, such as"):
             parse_size(text)
 
 
@@ -57,10 +57,10 @@ def test_any_value_of_max_shard_size_is_a_size_or_one_clear_error(value: Any) ->
         try:
             got = resolve()[setting.name]
         except SettingError as exc:
-            assert str(exc).startswith(f"{given_as}: max-shard-size must be a size from 1 byte to 50GB, such as")
+            assert str(exc).startswith(f"{given_as}: max-shard-size must be a size from 1 byte to 49GB, such as")
             assert '"5GB"' in str(exc)
             continue
-        assert isinstance(got, int) and 0 < got <= 50 * 10**9
+        assert isinstance(got, int) and 0 < got <= 49 * 10**9
         if given_as == "HUBSYNC_MAX_SHARD_SIZE" and not str(value).strip():
             assert got == 5 * 10**9  # an empty variable is the default
 
@@ -69,7 +69,7 @@ def test_max_shard_size_defaults_to_transformers_5gb_and_a_bad_flag_is_misuse(hu
     assert resolve_settings({}, FileConfig(), {})["max-shard-size"] == 5 * 10**9
     result = run_cli(hub, "push", str(tmp_path), "--repo", "me/x", "--max-shard-size", "0")
     assert result.exit_code == 2
-    assert "max-shard-size must be a size from 1 byte to 50GB, such as" in result.stderr
+    assert "max-shard-size must be a size from 1 byte to 49GB, such as" in result.stderr
 
 
 @settings(max_examples=300, deadline=None)
@@ -397,4 +397,11 @@ def test_convert_splits_pytorch_model_bin_over_the_limit_as_save_pretrained_does
     for name, tensor in torch.load(bin_model / "pytorch_model.bin", weights_only=True).items():
         assert torch.equal(reloaded[name], tensor), name
     bad = CliRunner().invoke(cli, ["convert", str(bin_model), "-o", str(tmp_path / "x"), "--max-shard-size", "60GB"])
-    assert bad.exit_code == 2 and "max-shard-size must be a size from 1 byte to 50GB" in bad.stderr
+    assert bad.exit_code == 2 and "max-shard-size must be a size from 1 byte to 49GB" in bad.stderr
+
+
+def test_the_largest_shard_size_leaves_room_for_the_header_under_the_hubs_50_gb() -> None:
+    assert parse_size("49GB") == 49 * 10**9
+    for too_big in ("50GB", 49 * 10**9 + 1, "46GiB"):
+        with pytest.raises(ValueError, match=r"to 49GB, .*at most 50 GB, and a shard's header"):
+            parse_size(too_big)

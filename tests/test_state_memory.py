@@ -3,15 +3,21 @@ a memory map of its .safetensors file, so the process's anonymous memory does no
 
 from __future__ import annotations
 
+import json
+import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hubsync.convert.state import encode_state, rebuild_state
+from hubsync.convert.state import encode_state, load_tensor_files, rebuild_state
+from hubsync.core.errors import DamagedStateError
 
 
 def _adamw_state(sizes: list[int]) -> dict[str, object]:
@@ -120,3 +126,28 @@ def test_the_converted_files_sha256_comes_from_verifying_them_and_is_used_only_w
         f.seek(-1, 2)
         f.write(b"\x01")
     assert not _addition(tensors, "optimizer.safetensors", digests).upload_info.is_hashed
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=4).map(lambda dims: [0, *dims]), st.permutations(range(5))
+)
+def test_a_hostile_shape_of_no_bytes_is_a_damaged_file_never_a_crash(shape: list[int], order: list[int]) -> None:
+    shape = [shape[i] for i in order if i < len(shape)]  # the zero anywhere
+    header = json.dumps(
+        {
+            "empty": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]},
+            "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        }
+    ).encode()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "optimizer.safetensors"
+        path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+        try:
+            tensors = load_tensor_files([path])
+        except DamagedStateError as exc:
+            said = str(exc)
+            assert said.startswith("cannot rebuild the training state from optimizer.safetensors: ValueError: ")
+            assert "shape torch cannot hold" in said or "overflow computing buffer size" in said
+        else:  # a shape torch can make: an empty tensor of exactly that shape
+            assert list(tensors["empty"].shape) == shape and tensors["empty"].numel() == 0

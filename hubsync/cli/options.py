@@ -192,7 +192,7 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 callback=bad_flag_values,
                 help="Split a converted file (weights, training state) whose tensors take more than SIZE into "
                 'shards with an index, as save_pretrained does: "5GB", "500MB", "10GiB" or bytes, up to the '
-                "Hub's 50GB a file [default: 5GB].",
+                "49GB (the Hub holds files of at most 50GB) [default: 5GB].",
             ),
             max_wait_option,
         ]

@@ -336,9 +336,10 @@ def _write_distcp(
     """Write one .distcp file's entries (each a torch.save of its own) to `out`, noting where each lies: only
     entries the metadata names (`entries`), each tensor a chunk it describes (`chunks`: fqn, offsets, sizes,
     dtype)."""
-    import torch
-    from torch.distributed.checkpoint import metadata as dm
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    with needs_extra("writing FSDP's torch.distributed.checkpoint state back from its pickle-free form"):
+        import torch
+        from torch.distributed.checkpoint import metadata as dm
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
 
     for record in records:
         fqn, index = record["fqn"], record["index"]

@@ -369,7 +369,8 @@ def _mapped_tensors(path: Path) -> dict[str, Any]:
     and what torch.save then reads comes from the page cache, not from memory of this process (a 4 GB
     optimizer.pt is rebuilt in a few MB). The header is checked as strictly as a pushed file's
     (compare.safetensors_header: known dtypes, offsets spanning shapes, tensors end to end); ValueError if not."""
-    import torch
+    with needs_extra("writing training state back from its pickle-free form"):
+        import torch
 
     header, data_start = safetensors_header(path)
     dtypes = {kind.name: getattr(torch, name) for name, kind in _TORCH_DTYPES.items()}
@@ -382,7 +383,10 @@ def _mapped_tensors(path: Path) -> dict[str, Any]:
             raise ValueError(f"{name} has a dtype torch does not hold: {entry['dtype']}")
         dtype, (start, end) = dtypes[entry["dtype"]], entry["data_offsets"]
         if start == end or mapped is None:
-            tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            try:  # no bytes, yet a hostile header may give a shape such as [0, 2**63] that torch cannot make
+                tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            except (TypeError, RuntimeError, OverflowError) as exc:
+                raise ValueError(f"{name!r:.80} has a shape torch cannot hold") from exc
             continue
         flat = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize, offset=data_start + start)
         tensors[name] = flat.view(entry["shape"])

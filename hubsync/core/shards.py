@@ -14,7 +14,9 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' default ("5GB", decimal)
-MOST_MAX_SHARD_SIZE = 50 * 10**9  # the largest file the Hub holds (remote_paths.MAX_FILE_SIZE)
+# The Hub holds files of at most 50 GB (remote_paths.MAX_FILE_SIZE); a shard is its tensors and a header (names,
+# dtypes, shapes, offsets: up to 100 MB in safetensors), so a shard of 50 GB of tensors would be refused.
+MOST_MAX_SHARD_SIZE = 49 * 10**9
 # The one pickled weights file that is split when its tensors take more than max-shard-size, into transformers'
 # model-00001-of-0000N.safetensors and model.safetensors.index.json, which from_pretrained loads. PEFT loads an
 # adapter from adapter_model.safetensors alone, so an adapter stays whole (the Hub's 50 GB limit still applies);
@@ -41,7 +43,10 @@ _DIGITS = 5  # transformers writes 00001-of-00003
 def parse_size(value: object) -> int:
     """A number of bytes from 1 to MOST_MAX_SHARD_SIZE: an int, or text as save_pretrained takes it ("5GB",
     "500MB", "10GiB", "123"). ValueError saying what is wanted otherwise."""
-    wanted = f"must be a size from 1 byte to 50GB, such as {SIZE_EXAMPLE}"
+    wanted = (
+        f"must be a size from 1 byte to 49GB, such as {SIZE_EXAMPLE} (the Hub holds files of at most 50 GB, "
+        "and a shard's header comes on top of its tensors)"
+    )
     if isinstance(value, bool):
         raise ValueError(wanted)
     if isinstance(value, int):
