@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         pull_checkpoint,
         push,
         render_card,
+        repo_storage,
         watcher,
         write_card,
     )
@@ -54,6 +55,7 @@ __all__ = [
     "pull_checkpoint",
     "push",
     "render_card",
+    "repo_storage",
     "watcher",
     "write_card",
 ]

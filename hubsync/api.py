@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from hubsync.core.prune import PrunePlan
     from hubsync.hub.client import HubClient
     from hubsync.hub.preview import HubPreview
-    from hubsync.hub.prune import PruneResult
+    from hubsync.hub.prune import PruneResult, StorageSummary
     from hubsync.hub.pull import PullOutcome
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
@@ -487,38 +487,62 @@ def list_revisions(
 
 
 @_public
+def repo_storage(
+    repo_id: str,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    client: HubClient | None = None,
+    report: Report | None = None,
+    max_wait: float | None = None,
+) -> StorageSummary:
+    """What the repository stores on the Hub (its usedStorage), its stored files, and those no branch or tag
+    holds any more (a prune frees them)."""
+    from hubsync.hub.prune import storage_summary
+
+    _repo(repo_id)
+    hub = client or _client(endpoint, token, report, max_wait=_max_wait(max_wait))
+    with _quiet():
+        return storage_summary(hub, repo_id)
+
+
+@_public
 def plan_prune(
     repo_id: str,
     keep: int,
     *,
     keep_best: bool = False,
     keep_tagged: bool = False,
+    keep_storage: bool = False,
     endpoint: str | None = None,
     token: str | None = None,
     client: HubClient | None = None,
     report: Report | None = None,
     max_wait: float | None = None,
 ) -> PrunePlan:
-    """Which checkpoint branches a prune keeping the `keep` newest would delete (and why each is kept)."""
+    """Which checkpoint branches a prune keeping the `keep` newest would delete (and why each is kept), and,
+    unless keep_storage, which stored files it would then permanently delete: those no remaining commit holds."""
     from hubsync.core.prune import plan_prune as plan
-    from hubsync.hub.prune import prune_inputs
+    from hubsync.hub.prune import prune_inputs, with_storage
 
     _repo(repo_id)
     _check_prune_options(keep, keep_best, keep_tagged)
+    _flags(keep_storage=keep_storage)
     wait = _max_wait(max_wait)
     hub = client or _client(endpoint, token, report, max_wait=wait)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
     with _quiet():
         found = prune_inputs(hub, repo_id)
-    return plan(
-        repo_id,
-        found.revisions,
-        keep=keep,
-        keep_best=keep_best,
-        keep_tagged=keep_tagged,
-        tags=found.tags,
-        best_step=found.best_step,
-    )
+        branches = plan(
+            repo_id,
+            found.revisions,
+            keep=keep,
+            keep_best=keep_best,
+            keep_tagged=keep_tagged,
+            tags=found.tags,
+            best_step=found.best_step,
+        )
+        return branches if keep_storage else with_storage(branches, hub)
 
 
 def _check_prune_options(keep: object, keep_best: object, keep_tagged: object) -> None:
@@ -537,6 +561,7 @@ def prune(
     *,
     keep_best: bool = False,
     keep_tagged: bool = False,
+    keep_storage: bool = False,
     dry_run: bool = False,
     endpoint: str | None = None,
     token: str | None = None,
@@ -546,7 +571,9 @@ def prune(
 ) -> PruneOutcome:
     """Delete the checkpoint branches beyond the `keep` newest (by step), never main, the best one with
     keep_best, a tagged one with keep_tagged; then drop them from main's index in one commit. `repo_id` may be a
-    plan from plan_prune(), carried out as it is. With dry_run, only the plan."""
+    plan from plan_prune(), carried out as it is. Then, unless keep_storage, permanently delete the stored files
+    that no commit of a remaining branch or tag holds (the Hub frees nothing for a deleted branch alone). With
+    dry_run, only the plan."""
     from hubsync.core.prune import PrunePlan
     from hubsync.hub.prune import execute_prune
 
@@ -557,7 +584,9 @@ def prune(
     else:
         _check_prune_options(keep, keep_best, keep_tagged)
         assert keep is not None
-        plan = plan_prune(repo_id, keep, keep_best=keep_best, keep_tagged=keep_tagged, client=hub)
+        plan = plan_prune(
+            repo_id, keep, keep_best=keep_best, keep_tagged=keep_tagged, keep_storage=keep_storage, client=hub
+        )
     with _quiet():
         return PruneOutcome(plan, None if dry_run else execute_prune(plan, hub))
 

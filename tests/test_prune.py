@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.errors import HfHubHTTPError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hubsync.cli import cli
-from hubsync.core.prune import PruneCandidate, plan_prune
+from hubsync.core.prune import PruneCandidate, StoredFile, plan_prune, plan_storage
 from hubsync.localhub import RunningHub
 
 pytestmark = pytest.mark.xet_and_lfs  # each test runs against a Hub with Xet and one with git-LFS only
@@ -81,7 +85,32 @@ def test_plan_json_shape() -> None:
             {"revision": "checkpoint-10", "step": 10, "commit": f"{0:040x}", "reasons": ["best checkpoint"]},
         ],
         "delete": [],
+        "storage": None,
     }
+
+
+sha256s = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(sha256s, st.integers(0, 10**12), st.booleans()), max_size=30),
+    st.lists(sha256s, max_size=10),
+)
+def test_the_storage_plan_deletes_exactly_the_listed_files_no_commit_holds(
+    files: list[tuple[str, int, bool]], others: list[str]
+) -> None:
+    """Whatever the listing (a sha256 listed twice, referenced files the listing lacks), nothing referenced is
+    deleted, everything else listed is, and each file's bytes count once."""
+    sizes = {sha: size for sha, size, _ in files}  # one size a sha256, as content has
+    listed = [StoredFile(f"{i:040x}", sha, sizes[sha], f"f{i}") for i, (sha, _, _) in enumerate(files)]
+    referenced = {sha for sha, _, held in files if held} | set(others)
+    plan = plan_storage(listed, referenced)
+    assert {f.sha256 for f in plan.delete} == {f.sha256 for f in listed} - referenced
+    assert not {f.sha256 for f in plan.delete} & referenced
+    assert plan.freed_bytes == sum(sizes[sha] for sha in {f.sha256 for f in plan.delete})
+    assert plan.kept_files == len({f.sha256 for f in listed} & referenced)
+    assert plan.kept_bytes + plan.freed_bytes == sum(sizes.values())
 
 
 # End to end. The run's best checkpoint is checkpoint-10: the Trainer was told that a greater eval_loss is better,
@@ -205,7 +234,9 @@ def test_json_prints_the_plan_and_the_result(pushed: dict[str, str], hub: Runnin
     kept = [d["revision"] for d in out["plan"]["keep"]]
     assert kept == ["checkpoint-40", "checkpoint-30", "checkpoint-20", "checkpoint-10"]
     assert out["plan"]["delete"] == []
-    assert out["result"] == {"deleted": [], "index_commit": None}
+    assert out["plan"]["storage"] == {"delete": [], "freed_bytes": 0, "kept_files": 4, "kept_bytes": stored_bytes(api)}
+    assert out["result"]["deleted"] == [] and out["result"]["index_commit"] is None
+    assert out["result"]["storage"]["deleted_files"] == 0 and out["result"]["storage"]["freed_bytes"] == 0
 
     result = hubsync(hub, "prune", "me/tiny", "--keep", "3", "--json")
     out = json.loads(result.stdout)
@@ -259,3 +290,113 @@ def test_a_branch_that_moved_after_the_plan_is_not_deleted(pushed: dict[str, str
     result = execute_prune(plan, client)
     assert moved not in result.deleted and set(result.deleted) == {d.revision for d in plan.delete} - {moved}
     assert moved in {b.name for b in api.list_repo_refs("me/tiny").branches}
+
+
+# Storage: what the Hub's own listings say, not hubsync's output.
+
+
+def stored(api: HfApi, repo: str = "me/tiny") -> dict[str, int]:
+    """sha256 -> size of every file of the repository's storage, as HfApi.list_lfs_files lists them."""
+    return {f.oid: f.size for f in api.list_lfs_files(repo)}
+
+
+def stored_bytes(api: HfApi, repo: str = "me/tiny") -> int:
+    return sum(stored(api, repo).values())
+
+
+def held(api: HfApi, repo: str = "me/tiny") -> set[str]:
+    """The sha256 of every LFS file of every commit of every branch and tag, walked with the real client."""
+    found = api.list_repo_refs(repo)
+    commits = {
+        c.commit_id
+        for ref in [*found.branches, *found.tags]
+        for c in api.list_repo_commits(repo, revision=ref.target_commit)
+    }
+    return {
+        f.lfs.sha256
+        for commit in commits
+        for f in api.list_repo_tree(repo, revision=commit, recursive=True)
+        if getattr(f, "lfs", None) is not None
+    }
+
+
+def used(api: HfApi, repo: str = "me/tiny") -> int:
+    return int(api.model_info(repo, expand=["usedStorage"]).used_storage)  # type: ignore[list-item]
+
+
+def test_prune_frees_the_storage_of_deleted_branches_and_keeps_every_file_still_held(
+    pushed: dict[str, str], hub: RunningHub, api: HfApi
+) -> None:
+    before, used_before = stored(api), used(api)
+    adapter = {
+        b: api.get_paths_info("me/tiny", ["adapter_model.safetensors"], revision=c)[0].lfs.sha256
+        for b, c in pushed.items()
+        if b != "main"
+    }  # type: ignore[union-attr]
+    assert set(adapter.values()) <= set(before) and len(set(adapter.values())) == 4
+
+    result = hubsync(hub, "prune", "me/tiny", "--keep", "2", "--json")
+
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    after = stored(api)
+    assert set(after) == held(api)  # exactly the files still referenced
+    assert adapter["checkpoint-20"] in after  # tag v1 still points to checkpoint-20's commit
+    assert adapter["checkpoint-10"] not in after and adapter["checkpoint-40"] in after
+    freed = sum(size for sha, size in before.items() if sha not in after)
+    assert out["result"]["storage"]["freed_bytes"] == freed > 0
+    assert used_before - used(api) == freed
+    assert out["result"]["storage"]["used_storage"] == used(api)
+    with pytest.raises(HfHubHTTPError):  # the deleted branch's commit can no longer be downloaded by its id
+        api.hf_hub_download("me/tiny", "adapter_model.safetensors", revision=pushed["checkpoint-10"])
+    for revision in ("checkpoint-40", "v1"):  # what stays is whole
+        path = api.hf_hub_download("me/tiny", "adapter_model.safetensors", revision=revision)
+        branch = "checkpoint-20" if revision == "v1" else revision
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == adapter[branch]
+
+    again = hubsync(hub, "prune", "me/tiny", "--keep", "2")
+    assert again.exit_code == 0 and "storage: delete 0 files (0 B)" in again.stdout
+    assert stored(api) == after
+
+
+def test_the_plan_shows_the_files_and_bytes_first_and_keep_storage_deletes_branches_only(
+    pushed: dict[str, str], hub: RunningHub, api: HfApi
+) -> None:
+    before = stored(api)
+    dry = hubsync(hub, "prune", "me/tiny", "--keep", "1", "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert "  storage: delete " in dry.stdout and "    delete  adapter_model.safetensors  " in dry.stdout
+    assert stored(api) == before
+
+    kept = hubsync(hub, "prune", "me/tiny", "--keep", "1", "--keep-storage")
+    assert kept.exit_code == 0, kept.stderr
+    assert "storage: kept (--keep-storage)" in kept.stdout and "freed" not in kept.stdout
+    assert set(refs(api)[0]) == {"main", "checkpoint-40"} and stored(api) == before  # branches only
+
+    later = hubsync(hub, "prune", "me/tiny", "--keep", "1")  # a later prune frees what the earlier one left
+    assert later.exit_code == 0, later.stderr
+    assert set(stored(api)) == held(api) and len(stored(api)) < len(before)
+    assert "storage: freed " in later.stdout and "permanently deleted" in later.stdout
+
+
+def test_a_file_that_a_commit_made_after_the_plan_holds_is_spared(
+    pushed: dict[str, str], hub: RunningHub, api: HfApi
+) -> None:
+    from hubsync.api import plan_prune as plan_with_storage
+    from hubsync.api import prune
+
+    plan = plan_with_storage("me/tiny", 3, endpoint=hub.endpoint, token=hub.token)
+    assert plan.storage is not None and plan.storage.delete
+    doomed = plan.storage.delete[0]
+    # Meanwhile another push lands the same bytes on a new branch: the Hub keeps one copy, now held again.
+    content = Path(api.hf_hub_download("me/tiny", doomed.filename or "", revision=pushed["checkpoint-10"])).read_bytes()
+    api.create_branch("me/tiny", branch="copy")
+    api.upload_file(path_or_fileobj=content, path_in_repo="again.safetensors", repo_id="me/tiny", revision="copy")
+
+    outcome = prune(plan, endpoint=hub.endpoint, token=hub.token)
+
+    assert outcome.result is not None and outcome.result.storage is not None
+    assert outcome.result.storage.spared == 1 and doomed.sha256 in stored(api)
+    assert set(stored(api)) == held(api)
+    again = api.hf_hub_download("me/tiny", "again.safetensors", revision="copy", force_download=True)
+    assert Path(again).read_bytes() == content

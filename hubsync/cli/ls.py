@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -10,29 +11,50 @@ from hubsync.core.escape import one_line
 
 from .app import cli
 from .options import endpoint_option, max_wait_option, token_option
-from .output import echo, quiet_huggingface_hub, report
+from .output import count, echo, quiet_huggingface_hub, report, size
 
 
 @cli.command(name="ls")
 @click.argument("repo_id", metavar="REPO")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option(
+    "--storage",
+    "show_storage",
+    is_flag=True,
+    help="Also show what the repository stores on the Hub, and how much of it no branch or tag holds.",
+)
 @endpoint_option
 @token_option
 @max_wait_option
-def ls_command(repo_id: str, as_json: bool, endpoint: str | None, token: str | None, max_wait: float | None) -> None:
+def ls_command(
+    repo_id: str, as_json: bool, show_storage: bool, endpoint: str | None, token: str | None, max_wait: float | None
+) -> None:
     """List a repository's checkpoint revisions: step, epoch, metrics, resumable or not, commit, date.
+
+    With --storage, also the bytes the Hub counts for the repository (its used storage), its stored files, and
+    those that no branch or tag holds any more (left by deleted branches: `hubsync prune` frees them).
 
     \b
     Example:
-      hubsync ls me/my-model
+      hubsync ls me/my-model --storage
     """
-    from hubsync.api import list_revisions
+    from hubsync.api import list_revisions, repo_storage
 
     quiet_huggingface_hub(show_progress=False)
-    revisions = list_revisions(repo_id, endpoint=endpoint, token=token, report=report, max_wait=max_wait)
+    options: dict[str, Any] = {"endpoint": endpoint, "token": token, "report": report, "max_wait": max_wait}
+    revisions = list_revisions(repo_id, **options)
+    summary = repo_storage(repo_id, **options) if show_storage else None
     if as_json:
-        echo(json.dumps([r.to_json() for r in revisions], indent=2))
+        listed = [r.to_json() for r in revisions]
+        echo(json.dumps(listed if summary is None else {"revisions": listed, "storage": summary.to_json()}, indent=2))
         return
+    if summary is not None:
+        used = "not reported by the Hub" if summary.used_storage is None else size(summary.used_storage)
+        echo(
+            f"storage: {used} used; {count(summary.files, 'stored file')} ({size(summary.bytes)}), "
+            f"{count(len(summary.unheld), 'file')} ({size(summary.unheld_bytes)}) held by no branch or tag"
+            + (": `hubsync prune` frees them" if summary.unheld else "")
+        )
     if not revisions:
         echo(f"{repo_id} has no checkpoint revisions yet.")
         return

@@ -9,7 +9,7 @@ import click
 
 from .app import cli
 from .options import endpoint_option, max_wait_option, token_option
-from .output import echo, quiet_huggingface_hub, report
+from .output import count, echo, quiet_huggingface_hub, report, size
 
 
 @cli.command()
@@ -21,6 +21,11 @@ from .output import echo, quiet_huggingface_hub, report
     "--keep-best", is_flag=True, help="Also keep the best checkpoint (trainer_state's best_model_checkpoint)."
 )
 @click.option("--keep-tagged", is_flag=True, help="Also keep every branch whose head commit a tag points to.")
+@click.option(
+    "--keep-storage",
+    is_flag=True,
+    help="Delete branches only: leave their files in the repository's storage (the Hub frees nothing then).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON: the plan, then the result.")
 @endpoint_option
@@ -31,6 +36,7 @@ def prune(
     keep: int,
     keep_best: bool,
     keep_tagged: bool,
+    keep_storage: bool,
     dry_run: bool,
     as_json: bool,
     endpoint: str | None,
@@ -43,6 +49,11 @@ def prune(
     newest checkpoint's trainer_state.json names as best_model_checkpoint), nor with --keep-tagged a branch
     whose head commit is tagged. Only branches are deleted, never tags. The plan is printed first; then
     main's index and README stop listing the deleted revisions, in one commit.
+
+    A deleted branch frees no storage on the Hub. So prune then permanently deletes the files of the
+    repository's storage that no commit of a remaining branch or tag holds (files of deleted branches, and of
+    earlier ones), and says how many bytes that freed: commits of deleted branches can no longer be
+    downloaded by their id. --keep-storage deletes branches only.
 
     \b
     Example:
@@ -57,6 +68,7 @@ def prune(
         keep,
         keep_best=keep_best,
         keep_tagged=keep_tagged,
+        keep_storage=keep_storage,
         endpoint=endpoint,
         token=token,
         report=report,
@@ -71,10 +83,19 @@ def prune(
     result = outcome.result
     if result is None:
         return
-    count = len(result.deleted)
-    echo(f"Deleted {count} branch{'es' if count != 1 else ''} of {repo_id}.")
+    branches = len(result.deleted)
+    echo(f"Deleted {branches} branch{'es' if branches != 1 else ''} of {repo_id}.")
     if result.index_commit:
         echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
+    stored = result.storage
+    if stored is not None:
+        freed = f"freed {size(stored.freed_bytes)}: {count(len(stored.deleted), 'file')} permanently deleted"
+        spared = f"; {count(stored.spared, 'file')} kept, held by a commit made since the plan" if stored.spared else ""
+        used = "" if stored.used_storage is None else f"; the repository now stores {size(stored.used_storage)}"
+        echo(f"  storage: {freed}{spared}{used}")
+
+
+_SHOWN_FILES = 20
 
 
 def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
@@ -89,5 +110,17 @@ def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
         echo(f"  {action:<6}  {d.revision:<{width}}  {step}{why}".rstrip())
     if keep_best and plan.best_step is None:
         echo("  note:  no best checkpoint is recorded (trainer_state.json's best_model_checkpoint is empty)")
+    stored = plan.storage
+    if stored is None:
+        echo("  storage: kept (--keep-storage): the Hub frees nothing for a deleted branch")
+    else:
+        echo(
+            f"  storage: delete {count(len(stored.delete), 'file')} ({size(stored.freed_bytes)}) that no remaining "
+            f"commit holds; keep {count(stored.kept_files, 'file')} ({size(stored.kept_bytes)})"
+        )
+        for f in stored.delete[:_SHOWN_FILES]:
+            echo(f"    delete  {f.filename or f.sha256[:12]}  {size(f.size)}")
+        if len(stored.delete) > _SHOWN_FILES:
+            echo(f"    ... and {len(stored.delete) - _SHOWN_FILES} more (--json lists them all)")
     if dry_run:
         echo("Nothing was deleted (dry run).")

@@ -4,11 +4,15 @@
 trainer_state.json names in `best_model_checkpoint` (the Trainer records it there when
 `metric_for_best_model` is set, and the newest checkpoint has the fullest record). A tagged checkpoint is a
 branch whose head commit a tag points to. `main` is never a candidate: it holds the index.
+
+Deleting a branch frees no storage on the Hub: its files stay until permanently deleted. The storage plan
+(plan_storage) names the files of the Hub's own LFS listing that no commit of any remaining ref holds (its
+head or its history: the Hub's permanent deletion rewrites every commit that still names a deleted file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +38,47 @@ class PruneDecision:
 
 
 @dataclass(frozen=True)
+class StoredFile:
+    """A file of a repository's LFS (or Xet) storage, as the Hub's listing has it (HfApi.list_lfs_files)."""
+
+    file_oid: str  # what the Hub's permanent deletion is given
+    sha256: str
+    size: int
+    filename: str | None  # a path it has (or had) in some commit: for people, never for deciding
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file_oid": self.file_oid, "sha256": self.sha256, "size": self.size, "filename": self.filename}
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """Which stored files a prune permanently deletes: those no remaining commit holds."""
+
+    delete: tuple[StoredFile, ...]  # by filename, then sha256
+    kept_files: int
+    kept_bytes: int
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum({f.sha256: f.size for f in self.delete}.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "delete": [f.to_json() for f in self.delete],
+            "freed_bytes": self.freed_bytes,
+            "kept_files": self.kept_files,
+            "kept_bytes": self.kept_bytes,
+        }
+
+
+@dataclass(frozen=True)
 class PrunePlan:
     repo_id: str
     keep_newest: int
     keep: tuple[PruneDecision, ...]  # newest first
     delete: tuple[PruneDecision, ...]  # newest first
     best_step: int | None  # the best checkpoint's step, when --keep-best and the record names one
+    storage: StoragePlan | None = None  # None: branches only (--keep-storage)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +87,7 @@ class PrunePlan:
             "best_step": self.best_step,
             "keep": [d.to_json() for d in self.keep],
             "delete": [d.to_json() for d in self.delete],
+            "storage": None if self.storage is None else self.storage.to_json(),
         }
 
 
@@ -87,3 +127,18 @@ def plan_prune(
         decision = PruneDecision(r.revision, r.step, r.commit, tuple(reasons))
         (kept if reasons else deleted).append(decision)
     return PrunePlan(repo_id, keep, tuple(kept), tuple(deleted), best_step if keep_best else None)
+
+
+def remaining_heads(plan: PrunePlan, branches: Mapping[str, str], tags: Mapping[str, str]) -> set[str]:
+    """The head commits of every ref that stays after the plan's branches are deleted: main, every other
+    branch (checkpoint or not), every tag."""
+    gone = {d.revision for d in plan.delete}
+    return {c for b, c in branches.items() if b not in gone} | set(tags.values())
+
+
+def plan_storage(listed: Sequence[StoredFile], referenced: Collection[str]) -> StoragePlan:
+    """Delete each listed file whose sha256 no remaining commit holds (`referenced`); keep the rest. A file
+    listed twice (under two ids) is deleted or kept as one, and its bytes counted once."""
+    delete = sorted((f for f in listed if f.sha256 not in referenced), key=lambda f: (f.filename or "", f.sha256))
+    kept = {f.sha256: f.size for f in listed if f.sha256 in referenced}
+    return StoragePlan(tuple(delete), len(kept), sum(kept.values()))

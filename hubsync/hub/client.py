@@ -39,6 +39,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import LFSFileInfo
 from huggingface_hub.utils import _xet as hf_xet_glue
 from huggingface_hub.utils._datetime import parse_datetime
 from huggingface_hub.utils._headers import build_hf_headers
@@ -51,6 +52,7 @@ from hubsync.core import errors
 from hubsync.core.checkpoint import MAX_JSON_BYTES, loads_json
 from hubsync.core.config import DEFAULT_MAX_WAIT, check_endpoint, is_loopback_url, is_token_text
 from hubsync.core.preflight import RepoFacts
+from hubsync.core.prune import StoredFile
 from hubsync.core.pull import RemoteFile
 from hubsync.core.remote_paths import check_remote_path
 from hubsync.core.secrets import redact, saved_tokens
@@ -80,6 +82,8 @@ LISTING_DEADLINE = 600.0  # seconds for every page of one listing together
 MAX_LISTING_PAGES = 1_000  # the real Hub sends 1,000 tree entries a page (50 with expand), 50 commits
 MAX_TREE_ENTRIES = 100_000  # a checkpoint revision holds tens of files; the real Hub allows 10,000 a folder
 MAX_COMMITS = 10_000  # main's history: about one commit a push
+MAX_STORED_FILES = 1_000_000  # a repository's LFS files: about ten a checkpoint pushed
+_FILE_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 MAX_LISTING_BYTES = MAX_JSON_BYTES
 # hf_xet's own retries (5 attempts from a 3 s pause, for up to 360 s, 60 s to connect, 300 s a read) let a Xet
 # storage that does not answer hold a push for over five minutes (332 s seen), and then the failure read as the
@@ -686,7 +690,7 @@ class HubClient:
         what: str,
         most: int,
         repo_id: str,
-        revision: str,
+        revision: str | None,
         enough: int | None = None,
     ) -> list[Any]:
         """Every entry of a paged listing (`what`, for messages), or its first `enough`. EndlessListingError when
@@ -775,6 +779,65 @@ class HubClient:
         for f in files:
             check_remote_path(f.path, revision or commit[:12])
         return files
+
+    def history(self, repo_id: str, revision: str) -> list[str]:
+        """The commit ids of a revision's history, newest first."""
+        return [commit for commit, _date in self._commits(repo_id, revision)]
+
+    def stored_sha256s(self, repo_id: str, commit: str) -> set[str]:
+        """The sha256 of every LFS file of a commit, whatever its path (a prune must see every file it keeps,
+        including ones hubsync would never place)."""
+        url = f"{self.endpoint}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
+        params = {"recursive": "true", "expand": "false"}
+        found = self._listing(url, params, "tree listing", MAX_TREE_ENTRIES, repo_id, commit[:12])
+        with self._errors(repo_id):
+            shas = {e["lfs"]["oid"] for e in found if e["type"] == "file" and e.get("lfs")}
+        if not all(isinstance(sha, str) and _SHA256.fullmatch(sha) for sha in shas):
+            raise self._malformed("tree", repo_id)
+        return shas
+
+    def stored_files(self, repo_id: str) -> list[StoredFile]:
+        """Every file of the repository's LFS and Xet storage, as the Hub lists them (HfApi.list_lfs_files): what
+        it counts as used storage, including the files of deleted branches' commits."""
+        url = f"{self.endpoint}/api/models/{repo_id}/lfs-files"
+        found = self._listing(url, None, "LFS file listing", MAX_STORED_FILES, repo_id, None)
+        with self._errors(repo_id):
+            files = [StoredFile(e["fileOid"], e["oid"], e["size"], e.get("filename")) for e in found]
+        for f in files:
+            if not (
+                isinstance(f.file_oid, str)
+                and _FILE_OID.fullmatch(f.file_oid)
+                and isinstance(f.sha256, str)
+                and _SHA256.fullmatch(f.sha256)
+                and type(f.size) is int
+                and f.size >= 0
+                and (f.filename is None or isinstance(f.filename, str))
+            ):
+                raise self._malformed("LFS file listing", repo_id)
+        return files
+
+    def delete_stored_files(self, repo_id: str, files: Sequence[StoredFile]) -> None:
+        """Permanently delete files of the repository's storage (HfApi.permanently_delete_lfs_files), rewriting
+        the history that still names one, as the Hub recommends."""
+        if not files:
+            return
+        infos = [
+            LFSFileInfo(
+                fileOid=f.file_oid,
+                filename=f.filename or "",
+                oid=f.sha256,
+                pushedAt="1970-01-01T00:00:00Z",
+                size=f.size,
+            )
+            for f in files
+        ]
+        self._call(lambda: self.api.permanently_delete_lfs_files(repo_id, infos, rewrite_history=True), repo_id)
+
+    def used_storage(self, repo_id: str) -> int | None:
+        """The bytes the Hub says the repository stores (model_info's usedStorage); None when it does not say."""
+        info = self._call(lambda: self.api.model_info(repo_id, expand=["usedStorage"]), repo_id)
+        used = getattr(info, "used_storage", None)
+        return used if type(used) is int and used >= 0 else None
 
     def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, transfers: Transfers) -> None:
         """Fetch one file of a commit to `dest`, within a deadline for its size (hub/download.py), retried when

@@ -1,23 +1,58 @@
-"""Carry out a PrunePlan: delete the checkpoint branches it names, then drop them from main's index."""
+"""Carry out a PrunePlan: delete the checkpoint branches it names, drop them from main's index, then permanently
+delete the stored files that no remaining commit holds (after looking again: a push may have landed since)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from hubsync.core.checkpoint import loads_json, parse_trainer_state
-from hubsync.core.prune import PruneCandidate, PrunePlan
+from hubsync.core.prune import PruneCandidate, PrunePlan, StoredFile, plan_storage, remaining_heads
 from hubsync.core.selection import best_step_of
 
 from .push import IndexTarget, drop_from_index
 from .revisions import RevisionSource, checkpoint_revisions
 
 
-class PruneTarget(RevisionSource, IndexTarget, Protocol):
-    """What a prune needs from a Hub (HubClient provides it): the revisions, main's index, and deleting branches."""
+class StorageSource(RevisionSource, Protocol):
+    """What planning a prune's storage needs from a Hub: the stored files, and what each commit holds."""
+
+    def history(self, repo_id: str, revision: str) -> list[str]: ...
+    def stored_sha256s(self, repo_id: str, commit: str) -> set[str]: ...
+    def stored_files(self, repo_id: str) -> list[StoredFile]: ...
+
+
+class PruneTarget(StorageSource, IndexTarget, Protocol):
+    """What a prune needs from a Hub (HubClient provides it): the revisions, main's index, deleting branches and
+    stored files."""
 
     def require_token(self) -> None: ...
     def delete_branch(self, repo_id: str, branch: str) -> bool: ...
+    def delete_stored_files(self, repo_id: str, files: Sequence[StoredFile]) -> None: ...
+    def used_storage(self, repo_id: str) -> int | None: ...
+
+
+class HeldFiles:
+    """The sha256s of the LFS files that commits hold, each commit's tree and each head's history asked of the
+    Hub once (commits never change), so that looking again before deleting costs only what is new."""
+
+    def __init__(self, hub: StorageSource, repo_id: str) -> None:
+        self.hub, self.repo_id = hub, repo_id
+        self._trees: dict[str, set[str]] = {}
+        self._histories: dict[str, list[str]] = {}
+
+    def of(self, heads: Iterable[str]) -> set[str]:
+        """Every LFS file of every commit of these heads' histories."""
+        held: set[str] = set()
+        for head in sorted(set(heads)):
+            if head not in self._histories:
+                self._histories[head] = self.hub.history(self.repo_id, head)
+            for commit in self._histories[head]:
+                if commit not in self._trees:
+                    self._trees[commit] = self.hub.stored_sha256s(self.repo_id, commit)
+                held |= self._trees[commit]
+        return held
 
 
 @dataclass(frozen=True)
@@ -30,12 +65,33 @@ class PruneInputs:
 
 
 @dataclass(frozen=True)
+class StorageResult:
+    deleted: tuple[StoredFile, ...]  # the stored files permanently deleted
+    spared: int  # planned files that a commit made since the plan holds: kept
+    used_storage: int | None  # what the Hub says the repository stores now
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum({f.sha256: f.size for f in self.deleted}.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deleted_files": len(self.deleted),
+            "freed_bytes": self.freed_bytes,
+            "spared_files": self.spared,
+            "used_storage": self.used_storage,
+        }
+
+
+@dataclass(frozen=True)
 class PruneResult:
     deleted: tuple[str, ...]
     index_commit: str | None  # main's commit that dropped them from the index; None when none was needed
+    storage: StorageResult | None = None  # None: branches only (--keep-storage)
 
     def to_json(self) -> dict[str, Any]:
-        return {"deleted": list(self.deleted), "index_commit": self.index_commit}
+        found = {"deleted": list(self.deleted), "index_commit": self.index_commit}
+        return found if self.storage is None else {**found, "storage": self.storage.to_json()}
 
 
 def prune_inputs(hub: RevisionSource, repo_id: str) -> PruneInputs:
@@ -55,9 +111,63 @@ def prune_inputs(hub: RevisionSource, repo_id: str) -> PruneInputs:
     return PruneInputs(candidates, tags, best)
 
 
+@dataclass(frozen=True)
+class StorageSummary:
+    """What a repository stores, as the Hub says (`hubsync ls --storage`)."""
+
+    used_storage: int | None  # the Hub's usedStorage: all it counts for the repository
+    files: int  # files of its LFS listing, and their bytes
+    bytes: int
+    unheld: tuple[StoredFile, ...]  # those no commit of any branch or tag holds: a prune frees them
+
+    @property
+    def unheld_bytes(self) -> int:
+        return sum({f.sha256: f.size for f in self.unheld}.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "used_storage": self.used_storage,
+            "files": self.files,
+            "bytes": self.bytes,
+            "unheld_files": len(self.unheld),
+            "unheld_bytes": self.unheld_bytes,
+        }
+
+
+def storage_summary(hub: PruneTarget, repo_id: str) -> StorageSummary:
+    """The repository's used storage, its stored files, and which of them no branch or tag holds."""
+    branches, tags = hub.refs(repo_id)
+    listed = hub.stored_files(repo_id)
+    plan = plan_storage(listed, HeldFiles(hub, repo_id).of(set(branches.values()) | set(tags.values())))
+    sizes = {f.sha256: f.size for f in listed}
+    return StorageSummary(hub.used_storage(repo_id), len(sizes), sum(sizes.values()), plan.delete)
+
+
+def with_storage(plan: PrunePlan, hub: StorageSource, held: HeldFiles | None = None) -> PrunePlan:
+    """`plan` with the stored files it would permanently delete: those of the Hub's LFS listing that no commit
+    of a ref left after the plan's branches go holds (head or history)."""
+    branches, tags = hub.refs(plan.repo_id)
+    referenced = (held or HeldFiles(hub, plan.repo_id)).of(remaining_heads(plan, branches, tags))
+    return replace(plan, storage=plan_storage(hub.stored_files(plan.repo_id), referenced))
+
+
+def free_storage(plan: PrunePlan, hub: PruneTarget, held: HeldFiles | None = None) -> StorageResult:
+    """Permanently delete the plan's stored files that are still listed and that no commit of any ref holds
+    now: the refs are read again, so a push that landed since the plan (a running watch, say) keeps its files."""
+    assert plan.storage is not None
+    branches, tags = hub.refs(plan.repo_id)
+    referenced = (held or HeldFiles(hub, plan.repo_id)).of(set(branches.values()) | set(tags.values()))
+    listed = {f.file_oid for f in hub.stored_files(plan.repo_id)}
+    doomed = [f for f in plan.storage.delete if f.file_oid in listed and f.sha256 not in referenced]
+    spared = sum(1 for f in plan.storage.delete if f.file_oid in listed and f.sha256 in referenced)
+    hub.delete_stored_files(plan.repo_id, doomed)
+    return StorageResult(tuple(doomed), spared, hub.used_storage(plan.repo_id))
+
+
 def execute_prune(plan: PrunePlan, hub: PruneTarget) -> PruneResult:
     """Delete the plan's branches (one already gone is fine), then commit main's index without every revision
-    whose branch no longer exists: a re-run after a failure in between finishes the job."""
+    whose branch no longer exists, then (unless the plan keeps storage) permanently delete the stored files no
+    remaining commit holds: a re-run after a failure in between finishes the job."""
     hub.require_token()
     # A branch that moved since the plan was made (a push landed, say from a running watch) is left alone.
     heads = hub.refs(plan.repo_id)[0]
@@ -67,4 +177,5 @@ def execute_prune(plan: PrunePlan, hub: PruneTarget) -> PruneResult:
         if heads.get(d.revision) == d.commit and hub.delete_branch(plan.repo_id, d.revision)
     )
     result = drop_from_index(hub, plan.repo_id, lambda: hub.refs(plan.repo_id)[0])
-    return PruneResult(deleted, result.oid if result is not None and result.created else None)
+    storage = None if plan.storage is None else free_storage(plan, hub)
+    return PruneResult(deleted, result.oid if result is not None and result.created else None, storage)
