@@ -68,7 +68,11 @@ def pull(
         echo(f"Already there: {repo_id} @ {plan.revision} ({plan.commit[:12]}) in {shown}")
     else:
         echo(f"Pulled {repo_id} @ {plan.revision} ({plan.commit[:12]}) -> {shown}")
-        echo(f"  files: {len(plan.files)} ({size(plan.total_bytes)}), each verified against the Hub's hashes")
+        placed = sum(1 for p in outcome.path.rglob("*") if p.is_file())  # rebuilt .pt files replace their forms
+        echo(
+            f"  files: {len(plan.files)} downloaded ({size(plan.total_bytes)}), each verified against the Hub's "
+            f"hashes; {placed} in the folder"
+        )
         layout = state_layout(frozenset(f.path for f in plan.files))
         if layout is not None:
             echo(f"  optimizer state: {layout.describe()}; {layout.how_to_resume()}")

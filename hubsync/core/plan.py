@@ -258,6 +258,11 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         source, target = conversion.index
         converted.append(Upload(target, target, sizes[source], source))
     warnings = []
+    if options.adapter_config is not None and outside_config is None:
+        has = "has its own adapter_config.json" if lora_fsdp else "is not one"
+        warnings.append(
+            f"--adapter-config is not used: it is for an FSDP sharded LoRA checkpoint, which holds none; this one {has}"
+        )
     if checkpoint.fsdp_weights is not None:  # FSDP's sharded model folder, consolidated into one loadable file
         model_files = [n for n in sizes if n.startswith(f"{FSDP_MODEL_FOLDER}/") and n.endswith(".distcp")]
         converted.append(
