@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from hubsync.files import git_blob_id
 from hubsync.localhub import RunningHub
-from hubsync.localhub.store import lfs_pointer
+from hubsync.localhub.store import AddLfs, Store, lfs_pointer
 
 
 @pytest.fixture(autouse=True)
@@ -275,3 +275,44 @@ def test_used_storage_is_asked_for_and_counts_each_content_once(hub: RunningHub,
     api.create_repo("me/data", repo_type="dataset")
     gitattributes = Path(api.hf_hub_download("me/data", ".gitattributes", repo_type="dataset")).read_bytes()
     assert api.dataset_info("me/data", expand=["usedStorage"]).used_storage == len(gitattributes)
+
+
+# -- the Store on its own: shared blobs and crash safety -------------------------------------------------------
+def lfs_commit(store: Store, repo_id: str, files: dict[str, bytes]) -> None:
+    ops = []
+    for path, data in files.items():
+        store.grant_lfs("model", repo_id, store.put_blob(data))
+        ops.append(AddLfs(path, hashlib.sha256(data).hexdigest(), len(data)))
+    store.apply_commit("model", repo_id, "main", ops, "t", "", "me", None)  # type: ignore[arg-type]
+
+
+def test_a_shared_blob_leaves_the_disk_with_its_last_holder(tmp_path: Path) -> None:
+    store = Store(tmp_path / "root")
+    data = b"\0weights" * 100
+    sha = hashlib.sha256(data).hexdigest()
+    for repo in ("me/a", "me/b"):
+        store.create_repo("model", repo, "me", private=False)
+        lfs_commit(store, repo, {"w.bin": data})
+    oid = store.lfs_files("model", "me/a")[0].file_oid
+    assert store.purge_lfs("model", "me/a", [oid], rewrite_history=False) == [sha]
+    assert store.has_blob(sha) and store.lfs_files("model", "me/a") == []
+    assert store.purge_lfs("model", "me/b", [oid], rewrite_history=False) == [sha]
+    assert not store.has_blob(sha)  # b's commit still names it, purged there too: nobody holds it
+
+
+def test_a_rewrite_that_fails_before_its_refs_move_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "root")
+    store.create_repo("model", "me/a", "me", private=False)
+    lfs_commit(store, "me/a", {"w.bin": b"\0one", "x.bin": b"\0two"})
+    refs, listed = store.refs("model", "me/a"), store.lfs_files("model", "me/a")
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_write_refs", crash)
+    with pytest.raises(OSError):
+        store.purge_lfs("model", "me/a", [listed[0].file_oid], rewrite_history=True)
+    assert store.refs("model", "me/a") == refs and store.lfs_files("model", "me/a") == listed
+    assert all(store.has_blob(f.sha256) for f in listed)

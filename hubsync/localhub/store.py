@@ -674,9 +674,12 @@ class Store:
 
     def grant_lfs(self, repo_type: str, repo_id: str, sha256: str) -> None:
         """Record that `sha256` was uploaded, content checked, for this repository (an object permanently deleted
-        from it comes back: the commits that name it serve it again)."""
+        from it comes back: the commits that name it serve it again). Under the store's lock, as `purge_lfs`:
+        a blob is either granted before a purge looks for its holders, or found gone here."""
         with self._lock:
             self._require(repo_type, repo_id)
+            if not self.has_blob(sha256):  # a permanent deletion elsewhere took it between upload and grant
+                raise StoreError(409, None, f"LFS object {sha256} was deleted while it was uploaded: upload it again")
             purged = self.purged(repo_type, repo_id)
             if sha256 in purged:
                 write_atomic(self._repo_dir(repo_type, repo_id) / "purged.json", _dump(sorted(purged - {sha256})))
