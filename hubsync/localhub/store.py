@@ -8,6 +8,8 @@ Layout under the root folder (everything is JSON or raw bytes, written whole):
     repos/<type>s/<ns>/<name>/repo.json {"owner", "private", "createdAt"}
     repos/<type>s/<ns>/<name>/refs.json {"branches": {name: sha}, "tags": {name: sha}}
     repos/<type>s/<ns>/<name>/commits/<sha>.json
+    repos/<type>s/<ns>/<name>/lfs.json [sha256, ...]: LFS objects uploaded (content checked) for it
+    repos/<type>s/<ns>/<name>/purged.json [sha256, ...]: LFS objects permanently deleted from it (purge_lfs)
 
 A commit is made visible by one `os.replace` of refs.json, after its blobs and its
 commit record are on disk: a crash at any point leaves the repository as it was.
