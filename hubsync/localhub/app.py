@@ -49,6 +49,9 @@ ROUTES = Router[Handler](
         ("PUT", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_upload", lfs.lfs_upload),
         ("GET", r"^/_lfs/(?P<oid>[0-9a-f]{64})$", "lfs_download", lfs.lfs_download),
         ("POST", r"^/_lfs/(?P<oid>[0-9a-f]{64})/verify$", "lfs_verify", lfs.lfs_verify),
+        # the repository's LFS files: listing (storage used) and permanent deletion
+        ("GET", _API_REPO + r"/lfs-files$", "lfs_files", lfs.list_lfs_files),
+        ("POST", _API_REPO + r"/lfs-files/batch$", "lfs_files_batch", lfs.delete_lfs_files),
         # Xet: tokens for hf_xet and the address of the repository's Xet storage
         ("GET", _API_REPO + r"/xet-write-token/(?P<rev>[^/]+)$", "xet_write_token", xet.write_token),
         ("GET", _API_REPO + r"/xet-read-token/(?P<rev>[^/]+)$", "xet_read_token", xet.read_token),

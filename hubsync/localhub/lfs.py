@@ -158,3 +158,46 @@ def lfs_download(call: Call, match: re.Match[str]) -> Response:
     if not call.store.has_blob(oid, size):
         raise StoreError(404, None, f"Object {oid} does not exist")
     return Response(200, stream_blob(call.store, oid, 0, size), content_type="application/octet-stream", length=size)
+
+
+# -- the repository's LFS files: HfApi.list_lfs_files and permanently_delete_lfs_files -------------------------
+_FILE_OID = re.compile(r"[0-9a-f]{40}")
+
+
+def list_lfs_files(call: Call, match: re.Match[str]) -> Response:
+    """`HfApi.list_lfs_files`: the repository's LFS objects (`Store.lfs_files`), to its writers only, a page of
+    at most `hub.lfs_page_size` at a time; a `Link: <...>; rel="next"` header names the next page, which
+    huggingface_hub's `paginate` follows. The cursor is the offset in the listing's stable order."""
+    repo_type, repo_id = call.repo_write(match)
+    raw = call.query.get("cursor", ["0"])[0]
+    if not raw.isdigit() or len(raw) > 12:
+        raise bad_request(f"Invalid cursor: {raw!r}")
+    start, size = int(raw), call.hub.lfs_page_size
+    files = call.store.lfs_files(repo_type, repo_id)
+    headers = {}
+    if start + size < len(files):
+        url = f"{call.base_url}/api/{repo_type}s/{quote(repo_id, safe='/')}/lfs-files?cursor={start + size}"
+        headers["Link"] = f'<{url}>; rel="next"'
+    return Response(body=[f.to_json() for f in files[start : start + size]], headers=headers)
+
+
+def delete_lfs_files(call: Call, match: re.Match[str]) -> Response:
+    """`HfApi.permanently_delete_lfs_files`: `{"deletions": {"sha": [fileOid, ...], "rewriteHistory": bool}}`.
+    The body is checked whole, and every id (`Store.purge_lfs`), before anything is deleted."""
+    repo_type, repo_id = call.repo_write(match)
+    data = call.body.json_object(MAX_LIST_BODY)
+    deletions = data.get("deletions")
+    if set(data) != {"deletions"} or not isinstance(deletions, dict):
+        raise bad_request("Expected {'deletions': {'sha': [fileOid, ...], 'rewriteHistory': true|false}}")
+    if unknown := sorted(set(deletions) - {"sha", "rewriteHistory"}):
+        raise bad_request(f"Unknown key in 'deletions': {unknown[0]!r}")
+    shas = deletions.get("sha")
+    rewrite = deletions.get("rewriteHistory", True)
+    if not isinstance(shas, list) or not shas:
+        raise bad_request("'deletions.sha' must be a non-empty list of LFS file ids")
+    if bad := [s for s in shas if not isinstance(s, str) or not _FILE_OID.fullmatch(s)]:
+        raise bad_request(f"Invalid LFS file id in 'deletions.sha': {str(bad[0])[:80]!r} (expected 40 hex digits)")
+    if not isinstance(rewrite, bool):
+        raise bad_request("'deletions.rewriteHistory' must be true or false")
+    call.store.purge_lfs(repo_type, repo_id, list(dict.fromkeys(shas)), rewrite)
+    return Response(body={})

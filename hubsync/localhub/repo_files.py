@@ -14,7 +14,7 @@ from . import xet
 from .call import Call
 from .connections import CHUNK
 from .protocol import MAX_LIST_BODY, Response
-from .store import Commit, FileEntry, Store, StoreError, bad_request
+from .store import Commit, FileEntry, Store, StoreError, bad_request, purged_object
 
 
 def resolve(call: Call, match: re.Match[str]) -> Response:
@@ -28,6 +28,11 @@ def resolve(call: Call, match: re.Match[str]) -> Response:
             404,
             {"error": "Entry not found"},
             {**headers, "X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"},
+        )
+    if entry.lfs and entry.sha256 in call.store.purged(repo_type, repo_id):
+        err = purged_object(path)
+        return Response(
+            404, {"error": err.message}, {**headers, "X-Error-Code": "EntryNotFound", "X-Error-Message": err.message}
         )
     headers["ETag"] = f'"{entry.sha256 if entry.lfs else entry.oid}"'
     if entry.lfs:

@@ -144,6 +144,13 @@ def repo_info(call: Call, match: re.Match[str]) -> Response:
         body["cardData"] = card
         if repo_type == "model":
             body.update({key: card[key] for key in ("pipeline_tag", "library_name") if isinstance(card.get(key), str)})
+    expand = [value for values in call.query.get("expand", []) for value in values.split(",") if value]
+    if expand:
+        # As the Hub: an `expand` answer holds the fields asked for (those the local Hub has) and the ids only.
+        # usedStorage is only ever computed when asked: it reads every commit record of the repository.
+        if "usedStorage" in expand:
+            body["usedStorage"] = call.store.used_storage(repo_type, repo_id)
+        body = {key: value for key, value in body.items() if key in ("_id", "id", *expand)}
     return Response(body=body)
 
 

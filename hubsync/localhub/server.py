@@ -108,8 +108,10 @@ class LocalHubServer(ThreadingHTTPServer):
         public_url: str | None = None,
         on_handler_error: Callable[[HandlerError], None] | None = None,
         xet: bool | None = None,
+        lfs_page_size: int = 1000,
     ) -> None:
-        """`on_handler_error` hears of each kind of handler bug (its type and place) the first time it happens,
+        """`lfs_page_size`: the most LFS files one page of `list_lfs_files` holds (the Hub's 1000; tests set it
+        small). `on_handler_error` hears of each kind of handler bug (its type and place) the first time it happens,
         from the thread that met it; all of them are kept for `check_handler_errors`."""
         # The Xet storage is hf_xet's local:// folder on this machine: offered (by default) only when clients reach
         # the Hub on this machine; refused (before the port is taken) when asked for another address.
@@ -120,6 +122,9 @@ class LocalHubServer(ThreadingHTTPServer):
             raise ValueError(f"Xet storage is a folder on this machine, which clients of {reached_at} cannot reach")
         super().__init__((host, port), HubRequestHandler)
         self.store = store
+        if lfs_page_size < 1:
+            raise ValueError("lfs_page_size is 1 or more")
+        self.lfs_page_size = lfs_page_size
         self.xet_cas_url: str | None = None  # for tests of clients: the Xet storage address handed out instead
         self.verbose = verbose
         self.public_url = public_url.rstrip("/") if public_url else None

@@ -8,6 +8,8 @@ Layout under the root folder (everything is JSON or raw bytes, written whole):
     repos/<type>s/<ns>/<name>/repo.json {"owner", "private", "createdAt"}
     repos/<type>s/<ns>/<name>/refs.json {"branches": {name: sha}, "tags": {name: sha}}
     repos/<type>s/<ns>/<name>/commits/<sha>.json
+    repos/<type>s/<ns>/<name>/lfs.json [sha256, ...]: LFS objects uploaded (content checked) for it
+    repos/<type>s/<ns>/<name>/purged.json [sha256, ...]: LFS objects permanently deleted from it (purge_lfs)
 
 A commit is made visible by one `os.replace` of refs.json, after its blobs and its
 commit record are on disk: a crash at any point leaves the repository as it was.
@@ -30,7 +32,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -75,6 +77,11 @@ def not_found_revision(revision: str) -> StoreError:
 
 def bad_request(message: str) -> StoreError:
     return StoreError(400, "BadRequest", message)
+
+
+def purged_object(path: str) -> StoreError:
+    """What a download of a file whose LFS object was permanently deleted (`Store.purge_lfs`) answers."""
+    return StoreError(404, "EntryNotFound", f"The LFS object of {path} was permanently deleted from this repository")
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
@@ -194,6 +201,30 @@ class Commit:
             author=data["author"],
             files={p: FileEntry.from_json(p, e) for p, e in data["files"].items()},
         )
+
+
+@dataclass(frozen=True)
+class LfsFile:
+    """One LFS object of a repository, as `HfApi.list_lfs_files` lists it: `file_oid` (the git blob id of its
+    pointer) names it for `permanently_delete_lfs_files`; where and when it first appeared."""
+
+    file_oid: str
+    sha256: str
+    size: int
+    pushed_at: str
+    filename: str
+    xet_hash: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "fileOid": self.file_oid,
+            "oid": self.sha256,
+            "size": self.size,
+            "pushedAt": self.pushed_at,
+            "filename": self.filename,
+            "ref": None,
+        }
+        return data if self.xet_hash is None else {**data, "xetHash": self.xet_hash}
 
 
 @dataclass(frozen=True)
@@ -504,6 +535,8 @@ class Store:
     def ensure_blob(self, repo_type: str, repo_id: str, entry: FileEntry) -> None:
         """Make sure the blob of a file of the repository lies in the store: a file uploaded through Xet is
         rebuilt from the repository's Xet storage the first time a client downloads it without Xet."""
+        if entry.lfs and entry.sha256 in self.purged(repo_type, repo_id):
+            raise purged_object(entry.path)
         if entry.xet_hash is None:
             return
         if self.has_blob(entry.sha256, entry.size) and entry.sha256 in self.lfs_objects(repo_type, repo_id):
@@ -607,7 +640,9 @@ class Store:
         for record in (repo_dir / "commits").glob("*.json"):
             files = json.loads(record.read_text())["files"].values()
             granted.update(e["sha256"] for e in files if e["lfs"] and not e.get("xetHash"))
-        return granted  # not the files uploaded through Xet: their bytes are checked first (ensure_blob)
+        return granted - self.purged(
+            repo_type, repo_id
+        )  # not the files uploaded through Xet: their bytes are checked first (ensure_blob)
 
     def _uploaded_through_xet(self, repo_type: str, repo_id: str, ops: list[CommitOp]) -> dict[str, XetFile]:
         """The LFS files of a commit that came through Xet, as the repository's Xet storage describes them
@@ -621,13 +656,18 @@ class Store:
         for sha256 in sorted(wanted):
             if sha256 in held and self.has_blob(sha256):
                 continue
+            # One permanently deleted lost its chunk data (XetStorage.drop_files): described again only once a
+            # new upload brought it back.
             file = self.xet.described(repo_type, repo_id, sha256)
             if file is not None:
                 found[sha256] = file
         return found
 
     def xet_entry(self, repo_type: str, repo_id: str, sha256: str) -> FileEntry | None:
-        """A file of the repository's commits with this sha256 that was uploaded through Xet, if any."""
+        """A file of the repository's commits with this sha256 that was uploaded through Xet, if any (none once
+        permanently deleted)."""
+        if sha256 in self.purged(repo_type, repo_id):
+            return None
         for record in (self._repo_dir(repo_type, repo_id) / "commits").glob("*.json"):
             for path, data in json.loads(record.read_text())["files"].items():
                 if data["sha256"] == sha256 and data.get("xetHash"):
@@ -635,9 +675,16 @@ class Store:
         return None
 
     def grant_lfs(self, repo_type: str, repo_id: str, sha256: str) -> None:
-        """Record that `sha256` was uploaded, content checked, for this repository."""
+        """Record that `sha256` was uploaded, content checked, for this repository (an object permanently deleted
+        from it comes back: the commits that name it serve it again). Under the store's lock, as `purge_lfs`:
+        a blob is either granted before a purge looks for its holders, or found gone here."""
         with self._lock:
             self._require(repo_type, repo_id)
+            if not self.has_blob(sha256):  # a permanent deletion elsewhere took it between upload and grant
+                raise StoreError(409, None, f"LFS object {sha256} was deleted while it was uploaded: upload it again")
+            purged = self.purged(repo_type, repo_id)
+            if sha256 in purged:
+                write_atomic(self._repo_dir(repo_type, repo_id) / "purged.json", _dump(sorted(purged - {sha256})))
             path = self._repo_dir(repo_type, repo_id) / "lfs.json"
             try:
                 granted = set(json.loads(path.read_text()))
@@ -645,6 +692,139 @@ class Store:
                 granted = set()
             if sha256 not in granted:
                 write_atomic(path, _dump(sorted(granted | {sha256})))
+
+    # -- LFS files: listing, permanent deletion, storage used -----------------------------
+    def purged(self, repo_type: str, repo_id: str) -> set[str]:
+        """The LFS objects (sha256) permanently deleted from the repository: its commit records may still name
+        them (deleted branches, a deletion without history rewrite), but it serves and lists them no more."""
+        try:
+            return set(json.loads((self._repo_dir(repo_type, repo_id) / "purged.json").read_text()))
+        except FileNotFoundError:
+            return set()
+
+    def _records(self, repo_type: str, repo_id: str) -> list[Commit]:
+        """Every commit record of the repository, reachable from a ref or not, oldest first."""
+        records = [
+            Commit.from_json(json.loads(p.read_text()))
+            for p in (self._repo_dir(repo_type, repo_id) / "commits").glob("*.json")
+        ]
+        return sorted(records, key=lambda c: (c.date, c.id))
+
+    def lfs_files(self, repo_type: str, repo_id: str) -> list[LfsFile]:
+        """One entry per LFS object of any commit record of the repository, not permanently deleted: where it
+        first appeared (the earliest commit holding it, a path it has there). Deleted branches leave their
+        commits, and so their objects, behind: that is why deleting a branch frees no storage on the Hub.
+        Ordered by that date, then sha256."""
+        self._require(repo_type, repo_id)
+        purged = self.purged(repo_type, repo_id)
+        found: dict[str, LfsFile] = {}
+        for commit in self._records(repo_type, repo_id):
+            for path, entry in sorted(commit.files.items()):
+                if entry.lfs and entry.sha256 not in purged and entry.sha256 not in found:
+                    found[entry.sha256] = LfsFile(
+                        entry.oid, entry.sha256, entry.size, commit.date, path, entry.xet_hash
+                    )
+        return sorted(found.values(), key=lambda f: (f.pushed_at, f.sha256))
+
+    def used_storage(self, repo_type: str, repo_id: str) -> int:
+        """The bytes the repository stores: its LFS objects (as `lfs_files` lists them) and the regular files of
+        all its commit records, each distinct content once."""
+        sizes = {f.sha256: f.size for f in self.lfs_files(repo_type, repo_id)}
+        for commit in self._records(repo_type, repo_id):
+            sizes.update((e.sha256, e.size) for e in commit.files.values() if not e.lfs)
+        return sum(sizes.values())
+
+    def purge_lfs(self, repo_type: str, repo_id: str, file_oids: list[str], rewrite_history: bool) -> list[str]:
+        """Permanently delete the LFS objects `file_oids` (their pointers' git blob ids, as `lfs_files` gives
+        them) from the repository; the sha256 of each. All are checked first: one that is not an LFS file of
+        the repository is a 404 and nothing is deleted.
+
+        With `rewrite_history`, the commits reachable from its branches and tags that hold one are written again
+        without it (new ids; the refs move in one replace of refs.json), as the Hub rewrites history. Then the
+        objects are marked deleted (purged.json: from here on nothing serves them, whatever commit names them),
+        their grant is dropped (lfs.json), the chunk data only they used leaves the Xet storage, and their
+        bytes leave blobs/ unless another repository still holds them. Each step is one atomic replace and the
+        state between two is whole: a crash leaves either the old repository, or the new one with some garbage."""
+        with self._lock:
+            listed = {f.file_oid: f for f in self.lfs_files(repo_type, repo_id)}
+            if missing := [oid for oid in file_oids if oid not in listed]:
+                raise StoreError(404, None, f"LFS file {missing[0]} is not in {repo_id}")
+            doomed = {listed[oid].sha256 for oid in file_oids}
+            if not doomed:
+                return []
+            repo_dir = self._repo_dir(repo_type, repo_id)
+            if rewrite_history:
+                refs = self.refs(repo_type, repo_id)
+                rewritten = self._rewrite_without(repo_type, repo_id, refs, doomed)
+                if rewritten:
+                    moved = {kind: {n: rewritten.get(s, s) for n, s in named.items()} for kind, named in refs.items()}
+                    self._write_refs(repo_type, repo_id, moved)
+            write_atomic(repo_dir / "purged.json", _dump(sorted(self.purged(repo_type, repo_id) | doomed)))
+            lfs_json = repo_dir / "lfs.json"
+            if lfs_json.exists():
+                granted = set(json.loads(lfs_json.read_text()))
+                if granted & doomed:
+                    write_atomic(lfs_json, _dump(sorted(granted - doomed)))
+            self._drop_xet_data(repo_type, repo_id, doomed)
+            for sha256 in sorted(doomed - self._held_elsewhere(repo_type, repo_id, doomed)):
+                self.blob_path(sha256).unlink(missing_ok=True)
+            return sorted(doomed)
+
+    def _rewrite_without(
+        self, repo_type: str, repo_id: str, refs: dict[str, dict[str, str]], doomed: set[str]
+    ) -> dict[str, str]:
+        """Write again, without the files whose content is in `doomed`, every commit reachable from `refs` that
+        holds one or descends from one that does; old id -> new id. The records are on disk when it returns;
+        the refs are the caller's to move."""
+        new_ids: dict[str, str] = {}
+        done: set[str] = set()
+        repo_dir = self._repo_dir(repo_type, repo_id)
+        for start in sorted({sha for named in refs.values() for sha in named.values()}):
+            stack = [start]
+            while stack:  # parents before children, without recursion (histories are long)
+                sha = stack[-1]
+                if sha in done:
+                    stack.pop()
+                    continue
+                commit = self.commit(repo_type, repo_id, sha)
+                waiting = [p for p in commit.parents if p not in done]
+                if waiting:
+                    stack.extend(waiting)
+                    continue
+                stack.pop()
+                done.add(sha)
+                files = {p: e for p, e in commit.files.items() if not (e.lfs and e.sha256 in doomed)}
+                parents = tuple(new_ids.get(p, p) for p in commit.parents)
+                if len(files) == len(commit.files) and parents == commit.parents:
+                    continue
+                new = self._make_commit(parents, commit.title, commit.message, commit.author, files, commit.date)
+                write_atomic(repo_dir / "commits" / f"{new.id}.json", _dump(new.to_json()))
+                new_ids[sha] = new.id
+        return new_ids
+
+    def _held_elsewhere(self, repo_type: str, repo_id: str, sha256s: set[str]) -> set[str]:
+        """Which of `sha256s` another repository still holds (a commit of its names it, not purged there, or it
+        was granted to it): blobs are shared by content, and another repository's data stays."""
+        held: set[str] = set()
+        for meta in self.list_repos():
+            if (meta.repo_type, meta.repo_id) == (repo_type, repo_id):
+                continue
+            other = self._repo_dir(meta.repo_type, meta.repo_id)
+            purged = self.purged(meta.repo_type, meta.repo_id)
+            with suppress(FileNotFoundError):
+                held |= set(json.loads((other / "lfs.json").read_text())) & sha256s
+            for record in (other / "commits").glob("*.json"):
+                files = json.loads(record.read_text())["files"].values()
+                held |= {e["sha256"] for e in files if e["sha256"] in sha256s and e["sha256"] not in purged}
+        return held
+
+    def _drop_xet_data(self, repo_type: str, repo_id: str, doomed: set[str]) -> None:
+        """Remove from the repository's Xet storage the chunk data of the files being deleted, so that hf_xet
+        can rebuild them no more."""
+        try:
+            self.xet.drop_files(repo_type, repo_id, doomed)
+        except OSError as exc:
+            raise StoreError(500, None, f"The Xet storage could not drop a deleted file's data ({exc})") from exc
 
     # -- refs and commits --------------------------------------------------------------
     def refs(self, repo_type: str, repo_id: str) -> dict[str, dict[str, str]]:
@@ -820,7 +1000,9 @@ class Store:
                         size, xet_hash = found.size, found.xet_hash
                     elif self.has_blob(op.sha256) and op.sha256 in lfs_objects:
                         size = self.blob_path(op.sha256).stat().st_size
-                    elif held := next((e for e in files.values() if e.sha256 == op.sha256 and e.xet_hash), None):
+                    elif (
+                        held := next((e for e in files.values() if e.sha256 == op.sha256 and e.xet_hash), None)
+                    ) and op.sha256 not in self.purged(repo_type, repo_id):
                         size, xet_hash = held.size, held.xet_hash  # the branch holds it already, from Xet
                     else:
                         raise bad_request(f"LFS object {op.sha256} for {op.path} was never uploaded to {repo_id}")
@@ -841,6 +1023,9 @@ class Store:
                     self.put_blob(content)
             commit = self._make_commit((head,), title, message, author, files, _now())
             repo_dir = self._repo_dir(repo_type, repo_id)
+            purged = self.purged(repo_type, repo_id)
+            if revived := purged & {f.sha256 for f in xet_files.values()} & kept:  # uploaded again through Xet
+                write_atomic(repo_dir / "purged.json", _dump(sorted(purged - revived)))
             write_atomic(repo_dir / "commits" / f"{commit.id}.json", _dump(commit.to_json()))
             refs["branches"][branch] = commit.id
             self._write_refs(repo_type, repo_id, refs)

@@ -227,6 +227,35 @@ class XetStorage:
         except FileNotFoundError:
             return 0
 
+    def drop_files(self, repo_type: str, repo_id: str, sha256s: set[str]) -> int:
+        """Remove the chunk data (xorbs) of the files whose sha256 is in `sha256s`, but for the xorbs that any
+        other file its shards describe uses too (Xet deduplicates chunks within the repository), and the shards
+        that describe only such files: the permanent deletion of LFS files. The number of xorbs removed.
+
+        A shard that describes another file too stays (it is what rebuilds that file); what it claims of a
+        deleted one is no longer there, which `described` checks. hf_xet dedups an upload against the shards
+        it finds, so only a file whose shards all left can be uploaded through Xet again."""
+        shards = self._storage_part(repo_type, repo_id, "shards")
+        xorbs = self._storage_part(repo_type, repo_id, "xorbs")
+        if shards is None or xorbs is None:
+            return 0
+        described = {path: self._shard(path) for path in sorted(shards.iterdir()) if path.suffix == ".mdb"}
+        files = [f for listed in described.values() for f in listed]
+        kept = {x for f in files if f.sha256 not in sha256s for x in f.xorbs}
+        gone = {x for f in files if f.sha256 in sha256s for x in f.xorbs} - kept
+        for xorb in sorted(gone):
+            (xorbs / f"default.{xorb}").unlink(missing_ok=True)
+            (xorbs / f"default.{xorb}.tagset").unlink(missing_ok=True)
+        for path, listed in described.items():
+            if listed and all(f.sha256 in sha256s for f in listed):
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".tagset").unlink(missing_ok=True)
+        # hf_xet's cache of the storage's shards would have a new upload deduplicated against the chunks just
+        # removed: it goes, hf_xet makes it again. (Its chunk -> shard lookup stays: hf_xet rebuilds files with it.)
+        for cached in (self.folder(repo_type, repo_id) / "xet" / "shard-cache").glob("*.mdb"):
+            cached.unlink(missing_ok=True)
+        return len(gone)
+
     def rebuild(self, repo_type: str, repo_id: str, file: XetFile, target: Path) -> None:
         """Write the file `file` names to `target` (atomically), rebuilt by hf_xet from the repository's storage,
         checked against its sha256 and size first: what the Hub sends to a client that does not speak Xet."""
