@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         PruneOutcome,
         PushJob,
         convert_checkpoint,
+        delete_tag,
         list_revisions,
         plan_prune,
         plan_push,
@@ -29,10 +30,12 @@ if TYPE_CHECKING:
         pull_checkpoint,
         push,
         render_card,
+        tag,
         watcher,
         write_card,
     )
     from hubsync.callback import HubsyncCallback
+    from hubsync.core.tags import TagChange
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
 
@@ -43,8 +46,10 @@ __all__ = [
     "PushJob",
     "PushResult",
     "RevisionInfo",
+    "TagChange",
     "__version__",
     "convert_checkpoint",
+    "delete_tag",
     "list_revisions",
     "plan_prune",
     "plan_push",
@@ -54,6 +59,7 @@ __all__ = [
     "pull_checkpoint",
     "push",
     "render_card",
+    "tag",
     "watcher",
     "write_card",
 ]
@@ -62,6 +68,7 @@ _HOMES = {
     "HubsyncCallback": "hubsync.callback",
     "PushResult": "hubsync.hub.push",
     "RevisionInfo": "hubsync.hub.revisions",
+    "TagChange": "hubsync.core.tags",
 }
 
 
