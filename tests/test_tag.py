@@ -3,6 +3,7 @@ Outcomes are read from the Hub's own listing (HfApi.list_repo_refs), not from wh
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -295,3 +296,22 @@ def test_a_push_that_would_move_a_tag_names_the_command_that_deletes_it(run: Pat
     found = api.list_repo_refs("me/tiny")
     heads = {b.name: b.target_commit for b in found.branches}
     assert {t.name: t.target_commit for t in found.tags} == {"v1": heads["checkpoint-20"]}
+
+
+def test_json_and_a_repository_that_does_not_exist(repo: dict[str, str], hub: RunningHub, api: HfApi) -> None:
+    as_json = hubsync_cli(hub, "--json", REPO, "checkpoint-10", "v1")
+    assert as_json.exit_code == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "repo": REPO,
+        "tag": "v1",
+        "commit": repo["checkpoint-10"],
+        "action": "create",
+        "changed": True,
+        "revision": "checkpoint-10",
+    }
+    deleted = hubsync_cli(hub, "--json", "--delete", REPO, "v1")
+    assert json.loads(deleted.stdout)["action"] == "delete" and refs(api) == (repo, {})
+
+    missing = hubsync_cli(hub, "me/no-such-repo", "main", "v1")
+    assert missing.exit_code == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("Error: repository me/no-such-repo not found")
