@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         PruneOutcome,
         PushJob,
         convert_checkpoint,
+        delete_tag,
         list_revisions,
         plan_prune,
         plan_push,
@@ -30,10 +31,12 @@ if TYPE_CHECKING:
         push,
         render_card,
         repo_storage,
+        tag,
         watcher,
         write_card,
     )
     from hubsync.callback import HubsyncCallback
+    from hubsync.core.tags import TagChange
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
 
@@ -44,8 +47,10 @@ __all__ = [
     "PushJob",
     "PushResult",
     "RevisionInfo",
+    "TagChange",
     "__version__",
     "convert_checkpoint",
+    "delete_tag",
     "list_revisions",
     "plan_prune",
     "plan_push",
@@ -56,6 +61,7 @@ __all__ = [
     "push",
     "render_card",
     "repo_storage",
+    "tag",
     "watcher",
     "write_card",
 ]
@@ -64,6 +70,7 @@ _HOMES = {
     "HubsyncCallback": "hubsync.callback",
     "PushResult": "hubsync.hub.push",
     "RevisionInfo": "hubsync.hub.revisions",
+    "TagChange": "hubsync.core.tags",
 }
 
 

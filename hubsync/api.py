@@ -48,6 +48,7 @@ from hubsync.core.runs import choose_targets
 if TYPE_CHECKING:
     from hubsync.convert import ConvertedFile
     from hubsync.core.prune import PrunePlan
+    from hubsync.core.tags import TagChange
     from hubsync.hub.client import HubClient
     from hubsync.hub.preview import HubPreview
     from hubsync.hub.prune import PruneResult, StorageSummary
@@ -589,6 +590,75 @@ def prune(
         )
     with _quiet():
         return PruneOutcome(plan, None if dry_run else execute_prune(plan, hub))
+
+
+def _tag_name(name: object, *, new: bool) -> str:
+    """A tag to create: a name the Hub takes and that cannot read as a branch, main or a commit id. A tag to
+    delete: any name that is safe to send (the Hub's refs decide whether it is a tag)."""
+    from hubsync.core.errors import InvalidTagError
+    from hubsync.core.plan import check_tag_name
+
+    if not isinstance(name, str):
+        raise SettingError("name=", "name", name, "must be a tag name (a string)")
+    if not name:
+        raise InvalidTagError(name, "it is empty")
+    if not new:
+        try:
+            return str(_revision(name))
+        except SettingError as exc:
+            raise InvalidTagError(name, "it holds a control character, '..' or a leading '/'") from exc
+    return check_tag_name(name, branch="")
+
+
+@_public
+def tag(
+    repo_id: str,
+    revision: str,
+    name: str,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    client: HubClient | None = None,
+    report: Report | None = None,
+    max_wait: float | None = None,
+) -> TagChange:
+    """Create the tag `name` at `revision` (a branch such as checkpoint-1000, a tag, or a commit id). A tag of
+    that name at that commit already: nothing changes (`changes` False). At another commit: TagExistsError, as
+    tags never move (delete_tag() it first). The name is checked before the Hub is asked."""
+    from hubsync.hub.tags import execute_tag, plan_tag_creation
+
+    _repo(repo_id)
+    name = _tag_name(name, new=True)
+    if revision is None:
+        raise SettingError("revision=", "revision", revision, "must be a branch, a tag or a commit id")
+    checked = str(_revision(revision))
+    hub = client or _client(endpoint, token, report, max_wait=_max_wait(max_wait))
+    hub.require_token()  # creating needs one; without it a private repository would look missing
+    with _quiet():
+        return execute_tag(plan_tag_creation(hub, repo_id, checked, name), hub)
+
+
+@_public
+def delete_tag(
+    repo_id: str,
+    name: str,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    client: HubClient | None = None,
+    report: Report | None = None,
+    max_wait: float | None = None,
+) -> TagChange:
+    """Delete the tag `name` (only a tag: a branch of that name is refused, never deleted); `commit`: where it
+    pointed. TagNotFoundError when the repository has no such tag."""
+    from hubsync.hub.tags import execute_tag, plan_tag_deletion
+
+    _repo(repo_id)
+    name = _tag_name(name, new=False)
+    hub = client or _client(endpoint, token, report, max_wait=_max_wait(max_wait))
+    hub.require_token()
+    with _quiet():
+        return execute_tag(plan_tag_deletion(hub, repo_id, name), hub)
 
 
 @_public

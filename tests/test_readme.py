@@ -87,3 +87,32 @@ def test_the_watch_and_prune_examples(tmp_path: Path) -> None:
     )
     assert "Deleted 1 branch of me/my-model." in before
     assert re.search(r"^checkpoint-20 +20 ", after, re.M) and "checkpoint-10" not in after
+
+
+def test_the_tag_examples(tiny_run: Path, tmp_path: Path) -> None:
+    (recipe,) = [b for b in sh_blocks() if "hubsync localhub --root" in b]
+    tag_example = next(b for b in sh_blocks() if "hubsync tag me/my-model" in b)
+    shutil.copytree(tiny_run, tmp_path / "out" / "my-run")
+    start_hub, *setup = recipe.replace("/tmp/hub", str(tmp_path / "hub")).splitlines()
+    create, delete = tag_example.splitlines()
+    script = "\n".join(
+        [
+            "set -e",
+            start_hub,
+            "HUB=$!; trap 'kill $HUB 2>/dev/null' EXIT",  # the local Hub stops whatever happens
+            *setup,  # pushes checkpoint-1000
+            "echo '== tag'",
+            create,
+            create,  # again: a no-op
+            "echo '== delete'",
+            delete,
+            f"if {delete.split('#')[0]}; then exit 3; fi",  # the tag is gone: a second delete fails
+        ]
+    ).replace("checkpoint-1000", "checkpoint-30")  # the tiny run's newest checkpoint
+    code, output = run_script(script, tmp_path)
+    assert code == 0, output
+    tagged, deleted = output.split("== tag")[1].split("== delete")
+    assert re.search(r"^Tagged me/my-model @ checkpoint-30: v1 -> [0-9a-f]{40}$", tagged, re.M), tagged
+    assert re.search(r"^Already tagged: v1 in me/my-model points to [0-9a-f]{40}; nothing changed$", tagged, re.M)
+    assert re.search(r"^Deleted tag v1 of me/my-model; it pointed to [0-9a-f]{40}$", deleted, re.M), deleted
+    assert "has no tag 'v1' (it has no tags), so nothing was deleted" in deleted

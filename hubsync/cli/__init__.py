@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import card, convert, localhub, ls, prune, pull, push, watch  # noqa: F401  (each registers its command)
+from . import card, convert, localhub, ls, prune, pull, push, tag, watch  # noqa: F401  (each registers its command)
 from .app import cli, main
 from .output import echo
 

@@ -9,6 +9,13 @@ from hubsync.core import errors as e
 from hubsync.core.remote_paths import shown_remote_path
 
 
+def _shell(value: object) -> str:
+    """A value as a shell command takes it, for a command that a message tells a person to run."""
+    import shlex
+
+    return shlex.quote(str(value))
+
+
 def _hub(err: e.HubError) -> str:
     where = f" {err.repo_id}" if err.repo_id else ""
     if err.revision:
@@ -322,7 +329,7 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     ),
     (
         e.InvalidTagError,
-        lambda err: f"{err.revision!r} cannot be a tag name ({err.reason}). Choose another with --tag.",
+        lambda err: f"{err.revision!r} cannot be a tag name ({err.reason}). Choose another tag name.",
     ),
     (
         e.InvalidRevisionError,
@@ -383,7 +390,15 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         e.TagExistsError,
         lambda err: (
             f"the tag {err.revision} already exists in {err.repo_id} ({err.detail}), and tags never move. "
-            "Choose another --tag name, or delete that tag first."
+            f"Choose another tag name, or delete that tag first: `hubsync tag --delete {_shell(err.repo_id)} "
+            f"{_shell(err.revision)}`."
+        ),
+    ),
+    (
+        e.TagNotFoundError,
+        lambda err: (
+            f"{err.repo_id} on {err.endpoint} has no tag {err.revision!r} ({err.detail}), so nothing was deleted. "
+            "Check the name, and pass it as the Hub lists it."
         ),
     ),
     (

@@ -430,6 +430,10 @@ class TagExistsError(HubError):
     """A tag of that name already points to another commit; tags never move."""
 
 
+class TagNotFoundError(HubError):
+    """No tag of that name to delete (`detail`: what the repository holds instead)."""
+
+
 class BranchNamedLikeTagError(HubError):
     """A push to a branch named like an existing tag: the name would mean two commits, and a pull of it could get
     either (the Hub resolves the branch first)."""

@@ -466,6 +466,15 @@ class HubClient:
             raise errors.TagExistsError(self.endpoint, f"it points to {existing[:12]}", repo_id=repo_id, revision=tag)
         self._call(lambda: self.api.create_tag(repo_id, tag=tag, revision=commit), repo_id, tag)
 
+    def delete_tag(self, repo_id: str, tag: str) -> bool:
+        """Delete a tag, through the Hub's route for tags (a branch of that name stays); False when it was
+        already gone."""
+        try:
+            self._call(lambda: self.api.delete_tag(repo_id, tag=tag), repo_id, tag)
+        except errors.RevisionNotFoundError:
+            return False
+        return True
+
     def offers_xet(self, repo_id: str, revision: str) -> bool:
         """Whether this endpoint hands out Xet write tokens; a Hub without Xet (404: no such route) takes plain LFS
         uploads. A busy Hub (429, 5xx, a timeout) is asked again as any call is; any other failure is raised, and
