@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import time
 import warnings
@@ -163,6 +164,53 @@ def test_pull_refuses_a_tensor_that_is_not_the_one_described(tmp_path: Path, ten
     assert sorted(p.name for p in out.iterdir()) == ["__0_0.safetensors", "dcp.json"]
 
 
+def _extra_file(doc: dict[str, Any]) -> None:
+    doc["files"]["__7_0.distcp"] = []
+
+
+def _chunks_outside(doc: dict[str, Any]) -> None:
+    for spec in doc["tensors"].values():
+        if len(spec["size"]) == 2:
+            spec["size"] = [1, 1]
+
+
+def _no_files(doc: dict[str, Any]) -> None:
+    doc["files"] = {}
+
+
+def _huge(doc: dict[str, Any]) -> None:
+    for spec in doc["tensors"].values():
+        if len(spec["size"]) == 2:
+            spec["size"] = [2**62, 2**62]
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (_extra_file, "it names __7_0.distcp, whose tensors (__7_0.safetensors) the revision does not hold"),
+        (_chunks_outside, "do not make the whole tensor of its size"),
+        (_no_files, "no file holds 'optimizer.param_groups.0.amsgrad', which it describes"),
+        (_huge, "do not make the whole tensor of its size"),
+    ],
+    ids=["a-file-not-there", "chunks-outside", "no-files", "huge-sizes"],
+)
+def test_pull_refuses_a_dcp_document_that_would_rebuild_metadata_dcp_cannot_load(
+    tmp_path: Path, edit: Any, said: str
+) -> None:
+    """A hostile Hub's dcp.json, consistent in itself, that would rebuild a .metadata hubsync's own reader refuses
+    (and DCP fails on only when the run resumes): refused, nothing left, no local path in the message."""
+    out = tmp_path / "optimizer_0"
+    out.mkdir()
+    encode_dcp(FIXTURE / "optimizer_0", "optimizer_0", out)
+    doc = json.loads((out / "dcp.json").read_text())
+    edit(doc)
+    (out / "dcp.json").write_text(json.dumps(doc))
+    with pytest.raises(DamagedStateError, match=re.escape(said)) as refused:
+        rebuild_dcp(out / "dcp.json")
+    assert str(tmp_path) not in str(refused.value) and "/tmp" not in str(refused.value)
+    assert sorted(p.name for p in out.iterdir()) == ["__0_0.safetensors", "dcp.json"]
+
+
 def test_a_file_named_latest_beside_fsdp_state_leaves_it_fsdp() -> None:
     """A stray `latest` (DeepSpeed's name for the newest tag) made an FSDP checkpoint read as DeepSpeed's without
     a global_step folder: not resumable, on push and on ls and pull."""
@@ -196,3 +244,17 @@ def test_a_distcp_entry_of_a_deflated_pickle_is_refused_unread(tmp_path: Path) -
     )
     with pytest.raises(UnreadableWeightsError, match=r"'archive/data\.pkl' is compressed, which torch\.save"):
         encode_dcp(folder, "optimizer_0", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["optimizer_0/dcp.json", "optimizer_0/__0_0.safetensors"])
+def test_a_file_under_a_name_hubsync_makes_is_refused_before_the_hub_changes(
+    hub: RunningHub, api: Any, tmp_path: Path, name: str
+) -> None:
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    (checkpoint / name).write_bytes(b'{"mine": true}')
+    before, tree = hub_state(api), _tree(checkpoint)
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", "--training-state", "keep", *BASE)
+    assert result.exit_code == 1
+    assert f'refused "{name}" in …/run/checkpoint-10: it has the name of the file hubsync makes from' in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert hub_state(api) == before and _tree(checkpoint) == tree

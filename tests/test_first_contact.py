@@ -211,7 +211,7 @@ def test_a_dry_run_after_a_push_marks_what_the_branch_already_holds(checkpoint: 
     assert upload == {"trainer_state.json"}  # changed since the push
     assert same == on_hub - {".gitattributes", "trainer_state.json"}  # LFS (safetensors) and regular files alike
     assert "adapter_model.safetensors" in same and "README.md" in same
-    assert "  total   1 files to upload, " in result.stdout
+    assert "  total   1 file to upload, " in result.stdout
 
 
 def test_a_dry_run_gives_the_real_sizes_of_converted_training_state(checkpoint: Path, hub: RunningHub, api) -> None:  # type: ignore[no-untyped-def]

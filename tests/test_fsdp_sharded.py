@@ -257,10 +257,17 @@ def test_lora_weights_without_a_config_are_published_with_a_warning(hub: Running
     assert "warning: adapter_model.safetensors is published without adapter_config.json" in result.output
     assert "--adapter-config FILE" in result.output
     assert "adapter_config.json" not in set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(Path(api.hf_hub_download("me/fsdp", "README.md", revision="checkpoint-10")).read_text())  # adapter
+    assert card.data.library_name == "peft" and card.data.base_model_relation == "adapter"
+    assert "from_pretrained" not in card.text and "PEFT cannot load it yet" in card.text
     config = _lora_config(tmp_path / "elsewhere")
     again = push(hub, str(checkpoint), "--repo", "me/fsdp", "--adapter-config", str(config), *BASE)
     assert again.exit_code == 0 and "warning" not in again.output, again.output
     assert "adapter_config.json" in set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+    card = ModelCard(Path(api.hf_hub_download("me/fsdp", "README.md", revision="checkpoint-10")).read_text())
+    assert "PeftModel.from_pretrained" in card.text and "cannot load" not in card.text
 
 
 def _saved(folder: Path, state: dict[str, Any]) -> Path:

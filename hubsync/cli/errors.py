@@ -215,6 +215,13 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.NameTakenError,
+        lambda err: (
+            f"refused {shown_remote_path(err.path)} in {err.checkpoint}: it {err.reason}. Nothing was uploaded; "
+            "push a copy of the checkpoint without it."
+        ),
+    ),
+    (
         e.UnpublishableNameError,
         lambda err: (
             f"refused {shown_remote_path(err.path)} in {err.checkpoint}: {err.reason}, so a revision holding it "

@@ -11,7 +11,7 @@ import click
 from .app import cli
 from .errors import message_for
 from .options import bad_flag_values, endpoint_option, flag_settings, push_options, token_option
-from .output import echo, progress_bars, quiet_huggingface_hub, report, scrub, size
+from .output import count, echo, progress_bars, quiet_huggingface_hub, report, scrub, size
 
 
 @cli.command()
@@ -118,7 +118,7 @@ def _print_result(plan: Any, result: Any) -> None:
     if result.sent_bytes is not None:
         how = ["through Xet"] if result.xet else []
         if result.sent_bytes < result.bytes:  # unchanged files, or chunks Xet found on the Hub already
-            how.append("the rest the Hub already held")
+            how.append(f"the Hub already held {size(result.bytes - result.sent_bytes)}")
         echo(f"  sent:   {size(result.sent_bytes)} of {size(result.bytes)}" + (f" ({'; '.join(how)})" if how else ""))
     if result.deleted:
         echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
@@ -176,7 +176,7 @@ def _print_plan(plan: Any, preview: Any) -> None:
     exact = all(_measured_size(u) for u in changed if u.converted_from)
     total = size(sum(u.size for u in changed))
     deletes = f"; {len(preview.delete)} to delete" if preview.delete else ""
-    echo(f"  total   {len(changed)} files to upload, {'' if exact else 'about '}{total}{deletes}")
+    echo(f"  total   {count(len(changed), 'file')} to upload, {'' if exact else 'about '}{total}{deletes}")
     if preview.stops_resumable:
         keep = "; --training-state keep keeps it" if plan.training_state == "drop" else ""
         lacks = ", ".join(preview.lacks_after)

@@ -22,6 +22,7 @@ files (torch.save writes a fresh serialization id), what DCP loads from them doe
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import struct
@@ -32,7 +33,7 @@ from typing import Any
 
 from hubsync.core.checkpoint import DCP_DOCUMENT, DCP_METADATA, loads_json
 from hubsync.core.dcp_metadata import _INT64, DISTCP_RE, FORMAT, DcpMetadata, Entry, _bad, read_metadata
-from hubsync.core.errors import DamagedStateError, UnrepresentableStateError
+from hubsync.core.errors import DamagedStateError, HubsyncError, UnrepresentableStateError
 from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
 from hubsync.core.torchfile import ArchiveError, DType, open_archive
 from hubsync.extras import needs_extra
@@ -277,7 +278,11 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
                 )
                 for c in spec["chunks"]
             ]
-            state_dict_metadata[fqn] = dm.TensorStorageMetadata(props, torch.Size(_int_list(spec["size"])), chunks)
+            size = torch.Size(_int_list(spec["size"]))
+            # DCP allocates the whole tensor on load: its chunks must make exactly that much, no more, no less
+            if sum(math.prod(c.sizes) for c in chunks) != math.prod(size) or math.prod(size) >= 2**62:
+                raise ValueError(f"the chunks of {fqn[:80]!r} do not make the whole tensor of its size")
+            state_dict_metadata[fqn] = dm.TensorStorageMetadata(props, size, chunks)
             described |= {(fqn, tuple(c.offsets), tuple(c.sizes), props.dtype) for c in chunks}
         for fqn in values:
             if not isinstance(fqn, str) or fqn in state_dict_metadata:
@@ -287,7 +292,10 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         for name, records in files.items():
             if not isinstance(name, str) or not DISTCP_RE.match(name) or not isinstance(records, list):
                 raise ValueError(f"it names the file {str(name)[:80]!r}")
-            tensors = _mapped_tensors(folder / (name.removesuffix(".distcp") + ".safetensors"))
+            source = folder / (name.removesuffix(".distcp") + ".safetensors")
+            if not source.is_file():
+                raise ValueError(f"it names {name}, whose tensors ({source.name}) the revision does not hold")
+            tensors = _mapped_tensors(source)
             target = folder / name
             fd, tmp = temp_file(folder)
             try:
@@ -300,6 +308,11 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
                 tmp.unlink(missing_ok=True)
                 raise
             written.append(target)
+        stored = {(key.fqn, None if key.offset is None else tuple(key.offset)) for key in storage_data}
+        unstored = [fqn for fqn, offsets, _, _ in described if (fqn, offsets) not in stored]
+        unstored += [fqn for fqn in values if (fqn, None) not in stored]
+        if unstored:
+            raise ValueError(f"no file holds {sorted(unstored)[0][:80]!r}, which it describes")
         meta = document["storage_meta"]
         storage_meta = (
             dm.StorageMeta(save_id=meta["save_id"], modules=[str(m) for m in meta["modules"]]) if meta else None
@@ -313,15 +326,32 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
             storage_meta=storage_meta,
             version=str(version) if version is not None else None,
         )
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError, RecursionError, OSError) as exc:
+    except OSError as exc:  # its text names the file by its absolute path: only the name is shown
+        _remove(written)
+        named = f" ({Path(exc.filename).name})" if exc.filename else ""
+        raise DamagedStateError(shown, f"{type(exc).__name__}: {exc.strerror or 'cannot be read'}{named}") from exc
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
+        _remove(written)
         raise DamagedStateError(shown, f"{type(exc).__name__}: {exc}"[:200]) from exc
     except Exception as exc:  # safetensors' SafetensorError, torch's errors on shapes
+        _remove(written)
         if type(exc).__name__ != "SafetensorError":
             raise
         raise DamagedStateError(shown, f"{type(exc).__name__}: {exc}"[:200]) from exc
     target = folder / DCP_METADATA
     write_file_atomic(target, pickle.dumps(metadata))  # what FileSystemWriter writes: writing a pickle, not reading
+    try:  # held to the rules a pushed .metadata is read by: chunks inside their tensors, every chunk stored
+        read_metadata(target, f"{folder.name}/{DCP_METADATA}")
+    except HubsyncError as exc:
+        _remove([target, *written])
+        raise DamagedStateError(shown, f"the metadata it describes is inconsistent: {exc}"[:300]) from exc
     return [target, *written]
+
+
+def _remove(paths: list[Path]) -> None:
+    """Nothing half-rebuilt is left beside a document that turned out damaged."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _write_distcp(

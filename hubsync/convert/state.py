@@ -446,7 +446,9 @@ def load_state_tensors(single: Path, index: Path) -> dict[str, Any]:
         absent = sorted(set(weight_map) - set(tensors))[:1] or sorted(set(tensors) - set(weight_map))[:1]
         raise DamagedStateError(shown, f"the tensor {absent[0]!r:.80} is not where it says")
     if sum(t.nbytes for t in tensors.values()) != total:
-        raise DamagedStateError(shown, f"its shards hold another number of bytes than its total_size ({total})")
+        raise DamagedStateError(
+            shown, f"its shards hold another number of bytes than its total_size ({str(total)[:20]})"
+        )
     return tensors
 
 

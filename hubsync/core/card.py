@@ -245,6 +245,9 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
     pipeline_tag = PIPELINE_TAGS.get(task_type or "")
     auto_class = AUTO_CLASSES.get(task_type or "", "AutoModel")
     peft_type = adapter.get("peft_type") if isinstance(adapter.get("peft_type"), str) else None
+    # FSDP's LoRA weights, consolidated, with no adapter_config.json (neither the run folder's nor
+    # --adapter-config): an adapter all the same, which PEFT cannot load until the config is published
+    configless_adapter = peft_type is None and checkpoint.fsdp_weights == "adapter_model.safetensors"
     full_model = full_model_head(checkpoint)
     if full_model is not None:
         auto_class, pipeline_tag = full_model
@@ -279,6 +282,7 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
         "architecture": architecture_of(checkpoint),
         "peft_type": peft_type,
         "peft_name": PEFT_NAMES.get(peft_type or "", peft_type),
+        "configless_adapter": configless_adapter,
         "peft": {k: _plain(adapter[k]) for k in LORA_FIELDS if k in adapter},
         "hyperparameters": hyperparameters,
         "trainer": dict(state.settings) if state else {},
@@ -297,7 +301,9 @@ def card_context(checkpoint: Checkpoint, options: CardSettings, repo_id: str, re
         "license": options.license,
         "datasets": list(options.datasets),
         "languages": list(options.languages),
-        "front_matter": front_matter(checkpoint, options, repo_id, base_model, pipeline_tag, peft_type),
+        "front_matter": front_matter(
+            checkpoint, options, repo_id, base_model, pipeline_tag, peft_type, adapter=configless_adapter
+        ),
     }
 
 
@@ -325,10 +331,13 @@ def front_matter(
     base_model: str,
     pipeline_tag: str | None,
     peft_type: str | None,
+    *,
+    adapter: bool = False,  # PEFT weights whose type is unknown (no adapter_config.json)
 ) -> str:
     """The YAML metadata the Hub reads, without the --- fences."""
-    if peft_type:
-        tags = ["peft", peft_type.lower(), f"base_model:adapter:{base_model}", "hubsync", *options.tags]
+    if peft_type or adapter:
+        kind = [peft_type.lower()] if peft_type else []
+        tags = ["peft", *kind, f"base_model:adapter:{base_model}", "hubsync", *options.tags]
         meta: dict[str, Any] = {"base_model": base_model, "base_model_relation": "adapter", "library_name": "peft"}
     else:
         tags = ["transformers", f"base_model:finetune:{base_model}", "hubsync", *options.tags]

@@ -449,6 +449,11 @@ class UnpublishableNameError(HubsyncError):
         self.reason = reason
 
 
+class NameTakenError(UnpublishableNameError):
+    """A file of the checkpoint under the name of a file hubsync makes from another one (optimizer_0/dcp.json beside
+    optimizer_0/.metadata): one of the two would silently replace the other."""
+
+
 class HubLimitError(HubsyncError):
     """A checkpoint the Hub could not hold: a file over its size limit, a folder of more entries than it takes."""
 

@@ -29,12 +29,14 @@ from .conversion import (
     dcp_conversions,
     is_training_state,
     plan_conversion,
+    resume_missing,
 )
 from .errors import (
     HubLimitError,
     InvalidRepoIdError,
     InvalidRevisionError,
     InvalidTagError,
+    NameTakenError,
     SharedBranchError,
     UnpublishableNameError,
     UnscrubbableFileError,
@@ -332,6 +334,14 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         and not (raw_state and is_training_state(f.relpath))
     ]
     kept = [Upload(f.relpath, f.relpath, f.size) for f in checkpoint.files if f.relpath not in replaced | set(pickles)]
+    made_from = {u.path_in_repo: u.converted_from for u in converted}
+    for upload in kept:  # a file of the checkpoint under a name hubsync writes: one would silently replace the other
+        if upload.path_in_repo in made_from:
+            reason = (
+                f"has the name of the file hubsync makes from {made_from[upload.path_in_repo]}, and one would "
+                "replace the other on the Hub"
+            )
+            raise NameTakenError(checkpoint.display, upload.path_in_repo, reason)
     made = [Upload(path, path, len(data), generated=True) for path, data in generated.items()]
     uploads = tuple(sorted(kept + converted + made, key=lambda u: u.path_in_repo))
     for upload in uploads:  # what pull would refuse is never published: a refusal before the Hub changes
@@ -354,6 +364,11 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
             checkpoint.path / upload.source, who.tokens
         ):
             raise UnscrubbableFileError(upload.path_in_repo, "hubsync scrubs JSON files only")
+    if options.training_state == "keep" and (missing := resume_missing(frozenset(u.path_in_repo for u in uploads))):
+        warnings.append(  # asked to keep what resuming needs, yet it will not resume: the state is incomplete
+            "with --training-state keep the revision will still not be resumable: it will have no "
+            + " or ".join(missing)
+        )
     entry = index_entry(
         branch,
         checkpoint.step,
