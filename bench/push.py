@@ -324,7 +324,9 @@ class Bench:
             HF_HUB_DISABLE_UPDATE_CHECK="1",  # no PyPI look-up (once a day for a user), no internet here anyway
         )
         if hf:
-            env["HF_HUB_DISABLE_XET"] = "1"  # the local Hub has no Xet; hubsync finds that out by itself
+            env["HF_HUB_DISABLE_XET"] = (
+                "1"  # this local Hub has no Xet (git-LFS only); hubsync finds that out by itself
+            )
         return env
 
     def generate(self, runs: list[Path], seed: int) -> None:
@@ -551,7 +553,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
 
     log = RequestLog()
     log.install()
-    with running_hub(work / "hub") as hub:
+    with running_hub(work / "hub", xet=False) as hub:  # git-LFS for both: bench/xet.py compares under Xet
         bench = Bench(args, work, template, hub, log)
         print(f"measuring ({args.repeat} interleaved repetitions) against {hub.endpoint} ...", file=sys.stderr)
         try:
