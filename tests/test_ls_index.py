@@ -238,3 +238,15 @@ def test_a_repository_hubsync_created_says_so_in_a_dry_run(best_run: Path, hub: 
     assert hubsync(hub, "push", str(best_run / "checkpoint-10"), "--repo", "me/new").exit_code == 0
     dry = hubsync(hub, "push", str(best_run / "checkpoint-20"), "--repo", "me/new", "--dry-run")
     assert "main's README.md: hubsync wrote it: it is written again" in dry.stdout
+
+
+def test_tag_names_with_markup_are_escaped_in_the_index_and_dropped_from_a_forged_index() -> None:
+    from hubsync.core.index import dump_index, parse_index
+
+    hostile = ["<img src=x onerror=alert(1)>", "[v1](https://evil.example)", "*bold*"]
+    text = update(None, [{**ENTRY, "tags": hostile}]).decode()
+    assert "<img" not in text and "](https://evil" not in text and "*bold*" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "\\*bold\\*" in text
+    # Main's index file is anyone's to edit: a tag that is no branch name hubsync could push is left out.
+    forged = dump_index([{**ENTRY, "tags": [*hostile, "v1"], "commit": "a" * 40}])
+    assert parse_index(forged)[0]["tags"] == ["v1"]
