@@ -478,13 +478,15 @@ def list_revisions(
     report: Report | None = None,
     max_wait: float | None = None,
 ) -> list[RevisionInfo]:
-    """The repository's checkpoint revisions, by step: step, epoch, metrics, resumable, commit, date."""
-    from hubsync.hub.revisions import checkpoint_revisions
+    """The repository's checkpoint revisions, by step: step, epoch, metrics, resumable, commit, date, tags, size
+    on the Hub, whether main holds its release, whether it is the best one; then the branches hubsync did not push
+    (other than main), with `by_hubsync` False (a checkpoint revision whose head hubsync did not write says so too)."""
+    from hubsync.hub.revisions import all_revisions
 
     _repo(repo_id)
     wait = _max_wait(max_wait)
     with _quiet():
-        return checkpoint_revisions(client or _client(endpoint, token, report, max_wait=wait), repo_id)
+        return all_revisions(client or _client(endpoint, token, report, max_wait=wait), repo_id)
 
 
 @_public

@@ -31,7 +31,7 @@ from hubsync.cli import cli
 from hubsync.core.card import CardSettings, card_files
 from hubsync.core.checkpoint import parse_trainer_state
 from hubsync.core.escape import one_line
-from hubsync.core.index import render_index_readme
+from hubsync.core.index import OWN_MARKER, SECTION_BEGIN, SECTION_END, render_index_readme
 from hubsync.localhub import RunningHub
 
 # -- hostile text ---------------------------------------------------------------------------------------------------
@@ -188,11 +188,13 @@ def test_main_s_index_escapes_revisions_metrics_and_the_hub_s_front_matter(
     readme = render_index_readme(entries, "me/demo", hub_meta, web).decode()
     meta = ModelCard(readme).data.to_dict()
     assert isinstance(meta, dict)  # a mapping: the Hub's own or the fallback
-    tokens = body_tokens(readme)
+    markers = [t for t in body_tokens(readme) if t.type == "html_block"]
+    assert [t.content.strip() for t in markers] == [OWN_MARKER, SECTION_BEGIN, SECTION_END]  # hubsync's own, alone
+    tokens = [t for t in body_tokens(readme) if t.type != "html_block"]
     assert_inert(tokens, lambda href: href.startswith(web + "/tree/"))
     assert len([t for t in tokens if t.type == "link_open"]) == 2  # one a revision
     assert len([t for t in tokens if t.type == "tr_open"]) == 3  # the header and two revisions
-    assert len([t for t in tokens if t.type == "th_open"]) == 5
+    assert len([t for t in tokens if t.type == "th_open"]) == 6
     shown = spaced(shown_text(tokens))
     assert spaced(one_line(revision)).strip() in shown and spaced(one_line(metric)).strip() in shown
 

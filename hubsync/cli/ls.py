@@ -29,7 +29,10 @@ from .output import count, echo, quiet_huggingface_hub, report, size
 def ls_command(
     repo_id: str, as_json: bool, show_storage: bool, endpoint: str | None, token: str | None, max_wait: float | None
 ) -> None:
-    """List a repository's checkpoint revisions: step, epoch, metrics, resumable or not, commit, date.
+    """List a repository's checkpoint revisions: step, epoch, metrics, resumable or not, size on the Hub, tags (those
+    naming the revision's head), commit, date, and notes: the best checkpoint (the newest revision's trainer_state
+    says which), the one `--release` put on main, and branches hubsync did not push ("not hubsync's (by hand)":
+    main's index has no entry for their head), listed after the checkpoints.
 
     With --storage, also the bytes the Hub counts for the repository (its used storage), its stored files, and
     those that no branch or tag holds any more (left by deleted branches: `hubsync prune` frees them).
@@ -58,8 +61,11 @@ def ls_command(
     if not revisions:
         echo(f"{repo_id} has no checkpoint revisions yet.")
         return
+    released = [r.revision for r in revisions if r.released]
+    if released:
+        echo(f"main holds the inference files of {one_line(released[0])} (hubsync push --release).")
     names = sorted({m for r in revisions for m in r.metrics})
-    header = ["revision", "step", "epoch", *names, "resumable", "commit", "date"]
+    header = ["revision", "step", "epoch", *names, "resumable", "size", "tags", "commit", "date", "notes"]
     rows = [
         [
             r.revision,
@@ -67,8 +73,11 @@ def ls_command(
             "" if r.epoch is None else f"{r.epoch:.2f}",
             *[f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in names],
             ("yes" if r.resumable else "no") + (f" ({r.layout})" if r.layout else ""),
+            "" if r.size is None else size(r.size),
+            ",".join(r.tags),
             r.commit[:12],
             (r.date or "")[:19].replace("T", " "),
+            notes(r),
         ]
         for r in revisions
     ]
@@ -76,3 +85,16 @@ def ls_command(
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def notes(revision: Any) -> str:
+    """What `hubsync ls` says of a revision beyond its columns: the best checkpoint, the one released on main, and
+    a branch whose head hubsync did not write (no entry of main's index for that commit)."""
+    said = []
+    if revision.best:
+        said.append("best")
+    if revision.released:
+        said.append("released on main")
+    if not revision.by_hubsync:
+        said.append("not hubsync's (by hand)")
+    return "; ".join(said)

@@ -186,6 +186,10 @@ def _print_plan(plan: Any, preview: Any) -> None:
         echo(f"  tags    {', '.join(plan.tags)}")
     if plan.release:
         echo(f"  main    also gets {', '.join(plan.release)}")
+    if preview.main_readme is not None:
+        from hubsync.core.index import README_ACTIONS
+
+        echo(f"  readme  main's README.md: {README_ACTIONS[preview.main_readme]}")
 
 
 def _measured_size(upload: Any) -> bool:

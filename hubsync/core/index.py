@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -12,7 +13,7 @@ import yaml
 
 from .checkpoint import EVAL_TIMINGS, TrainerState, finite_number, loads_json
 from .conversion import is_resumable
-from .escape import clean_front_matter
+from .escape import Safe, clean_front_matter, yaml_front_matter
 from .layouts import state_layout
 from .render import render
 
@@ -133,22 +134,202 @@ def dump_index(entries: list[dict[str, Any]]) -> bytes:
 
 
 def render_index_readme(entries: list[dict[str, Any]], repo_id: str, front_matter: str, web_url: str) -> bytes:
-    """Main's README.md: the repository's checkpoints, each linked to its revision. `front_matter` may come from
-    main's README on the Hub, which anyone with write access may have edited: it is written again by the YAML
+    """Main's README.md when hubsync writes all of it: metadata, then the index section. `front_matter` may come
+    from main's README on the Hub, which anyone with write access may have edited: it is written again by the YAML
     dumper (or replaced, when it is not a YAML mapping)."""
     front_matter = clean_front_matter(front_matter, FALLBACK_FRONT_MATTER)
+    section = render_index_section(entries, repo_id, web_url, adapter=_is_adapter(front_matter), own=True)
+    return render(
+        "index_card.md.j2", front_matter=front_matter, marker=Safe(OWN_MARKER), section=Safe(section)
+    ).encode()
+
+
+def render_index_section(entries: list[dict[str, Any]], repo_id: str, web_url: str, *, adapter: bool, own: bool) -> str:
+    """hubsync's index section, from its begin marker line to its end marker line (no newline after it): the
+    checkpoints, each linked to its revision, with its tags and whether main holds its inference files. `own`: the
+    whole README is hubsync's (a title of the repository's name), else a section under a heading of its own."""
     metric_names = sorted({m for e in entries for m in (e.get("metrics") or {})})
     rows = [{**e, "url": f"{web_url}/tree/{quote(e['revision'], safe='')}"} for e in entries]
+    released = next((e for e in entries if e.get("released")), None)
     text = render(
-        "index_card.md.j2",
+        "index_section.md.j2",
         repo_id=repo_id,
         repo_name=repo_id.split("/")[-1],
         entries=rows,
         metric_names=metric_names,
-        front_matter=front_matter,
-        adapter=_is_adapter(front_matter),
+        adapter=adapter,
+        own=own,
+        released=released,
     )
-    return text.encode()
+    return text.rstrip("\n")
+
+
+# -- main's README: hubsync's, or someone else's with hubsync's section in it -----------------------------------------
+
+SECTION_BEGIN = "<!-- hubsync:index:begin -->"
+SECTION_END = "<!-- hubsync:index:end -->"
+OWN_MARKER = "<!-- hubsync:readme -->"  # first in the body of a README that hubsync wrote whole, never in a section
+LEGACY_FOOTER = "This index is kept by hubsync: each push updates it."  # READMEs hubsync wrote before the markers
+
+
+@dataclass(frozen=True)
+class ReadmeUpdate:
+    """What a push or a prune does with main's README.md, and the README it writes."""
+
+    action: str  # "create" | "rewrite" | "update section" | "add section"
+    readme: bytes
+
+    def describe(self) -> str:
+        return README_ACTIONS[self.action]
+
+
+README_ACTIONS = {  # what a dry run says of each
+    "create": "hubsync writes it (the index of checkpoints)",
+    "rewrite": "hubsync wrote it: it is written again with the index",
+    "update section": "someone else wrote it: kept as it is, hubsync's index section in it updated in place",
+    "add section": "someone else wrote it: kept as it is, hubsync's index added as a section at its end",
+}
+
+
+def readme_action(readme: bytes | None, has_index: bool) -> str:
+    """What updating main's README does, from main's README now (None: there is none) and whether main has
+    hubsync's index file: see ReadmeUpdate.action."""
+    if readme is None:
+        return "create"
+    _front, body = _split_readme(readme.decode("utf-8", errors="replace"))
+    if _is_hubsync_body(body, has_index):
+        return "rewrite"
+    return "update section" if _find_section(body) is not None else "add section"
+
+
+def update_main_readme(
+    readme: bytes | None,
+    has_index: bool,
+    entries: list[dict[str, Any]],
+    repo_id: str,
+    front_matter: str,
+    web_url: str,
+) -> ReadmeUpdate:
+    """Main's README with `entries` as its index. A README hubsync wrote (its body is hubsync's section alone, or,
+    from before the markers, it ends with hubsync's footer and main has the index file) is written again with
+    `front_matter`. Any other README is someone else's: its text and its front matter stay byte for byte, and
+    hubsync's section replaces the one between its markers (the last begin marker line outside fenced code, and the
+    first end marker line after it) or is added at the end."""
+    action = readme_action(readme, has_index)
+    if action in ("create", "rewrite"):
+        return ReadmeUpdate(action, render_index_readme(entries, repo_id, front_matter, web_url))
+    assert readme is not None
+    text = readme.decode("utf-8", errors="replace")
+    front, body = _split_readme(text)
+    meta = front_matter_of(readme)
+    section = render_index_section(
+        entries, repo_id, web_url, adapter=_is_adapter(meta) if meta is not None else True, own=False
+    )
+    lines = body.split("\n")
+    found = _find_section(body)
+    if found is None:
+        kept = body.rstrip("\n")
+        fence = _scan(body)[1]
+        if fence is not None:  # a code block left open would hold hubsync's section: it ends where it would
+            kept += "\n" + fence
+        new_body = (kept + "\n\n" if kept.strip() else "") + section + "\n"
+    else:
+        begin, end = found
+        new_body = "\n".join([*lines[:begin], section, *lines[end + 1 :]])
+    return ReadmeUpdate(action, (front + new_body).encode())
+
+
+def _split_readme(text: str) -> tuple[str, str]:
+    """(the front matter with its fences and the line break after them, or ""; the rest)."""
+    norm = text.replace("\r\n", "\n")
+    if norm.startswith("---\n"):
+        end = norm.find("\n---\n", 3)
+        if end != -1:
+            return norm[: end + 5], norm[end + 5 :]
+        if norm.endswith("\n---"):
+            return norm + "\n", ""
+    return "", norm
+
+
+def _marker_lines(body: str) -> list[tuple[int, str]]:
+    """(line number, marker) of each line that is a marker alone, outside fenced code blocks."""
+    return _scan(body)[0]
+
+
+def _scan(body: str) -> tuple[list[tuple[int, str]], str | None]:
+    """The marker lines outside fenced code blocks, and the fence of a code block still open at the end."""
+    found = []
+    fence: str | None = None
+    for i, line in enumerate(body.split("\n")):
+        stripped = line.strip()
+        opened = re.match(r"(`{3,}|~{3,})", stripped)
+        if fence is None and opened:
+            fence = opened.group(1)
+            continue
+        if fence is not None:
+            if stripped.startswith(fence) and not stripped[len(fence) :].strip(fence[0] + " "):
+                fence = None
+            continue
+        if line.rstrip() in (SECTION_BEGIN, SECTION_END, OWN_MARKER):
+            found.append((i, line.rstrip()))
+    return found, fence
+
+
+def _find_section(body: str) -> tuple[int, int] | None:
+    """The line numbers of hubsync's section's begin and end marker: the last begin marker, and the first end
+    marker after it (a forged or broken pair earlier in someone's text is left alone); None when there is none."""
+    markers = _marker_lines(body)
+    begins = [i for i, m in markers if m == SECTION_BEGIN]
+    if not begins:
+        return None
+    ends = [i for i, m in markers if m == SECTION_END and i > begins[-1]]
+    return (begins[-1], ends[0]) if ends else None
+
+
+def _is_hubsync_body(body: str, has_index: bool) -> bool:
+    """Whether hubsync wrote the whole body: its own-README marker line, right away its section, nothing else (a
+    section hubsync adds to someone's README never has that marker and follows a blank line, so that README stays
+    theirs), or a README from before the markers (main has the index, the body ends with the
+    footer hubsync wrote and has no marker)."""
+    markers = _marker_lines(body)
+    lines = body.split("\n")
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    if not filled:
+        return False
+    if [m for _i, m in markers] == [OWN_MARKER, SECTION_BEGIN, SECTION_END]:
+        own, begin, end = (i for i, _m in markers)
+        return own == filled[0] and begin == own + 1 and end == filled[-1]  # as index_card.md.j2 writes them
+    return not markers and has_index and lines[filled[-1]].strip() == LEGACY_FOOTER
+
+
+def main_front_matter(card: str | None, previous: str | None, entries: list[dict[str, Any]], releasing: bool) -> str:
+    """The metadata of a README hubsync writes on main: the checkpoint card's (`card`, on a push) or main's
+    README's (`previous`). Its `model-index` (evaluation results the Hub shows for the model on main) is kept only
+    while main holds a released checkpoint that the index still lists: the release's own on a --release, the one
+    main already has on any other push or prune; without one, main holds no model and claims no results."""
+    base = card if card is not None else previous
+    meta = _mapping(base)
+    if meta is None:
+        return base or FALLBACK_FRONT_MATTER
+    if not releasing:
+        meta.pop("model-index", None)
+        held = _mapping(previous) if any(e.get("released") for e in entries) else None
+        if held is not None and "model-index" in held:
+            meta["model-index"] = held["model-index"]
+    try:
+        return yaml_front_matter(meta)
+    except (yaml.YAMLError, RecursionError, TypeError, ValueError):
+        return base or FALLBACK_FRONT_MATTER
+
+
+def _mapping(front_matter: str | None) -> dict[str, Any] | None:
+    if front_matter is None:
+        return None
+    try:
+        meta = yaml.safe_load(front_matter)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _is_adapter(front_matter: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from hubsync.core.checkpoint import Checkpoint
 from hubsync.core.conversion import is_resumable, resume_missing
 from hubsync.core.errors import HubError, HubsyncError, HubUnreachableError
+from hubsync.core.index import INDEX_FILE, readme_action
 from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
@@ -25,6 +26,7 @@ class PreviewSource(Protocol):
     def token(self) -> str | None: ...
     def repo_facts(self, repo_id: str) -> RepoFacts: ...
     def tree(self, repo_id: str, commit: str, revision: str | None = None) -> list[RemoteFile]: ...
+    def read_file(self, repo_id: str, revision: str, path: str) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class HubPreview:
     delete: tuple[str, ...] = ()  # paths the branch holds that the push leaves out: its commit deletes them
     resumable_now: bool | None = None  # whether the branch is resumable now; None: no branch yet (or not looked)
     lacks_after: tuple[str, ...] = ()  # what the revision would lack for resuming after the push
+    main_readme: str | None = None  # what the push does with main's README.md (ReadmeUpdate.action); None: nothing
 
     @property
     def stops_resumable(self) -> bool:
@@ -58,6 +61,7 @@ class HubPreview:
             "delete": list(self.delete),
             "resumable_now": self.resumable_now,
             "resumable_after": None if self.resumable_now is None else not self.lacks_after,
+            "main_readme": self.main_readme,
         }
 
 
@@ -69,13 +73,17 @@ def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: PreviewSource) -> 
         facts = hub.repo_facts(plan.repo_id)
         head = facts.branches.get(plan.revision)
         remote = hub.tree(plan.repo_id, head, plan.revision) if head else []
+        main = facts.branches.get("main") if facts.exists and plan.index_entry is not None else None
+        readme = hub.read_file(plan.repo_id, main, "README.md") if main else None
+        has_index = bool(main) and hub.read_file(plan.repo_id, main or "main", INDEX_FILE) is not None
     except HubUnreachableError:
         return HubPreview(looked=False, reason="the Hub could not be reached")
     except HubsyncError as exc:
         status = f" {exc.status}" if isinstance(exc, HubError) and exc.status else ""
         return HubPreview(looked=False, reason=f"the Hub answered an error{status}")
+    action = readme_action(readme, has_index) if plan.index_entry is not None else None
     if not facts.exists:
-        return HubPreview(looked=True)
+        return HubPreview(looked=True, main_readme=action)
     on_branch = {f.path for f in remote}
     planned = {u.path_in_repo for u in plan.uploads}
     now = is_resumable(on_branch) if head is not None else None
@@ -87,6 +95,7 @@ def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: PreviewSource) -> 
         delete=branch_deletions(on_branch, planned),
         resumable_now=now,
         lacks_after=resume_missing(planned),
+        main_readme=action,
     )
 
 

@@ -7,12 +7,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from hubsync.core.checkpoint import loads_json, parse_trainer_state
 from hubsync.core.prune import PruneCandidate, PrunePlan, StoredFile, plan_storage, remaining_heads
-from hubsync.core.selection import best_step_of
 
 from .push import IndexTarget, drop_from_index
-from .revisions import RevisionSource, checkpoint_revisions
+from .revisions import RevisionSource, best_step, checkpoint_revisions
 
 
 class StorageSource(RevisionSource, Protocol):
@@ -98,15 +96,7 @@ def prune_inputs(hub: RevisionSource, repo_id: str) -> PruneInputs:
     """The repository's checkpoint branches (as `hubsync ls` lists them), its tags, and the best step."""
     revisions = checkpoint_revisions(hub, repo_id)
     _branches, tags = hub.refs(repo_id)
-    best = None
-    numbered = [r for r in revisions if r.step is not None]
-    if numbered:
-        raw = hub.read_file(repo_id, numbered[-1].commit, "trainer_state.json")
-        try:
-            state = parse_trainer_state(loads_json(raw)) if raw is not None else None
-        except ValueError:
-            state = None
-        best = best_step_of(state.best_model_checkpoint) if state is not None else None
+    best = best_step(hub, repo_id, revisions)
     candidates = tuple(PruneCandidate(r.revision, r.step, r.commit) for r in revisions)
     return PruneInputs(candidates, tags, best)
 

@@ -19,13 +19,13 @@ from hubsync.core.checkpoint import DCP_METADATA_RE, Checkpoint
 from hubsync.core.conversion import STATE_FILE_RE
 from hubsync.core.errors import CommitConflictError, HubError, HubsyncError, IncompletePushError, RepoNotFoundError
 from hubsync.core.index import (
-    FALLBACK_FRONT_MATTER,
     INDEX_FILE,
     dump_index,
     front_matter_of,
+    main_front_matter,
     merge_index,
     parse_index,
-    render_index_readme,
+    update_main_readme,
 )
 from hubsync.core.plan import PushPlan, branch_deletions, with_sizes
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
@@ -391,7 +391,7 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
         merged = merge_index(entries, entry)
         if merged == entries and not released:
             return  # main already lists this revision at this commit; its README may describe a newer one
-        readme = render_index_readme(merged, plan.repo_id, front_matter, hub.web_url(plan.repo_id))
+        readme = _main_readme(hub, plan.repo_id, head, merged, front_matter, bool(released))
         files: Files = [(dump_index(merged), INDEX_FILE), (readme, "README.md"), *released]
         if released and head is not None:  # main may hold these weights already, from an earlier release
             files = changed_files(files, hub.tree(plan.repo_id, head, "main"))
@@ -399,6 +399,23 @@ def _update_index(hub: PushTarget, plan: PushPlan, entry: dict[str, Any], releas
         hub.commit_files(plan.repo_id, "main", files, message, parent_commit=head)  # no change: no commit
 
     retry_conflicts(commit)
+
+
+def _main_readme(
+    hub: IndexTarget,
+    repo_id: str,
+    head: str | None,
+    entries: list[dict[str, Any]],
+    card_front_matter: str | None,
+    releasing: bool,
+) -> bytes:
+    """Main's README.md listing `entries`: written whole when hubsync wrote it (or there is none), else the
+    user's README with hubsync's section updated in it (core/index.py, update_main_readme)."""
+    existing = hub.read_file(repo_id, head, "README.md") if head is not None else None
+    previous = front_matter_of(existing)
+    front_matter = main_front_matter(card_front_matter, previous, entries, releasing)
+    has_index = head is not None and hub.read_file(repo_id, head, INDEX_FILE) is not None
+    return update_main_readme(existing, has_index, entries, repo_id, front_matter, hub.web_url(repo_id)).readme
 
 
 def drop_from_index(hub: IndexTarget, repo_id: str, branches: Callable[[], Collection[str]]) -> CommitResult | None:
@@ -415,8 +432,7 @@ def drop_from_index(hub: IndexTarget, repo_id: str, branches: Callable[[], Colle
         kept = [e for e in entries if e["revision"] in existing]
         if len(kept) == len(entries):
             return None
-        front_matter = front_matter_of(hub.read_file(repo_id, head, "README.md"))
-        readme = render_index_readme(kept, repo_id, front_matter or FALLBACK_FRONT_MATTER, hub.web_url(repo_id))
+        readme = _main_readme(hub, repo_id, head, kept, None, False)
         gone_all = [e["revision"] for e in entries if e["revision"] not in existing]
         gone = ", ".join(gone_all[:5]) + (f" and {len(gone_all) - 5} more" if len(gone_all) > 5 else "")
         files: list[tuple[Path | bytes, str]] = [(dump_index(kept), INDEX_FILE), (readme, "README.md")]
