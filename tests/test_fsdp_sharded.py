@@ -365,7 +365,7 @@ def test_a_model_sharded_over_two_ranks_is_consolidated_whole(tmp_path: Path) ->
     assert state_layout(names).describe() == "FSDP sharded state, 2 ranks"  # type: ignore[union-attr]
     for name in ("dcp.json", "__0_0.safetensors", "__1_0.safetensors"):
         (folder / name).unlink()
-    assert consolidate_dcp(folder, "pytorch_model_fsdp_0", tmp_path / "model.safetensors") == 1
+    assert consolidate_dcp(folder, "pytorch_model_fsdp_0", tmp_path / "model.safetensors") == ["model.safetensors"]
     assert torch.equal(load_file(tmp_path / "model.safetensors")["w"], full)
 
 

@@ -402,7 +402,11 @@ def _fsdp_model(root: Path, names: set[str], shown: str) -> tuple[str | None, Ma
     """What FSDP's sharded model folder consolidates to, from its tensor names (its .metadata read by the
     restricted reader, which refuses a hostile one), and the run folder's adapter_config.json for LoRA weights."""
     folder = "pytorch_model_fsdp_0"
-    if f"{folder}/{DCP_METADATA}" not in names or names & {"adapter_model.safetensors", "model.safetensors"}:
+    if f"{folder}/{DCP_METADATA}" not in names or names & {
+        "adapter_model.safetensors",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    }:
         return None, None
     from .dcp_metadata import read_metadata  # the reader of DCP's pickle, which nothing here runs
 
