@@ -443,7 +443,10 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
             if not isinstance(name, str) or not DISTCP_RE.match(name) or not isinstance(records, list):
                 raise ValueError(f"it names the file {str(name)[:80]!r}")
             stem = name.removesuffix(".distcp")  # the file alone, or its shards as its index names them
-            tensors = load_state_tensors(folder / f"{stem}.safetensors", folder / index_name(stem))
+            try:
+                tensors = load_state_tensors(folder / f"{stem}.safetensors", folder / index_name(stem))
+            except DamagedStateError as exc:  # named as the revision lists it
+                raise DamagedStateError(f"{folder.name}/{exc.path}", exc.reason) from exc
             target = folder / name
             fd, tmp = temp_file(folder)
             try:
