@@ -142,17 +142,13 @@ def measured_dcp(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
             sizes = consolidated_sizes(checkpoint.path / folder, shown, upload.path_in_repo, plan.max_shard_size)
             found = {name: (size, source) for name, size in sizes.items()}
             uploads = [u for u in uploads if u is not upload]
-        elif any(u.converted_from and DISTCP_FILE_RE.match(u.converted_from) for u in uploads):
+        elif ranks := [u for u in uploads if _rank_of(u.converted_from) == folder]:  # kept pickle-free
             sizes = encoded_dcp_sizes(checkpoint.path / folder, shown, plan.max_shard_size)
             found = {
                 f"{folder}/{name}": (size, f"{folder}/{_RANK_FILE_RE.match(name)[1]}.distcp")  # type: ignore[index]
                 for name, size in sizes.items()
             }
-            uploads = [
-                u
-                for u in uploads
-                if not (u.converted_from and (m := DISTCP_FILE_RE.match(u.converted_from)) and m["folder"] == folder)
-            ]
+            uploads = [u for u in uploads if u not in ranks]
         else:
             continue
         for path, (size, origin) in found.items():
@@ -162,6 +158,12 @@ def measured_dcp(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
                 raise HubLimitError(checkpoint.display, origin, reason)
             uploads.append(Upload(path, path, size, origin))
     return replace(plan, uploads=tuple(sorted(uploads, key=lambda u: u.path_in_repo)))
+
+
+def _rank_of(source: str | None) -> str | None:
+    """The FSDP folder a .distcp file lies in, None for any other file."""
+    found = DISTCP_FILE_RE.match(source or "")
+    return found["folder"] if found else None
 
 
 _RANK_FILE_RE = re.compile(
