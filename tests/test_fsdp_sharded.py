@@ -604,3 +604,36 @@ def test_consolidated_weights_the_hub_cannot_hold_are_refused_before_anything(
     monkeypatch.setattr(convert, "MAX_FILE_SIZE", 10**9)
     measured = convert.measured_push(plan, full)
     assert "model.safetensors.index.json" in {u.path_in_repo for u in measured.uploads}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ranks=st.lists(
+        st.tuples(st.integers(1, 4), st.booleans(), st.sets(st.integers(1, 4), max_size=2)), min_size=1, max_size=3
+    )
+)
+def test_sharded_ranks_count_with_their_index_and_every_shard(ranks: list[tuple[int, bool, set[int]]]) -> None:
+    """Each rank's optimizer tensors in `count` shards (1: one file), with or without their index, some shards
+    missing: the revision is resumable exactly when every rank is whole, and pull refuses before fetching a rank
+    whose index or shards are not all there."""
+    from hubsync.core.conversion import is_resumable
+    from hubsync.core.errors import DamagedStateError
+    from hubsync.core.pull import check_shards
+
+    names = {n for n in _pickle_free(FSDP_FILES) if not n.startswith("optimizer_0/__")}
+    names |= {n.replace("__0_0", f"__{r}_0") for r in range(len(ranks)) for n in names if "__0_0" in n}
+    whole = True
+    for rank, (count, indexed, gone) in enumerate(ranks):
+        stem = f"optimizer_0/__{rank}_0"
+        if count == 1:
+            names.add(f"{stem}.safetensors")
+            continue
+        names |= {f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1) if i not in gone}
+        names |= {f"{stem}.safetensors.index.json"} if indexed else set()
+        whole = whole and indexed and not (gone & set(range(1, count + 1)))
+    assert is_resumable(names) == whole
+    if whole:
+        check_shards(names, "r")
+    else:
+        with pytest.raises(DamagedStateError, match="r lacks"):
+            check_shards(names, "r")
