@@ -487,8 +487,9 @@ def _move_one(folder: Path, *, keep: bool) -> None:
         ),
         (lambda f: next(f.glob("__0_0-00002-*.safetensors")).unlink(), "is not there"),
         (lambda f: shutil.copy(next(f.glob("__0_0-00001-*.safetensors")), f / "__0_0.safetensors"), "both"),
+        (lambda f: shutil.copy(next(f.glob("__0_0-00001-*.safetensors")), f / "__1_0.safetensors"), "no __1_0"),
     ],
-    ids=["outside", "twice", "elsewhere", "total-size", "missing", "both"],
+    ids=["outside", "twice", "elsewhere", "total-size", "missing", "both", "unnamed-rank"],
 )
 def test_damaged_shards_of_a_distcp_file_are_refused_by_pull(tmp_path: Path, damage: Any, said: str) -> None:
     from hubsync.core.errors import DamagedStateError
@@ -622,17 +623,18 @@ def test_sharded_ranks_count_with_their_index_and_every_shard(ranks: list[tuple[
 
     names = {n for n in _pickle_free(FSDP_FILES) if not n.startswith("optimizer_0/__")}
     names |= {n.replace("__0_0", f"__{r}_0") for r in range(len(ranks)) for n in names if "__0_0" in n}
-    whole = True
+    whole, broken = True, False  # broken: some files of a rank, not all
     for rank, (count, indexed, gone) in enumerate(ranks):
         stem = f"optimizer_0/__{rank}_0"
         if count == 1:
             names.add(f"{stem}.safetensors")
             continue
-        names |= {f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1) if i not in gone}
-        names |= {f"{stem}.safetensors.index.json"} if indexed else set()
-        whole = whole and indexed and not (gone & set(range(1, count + 1)))
+        shards = {f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1) if i not in gone}
+        names |= shards | ({f"{stem}.safetensors.index.json"} if indexed else set())
+        complete = indexed and len(shards) == count
+        whole, broken = whole and complete, broken or (not complete and (indexed or bool(shards)))
     assert is_resumable(names) == whole
-    if whole:
+    if not broken:
         check_shards(names, "r")
     else:
         with pytest.raises(DamagedStateError, match="r lacks"):

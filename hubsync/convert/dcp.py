@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -390,6 +391,12 @@ def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None
 # --- rebuilding ----------------------------------------------------------------------------------------------
 
 
+# The files a .distcp file's tensors are pushed in: __<rank>_0.safetensors, or its shards and their index.
+_TENSORS_FILE_RE = re.compile(
+    r"^(__[0-9]{1,6}_[0-9]{1,6})(?:\.safetensors|-[0-9]{5}-of-[0-9]{5}\.safetensors|\.safetensors\.index\.json)\Z"
+)
+
+
 def rebuild_dcp(document_path: Path) -> list[Path]:
     """Write `.metadata` and every .distcp file of a DCP folder back from its dcp.json and safetensors files, with
     torch (DamagedStateError when the document is not what push wrote). Only the names this module allows are
@@ -402,6 +409,12 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         raise DamagedStateError(shown, str(exc)) from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != 1:
         raise DamagedStateError(shown, f"it is not a {FORMAT} document")
+    files = document.get("files")
+    if isinstance(files, dict) and all(isinstance(n, str) and DISTCP_RE.match(n) for n in files):  # else refused below
+        named = {n.removesuffix(".distcp") for n in files}
+        for path in sorted(folder.iterdir()):  # a rank's tensors the document does not name would be dropped unread
+            if (m := _TENSORS_FILE_RE.match(path.name)) and m[1] not in named:
+                raise DamagedStateError(f"{folder.name}/{path.name}", f"{document_path.name} names no {m[1]}.distcp")
     with needs_extra("writing FSDP's torch.distributed.checkpoint state back from its pickle-free form"):
         import torch
         from torch.distributed.checkpoint import metadata as dm
