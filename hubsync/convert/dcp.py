@@ -12,7 +12,14 @@ entry of a .distcp is read by torchzip's restricted reader. The pickle-free form
 - `dcp.json` (DCP_DOCUMENT): the metadata (dtypes, sizes, chunks, planner data) and, for each .distcp file, its
   entries in order: a tensor (by its name in that file's safetensors) or a value (state.py's JSON tree). No byte
   offsets: they are those of the rebuilt files, which pull writes.
-- `__<rank>_0.safetensors`: the tensors of `__<rank>_0.distcp`, one a (fqn, chunk offsets): `<fqn>@<offsets>`.
+- `__<rank>_0.safetensors`: the tensors of `__<rank>_0.distcp`, one a (fqn, chunk offsets): `<fqn>@<offsets>`; when
+  they take more than max-shard-size, `__<rank>_0-00001-of-0000N.safetensors` ... and their index
+  `__<rank>_0.safetensors.index.json` instead (core/shards, as state.py splits optimizer.pt's tensors).
+
+The model folder is also consolidated into the file the model loads (consolidate_dcp): adapter_model.safetensors
+whole (PEFT loads no shards), or model.safetensors, as transformers' model-0000i-of-0000N.safetensors and
+model.safetensors.index.json when its tensors take more than max-shard-size. The sizes of all these files are
+known from `.metadata` alone (encoded_dcp_sizes, consolidated_sizes): what the plan shows and checks.
 
 Pull writes each .distcp back with torch.save() an entry, then `.metadata` with the new offsets (pickle.dump, as
 DCP's FileSystemWriter does), constructing only DCP's own classes from the table. The bytes differ from the original
