@@ -189,7 +189,7 @@ def _huge(doc: dict[str, Any]) -> None:
     [
         (_extra_file, "it names __7_0.distcp, whose tensors (__7_0.safetensors) the revision does not hold"),
         (_chunks_outside, "do not make the whole tensor of its size"),
-        (_no_files, "no file holds 'optimizer.param_groups.0.amsgrad', which it describes"),
+        (_no_files, "dcp.json names no __0_0.distcp"),
         (_huge, "do not make the whole tensor of its size"),
     ],
     ids=["a-file-not-there", "chunks-outside", "no-files", "huge-sizes"],
@@ -258,3 +258,48 @@ def test_a_file_under_a_name_hubsync_makes_is_refused_before_the_hub_changes(
     assert f'refused "{name}" in …/run/checkpoint-10: it has the name of the file hubsync makes from' in result.stderr
     assert result.stderr.count("\n") == 1
     assert hub_state(api) == before and _tree(checkpoint) == tree
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda m: {k: "../" + v for k, v in m.items()}, "not a shard of __0_0"),
+        (lambda m: {k: "__1_0-" + v.split("-", 1)[1] for k, v in m.items()}, "not a shard of __0_0"),
+        (lambda m: {**m, sorted(m)[0]: next(v for v in m.values() if v != m[sorted(m)[0]])}, "puts elsewhere"),
+        (None, "total_size"),
+    ],
+    ids=["outside", "another-rank", "wrong-shard", "total-size"],
+)
+def test_a_hostile_index_of_a_ranks_shards_is_refused_and_nothing_placed(
+    hub: RunningHub, api: Any, tmp_path: Path, change: Any, said: str
+) -> None:
+    """A Hub serves an index of a .distcp file's shards that names a shard elsewhere, a tensor in another shard
+    than the one holding it, or another total size: one line, and nothing of the checkpoint is placed."""
+    from click.testing import CliRunner
+
+    from hubsync.cli import cli
+
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    result = push(
+        hub, str(checkpoint), "--repo", "me/fsdp", "--training-state", "keep", "--max-shard-size", "10KB", *BASE
+    )
+    assert result.exit_code == 0, result.output
+    name = "optimizer_0/__0_0.safetensors.index.json"
+    index = json.loads(Path(api.hf_hub_download("me/fsdp", name, revision="checkpoint-10")).read_text())
+    if change is None:
+        index["metadata"]["total_size"] += 4
+    else:
+        index["weight_map"] = change(index["weight_map"])
+    api.upload_file(
+        path_or_fileobj=json.dumps(index).encode(), path_in_repo=name, repo_id="me/fsdp", revision="checkpoint-10"
+    )
+    out = tmp_path / "pulled"
+    pulled = CliRunner().invoke(
+        cli,
+        ["pull", "me/fsdp", "--revision", "checkpoint-10", "--to", str(out)],
+        env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token},
+    )
+    assert pulled.exit_code == 1, pulled.output
+    assert said in pulled.output and "Traceback" not in pulled.output, pulled.output
+    assert len(pulled.stderr.strip().splitlines()) == 1, pulled.stderr
+    assert not (out / "checkpoint-10").exists()

@@ -372,7 +372,7 @@ def test_a_model_sharded_over_two_ranks_is_consolidated_whole(tmp_path: Path) ->
     assert state_layout(names).describe() == "FSDP sharded state, 2 ranks"  # type: ignore[union-attr]
     for name in ("dcp.json", "__0_0.safetensors", "__1_0.safetensors"):
         (folder / name).unlink()
-    assert consolidate_dcp(folder, "pytorch_model_fsdp_0", tmp_path / "model.safetensors") == 1
+    assert consolidate_dcp(folder, "pytorch_model_fsdp_0", tmp_path / "model.safetensors") == ["model.safetensors"]
     assert torch.equal(load_file(tmp_path / "model.safetensors")["w"], full)
 
 
@@ -384,3 +384,265 @@ def test_values_that_unfold_into_too_much_together_are_refused(tmp_path: Path) -
     folder = _saved(tmp_path / "optimizer_0", {"t": torch.ones(1), "a": shared, "b": shared})
     with pytest.raises(UnrepresentableStateError, match="more than 1,000,000 entries"):
         encode_dcp(folder, "optimizer_0", tmp_path)
+
+
+# --- --max-shard-size: each .distcp file's tensors, and the consolidated model, in shards -------------------------
+
+SHARDED = ("--training-state", "keep", "--max-shard-size", "10KB")
+
+
+def _shards_of(paths: set[str], stem: str) -> list[str]:
+    from hubsync.core.shards import listed_shards
+
+    return list(listed_shards(stem, paths) or ())
+
+
+def test_fsdp_state_over_the_max_shard_size_is_pushed_in_shards_and_pulled_whole(
+    hub: RunningHub, api: Any, tmp_path: Path
+) -> None:
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    dry = push(hub, str(checkpoint), "--repo", "me/fsdp", *SHARDED, *BASE, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    result = push(hub, str(checkpoint), "--repo", "me/fsdp", *SHARDED, *BASE, "--json")
+    assert result.exit_code == 0, result.output
+    published = set(api.list_repo_files("me/fsdp", revision="checkpoint-10"))
+    shards = _shards_of(published, "optimizer_0/__0_0")
+    assert len(shards) >= 2 and "optimizer_0/__0_0.safetensors.index.json" in published, published
+    assert "optimizer_0/__0_0.safetensors" not in published
+    index_path = api.hf_hub_download("me/fsdp", "optimizer_0/__0_0.safetensors.index.json", revision="checkpoint-10")
+    index = json.loads(Path(index_path).read_text())
+    assert sorted(set(index["weight_map"].values())) == [s.rsplit("/", 1)[1] for s in shards]
+    assert "adapter_model.safetensors" in published  # PEFT loads no shards: the adapter stays whole
+    assert not [p for p in published if p.startswith("adapter_model-")]
+    for path in [*shards, "optimizer_0/__0_0.safetensors.index.json", "adapter_model.safetensors"]:
+        assert f"  upload  {path}  (" in dry.output, dry.output  # the dry run lists what is pushed
+    tree = [f for f in api.list_repo_tree("me/fsdp", revision="checkpoint-10", recursive=True) if hasattr(f, "size")]
+    pushed = json.loads(result.stdout)["results"][0]
+    assert pushed["bytes"] == sum(f.size for f in tree if f.path != ".gitattributes")
+    listed = _cli(hub, "ls", "me/fsdp")
+    assert listed.exit_code == 0 and "yes (FSDP sharded state, 1 rank)" in listed.output, listed.output
+    pulled_to = tmp_path / "pulled"
+    pulled = _cli(hub, "pull", "me/fsdp", "--revision", "checkpoint-10", "--to", str(pulled_to))
+    assert pulled.exit_code == 0, pulled.output
+    assert "resume: Trainer.train" in pulled.output
+    here = pulled_to / "checkpoint-10"
+    for name in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (here / name).iterdir()) == [".metadata", "__0_0.distcp"]
+        assert same(dcp_state(FIXTURE / name, tmp_path), dcp_state(here / name, tmp_path))
+    again = _cli(hub, "pull", "me/fsdp", "--revision", "checkpoint-10", "--to", str(pulled_to))
+    assert again.exit_code == 0 and "Already there" in again.output, again.output
+
+
+def test_the_plan_measures_the_shards_encode_dcp_writes(tmp_path: Path) -> None:
+    from hubsync.convert.dcp import encoded_dcp_sizes
+
+    for limit in (1, 3_000, 10_000, 5 * 10**9):
+        out = tmp_path / f"out-{limit}"
+        out.mkdir()
+        written = encode_dcp(FIXTURE / "optimizer_0", "optimizer_0", out, limit)
+        sizes = encoded_dcp_sizes(FIXTURE / "optimizer_0", "optimizer_0", limit)
+        assert written == ["dcp.json", *sizes]
+        assert sizes == {name: (out / name).stat().st_size for name in sizes}
+        if limit == 5 * 10**9:
+            assert list(sizes) == ["__0_0.safetensors"]  # as before: one file a rank
+        rebuild_dcp(out / "dcp.json")
+        assert same(dcp_state(FIXTURE / "optimizer_0", tmp_path), dcp_state(out, tmp_path))
+
+
+def _sharded_optimizer(tmp_path: Path) -> Path:
+    out = tmp_path / "optimizer_0"
+    out.mkdir()
+    encode_dcp(FIXTURE / "optimizer_0", "optimizer_0", out, 10_000)
+    assert (out / "__0_0.safetensors.index.json").exists()
+    return out
+
+
+def _index(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "__0_0.safetensors.index.json").read_text())
+
+
+def _move_one(folder: Path, *, keep: bool) -> None:
+    """The first tensor of shard 1 written into shard 2 as well (`keep`) or only (not `keep`), the index unchanged."""
+    from safetensors.torch import load_file, save_file
+
+    names = sorted(p.name for p in folder.glob("__0_0-*.safetensors"))
+    first, second = load_file(folder / names[0]), load_file(folder / names[1])
+    key = sorted(first)[0]
+    second[key] = first[key]
+    if not keep:
+        del first[key]
+        save_file(first, folder / names[0], metadata={"format": "pt"})
+    save_file(second, folder / names[1], metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (
+            lambda f: (f / "__0_0.safetensors.index.json").write_text(
+                json.dumps({**_index(f), "weight_map": {k: "../" + v for k, v in _index(f)["weight_map"].items()}})
+            ),
+            "not a shard of __0_0",
+        ),
+        (lambda f: _move_one(f, keep=True), "also in another shard"),
+        (lambda f: _move_one(f, keep=False), "which the index puts elsewhere"),
+        (
+            lambda f: (f / "__0_0.safetensors.index.json").write_text(
+                json.dumps({**_index(f), "metadata": {"total_size": _index(f)["metadata"]["total_size"] + 4}})
+            ),
+            "another number of bytes than its total_size",
+        ),
+        (lambda f: next(f.glob("__0_0-00002-*.safetensors")).unlink(), "is not there"),
+        (lambda f: shutil.copy(next(f.glob("__0_0-00001-*.safetensors")), f / "__0_0.safetensors"), "both"),
+        (lambda f: shutil.copy(next(f.glob("__0_0-00001-*.safetensors")), f / "__1_0.safetensors"), "no __1_0"),
+    ],
+    ids=["outside", "twice", "elsewhere", "total-size", "missing", "both", "unnamed-rank"],
+)
+def test_damaged_shards_of_a_distcp_file_are_refused_by_pull(tmp_path: Path, damage: Any, said: str) -> None:
+    from hubsync.core.errors import DamagedStateError
+
+    folder = _sharded_optimizer(tmp_path)
+    damage(folder)
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(DamagedStateError, match=said):
+        rebuild_dcp(folder / "dcp.json")
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+
+
+def test_the_layout_takes_a_ranks_shards_with_their_index_only() -> None:
+    from hubsync.core.conversion import is_resumable
+    from hubsync.core.layouts import state_layout
+
+    names = _pickle_free(FSDP_FILES) - {"optimizer_0/__0_0.safetensors"}
+    shards = {f"optimizer_0/__0_0-0000{i}-of-00002.safetensors" for i in (1, 2)}
+    index = "optimizer_0/__0_0.safetensors.index.json"
+    assert state_layout(names | shards | {index}).describe() == "FSDP sharded state, 1 rank"  # type: ignore[union-attr]
+    assert is_resumable(names | shards | {index})
+    assert not is_resumable(names | shards)  # no index
+    assert not is_resumable(names | {index, "optimizer_0/__0_0-00001-of-00002.safetensors"})  # a shard missing
+    for other in ("optimizer_0/__0_0-1-of-2.safetensors", "optimizer_0/__0_0.index.json", "optimizer_0/x.safetensors"):
+        assert not is_resumable(names | {other})
+
+
+def _full_model_checkpoint(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The fixture's checkpoint with a full fine-tune's model folder: a tiny Llama's weights, saved by DCP."""
+    torch.manual_seed(0)
+    model = _base_model()
+    model.config.tie_word_embeddings = False
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    checkpoint = Path(shutil.copytree(FIXTURE, tmp_path / "run" / "checkpoint-10"))
+    shutil.rmtree(checkpoint / "pytorch_model_fsdp_0")
+    _saved(checkpoint / "pytorch_model_fsdp_0", {"model": weights})
+    model.config.save_pretrained(str(checkpoint))
+    return checkpoint, weights
+
+
+def test_a_full_model_over_the_max_shard_size_is_consolidated_in_shards_transformers_loads(tmp_path: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    from hubsync.convert.dcp import consolidate_dcp, consolidated_sizes
+
+    checkpoint, weights = _full_model_checkpoint(tmp_path)
+    folder, out = checkpoint / "pytorch_model_fsdp_0", tmp_path / "published"
+    out.mkdir()
+    shutil.copy(checkpoint / "config.json", out / "config.json")
+    limit = 100_000
+    written = consolidate_dcp(folder, "pytorch_model_fsdp_0", out / "model.safetensors", limit)
+    assert written[-1] == "model.safetensors.index.json" and len(written) >= 3
+    assert written[:-1] == [f"model-{i:05d}-of-{len(written) - 1:05d}.safetensors" for i in range(1, len(written))]
+    assert not (out / "model.safetensors").exists()
+    assert consolidated_sizes(folder, "pytorch_model_fsdp_0", "model.safetensors", limit) == {
+        n: (out / n).stat().st_size for n in written
+    }
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(weights)
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in weights.values())
+    loaded = LlamaForCausalLM.from_pretrained(str(out)).state_dict()
+    assert set(loaded) == set(weights)
+    for key, tensor in weights.items():
+        assert torch.equal(loaded[key], tensor), key
+    whole = tmp_path / "whole"
+    whole.mkdir()  # the default limit: one file, as before
+    assert consolidate_dcp(folder, "pytorch_model_fsdp_0", whole / "model.safetensors") == ["model.safetensors"]
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()  # an adapter is never split: PEFT loads adapter_model.safetensors alone
+    assert consolidate_dcp(folder, "m", adapter / "adapter_model.safetensors", 1) == ["adapter_model.safetensors"]
+
+
+def test_a_full_model_pushed_over_the_max_shard_size_is_published_in_shards(
+    hub: RunningHub, api: Any, tmp_path: Path
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    checkpoint, weights = _full_model_checkpoint(tmp_path)
+    args = (str(checkpoint), "--repo", "me/full", "--max-shard-size", "100KB", *BASE)
+    dry = push(hub, *args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    result = push(hub, *args)
+    assert result.exit_code == 0, result.output
+    published = set(api.list_repo_files("me/full", revision="checkpoint-10"))
+    shards = _shards_of(published, "model")
+    assert len(shards) >= 2 and "model.safetensors.index.json" in published and "model.safetensors" not in published
+    for path in [*shards, "model.safetensors.index.json"]:
+        assert f"  upload  {path}  (" in dry.output, dry.output
+    local = api.snapshot_download("me/full", revision="checkpoint-10", local_dir=tmp_path / "download")
+    loaded = LlamaForCausalLM.from_pretrained(local).state_dict()
+    assert all(torch.equal(loaded[k], t) for k, t in weights.items())
+
+
+def test_consolidated_weights_the_hub_cannot_hold_are_refused_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hub's 50 GB limit, scaled down to the fixture's size: an adapter over it is refused (it is never split),
+    as is a full model's tensor over it (no split helps), from the measured plan, before any conversion."""
+    import hubsync.convert as convert
+    from hubsync.core.checkpoint import read_checkpoint
+    from hubsync.core.errors import HubLimitError
+    from hubsync.core.plan import PushOptions, plan_push
+
+    monkeypatch.setattr(convert, "MAX_FILE_SIZE", 10_000)
+    lora = read_checkpoint(FIXTURE)
+    plan = plan_push(lora, PushOptions("me/fsdp", card=None, max_shard_size=1_000))
+    with pytest.raises(HubLimitError, match=r"adapter_model\.safetensors"):
+        convert.measured_push(plan, lora)
+    full = read_checkpoint(_full_model_checkpoint(tmp_path)[0])
+    plan = plan_push(full, PushOptions("me/full", card=None, max_shard_size=1_000))
+    with pytest.raises(HubLimitError, match="has a tensor of over"):
+        convert.measured_push(plan, full)
+    monkeypatch.setattr(convert, "MAX_FILE_SIZE", 10**9)
+    measured = convert.measured_push(plan, full)
+    assert "model.safetensors.index.json" in {u.path_in_repo for u in measured.uploads}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ranks=st.lists(
+        st.tuples(st.integers(1, 4), st.booleans(), st.sets(st.integers(1, 4), max_size=2)), min_size=1, max_size=3
+    )
+)
+def test_sharded_ranks_count_with_their_index_and_every_shard(ranks: list[tuple[int, bool, set[int]]]) -> None:
+    """Each rank's optimizer tensors in `count` shards (1: one file), with or without their index, some shards
+    missing: the revision is resumable exactly when every rank is whole, and pull refuses before fetching a rank
+    whose index or shards are not all there."""
+    from hubsync.core.conversion import is_resumable
+    from hubsync.core.errors import DamagedStateError
+    from hubsync.core.pull import check_shards
+
+    names = {n for n in _pickle_free(FSDP_FILES) if not n.startswith("optimizer_0/__")}
+    names |= {n.replace("__0_0", f"__{r}_0") for r in range(len(ranks)) for n in names if "__0_0" in n}
+    whole, broken = True, False  # broken: some files of a rank, not all
+    for rank, (count, indexed, gone) in enumerate(ranks):
+        stem = f"optimizer_0/__{rank}_0"
+        if count == 1:
+            names.add(f"{stem}.safetensors")
+            continue
+        shards = {f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1) if i not in gone}
+        names |= shards | ({f"{stem}.safetensors.index.json"} if indexed else set())
+        complete = indexed and len(shards) == count
+        whole, broken = whole and complete, broken or (not complete and (indexed or bool(shards)))
+    assert is_resumable(names) == whole
+    if not broken:
+        check_shards(names, "r")
+    else:
+        with pytest.raises(DamagedStateError, match="r lacks"):
+            check_shards(names, "r")

@@ -193,7 +193,13 @@ def _print_plan(plan: Any, preview: Any) -> None:
 
 
 def _measured_size(upload: Any) -> bool:
-    """Whether a converted file's size is measured (training state) rather than its source's (weights)."""
-    from hubsync.core.conversion import STATE_FILE_RE
+    """Whether a converted file's size is measured (training state, FSDP's tensors files and consolidated
+    weights: convert.measured_push) rather than its source's (weights, FSDP's dcp.json)."""
+    from hubsync.core.checkpoint import DCP_METADATA_RE
+    from hubsync.core.conversion import DISTCP_FILE_RE, STATE_FILE_RE
 
-    return upload.converted_from is not None and STATE_FILE_RE.match(upload.converted_from) is not None
+    source = upload.converted_from
+    if source is None:
+        return False
+    consolidated = DCP_METADATA_RE.match(source) is not None and "/" not in upload.path_in_repo
+    return consolidated or STATE_FILE_RE.match(source) is not None or DISTCP_FILE_RE.match(source) is not None

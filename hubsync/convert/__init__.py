@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hubsync.core.checkpoint import Checkpoint, read_json_file
+from hubsync.core.checkpoint import DCP_METADATA_RE, Checkpoint, read_json_file
 from hubsync.core.conversion import (
+    DISTCP_FILE_RE,
     PICKLE_SUFFIXES,
     ConversionPlan,
     WeightConversion,
@@ -119,7 +121,54 @@ def measured_push(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
     structure only; what execute_push needs of a plan_push plan."""
     from .state import measured_plan
 
-    return measured_weights(measured_plan(plan, checkpoint), checkpoint)
+    return measured_dcp(measured_weights(measured_plan(plan, checkpoint), checkpoint), checkpoint)
+
+
+def measured_dcp(plan: PushPlan, checkpoint: Checkpoint) -> PushPlan:
+    """`plan` with FSDP's folders as they will be converted (read from their .metadata, no tensor bytes): each
+    .distcp file's tensors file, or its shards and index when they take more than the plan's max_shard_size, and
+    the consolidated weights, model.safetensors in transformers' shards and index when they take more (an adapter
+    stays whole), each of its exact size. HubLimitError for a file the Hub cannot hold even so."""
+    from .dcp import consolidated_sizes, encoded_dcp_sizes
+
+    uploads = list(plan.uploads)
+    for upload in plan.uploads:
+        source = upload.converted_from
+        if source is None or not DCP_METADATA_RE.match(source):
+            continue
+        folder = source.rsplit("/", 1)[0]
+        shown = f"{checkpoint.display}/{folder}"
+        if "/" not in upload.path_in_repo:  # the consolidated weights
+            sizes = consolidated_sizes(checkpoint.path / folder, shown, upload.path_in_repo, plan.max_shard_size)
+            found = {name: (size, source) for name, size in sizes.items()}
+            uploads = [u for u in uploads if u is not upload]
+        elif ranks := [u for u in uploads if _rank_of(u.converted_from) == folder]:  # kept pickle-free
+            sizes = encoded_dcp_sizes(checkpoint.path / folder, shown, plan.max_shard_size)
+            found = {
+                f"{folder}/{name}": (size, f"{folder}/{_RANK_FILE_RE.match(name)[1]}.distcp")  # type: ignore[index]
+                for name, size in sizes.items()
+            }
+            uploads = [u for u in uploads if u not in ranks]
+        else:
+            continue
+        for path, (size, origin) in found.items():
+            if size > MAX_FILE_SIZE:
+                what = "holds" if len(found) == 1 else "has a tensor of"
+                reason = f"{what} over {MAX_FILE_SIZE // 1000**3} GB ({path}), the most a file on the Hub holds"
+                raise HubLimitError(checkpoint.display, origin, reason)
+            uploads.append(Upload(path, path, size, origin))
+    return replace(plan, uploads=tuple(sorted(uploads, key=lambda u: u.path_in_repo)))
+
+
+def _rank_of(source: str | None) -> str | None:
+    """The FSDP folder a .distcp file lies in, None for any other file."""
+    found = DISTCP_FILE_RE.match(source or "")
+    return found["folder"] if found else None
+
+
+_RANK_FILE_RE = re.compile(
+    r"^(__[0-9]{1,6}_[0-9]{1,6})(?:\.safetensors|-[0-9]{5}-of-[0-9]{5}\.safetensors|\.safetensors\.index\.json)\Z"
+)
 
 
 def _file_size(tensors: dict[str, TensorRef], metadata: dict[str, str]) -> int:

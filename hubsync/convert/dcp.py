@@ -12,7 +12,14 @@ entry of a .distcp is read by torchzip's restricted reader. The pickle-free form
 - `dcp.json` (DCP_DOCUMENT): the metadata (dtypes, sizes, chunks, planner data) and, for each .distcp file, its
   entries in order: a tensor (by its name in that file's safetensors) or a value (state.py's JSON tree). No byte
   offsets: they are those of the rebuilt files, which pull writes.
-- `__<rank>_0.safetensors`: the tensors of `__<rank>_0.distcp`, one a (fqn, chunk offsets): `<fqn>@<offsets>`.
+- `__<rank>_0.safetensors`: the tensors of `__<rank>_0.distcp`, one a (fqn, chunk offsets): `<fqn>@<offsets>`; when
+  they take more than max-shard-size, `__<rank>_0-00001-of-0000N.safetensors` ... and their index
+  `__<rank>_0.safetensors.index.json` instead (core/shards, as state.py splits optimizer.pt's tensors).
+
+The model folder is also consolidated into the file the model loads (consolidate_dcp): adapter_model.safetensors
+whole (PEFT loads no shards), or model.safetensors, as transformers' model-0000i-of-0000N.safetensors and
+model.safetensors.index.json when its tensors take more than max-shard-size. The sizes of all these files are
+known from `.metadata` alone (encoded_dcp_sizes, consolidated_sizes): what the plan shows and checks.
 
 Pull writes each .distcp back with torch.save() an entry, then `.metadata` with the new offsets (pickle.dump, as
 DCP's FileSystemWriter does), constructing only DCP's own classes from the table. The bytes differ from the original
@@ -25,8 +32,10 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +43,21 @@ from typing import Any
 from hubsync.core.checkpoint import DCP_DOCUMENT, DCP_METADATA, loads_json
 from hubsync.core.dcp_metadata import _INT64, DISTCP_RE, FORMAT, DcpMetadata, Entry, _bad, read_metadata
 from hubsync.core.errors import DamagedStateError, HubsyncError, UnrepresentableStateError
+from hubsync.core.shards import (
+    DEFAULT_MAX_SHARD_SIZE,
+    SPLIT_STEM,
+    group_shards,
+    index_document,
+    index_name,
+    shard_name,
+    shard_weight_map,
+)
 from hubsync.core.torchfile import TORCH_DTYPES as _TORCH_DTYPES
 from hubsync.core.torchfile import ArchiveError, DType, open_archive
 from hubsync.extras import needs_extra
 from hubsync.files import temp_file, write_file_atomic
 
-from .state import MAX_NODES, _mapped_tensors, decode_tree
+from .state import MAX_NODES, decode_tree, groups_like, load_state_tensors, state_files
 from .torchzip import TensorRef, read_torch_archive
 
 # --- encoding ------------------------------------------------------------------------------------------------
@@ -126,17 +144,30 @@ def _check_stored(path: Path, shown: str) -> None:
         raise _bad(shown, f"its record {compressed[0][:80]!r} is compressed, which torch.save() never writes")
 
 
-def consolidate_dcp(folder: Path, shown: str, target: Path) -> int:
-    """Write the whole tensors of a DCP model folder (pytorch_model_fsdp_0/) as one safetensors file, named as
-    the model loads them: the state dict's own keys (planner data: ("model", key) -> key), each tensor from its
-    chunks, which FSDP splits along the first dimension (Shard(0)); UnrepresentableStateError for another split.
-    The number of tensors written."""
-    meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
-    pieces: dict[str, dict[tuple[int, ...], _Tensor]] = {}
+@dataclass(frozen=True)
+class _Whole:
+    """A whole tensor of a DCP model folder as the model loads it: its name, and its chunks' offsets in order."""
+
+    name: str
+    fqn: str
+    dtype: DType
+    shape: tuple[int, ...]
+    chunks: tuple[tuple[int, ...], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _whole_tensors(meta: DcpMetadata, shown: str) -> list[_Whole]:
+    """The whole tensors a DCP model folder's metadata describes, named by the state dict's own keys (planner
+    data: ("model", key) -> key), each from its chunks, which FSDP splits along the first dimension (Shard(0));
+    UnrepresentableStateError for another split. From the metadata alone: what a dry run measures."""
+    where = f"{shown}/{DCP_METADATA}"
+    stored: dict[str, set[tuple[int, ...]]] = {}
     for entry in meta.entries:
         if entry.offset is not None:
-            found = _read_entry(folder, shown, meta, entry, target.parent)
-            pieces.setdefault(entry.fqn, {})[entry.offset] = found
+            stored.setdefault(entry.fqn, set()).add(entry.offset)
     whole = []
     for fqn, spec in meta.tensors.items():
         path = (meta.planner_data or {}).get(fqn)
@@ -151,24 +182,133 @@ def consolidate_dcp(folder: Path, shown: str, target: Path) -> int:
                 or c["sizes"][1:] != size[1:]
                 or (size and c["offsets"][0] != rows)
             ):
-                raise UnrepresentableStateError(
-                    f"{shown}/{DCP_METADATA}", f"tensor {fqn[:80]!r} split other than by rows"
-                )
+                raise UnrepresentableStateError(where, f"tensor {fqn[:80]!r} split other than by rows")
             rows += c["sizes"][0] if size else 1
-        if (size and rows != size[0]) or tuple(tuple(c["offsets"]) for c in chunks) != tuple(
-            sorted(pieces.get(fqn, {}))
-        ):
-            raise _bad(f"{shown}/{DCP_METADATA}", f"the chunks of {fqn[:80]!r} do not make the whole tensor")
-        parts = [pieces[fqn][tuple(c["offsets"])] for c in chunks]
-        whole.append(_Tensor(name, parts[0].dtype, tuple(size), tuple(p for t in parts for p in t.pieces)))
-    if len({t.key for t in whole}) != len(whole):
-        raise _bad(f"{shown}/{DCP_METADATA}", "two tensors of one name")
-    _write_safetensors(whole, target, shown)
-    return len(whole)
+        offsets = tuple(tuple(c["offsets"]) for c in chunks)
+        if (size and rows != size[0]) or offsets != tuple(sorted(stored.get(fqn, ()))):
+            raise _bad(where, f"the chunks of {fqn[:80]!r} do not make the whole tensor")
+        whole.append(_Whole(name, fqn, _TORCH_DTYPES[spec["dtype"]], tuple(size), offsets))
+    if len({t.name for t in whole}) != len(whole):
+        raise _bad(where, "two tensors of one name")
+    return whole
 
 
-def encode_dcp(folder: Path, shown: str, out_dir: Path) -> list[str]:
-    """Write dcp.json and one <stem>.safetensors a .distcp of the DCP `folder` into `out_dir`: the names written."""
+def _consolidated_files(
+    whole: Sequence[_Whole], target: str, max_shard_size: int
+) -> list[tuple[str, list[_Whole] | bytes]]:
+    """(file, its tensors or, for the index, its bytes) of a consolidated model: `target` whole, or, for
+    model.safetensors whose tensors take more than `max_shard_size`, transformers' model-0000i-of-0000N.safetensors
+    and model.safetensors.index.json (from_pretrained loads them). An adapter stays whole: PEFT loads no shards."""
+    groups = group_shards([(t.name, t.nbytes) for t in whole], max_shard_size)
+    if target != f"{SPLIT_STEM}.safetensors" or len(groups) == 1:
+        return [(target, list(whole))]
+    by_name = {t.name: t for t in whole}
+    files: list[tuple[str, list[_Whole] | bytes]] = [
+        (shard_name(SPLIT_STEM, i, len(groups)), [by_name[n] for n in group]) for i, group in enumerate(groups, 1)
+    ]
+    weight_map = shard_weight_map(groups, SPLIT_STEM)
+    files.append((index_name(SPLIT_STEM), index_document(weight_map, sum(t.nbytes for t in whole))))
+    return files
+
+
+def consolidated_sizes(
+    folder: Path, shown: str, target: str, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
+) -> dict[str, int]:
+    """The files consolidate_dcp writes for `target` (adapter_model.safetensors, model.safetensors) and their sizes,
+    exactly, from the folder's metadata alone (no tensor bytes are read): what a dry run shows."""
+    meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
+    return {
+        name: len(content)
+        if isinstance(content, bytes)
+        else _file_size([(t.name, t.dtype, t.shape, t.nbytes) for t in content])
+        for name, content in _consolidated_files(_whole_tensors(meta, shown), target, max_shard_size)
+    }
+
+
+def consolidate_dcp(folder: Path, shown: str, target: Path, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> list[str]:
+    """Write the whole tensors of a DCP model folder (pytorch_model_fsdp_0/) as the model loads them (_whole_tensors):
+    `target` (adapter_model.safetensors, model.safetensors) as one file, or model.safetensors in shards of at most
+    `max_shard_size` tensor bytes and their index when it holds more (_consolidated_files), beside `target`. The
+    names written."""
+    meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
+    whole = _whole_tensors(meta, shown)
+    pieces: dict[tuple[str, tuple[int, ...]], _Tensor] = {}
+    for entry in meta.entries:
+        if entry.offset is not None:
+            pieces[(entry.fqn, entry.offset)] = _read_entry(folder, shown, meta, entry, target.parent)
+    written = []
+    for name, content in _consolidated_files(whole, target.name, max_shard_size):
+        if isinstance(content, bytes):
+            write_file_atomic(target.parent / name, content)
+        else:
+            tensors = [
+                _Tensor(t.name, t.dtype, t.shape, tuple(p for c in t.chunks for p in pieces[(t.fqn, c)].pieces))
+                for t in content
+            ]
+            _write_safetensors(tensors, target.parent / name, shown)
+        written.append(name)
+    return written
+
+
+_Spec = tuple[str, DType, tuple[int, ...], int]  # a tensor of a safetensors file: key, dtype, shape, bytes
+
+
+def _rank_files(
+    name: str, specs: Sequence[_Spec], max_shard_size: int, like: Sequence[int] | None
+) -> list[tuple[str, list[str] | bytes]]:
+    """(file, its tensors' keys or, for the index, its bytes) of one .distcp file's tensors (`name`, `specs` in
+    the file's order): its <stem>.safetensors, or shards of at most `max_shard_size` tensor bytes and their index,
+    named as state.py names optimizer.pt's (`like`: as an earlier encoding split them, into files of those
+    sizes)."""
+    by_key = {spec[0]: spec for spec in specs}
+    if like is not None:
+        groups = groups_like(list(by_key), lambda g: _file_size([by_key[k] for k in g]), like)
+    else:
+        groups = group_shards([(spec[0], spec[3]) for spec in specs], max_shard_size)
+    names = state_files(name, groups)
+    files: list[tuple[str, list[str] | bytes]] = [(n, list(g)) for n, g in zip(names, groups, strict=False)]
+    if len(groups) > 1:
+        weight_map = shard_weight_map(groups, name.removesuffix(".distcp"))
+        files.append((names[-1], index_document(weight_map, sum(spec[3] for spec in specs))))
+    return files
+
+
+def _chunk_specs(meta: DcpMetadata) -> dict[str, list[_Spec]]:
+    """Each .distcp file's tensors as its safetensors form holds them, (key, dtype, shape, bytes) in the order
+    of the file, from the metadata alone (encode_dcp checks each chunk is what this says)."""
+    out: dict[str, list[_Spec]] = {}
+    for entry in meta.entries:
+        if entry.offset is not None:
+            dtype = _TORCH_DTYPES[meta.tensors[entry.fqn]["dtype"]]
+            shape = tuple(meta.chunk_sizes[(entry.fqn, entry.offset)])
+            out.setdefault(entry.file, []).append((entry.key, dtype, shape, math.prod(shape) * dtype.itemsize))
+    return out
+
+
+def encoded_dcp_sizes(folder: Path, shown: str, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> dict[str, int]:
+    """The tensors files encode_dcp writes for the DCP `folder` (names without the folder; not dcp.json, whose
+    values are read from the .distcp files) and their sizes, exactly, from the metadata alone: what a dry run
+    shows."""
+    meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
+    specs = _chunk_specs(meta)
+    sizes = {}
+    for name in dcp_files(folder):
+        found = {spec[0]: spec for spec in specs.get(name, [])}
+        for file, content in _rank_files(name, list(found.values()), max_shard_size, None):
+            sizes[file] = len(content) if isinstance(content, bytes) else _file_size([found[k] for k in content])
+    return sizes
+
+
+def encode_dcp(
+    folder: Path,
+    shown: str,
+    out_dir: Path,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    like: Mapping[str, Sequence[int]] | None = None,
+) -> list[str]:
+    """Write dcp.json and, for each .distcp file of the DCP `folder`, its tensors into `out_dir`: <stem>.safetensors,
+    or shards of at most `max_shard_size` tensor bytes and their index (`like`: .distcp name -> the sizes of the
+    files an earlier encoding split its tensors into). The names written."""
     meta = read_metadata(folder / DCP_METADATA, f"{shown}/{DCP_METADATA}")
     files: dict[str, list[dict[str, Any]]] = {name: [] for name in dcp_files(folder)}
     tensors: dict[str, list[_Tensor]] = {name: [] for name in files}
@@ -197,24 +337,46 @@ def encode_dcp(folder: Path, shown: str, out_dir: Path) -> list[str]:
     }
     written = []
     for name, found in tensors.items():
-        target = out_dir / (name.removesuffix(".distcp") + ".safetensors")
-        _write_safetensors(found, target, f"{shown}/{name}")
-        written.append(target.name)
+        by_key = {t.key: t for t in found}
+        if len(by_key) != len(found):
+            raise _bad(f"{shown}/{name}", "two tensors of one name")
+        like_sizes = like.get(name) if like is not None else None
+        if like is not None and like_sizes is None:
+            raise ValueError(f"{name} has no files to be encoded like")
+        for file, content in _rank_files(name, [_spec(t) for t in found], max_shard_size, like_sizes):
+            if isinstance(content, bytes):
+                write_file_atomic(out_dir / file, content)
+            else:
+                _write_safetensors([by_key[k] for k in content], out_dir / file, f"{shown}/{name}")
+            written.append(file)
     write_file_atomic(out_dir / DCP_DOCUMENT, (json.dumps(document, indent=1) + "\n").encode())
     return [DCP_DOCUMENT, *written]
 
 
-def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None:
+def _spec(t: _Tensor) -> _Spec:
+    return t.key, t.dtype, t.shape, t.nbytes
+
+
+def _header(specs: Sequence[_Spec]) -> bytes:
+    """The safetensors header _write_safetensors writes for tensors (key, dtype, shape, bytes), sorted by key."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
+    for key, dtype, shape, nbytes in sorted(specs, key=lambda t: t[0]):
+        header[key] = {"dtype": dtype.name, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return encoded + b" " * (-len(encoded) % 8)
+
+
+def _file_size(specs: Sequence[_Spec]) -> int:
+    return 8 + len(_header(specs)) + sum(s[3] for s in specs)
+
+
+def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None:
     ordered = sorted(tensors, key=lambda t: t.key)
     if any(t.key == "__metadata__" for t in ordered):
         raise _bad(shown, "a tensor named __metadata__, the name safetensors keeps for its own header")
-    for t in ordered:
-        header[t.key] = {"dtype": t.dtype.name, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    encoded = _header([_spec(t) for t in ordered])
     fd, tmp = temp_file(target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -236,6 +398,12 @@ def _write_safetensors(tensors: list[_Tensor], target: Path, shown: str) -> None
 # --- rebuilding ----------------------------------------------------------------------------------------------
 
 
+# The files a .distcp file's tensors are pushed in: __<rank>_0.safetensors, or its shards and their index.
+_TENSORS_FILE_RE = re.compile(
+    r"^(__[0-9]{1,6}_[0-9]{1,6})(?:\.safetensors|-[0-9]{5}-of-[0-9]{5}\.safetensors|\.safetensors\.index\.json)\Z"
+)
+
+
 def rebuild_dcp(document_path: Path) -> list[Path]:
     """Write `.metadata` and every .distcp file of a DCP folder back from its dcp.json and safetensors files, with
     torch (DamagedStateError when the document is not what push wrote). Only the names this module allows are
@@ -248,6 +416,12 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         raise DamagedStateError(shown, str(exc)) from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != 1:
         raise DamagedStateError(shown, f"it is not a {FORMAT} document")
+    files = document.get("files")
+    if isinstance(files, dict) and all(isinstance(n, str) and DISTCP_RE.match(n) for n in files):  # else refused below
+        named = {n.removesuffix(".distcp") for n in files}
+        for path in sorted(folder.iterdir()):  # a rank's tensors the document does not name would be dropped unread
+            if (m := _TENSORS_FILE_RE.match(path.name)) and m[1] not in named:
+                raise DamagedStateError(f"{folder.name}/{path.name}", f"{document_path.name} names no {m[1]}.distcp")
     with needs_extra("writing FSDP's torch.distributed.checkpoint state back from its pickle-free form"):
         import torch
         from torch.distributed.checkpoint import metadata as dm
@@ -292,10 +466,13 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         for name, records in files.items():
             if not isinstance(name, str) or not DISTCP_RE.match(name) or not isinstance(records, list):
                 raise ValueError(f"it names the file {str(name)[:80]!r}")
-            source = folder / (name.removesuffix(".distcp") + ".safetensors")
-            if not source.is_file():
-                raise ValueError(f"it names {name}, whose tensors ({source.name}) the revision does not hold")
-            tensors = _mapped_tensors(source)
+            stem = name.removesuffix(".distcp")  # the file alone, or its shards as its index names them
+            if not (folder / f"{stem}.safetensors").is_file() and not (folder / index_name(stem)).is_file():
+                raise ValueError(f"it names {name}, whose tensors ({stem}.safetensors) the revision does not hold")
+            try:
+                tensors = load_state_tensors(folder / f"{stem}.safetensors", folder / index_name(stem))
+            except DamagedStateError as exc:  # named as the revision lists it
+                raise DamagedStateError(f"{folder.name}/{exc.path}", exc.reason) from exc
             target = folder / name
             fd, tmp = temp_file(folder)
             try:
@@ -328,8 +505,8 @@ def rebuild_dcp(document_path: Path) -> list[Path]:
         )
     except OSError as exc:  # its text names the file by its absolute path: only the name is shown
         _remove(written)
-        named = f" ({Path(exc.filename).name})" if exc.filename else ""
-        raise DamagedStateError(shown, f"{type(exc).__name__}: {exc.strerror or 'cannot be read'}{named}") from exc
+        which = f" ({Path(exc.filename).name})" if exc.filename else ""
+        raise DamagedStateError(shown, f"{type(exc).__name__}: {exc.strerror or 'cannot be read'}{which}") from exc
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
         _remove(written)
         raise DamagedStateError(shown, f"{type(exc).__name__}: {exc}"[:200]) from exc

@@ -24,7 +24,7 @@ import json
 import math
 import mmap
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -97,10 +97,21 @@ def _tensor_files(
 
 
 def _groups_like(kept: dict[str, TensorRef], sizes: Sequence[int]) -> list[list[str]]:
-    """The runs of `kept` (in order) whose safetensors files take exactly `sizes` bytes, as an earlier encoding
-    wrote them: each added tensor makes a file longer (its header entry alone is longer than the padding), so at
-    most one run fits each size. ValueError when the tensors do not fit the sizes."""
-    order = list(kept)
+    """The runs of `kept` (in order) whose safetensors files take exactly `sizes` bytes (groups_like)."""
+    return groups_like(
+        list(kept),
+        lambda g: len(plan_layout({n: kept[n] for n in g}, {"format": "pt"}).header) + sum(kept[n].nbytes for n in g),
+        sizes,
+    )
+
+
+def groups_like(
+    order: Sequence[str], file_size: Callable[[Sequence[str]], int], sizes: Sequence[int]
+) -> list[list[str]]:
+    """The runs of tensors `order` (in order) whose files take exactly `sizes` bytes (`file_size`: a run's file), as
+    an earlier encoding wrote them: each added tensor makes a file longer (its header entry alone is longer than
+    the padding), so at most one run fits each size. ValueError when the tensors do not fit the sizes."""
+    order = list(order)
     if not 0 < len(sizes) <= max(len(order), 1):  # a listing of the Hub's: each shard holds a tensor at least
         raise ValueError("the tensors do not fit the number of files")
     groups: list[list[str]] = []
@@ -108,11 +119,10 @@ def _groups_like(kept: dict[str, TensorRef], sizes: Sequence[int]) -> list[list[
     for size in sizes:
         end, found = start, None
         while True:
-            group = {n: kept[n] for n in order[start:end]}
-            nbytes = sum(t.nbytes for t in group.values())
-            if nbytes + 8 > size:
+            measured = file_size(order[start:end])
+            if measured > size:
                 break
-            if len(plan_layout(group, {"format": "pt"}).header) + nbytes == size:
+            if measured == size:
                 found = end
                 break
             if end == len(order):
@@ -462,7 +472,9 @@ def load_tensor_files(files: Sequence[Path], weight_map: Mapping[str, str] | Non
     for path in files:
         try:
             found = _mapped_tensors(path)
-        except (OSError, ValueError, MemoryError) as exc:
+        except OSError as exc:  # its text would name the file by its absolute path
+            raise DamagedStateError(path.name, f"{type(exc).__name__}: {exc.strerror or 'cannot be read'}") from exc
+        except (ValueError, MemoryError) as exc:
             raise DamagedStateError(path.name, f"{type(exc).__name__}: {exc}"[:200]) from exc
         for name, tensor in found.items():
             if name in tensors:

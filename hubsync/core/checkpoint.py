@@ -53,7 +53,7 @@ WEIGHT_FILES = (
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # FSDP's SHARDED_STATE_DICT: torch.distributed.checkpoint folders, the model's and the optimizer's, each a
 # `.metadata` pickle and one `__<rank>_0.distcp` a rank; hubsync's pickle-free form of a folder is dcp.json and one
-# `__<rank>_0.safetensors` a rank (convert/dcp.py).
+# `__<rank>_0.safetensors` a rank, or its shards and index over max-shard-size (convert/dcp.py).
 DCP_MODEL_FOLDER = r"pytorch_model_fsdp_[0-9]{1,6}"
 DCP_FOLDER = rf"(?:{DCP_MODEL_FOLDER}|optimizer_[0-9]{{1,6}})"
 DCP_METADATA = ".metadata"
@@ -402,7 +402,11 @@ def _fsdp_model(root: Path, names: set[str], shown: str) -> tuple[str | None, Ma
     """What FSDP's sharded model folder consolidates to, from its tensor names (its .metadata read by the
     restricted reader, which refuses a hostile one), and the run folder's adapter_config.json for LoRA weights."""
     folder = "pytorch_model_fsdp_0"
-    if f"{folder}/{DCP_METADATA}" not in names or names & {"adapter_model.safetensors", "model.safetensors"}:
+    if f"{folder}/{DCP_METADATA}" not in names or names & {
+        "adapter_model.safetensors",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    }:
         return None, None
     from .dcp_metadata import read_metadata  # the reader of DCP's pickle, which nothing here runs
 

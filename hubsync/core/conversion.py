@@ -62,8 +62,9 @@ DISTCP_FILE_RE = re.compile(r"^(?P<folder>[^/]+)/__[0-9]{1,6}_[0-9]{1,6}\.distcp
 
 def dcp_conversions(names: set[str] | frozenset[str]) -> list[tuple[str, str]]:
     """(pickled file, pickle-free file) of each FSDP torch.distributed.checkpoint folder: <folder>/.metadata ->
-    <folder>/dcp.json, <folder>/__<rank>_0.distcp -> <folder>/__<rank>_0.safetensors. Folders without their
-    .metadata are left alone (nothing reads their .distcp files)."""
+    <folder>/dcp.json, <folder>/__<rank>_0.distcp -> <folder>/__<rank>_0.safetensors (an estimate: the measured
+    plan, convert.measured_dcp, lists its shards and index instead when its tensors take more than max-shard-size).
+    Folders without their .metadata are left alone (nothing reads their .distcp files)."""
     folders = {n.rsplit("/", 1)[0] for n in names if DCP_METADATA_RE.match(n)}
     out = []
     for name in sorted(names):
@@ -72,6 +73,11 @@ def dcp_conversions(names: set[str] | frozenset[str]) -> list[tuple[str, str]]:
         elif (m := DISTCP_FILE_RE.match(name)) and m["folder"] in folders:
             out.append((name, name.removesuffix(".distcp") + ".safetensors"))
     return out
+
+
+def is_dcp_source(name: str) -> bool:
+    """Whether a converted file comes from an FSDP folder (its .metadata or one of its .distcp files)."""
+    return DCP_METADATA_RE.match(name) is not None or DISTCP_FILE_RE.match(name) is not None
 
 
 def pickled_state_name(stem: str) -> str | None:

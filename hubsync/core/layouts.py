@@ -107,17 +107,27 @@ def latest_problem(text: bytes, paths: Collection[str]) -> str | None:
 
 _FSDP_FILE_RE = re.compile(
     r"^(?P<folder>(?P<what>pytorch_model_fsdp|optimizer)_(?P<n>[0-9]{1,6}))/"
-    r"(?:\.metadata|dcp\.json|__(?P<rank>[0-9]{1,6})_0\.(?:distcp|safetensors))\Z"
+    r"(?:\.metadata|dcp\.json|__(?P<rank>[0-9]{1,6})_0"
+    r"(?:\.distcp|\.safetensors|\.safetensors\.index\.json|(?P<shard>-[0-9]{5}-of-[0-9]{5}\.safetensors)))\Z"
 )
 
 
 def _fsdp(paths: Collection[str]) -> StateLayout | None:
     """FSDP's SHARDED_STATE_DICT (accelerate's save_fsdp_model / save_fsdp_optimizer under the Trainer): the
     folders pytorch_model_fsdp_0/ and optimizer_0/, each torch.distributed.checkpoint's `.metadata` and one
-    `__<rank>_0.distcp` a rank, or hubsync's pickle-free form of them (dcp.json and __<rank>_0.safetensors)."""
-    found = [m for p in paths if (m := _FSDP_FILE_RE.match(p))]
-    if not found:
+    `__<rank>_0.distcp` a rank, or hubsync's pickle-free form of them (dcp.json and __<rank>_0.safetensors, or its
+    shards __<rank>_0-00001-of-0000N.safetensors and their index __<rank>_0.safetensors.index.json: a rank is
+    there with its index and all the shards it names, core/shards)."""
+    matched = [m for p in paths if (m := _FSDP_FILE_RE.match(p))]
+    if not matched:
         return None
+    listed = set(paths)
+    found = [  # a shard says nothing alone: its index does, when every shard it is split into is there
+        m
+        for m in matched
+        if not m["shard"]
+        and (not m[0].endswith(".index.json") or has_sharded(listed, m[0].removesuffix(".safetensors.index.json")))
+    ]
     ranks_of: dict[str, set[int]] = {}
     described: set[str] = set()
     for m in found:

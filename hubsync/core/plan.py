@@ -27,6 +27,7 @@ from .conversion import (
     ConversionPlan,
     check_no_outside_links,
     dcp_conversions,
+    is_dcp_source,
     is_training_state,
     plan_conversion,
     resume_missing,
@@ -354,6 +355,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
     # Converted weights and training state are split into shards of at most max_shard_size (measured_plan).
     split = {c.source for c in conversion.conversions if c.source == SPLIT_WEIGHTS}
     split |= {u.converted_from for u in converted if u.converted_from and STATE_FILE_RE.match(u.converted_from)}
+    # FSDP's folders too: each .distcp file's tensors, and the consolidated weights (measured_dcp)
+    split |= {u.converted_from for u in converted if u.converted_from and is_dcp_source(u.converted_from)}
     for upload in uploads:
         if upload.size > MAX_FILE_SIZE and upload.converted_from not in split:
             size = f"{upload.size / 1000**3:.1f} GB"

@@ -45,22 +45,39 @@ class RebuiltFile:
 @dataclass(frozen=True)
 class RebuiltFolder:
     """An FSDP torch.distributed.checkpoint folder pull writes back (its .metadata and .distcp files) from dcp.json
-    and one __<rank>_0.safetensors a .distcp file."""
+    and, for each .distcp file, __<rank>_0.safetensors or its shards and their index."""
 
     folder: str  # pytorch_model_fsdp_0, optimizer_0
     document: RemoteFile  # <folder>/dcp.json
-    tensors: tuple[RemoteFile, ...]  # <folder>/__<rank>_0.safetensors
+    tensors: tuple[RemoteFile, ...]  # <folder>/__<rank>_0.safetensors, -00001-of-0000N.safetensors, .index.json
+
+    @property
+    def ranks(self) -> dict[str, tuple[RemoteFile, ...]]:
+        """Each .distcp file (__<rank>_0.distcp) and the files its tensors are in, in order (the index last)."""
+        out: dict[str, list[RemoteFile]] = {}
+        for t in sorted(self.tensors, key=lambda t: (t.path.endswith(".index.json"), t.path)):
+            m = _DCP_TENSORS_RE.match(t.path)
+            assert m is not None  # rebuilt_folders takes only those
+            out.setdefault(f"{m['stem']}.distcp", []).append(t)
+        return {name: tuple(files) for name, files in out.items()}
 
     @property
     def paths(self) -> tuple[str, ...]:
         """What pull writes: <folder>/.metadata and <folder>/__<rank>_0.distcp."""
-        return (
-            f"{self.folder}/{DCP_METADATA}",
-            *(t.path.removesuffix(".safetensors") + ".distcp" for t in self.tensors),
-        )
+        return (f"{self.folder}/{DCP_METADATA}", *(f"{self.folder}/{name}" for name in self.ranks))
+
+    @property
+    def like(self) -> dict[str, list[int]]:
+        """Each .distcp file -> the sizes of the files its tensors are in (not the index), as encode_dcp's `like`."""
+        return {
+            name: [t.size for t in files if not t.path.endswith(".index.json")] for name, files in self.ranks.items()
+        }
 
 
-_DCP_TENSORS_RE = re.compile(r"^(?P<folder>[^/]+)/__[0-9]{1,6}_[0-9]{1,6}\.safetensors\Z")
+_DCP_TENSORS_RE = re.compile(
+    r"^(?P<folder>[^/]+)/(?P<stem>__[0-9]{1,6}_[0-9]{1,6})"
+    r"(?:\.safetensors|-[0-9]{5}-of-[0-9]{5}\.safetensors|\.safetensors\.index\.json)\Z"
+)
 
 
 @dataclass(frozen=True)
@@ -165,11 +182,14 @@ def check_listing(entries: Sequence[RemoteFile], revision: str) -> None:
 
 def check_shards(paths: set[str], revision: str) -> None:
     """Refuse, before anything is fetched, training state whose tensors are split into shards (core/shards) when
-    the revision lacks its index or one of its shards, or lists shards that disagree on how many there are."""
-    for path in sorted(paths):
-        if not STATE_DOCUMENT_RE.match(path):
-            continue
-        stem = path.removesuffix(".json")
+    the revision lacks its index or one of its shards, or lists shards that disagree on how many there are: a
+    state file's (optimizer.json), or an FSDP folder's .distcp file's (<folder>/__<rank>_0)."""
+    stems = {p.removesuffix(".json"): p for p in paths if STATE_DOCUMENT_RE.match(p)}
+    dcp = {p.rsplit("/", 1)[0] for p in paths if DCP_DOCUMENT_RE.match(p)}
+    for p in paths:
+        if (m := _DCP_TENSORS_RE.match(p)) and m["folder"] in dcp:
+            stems.setdefault(f"{m['folder']}/{m['stem']}", f"{m['folder']}/{m['stem']}.distcp")
+    for stem, path in sorted(stems.items()):
         pattern = shard_pattern(stem)
         listed = [p for p in paths if pattern.match(p)]
         has_index = index_name(stem) in paths

@@ -147,9 +147,11 @@ def already_pulled(plan: PullPlan) -> bool:
         for folder in plan.rebuilt_folders:
             out = scratch / folder.folder
             out.mkdir(parents=True)
-            try:
-                encode_dcp(target / folder.folder, folder.folder, out)
-            except (HubsyncError, OSError):
+            try:  # split as the revision's files are (their sizes say where each shard ends)
+                written = encode_dcp(target / folder.folder, folder.folder, out, like=folder.like)
+            except (HubsyncError, OSError, ValueError):
+                return False
+            if {f"{folder.folder}/{n}" for n in written} != {r.path for r in (folder.document, *folder.tensors)}:
                 return False
             for remote in (folder.document, *folder.tensors):
                 if not _matches(out / remote.path.rsplit("/", 1)[1], remote):

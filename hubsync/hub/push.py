@@ -36,7 +36,6 @@ from hubsync.files import KnownDigest, git_blob_hasher, git_blob_id, hash_file, 
 from .client import CommitResult
 
 CONFLICT_RETRIES = 8
-WEIGHTS = ("adapter_model.safetensors", "model.safetensors")  # what FSDP's sharded model folder consolidates to
 Files = Sequence[tuple[Path | bytes, str]]
 T = TypeVar("T")
 
@@ -238,7 +237,8 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
 
         for upload in plan.uploads:
             source = upload.converted_from
-            weights = upload.path_in_repo in WEIGHTS
+            # FSDP's model folder consolidated: the weights (or their shards) lie outside the folder they come from
+            weights = DCP_METADATA_RE.match(source or "") is not None and "/" not in upload.path_in_repo
             if source is None or (source, weights) in made:
                 continue
             made.add((source, weights))
@@ -250,10 +250,11 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
                 folder = source.rsplit("/", 1)[0]
                 shown = f"{checkpoint.display}/{folder}"
                 if weights:
-                    consolidate_dcp(checkpoint.path / folder, shown, staging / upload.path_in_repo)
+                    target = staging / (checkpoint.fsdp_weights or upload.path_in_repo)
+                    consolidate_dcp(checkpoint.path / folder, shown, target, plan.max_shard_size)
                 else:
                     (staging / folder).mkdir(parents=True, exist_ok=True)
-                    encode_dcp(checkpoint.path / folder, shown, staging / folder)
+                    encode_dcp(checkpoint.path / folder, shown, staging / folder, plan.max_shard_size)
         for path, data in plan.generated.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             (staging / path).write_bytes(data)
