@@ -200,7 +200,20 @@ def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
     from hubsync.api import RateLimited, Retrying
     from hubsync.core.errors import HubError
-    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, RateLimitPause, Skipped, WaitingForRun
+    from hubsync.hub.watch import (
+        Lost,
+        NotOnHub,
+        Pruned,
+        PruneFailed,
+        Pushed,
+        PushFailed,
+        RateLimitPause,
+        Skipped,
+        WaitingForRun,
+    )
+
+    from .errors import message_for
+    from .prune import print_retention
 
     if isinstance(event, Retrying):
         report_retry(event.reason, event.pause)
@@ -213,6 +226,18 @@ def _report_watch(event: object, as_json: bool) -> None:
             echo(f"{verb} {checkpoint_name(event.step)} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
             if r.deleted:  # as push says it: a branch that held training state can stop being resumable
                 echo(f"  deleted: {r.deleted} files the branch held (this push leaves them out)")
+    elif isinstance(event, Pruned):
+        if not as_json:
+            print_retention(event.retained)
+    elif isinstance(event, PruneFailed):
+        said = message_for(event.error).removeprefix("Error: ").rstrip(".")
+        echo(
+            one_line(
+                f"Retention: the prune after {checkpoint_name(event.step)} failed ({said}); the push stays done, "
+                "and the policy runs again after the next push."
+            ),
+            err=True,
+        )
     elif isinstance(event, Lost):
         echo(
             f"Lost: {checkpoints(event.steps)} deleted from the run folder before it was pushed "
