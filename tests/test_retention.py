@@ -86,6 +86,7 @@ def test_a_restarted_watch_does_not_push_again_what_the_policy_pruned() -> None:
     hub_branches = {"main": "f" * 40, "checkpoint-30": f"{30:040x}"}
     check = check_against_hub(state, hub_branches, present={10, 20, 30}, keep=1)
     assert sorted(check.state.pushed) == [10, 20, 30] and check.push_again == ()
+    assert check.pruned == (10, 20)
     # Without a policy, a gone branch whose folder is there is pushed again, as before.
     assert check_against_hub(state, hub_branches, present={10, 20, 30}).push_again == (10, 20)
     # The newest recorded one gone is not the policy's doing: pushed again.
@@ -222,11 +223,16 @@ def test_watch_with_the_policy_stays_within_n_and_a_restart_pushes_nothing_again
     retention = [line for line in result.stdout.splitlines() if line.startswith("Retention:")]
     assert len(retention) == 4  # after each push
     assert retention[-1].endswith(f"deleted checkpoint-20 of {REPO}; kept checkpoint-40, checkpoint-30.")
+    assert result.stdout.splitlines()[-1] == (
+        f"Done: the run finished; 2 checkpoints on {REPO}; pruned by the retention policy: checkpoint-10, "
+        "checkpoint-20."
+    )
     commits = {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches}
 
     again = hubsync_cli(hub, *args, "--interval", "0.05", "--nice", "0")
     assert again.exit_code == 0, again.stderr
     assert "Pushed" not in again.stdout and "Not on the Hub" not in again.stderr
+    assert again.stdout.splitlines()[-1] == result.stdout.splitlines()[-1]
     assert {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches} == commits
 
 

@@ -77,6 +77,7 @@ class HubCheck:
     state: WatchState  # only the pushes the Hub still holds at the recorded commit
     push_again: tuple[int, ...]  # recorded, not on the Hub (any more), and still in the run folder
     forgotten: tuple[int, ...]  # recorded, not on the Hub, and gone from the run folder: nothing to push
+    pruned: tuple[int, ...] = ()  # recorded, not on the Hub: a retention policy pruned them (kept in the record)
 
 
 def check_against_hub(
@@ -96,7 +97,8 @@ def check_against_hub(
     forgotten = tuple(s for s in gone if s not in present)
     # A forgotten checkpoint was pushed once; it must not be reported as lost before it was pushed.
     new_state = replace(state, pushed=kept, seen=state.seen - set(forgotten))
-    return HubCheck(new_state, tuple(s for s in gone if s in present), forgotten)
+    pruned = tuple(sorted(s for s in kept if branches.get(kept[s].revision) != kept[s].commit))
+    return HubCheck(new_state, tuple(s for s in gone if s in present), forgotten, pruned)
 
 
 @dataclass(frozen=True)

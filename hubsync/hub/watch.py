@@ -184,6 +184,7 @@ class WatchSummary:
     checked: bool  # the record was checked against the Hub (else state.pushed is only what the record says)
     run_found: bool  # the run folder existed
     untagged: tuple[str, ...]  # --tag names not applied: the run's final checkpoint was not pushed
+    pruned: tuple[int, ...] = ()  # recorded steps whose branch this watch's retention policy deleted
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +204,7 @@ class WatchSummary:
                 for k in sorted(self.state.skipped.values(), key=lambda k: k.step)
             ],
             "untagged": list(self.untagged),
+            "pruned": [{"step": s, "checkpoint": checkpoint_name(s)} for s in self.pruned],
             "finished": self.finished,
             "stopped": self.stopped,
             "idle": self.idle,
@@ -230,6 +232,7 @@ class Watcher:
         self.state_path = settings.run_dir / STATE_FILE
         self._raw_state: bytes | None = None
         self.pushed: list[tuple[int, PushResult]] = []
+        self.pruned: set[int] = set()  # steps whose branch the retention policy deleted
         self.busy: str | None = None  # what the watch is doing on the Hub right now, in words
         self._tagged = False
         self._failures = 0
@@ -306,6 +309,7 @@ class Watcher:
             checked=checked,
             run_found=run_found,
             untagged=() if self._tagged else settings.options.tags,
+            pruned=tuple(sorted(s for s in self.pruned if s in state.pushed)),
         )
 
     def _refuse_checkpoint_folder(self) -> None:
@@ -334,6 +338,7 @@ class Watcher:
             if check.push_again or check.forgotten:
                 self.report(NotOnHub(check.push_again, check.forgotten))
             state = check.state
+            self.pruned |= set(check.pruned)
             final = state.pushed.get(state.final_step) if state.final_step is not None else None
             wanted = self.settings.options.tags
             if final is not None and wanted and not any(s > final.step for s in present):
@@ -428,7 +433,11 @@ class Watcher:
         self.busy = "the retention policy's prune"
         try:
             hub = cast(PruneTarget, self.hub)  # a watch with a policy is given a HubClient (hubsync.api.watcher)
-            self.report(Pruned(step, apply_retention(hub, result.repo_id, policy, result.revision)))
+            retained = apply_retention(hub, result.repo_id, policy, result.revision)
+            assert retained.result is not None
+            gone = set(retained.result.deleted)
+            self.pruned |= {d.step for d in retained.plan.delete if d.revision in gone and d.step is not None}
+            self.report(Pruned(step, retained))
         except HubsyncError as exc:
             self.report(PruneFailed(step, policy.keep, exc))
         finally:
