@@ -47,6 +47,11 @@ def push(
     plot), training-only state is left out unless --training-state keep, and main's README indexes the
     revisions pushed so far.
 
+    With --keep N (or `keep` in the configuration, HUBSYNC_KEEP), once the push has landed the repository is
+    pruned to the N newest checkpoint branches as `hubsync prune --keep N` would (with --keep-best,
+    --keep-tagged, --keep-storage); the branch just pushed always stays. When that prune fails, the push
+    stays done and the exit code is 1.
+
     Defaults come from hubsync.toml in or beside the run folder, or [tool.hubsync] in the training
     project's pyproject.toml; HUBSYNC_* variables override them, and flags override both.
 
