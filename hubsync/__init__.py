@@ -55,6 +55,7 @@ __all__ = [
     "plan_prune",
     "plan_push",
     "preview_push",
+    "preview_retention",
     "prune",
     "pull",
     "pull_checkpoint",

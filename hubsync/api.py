@@ -37,10 +37,18 @@ from hubsync.core.errors import (
     HubError,
     HubsyncError,
     IncompletePushError,
+    RetentionError,
     SettingError,
     TagExistsError,
 )
-from hubsync.core.options import card_settings, given_settings, keyword_label, push_options, resolve_for
+from hubsync.core.options import (
+    card_settings,
+    given_settings,
+    keyword_label,
+    push_options,
+    resolve_for,
+    retention_policy,
+)
 from hubsync.core.plan import PushPlan, check_branch_name, check_distinct_branches, check_repo_id
 from hubsync.core.plan import plan_push as plan_one_push
 from hubsync.core.runs import choose_targets
@@ -51,7 +59,7 @@ if TYPE_CHECKING:
     from hubsync.core.tags import TagChange
     from hubsync.hub.client import HubClient
     from hubsync.hub.preview import HubPreview
-    from hubsync.hub.prune import PruneResult, StorageSummary
+    from hubsync.hub.prune import PruneResult, Retained, StorageSummary
     from hubsync.hub.pull import PullOutcome
     from hubsync.hub.push import PushResult
     from hubsync.hub.revisions import RevisionInfo
@@ -74,6 +82,14 @@ class Pushed:
 
     plan: PushPlan
     result: PushResult
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """The retention policy (the keep settings) pruned the repository after the push landed: `retained.plan`
+    and `retained.result` as `hubsync prune` has them."""
+
+    retained: Retained
 
 
 @dataclass(frozen=True)
@@ -346,7 +362,70 @@ def push(
             results.append(result)
             if report is not None:
                 report(Pushed(plan, result))
+        _retain(job, hub, results, report)
     return results
+
+
+def _retain(job: PushJob, hub: HubClient, results: list[PushResult], report: Report | None) -> None:
+    """The retention policy after the push landed: RetentionError (carrying the cause) when its prune fails."""
+    from hubsync.hub.prune import apply_retention
+
+    policy = retention_policy(job.settings)
+    if policy is None or not results:
+        return
+    repo_id = results[-1].repo_id
+    try:
+        retained = apply_retention(hub, repo_id, policy, results[-1].revision)
+    except HubsyncError as exc:
+        raise RetentionError(repo_id, tuple(r.revision for r in results), policy.keep, exc) from exc
+    if report is not None:
+        report(Pruned(retained))
+
+
+@_public
+def preview_retention(
+    job: PushJob,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    client: HubClient | None = None,
+) -> Retained | None:
+    """What the job's retention policy would prune once its push has landed (a dry run: read only, nothing
+    deleted): the branches as the Hub has them now, with the job's own revisions added. None: no policy. The
+    storage a prune would free is known only after the push, so the plan names branches only. HubError when
+    the Hub cannot say (a missing repository holds nothing to prune)."""
+    from hubsync.core.errors import RepoNotFoundError
+    from hubsync.core.prune import PruneCandidate
+    from hubsync.core.prune import plan_prune as plan
+    from hubsync.hub.prune import Retained, prune_inputs
+
+    policy = retention_policy(job.settings)
+    if policy is None or not job.plans:
+        return None
+    repo_id = job.plans[-1].repo_id
+    hub = client or _client(
+        endpoint, token, None, retry_delays=(0.5,), max_pause=2.0, max_wait=_job_max_wait(job.settings)
+    )
+    with _quiet():
+        try:
+            found = prune_inputs(hub, repo_id)
+            candidates, tags, best = list(found.revisions), found.tags, found.best_step
+        except RepoNotFoundError:
+            candidates, tags, best = [], {}, None
+    ours = {p.revision: p for p in job.plans}
+    candidates = [c for c in candidates if c.revision not in ours]
+    candidates += [PruneCandidate(p.revision, p.step, "(this push)") for p in job.plans]
+    pruned = plan(
+        repo_id,
+        candidates,
+        keep=policy.keep,
+        keep_best=policy.keep_best,
+        keep_tagged=policy.keep_tagged,
+        tags=tags,
+        best_step=best,
+        spare=(job.plans[-1].revision,),
+    )
+    return Retained(policy, pruned, None)
 
 
 @_public
@@ -394,6 +473,7 @@ def watcher(
         idle_timeout=idle_timeout,
         checkpoints_dir=source,
         max_wait=_job_max_wait(settings),
+        retention=retention_policy(settings),
     )
     return Watcher(watch, hub, report or (lambda event: None), should_stop, quiet=_quiet)
 
@@ -525,8 +605,7 @@ def plan_prune(
 ) -> PrunePlan:
     """Which checkpoint branches a prune keeping the `keep` newest would delete (and why each is kept), and,
     unless keep_storage, which stored files it would then permanently delete: those no remaining commit holds."""
-    from hubsync.core.prune import plan_prune as plan
-    from hubsync.hub.prune import prune_inputs, with_storage
+    from hubsync.hub.prune import plan_on_hub
 
     _repo(repo_id)
     _check_prune_options(keep, keep_best, keep_tagged)
@@ -535,17 +614,9 @@ def plan_prune(
     hub = client or _client(endpoint, token, report, max_wait=wait)
     hub.require_token()  # deleting needs one; without it a private repository would look missing
     with _quiet():
-        found = prune_inputs(hub, repo_id)
-        branches = plan(
-            repo_id,
-            found.revisions,
-            keep=keep,
-            keep_best=keep_best,
-            keep_tagged=keep_tagged,
-            tags=found.tags,
-            best_step=found.best_step,
+        return plan_on_hub(
+            hub, repo_id, keep=keep, keep_best=keep_best, keep_tagged=keep_tagged, keep_storage=keep_storage
         )
-        return branches if keep_storage else with_storage(branches, hub)
 
 
 def _check_prune_options(keep: object, keep_best: object, keep_tagged: object) -> None:

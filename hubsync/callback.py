@@ -46,7 +46,10 @@ class HubsyncCallback(TrainerCallback):
     (or `hubsync watch <run>`) pushes nothing twice. At the end of training the callback waits at most `wait`
     seconds for the pushes, then logs what is left (a warning of the "hubsync" logger). Every option is checked
     when the callback is made, before training starts; a bad one raises a hubsync.errors error (TypeError for a
-    keyword that is no option, and for select=: every save is pushed)."""
+    keyword that is no option, and for select=: every save is pushed). With keep=N (and keep_best, keep_tagged,
+    keep_storage, as `hubsync prune` takes them), or `keep` in the configuration, each push that lands is followed
+    by a prune to the N newest checkpoint revisions (the one just pushed always stays); a failed prune is logged
+    as a warning, and tried again after the next push."""
 
     def __init__(
         self,

@@ -194,6 +194,9 @@ def test_every_error_has_its_own_message_with_a_next_step() -> None:
             instance = cls("run/checkpoint-2", ("run/checkpoint-1",), ("run/checkpoint-2",), cause)
         elif cls is errors.RateLimitedError:
             instance = cls("http://hub", 300, 12.0, 60.0, "me/m")
+        elif cls is errors.RetentionError:
+            cause = errors.HubUnreachableError("http://hub", "ConnectError")
+            instance = cls("me/m", ("checkpoint-2",), 2, cause)
         elif cls is errors.IncompletePushError:
             cause = errors.TagExistsError("http://hub", "it points to abc", repo_id="me/m", revision="v1")
             instance = cls("run/checkpoint-2", "checkpoint-2", "f" * 40, cause, None)

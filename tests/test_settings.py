@@ -21,7 +21,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hubsync.cli import cli
-from hubsync.core.config import FALSE, PUSH_SETTINGS, SETTINGS, TRUE, FileConfig, Setting, resolve_settings
+from hubsync.core.config import (
+    FALSE,
+    MOST_COUNT,
+    PUSH_SETTINGS,
+    SETTINGS,
+    TRUE,
+    Count,
+    FileConfig,
+    Setting,
+    resolve_settings,
+)
 from hubsync.core.errors import SettingError, WiderExposureError
 from hubsync.core.plan import check_branch_name, check_tag_name
 from hubsync.core.selection import revision_name
@@ -51,6 +61,9 @@ def accepted(setting: Setting, value: Any) -> None:
         assert isinstance(value, float) and 0 <= value <= 86400
     elif setting.kind is int:  # bytes
         assert isinstance(value, int) and 0 < value <= 49 * 10**9
+    elif setting.kind is Count:  # a number of checkpoint revisions; keep: a policy keeps at least 1
+        assert value is None or (type(value) is int and setting.least <= value <= MOST_COUNT)
+        assert setting.name != "keep" or value is None or value >= 1
     elif setting.choices:
         assert value in setting.choices
     elif setting.name == "revision":
@@ -131,6 +144,80 @@ def test_the_readme_configuration_example_pushes_again_and_again(run: Path, hub:
         "tiny-step-30",
     }
     assert api.model_info("me/my-model").private
+
+
+KEEP = SETTINGS["keep"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    SOURCES,
+    st.integers()
+    | st.integers(min_value=-5, max_value=MOST_COUNT + 5)
+    | st.floats()
+    | st.booleans()
+    | st.text(max_size=25)
+    | st.integers(min_value=-(10**30), max_value=10**30).map(str)
+    | st.sampled_from(["three", "1.5", "-1", "0", " 3 ", "٣", "+3", "3e2", "0x10", "true", "1_000"]),
+)
+def test_keep_is_a_whole_number_of_revisions_from_1_whatever_its_source(source: str, value: Any) -> None:
+    """keep is a count (not bytes, not seconds): a whole number from 1 (a policy keeps the checkpoint just
+    pushed) to MOST_COUNT, as an integer in a file or its ASCII digits in a flag or variable."""
+    if source != "file":
+        value = str(value)
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None:
+        whole = text.isascii() and text.isdigit() and len(text) <= 19
+        expected = int(text) if whole and 1 <= int(text) <= MOST_COUNT else None
+    else:
+        number = type(value) is int and 1 <= value <= MOST_COUNT
+        expected = value if number else None
+    if source == "variable" and text == "":
+        assert resolve_from(KEEP, source, value)["keep"] is None  # cleared: no policy
+        return
+    try:
+        resolved = resolve_from(KEEP, source, value)
+    except SettingError as exc:
+        named = {"flag": KEEP.flag, "variable": KEEP.variable, "file": "hubsync.toml"}[source]
+        assert expected is None, value
+        assert str(exc).startswith(f"{named}: keep must be a whole number from 1 to 1,000,000, such as 3 (")
+        assert "keeps at least the checkpoint just pushed" in str(exc)
+        assert len(str(exc)) < 400  # a huge integer is not shown whole
+        return
+    assert resolved["keep"] == expected and type(resolved["keep"]) is int
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ('keep = "three"', 'not "three"'),
+        ("keep = -1", "not -1"),
+        ("keep = 1.5", "not 1.5"),
+        ("keep = true", "not True"),
+        ("keep = 0", "not 0"),
+        ("keep = 123456789012345678901234567890", 'not "a number of over 19 digits"'),
+        ('keep-best = "yes"', 'keep-best must be true or false, not "yes"'),
+    ],
+)
+def test_a_bad_keep_in_the_file_names_the_file_and_pushes_nothing(
+    run: Path, hub: RunningHub, api: HfApi, line: str, shown: str
+) -> None:
+    (run / "hubsync.toml").write_text(line + "\n")
+    result = push(hub, str(run), "--repo", "me/tiny", "--select", "all")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "/tiny/hubsync.toml: " in result.stderr, result.stderr
+    assert shown in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not api.repo_exists("me/tiny")
+
+
+def test_keep_0_as_a_flag_or_variable_is_refused_with_the_reason(run: Path, hub: RunningHub, api: HfApi) -> None:
+    result = push(hub, str(run), "--repo", "me/tiny", "--keep", "0")
+    assert result.exit_code == 2 and "keeps at least the checkpoint just pushed" in result.stderr
+    result = push(hub, str(run), "--repo", "me/tiny", env={"HUBSYNC_KEEP": "0"})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: HUBSYNC_KEEP: keep must be a whole number from 1 to 1,000,000")
+    assert not api.repo_exists("me/tiny")
 
 
 def test_the_table_and_the_readme_agree() -> None:
@@ -249,11 +336,22 @@ OPTIONS: dict[str, list[str]] = {
         "--git-commit",
         "--training-state",
         "--training-state-format",
+        "--keep",
         "--endpoint",
         "--token",
         "PATH",
     ],
-    "watch": ["--repo", "--revision", "--tag", "--interval", "--idle-timeout", "--retry-max", "--nice", "--endpoint"],
+    "watch": [
+        "--repo",
+        "--revision",
+        "--tag",
+        "--keep",
+        "--interval",
+        "--idle-timeout",
+        "--retry-max",
+        "--nice",
+        "--endpoint",
+    ],
     "pull": ["--revision", "--to", "--endpoint", "--token", "REPO"],
     "ls": ["--endpoint", "--token", "REPO"],
     "prune": ["--keep", "--endpoint", "--token", "REPO"],

@@ -37,6 +37,16 @@ def _bytes(n: int) -> str:
 ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
     (e.CheckpointPushError, lambda err: _push_failed(err)),
     (
+        e.RetentionError,
+        lambda err: (
+            f"Pushed {', '.join(err.pushed)} to {err.repo_id}, but then the retention policy (keep = {err.keep}) "
+            "could not prune: "
+            + message_for(err.cause).removeprefix("Error: ").rstrip(".")
+            + f". The push stays done; prune later with `hubsync prune {err.repo_id} --keep {err.keep}` "
+            "(with the keep-* options of the policy)."
+        ),
+    ),
+    (
         e.IncompletePushError,
         lambda err: (
             f"{err.checkpoint} landed on {err.revision} (commit {err.commit[:12]}), but then "

@@ -195,6 +195,30 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "49GB (the Hub holds files of at most 50GB) [default: 5GB].",
             ),
             max_wait_option,
+            click.option(
+                "--keep",
+                "keep",
+                metavar="N",
+                callback=bad_flag_values,
+                help="Retention policy: after each push, prune the repository's checkpoint branches to the N newest "
+                "(N at least 1), as `hubsync prune --keep N` does [default: no policy].",
+            ),
+            _clear_option("keep", "a retention policy set by HUBSYNC_KEEP or the configuration file"),
+            click.option(
+                "--keep-best/--no-keep-best",
+                default=None,
+                help="With --keep: also keep the best checkpoint [default: no].",
+            ),
+            click.option(
+                "--keep-tagged/--no-keep-tagged",
+                default=None,
+                help="With --keep: also keep every tagged checkpoint branch [default: no].",
+            ),
+            click.option(
+                "--keep-storage/--no-keep-storage",
+                default=None,
+                help="With --keep: delete branches only, not the stored files they held [default: no].",
+            ),
         ]
     ):
         f = option(f)

@@ -124,3 +124,24 @@ def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
             echo(f"    ... and {len(stored.delete) - _SHOWN_FILES} more (--json lists them all)")
     if dry_run:
         echo("Nothing was deleted (dry run).")
+
+
+def print_retention(retained: Any, dry_run: bool = False) -> None:
+    """A retention policy's plan and result after a push, in one short block (push and watch print it)."""
+    plan, result, policy = retained.plan, retained.result, retained.policy
+    kept = ", ".join(d.revision for d in plan.keep) or "none"
+    if dry_run:
+        doomed = ", ".join(d.revision for d in plan.delete) or "nothing"
+        echo(f"Retention (dry run): after the push, {policy.describe()}: would delete {doomed}; keep {kept}.")
+        echo("  Nothing is deleted (dry run).")
+        return
+    assert result is not None
+    gone = ", ".join(result.deleted) or "nothing"
+    echo(f"Retention: {policy.describe()}: deleted {gone} of {plan.repo_id}; kept {kept}.")
+    if result.index_commit:
+        echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
+    stored = result.storage
+    if stored is not None:
+        freed = f"freed {size(stored.freed_bytes)}: {count(len(stored.deleted), 'file')} permanently deleted"
+        used = "" if stored.used_storage is None else f"; the repository now stores {size(stored.used_storage)}"
+        echo(f"  storage: {freed}{used}")

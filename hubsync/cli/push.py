@@ -11,7 +11,8 @@ import click
 from .app import cli
 from .errors import message_for
 from .options import bad_flag_values, endpoint_option, flag_settings, push_options, token_option
-from .output import count, echo, progress_bars, quiet_huggingface_hub, report, scrub, size
+from .output import count, echo, one_line, progress_bars, quiet_huggingface_hub, report, scrub, size
+from .prune import print_retention
 
 
 @cli.command()
@@ -46,6 +47,11 @@ def push(
     plot), training-only state is left out unless --training-state keep, and main's README indexes the
     revisions pushed so far.
 
+    With --keep N (or `keep` in the configuration, HUBSYNC_KEEP), once the push has landed the repository is
+    pruned to the N newest checkpoint branches as `hubsync prune --keep N` would (with --keep-best,
+    --keep-tagged, --keep-storage); the branch just pushed always stays. When that prune fails, the push
+    stays done and the exit code is 1.
+
     Defaults come from hubsync.toml in or beside the run folder, or [tool.hubsync] in the training
     project's pyproject.toml; HUBSYNC_* variables override them, and flags override both.
 
@@ -54,9 +60,15 @@ def push(
       hubsync push out/my-run/checkpoint-1000 --repo me/my-model
       hubsync push out/my-run --select all --repo me/my-model --training-state keep --tag v1
     """
-    from hubsync.api import Pushed, Pushing, plan_push, preview_push
+    from hubsync.api import Pruned, Pushed, Pushing, plan_push, preview_push
     from hubsync.api import push as push_job
-    from hubsync.core.errors import CheckpointPushError, HubsyncError, IncompletePushError, MissingRepoError
+    from hubsync.core.errors import (
+        CheckpointPushError,
+        HubsyncError,
+        IncompletePushError,
+        MissingRepoError,
+        RetentionError,
+    )
 
     settings = flag_settings(ctx, Path(path), flags)
     try:
@@ -70,16 +82,23 @@ def push(
     if dry_run:
         quiet_huggingface_hub(show_progress=False)
         previews = preview_push(job, endpoint=endpoint, token=token, report=report)
+        retained = _preview_retention(job, endpoint, token)
         if as_json:
+            would = {} if retained is None else {"retention": _retention_json(retained)}
             shown = [p.to_json() | {"hub": v.to_json()} for p, v in zip(job.plans, previews, strict=True)]
-            echo(json.dumps(job.to_json() | {"plans": shown}, indent=2))
+            echo(json.dumps(job.to_json() | {"plans": shown} | would, indent=2))
             return
         for plan, preview in zip(job.plans, previews, strict=True):
             _print_plan(plan, preview)
+        if isinstance(retained, str):
+            echo(f"Retention (dry run): after the push, {retained}")
+        elif retained is not None:
+            print_retention(retained, dry_run=True)
         return
 
     results: list[Any] = []
     started: list[Any] = []
+    retained_after: list[Any] = []
 
     def on_event(event: object) -> None:
         if isinstance(event, Pushing):
@@ -88,12 +107,21 @@ def push(
             results.append(event.result)
             if not as_json:
                 _print_result(event.plan, event.result)
+        elif isinstance(event, Pruned):
+            retained_after.append(event.retained)
+            if not as_json:
+                print_retention(event.retained)
         else:
             report(event)
 
     quiet_huggingface_hub()
     try:
         push_job(job, endpoint=endpoint, token=token, report=on_event, progress_bars=not as_json and progress_bars())
+    except RetentionError as exc:  # the push landed: its results, then the policy's failure (exit code 1)
+        if as_json:
+            failed = {"keep": exc.keep, "error": scrub(message_for(exc.cause))}
+            echo(json.dumps(_json(job, results) | {"retention": {"failed": failed}}, indent=2))
+        raise
     except HubsyncError as exc:
         if as_json and started:  # what landed before the failure, for a script to pick up
             cause = exc.__cause__ if isinstance(exc, CheckpointPushError) else exc  # the checkpoint's own failure
@@ -103,7 +131,28 @@ def push(
             echo(json.dumps(_json(job, landed) | {"failed": failed}, indent=2))
         raise
     if as_json:
-        echo(json.dumps(_json(job, results), indent=2))
+        after = {"retention": retained_after[0].to_json()} if retained_after else {}
+        echo(json.dumps(_json(job, results) | after, indent=2))
+
+
+def _preview_retention(job: Any, endpoint: str | None, token: str | None) -> Any:
+    """What the retention policy would do after the push (a Retained, read only), None without a policy, or
+    the policy in words when the Hub cannot say which branches it has."""
+    from hubsync.api import preview_retention
+    from hubsync.core.errors import HubError
+    from hubsync.core.options import retention_policy
+
+    policy = retention_policy(job.settings)
+    if policy is None:
+        return None
+    try:
+        return preview_retention(job, endpoint=endpoint, token=token)
+    except HubError as exc:
+        return f"{policy.describe()} (which branches go is not known: {one_line(message_for(exc))})"
+
+
+def _retention_json(retained: Any) -> Any:
+    return {"would": retained} if isinstance(retained, str) else retained.to_json()
 
 
 def _json(job: Any, results: list[Any]) -> dict[str, Any]:

@@ -94,7 +94,9 @@ def watch(
     is half-committed). A checkpoint that the Trainer deleted (save_total_limit) before it could be pushed
     is reported; one that cannot be read is reported, skipped and tried again when its files change. --tag
     tags the run's final checkpoint; when the watch ends before that, it says how to tag another one. A
-    folder checkpoint-N is refused: pass the run folder that holds it.
+    folder checkpoint-N is refused: pass the run folder that holds it. With --keep N (or `keep` in
+    hubsync.toml, HUBSYNC_KEEP) each push that lands is followed by `hubsync prune --keep N` (with
+    --keep-best, --keep-tagged, --keep-storage); a prune that fails is reported and tried after the next push.
 
     \b
     Example:
@@ -162,12 +164,14 @@ def _watch_closing_line(summary: Any, idle_timeout: float | None, run_dir: str) 
         if summary.idle:
             return f"Stopped after {idle_timeout:g} s: {display_path(run_dir)} never appeared; nothing pushed."
         return f"Stopped: {display_path(run_dir)} has not appeared; nothing pushed. Run it again to go on."
-    n = len(summary.state.pushed)
+    n = len(summary.state.pushed) - len(summary.pruned)
     # Without the check against the Hub (it did not answer), only the record speaks for them.
     on_hub = (
         f"{count(n, 'checkpoint')} on {repo}" if summary.checked else f"{count(n, 'checkpoint')} recorded for {repo}"
     )
     lost = f"; lost before they were pushed: {checkpoints(summary.state.lost)}" if summary.state.lost else ""
+    if summary.pruned:
+        lost += f"; pruned by the retention policy: {checkpoints(summary.pruned)}"
     skipped = summary.state.skipped
     if skipped:
         lost += f"; skipped (unreadable): {checkpoints(sorted(skipped))}"
@@ -200,7 +204,20 @@ def _report_watch(event: object, as_json: bool) -> None:
     """One line for each thing that happens while watching: pushes on stdout, trouble on stderr."""
     from hubsync.api import RateLimited, Retrying
     from hubsync.core.errors import HubError
-    from hubsync.hub.watch import Lost, NotOnHub, Pushed, PushFailed, RateLimitPause, Skipped, WaitingForRun
+    from hubsync.hub.watch import (
+        Lost,
+        NotOnHub,
+        Pruned,
+        PruneFailed,
+        Pushed,
+        PushFailed,
+        RateLimitPause,
+        Skipped,
+        WaitingForRun,
+    )
+
+    from .errors import message_for
+    from .prune import print_retention
 
     if isinstance(event, Retrying):
         report_retry(event.reason, event.pause)
@@ -213,6 +230,18 @@ def _report_watch(event: object, as_json: bool) -> None:
             echo(f"{verb} {checkpoint_name(event.step)} -> {r.repo_id} @ {r.revision} ({r.commit[:12]})")
             if r.deleted:  # as push says it: a branch that held training state can stop being resumable
                 echo(f"  deleted: {r.deleted} files the branch held (this push leaves them out)")
+    elif isinstance(event, Pruned):
+        if not as_json:
+            print_retention(event.retained)
+    elif isinstance(event, PruneFailed):
+        said = message_for(event.error).removeprefix("Error: ").rstrip(".")
+        echo(
+            one_line(
+                f"Retention: the prune after {checkpoint_name(event.step)} failed ({said}); the push stays done, "
+                "and the policy runs again after the next push."
+            ),
+            err=True,
+        )
     elif isinstance(event, Lost):
         echo(
             f"Lost: {checkpoints(event.steps)} deleted from the run folder before it was pushed "

@@ -79,15 +79,24 @@ def _tag(value: str) -> str:
     return check_tag_name(value, branch="")
 
 
+class Count(int):
+    """A setting's kind: a whole number of things (checkpoint revisions), not bytes or seconds."""
+
+
+MOST_COUNT = 1_000_000  # more checkpoint revisions than any repository holds: a bound that catches a typo
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # the key in a configuration file, and how messages name the setting
     param: str  # the Click parameter that holds its flag's value
-    kind: type  # str, bool, list (of str), float (seconds) or int (bytes)
+    kind: type  # str, bool, list (of str), float (seconds), int (bytes) or Count (a whole number)
     default: Any = None
     choices: tuple[str, ...] = ()
     check: Callable[[str], str] | None = None  # each string (each item of a list): normalised, or ValueError
     path: bool = False  # a file: relative to the configuration file that names it
+    least: int = 0  # a Count's smallest value
+    why_least: str = ""  # why it is that, said when a smaller one is given
 
     @property
     def label(self) -> str:
@@ -122,7 +131,14 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("languages", "language", list, (), check=_language),
     Setting("max-wait", "max_wait", float, DEFAULT_MAX_WAIT),
     Setting("max-shard-size", "max_shard_size", int, DEFAULT_MAX_SHARD_SIZE),
+    # The retention policy, applied after each push when `keep` is set: prune's options. keep = 0 would delete
+    # the checkpoint just pushed.
+    Setting("keep", "keep", Count, least=1, why_least="a retention policy keeps at least the checkpoint just pushed"),
+    Setting("keep-best", "keep_best", bool, False),
+    Setting("keep-tagged", "keep_tagged", bool, False),
+    Setting("keep-storage", "keep_storage", bool, False),
 )
+RETENTION_SETTINGS = ("keep", "keep-best", "keep-tagged", "keep-storage")
 SETTINGS = {s.name: s for s in PUSH_SETTINGS}
 # Values that publish more than the default: only their flag, given on the command line, may choose them. A file
 # may come with a run that someone else wrote, and a variable may be left over from another project; either may
@@ -266,6 +282,8 @@ def check_value(setting: Setting, raw: Any, source: str) -> Any:
     """`raw` (from a flag, a variable or a file) as a valid value of `setting`; SettingError naming `source`."""
     if setting.kind is float:
         return _seconds(setting, raw, source)
+    if setting.kind is Count:
+        return _count(setting, raw, source)
     if setting.kind is int:
         try:
             return parse_size(raw)
@@ -313,6 +331,25 @@ def _seconds(setting: Setting, raw: Any, source: str) -> float:
     except (ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
         raise SettingError(source, setting.name, raw, wanted) from None
     if not math.isfinite(value) or not 0 <= value <= MOST_MAX_WAIT:
+        raise SettingError(source, setting.name, raw, wanted)
+    return value
+
+
+def _count(setting: Setting, raw: Any, source: str) -> int:
+    """A whole number from setting.least to MOST_COUNT: an integer (a file's, a keyword's) or its digits (a
+    flag's, a variable's), such as 3."""
+    wanted = f"must be a whole number from {setting.least} to {MOST_COUNT:,}, such as 3"
+    if setting.why_least:
+        wanted += f" ({setting.why_least})"
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise SettingError(source, setting.name, raw, wanted)
+    if isinstance(raw, int) and raw.bit_length() > 64:  # TOML's integers have no bound, and repr() has one
+        raise SettingError(source, setting.name, "a number of over 19 digits", wanted)
+    text = raw.strip() if isinstance(raw, str) else None
+    if text is not None and (not text.isascii() or not text.isdigit() or len(text) > 19):
+        raise SettingError(source, setting.name, raw, wanted)
+    value = int(raw if text is None else text)
+    if not setting.least <= value <= MOST_COUNT:
         raise SettingError(source, setting.name, raw, wanted)
     return value
 

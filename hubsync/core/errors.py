@@ -363,6 +363,18 @@ class IncompletePushError(HubsyncError):
         self.result = result  # the PushResult of what landed
 
 
+class RetentionError(HubsyncError):
+    """The push landed (`pushed`: its branches), but the retention policy's prune after it failed (`cause`): the
+    checkpoint branches beyond the newest `keep` may still be there."""
+
+    def __init__(self, repo_id: str, pushed: tuple[str, ...], keep: int, cause: HubsyncError) -> None:
+        super().__init__(f"pushed {', '.join(pushed)} to {repo_id}, then the retention policy's prune failed: {cause}")
+        self.repo_id = repo_id
+        self.pushed = pushed
+        self.keep = keep
+        self.cause = cause
+
+
 class MissingRepoError(HubsyncError):
     """No repository to push to: no --repo (repo_id), HUBSYNC_REPO or `repo` in the configuration file."""
 

@@ -16,6 +16,7 @@ from .config import PUSH_SETTINGS, Resolved, Setting, find_config, resolve_setti
 from .errors import CheckpointFileError, MissingRepoError, TemplateError
 from .paths import display_path
 from .plan import PushOptions
+from .prune import RetentionPolicy
 from .runs import project_folder
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
@@ -76,6 +77,19 @@ def push_options(settings: Resolved, secret_tokens: tuple[str, ...] = ()) -> Pus
         secret_tokens=tuple(t for t in secret_tokens if t),
         adapter_config=_adapter_config(settings["adapter-config"]),
         max_shard_size=settings["max-shard-size"],
+    )
+
+
+def retention_policy(settings: Resolved) -> RetentionPolicy | None:
+    """The retention policy the settings set: None unless `keep` is set (the other keep-* alone do nothing)."""
+    keep = settings.values.get("keep")
+    if keep is None:
+        return None
+    return RetentionPolicy(
+        int(keep),
+        keep_best=bool(settings.values.get("keep-best", False)),
+        keep_tagged=bool(settings.values.get("keep-tagged", False)),
+        keep_storage=bool(settings.values.get("keep-storage", False)),
     )
 
 

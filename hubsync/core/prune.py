@@ -100,9 +100,11 @@ def plan_prune(
     keep_tagged: bool = False,
     tags: Mapping[str, str] | None = None,
     best_step: int | None = None,
+    spare: Collection[str] = (),
 ) -> PrunePlan:
     """Keep the `keep` newest checkpoint branches by step, the best one (keep_best) and the tagged ones
-    (keep_tagged); delete the rest. A branch without a step number cannot be ordered, so it stays."""
+    (keep_tagged); delete the rest. A branch without a step number cannot be ordered, so it stays; so does each
+    branch in `spare` (a retention policy's: the one just pushed, whatever its step)."""
     if keep < 0:
         raise ValueError("keep must be at least 0")
     tagged: dict[str, list[str]] = {}
@@ -124,9 +126,34 @@ def plan_prune(
             reasons.append("best checkpoint")
         if keep_tagged and r.commit in tagged:
             reasons.append("tagged " + ", ".join(tagged[r.commit]))
+        if r.revision in spare:
+            reasons.append("just pushed")
         decision = PruneDecision(r.revision, r.step, r.commit, tuple(reasons))
         (kept if reasons else deleted).append(decision)
     return PrunePlan(repo_id, keep, tuple(kept), tuple(deleted), best_step if keep_best else None)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What push, watch and HubsyncCallback prune after each push that lands (the keep, keep-best, keep-tagged
+    and keep-storage settings): the `keep` newest checkpoint branches stay, as `hubsync prune --keep` keeps them.
+    Never 0: the checkpoint just pushed stays whatever its step."""
+
+    keep: int
+    keep_best: bool = False
+    keep_tagged: bool = False
+    keep_storage: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ValueError("a retention policy keeps at least 1 checkpoint branch")
+
+    def describe(self) -> str:
+        """As people read it: `keep the 2 newest checkpoint branches, and the best; storage kept`."""
+        also = [w for w, on in (("the best", self.keep_best), ("the tagged ones", self.keep_tagged)) if on]
+        said = f"keep the {self.keep} newest checkpoint branch{'es' if self.keep != 1 else ''}"
+        said += f", and {' and '.join(also)}" if also else ""
+        return said + ("; storage kept (branches only)" if self.keep_storage else "; then free their storage")
 
 
 def remaining_heads(plan: PrunePlan, branches: Mapping[str, str], tags: Mapping[str, str]) -> set[str]:

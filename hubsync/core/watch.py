@@ -77,17 +77,28 @@ class HubCheck:
     state: WatchState  # only the pushes the Hub still holds at the recorded commit
     push_again: tuple[int, ...]  # recorded, not on the Hub (any more), and still in the run folder
     forgotten: tuple[int, ...]  # recorded, not on the Hub, and gone from the run folder: nothing to push
+    pruned: tuple[int, ...] = ()  # recorded, not on the Hub: a retention policy pruned them (kept in the record)
 
 
-def check_against_hub(state: WatchState, branches: Mapping[str, str], present: Collection[int]) -> HubCheck:
+def check_against_hub(
+    state: WatchState, branches: Mapping[str, str], present: Collection[int], keep: int | None = None
+) -> HubCheck:
     """Keep a recorded push only when its branch is still at the recorded commit (the repository may have been
-    deleted, pruned or rewritten, or the record may come from another Hub)."""
-    kept = {s: p for s, p in state.pushed.items() if branches.get(p.revision) == p.commit}
+    deleted, pruned or rewritten, or the record may come from another Hub). With a retention policy keeping the
+    `keep` newest, a recorded push older than the `keep` newest recorded ones stays recorded when its branch is
+    gone: the policy pruned it, and pushing it again would only have it pruned again."""
+    older = set(sorted(state.pushed, reverse=True)[keep:]) if keep is not None else set()
+    kept = {
+        s: p
+        for s, p in state.pushed.items()
+        if branches.get(p.revision) == p.commit or (s in older and p.revision not in branches)
+    }
     gone = sorted(set(state.pushed) - set(kept))
     forgotten = tuple(s for s in gone if s not in present)
     # A forgotten checkpoint was pushed once; it must not be reported as lost before it was pushed.
     new_state = replace(state, pushed=kept, seen=state.seen - set(forgotten))
-    return HubCheck(new_state, tuple(s for s in gone if s in present), forgotten)
+    pruned = tuple(sorted(s for s in kept if branches.get(kept[s].revision) != kept[s].commit))
+    return HubCheck(new_state, tuple(s for s in gone if s in present), forgotten, pruned)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from hubsync.core.prune import PruneCandidate, PrunePlan, StoredFile, plan_storage, remaining_heads
+from hubsync.core.prune import (
+    PruneCandidate,
+    PrunePlan,
+    RetentionPolicy,
+    StoredFile,
+    plan_prune,
+    plan_storage,
+    remaining_heads,
+)
 
 from .push import IndexTarget, drop_from_index
 from .revisions import RevisionSource, best_step, checkpoint_revisions
@@ -169,3 +177,57 @@ def execute_prune(plan: PrunePlan, hub: PruneTarget) -> PruneResult:
     result = drop_from_index(hub, plan.repo_id, lambda: hub.refs(plan.repo_id)[0])
     storage = None if plan.storage is None else free_storage(plan, hub)
     return PruneResult(deleted, result.oid if result is not None and result.created else None, storage)
+
+
+def plan_on_hub(
+    hub: StorageSource,
+    repo_id: str,
+    *,
+    keep: int,
+    keep_best: bool = False,
+    keep_tagged: bool = False,
+    keep_storage: bool = False,
+    spare: Sequence[str] = (),
+) -> PrunePlan:
+    """The prune plan for the repository as the Hub has it now: its branches, and unless keep_storage its
+    stored files. What `hubsync prune` and a retention policy both plan with."""
+    found = prune_inputs(hub, repo_id)
+    branches = plan_prune(
+        repo_id,
+        found.revisions,
+        keep=keep,
+        keep_best=keep_best,
+        keep_tagged=keep_tagged,
+        tags=found.tags,
+        best_step=found.best_step,
+        spare=spare,
+    )
+    return branches if keep_storage else with_storage(branches, hub)
+
+
+@dataclass(frozen=True)
+class Retained:
+    """What a retention policy did after a push: its plan, and what the prune did (None: a dry run's)."""
+
+    policy: RetentionPolicy
+    plan: PrunePlan
+    result: PruneResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"keep": self.policy.keep, "plan": self.plan.to_json()}
+        return found if self.result is None else {**found, "result": self.result.to_json()}
+
+
+def apply_retention(hub: PruneTarget, repo_id: str, policy: RetentionPolicy, pushed: str) -> Retained:
+    """The policy's prune after a push to branch `pushed` landed, planned and carried out as `hubsync prune`
+    does; the branch just pushed is never deleted, even when older ones are among the newest."""
+    plan = plan_on_hub(
+        hub,
+        repo_id,
+        keep=policy.keep,
+        keep_best=policy.keep_best,
+        keep_tagged=policy.keep_tagged,
+        keep_storage=policy.keep_storage,
+        spare=(pushed,),
+    )
+    return Retained(policy, plan, execute_prune(plan, hub))

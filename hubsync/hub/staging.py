@@ -100,7 +100,7 @@ def work(job: Mapping[str, Any], finish: threading.Event, now: threading.Event, 
     none is left. A Hub that fails is tried again with growing pauses (the Watcher's); a failure that would
     only fail again (a refused token) is raised."""
     import hubsync.api
-    from hubsync.hub.watch import NotOnHub, Pushed, PushFailed, Skipped
+    from hubsync.hub.watch import NotOnHub, Pruned, PruneFailed, Pushed, PushFailed, Skipped
 
     run = Path(job["run_dir"])
     source = staged_dir(run)
@@ -118,6 +118,17 @@ def work(job: Mapping[str, Any], finish: threading.Event, now: threading.Event, 
         elif isinstance(event, PushFailed):
             what = "the check of the record" if event.step is None else f"the push of checkpoint-{event.step}"
             say("warning", f"{what} failed ({event.error}); trying again in {event.retry_in:.0f} s")
+        elif isinstance(event, Pruned):
+            deleted = event.retained.result.deleted if event.retained.result is not None else ()
+            kept = len(event.retained.plan.keep)
+            gone = f"deleted {', '.join(deleted)}" if deleted else "deleted nothing"
+            say("info", f"retention (keep {event.retained.policy.keep}): {gone}; {kept} checkpoint branches kept")
+        elif isinstance(event, PruneFailed):
+            say(
+                "warning",
+                f"the retention policy's prune after checkpoint-{event.step} failed ({event.error}); the push "
+                "stays done, and the policy runs again after the next push",
+            )
         elif isinstance(event, NotOnHub) and event.push_again:
             say("info", f"the Hub lacks recorded pushes {list(event.push_again)}: pushing them again")
 

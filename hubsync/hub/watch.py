@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from hubsync.convert import measured_push
 from hubsync.core.checkpoint import checkpoint_name, read_checkpoint
@@ -38,6 +38,7 @@ from hubsync.core.errors import (
 )
 from hubsync.core.paths import display_path
 from hubsync.core.plan import PushOptions, plan_push
+from hubsync.core.prune import RetentionPolicy
 from hubsync.core.transient import transient_failure
 from hubsync.core.watch import (
     STATE_FILE,
@@ -57,6 +58,7 @@ from hubsync.core.watch import (
 from hubsync.files import remove_stale_temps, write_file_atomic
 
 from .client import RATE_LIMIT_JITTER
+from .prune import PruneTarget, Retained, apply_retention
 from .push import PushResult, PushTarget, execute_push
 
 SLEEP_SLICE = 0.1  # how often a pause checks whether to stop
@@ -98,6 +100,8 @@ class WatchSettings:
     checkpoints_dir: Path | None = None
     # The longest the watch waits out the Hub's rate limit between two calls that succeed (the max-wait setting).
     max_wait: float = DEFAULT_MAX_WAIT
+    # Pruned after each push that lands (the keep settings); the Hub must then be a PruneTarget (HubClient is).
+    retention: RetentionPolicy | None = None
 
     @property
     def source(self) -> Path:
@@ -109,6 +113,24 @@ class WatchSettings:
 class Pushed:
     step: int
     result: PushResult
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """The retention policy pruned the repository after the push of `step` landed."""
+
+    step: int
+    retained: Retained
+
+
+@dataclass(frozen=True)
+class PruneFailed:
+    """The retention policy's prune after the push of `step` failed; the push stays done, the watch goes on and
+    the policy runs again after the next push."""
+
+    step: int
+    keep: int
+    error: HubsyncError
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ class WatchSummary:
     checked: bool  # the record was checked against the Hub (else state.pushed is only what the record says)
     run_found: bool  # the run folder existed
     untagged: tuple[str, ...]  # --tag names not applied: the run's final checkpoint was not pushed
+    pruned: tuple[int, ...] = ()  # recorded steps whose branch this watch's retention policy deleted
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +204,7 @@ class WatchSummary:
                 for k in sorted(self.state.skipped.values(), key=lambda k: k.step)
             ],
             "untagged": list(self.untagged),
+            "pruned": [{"step": s, "checkpoint": checkpoint_name(s)} for s in self.pruned],
             "finished": self.finished,
             "stopped": self.stopped,
             "idle": self.idle,
@@ -208,6 +232,7 @@ class Watcher:
         self.state_path = settings.run_dir / STATE_FILE
         self._raw_state: bytes | None = None
         self.pushed: list[tuple[int, PushResult]] = []
+        self.pruned: set[int] = set()  # steps whose branch the retention policy deleted
         self.busy: str | None = None  # what the watch is doing on the Hub right now, in words
         self._tagged = False
         self._failures = 0
@@ -284,6 +309,7 @@ class Watcher:
             checked=checked,
             run_found=run_found,
             untagged=() if self._tagged else settings.options.tags,
+            pruned=tuple(sorted(s for s in self.pruned if s in state.pushed)),
         )
 
     def _refuse_checkpoint_folder(self) -> None:
@@ -307,10 +333,12 @@ class Watcher:
             except RepoNotFoundError:  # deleted, or never on this Hub
                 branches, tags = {}, {}
             present = {s for s, files in observe_run(self.settings.source, skip=()).items() if files != ()}
-            check = check_against_hub(state, branches, present)
+            keep = None if self.settings.retention is None else self.settings.retention.keep
+            check = check_against_hub(state, branches, present, keep=keep)
             if check.push_again or check.forgotten:
                 self.report(NotOnHub(check.push_again, check.forgotten))
             state = check.state
+            self.pruned |= set(check.pruned)
             final = state.pushed.get(state.final_step) if state.final_step is not None else None
             wanted = self.settings.options.tags
             if final is not None and wanted and not any(s > final.step for s in present):
@@ -394,7 +422,26 @@ class Watcher:
             state = state.with_pushed(PushedCheckpoint(step, result.revision, result.commit), final)
             self._save(state)
             self.report(Pushed(step, result))
+            self._retain(step, result)
         return state
+
+    def _retain(self, step: int, result: PushResult) -> None:
+        """The retention policy after a push landed; a failure is reported, and the watch goes on."""
+        policy = self.settings.retention
+        if policy is None:
+            return
+        self.busy = "the retention policy's prune"
+        try:
+            hub = cast(PruneTarget, self.hub)  # a watch with a policy is given a HubClient (hubsync.api.watcher)
+            retained = apply_retention(hub, result.repo_id, policy, result.revision)
+            assert retained.result is not None
+            gone = set(retained.result.deleted)
+            self.pruned |= {d.step for d in retained.plan.delete if d.revision in gone and d.step is not None}
+            self.report(Pruned(step, retained))
+        except HubsyncError as exc:
+            self.report(PruneFailed(step, policy.keep, exc))
+        finally:
+            self.busy = None
 
     def _push(self, folder: Path) -> tuple[PushResult, bool]:
         checkpoint = read_checkpoint(folder)
