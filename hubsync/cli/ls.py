@@ -59,7 +59,7 @@ def ls_command(
         echo(f"{repo_id} has no checkpoint revisions yet.")
         return
     names = sorted({m for r in revisions for m in r.metrics})
-    header = ["revision", "step", "epoch", *names, "resumable", "commit", "date"]
+    header = ["revision", "step", "epoch", *names, "resumable", "signed", "commit", "date"]
     rows = [
         [
             r.revision,
@@ -67,6 +67,7 @@ def ls_command(
             "" if r.epoch is None else f"{r.epoch:.2f}",
             *[f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in names],
             ("yes" if r.resumable else "no") + (f" ({r.layout})" if r.layout else ""),
+            "yes" if r.signed else "no",
             r.commit[:12],
             (r.date or "")[:19].replace("T", " "),
         ]

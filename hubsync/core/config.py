@@ -122,6 +122,11 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("languages", "language", list, (), check=_language),
     Setting("max-wait", "max_wait", float, DEFAULT_MAX_WAIT),
     Setting("max-shard-size", "max_shard_size", int, DEFAULT_MAX_SHARD_SIZE),
+    # Signing (hubsync/core/signing.py): a key, or a key with its certificate and chain, or keyless Sigstore.
+    Setting("sign-key", "sign_key", str, path=True),
+    Setting("sign-certificate", "sign_certificate", str, path=True),
+    Setting("sign-chain", "sign_chain", str, path=True),
+    Setting("sign-keyless", "sign_keyless", bool, False),
 )
 SETTINGS = {s.name: s for s in PUSH_SETTINGS}
 # Values that publish more than the default: only their flag, given on the command line, may choose them. A file

@@ -11,6 +11,7 @@ from hubsync.core.errors import RemoteFileTooLargeError, UnsafeRemotePathError
 from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
 from hubsync.core.layouts import state_layout
 from hubsync.core.pull import RemoteFile, step_of
+from hubsync.core.signing import SIGNATURE_FILE
 
 
 class RevisionSource(Protocol):
@@ -32,6 +33,7 @@ class RevisionInfo:
     commit: str
     date: str | None
     layout: str | None = None  # a distributed engine's state: "FSDP sharded state, 2 ranks"
+    signed: bool = False  # it holds model.sig (`hubsync pull --verify` checks it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class RevisionInfo:
             "commit": self.commit,
             "date": self.date,
             **({"layout": self.layout} if self.layout is not None else {}),
+            "signed": self.signed,
         }
 
 
@@ -70,6 +73,7 @@ def checkpoint_revisions(hub: RevisionSource, repo_id: str) -> list[RevisionInfo
                 commit=commit,
                 date=dates[0][1] if dates else None,
                 layout=entry.get("layout") if isinstance(entry.get("layout"), str) else None,
+                signed=entry.get("signed") is True,
             )
         )
     return sorted(out, key=lambda r: (r.step if r.step is not None else -1, r.revision))
@@ -87,6 +91,7 @@ def _describe(hub: RevisionSource, repo_id: str, revision: str, commit: str) -> 
     layout = state_layout(names)
     entry: dict[str, Any] = {
         "resumable": is_resumable(names),
+        "signed": SIGNATURE_FILE in names,
         **({"layout": layout.describe()} if layout is not None else {}),
     }
     if "trainer_state.json" in names:
