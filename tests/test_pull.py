@@ -197,7 +197,17 @@ def test_ls_lists_checkpoint_revisions(pushed: Path, hub: RunningHub) -> None:
     assert all(set(r["metrics"]) == {"train_loss", "eval_loss"} for r in rows)
 
     text = run_cli(hub, "ls", "me/tiny").stdout.splitlines()
-    assert text[0].split() == ["revision", "step", "epoch", "eval_loss", "train_loss", "resumable", "commit", "date"]
+    assert text[0].split() == [
+        "revision",
+        "step",
+        "epoch",
+        "eval_loss",
+        "train_loss",
+        "resumable",
+        "signed",
+        "commit",
+        "date",
+    ]
     assert text[1].split()[:2] == ["checkpoint-10", "10"] and "no" in text[1].split()
 
 

@@ -104,8 +104,8 @@ def pull(
             f"  files: {len(plan.files)} downloaded ({size(plan.total_bytes)}), each verified against the Hub's "
             f"hashes; {placed} in the folder"
         )
-    if not as_json and (verify or verify_chain or verify_identity):
-        echo(f"  signature: model.sig verified ({_signer(verify, verify_chain, verify_identity)}), before placing")
+        if verify or verify_chain or verify_identity:
+            echo(f"  signature: model.sig verified ({_signer(verify, verify_chain, verify_identity)}), before placing")
         layout = state_layout(frozenset(f.path for f in plan.files))
         if layout is not None:
             echo(f"  optimizer state: {layout.describe()}; {layout.how_to_resume()}")
