@@ -267,3 +267,74 @@ def test_a_signature_lists_exactly_the_files_given(keys: tuple[Path, Path], tmp_
         ".gitattributes",
         ".github/x",
     }
+
+
+def write_certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA (NAME-ca.pem) and a code-signing certificate it issues (NAME-cert.pem) for NAME.pem."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    private, _ = write_key(folder, name)
+    key = serialization.load_pem_private_key(private.read_bytes(), None)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} trainer")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path = folder / f"{name}-ca.pem", folder / f"{name}-cert.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    return private, cert_path, ca_path
+
+
+def test_a_push_signed_with_a_certificate_pulls_back_verified_by_its_chain(
+    tiny_run: Path, hub: RunningHub, api: HfApi, tmp_path: Path
+) -> None:
+    private, cert, ca = write_certificates(tmp_path / "pki", "run")
+    _, _, other_ca = write_certificates(tmp_path / "pki", "other")
+    push = ["push", str(tiny_run / BRANCH), "--repo", REPO, "--sign-key", str(private), "--sign-certificate"]
+    result = run_cli(hub, *push, str(cert), "--sign-chain", str(ca))
+    assert result.exit_code == 0, result.stderr
+    card = Path(api.hf_hub_download(REPO, "README.md", revision=BRANCH)).read_text()
+    assert "Signed by: the certificate CN=run trainer" in card and "--verify-chain CHAIN.pem" in card
+
+    pull = ["pull", REPO, "--revision", BRANCH, "--to", str(tmp_path / "out"), "--verify-chain"]
+    wrong = run_cli(hub, *pull, str(other_ca))
+    refused(wrong, tmp_path / "out", '"model.sig"', "was not made by a certificate of the chain")
+    right = run_cli(hub, *pull, str(ca))
+    assert right.exit_code == 0, right.stderr
+    assert "signed with a certificate of the chain" in right.stdout
+
+
+def test_hubsync_verify_makes_every_pull_check_the_signature(
+    tiny_run: Path, hub: RunningHub, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    assert run_cli(hub, "push", str(tiny_run / BRANCH), "--repo", REPO).exit_code == 0  # unsigned
+    result = run_cli(hub, "pull", REPO, "--to", str(tmp_path / "out"), env={"HUBSYNC_VERIFY": str(keys[1])})
+    refused(result, tmp_path / "out", '"model.sig"', "is missing")

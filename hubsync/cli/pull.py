@@ -25,8 +25,10 @@ from .output import echo, progress_bars, quiet_huggingface_hub, report, size
     "--verify",
     type=click.Path(dir_okay=False, path_type=str),
     metavar="KEY.pub",
+    envvar="HUBSYNC_VERIFY",
     help="Refuse the revision unless its model.sig is signed by this EC public key (PEM) and covers its files as "
-    "they are; checked before anything is placed or rebuilt. Needs hubsync[sign].",
+    "they are; checked before anything is placed or rebuilt. Needs hubsync[sign]. HUBSYNC_VERIFY sets it for "
+    "every pull.",
 )
 @click.option(
     "--verify-chain",

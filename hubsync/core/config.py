@@ -162,6 +162,7 @@ class Resolved:
 OTHER_VARIABLES = frozenset(
     {
         "HUBSYNC_DEBUG",
+        "HUBSYNC_VERIFY",  # pull's --verify (hubsync/cli/pull.py)
         "HUBSYNC_VERSION",
         "HUBSYNC_PYTHON",
         "HUBSYNC_RUNS_DIR",
