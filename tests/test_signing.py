@@ -338,3 +338,14 @@ def test_hubsync_verify_makes_every_pull_check_the_signature(
     assert run_cli(hub, "push", str(tiny_run / BRANCH), "--repo", REPO).exit_code == 0  # unsigned
     result = run_cli(hub, "pull", REPO, "--to", str(tmp_path / "out"), env={"HUBSYNC_VERIFY": str(keys[1])})
     refused(result, tmp_path / "out", '"model.sig"', "is missing")
+
+
+def test_a_dry_run_says_it_signs_and_deletes_no_signature(
+    signed: Path, hub: RunningHub, keys: tuple[Path, Path]
+) -> None:
+    fingerprint = key_fingerprint(str(keys[0]), private=True)
+    args = ["push", str(signed), "--repo", REPO, "--training-state", "keep", "--sign-key", str(keys[0]), "--dry-run"]
+    result = run_cli(hub, *args)
+    assert result.exit_code == 0, result.stderr
+    assert f"  sign    model.sig over every file above, by the EC key {fingerprint}" in result.stdout
+    assert "delete  model.sig" not in result.stdout

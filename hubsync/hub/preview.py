@@ -13,6 +13,7 @@ from hubsync.core.errors import HubError, HubsyncError, HubUnreachableError
 from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
+from hubsync.core.signing import SIGNATURE_FILE
 from hubsync.core.watch import same_content
 
 from .push import local_hashes
@@ -77,7 +78,7 @@ def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: PreviewSource) -> 
     if not facts.exists:
         return HubPreview(looked=True)
     on_branch = {f.path for f in remote}
-    planned = {u.path_in_repo for u in plan.uploads}
+    planned = {u.path_in_repo for u in plan.uploads} | ({SIGNATURE_FILE} if plan.signing else set())
     now = is_resumable(on_branch) if head is not None else None
     return HubPreview(
         looked=True,
