@@ -22,6 +22,7 @@ from hubsync.files import temp_dir
 
 FEATURE_SIGN = "signing a push (--sign-key, --sign-keyless)"
 FEATURE_VERIFY = "verifying a pull (--verify)"
+IDENTITY_TOKEN = "SIGSTORE_IDENTITY_TOKEN"  # an OIDC token for keyless signing, as sigstore-python's CLI takes it
 
 
 def key_fingerprint(path: str, private: bool) -> str:
@@ -67,6 +68,12 @@ def signer_of(signing: Signing) -> Signing:
         except (OSError, ValueError) as exc:
             raise SigningError(display_path(signing.certificate), f"it is not a PEM certificate ({exc})") from exc
         return Signing(**{**signing.__dict__, "signer": f"the certificate {cert.subject.rfc4514_string()}"})
+    if not os.environ.get(IDENTITY_TOKEN) and not os.environ.get("ACTIONS_ID_TOKEN_REQUEST_URL"):
+        raise SigningError(
+            "--sign-keyless",
+            "there is no OIDC identity here to sign with: run it in a GitHub workflow whose job has "
+            f"`permissions: id-token: write`, or set {IDENTITY_TOKEN}",
+        )
     workflow = os.environ.get("GITHUB_WORKFLOW_REF")
     who = (
         f"the GitHub workflow {workflow} (OIDC issuer {SIGSTORE_GITHUB_ISSUER})" if workflow else "a Sigstore identity"
@@ -107,16 +114,35 @@ def sign_files(files: Mapping[str, Path], scratch: Path, signing: Signing) -> Pa
                 signing_certificate=signing.certificate,
                 certificate_chain=signing.chain,
             )
-        else:
-            config.use_sigstore_signer(use_ambient_credentials=True)
+        else:  # never model_signing's fallback, an interactive OAuth flow in a browser: CI would wait forever
+            config.use_sigstore_signer(use_ambient_credentials=False, identity_token=_identity_token())
     except (OSError, ValueError, TypeError) as exc:
         raise SigningError(display_path(signing.private_key or "Sigstore"), str(exc) or type(exc).__name__) from exc
     signature = work / SIGNATURE_FILE
     try:
         config.sign(tree, signature)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # Sigstore's (keyless) raise their own kinds: identity, network, transparency log
+        if signing.method != "sigstore" and not isinstance(exc, OSError | ValueError):
+            raise
         raise SigningError(display_path(signing.private_key or "Sigstore"), str(exc) or type(exc).__name__) from exc
     return signature
+
+
+def _identity_token() -> str:
+    """The OIDC token keyless signing presents to Sigstore: IDENTITY_TOKEN, else the ambient one (a GitHub
+    workflow's, with id-token: write), detected as sigstore-python detects it."""
+    with needs_extra(FEATURE_SIGN, "sign"):
+        from sigstore.oidc import detect_credential
+    token = os.environ.get(IDENTITY_TOKEN) or None
+    try:
+        token = token or detect_credential()
+    except Exception as exc:  # sigstore's IdentityError: the workflow lacks the permission, say
+        raise SigningError("--sign-keyless", _brief(exc)) from exc
+    if not token:
+        raise SigningError(
+            "--sign-keyless", "no OIDC identity token was found (GitHub: `permissions: id-token: write`)"
+        )
+    return token
 
 
 def signed_files(signature: Path, verifying: Verifying) -> dict[str, str]:

@@ -349,3 +349,25 @@ def test_a_dry_run_says_it_signs_and_deletes_no_signature(
     assert result.exit_code == 0, result.stderr
     assert f"  sign    model.sig over every file above, by the EC key {fingerprint}" in result.stdout
     assert "delete  model.sig" not in result.stdout
+
+
+def test_keyless_signing_without_an_oidc_identity_is_one_line_and_changes_nothing(
+    checkpoint: Path, hub: RunningHub, api: HfApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, outside a GitHub workflow: refused before anything is converted, never an interactive login."""
+    for name in ("SIGSTORE_IDENTITY_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    result = run_cli(hub, "push", str(checkpoint), "--repo", REPO, "--sign-keyless")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "no OIDC identity here" in result.stderr and "id-token: write" in result.stderr
+    assert not api.repo_exists(REPO)
+
+
+def test_the_action_input_sign_keyless_asks_for_keyless_signing() -> None:
+    from hubsync.action import ActionInputError, push_arguments, read_inputs
+
+    inputs = read_inputs({"INPUT_PATH": "out", "INPUT_REPO": "me/m", "INPUT_SIGN": "keyless"})
+    assert push_arguments(inputs)["sign_keyless"] is True
+    assert "sign_keyless" not in push_arguments(read_inputs({"INPUT_PATH": "out", "INPUT_REPO": "me/m"}))
+    with pytest.raises(ActionInputError, match="input 'sign'"):
+        read_inputs({"INPUT_PATH": "out", "INPUT_REPO": "me/m", "INPUT_SIGN": "key.pem"})
