@@ -248,7 +248,8 @@ def plan_push(
     all, last:N or STEP[,STEP...]), with every check a push makes before it reaches the Hub: names, tokens in
     files, what converting the weights would refuse. `options` are push's: revision, private, training_state,
     training_state_format, allow_public_state, tags, release, git_commit, template, license, base_model,
-    datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit). `settings`
+    datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit), sign_key,
+    sign_certificate, sign_chain, sign_keyless (model.sig: README, "Signing and verifying"). `settings`
     (already resolved, as the command line does) replaces repo_id and options."""
     from hubsync.convert import check_weights, measured_push
 
