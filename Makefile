@@ -10,7 +10,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,test,sign]'
 	touch $(STAMP)
 
 lint: $(STAMP)

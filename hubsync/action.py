@@ -41,6 +41,7 @@ class ActionInputs:
     endpoint: str = ""
     allow_public_state: bool = False
     git_commit: str = ""  # GITHUB_SHA: the commit the workflow runs for
+    sign_keyless: bool = False  # sign: keyless: Sigstore, with the workflow's OIDC identity (id-token: write)
 
 
 def read_inputs(environ: Mapping[str, str]) -> ActionInputs:
@@ -64,6 +65,8 @@ def read_inputs(environ: Mapping[str, str]) -> ActionInputs:
     if training_state not in ("", "drop", "keep"):
         raise ActionInputError(f"input 'training-state' is {training_state!r}; use drop or keep")
     tags = tuple(t.strip() for t in get("tags").replace(",", "\n").splitlines() if t.strip())
+    if get("sign") not in ("", "keyless"):
+        raise ActionInputError(f"input 'sign' is {get('sign')!r}; use keyless, or leave it empty")
     return ActionInputs(
         path=get("path"),
         repo=get("repo"),
@@ -76,6 +79,7 @@ def read_inputs(environ: Mapping[str, str]) -> ActionInputs:
         endpoint=get("endpoint"),
         allow_public_state=flag("allow-public-state", False),
         git_commit=environ.get("GITHUB_SHA", "").strip(),
+        sign_keyless=get("sign") == "keyless",
     )
 
 
@@ -91,6 +95,7 @@ def push_arguments(inputs: ActionInputs) -> dict[str, Any]:
         "tags": list(inputs.tags),
         "release": inputs.release,
         "allow_public_state": inputs.allow_public_state,
+        "sign_keyless": inputs.sign_keyless,
     }
     return {"private": inputs.private, **{name: value for name, value in given.items() if value}}
 

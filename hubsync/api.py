@@ -49,13 +49,14 @@ from hubsync.core.options import (
     resolve_for,
     retention_policy,
 )
-from hubsync.core.plan import PushPlan, check_branch_name, check_distinct_branches, check_repo_id
+from hubsync.core.plan import PushOptions, PushPlan, check_branch_name, check_distinct_branches, check_repo_id
 from hubsync.core.plan import plan_push as plan_one_push
 from hubsync.core.runs import choose_targets
 
 if TYPE_CHECKING:
     from hubsync.convert import ConvertedFile
     from hubsync.core.prune import PrunePlan
+    from hubsync.core.signing import Verifying
     from hubsync.core.tags import TagChange
     from hubsync.hub.client import HubClient
     from hubsync.hub.preview import HubPreview
@@ -241,6 +242,16 @@ def _path(name: str, value: object) -> Path:
     return Path(value)
 
 
+def _signed(push: PushOptions) -> PushOptions:
+    """`push` with its signer said (a key's fingerprint, ...), read now: a key that cannot sign, or the sign extra
+    missing, refuses the push before anything is converted."""
+    if push.signing is None:
+        return push
+    from hubsync.signing import signer_of
+
+    return dataclasses.replace(push, signing=signer_of(push.signing))
+
+
 @_public
 def plan_push(
     path: str | Path,
@@ -254,14 +265,15 @@ def plan_push(
     all, last:N or STEP[,STEP...]), with every check a push makes before it reaches the Hub: names, tokens in
     files, what converting the weights would refuse. `options` are push's: revision, private, training_state,
     training_state_format, allow_public_state, tags, release, git_commit, template, license, base_model,
-    datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit). `settings`
+    datasets, languages, max_wait (the seconds one Hub call may wait out the Hub's rate limit), sign_key,
+    sign_certificate, sign_chain, sign_keyless (model.sig: README, "Signing and verifying"). `settings`
     (already resolved, as the command line does) replaces repo_id and options."""
     from hubsync.convert import check_weights, measured_push
 
     path = _path("path", path)
     if settings is None:
         settings = settings_for(path, {"repo_id": repo_id, **options})
-    push = push_options(settings, (token,) if token else ())
+    push = _signed(push_options(settings, (token,) if token else ()))
     targets = choose_targets(path, settings["select"], "select" in settings.explicit)
     checkpoints = tuple(read_checkpoint(p) for p in targets.folders)
     # Tags name one commit: the newest's.
@@ -460,7 +472,7 @@ def watcher(
         raise SettingError("should_stop=", "should_stop", should_stop, "must be a function of no arguments")
     if settings is None:  # the configuration is looked up from inside the run folder
         settings = settings_for(run / "checkpoint", {"repo_id": repo_id, **options})
-    push = push_options(settings, (token,) if token else ())
+    push = _signed(push_options(settings, (token,) if token else ()))
     # The watch waits out a rate limit itself, as a pause that Ctrl-C ends: its client waits for none.
     hub = client or _client(endpoint, token, report, retry_delays=CLIENT_RETRY_DELAYS, max_wait=0.0)
     hub.require_token()
@@ -491,10 +503,18 @@ def pull_checkpoint(
     report: Report | None = None,
     progress_bars: bool = False,
     max_wait: float | None = None,
+    verify: str | Path | None = None,
+    verify_chain: str | Path | None = None,
+    verify_identity: str | None = None,
+    verify_issuer: str | None = None,
 ) -> PullOutcome:
-    """pull(), with what it did: the plan (commit, files, resumable) and whether the folder was there already."""
+    """pull(), with what it did: the plan (commit, files, resumable) and whether the folder was there already.
+    `verify` (a PEM public key), `verify_chain` (a certificate chain) or `verify_identity` and `verify_issuer`
+    (keyless Sigstore): the revision's model.sig is checked to be that signer's and to cover its files as they
+    are, before anything is downloaded, placed or rebuilt (the sign extra)."""
     from hubsync.hub.pull import pull_revision
 
+    verifying = _verifying(verify, verify_chain, verify_identity, verify_issuer)
     _repo(repo_id)
     revision = _revision(revision)
     _flags(force=force, progress_bars=progress_bars)
@@ -504,7 +524,29 @@ def pull_checkpoint(
     wait = _max_wait(max_wait)
     hub = client or _client(endpoint, token, report, max_wait=wait)
     with _quiet(progress_bars):
-        return pull_revision(hub, repo_id, revision, target, force=force)
+        return pull_revision(hub, repo_id, revision, target, force=force, verify=verifying)
+
+
+def _verifying(
+    key: str | Path | None, chain: str | Path | None, identity: str | None, issuer: str | None
+) -> Verifying | None:
+    """How a pull checks the signature, from its arguments (None: it does not); a SigningError for a mix."""
+    from hubsync.core.errors import SigningError
+    from hubsync.core.signing import Verifying
+
+    given = [name for name, value in (("verify", key), ("verify_chain", chain)) if value is not None]
+    keyless = identity is not None or issuer is not None
+    if len(given) + keyless > 1:
+        raise SigningError("--verify", "pass one of a public key, a certificate chain, or an identity and issuer")
+    if key is not None:
+        return Verifying("key", public_key=os.fspath(key))
+    if chain is not None:
+        return Verifying("certificate", chain=(os.fspath(chain),))
+    if keyless:
+        if not identity or not issuer:
+            raise SigningError("--verify-identity", "keyless verifying needs both the identity and its OIDC issuer")
+        return Verifying("sigstore", identity=identity, issuer=issuer)
+    return None
 
 
 def _refuse_inside_a_checkpoint(target: Path) -> None:
@@ -530,6 +572,7 @@ def pull(
     client: HubClient | None = None,
     report: Report | None = None,
     max_wait: float | None = None,
+    verify: str | Path | None = None,
 ) -> Path:
     """Restore `revision` (default: the newest checkpoint revision) into `to`/checkpoint-<step> (default
     out/<repo name>), each file verified against the Hub's hashes; the folder, ready for
@@ -545,6 +588,7 @@ def pull(
         client=client,
         report=report,
         max_wait=max_wait,
+        verify=verify,
     ).path
 
 

@@ -14,7 +14,13 @@ from hubsync.core.errors import MissingExtraError
 
 # The top-level modules of each extra's distributions, as pyproject.toml's [project.optional-dependencies] has them.
 _TRAIN = frozenset({"torch", "transformers", "peft", "accelerate"})
-EXTRAS = {"train": _TRAIN, "deepspeed": _TRAIN | {"deepspeed"}}  # deepspeed: hubsync[train] and deepspeed
+# sign: model_signing, and OpenSSL (pyopenssl), which model_signing 1.1 imports without declaring it.
+_SIGN = frozenset({"model_signing", "OpenSSL", "cryptography", "sigstore"})
+EXTRAS = {
+    "train": _TRAIN,
+    "deepspeed": _TRAIN | {"deepspeed"},
+    "sign": _SIGN,
+}  # deepspeed: hubsync[train] and deepspeed
 
 
 @contextmanager

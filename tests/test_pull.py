@@ -199,7 +199,7 @@ def test_ls_lists_checkpoint_revisions(pushed: Path, hub: RunningHub) -> None:
     text = run_cli(hub, "ls", "me/tiny").stdout.splitlines()
     assert text[0].split() == [
         *["revision", "step", "epoch", "eval_loss", "train_loss", "resumable"],
-        *["size", "tags", "commit", "date", "notes"],
+        *["signed", "size", "tags", "commit", "date", "notes"],
     ]
     assert text[1].split()[:2] == ["checkpoint-10", "10"] and "no" in text[1].split()
     assert all(r["tags"] == [] and r["by_hubsync"] and not r["released"] and r["size"] > 0 for r in rows)

@@ -270,6 +270,17 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.SignatureError,
+        lambda err: (
+            f"signature check failed: {shown_remote_path(err.path)} {err.reason}. Nothing was placed; pull a revision "
+            "its signer signed, or ask them to push it again with --sign-key."
+        ),
+    ),
+    (
+        e.SigningError,
+        lambda err: f"cannot sign or verify with {err.path}: {err.reason}. Nothing was pushed or placed.",
+    ),
+    (
         e.PullVerificationError,
         lambda err: (
             f"the downloaded {err.path} {err.reason}, so nothing was placed. Run the pull again; if it fails the "

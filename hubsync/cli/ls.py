@@ -65,7 +65,7 @@ def ls_command(
     if released:
         echo(f"main holds the inference files of {one_line(released[0])} (hubsync push --release).")
     names = sorted({m for r in revisions for m in r.metrics})
-    header = ["revision", "step", "epoch", *names, "resumable", "size", "tags", "commit", "date", "notes"]
+    header = ["revision", "step", "epoch", *names, "resumable", "signed", "size", "tags", "commit", "date", "notes"]
     rows = [
         [
             r.revision,
@@ -73,6 +73,7 @@ def ls_command(
             "" if r.epoch is None else f"{r.epoch:.2f}",
             *[f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in names],
             ("yes" if r.resumable else "no") + (f" ({r.layout})" if r.layout else ""),
+            "yes" if r.signed else "no",
             "" if r.size is None else size(r.size),
             ",".join(r.tags),
             r.commit[:12],

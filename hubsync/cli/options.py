@@ -194,6 +194,31 @@ def push_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 'shards with an index, as save_pretrained does: "5GB", "500MB", "10GiB" or bytes, up to the '
                 "49GB (the Hub holds files of at most 50GB) [default: 5GB].",
             ),
+            click.option(
+                "--sign-key",
+                type=click.Path(dir_okay=False, path_type=str),
+                metavar="KEY.pem",
+                help="Sign each revision with this EC private key (PEM): model.sig, in the OpenSSF Model Signing "
+                "format, over every file the commit publishes; needs hubsync[sign].",
+            ),
+            click.option(
+                "--sign-certificate",
+                type=click.Path(dir_okay=False, path_type=str),
+                metavar="CERT.pem",
+                help="With --sign-key: sign with the key's certificate, so that --verify-chain can check it.",
+            ),
+            click.option(
+                "--sign-chain",
+                type=click.Path(dir_okay=False, path_type=str),
+                metavar="CHAIN.pem",
+                help="With --sign-certificate: the certificates from it up to the root, in one PEM file.",
+            ),
+            click.option(
+                "--sign-keyless/--no-sign-keyless",
+                default=None,
+                help="Sign keyless through Sigstore with the environment's OIDC identity (a GitHub workflow's, "
+                "with id-token: write) [default: no].",
+            ),
             max_wait_option,
             click.option(
                 "--keep",

@@ -21,6 +21,27 @@ from .output import echo, progress_bars, quiet_huggingface_hub, report, size
     help="Folder that receives checkpoint-<step> [default: out/<repo name>].",
 )
 @click.option("--force", is_flag=True, help="Replace a checkpoint folder that exists and is not empty.")
+@click.option(
+    "--verify",
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="KEY.pub",
+    envvar="HUBSYNC_VERIFY",
+    help="Refuse the revision unless its model.sig is signed by this EC public key (PEM) and covers its files as "
+    "they are; checked before anything is placed or rebuilt. Needs hubsync[sign]. HUBSYNC_VERIFY sets it for "
+    "every pull.",
+)
+@click.option(
+    "--verify-chain",
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="CHAIN.pem",
+    help="As --verify, for a revision signed with a certificate: the chain it must lead to.",
+)
+@click.option("--verify-identity", metavar="IDENTITY", help="As --verify, for a keyless (Sigstore) signature.")
+@click.option(
+    "--verify-issuer",
+    metavar="URL",
+    help="The OIDC issuer of --verify-identity (GitHub Actions: https://token.actions.githubusercontent.com).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @endpoint_option
 @token_option
@@ -30,6 +51,10 @@ def pull(
     revision: str | None,
     to: str | None,
     force: bool,
+    verify: str | None,
+    verify_chain: str | None,
+    verify_identity: str | None,
+    verify_issuer: str | None,
     as_json: bool,
     endpoint: str | None,
     token: str | None,
@@ -40,9 +65,13 @@ def pull(
     Resolves REV to one commit, downloads its files, checks each against the Hub's sha256 or git blob id,
     and writes DIR/checkpoint-<step> whole, for Trainer.train(resume_from_checkpoint=...).
 
+    With --verify KEY.pub, the revision's signature (model.sig, written by `hubsync push --sign-key`) is checked
+    first: a revision that is unsigned, signed by another key, or changed since it was signed is refused.
+
     \b
     Example:
       hubsync pull me/my-model --revision checkpoint-1000
+      hubsync pull me/my-model --revision checkpoint-1000 --verify signing.pub
     """
     from hubsync.api import pull_checkpoint
     from hubsync.core.conversion import resume_missing
@@ -60,6 +89,10 @@ def pull(
         report=report,
         progress_bars=not as_json and progress_bars(),
         max_wait=max_wait,
+        verify=verify,
+        verify_chain=verify_chain,
+        verify_identity=verify_identity,
+        verify_issuer=verify_issuer,
     )
     plan, shown = outcome.plan, display_path(outcome.path)
     if as_json:
@@ -73,6 +106,8 @@ def pull(
             f"  files: {len(plan.files)} downloaded ({size(plan.total_bytes)}), each verified against the Hub's "
             f"hashes; {placed} in the folder"
         )
+        if verify or verify_chain or verify_identity:
+            echo(f"  signature: model.sig verified ({_signer(verify, verify_chain, verify_identity)}), before placing")
         layout = state_layout(frozenset(f.path for f in plan.files))
         if layout is not None:
             echo(f"  optimizer state: {layout.describe()}; {layout.how_to_resume()}")
@@ -81,3 +116,15 @@ def pull(
         else:
             missing = " or ".join(resume_missing(frozenset(f.path for f in plan.files)))
             echo(f"  note: this revision is not resumable: it has no {missing}")
+
+
+def _signer(key: str | None, chain: str | None, identity: str | None) -> str:
+    from hubsync.core.paths import display_path
+
+    if key:
+        from hubsync.signing import key_fingerprint
+
+        return f"signed by the key {key_fingerprint(key, False)}"
+    if chain:
+        return f"signed with a certificate of the chain {display_path(chain)}"
+    return f"signed keyless by {identity}"

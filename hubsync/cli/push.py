@@ -175,6 +175,8 @@ def _print_result(plan: Any, result: Any) -> None:
         echo(f"  skipped: {skipped}")
     for warning in plan.warnings:
         echo(f"  warning: {warning}")
+    if plan.signing:
+        echo(f"  signed: model.sig, by {plan.signing.signer}")
     echo(f"  commit: {result.commit}")
     if result.tags:
         echo(f"  tags:   {', '.join(result.tags)}")
@@ -230,6 +232,8 @@ def _print_plan(plan: Any, preview: Any) -> None:
         keep = "; --training-state keep keeps it" if plan.training_state == "drop" else ""
         lacks = ", ".join(preview.lacks_after)
         echo(f"  resume  resumable on the Hub now, not after this push (no {lacks}{keep})")
+    if plan.signing:
+        echo(f"  sign    model.sig over every file above, by {plan.signing.signer}")
     echo(f"  commit  {plan.commit_message}")
     if plan.tags:
         echo(f"  tags    {', '.join(plan.tags)}")

@@ -137,6 +137,11 @@ PUSH_SETTINGS: tuple[Setting, ...] = (
     Setting("keep-best", "keep_best", bool, False),
     Setting("keep-tagged", "keep_tagged", bool, False),
     Setting("keep-storage", "keep_storage", bool, False),
+    # Signing (hubsync/core/signing.py): a key, or a key with its certificate and chain, or keyless Sigstore.
+    Setting("sign-key", "sign_key", str, path=True),
+    Setting("sign-certificate", "sign_certificate", str, path=True),
+    Setting("sign-chain", "sign_chain", str, path=True),
+    Setting("sign-keyless", "sign_keyless", bool, False),
 )
 RETENTION_SETTINGS = ("keep", "keep-best", "keep-tagged", "keep-storage")
 SETTINGS = {s.name: s for s in PUSH_SETTINGS}
@@ -173,6 +178,7 @@ class Resolved:
 OTHER_VARIABLES = frozenset(
     {
         "HUBSYNC_DEBUG",
+        "HUBSYNC_VERIFY",  # pull's --verify (hubsync/cli/pull.py)
         "HUBSYNC_VERSION",
         "HUBSYNC_PYTHON",
         "HUBSYNC_RUNS_DIR",

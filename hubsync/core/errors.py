@@ -630,3 +630,22 @@ class MissingExtraError(HubsyncError):
         self.feature = feature
         self.extra = extra
         self.module = module
+
+
+class SignatureError(HubsyncError):
+    """A revision's signature (model.sig) is missing, unreadable, not made by the expected signer, or does not
+    cover the revision's files as they are: `path` names the file at fault."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SigningError(HubsyncError):
+    """A push cannot sign: its key, certificate or chain cannot be read or used (`path` names it)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot sign with {path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -98,7 +98,7 @@ def _checked_entry(entry: Any) -> dict[str, Any] | None:
             for k, v in metrics.items()
             if isinstance(k, str) and len(k) <= 200 and finite_number(v) is not None
         }
-    for key in ("resumable", "released"):
+    for key in ("resumable", "released", "signed"):
         if isinstance(entry.get(key), bool):
             out[key] = entry[key]
     layout = entry.get("layout")

@@ -13,11 +13,12 @@ from typing import Any
 from .card import CardSettings
 from .checkpoint import read_json_file
 from .config import PUSH_SETTINGS, Resolved, Setting, find_config, resolve_settings
-from .errors import CheckpointFileError, MissingRepoError, TemplateError
+from .errors import CheckpointFileError, MissingRepoError, SigningError, TemplateError
 from .paths import display_path
 from .plan import PushOptions
 from .prune import RetentionPolicy
 from .runs import project_folder
+from .signing import Signing
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
 # The frameworks whose versions a card records, where they are installed.
@@ -77,6 +78,7 @@ def push_options(settings: Resolved, secret_tokens: tuple[str, ...] = ()) -> Pus
         secret_tokens=tuple(t for t in secret_tokens if t),
         adapter_config=_adapter_config(settings["adapter-config"]),
         max_shard_size=settings["max-shard-size"],
+        signing=push_signing(settings),
     )
 
 
@@ -91,6 +93,25 @@ def retention_policy(settings: Resolved) -> RetentionPolicy | None:
         keep_tagged=bool(settings.values.get("keep-tagged", False)),
         keep_storage=bool(settings.values.get("keep-storage", False)),
     )
+
+
+def push_signing(settings: Resolved) -> Signing | None:
+    """How the push signs, from the sign-* settings (None: it does not); its signer is said later, by
+    hubsync.signing.signer_of, which reads the key."""
+    key, certificate, chain = settings["sign-key"], settings["sign-certificate"], settings["sign-chain"]
+    if settings["sign-keyless"]:
+        if key or certificate:
+            raise SigningError("--sign-keyless", "it signs without a key: leave out --sign-key and --sign-certificate")
+        return Signing("sigstore")
+    if certificate and not key:
+        raise SigningError(display_path(certificate), "a certificate signs with its private key: pass --sign-key too")
+    if chain and not certificate:
+        raise SigningError(display_path(chain), "a chain is the certificate's: pass --sign-certificate too")
+    if not key:
+        return None
+    if certificate:
+        return Signing("certificate", key, certificate, (chain,) if chain else ())
+    return Signing("key", key)
 
 
 def _adapter_config(path: str | None) -> dict[str, Any] | None:

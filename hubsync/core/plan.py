@@ -58,6 +58,7 @@ from .secrets import (
 )
 from .selection import DEFAULT_REVISION, revision_name
 from .shards import DEFAULT_MAX_SHARD_SIZE, SPLIT_WEIGHTS
+from .signing import Signing, card_section
 
 FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's save_fsdp_model, for the Trainer's one model
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
@@ -98,6 +99,7 @@ class PushPlan:
     git_commit: str | None = None  # of the training repository, recorded in the card and the commit message
     warnings: tuple[str, ...] = ()  # what the push publishes in a form that falls short, and how to mend it
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE  # converted files with more tensor bytes are split (core/shards)
+    signing: Signing | None = None  # the commit also gets model.sig, over its files as published
 
     @property
     def total_bytes(self) -> int:
@@ -131,6 +133,7 @@ class PushPlan:
             "commit_description": self.commit_description,
             "metrics": dict(self.metrics),
             "git_commit": self.git_commit,
+            "signing": self.signing.to_json() if self.signing else None,
         }
 
 
@@ -226,6 +229,7 @@ class PushOptions:
     secret_tokens: tuple[str, ...] = ()  # tokens never to publish beside those of HF_TOKEN and the saved login
     adapter_config: Mapping[str, Any] | None = None  # --adapter-config: for FSDP's LoRA weights, which have none
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE  # the max-shard-size setting, in bytes
+    signing: Signing | None = None  # sign each revision (its signer said: hubsync.signing.signer_of)
 
 
 def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
@@ -285,6 +289,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         check_license(options.card.license)
     context = card_context(checkpoint, options.card, repo_id, branch) if options.card is not None else None
     generated = card_files(checkpoint, options.card, repo_id, branch, context) if options.card is not None else {}
+    if options.signing is not None and "README.md" in generated:  # the card says who signed, and how to verify
+        generated["README.md"] += card_section(options.signing, repo_id, branch).encode()
     if options.card is not None:  # the Hub would refuse it, after the repository was created
         check_card_metadata(generated["README.md"], options.card.template_name or "the packaged card template")
     names = {f.relpath for f in checkpoint.files}
@@ -380,6 +386,8 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         [u.path_in_repo for u in uploads],
         commit="",
     )
+    if options.signing is not None:
+        entry["signed"] = True
     return PushPlan(
         repo_id=repo_id,
         revision=branch,
@@ -407,6 +415,7 @@ def plan_push(checkpoint: Checkpoint, options: PushOptions) -> PushPlan:
         git_commit=checkpoint.git_commit,
         warnings=tuple(warnings),
         max_shard_size=options.max_shard_size,
+        signing=options.signing,
     )
 
 

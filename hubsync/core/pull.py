@@ -15,7 +15,7 @@ from .remote_paths import check_remote_path, shown_remote_path
 from .shards import index_name, listed_shards, shard_pattern
 
 # Files of a revision that are the Hub's or hubsync's, not the checkpoint's.
-NOT_CHECKPOINT = (".gitattributes",)
+NOT_CHECKPOINT = (".gitattributes", "model.sig")  # model.sig: the revision's signature (core/signing)
 NOT_CHECKPOINT_DIRS = (".hubsync/",)
 # The most files a revision may list for pull: a checkpoint has a few dozen, a sharded one some thousands.
 
@@ -87,6 +87,7 @@ class PullPlan:
     commit: str  # what it resolved to
     target: Path  # the checkpoint folder to create
     files: tuple[RemoteFile, ...]
+    others: tuple[RemoteFile, ...] = ()  # what the revision lists besides: the Hub's, hubsync's (model.sig)
 
     @property
     def total_bytes(self) -> int:
@@ -206,16 +207,16 @@ def plan_pull(
     for e in entries:
         check_remote_path(e.path, revision)
     check_listing(entries, revision)
-    files = tuple(
-        sorted(
-            (e for e in entries if e.path not in NOT_CHECKPOINT and not e.path.startswith(NOT_CHECKPOINT_DIRS)),
-            key=lambda e: e.path,
-        )
+    placed = sorted(
+        (e for e in entries if e.path not in NOT_CHECKPOINT and not e.path.startswith(NOT_CHECKPOINT_DIRS)),
+        key=lambda e: e.path,
     )
+    files, names = tuple(placed), {e.path for e in placed}
+    others = tuple(sorted((e for e in entries if e.path not in names), key=lambda e: e.path))
     check_checkpoint_revision(repo_id, revision, [f.path for f in files])
     check_shards({f.path for f in files}, revision)
     name = checkpoint_name(step) if step is not None else re.sub(r"[^A-Za-z0-9._-]", "-", revision)
-    return PullPlan(repo_id, revision, commit, to / name, files)
+    return PullPlan(repo_id, revision, commit, to / name, files, others)
 
 
 def newest_revision(repo_id: str, revisions: Sequence[tuple[str, int | None]]) -> str:

@@ -14,6 +14,7 @@ from hubsync.core.index import INDEX_FILE, readme_action
 from hubsync.core.plan import PushPlan, branch_deletions
 from hubsync.core.preflight import RepoFacts
 from hubsync.core.pull import RemoteFile
+from hubsync.core.signing import SIGNATURE_FILE
 from hubsync.core.watch import same_content
 
 from .push import local_hashes
@@ -85,7 +86,7 @@ def preview_push(plan: PushPlan, checkpoint: Checkpoint, hub: PreviewSource) -> 
     if not facts.exists:
         return HubPreview(looked=True, main_readme=action)
     on_branch = {f.path for f in remote}
-    planned = {u.path_in_repo for u in plan.uploads}
+    planned = {u.path_in_repo for u in plan.uploads} | ({SIGNATURE_FILE} if plan.signing else set())
     now = is_resumable(on_branch) if head is not None else None
     return HubPreview(
         looked=True,

@@ -8,7 +8,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,10 +21,18 @@ from hubsync.core.errors import (
     NotEnoughSpaceError,
     PullTargetExistsError,
     PullVerificationError,
+    SignatureError,
 )
 from hubsync.core.layouts import latest_problem, state_layout
 from hubsync.core.paths import display_path
 from hubsync.core.pull import PullPlan, RemoteFile, newest_revision, plan_pull, step_of
+from hubsync.core.signing import (
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_FILE,
+    Verifying,
+    check_signed_file,
+    check_signed_listing,
+)
 from hubsync.extras import needs_extra
 from hubsync.files import git_blob_hasher, hash_file, remove_stale_temps, system_temp_dir, temp_dir
 from hubsync.hub.download import DownloadCancelled, Transfers
@@ -79,14 +87,58 @@ def plan_revision_pull(hub: RevisionPullSource, repo_id: str, revision: str | No
 
 
 def pull_revision(
-    hub: RevisionPullSource, repo_id: str, revision: str | None, to: Path | None, force: bool = False
+    hub: RevisionPullSource,
+    repo_id: str,
+    revision: str | None,
+    to: Path | None,
+    force: bool = False,
+    verify: Verifying | None = None,
 ) -> PullOutcome:
-    """Plan the pull, then carry it out unless the folder already holds exactly that revision."""
+    """Plan the pull, then carry it out unless the folder already holds exactly that revision. With `verify`, the
+    revision's signature is checked first, also when the folder holds it already."""
     plan = plan_revision_pull(hub, repo_id, revision, to)
     if already_pulled(plan):
+        if verify is not None:
+            check_signature_of(hub, plan, verify, fetch_regular=True)
         return PullOutcome(plan, plan.target, True)
     check_target(plan, force)
-    return PullOutcome(plan, execute_pull(plan, hub, force=force), False)
+    return PullOutcome(plan, execute_pull(plan, hub, force=force, verify=verify), False)
+
+
+def check_signature_of(
+    hub: PullSource, plan: PullPlan, verify: Verifying, fetch_regular: bool = False
+) -> dict[str, str]:
+    """The files the revision's signature covers (path -> sha256), once model.sig (bounded in size) is checked to
+    be the expected signer's and to cover exactly the revision's files, with the sha256 the Hub lists for each LFS
+    file. A file the Hub keeps in git (not LFS) is listed by its git blob id only: its download is compared with
+    the signature later (check_signed_downloads), or now with `fetch_regular` (into a scratch folder)."""
+    from hubsync.signing import signed_files
+
+    signature = next((f for f in plan.others if f.path == SIGNATURE_FILE), None)
+    if signature is None:
+        raise SignatureError(SIGNATURE_FILE, f"is missing: {plan.revision} is not signed")
+    if signature.size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(SIGNATURE_FILE, f"is {signature.size:,} bytes, more than a signature takes")
+    with system_temp_dir("verify") as scratch:
+        _fetch_verified(hub, plan, signature, scratch, Transfers())
+        signed = signed_files(scratch / SIGNATURE_FILE, verify)
+        check_signed_listing(signed, [(f.path, f.sha256) for f in (*plan.files, *plan.others)], plan.revision)
+        if fetch_regular:
+            regular = tuple(f for f in plan.files if f.sha256 is None)
+            for folder in sorted({(scratch / f.path).parent for f in regular}):
+                folder.mkdir(parents=True, exist_ok=True)
+            for remote in regular:
+                _fetch_verified(hub, plan, remote, scratch, Transfers())
+            check_signed_downloads(plan, scratch, signed)
+    return signed
+
+
+def check_signed_downloads(plan: PullPlan, staging: Path, signed: Mapping[str, str]) -> None:
+    """Compare each downloaded file the Hub keeps in git (its LFS files were compared by their listed sha256,
+    which their downloads matched) with the sha256 the signature gives it."""
+    for remote in plan.files:
+        if remote.sha256 is None:
+            check_signed_file(remote.path, hash_file(staging / remote.path, hashlib.sha256())[0], signed)
 
 
 def check_target(plan: PullPlan, force: bool) -> None:
@@ -184,13 +236,18 @@ def _matches(local: Path, remote: RemoteFile) -> bool:
     return hash_file(local, git_blob_hasher(size)) == [remote.git_oid]
 
 
-def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8) -> Path:
+def execute_pull(
+    plan: PullPlan, hub: PullSource, force: bool = False, workers: int = 8, verify: Verifying | None = None
+) -> Path:
     """Download every planned file into a staging folder beside the target, verify each against the tree's
     sha256 (LFS) or git blob id, then rename the folder into place. Nothing is placed unless all is right; a
-    signal (KeyboardInterrupt) or a failed file ends every download at once and removes the staging folder."""
+    signal (KeyboardInterrupt) or a failed file ends every download at once and removes the staging folder.
+    With `verify`, the revision's signature is checked before anything is downloaded, and each download against
+    it before any training state is rebuilt."""
     check_target(plan, force)
     check_space(plan)
     check_rebuild(plan)
+    signed = check_signature_of(hub, plan, verify) if verify is not None else None
     parent = plan.target.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parent)
@@ -199,6 +256,8 @@ def execute_pull(plan: PullPlan, hub: PullSource, force: bool = False, workers: 
         for folder in sorted({(staging / f.path).parent for f in plan.files}):
             folder.mkdir(parents=True, exist_ok=True)  # here, not in the downloads (see _fetch_all)
         _fetch_all(lambda f, transfers: _fetch_verified(hub, plan, f, staging, transfers), plan.files, workers)
+        if signed is not None:
+            check_signed_downloads(plan, staging, signed)
         _check_latest(plan, staging)
         _rebuild_training_state(plan, staging)
         _place(staging, plan.target)

@@ -30,6 +30,7 @@ from hubsync.core.index import (
 from hubsync.core.plan import PushPlan, branch_deletions, with_sizes
 from hubsync.core.preflight import RepoFacts, check_plans, check_tags, check_visibility
 from hubsync.core.pull import RemoteFile
+from hubsync.core.signing import SIGNATURE_FILE
 from hubsync.core.watch import LocalHashes, holds_exactly, same_content
 from hubsync.files import KnownDigest, git_blob_hasher, git_blob_id, hash_file, system_temp_dir
 
@@ -169,7 +170,8 @@ def already_pushed(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget) -> P
         if not u.converted_from
     }
     remote = hub.tree(plan.repo_id, head, plan.revision)
-    if not holds_exactly(remote, [u.path_in_repo for u in plan.uploads], _LazyHashes(known), indexed=True):
+    paths = [u.path_in_repo for u in plan.uploads] + ([SIGNATURE_FILE] if plan.signing else [])
+    if not holds_exactly(remote, list(dict.fromkeys(paths)), _LazyHashes(known), indexed=True):
         return None
     if plan.index_entry is not None:
         entry = {**plan.index_entry, "commit": head, "tags": list(plan.tags)}
@@ -263,6 +265,10 @@ def execute_push(plan: PushPlan, checkpoint: Checkpoint, hub: PushTarget, checke
             for u in plan.uploads
         }
         plan = with_sizes(plan, {path: source.stat().st_size for path, source in files.items()})  # not estimates
+        if plan.signing is not None:  # over exactly what the commit holds, converted and generated files too
+            from hubsync.signing import sign_files
+
+            files[SIGNATURE_FILE] = sign_files(files, staging, plan.signing)
         if plan.tags:  # the converted files too, now that they exist; the Hub may also have moved meanwhile
             _check_tags(hub, plan, hub.repo_facts(plan.repo_id), files)
         private = hub.ensure_repo(plan.repo_id, private=plan.private)

@@ -12,6 +12,7 @@ from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
 from hubsync.core.layouts import state_layout
 from hubsync.core.pull import RemoteFile, step_of
 from hubsync.core.selection import best_step_of
+from hubsync.core.signing import SIGNATURE_FILE
 
 
 class RevisionSource(Protocol):
@@ -38,6 +39,7 @@ class RevisionInfo:
     released: bool = False  # main's index says `hubsync push --release` put its inference files on main
     size: int | None = None  # the bytes of its files, as the Hub's tree listing says; None: not listed
     best: bool = False  # the best checkpoint, as the newest revision's trainer_state says (best_model_checkpoint)
+    signed: bool = False  # it holds model.sig (`hubsync pull --verify` checks it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class RevisionInfo:
             "released": self.released,
             "size": self.size,
             "best": self.best,
+            "signed": self.signed,
         }
 
 
@@ -135,6 +138,7 @@ def _revisions(
                 tags=tuple(sorted(t for t, c in tags.items() if c == commit)),
                 by_hubsync=ours,
                 released=released,
+                signed=entry.get("signed") is True,
             )
         )
     return sorted(out, key=lambda r: (r.step if r.step is not None else -1, r.revision))
@@ -152,6 +156,7 @@ def _describe(hub: RevisionSource, repo_id: str, revision: str, commit: str) -> 
     layout = state_layout(names)
     entry: dict[str, Any] = {
         "resumable": is_resumable(names),
+        "signed": SIGNATURE_FILE in names,
         **({"layout": layout.describe()} if layout is not None else {}),
     }
     if "trainer_state.json" in names:
