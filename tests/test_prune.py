@@ -114,6 +114,14 @@ def test_the_storage_plan_deletes_exactly_the_listed_files_no_commit_holds(
     assert plan.kept_bytes + plan.freed_bytes == sum(sizes.values())
 
 
+def test_a_listed_file_whose_pointer_a_commit_holds_is_kept_whatever_sha256_the_listing_gives() -> None:
+    """A listing that names a held file under another sha256 would have it deleted by its id: the id decides too."""
+    held_oid, other = "a" * 40, "b" * 40
+    listed = [StoredFile(held_oid, "c" * 64, 10, "weights"), StoredFile(other, "d" * 64, 5, "gone")]
+    plan = plan_storage(listed, {"e" * 64, held_oid})
+    assert [f.file_oid for f in plan.delete] == [other] and plan.kept_files == 1
+
+
 # End to end. The run's best checkpoint is checkpoint-10: the Trainer was told that a greater eval_loss is better,
 # so that the best is not also the newest.
 

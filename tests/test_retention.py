@@ -112,6 +112,28 @@ def test_push_with_keep_2_of_4_checkpoints_leaves_2_branches(run: Path, hub: Run
     assert result.stderr == ""
 
 
+def test_the_policy_frees_the_storage_of_what_it_deletes(run: Path, hub: RunningHub, api: HfApi) -> None:
+    """keep-storage off (the default): after the push, the Hub's LFS listing holds exactly what the remaining
+    branches' commits hold, as HfApi walks them."""
+    result = hubsync_cli(hub, "push", str(run), "--select", "all", "--repo", REPO, "--keep", "1")
+    assert result.exit_code == 0, result.stderr
+    assert branches(api) == {"main", "checkpoint-40"}
+    assert "  storage: freed " in result.stdout and "permanently deleted" in result.stdout
+    refs = api.list_repo_refs(REPO)
+    commits = {
+        c.commit_id
+        for ref in [*refs.branches, *refs.tags]
+        for c in api.list_repo_commits(REPO, revision=ref.target_commit)
+    }
+    held = {
+        f.lfs.sha256
+        for commit in commits
+        for f in api.list_repo_tree(REPO, revision=commit, recursive=True)
+        if getattr(f, "lfs", None) is not None
+    }
+    assert held and {f.oid for f in api.list_lfs_files(REPO)} == held
+
+
 def test_push_dry_run_says_what_the_policy_would_delete_and_deletes_nothing(
     run: Path, hub: RunningHub, api: HfApi
 ) -> None:
@@ -120,7 +142,7 @@ def test_push_dry_run_says_what_the_policy_would_delete_and_deletes_nothing(
     result = hubsync_cli(hub, "push", str(run / "checkpoint-40"), "--repo", REPO, "--keep", "1", "--dry-run")
     assert result.exit_code == 0, result.stderr
     assert (
-        "Retention (dry run): after the push, keep the 1 newest checkpoint branch; then free their storage: "
+        "Retention (dry run): after the push, keep the 1 newest checkpoint branch; then free the storage of what it deletes: "
         "would delete checkpoint-30, checkpoint-20, checkpoint-10; keep checkpoint-40." in result.stdout
     )
     assert "Nothing is deleted (dry run)." in result.stdout

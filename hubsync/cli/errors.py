@@ -454,6 +454,15 @@ ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[Any], str]]] = [
         ),
     ),
     (
+        e.RemoteFileGoneError,
+        lambda err: (
+            f"{err.endpoint} no longer has the content of a file of {err.repo_id or 'the repository'}"
+            f"{' @ ' + err.revision if err.revision else ''} ({err.detail}): it was permanently deleted, as "
+            "`hubsync prune` does for the commits of deleted branches. Nothing was placed; pull a revision that "
+            "`hubsync ls` lists."
+        ),
+    ),
+    (
         e.NotAHubError,
         lambda err: (
             f"{err.endpoint} does not answer as a Hugging Face Hub ({err.detail}). "

@@ -52,9 +52,9 @@ def ls_command(
         echo(json.dumps(listed if summary is None else {"revisions": listed, "storage": summary.to_json()}, indent=2))
         return
     if summary is not None:
-        used = "not reported by the Hub" if summary.used_storage is None else size(summary.used_storage)
+        used = "used: not reported by the Hub" if summary.used_storage is None else f"{size(summary.used_storage)} used"
         echo(
-            f"storage: {used} used; {count(summary.files, 'stored file')} ({size(summary.bytes)}), "
+            f"storage: {used}; {count(summary.files, 'stored file')} ({size(summary.bytes)}), "
             f"{count(len(summary.unheld), 'file')} ({size(summary.unheld_bytes)}) held by no branch or tag"
             + (": `hubsync prune` frees them" if summary.unheld else "")
         )

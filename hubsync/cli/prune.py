@@ -9,7 +9,7 @@ import click
 
 from .app import cli
 from .options import endpoint_option, max_wait_option, token_option
-from .output import count, echo, quiet_huggingface_hub, report, size
+from .output import count, echo, one_line, quiet_huggingface_hub, report, size
 
 
 @cli.command()
@@ -119,7 +119,7 @@ def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
             f"commit holds; keep {count(stored.kept_files, 'file')} ({size(stored.kept_bytes)})"
         )
         for f in stored.delete[:_SHOWN_FILES]:
-            echo(f"    delete  {f.filename or f.sha256[:12]}  {size(f.size)}")
+            echo(f"    delete  {one_line(f.filename or '?')}  {f.sha256[:12]}  {size(f.size)}")
         if len(stored.delete) > _SHOWN_FILES:
             echo(f"    ... and {len(stored.delete) - _SHOWN_FILES} more (--json lists them all)")
     if dry_run:

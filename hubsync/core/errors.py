@@ -222,6 +222,11 @@ class NotAHubError(HubError):
     """The endpoint answers, but not as a Hugging Face Hub."""
 
 
+class RemoteFileGoneError(HubError):
+    """A file that a revision lists but whose content the Hub no longer has: permanently deleted (a prune that
+    freed the storage of a deleted branch's commits, HfApi.permanently_delete_lfs_files)."""
+
+
 class CheckpointFileError(HubsyncError):
     """A file inside the checkpoint cannot be read or parsed."""
 

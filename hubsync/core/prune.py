@@ -153,7 +153,9 @@ class RetentionPolicy:
         also = [w for w, on in (("the best", self.keep_best), ("the tagged ones", self.keep_tagged)) if on]
         said = f"keep the {self.keep} newest checkpoint branch{'es' if self.keep != 1 else ''}"
         said += f", and {' and '.join(also)}" if also else ""
-        return said + ("; storage kept (branches only)" if self.keep_storage else "; then free their storage")
+        return said + (
+            "; storage kept (branches only)" if self.keep_storage else "; then free the storage of what it deletes"
+        )
 
 
 def remaining_heads(plan: PrunePlan, branches: Mapping[str, str], tags: Mapping[str, str]) -> set[str]:
@@ -164,8 +166,12 @@ def remaining_heads(plan: PrunePlan, branches: Mapping[str, str], tags: Mapping[
 
 
 def plan_storage(listed: Sequence[StoredFile], referenced: Collection[str]) -> StoragePlan:
-    """Delete each listed file whose sha256 no remaining commit holds (`referenced`); keep the rest. A file
-    listed twice (under two ids) is deleted or kept as one, and its bytes counted once."""
-    delete = sorted((f for f in listed if f.sha256 not in referenced), key=lambda f: (f.filename or "", f.sha256))
-    kept = {f.sha256: f.size for f in listed if f.sha256 in referenced}
+    """Delete each listed file that no remaining commit holds (`referenced`: the sha256s, and the git ids of the
+    LFS pointers, of their files); keep the rest. A file listed twice is counted once."""
+
+    def held(f: StoredFile) -> bool:  # by its content, or by its pointer's id (a listing that lies about either)
+        return f.sha256 in referenced or f.file_oid in referenced
+
+    delete = sorted((f for f in listed if not held(f)), key=lambda f: (f.filename or "", f.sha256))
+    kept = {f.sha256: f.size for f in listed if held(f)}
     return StoragePlan(tuple(delete), len(kept), sum(kept.values()))

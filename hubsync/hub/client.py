@@ -378,6 +378,13 @@ class HubClient:
                 raise errors.PermissionDeniedError(self.endpoint, self._said(exc), **where) from exc
             if status == 412:
                 raise errors.CommitConflictError(self.endpoint, self._said(exc), **where) from exc
+            if (  # a file the revision's tree lists, whose content the Hub says is not there: deleted for good
+                status == 404
+                and exc.response is not None
+                and exc.response.headers.get("X-Error-Code") == "EntryNotFound"
+                and "/resolve/" in exc.response.request.url.path
+            ):
+                raise errors.RemoteFileGoneError(self.endpoint, self._said(exc), **where) from exc
             if status == 404:  # a 404 that names no repository or revision: no Hub route answered
                 raise errors.NotAHubError(self.endpoint, self._said(exc), **where) from exc
             raise errors.HubError(self.endpoint, self._said(exc), **where, status=status) from exc
@@ -793,17 +800,30 @@ class HubClient:
         """The commit ids of a revision's history, newest first."""
         return [commit for commit, _date in self._commits(repo_id, revision)]
 
+    def pull_request_heads(self, repo_id: str) -> set[str]:
+        """The head commits of the repository's pull requests (refs/pr/N): refs a prune must keep the files of,
+        though list_repo_refs leaves them out unless asked (a conversion bot's safetensors PR, say)."""
+        refs = self._call(lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True), repo_id)
+        with self._errors(repo_id):
+            heads = {str(r.target_commit) for r in refs.pull_requests or []}
+        if not all(_COMMIT_ID.fullmatch(c) for c in heads):
+            raise self._malformed("refs", repo_id)
+        return heads
+
     def stored_sha256s(self, repo_id: str, commit: str) -> set[str]:
-        """The sha256 of every LFS file of a commit, whatever its path (a prune must see every file it keeps,
-        including ones hubsync would never place)."""
+        """The sha256 of every LFS file of a commit, and the git id of its pointer, whatever its path (a prune must
+        see every file it keeps, including ones hubsync would never place; a listing that names a held file by
+        another sha256 still names it by its pointer's id)."""
         url = f"{self.endpoint}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
         params = {"recursive": "true", "expand": "false"}
         found = self._listing(url, params, "tree listing", MAX_TREE_ENTRIES, repo_id, commit[:12])
         with self._errors(repo_id):
-            shas = {e["lfs"]["oid"] for e in found if e["type"] == "file" and e.get("lfs")}
+            lfs = [e for e in found if e["type"] == "file" and e.get("lfs")]
+            shas = {e["lfs"]["oid"] for e in lfs}
+            oids = {e["oid"] for e in lfs}
         if not all(isinstance(sha, str) and _SHA256.fullmatch(sha) for sha in shas):
             raise self._malformed("tree", repo_id)
-        return shas
+        return shas | {oid for oid in oids if isinstance(oid, str) and _FILE_OID.fullmatch(oid)}
 
     def stored_files(self, repo_id: str) -> list[StoredFile]:
         """Every file of the repository's LFS and Xet storage, as the Hub lists them (HfApi.list_lfs_files): what

@@ -26,6 +26,7 @@ class StorageSource(RevisionSource, Protocol):
 
     def history(self, repo_id: str, revision: str) -> list[str]: ...
     def stored_sha256s(self, repo_id: str, commit: str) -> set[str]: ...
+    def pull_request_heads(self, repo_id: str) -> set[str]: ...
     def stored_files(self, repo_id: str) -> list[StoredFile]: ...
 
 
@@ -136,7 +137,8 @@ def storage_summary(hub: PruneTarget, repo_id: str) -> StorageSummary:
     """The repository's used storage, its stored files, and which of them no branch or tag holds."""
     branches, tags = hub.refs(repo_id)
     listed = hub.stored_files(repo_id)
-    plan = plan_storage(listed, HeldFiles(hub, repo_id).of(set(branches.values()) | set(tags.values())))
+    heads = set(branches.values()) | set(tags.values()) | hub.pull_request_heads(repo_id)
+    plan = plan_storage(listed, HeldFiles(hub, repo_id).of(heads))
     sizes = {f.sha256: f.size for f in listed}
     return StorageSummary(hub.used_storage(repo_id), len(sizes), sum(sizes.values()), plan.delete)
 
@@ -145,7 +147,8 @@ def with_storage(plan: PrunePlan, hub: StorageSource, held: HeldFiles | None = N
     """`plan` with the stored files it would permanently delete: those of the Hub's LFS listing that no commit
     of a ref left after the plan's branches go holds (head or history)."""
     branches, tags = hub.refs(plan.repo_id)
-    referenced = (held or HeldFiles(hub, plan.repo_id)).of(remaining_heads(plan, branches, tags))
+    heads = remaining_heads(plan, branches, tags) | hub.pull_request_heads(plan.repo_id)
+    referenced = (held or HeldFiles(hub, plan.repo_id)).of(heads)
     return replace(plan, storage=plan_storage(hub.stored_files(plan.repo_id), referenced))
 
 
@@ -154,10 +157,12 @@ def free_storage(plan: PrunePlan, hub: PruneTarget, held: HeldFiles | None = Non
     now: the refs are read again, so a push that landed since the plan (a running watch, say) keeps its files."""
     assert plan.storage is not None
     branches, tags = hub.refs(plan.repo_id)
-    referenced = (held or HeldFiles(hub, plan.repo_id)).of(set(branches.values()) | set(tags.values()))
+    heads = set(branches.values()) | set(tags.values()) | hub.pull_request_heads(plan.repo_id)
+    referenced = (held or HeldFiles(hub, plan.repo_id)).of(heads)
     listed = {f.file_oid for f in hub.stored_files(plan.repo_id)}
-    doomed = [f for f in plan.storage.delete if f.file_oid in listed and f.sha256 not in referenced]
-    spared = sum(1 for f in plan.storage.delete if f.file_oid in listed and f.sha256 in referenced)
+    now = plan_storage([f for f in plan.storage.delete if f.file_oid in listed], referenced)
+    doomed = list(now.delete)
+    spared = sum(1 for f in plan.storage.delete if f.file_oid in listed) - len(doomed)
     hub.delete_stored_files(plan.repo_id, doomed)
     return StorageResult(tuple(doomed), spared, hub.used_storage(plan.repo_id))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -249,6 +250,7 @@ def execute_pull(
     check_rebuild(plan)
     signed = check_signature_of(hub, plan, verify) if verify is not None else None
     parent = plan.target.parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again if nothing is placed
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parent)
     staging = temp_dir(parent, "pull")
@@ -263,6 +265,9 @@ def execute_pull(
         _place(staging, plan.target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first: "nothing was placed" leaves no empty out/<repo>/ either
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return plan.target
 
