@@ -142,8 +142,8 @@ def test_push_dry_run_says_what_the_policy_would_delete_and_deletes_nothing(
     result = hubsync_cli(hub, "push", str(run / "checkpoint-40"), "--repo", REPO, "--keep", "1", "--dry-run")
     assert result.exit_code == 0, result.stderr
     assert (
-        "Retention (dry run): after the push, keep the 1 newest checkpoint branch; then free the storage of what it deletes: "
-        "would delete checkpoint-30, checkpoint-20, checkpoint-10; keep checkpoint-40." in result.stdout
+        "Retention (dry run): after the push, keep the 1 newest checkpoint branch; then free the storage of what it "
+        "deletes: would delete checkpoint-30, checkpoint-20, checkpoint-10; keep checkpoint-40." in result.stdout
     )
     assert "Nothing is deleted (dry run)." in result.stdout
     assert {b.name: b.target_commit for b in api.list_repo_refs(REPO).branches} == before

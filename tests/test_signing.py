@@ -371,3 +371,14 @@ def test_the_action_input_sign_keyless_asks_for_keyless_signing() -> None:
     assert "sign_keyless" not in push_arguments(read_inputs({"INPUT_PATH": "out", "INPUT_REPO": "me/m"}))
     with pytest.raises(ActionInputError, match="input 'sign'"):
         read_inputs({"INPUT_PATH": "out", "INPUT_REPO": "me/m", "INPUT_SIGN": "key.pem"})
+
+
+def test_a_signing_key_that_is_not_there_is_named_with_where_it_came_from(tiny_run: Path, hub: RunningHub) -> None:
+    for env, source in (({"HUBSYNC_SIGN_KEY": "nokey.pem"}, "HUBSYNC_SIGN_KEY"), ({}, "--sign-key")):
+        args = ["push", str(tiny_run / BRANCH), "--repo", REPO]
+        result = run_cli(hub, *args, *([] if env else ["--sign-key", "nokey.pem"]), env=env)
+        assert result.exit_code in (1, 2), result.output
+        assert (
+            source in result.stderr and "nokey.pem" in result.stderr and "must be a file that exists" in result.stderr
+        )
+        assert "Traceback" not in result.output

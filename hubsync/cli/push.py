@@ -170,7 +170,7 @@ def _print_result(plan: Any, result: Any) -> None:
             how.append(f"the Hub already held {size(result.bytes - result.sent_bytes)}")
         echo(f"  sent:   {size(result.sent_bytes)} of {size(result.bytes)}" + (f" ({'; '.join(how)})" if how else ""))
     if result.deleted:
-        echo(f"  deleted: {result.deleted} files the branch held (this push leaves them out)")
+        echo(f"  deleted: {count(result.deleted, 'file')} the branch held (this push leaves them out)")
     for skipped in plan.skipped:
         echo(f"  skipped: {skipped}")
     for warning in plan.warnings:

@@ -13,7 +13,7 @@ from typing import Any
 from .card import CardSettings
 from .checkpoint import read_json_file
 from .config import PUSH_SETTINGS, Resolved, Setting, find_config, resolve_settings
-from .errors import CheckpointFileError, MissingRepoError, SigningError, TemplateError
+from .errors import CheckpointFileError, MissingRepoError, SettingError, SigningError, TemplateError
 from .paths import display_path
 from .plan import PushOptions
 from .prune import RetentionPolicy
@@ -99,6 +99,11 @@ def push_signing(settings: Resolved) -> Signing | None:
     """How the push signs, from the sign-* settings (None: it does not); its signer is said later, by
     hubsync.signing.signer_of, which reads the key."""
     key, certificate, chain = settings["sign-key"], settings["sign-certificate"], settings["sign-chain"]
+    for name in ("sign-key", "sign-certificate", "sign-chain"):  # named with where it came from, as any setting
+        value = settings[name]
+        if value is not None and not Path(value).is_file():
+            source = settings.sources.get(name, "default")
+            raise SettingError(source, name, display_path(value), "must be a file that exists (PEM)")
     if settings["sign-keyless"]:
         if key or certificate:
             raise SigningError("--sign-keyless", "it signs without a key: leave out --sign-key and --sign-certificate")
