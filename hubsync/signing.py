@@ -161,9 +161,12 @@ def signed_files(signature: Path, verifying: Verifying) -> dict[str, str]:
         else:
             assert verifying.identity is not None and verifying.issuer is not None
             verifier = sign_sigstore.Verifier(identity=verifying.identity, oidc_issuer=verifying.issuer)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: a key that is not EC (RSA)
         shown = display_path(verifying.public_key or (verifying.chain[0] if verifying.chain else "Sigstore"))
-        raise SigningError(shown, str(exc) or type(exc).__name__) from exc
+        said = "it is not an elliptic-curve public key" if isinstance(exc, AttributeError) else _brief(exc)
+        raise SigningError(shown, said) from exc
+    except Exception as exc:  # sigstore's TUFError and others: its servers, unreachable here, or refusing
+        raise SigningError("Sigstore", f"its trust root could not be had ({_brief(exc)})") from exc
     reader = sign_sigstore.Signature if verifying.method == "sigstore" else sign_sigstore_pb.Signature
     try:
         bundle = reader.read(signature)
@@ -174,8 +177,10 @@ def signed_files(signature: Path, verifying: Verifying) -> dict[str, str]:
     except Exception as exc:  # a wrong key raises cryptography's InvalidSignature, others ValueError
         raise SignatureError(SIGNATURE_FILE, f"was not made by {_expected(verifying)} ({_brief(exc)})") from exc
     method = manifest.serialization_type.get("method")
-    if method != "files" or manifest.serialization_type.get("hash_type") != "sha256":
-        raise SignatureError(SIGNATURE_FILE, f"signs {method} hashes, and hubsync checks whole files by sha256")
+    hash_type = manifest.serialization_type.get("hash_type")
+    if method != "files" or hash_type != "sha256":
+        said = f"signs {method} by {hash_type}, and hubsync checks whole files by sha256"
+        raise SignatureError(SIGNATURE_FILE, said)
     out: dict[str, str] = {}
     for item in manifest.resource_descriptors():
         if item.digest.algorithm != "sha256":

@@ -413,3 +413,41 @@ def test_a_file_that_a_commit_made_after_the_plan_holds_is_spared(
     assert set(stored(api)) == held(api)
     again = api.hf_hub_download("me/tiny", "again.safetensors", revision="copy", force_download=True)
     assert Path(again).read_bytes() == content
+
+
+def test_the_files_of_a_pull_request_are_kept(best_run: Path, hub: RunningHub, api: HfApi) -> None:
+    """huggingface.co lists refs/pr/N only when asked (include_prs=1): a conversion bot's safetensors PR holds a
+    file no branch holds, which a prune must not delete. The local Hub has no pull requests, so a proxy answers
+    as huggingface.co would, the branch "pr-1" standing for refs/pr/1."""
+    from hostile_proxy import ProxyHandler, serve
+
+    class PullRequests(ProxyHandler):
+        def do_GET(self) -> None:
+            status, headers, data = self.ask_upstream(b"")
+            if self.path.split("?")[0].endswith("/refs") and status == 200:
+                body = json.loads(data)
+                pr = [b for b in body["branches"] if b["name"] == "pr-1"]
+                body["branches"] = [b for b in body["branches"] if b["name"] != "pr-1"]
+                asked = "include_prs=1" in self.path
+                body["pullRequests"] = [dict(pr[0], name="refs/pr/1", ref="refs/pr/1")] if pr and asked else []
+                data = json.dumps(body).encode()
+            self.answer(status, headers, data)
+
+        def do_POST(self) -> None:
+            self.answer(*self.ask_upstream(self.request_body()))
+
+        do_DELETE = do_POST
+
+    assert hubsync(hub, "push", str(best_run), "--select", "all", "--repo", "me/tiny").exit_code == 0
+    api.create_branch("me/tiny", branch="pr-1", revision="main")
+    converted = b"\x01" * 5000
+    api.upload_file(
+        path_or_fileobj=io.BytesIO(converted), path_in_repo="model.safetensors", repo_id="me/tiny", revision="pr-1"
+    )
+    with serve(PullRequests, hub.endpoint) as endpoint:
+        env = {"HF_ENDPOINT": endpoint, "HF_TOKEN": hub.token}
+        result = CliRunner().invoke(cli, ["prune", "me/tiny", "--keep", "1"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "storage: freed " in result.stdout  # the deleted branches' files went
+    assert hashlib.sha256(converted).hexdigest() in stored(api)  # the pull request's did not
+    assert "model.safetensors" in {f.path for f in api.list_repo_tree("me/tiny", revision="pr-1")}  # not rewritten

@@ -382,3 +382,38 @@ def test_a_signing_key_that_is_not_there_is_named_with_where_it_came_from(tiny_r
             source in result.stderr and "nokey.pem" in result.stderr and "must be a file that exists" in result.stderr
         )
         assert "Traceback" not in result.output
+
+
+def test_an_older_signed_revision_under_a_newer_name_is_refused(
+    tiny_run: Path, hub: RunningHub, api: HfApi, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Someone with write access and no key moves checkpoint-20 to checkpoint-10's signed commit: the files are
+    signed, but for step 10; the signed trainer_state.json says so."""
+    for name in ("checkpoint-10", BRANCH):
+        assert run_cli(hub, "push", str(tiny_run / name), "--repo", REPO, "--sign-key", str(keys[0])).exit_code == 0
+    older = next(b.target_commit for b in api.list_repo_refs(REPO).branches if b.name == "checkpoint-10")
+    api.delete_branch(REPO, branch=BRANCH)
+    api.create_branch(REPO, branch=BRANCH, revision=older)
+    refused(pull_verified(hub, keys[1], tmp_path / "out"), tmp_path / "out", "is signed for step 10", BRANCH)
+    by_commit = run_cli(hub, "pull", REPO, "--revision", older, "--to", str(tmp_path / "c"), "--verify", str(keys[1]))
+    assert by_commit.exit_code == 0, by_commit.output  # by its commit id (or a tag) it is what it says: step 10
+
+
+def test_a_verify_key_that_is_not_elliptic_curve_or_empty_is_one_line(
+    signed: Path, hub: RunningHub, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_pub = tmp_path / "rsa.pub"
+    rsa_pub.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    result = pull_verified(hub, rsa_pub, tmp_path / "out")
+    assert result.exit_code == 1 and "it is not an elliptic-curve public key" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output and not (tmp_path / "out").exists()
+    for args, env in ((["--verify="], {}), ([], {"HUBSYNC_VERIFY": ""})):
+        empty = run_cli(hub, "pull", REPO, "--revision", BRANCH, "--to", str(tmp_path / "e"), *args, env=env)
+        assert empty.exit_code == 2 and "is empty: name the signer's public key" in empty.stderr, empty.output
+        assert not (tmp_path / "e").exists()

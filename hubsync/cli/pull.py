@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -78,6 +79,11 @@ def pull(
     from hubsync.core.layouts import state_layout
     from hubsync.core.paths import display_path
 
+    if verify == "" or (verify is None and os.environ.get("HUBSYNC_VERIFY") == ""):  # never a check turned off
+        where = "--verify" if verify == "" else "HUBSYNC_VERIFY"
+        raise click.UsageError(
+            f"{where} is empty: name the signer's public key (KEY.pub), or unset it to pull without verifying."
+        )
     quiet_huggingface_hub()
     outcome = pull_checkpoint(
         repo_id,

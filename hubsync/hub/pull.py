@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hubsync.core.checkpoint import loads_json, parse_trainer_state
+from hubsync.core.checkpoint import checkpoint_step, loads_json, parse_trainer_state
 from hubsync.core.conversion import DEEPSPEED_STATE_RE, STATE_DOCUMENT_RE
 from hubsync.core.errors import (
     DamagedStateError,
@@ -260,6 +260,7 @@ def execute_pull(
         _fetch_all(lambda f, transfers: _fetch_verified(hub, plan, f, staging, transfers), plan.files, workers)
         if signed is not None:
             check_signed_downloads(plan, staging, signed)
+        _check_step(plan, staging, signed is not None)
         _check_latest(plan, staging)
         _rebuild_training_state(plan, staging)
         _place(staging, plan.target)
@@ -316,6 +317,32 @@ def _fetch_all(fetch: Callable[[RemoteFile, Transfers], None], files: tuple[Remo
         raise
     if failures:  # what went wrong first, not the cancels it caused
         raise next((f for f in failures if not isinstance(f, DownloadCancelled)), failures[0])
+
+
+def _check_step(plan: PullPlan, staging: Path, verified: bool) -> None:
+    """The folder is named by trainer_state.json's step as the plan read it, before the download: the file as
+    downloaded (checked against the tree, and with `verified` against the signature) must say the same, or a Hub
+    that served other bytes the first time would name the folder (and Trainer would take it for another step).
+    A verified checkpoint-N revision must hold step N: else an older signed revision is served under a newer
+    name (a branch moved by someone who has write access, not the key)."""
+    path = staging / "trainer_state.json"
+    if not path.is_file():
+        return
+    try:
+        step = parse_trainer_state(loads_json(path.read_bytes())).global_step
+    except ValueError:
+        return  # pulled as it is, as the plan did
+    if step is not None and plan.target.name != f"checkpoint-{step}":
+        raise PullVerificationError(
+            "trainer_state.json", f"says step {step}, not the step the Hub served when the pull was planned"
+        )
+    named = checkpoint_step(plan.revision.rsplit("/", 1)[-1])  # checkpoint-N, as pushed; not a tag or a commit id
+    if verified and step is not None and named is not None and named != step:
+        raise SignatureError(
+            "trainer_state.json",
+            f"is signed for step {step}, and the revision is named {plan.revision}: an older signed revision "
+            "under a newer name",
+        )
 
 
 def _check_latest(plan: PullPlan, staging: Path) -> None:
