@@ -40,6 +40,21 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def best_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run with checkpoints 10, 20, 30, 40 whose trainer_state names checkpoint-10 the best: the Trainer was
+    told that a greater eval_loss is better, so that the best is not also the newest. Read only."""
+    from hubsync.tinyrun import train_tiny_lora
+
+    return train_tiny_lora(
+        tmp_path_factory.mktemp("best-run"),
+        max_steps=40,
+        save_steps=10,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+    )
+
+
+@pytest.fixture(scope="session")
 def bin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real Trainer + PEFT run that saved its adapter as adapter_model.bin, as PEFT used to. Read only."""
     from hubsync.tinyrun import train_tiny_lora

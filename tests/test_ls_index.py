@@ -126,20 +126,6 @@ def test_a_users_readme_keeps_its_text_and_front_matter_and_updates_stay_in_plac
 # -- against the local Hub ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def best_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run with checkpoints 10, 20, 30, 40 whose trainer_state names checkpoint-10 the best. Read only."""
-    from hubsync.tinyrun import train_tiny_lora
-
-    return train_tiny_lora(
-        tmp_path_factory.mktemp("best-run"),
-        max_steps=40,
-        save_steps=10,
-        metric_for_best_model="eval_loss",
-        greater_is_better=True,
-    )
-
-
 @pytest.fixture
 def released(best_run: Path, hub: RunningHub, api: HfApi) -> dict[str, str]:
     """Checkpoints 10..40 on me/tiny; 30 again with --release and tag `_v1_` (markup); a branch pushed by hand."""

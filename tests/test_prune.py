@@ -126,20 +126,6 @@ def test_a_listed_file_whose_pointer_a_commit_holds_is_kept_whatever_sha256_the_
 # so that the best is not also the newest.
 
 
-@pytest.fixture(scope="module")
-def best_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run with checkpoints 10, 20, 30, 40 whose trainer_state names checkpoint-10 the best. Read only."""
-    from hubsync.tinyrun import train_tiny_lora
-
-    return train_tiny_lora(
-        tmp_path_factory.mktemp("best-run"),
-        max_steps=40,
-        save_steps=10,
-        metric_for_best_model="eval_loss",
-        greater_is_better=True,
-    )
-
-
 def hubsync(hub: RunningHub, *args: str):  # type: ignore[no-untyped-def]
     env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token}
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)

@@ -27,22 +27,10 @@ from hubsync.tinyrun import train_tiny_lora
 REPO = "me/tiny"
 
 
-@pytest.fixture(scope="module")
-def four_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run with checkpoints 10, 20, 30, 40 whose trainer_state names checkpoint-10 the best. Read only."""
-    return train_tiny_lora(
-        tmp_path_factory.mktemp("four-run"),
-        max_steps=40,
-        save_steps=10,
-        metric_for_best_model="eval_loss",
-        greater_is_better=True,
-    )
-
-
 @pytest.fixture
-def run(four_run: Path, tmp_path: Path) -> Path:
+def run(best_run: Path, tmp_path: Path) -> Path:
     """A private copy of the run, in a project folder (a hubsync.toml may go beside it)."""
-    return Path(shutil.copytree(four_run, tmp_path / "project" / "out" / "four"))
+    return Path(shutil.copytree(best_run, tmp_path / "project" / "out" / "four"))
 
 
 def hubsync_cli(hub: RunningHub, *args: str, env: dict[str, str] | None = None) -> Result:
