@@ -85,6 +85,14 @@ def prune(
         return
     branches = len(result.deleted)
     echo(f"Deleted {branches} branch{'es' if branches != 1 else ''} of {repo_id}.")
+    _print_after_branches(result)
+
+
+_SHOWN_FILES = 20
+
+
+def _print_after_branches(result: Any) -> None:
+    """What a prune (or a retention policy's) did after the branches: main's index, the storage it freed."""
     if result.index_commit:
         echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
     stored = result.storage
@@ -93,9 +101,6 @@ def prune(
         spared = f"; {count(stored.spared, 'file')} kept, held by a commit made since the plan" if stored.spared else ""
         used = "" if stored.used_storage is None else f"; the repository now stores {size(stored.used_storage)}"
         echo(f"  storage: {freed}{spared}{used}")
-
-
-_SHOWN_FILES = 20
 
 
 def _print_prune_plan(plan: Any, keep_best: bool, dry_run: bool) -> None:
@@ -138,10 +143,4 @@ def print_retention(retained: Any, dry_run: bool = False) -> None:
     assert result is not None
     gone = ", ".join(result.deleted) or "nothing"
     echo(f"Retention: {policy.describe()}: deleted {gone} of {plan.repo_id}; kept {kept}.")
-    if result.index_commit:
-        echo(f"  main:   the index no longer lists them (commit {result.index_commit})")
-    stored = result.storage
-    if stored is not None:
-        freed = f"freed {size(stored.freed_bytes)}: {count(len(stored.deleted), 'file')} permanently deleted"
-        used = "" if stored.used_storage is None else f"; the repository now stores {size(stored.used_storage)}"
-        echo(f"  storage: {freed}{used}")
+    _print_after_branches(result)
