@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from hubsync.core.checkpoint import checkpoint_step, loads_json, parse_trainer_state
 from hubsync.core.conversion import is_resumable
-from hubsync.core.errors import RemoteFileTooLargeError, UnsafeRemotePathError
+from hubsync.core.errors import HubTooSlowError, RemoteFileTooLargeError, UnsafeRemotePathError
 from hubsync.core.index import INDEX_FILE, parse_index, revision_metrics
 from hubsync.core.layouts import state_layout
 from hubsync.core.pull import RemoteFile, step_of
@@ -78,7 +78,10 @@ def all_revisions(hub: RevisionSource, repo_id: str) -> list[RevisionInfo]:
     ours = _revisions(hub, repo_id, names, branches, tags, indexed)
     others = [b for b in branches if b != "main" and b not in names]
     theirs = _revisions(hub, repo_id, others, branches, tags, indexed, keep_empty=True)
-    best = best_step(hub, repo_id, ours)
+    try:
+        best = best_step(hub, repo_id, ours)
+    except (RemoteFileTooLargeError, HubTooSlowError):  # the note only: a prune --keep-best refuses, ls goes on
+        best = None
     out = []
     for r in [*ours, *sorted(theirs, key=lambda r: r.revision)]:
         try:
