@@ -318,6 +318,10 @@ class HubClient:
         self._private: dict[str, bool] = {}
         self._xet: dict[str, XetConnectionInfo | None] = {}  # None: no Xet there, plain LFS
         self._root_commit: dict[str, str] = {}
+        # A commit never changes: its history and what its LFS files are, once a process (a prune reads every
+        # commit of every remaining ref when it plans, and again just before it deletes).
+        self._histories: dict[tuple[str, str], list[str]] = {}
+        self._stored: dict[tuple[str, str], set[str]] = {}
 
     def _call(
         self,
@@ -797,8 +801,13 @@ class HubClient:
         return files
 
     def history(self, repo_id: str, revision: str) -> list[str]:
-        """The commit ids of a revision's history, newest first."""
-        return [commit for commit, _date in self._commits(repo_id, revision)]
+        """The commit ids of a revision's history, newest first (asked once for a commit id: it never changes)."""
+        if (repo_id, revision) in self._histories:
+            return self._histories[repo_id, revision]
+        found = [commit for commit, _date in self._commits(repo_id, revision)]
+        if _COMMIT_ID.fullmatch(revision):
+            self._histories[repo_id, revision] = found
+        return found
 
     def pull_request_heads(self, repo_id: str) -> set[str]:
         """The head commits of the repository's pull requests (refs/pr/N): refs a prune must keep the files of,
@@ -814,6 +823,8 @@ class HubClient:
         """The sha256 of every LFS file of a commit, and the git id of its pointer, whatever its path (a prune must
         see every file it keeps, including ones hubsync would never place; a listing that names a held file by
         another sha256 still names it by its pointer's id)."""
+        if (repo_id, commit) in self._stored:
+            return self._stored[repo_id, commit]
         url = f"{self.endpoint}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
         params = {"recursive": "true", "expand": "false"}
         found = self._listing(url, params, "tree listing", MAX_TREE_ENTRIES, repo_id, commit[:12])
@@ -823,7 +834,10 @@ class HubClient:
             oids = {e["oid"] for e in lfs}
         if not all(isinstance(sha, str) and _SHA256.fullmatch(sha) for sha in shas):
             raise self._malformed("tree", repo_id)
-        return shas | {oid for oid in oids if isinstance(oid, str) and _FILE_OID.fullmatch(oid)}
+        held = shas | {oid for oid in oids if isinstance(oid, str) and _FILE_OID.fullmatch(oid)}
+        if _COMMIT_ID.fullmatch(commit):
+            self._stored[repo_id, commit] = held
+        return held
 
     def stored_files(self, repo_id: str) -> list[StoredFile]:
         """Every file of the repository's LFS and Xet storage, as the Hub lists them (HfApi.list_lfs_files): what

@@ -40,26 +40,15 @@ class PruneTarget(StorageSource, IndexTarget, Protocol):
     def used_storage(self, repo_id: str) -> int | None: ...
 
 
-class HeldFiles:
-    """The sha256s of the LFS files that commits hold, each commit's tree and each head's history asked of the
-    Hub once (commits never change), so that looking again before deleting costs only what is new."""
-
-    def __init__(self, hub: StorageSource, repo_id: str) -> None:
-        self.hub, self.repo_id = hub, repo_id
-        self._trees: dict[str, set[str]] = {}
-        self._histories: dict[str, list[str]] = {}
-
-    def of(self, heads: Iterable[str]) -> set[str]:
-        """Every LFS file of every commit of these heads' histories."""
-        held: set[str] = set()
-        for head in sorted(set(heads)):
-            if head not in self._histories:
-                self._histories[head] = self.hub.history(self.repo_id, head)
-            for commit in self._histories[head]:
-                if commit not in self._trees:
-                    self._trees[commit] = self.hub.stored_sha256s(self.repo_id, commit)
-                held |= self._trees[commit]
-        return held
+def held_files(hub: StorageSource, repo_id: str, heads: Iterable[str]) -> set[str]:
+    """Every LFS file (sha256, and its pointer's git id) of every commit of these heads' histories. The Hub
+    client asks for each commit's tree and each head's history once (commits never change), so that looking
+    again before deleting costs only what is new."""
+    held: set[str] = set()
+    for head in sorted(set(heads)):
+        for commit in hub.history(repo_id, head):
+            held |= hub.stored_sha256s(repo_id, commit)
+    return held
 
 
 @dataclass(frozen=True)
@@ -138,27 +127,27 @@ def storage_summary(hub: PruneTarget, repo_id: str) -> StorageSummary:
     branches, tags = hub.refs(repo_id)
     listed = hub.stored_files(repo_id)
     heads = set(branches.values()) | set(tags.values()) | hub.pull_request_heads(repo_id)
-    plan = plan_storage(listed, HeldFiles(hub, repo_id).of(heads))
+    plan = plan_storage(listed, held_files(hub, repo_id, heads))
     sizes = {f.sha256: f.size for f in listed}
     return StorageSummary(hub.used_storage(repo_id), len(sizes), sum(sizes.values()), plan.delete)
 
 
-def with_storage(plan: PrunePlan, hub: StorageSource, held: HeldFiles | None = None) -> PrunePlan:
+def with_storage(plan: PrunePlan, hub: StorageSource) -> PrunePlan:
     """`plan` with the stored files it would permanently delete: those of the Hub's LFS listing that no commit
     of a ref left after the plan's branches go holds (head or history)."""
     branches, tags = hub.refs(plan.repo_id)
     heads = remaining_heads(plan, branches, tags) | hub.pull_request_heads(plan.repo_id)
-    referenced = (held or HeldFiles(hub, plan.repo_id)).of(heads)
+    referenced = held_files(hub, plan.repo_id, heads)
     return replace(plan, storage=plan_storage(hub.stored_files(plan.repo_id), referenced))
 
 
-def free_storage(plan: PrunePlan, hub: PruneTarget, held: HeldFiles | None = None) -> StorageResult:
+def free_storage(plan: PrunePlan, hub: PruneTarget) -> StorageResult:
     """Permanently delete the plan's stored files that are still listed and that no commit of any ref holds
     now: the refs are read again, so a push that landed since the plan (a running watch, say) keeps its files."""
     assert plan.storage is not None
     branches, tags = hub.refs(plan.repo_id)
     heads = set(branches.values()) | set(tags.values()) | hub.pull_request_heads(plan.repo_id)
-    referenced = (held or HeldFiles(hub, plan.repo_id)).of(heads)
+    referenced = held_files(hub, plan.repo_id, heads)
     listed = {f.file_oid for f in hub.stored_files(plan.repo_id)}
     now = plan_storage([f for f in plan.storage.delete if f.file_oid in listed], referenced)
     doomed = list(now.delete)
